@@ -1,0 +1,48 @@
+# EdgeFleet: `make run` to try it, `make test` to check it.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+HOST ?= 127.0.0.1
+PYTEST_ARGS ?=
+
+.PHONY: run test lint fmt venv clean messages benchmark-compression
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+run: venv
+	$(PY) manage.py migrate --noinput -v0
+	$(PY) manage.py bootstrap
+	$(PY) manage.py seed_demo
+	@echo ""
+	@echo "  EdgeFleet is running at http://$(HOST):$(PORT)/   (Ctrl-C stops web + worker)"
+	@echo ""
+	@trap 'kill 0' INT TERM; \
+	  DEBUG=$${DEBUG:-1} $(VENV)/bin/celery -A fleet worker -B -Q default,compression \
+	      --concurrency 2 --loglevel INFO -s var/celerybeat-schedule & \
+	  DEBUG=$${DEBUG:-1} $(PY) manage.py runserver $(HOST):$(PORT) --noreload & \
+	  wait
+
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check fleet compression devices ota tests benchmarks || true
+
+messages: venv
+	$(PY) manage.py makemessages -l zh_Hans --ignore '.venv/*' --ignore 'var/*'
+	$(PY) manage.py compilemessages -l zh_Hans
+
+benchmark-compression: venv
+	$(PY) benchmarks/compression.py
+
+clean:
+	rm -rf var .pytest_cache .ruff_cache

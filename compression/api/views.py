@@ -1,0 +1,162 @@
+"""Registry API: thin views that parse, authorize, call one service, serialize."""
+
+from __future__ import annotations
+
+from django.core.files.storage import default_storage
+from django.db import IntegrityError
+from django.http import FileResponse
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from compression import services
+from compression.api.serializers import (
+    DatasetSerializer,
+    MLModelSerializer,
+    ModelVersionSerializer,
+    VersionUploadSerializer,
+)
+from compression.models import Dataset, MLModel, ModelVersion
+from fleet import audit
+from fleet.roles import Role
+
+
+def rejected(exc: services.UploadRejected) -> Response:
+    return Response({"detail": exc.message, "code": exc.code}, status=exc.status)
+
+
+def artifact_response(name: str, filename: str, sha256: str) -> FileResponse:
+    response = FileResponse(default_storage.open(name, "rb"), as_attachment=True, filename=filename)
+    response["ETag"] = f'"{sha256}"'
+    response["X-Content-SHA256"] = sha256
+    return response
+
+
+class MLModelViewSet(viewsets.ModelViewSet):
+    queryset = MLModel.objects.select_related("owner").order_by("name")
+    serializer_class = MLModelSerializer
+    action_roles = {"destroy": Role.ADMIN}
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+
+    def perform_create(self, serializer):
+        try:
+            model = services.do_create_model(owner=self.request.user, **serializer.validated_data)
+        except IntegrityError:
+            raise ValidationError({"name": ["A model with this name already exists."]}) from None
+        serializer.instance = model
+        audit.note(self.request, "model.create", model)
+
+    def perform_update(self, serializer):
+        audit.note(self.request, "model.update", serializer.save())
+
+    def perform_destroy(self, instance):
+        audit.note(self.request, "model.delete", instance)
+        instance.delete()
+
+
+class ModelVersionListView(APIView):
+    """GET the versions of a model; POST a new version (multipart `file`)."""
+
+    parser_classes = [MultiPartParser, FormParser]
+
+    @extend_schema(responses=ModelVersionSerializer(many=True))
+    def get(self, request, model_pk: int):
+        model = get_object_or_404(MLModel, pk=model_pk)
+        versions = model.versions.select_related("model", "parent", "created_by")
+        serializer = ModelVersionSerializer(versions, many=True, context={"request": request})
+        return Response(serializer.data)
+
+    @extend_schema(
+        request=VersionUploadSerializer,
+        responses={
+            201: ModelVersionSerializer,
+            200: OpenApiResponse(ModelVersionSerializer, "Same bytes: the existing version"),
+            400: OpenApiResponse(description="Refused upload, with `code` and `detail`"),
+            413: OpenApiResponse(description="Body over the size limit"),
+        },
+    )
+    def post(self, request, model_pk: int):
+        model = get_object_or_404(MLModel, pk=model_pk)
+        form = VersionUploadSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        upload = form.validated_data["file"]
+        parent = None
+        if (parent_id := form.validated_data.get("parent")) is not None:
+            parent = ModelVersion.objects.filter(pk=parent_id).first()
+            if parent is None:
+                raise ValidationError({"parent": ["No such version."]})
+        try:
+            result = services.check_and_register_version(
+                model, upload.temporary_file_path(), original_filename=upload.name,
+                actor=request.user, parent=parent, notes=form.validated_data["notes"],
+            )
+        except services.UploadRejected as exc:
+            audit.note(request, "version.upload", model, refused=exc.code)
+            return rejected(exc)
+        audit.note(request, "version.upload", result.version, created=result.created)
+        data = ModelVersionSerializer(result.version, context={"request": request}).data
+        code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
+        return Response(data, status=code)
+
+
+class ModelVersionDetailView(APIView):
+    @extend_schema(responses=ModelVersionSerializer)
+    def get(self, request, model_pk: int, number: int):
+        version = get_object_or_404(ModelVersion, model_id=model_pk, number=number)
+        return Response(ModelVersionSerializer(version, context={"request": request}).data)
+
+
+class ModelVersionDownloadView(APIView):
+    @extend_schema(responses={(200, "application/octet-stream"): bytes})
+    def get(self, request, model_pk: int, number: int):
+        version = get_object_or_404(ModelVersion.objects.select_related("model"),
+                                    model_id=model_pk, number=number)
+        return artifact_response(version.artifact, version.download_name, version.sha256)
+
+
+class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
+    """Every version of every model, by id (what jobs and releases refer to)."""
+
+    queryset = ModelVersion.objects.select_related("model", "parent", "created_by")
+    serializer_class = ModelVersionSerializer
+
+    @extend_schema(responses={(200, "application/octet-stream"): bytes})
+    @action(detail=True, methods=["get"])
+    def download(self, request, pk=None):
+        version = self.get_object()
+        return artifact_response(version.artifact, version.download_name, version.sha256)
+
+
+class DatasetViewSet(
+    mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
+):
+    queryset = Dataset.objects.select_related("model")
+    serializer_class = DatasetSerializer
+    parser_classes = [MultiPartParser, FormParser]
+
+    def create(self, request, *args, **kwargs):
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        upload = data["file"]
+        try:
+            dataset = services.check_and_register_dataset(
+                upload.temporary_file_path(), name=data["name"], purpose=data["purpose"],
+                original_filename=upload.name, model=data.get("model"), actor=request.user,
+            )
+        except services.UploadRejected as exc:
+            return rejected(exc)
+        audit.note(request, "dataset.upload", dataset)
+        return Response(self.get_serializer(dataset).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(responses={(200, "application/octet-stream"): bytes})
+    @action(detail=True, methods=["get"])
+    def download(self, request, pk=None):
+        dataset = self.get_object()
+        return artifact_response(dataset.artifact, f"{dataset.name}.npz", dataset.sha256)

@@ -1,0 +1,225 @@
+"""Registry workflows: register model versions and datasets from uploaded files.
+
+Naming follows the contract in STYLE.md: `check_*` validates then acts,
+`do_*` mutates and states its precondition.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Max
+from django.utils.translation import gettext as _
+
+from compression.choices import DatasetPurpose
+from compression.engine import ModelRejected, validate_model
+from compression.models import Dataset, MLModel, ModelVersion
+from fleet import storage
+
+log = logging.getLogger(__name__)
+
+
+class UploadRejected(Exception):
+    """An upload we refuse, with a slug, a human message and the HTTP status to answer."""
+
+    def __init__(self, code: str, message: str, status: int = 400):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+@dataclass
+class Registered:
+    version: ModelVersion
+    created: bool
+
+
+def _sandbox_copy(src: str | Path, filename: str) -> tuple[Path, str, int]:
+    """Copy an upload into a private directory; return (path, sha256, size).
+
+    The validator runs with that directory as its whole world, so even a
+    reference to external data could only point at our own copy.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix="upload-", dir=settings.FILE_UPLOAD_TEMP_DIR))
+    dst = workdir / filename
+    shutil.copyfile(src, dst)
+    sha256, size = storage.sha256_file(dst)
+    return dst, sha256, size
+
+
+def do_create_model(*, name: str, task: str, description: str = "", owner=None) -> MLModel:
+    """Precondition: the name is free (the unique constraint enforces it)."""
+    return MLModel.objects.create(name=name, task=task, description=description, owner=owner)
+
+
+def check_and_register_version(
+    model: MLModel,
+    upload_path: str | Path,
+    *,
+    original_filename: str,
+    actor=None,
+    parent: ModelVersion | None = None,
+    recipe: dict | None = None,
+    metrics: dict | None = None,
+    notes: str = "",
+    _test_crash: str | None = None,
+) -> Registered:
+    """Validate an ONNX file in the sandbox, store it content-addressed, add a version.
+
+    The same bytes uploaded again to the same model return the existing version
+    (created=False). Nothing is left in storage when anything fails.
+    """
+    if not original_filename.lower().endswith(".onnx"):
+        raise UploadRejected("wrong_extension", _("Model files must have the .onnx extension."))
+    if parent is not None and parent.model_id != model.pk:
+        raise UploadRejected("bad_parent", _("The parent version belongs to another model."))
+    path, sha256, size = _sandbox_copy(upload_path, "model.onnx")
+    try:
+        existing = model.versions.filter(sha256=sha256).first()
+        if existing is not None:
+            return Registered(existing, created=False)
+        try:
+            info = validate_model(
+                path,
+                timeout_s=settings.EDGEFLEET_VALIDATOR_TIMEOUT_S,
+                memory_mb=settings.EDGEFLEET_VALIDATOR_MEMORY_MB,
+                max_bytes=settings.EDGEFLEET_MAX_UPLOAD_BYTES,
+                # Tests make the sandbox die through this setting (never set from env).
+                _test_crash=_test_crash or settings.EDGEFLEET_VALIDATOR_TEST_CRASH,
+            )
+        except ModelRejected as exc:
+            status = 413 if exc.code == "too_large" else 400
+            raise UploadRejected(exc.code, exc.message, status) from None
+        name = storage.content_name("models", sha256, ".onnx")
+        wrote = storage.put_file(path, name)
+        try:
+            version = _insert_version(
+                model, info, name=name, sha256=sha256, size=size,
+                original_filename=original_filename, actor=actor, parent=parent,
+                recipe=recipe, metrics=metrics, notes=notes,
+            )
+        except Exception:
+            if wrote and not _artifact_in_use(name):
+                storage.delete_quietly(name)
+            raise
+        return Registered(version, created=True)
+    finally:
+        shutil.rmtree(path.parent, ignore_errors=True)
+
+
+def _insert_version(model: MLModel, info: dict, **fields) -> ModelVersion:
+    with transaction.atomic():
+        # Lock the model row so two concurrent uploads don't pick the same number.
+        MLModel.objects.select_for_update().filter(pk=model.pk).first()
+        number = (model.versions.aggregate(n=Max("number"))["n"] or 0) + 1
+        return ModelVersion.objects.create(
+            model=model,
+            number=number,
+            parent=fields["parent"],
+            recipe=fields["recipe"] or {},
+            metrics=fields["metrics"] or {},
+            notes=fields["notes"],
+            artifact=fields["name"],
+            original_filename=fields["original_filename"][:255],
+            sha256=fields["sha256"],
+            size_bytes=fields["size"],
+            ir_version=info.get("ir_version"),
+            opsets=info.get("opsets") or {},
+            producer=(info.get("producer") or "")[:200],
+            inputs=info.get("inputs") or [],
+            outputs=info.get("outputs") or [],
+            parameters=info.get("parameters") or 0,
+            flops=info.get("flops"),
+            op_histogram=info.get("op_histogram") or {},
+            created_by=fields["actor"],
+        )
+
+
+def _artifact_in_use(name: str) -> bool:
+    return ModelVersion.objects.filter(artifact=name).exists()
+
+
+def check_and_register_dataset(
+    upload_path: str | Path,
+    *,
+    name: str,
+    purpose: str,
+    original_filename: str,
+    model: MLModel | None = None,
+    actor=None,
+) -> Dataset:
+    """Inspect an `.npz` without loading its arrays, store it, add a Dataset row."""
+    if not original_filename.lower().endswith(".npz"):
+        raise UploadRejected("wrong_extension", _("Datasets must be .npz files."))
+    if purpose not in DatasetPurpose.values:
+        raise UploadRejected("bad_purpose", _("Unknown dataset purpose %(p)r.") % {"p": purpose})
+    path, sha256, size = _sandbox_copy(upload_path, "data.npz")
+    try:
+        arrays = read_npz_headers(path)
+        samples = _check_arrays(arrays, model)
+        storage_name = storage.content_name("datasets", sha256, ".npz")
+        wrote = storage.put_file(path, storage_name)
+        try:
+            return Dataset.objects.create(
+                name=name, purpose=purpose, model=model, artifact=storage_name,
+                sha256=sha256, size_bytes=size, sample_count=samples, arrays=arrays,
+                has_labels="labels" in arrays, created_by=actor,
+            )
+        except Exception:
+            if wrote and not Dataset.objects.filter(artifact=storage_name).exists():
+                storage.delete_quietly(storage_name)
+            raise
+    finally:
+        shutil.rmtree(path.parent, ignore_errors=True)
+
+
+def read_npz_headers(path: str | Path) -> dict[str, dict]:
+    """Names, dtypes and shapes of the arrays in an .npz, reading headers only."""
+    arrays: dict[str, dict] = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with zf.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    shape, _fortran, dtype = np.lib.format._read_array_header(fh, version)
+                if dtype.hasobject:
+                    raise UploadRejected(
+                        "bad_dataset", _("Array %(a)s holds Python objects; refused.")
+                        % {"a": info.filename},
+                    )
+                arrays[info.filename[:-4]] = {"dtype": str(dtype), "shape": list(shape)}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        message = _("Not a readable .npz file: %(e)s") % {"e": exc}
+        raise UploadRejected("bad_dataset", message) from None
+    if not arrays:
+        raise UploadRejected("bad_dataset", _("The .npz file holds no arrays."))
+    return arrays
+
+
+def _check_arrays(arrays: dict[str, dict], model: MLModel | None) -> int:
+    counts = {name: (meta["shape"] or [0])[0] for name, meta in arrays.items()}
+    if len(set(counts.values())) != 1:
+        raise UploadRejected(
+            "bad_dataset",
+            _("Every array must have the same number of samples on axis 0; got %(c)s.")
+            % {"c": counts},
+        )
+    if model is not None and (latest := model.latest_version()) is not None:
+        missing = [i["name"] for i in latest.inputs if i["name"] not in arrays]
+        if missing:
+            raise UploadRejected(
+                "bad_dataset",
+                _("The dataset has no array for model input(s) %(m)s.") % {"m": ", ".join(missing)},
+            )
+    return next(iter(counts.values()))

@@ -1,0 +1,12 @@
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import render
+
+
+@login_required
+def index(request):
+    return render(request, "devices/index.html")
+
+
+@login_required
+def widget(request):
+    return render(request, "devices/widget.html")

@@ -1,0 +1,36 @@
+"""Refuse oversize bodies with 413 before a byte of them is read (RELIABILITY O2)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.http import JsonResponse
+from django.utils.translation import gettext as _
+
+
+class BodySizeLimitMiddleware:
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        limit = settings.EDGEFLEET_MAX_UPLOAD_BYTES
+        try:
+            declared = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return JsonResponse({"detail": _("Invalid Content-Length header.")}, status=400)
+        if declared > limit:
+            return too_large_response(limit)
+        response = self.get_response(request)
+        if getattr(request, "upload_too_large", False):
+            return too_large_response(limit)
+        return response
+
+
+def too_large_response(limit: int) -> JsonResponse:
+    mb = limit / (1024 * 1024)
+    body = {
+        "detail": _("Request body is larger than the %(mb)g MB limit.") % {"mb": mb},
+        "code": "too_large",
+    }
+    response = JsonResponse(body, status=413)
+    response["Connection"] = "close"
+    return response

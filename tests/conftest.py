@@ -1,0 +1,210 @@
+"""Shared fixtures: personas, API clients, tiny ONNX models, backing services.
+
+Services: with EDGEFLEET_REQUIRE_SERVICES=1 (set by .ci/run) a test that needs
+a missing service fails; otherwise it is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+REQUIRE_SERVICES = os.environ.get("EDGEFLEET_REQUIRE_SERVICES", "") in {"1", "true", "yes"}
+FIXTURES = Path(__file__).resolve().parent.parent / "compression" / "fixtures"
+
+
+def need_service(name: str, reason: str) -> None:
+    """Skip (locally) or fail (CI) a test whose backing service is missing."""
+    message = f"{name} unavailable: {reason}"
+    if REQUIRE_SERVICES:
+        pytest.fail(message + " (EDGEFLEET_REQUIRE_SERVICES=1)")
+    pytest.skip(message)
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
+    parsed = urlparse(url)
+    if not port_open(parsed.hostname or "127.0.0.1", parsed.port or 6379):
+        need_service("Redis", url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def mqtt_url() -> str:
+    url = os.environ.get("MQTT_URL", "mqtt://127.0.0.1:1883")
+    parsed = urlparse(url)
+    if not port_open(parsed.hostname or "127.0.0.1", parsed.port or 1883):
+        need_service("MQTT broker", url)
+    return url
+
+
+# --- storage -------------------------------------------------------------------
+@pytest.fixture(scope="session", autouse=True)
+def _s3_bucket():
+    """In CI the whole suite runs on S3: make sure the bucket exists."""
+    from django.conf import settings
+
+    if settings.AWS_STORAGE_BUCKET_NAME:
+        from fleet.storage import ensure_bucket
+
+        ensure_bucket()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_local_storage(settings, tmp_path):
+    """Local-filesystem storage per test, so a test can prove storage stayed clean."""
+    if settings.STORAGES["default"]["BACKEND"].endswith("FileSystemStorage"):
+        media = tmp_path / "media"
+        settings.STORAGES = {
+            **settings.STORAGES,
+            "default": {**settings.STORAGES["default"], "OPTIONS": {"location": str(media)}},
+        }
+    uploads = tmp_path / "upload-tmp"
+    uploads.mkdir()
+    settings.FILE_UPLOAD_TEMP_DIR = str(uploads)
+
+
+def stored_names(prefix: str) -> set[str]:
+    from django.core.files.storage import default_storage
+
+    try:
+        return {f"{prefix}/{name}" for name in default_storage.listdir(prefix)[1]}
+    except FileNotFoundError:
+        return set()
+
+
+# --- personas ------------------------------------------------------------------
+def _make_user(django_user_model, username: str, role: str):
+    from django.contrib.auth.models import Group
+
+    user = django_user_model.objects.create_user(username=username, password="pw-" + username)
+    user.groups.add(Group.objects.get_or_create(name=role)[0])
+    if role == "admin":
+        user.is_staff = True
+        user.save(update_fields=["is_staff"])
+    return user
+
+
+@pytest.fixture
+def admin_user(db, django_user_model):
+    return _make_user(django_user_model, "alice-admin", "admin")
+
+
+@pytest.fixture
+def operator_user(db, django_user_model):
+    return _make_user(django_user_model, "oscar-operator", "operator")
+
+
+@pytest.fixture
+def viewer_user(db, django_user_model):
+    return _make_user(django_user_model, "vera-viewer", "viewer")
+
+
+def token_client(user):
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    token, _ = Token.objects.get_or_create(user=user)
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    return client
+
+
+@pytest.fixture
+def operator_api(operator_user):
+    return token_client(operator_user)
+
+
+@pytest.fixture
+def viewer_api(viewer_user):
+    return token_client(viewer_user)
+
+
+@pytest.fixture
+def admin_api(admin_user):
+    return token_client(admin_user)
+
+
+@pytest.fixture
+def anon_api():
+    from rest_framework.test import APIClient
+
+    return APIClient()
+
+
+# --- ONNX models ---------------------------------------------------------------
+def tiny_model_bytes(seed: int = 0, *, hidden: int = 8, opset: int = 17) -> bytes:
+    """A valid 4 → hidden → 3 MLP with a dynamic batch axis; `seed` changes the bytes."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w1 = numpy_helper.from_array(rng.standard_normal((4, hidden)).astype("float32"), "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((hidden, 3)).astype("float32"), "w2")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"]),
+            helper.make_node("Relu", ["h"], ["a"]),
+            helper.make_node("MatMul", ["a", "w2"], ["y"]),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+        initializer=[w1, w2],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              producer_name="edgefleet-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+@pytest.fixture
+def tiny_onnx(tmp_path) -> Path:
+    path = tmp_path / "tiny.onnx"
+    path.write_bytes(tiny_model_bytes())
+    return path
+
+
+@pytest.fixture
+def demo_model_path(tmp_path) -> Path:
+    """The bundled digits CNN (or the tiny model while the fixture is not generated)."""
+    path = FIXTURES / "digits_cnn.onnx"
+    if path.exists():
+        return path
+    fallback = tmp_path / "digits_cnn.onnx"
+    fallback.write_bytes(tiny_model_bytes())
+    return fallback
+
+
+@pytest.fixture
+def leftover_uploads(settings):
+    """Call to list files left in the upload temp dir (must be none after a request)."""
+
+    def _list() -> list[str]:
+        root = Path(settings.FILE_UPLOAD_TEMP_DIR)
+        return [str(p) for p in root.rglob("*")] if root.exists() else []
+
+    return _list
+
+
+def copy_fixture(name: str, dst: Path) -> Path:
+    shutil.copyfile(FIXTURES / name, dst)
+    return dst
