@@ -150,6 +150,8 @@ else:
         "socket_connect_timeout": 5,
     }
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+# Periodic tasks, by app; each app adds its own entries here.
+CELERY_BEAT_SCHEDULE: dict[str, dict] = {}
 
 # --- storage ------------------------------------------------------------------
 MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(VAR_DIR / "media")))
