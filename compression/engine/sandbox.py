@@ -79,7 +79,8 @@ def run_isolated(
         "kwargs": kwargs,
         "memory_mb": memory_mb,
         "cpu_s": cpu_s,
-        "sys_path": [p for p in sys.path if p],
+        # "" means the current directory; the child runs elsewhere, so make it absolute
+        "sys_path": [p or str(Path.cwd()) for p in sys.path],
     }
     child_env = dict(os.environ)
     child_env["ORT_DISABLE_TELEMETRY"] = "1"
