@@ -73,7 +73,11 @@ def load_dataset(path: str | Path, model_path: str | Path, *, require_labels: bo
     except (OSError, ValueError) as exc:
         raise DatasetError(f"Dataset {path.name!r} is not a readable .npz file ({exc}).") from None
     with npz:
-        arrays = {k: npz[k] for k in npz.files}
+        try:
+            arrays = {k: npz[k] for k in npz.files}
+        except (OSError, ValueError) as exc:
+            # object arrays would need unpickling, which we never do
+            raise DatasetError(f"Dataset {path.name!r} cannot be read safely ({exc}).") from None
     specs = model_input_specs(model_path)
     expected = {s.name for s in specs}
     missing = [s.name for s in specs if s.name not in arrays]

@@ -1,0 +1,76 @@
+"""auto: every candidate measured, KPIs never violated by the choice, cancel and progress."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+
+from compression.engine import Cancelled, PassConfigError
+from compression.engine.search import auto
+
+FAST = ("optimize", "int8-dynamic", "int8-static", "fp16", "prune-structured+optimize")
+
+
+def _run(tmp_path, path, data, kpis, **kw):
+    return auto(path, calibration_path=data, evaluation_path=data, kpis=kpis,
+                out_dir=tmp_path / "auto", recipes=kw.pop("recipes", FAST), runs=10, **kw)
+
+
+def test_auto_measures_all_and_chooses_a_kpi_meeting_variant(tmp_path, cnn_path, cnn_data):
+    steps = []
+    r = _run(tmp_path, cnn_path, cnn_data, {"max_accuracy_drop": 5.0},
+             progress=lambda f, s: steps.append((f, s)))
+    recipes = [c["recipe"] for c in r["candidates"]]
+    assert recipes == ["fp32", *FAST]
+    failed = next(c for c in r["candidates"] if c["recipe"] == "prune-structured+optimize")
+    assert "PassRefused" in failed["error"] and not failed["meets_kpis"]
+    chosen = next(c for c in r["candidates"] if c["recipe"] == r["chosen"])
+    assert chosen["meets_kpis"] and chosen["pareto"]
+    fp32 = r["candidates"][0]["metrics"]
+    assert chosen["metrics"]["p50_ms"] <= fp32["p50_ms"]
+    assert r["pareto"] and all(c["pareto"] == (c["recipe"] in r["pareto"])
+                               for c in r["candidates"])
+    assert steps[0][1] == "fp32: measure" and steps[-1] == (1.0, "done")
+    assert all(a[0] <= b[0] for a, b in itertools.pairwise(steps))
+    saved = json.loads((tmp_path / "auto" / "report.json").read_text())
+    assert saved["chosen"] == r["chosen"]
+
+
+def test_auto_never_returns_a_violator(tmp_path, cnn_path, cnn_data):
+    r = _run(tmp_path, cnn_path, cnn_data, {"max_latency_ms": 1e-6},
+             recipes=("optimize", "fp16"))
+    assert r["chosen"] is None
+    assert "No candidate meets the KPIs" in r["reason"]
+    assert all(not c["meets_kpis"] for c in r["candidates"])
+    assert r["pareto"]  # best trade-offs are still returned
+
+
+def test_auto_size_kpi(tmp_path, cnn_path, cnn_data):
+    fp32_mb = (tmp_path / "x").parent.joinpath("cnn.onnx").stat().st_size / 1e6
+    r = _run(tmp_path, cnn_path, cnn_data, {"max_size_mb": fp32_mb * 0.7},
+             recipes=("optimize", "fp16"))
+    assert r["chosen"] == "fp16"
+
+
+def test_auto_cancel_between_steps(tmp_path, cnn_path, cnn_data):
+    calls = {"n": 0}
+
+    def stop():
+        calls["n"] += 1
+        return calls["n"] > 2
+
+    with pytest.raises(Cancelled):
+        _run(tmp_path, cnn_path, cnn_data, {}, should_stop=stop)
+
+
+def test_auto_budget_skips_remaining(tmp_path, cnn_path, cnn_data):
+    r = _run(tmp_path, cnn_path, cnn_data, {}, budget_s=0)
+    assert r["skipped"] == list(FAST)
+    assert "Budget" in r["reason"]
+
+
+def test_auto_rejects_unknown_kpi(tmp_path, cnn_path, cnn_data):
+    with pytest.raises(PassConfigError, match="unknown KPI"):
+        _run(tmp_path, cnn_path, cnn_data, {"max_latency": 3})
