@@ -191,8 +191,7 @@ def read_npz_headers(path: str | Path) -> dict[str, dict]:
                 if not info.filename.endswith(".npy"):
                     continue
                 with zf.open(info) as fh:
-                    version = np.lib.format.read_magic(fh)
-                    shape, _fortran, dtype = np.lib.format._read_array_header(fh, version)
+                    shape, dtype = _npy_header(fh)
                 if dtype.hasobject:
                     raise UploadRejected(
                         "bad_dataset", _("Array %(a)s holds Python objects; refused.")
@@ -205,6 +204,18 @@ def read_npz_headers(path: str | Path) -> dict[str, dict]:
     if not arrays:
         raise UploadRejected("bad_dataset", _("The .npz file holds no arrays."))
     return arrays
+
+
+def _npy_header(fh) -> tuple[tuple[int, ...], np.dtype]:
+    fmt = np.lib.format
+    version = fmt.read_magic(fh)
+    if version == (1, 0):
+        shape, _fortran, dtype = fmt.read_array_header_1_0(fh)
+    elif version == (2, 0):
+        shape, _fortran, dtype = fmt.read_array_header_2_0(fh)
+    else:
+        raise ValueError(f"unsupported .npy format version {version}")
+    return shape, dtype
 
 
 def _check_arrays(arrays: dict[str, dict], model: MLModel | None) -> int:

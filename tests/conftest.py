@@ -80,6 +80,20 @@ def _isolated_local_storage(settings, tmp_path):
     settings.FILE_UPLOAD_TEMP_DIR = str(uploads)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_cache_namespace(settings):
+    """A key prefix per test: throttles and counters never leak between tests.
+
+    (cache.clear() would FLUSHDB the Redis that the Celery broker may share.)
+    """
+    import uuid
+
+    settings.CACHES = {
+        **settings.CACHES,
+        "default": {**settings.CACHES["default"], "KEY_PREFIX": uuid.uuid4().hex[:12]},
+    }
+
+
 def stored_names(prefix: str) -> set[str]:
     from django.core.files.storage import default_storage
 
