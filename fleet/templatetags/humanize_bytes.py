@@ -15,3 +15,11 @@ def human_bytes(value) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} GB"
+
+
+@register.filter(name="shape")
+def tensor_shape(value) -> str:
+    """['batch', 1, 16, 16] -> 'batch × 1 × 16 × 16'; unknown dims shown as '?'."""
+    if not isinstance(value, list | tuple):
+        return "—" if value in (None, "") else str(value)
+    return " × ".join("?" if d in (None, "") else str(d) for d in value) or "scalar"
