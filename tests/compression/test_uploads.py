@@ -102,10 +102,11 @@ def test_bad_upload_is_refused_cleanly(operator_api, model, leftover_uploads,
 
 def test_oversize_body_is_413_before_reading(operator_api, model, settings):
     settings.EDGEFLEET_MAX_UPLOAD_BYTES = 1024
+    before = stored_names("models")
     response = upload(operator_api, model, tiny_model_bytes(hidden=256))
     assert response.status_code == 413
     assert "limit" in response.json()["detail"]
-    assert stored_names("models") == set()
+    assert stored_names("models") == before
 
 
 @pytest.mark.parametrize("mode", ["segfault", "hang", "oom"])
@@ -113,10 +114,11 @@ def test_validator_crash_only_kills_the_sandbox(operator_api, model, settings, m
     settings.EDGEFLEET_VALIDATOR_TEST_CRASH = mode
     settings.EDGEFLEET_VALIDATOR_TIMEOUT_S = 3
     settings.EDGEFLEET_VALIDATOR_MEMORY_MB = 512
+    before = stored_names("models")
     response = upload(operator_api, model, tiny_model_bytes())
     assert response.status_code == 400
     assert response.json()["code"] in {"validator_crashed", "validator_timeout"}
-    assert stored_names("models") == set()
+    assert stored_names("models") == before
     settings.EDGEFLEET_VALIDATOR_TEST_CRASH = None
     assert upload(operator_api, model, tiny_model_bytes()).status_code == 201
 

@@ -40,9 +40,8 @@ def s3_storage(settings, s3_endpoint):
     from fleet.storage import ensure_bucket
 
     ensure_bucket()
-    client = boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id="test",
+    return boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id="test",
                           aws_secret_access_key="test", region_name="us-east-1")
-    return client
 
 
 def keys(client) -> set[str]:
