@@ -1,0 +1,1 @@
+"""EdgeFleet device agent: no Django, no project imports; runs on the device."""
