@@ -30,7 +30,15 @@ CHAINS: dict[str, tuple[str, ...]] = {
     "optimize+fp16": ("optimize", "fp16"),
     "prune-unstructured+int8-static": ("prune-unstructured", "int8-static"),
     "prune-structured+optimize": ("prune-structured", "optimize"),
+    "prune-structured+int8-static": ("prune-structured", "int8-static"),
     "prune-structured+optimize+int8-static": ("prune-structured", "optimize", "int8-static"),
+}
+
+# Defaults a chain applies under the caller's overrides. "extended" optimization
+# fuses Conv+activation into com.microsoft FusedConv, which the quantizer then
+# leaves in float, so a chain that quantizes afterwards optimizes at "basic".
+CHAIN_DEFAULTS: dict[str, dict] = {
+    "prune-structured+optimize+int8-static": {"optimize.level": "basic"},
 }
 
 
@@ -96,7 +104,8 @@ def run_recipe(recipe: str, input_path: str | Path, output_path: str | Path, *,
                workdir: str | Path | None = None) -> RecipeResult:
     """Apply ``recipe`` to ``input_path`` and write the final model to ``output_path``."""
     names = resolve(recipe)
-    per_pass = _split_overrides(names, dict(overrides or {}))
+    merged = {**CHAIN_DEFAULTS.get(recipe, {}), **dict(overrides or {})}
+    per_pass = _split_overrides(names, merged)
     configs = []
     for name, opts in zip(names, per_pass, strict=True):
         p = get_pass(name)

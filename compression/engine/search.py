@@ -19,7 +19,7 @@ from compression.engine.errors import Cancelled, EngineError, PassConfigError
 from compression.engine.evaluate import evaluate
 from compression.engine.recipes import DEFAULT_RECIPES, run_recipe
 
-SEARCH_RECIPES: tuple[str, ...] = (*DEFAULT_RECIPES, "prune-structured+optimize+int8-static")
+SEARCH_RECIPES: tuple[str, ...] = (*DEFAULT_RECIPES, "prune-structured+int8-static")
 KPI_KEYS = {"max_latency_ms", "max_accuracy_drop", "min_fidelity", "max_size_mb",
             "threads", "provider"}
 # candidates whose p50 is within this factor of the fastest compete on size instead

@@ -7,6 +7,7 @@ Inputs and outputs stay float32 (``keep_io_types``) so callers need no change.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 from compression.engine.errors import PassRefused
@@ -46,17 +47,24 @@ class Fp16Pass(Pass):
         from onnxconverter_common import float16
 
         model = _util.load(input_path)
+        notes: list[str] = []
         try:
-            converted = float16.convert_float_to_float16(
-                model,
-                min_positive_val=config.min_positive_val,
-                max_finite_val=config.max_finite_val,
-                keep_io_types=config.keep_io_types,
-                op_block_list=config.op_block_list,
-                node_block_list=config.node_block_list or None,
-            )
+            with warnings.catch_warnings(record=True) as caught:
+                # the converter warns once per clamped value; summarise instead of flooding logs
+                warnings.simplefilter("always")
+                converted = float16.convert_float_to_float16(
+                    model,
+                    min_positive_val=config.min_positive_val,
+                    max_finite_val=config.max_finite_val,
+                    keep_io_types=config.keep_io_types,
+                    op_block_list=config.op_block_list,
+                    node_block_list=config.node_block_list or None,
+                )
+            clamped = sum("truncated" in str(w.message) for w in caught)
+            if clamped:
+                notes.append(f"{clamped} value(s) clamped to the fp16 range")
         except (ValueError, RuntimeError, KeyError) as exc:
             raise PassRefused(f"fp16 conversion failed: {exc}") from None
         _util.save(converted, output_path)
         metrics = _util.size_metrics(input_path, output_path)
-        return PassResult(str(output_path), metrics, [])
+        return PassResult(str(output_path), metrics, notes)
