@@ -58,6 +58,7 @@ def validate_model(
         raise ModelRejected(
             "not_onnx", "The file is not an ONNX model (it does not start like an ONNX protobuf)."
         )
+    _test_crash = _test_crash or None  # "" from an unset setting means "no crash"
     if _test_crash is not None and _test_crash not in _CRASH_MODES:
         raise ValueError(f"_test_crash must be one of {sorted(_CRASH_MODES)}")
     try:

@@ -74,3 +74,16 @@ def test_auto_budget_skips_remaining(tmp_path, cnn_path, cnn_data):
 def test_auto_rejects_unknown_kpi(tmp_path, cnn_path, cnn_data):
     with pytest.raises(PassConfigError, match="unknown KPI"):
         _run(tmp_path, cnn_path, cnn_data, {"max_latency": 3})
+
+
+def test_auto_catches_the_dynamic_int8_trap_by_measurement(tmp_path, cnn_path, cnn_data):
+    from compression.engine.benchmark import benchmark
+
+    fp32_p50 = benchmark(cnn_path, runs=30)["latency_ms"]["p50"]
+    r = _run(tmp_path, cnn_path, cnn_data, {"max_latency_ms": fp32_p50 * 1.5},
+             recipes=("int8-dynamic", "optimize"))
+    dyn = next(c for c in r["candidates"] if c["recipe"] == "int8-dynamic")
+    # ConvInteger has no fast CPU kernel: dynamic int8 is several times slower on a CNN
+    assert dyn["metrics"]["p50_ratio"] > 1.5
+    assert not dyn["meets_kpis"] and dyn["violations"][0].startswith("p50")
+    assert r["chosen"] != "int8-dynamic"
