@@ -18,6 +18,7 @@ from pathlib import Path
 
 from compression.engine.errors import PassConfigError
 from compression.engine.passes import get_pass
+from compression.engine.passes._util import strip_unused_opsets
 
 # the default set a compression job measures (DESIGN: "all default recipes")
 DEFAULT_RECIPES: tuple[str, ...] = (
@@ -124,5 +125,6 @@ def run_recipe(recipe: str, input_path: str | Path, output_path: str | Path, *,
             current = step.output_path
         Path(output_path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(current, output_path)
+    strip_unused_opsets(output_path)
     result.seconds = round(time.monotonic() - started, 3)
     return result

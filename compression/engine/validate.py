@@ -157,8 +157,14 @@ def _check_tensors(model, file_size: int) -> None:
 def _check_domains(model) -> None:
     import onnx
 
+    graphs = [model.graph]
+    nodes = [n for g in graphs for n in _iter_nodes(g)]
+    for fn in model.functions:
+        nodes.extend(fn.node)
+    used = {n.domain for n in nodes}
     for op in model.opset_import:
-        if op.domain not in ALLOWED_DOMAINS:
+        # onnxruntime-saved models import every domain it knows; only a used one matters
+        if op.domain not in ALLOWED_DOMAINS and op.domain in used:
             raise ModelRejected(
                 "unknown_domain",
                 f"The model imports operator domain {op.domain!r}; only the standard ONNX, "
@@ -172,10 +178,6 @@ def _check_domains(model) -> None:
                     f"The model uses ONNX opset {op.version}; supported opsets are "
                     f"{MIN_OPSET} to {latest}.",
                 )
-    graphs = [model.graph]
-    nodes = [n for g in graphs for n in _iter_nodes(g)]
-    for fn in model.functions:
-        nodes.extend(fn.node)
     for node in nodes:
         if node.domain not in ALLOWED_DOMAINS:
             raise ModelRejected(

@@ -99,3 +99,14 @@ def test_dataset_refuses_pickles(tmp_path, cnn_path):
     np.savez(path, x=np.array([object()], dtype=object))
     with pytest.raises(DatasetError):
         load_dataset(path, cnn_path)
+
+
+@pytest.mark.parametrize("recipe", DEFAULT_RECIPES)
+def test_every_default_recipe_output_passes_validation(tmp_path, cnn_path, cnn_data, recipe):
+    from compression.engine import validate_model
+
+    out = tmp_path / f"{recipe}.onnx"
+    run_recipe(recipe, cnn_path, out, calibration_path=cnn_data, overrides=None)
+    info = validate_model(out)
+    # onnxruntime saves every domain it knows; the recipe keeps only the used ones
+    assert set(info["opsets"]) <= {"ai.onnx", "com.microsoft"}

@@ -172,3 +172,11 @@ def test_sandbox_holds_when_child_misbehaves(cnn_path, mode, code):
     assert err.code == code
     # the caller survived, and the next validation works
     assert validate_model(cnn_path)["inputs"][0]["name"] == "x"
+
+
+def test_unused_unknown_domain_import_is_harmless(tmp_path):
+    path = _tiny_with(tmp_path)
+    model = onnx.load(path)
+    model.opset_import.append(helper.make_opsetid("ai.onnx.training", 1))
+    onnx.save(model, path)
+    assert validate_model(path)["opsets"]["ai.onnx.training"] == 1

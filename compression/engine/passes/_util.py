@@ -38,3 +38,19 @@ def size_metrics(input_path: str | Path, output_path: str | Path) -> dict:
         "size_bytes_after": after,
         "size_ratio": round(after / before, 4) if before else None,
     }
+
+
+def strip_unused_opsets(path: str | Path) -> int:
+    """Drop opset imports no node uses (onnxruntime saves every domain it knows),
+    so variants do not demand domains a small device runtime lacks. Returns how many."""
+    model = load(path)
+    used = {n.domain for n in model.graph.node} | {""}
+    for fn in model.functions:
+        used |= {n.domain for n in fn.node} | {fn.domain}
+    keep = [o for o in model.opset_import if o.domain in used or o.domain == "ai.onnx"]
+    dropped = len(model.opset_import) - len(keep)
+    if dropped:
+        del model.opset_import[:]
+        model.opset_import.extend(keep)
+        save(model, path)
+    return dropped
