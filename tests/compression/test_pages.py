@@ -73,3 +73,10 @@ def test_language_switch_to_chinese(client, viewer_user):
     client.post("/i18n/setlang/", {"language": "zh-hans", "next": "/models/"})
     page = client.get("/models/").content.decode()
     assert 'lang="zh-hans"' in page
+
+
+def test_pages_are_translated_to_chinese(client, viewer_user):
+    client.force_login(viewer_user)
+    client.post("/i18n/setlang/", {"language": "zh-hans", "next": "/models/"})
+    page = client.get("/models/").content.decode()
+    assert "模型" in page and "退出登录" in page
