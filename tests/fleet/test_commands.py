@@ -58,3 +58,21 @@ def test_seed_demo_loads_model_and_datasets():
     assert Dataset.objects.filter(model=model, has_labels=True).exists()
     call_command("seed_demo", stdout=io.StringIO())  # idempotent
     assert MLModel.objects.count() == 1
+
+
+def test_drf_create_token_gives_a_working_api_token(operator_user, tiny_onnx):
+    from rest_framework.test import APIClient
+
+    out = io.StringIO()
+    call_command("drf_create_token", operator_user.username, stdout=out)
+    token = out.getvalue().split()[2]
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+    model = client.post("/api/v1/models/", {"name": "via-token"}).json()
+    with tiny_onnx.open("rb") as fh:
+        created = client.post(f"/api/v1/models/{model['id']}/versions/", {"file": fh},
+                              format="multipart")
+    assert created.status_code == 201
+    assert client.get("/api/v1/models/").json()["count"] == 1
+    download = client.get(created.json()["download_url"])
+    assert b"".join(download.streaming_content) == tiny_onnx.read_bytes()
