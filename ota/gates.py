@@ -1,0 +1,146 @@
+"""Phase gates and phase math: pure functions, no ORM, so they are easy to test.
+
+A gate looks at what the devices of one phase actually did (install results,
+on-device latency, confidence) and answers pass, wait or fail with reasons.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+
+
+class Verdict(StrEnum):
+    PASS = "pass"
+    WAIT = "wait"
+    FAIL = "fail"
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Thresholds of one phase. `None` switches a check off."""
+
+    max_failure_rate: float = 0.2          # failed / (succeeded + failed)
+    min_successful: int = 1                # devices that must have succeeded
+    max_latency_ratio: float | None = 1.5  # on-device p95 ≤ k × benchmark estimate
+    max_confidence_drop: float | None = None  # mean top-1 confidence vs previous version
+    min_soak_s: int = 0                    # time since the phase's first success
+    min_latency_samples: int = 3           # telemetry points before latency is judged
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> GateConfig:
+        data = dict(data or {})
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown gate settings: {', '.join(sorted(unknown))}")
+        config = cls(**data)
+        if not 0 <= config.max_failure_rate <= 1:
+            raise ValueError("max_failure_rate must be between 0 and 1")
+        if config.min_successful < 0 or config.min_soak_s < 0:
+            raise ValueError("min_successful and min_soak_s must be ≥ 0")
+        if config.max_latency_ratio is not None and config.max_latency_ratio <= 0:
+            raise ValueError("max_latency_ratio must be > 0")
+        return config
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class PhaseStats:
+    targeted: int
+    succeeded: int = 0
+    failed: int = 0          # failed + rolled back (the device refused or reverted)
+    in_progress: int = 0
+    p95_latency_ms: float | None = None
+    latency_samples: int = 0
+    estimate_p95_ms: float | None = None
+    confidence_mean: float | None = None
+    baseline_confidence_mean: float | None = None
+    soak_elapsed_s: float = 0.0
+
+
+@dataclass
+class GateDecision:
+    verdict: Verdict
+    reasons: list[str] = field(default_factory=list)
+    values: dict = field(default_factory=dict)
+
+
+def evaluate(config: GateConfig, stats: PhaseStats) -> GateDecision:
+    """Fail fast on evidence of harm; pass only when every check has enough evidence."""
+    values: dict = {}
+    failures: list[str] = []
+    waits: list[str] = []
+    finished = stats.succeeded + stats.failed
+    rate = stats.failed / finished if finished else 0.0
+    values["failure_rate"] = round(rate, 4)
+    if finished and rate > config.max_failure_rate and stats.failed >= 1:
+        failures.append(
+            f"install failure rate {rate:.0%} > {config.max_failure_rate:.0%} "
+            f"({stats.failed} of {finished} devices)"
+        )
+    if config.max_latency_ratio is not None and stats.estimate_p95_ms:
+        values["estimate_p95_ms"] = stats.estimate_p95_ms
+        values["p95_latency_ms"] = stats.p95_latency_ms
+        if stats.latency_samples < config.min_latency_samples or stats.p95_latency_ms is None:
+            waits.append("waiting for on-device latency telemetry")
+        else:
+            ratio = stats.p95_latency_ms / stats.estimate_p95_ms
+            values["latency_ratio"] = round(ratio, 3)
+            if ratio > config.max_latency_ratio:
+                failures.append(
+                    f"on-device p95 latency {stats.p95_latency_ms:.1f} ms is {ratio:.1f}× the "
+                    f"estimate {stats.estimate_p95_ms:.1f} ms (limit {config.max_latency_ratio}×)"
+                )
+    if config.max_confidence_drop is not None and stats.baseline_confidence_mean is not None:
+        if stats.confidence_mean is None:
+            waits.append("waiting for confidence telemetry")
+        else:
+            drop = stats.baseline_confidence_mean - stats.confidence_mean
+            values["confidence_drop"] = round(drop, 4)
+            if drop > config.max_confidence_drop:
+                failures.append(f"mean confidence dropped by {drop:.3f} "
+                                f"(limit {config.max_confidence_drop})")
+    if failures:
+        return GateDecision(Verdict.FAIL, failures, values)
+    needed = min(config.min_successful, stats.targeted)
+    if stats.succeeded < needed:
+        waits.append(f"{stats.succeeded} of {needed} devices succeeded")
+    if stats.in_progress:
+        waits.append(f"{stats.in_progress} devices still updating")
+    if stats.soak_elapsed_s < config.min_soak_s:
+        waits.append(f"soaking {stats.soak_elapsed_s:.0f}/{config.min_soak_s} s")
+    if waits:
+        return GateDecision(Verdict.WAIT, waits, values)
+    return GateDecision(Verdict.PASS, ["all gates passed"], values)
+
+
+def phase_targets(total: int, percents: list[float]) -> list[int]:
+    """Cumulative device counts per phase: 1 % of 250 devices is 3, never 0 for a non-empty fleet.
+
+    Percentages must increase and the last must be 100, so every targeted device
+    is in some phase.
+    """
+    if not percents or percents[-1] != 100:
+        raise ValueError("the last phase must cover 100 % of the target")
+    if any(b <= a for a, b in itertools.pairwise(percents)):
+        raise ValueError("phase percentages must increase")
+    if any(p <= 0 for p in percents):
+        raise ValueError("phase percentages must be > 0")
+    counts = []
+    for percent in percents:
+        count = math.ceil(total * percent / 100)
+        counts.append(max(count, 1) if total else 0)
+    return counts
+
+
+def p95(values: list[float]) -> float | None:
+    """Nearest-rank 95th percentile (what dashboards show)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(math.ceil(0.95 * len(ordered)) - 1, 0)
+    return ordered[rank]
