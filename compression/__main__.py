@@ -82,7 +82,7 @@ def cmd_benchmark(args) -> dict:
 
     batches = tuple(sorted({1, args.batch})) if args.batch else (1,)
     r = benchmark(_need_file(args.model, "model"), threads=args.threads, runs=args.runs,
-                  warmup=args.warmup, batch_sizes=batches)
+                  warmup=args.warmup, batch_sizes=batches, provider=args.provider)
     if not args.json:
         lat = r["latency_ms"]
         print(f"latency ms (batch {lat['batch']}, {lat['runs']} runs): p50 {lat['p50']:.3f}  "
@@ -117,7 +117,8 @@ def cmd_auto(args) -> dict:
     from compression.engine.search import auto
 
     kpis = {"max_latency_ms": args.max_latency_ms, "max_accuracy_drop": args.max_accuracy_drop,
-            "min_fidelity": args.min_fidelity, "max_size_mb": args.max_size_mb}
+            "min_fidelity": args.min_fidelity, "max_size_mb": args.max_size_mb,
+            "provider": args.provider}
 
     def progress(fraction: float, step: str) -> None:
         if not args.json:
@@ -165,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--batch", type=int, default=None, help="also measure this batch size")
+    p.add_argument("--provider", default="CPUExecutionProvider", help="execution provider")
     p.set_defaults(func=cmd_benchmark)
     p = sub.add_parser("evaluate", parents=[common], help="accuracy and fidelity")
     p.add_argument("model")
@@ -181,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-size-mb", type=float)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--budget-s", type=float, default=600)
+    p.add_argument("--provider", default="CPUExecutionProvider", help="execution provider")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_auto)
     return parser

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from compression.engine.errors import EngineError
 from compression.engine.passes._util import file_size, gzip_size
 from compression.engine.sandbox import run_isolated
 
@@ -98,6 +99,11 @@ def measure(model_path: str, threads: int, runs: int, warmup: int, batch_sizes: 
     """The part that runs inside the sandbox child."""
     import onnxruntime as ort
 
+    available = ort.get_available_providers()
+    if provider not in available:
+        # onnxruntime would silently fall back to CPU and the numbers would lie
+        raise EngineError(f"Execution provider {provider!r} is not available here; "
+                          f"available: {', '.join(available)}.")
     rss_base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
@@ -153,7 +159,7 @@ def benchmark(model_path: str | Path, *, threads: int = 1, runs: int = 50, warmu
     When the batch axis is dynamic and only batch 1 is asked for, throughput is
     also measured at ``extra_batch`` (set it to None to skip).
     """
-    model_path = str(model_path)
+    model_path = str(Path(model_path).resolve())  # the child runs in its own directory
     result = run_isolated(
         measure, model_path, threads, runs, warmup, list(batch_sizes), provider, extra_batch,
         dict(dim_values or {}),

@@ -41,7 +41,7 @@ def validate_model(
     ``_test_crash`` ("segfault" | "hang" | "oom") makes the child misbehave on
     purpose so tests can prove the sandbox holds.
     """
-    path = Path(path)
+    path = Path(path).resolve()  # the sandboxed child runs in its own directory
     if not path.is_file():
         raise ModelRejected("not_onnx", f"No model file at {path.name!r}.")
     size = path.stat().st_size

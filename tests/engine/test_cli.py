@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def cli(*args, check=True):
@@ -81,3 +86,19 @@ def test_errors_are_one_line_without_traceback(tmp_path, cnn_path, args, needle)
 def test_debug_shows_traceback(tmp_path):
     proc = cli("inspect", tmp_path / "missing.onnx", "--debug", check=False)
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+
+def test_relative_paths_and_unknown_provider(tmp_path, cnn_path):
+    shutil.copy(cnn_path, tmp_path / "rel.onnx")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "compression", *args], capture_output=True,
+                              text=True, timeout=300, cwd=tmp_path, env=env)
+
+    proc = run("benchmark", "rel.onnx", "--runs", "2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    proc = run("benchmark", "rel.onnx", "--provider", "NoSuchEP")
+    # onnxruntime would fall back to CPU silently; we refuse instead
+    assert proc.returncode == 2 and "'NoSuchEP' is not available" in proc.stderr
