@@ -18,6 +18,7 @@ from compression.engine.benchmark import benchmark
 from compression.engine.errors import Cancelled, EngineError, PassConfigError
 from compression.engine.evaluate import evaluate
 from compression.engine.recipes import DEFAULT_RECIPES, run_recipe
+from compression.engine.sandbox import run_isolated
 
 SEARCH_RECIPES: tuple[str, ...] = (*DEFAULT_RECIPES, "prune-structured+int8-static")
 KPI_KEYS = {"max_latency_ms", "max_accuracy_drop", "min_fidelity", "max_size_mb",
@@ -117,12 +118,27 @@ def _choose(cands: list[dict]) -> tuple[str | None, str]:
                               f"within {round((_LATENCY_TIE - 1) * 100)} %).")
 
 
+def compress_to_json(recipe: str, input_path: str, output_path: str,
+                     calibration_path: str | None, workdir: str) -> list[dict]:
+    """``run_recipe`` for the sandbox child: returns the JSON-able step records."""
+    result = run_recipe(recipe, input_path, output_path, calibration_path=calibration_path,
+                        workdir=workdir)
+    return json.loads(json.dumps(result.steps, default=str))
+
+
 def auto(input_path: str | Path, *, calibration_path: str | Path | None,
          evaluation_path: str | Path, kpis: dict, threads: int = 1, budget_s: float = 600,
          out_dir: str | Path, progress: Callable[[float, str], None] | None = None,
          should_stop: Callable[[], bool] | None = None,
-         recipes: tuple[str, ...] | list[str] | None = None, runs: int = 30) -> dict:
-    """Search ``recipes`` (default ``SEARCH_RECIPES``) against ``kpis``; see module docstring."""
+         recipes: tuple[str, ...] | list[str] | None = None, runs: int = 30,
+         step_timeout_s: float = 600, memory_mb: int | None = 4096) -> dict:
+    """Search ``recipes`` (default ``SEARCH_RECIPES``) against ``kpis``; see module docstring.
+
+    Compressing, benchmarking and evaluating each run in their own sandboxed
+    process (``step_timeout_s``, ``memory_mb``): a candidate that crashes or
+    hangs is recorded as failed and the search goes on. The budget is checked
+    between candidates, so one candidate may overrun it by up to its own time.
+    """
     unknown = set(kpis) - KPI_KEYS
     if unknown:
         raise PassConfigError(f"unknown KPI(s) {sorted(unknown)}; known: {sorted(KPI_KEYS)}")
@@ -145,7 +161,9 @@ def auto(input_path: str | Path, *, calibration_path: str | Path | None,
 
     def measure(recipe: str, path: Path, base: dict | None) -> dict:
         bench = benchmark(path, threads=threads, runs=runs, warmup=3, provider=provider)
-        evaluation = evaluate(path, evaluation_path, reference_path=input_path, threads=threads)
+        evaluation = run_isolated(evaluate, str(path), str(evaluation_path),
+                                  reference_path=str(input_path), threads=threads,
+                                  timeout_s=step_timeout_s, memory_mb=memory_mb)
         return _metrics(bench, evaluation, base)
 
     step(0, "fp32: measure")
@@ -160,8 +178,9 @@ def auto(input_path: str | Path, *, calibration_path: str | Path | None,
         step(i, f"{recipe}: compress")
         path = out_dir / f"{recipe}.onnx"
         try:
-            result = run_recipe(recipe, input_path, path, calibration_path=calibration_path,
-                                workdir=out_dir)
+            steps = run_isolated(compress_to_json, recipe, str(input_path), str(path),
+                                 calibration_path and str(calibration_path), str(out_dir),
+                                 timeout_s=step_timeout_s, memory_mb=memory_mb)
             step(i + 0.5, f"{recipe}: measure")
             metrics = measure(recipe, path, base)
         except Cancelled:
@@ -171,7 +190,7 @@ def auto(input_path: str | Path, *, calibration_path: str | Path | None,
                                "error": f"{type(exc).__name__}: {exc}"})
             continue
         candidates.append({"recipe": recipe, "path": str(path), "metrics": metrics,
-                           "steps": result.steps})
+                           "steps": steps})
     base["size_ratio"] = base["p50_ratio"] = base["throughput_ratio"] = 1.0
     base["accuracy_drop_pt"] = 0.0 if base["accuracy"] is not None else None
     for c in candidates:

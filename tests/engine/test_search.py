@@ -87,3 +87,21 @@ def test_auto_catches_the_dynamic_int8_trap_by_measurement(tmp_path, cnn_path, c
     assert dyn["metrics"]["p50_ratio"] > 1.5
     assert not dyn["meets_kpis"] and dyn["violations"][0].startswith("p50")
     assert r["chosen"] != "int8-dynamic"
+
+
+def test_a_crashing_candidate_is_recorded_and_the_search_goes_on(tmp_path, cnn_path, cnn_data,
+                                                                 monkeypatch):
+    from compression.engine import SandboxCrashed, search
+
+    real = search.run_isolated
+
+    def crash_fp16(func, *args, **kwargs):
+        if func is search.compress_to_json and args[0] == "fp16":
+            raise SandboxCrashed("the isolated process was killed by SIGSEGV")
+        return real(func, *args, **kwargs)
+
+    monkeypatch.setattr(search, "run_isolated", crash_fp16)
+    r = _run(tmp_path, cnn_path, cnn_data, {}, recipes=("fp16", "optimize"))
+    fp16 = next(c for c in r["candidates"] if c["recipe"] == "fp16")
+    assert "SIGSEGV" in fp16["error"] and not fp16["meets_kpis"]
+    assert r["chosen"] in {"fp32", "optimize"}
