@@ -14,3 +14,25 @@ class ModelTask(models.TextChoices):
 class DatasetPurpose(models.TextChoices):
     CALIBRATION = "calibration", _("Calibration")
     EVALUATION = "evaluation", _("Evaluation")
+
+
+class JobMode(models.TextChoices):
+    RECIPES = "recipes", _("Explicit recipes")
+    AUTO = "auto", _("Auto (search against KPIs)")
+
+
+class JobStatus(models.TextChoices):
+    QUEUED = "queued", _("Queued")
+    RUNNING = "running", _("Running")
+    SUCCEEDED = "succeeded", _("Succeeded")
+    FAILED = "failed", _("Failed")
+    CANCELLED = "cancelled", _("Cancelled")
+
+
+# KPI name -> (label, lower bound exclusive, upper bound inclusive or None)
+JOB_KPIS: dict[str, tuple] = {
+    "max_latency_ms": (_("Max latency p50 (ms)"), 0.0, None),
+    "max_accuracy_drop": (_("Max accuracy drop (points)"), -0.000001, 100.0),
+    "min_fidelity": (_("Min fidelity (top-1 agreement, 0–1)"), 0.0, 1.0),
+    "max_size_mb": (_("Max size (MB)"), 0.0, None),
+}

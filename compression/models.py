@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import socket
+from datetime import timedelta
+
 from django.conf import settings
 from django.db import models
+from django.db.models import F, Q
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from compression.choices import DatasetPurpose, ModelTask
+from compression.choices import DatasetPurpose, JobMode, JobStatus, ModelTask
 
 
 class MLModel(models.Model):
@@ -117,3 +123,194 @@ class Dataset(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.get_purpose_display()})"
+
+
+LOG_LINES_KEPT = 200  # the job page shows a tail; the full story is in the worker log
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class CompressionJob(models.Model):
+    """One request to derive measured variants of a model version.
+
+    State machine: queued → running → succeeded | failed | cancelled. Every
+    transition is a conditional UPDATE on the status column, so two workers
+    (a redelivered message, a duplicate) can never both own the job.
+    """
+
+    source = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="jobs",
+                               verbose_name=_("source version"))
+    mode = models.CharField(_("mode"), max_length=10, choices=JobMode.choices,
+                            default=JobMode.AUTO)
+    recipes = models.JSONField(_("recipes"), default=list, blank=True)
+    kpis = models.JSONField(_("KPIs"), default=dict, blank=True)
+    hardware_profile = models.ForeignKey(
+        "devices.HardwareProfile", null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="compression_jobs", verbose_name=_("hardware profile"),
+    )
+    calibration = models.ForeignKey(Dataset, null=True, blank=True, on_delete=models.PROTECT,
+                                    related_name="+", verbose_name=_("calibration data"))
+    evaluation = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="+",
+                                   verbose_name=_("evaluation data"))
+    time_budget_s = models.PositiveIntegerField(_("time budget (s)"), default=600)
+
+    status = models.CharField(_("status"), max_length=10, choices=JobStatus.choices,
+                              default=JobStatus.QUEUED, db_index=True)
+    progress = models.FloatField(_("progress"), default=0.0)  # 0..1
+    current_step = models.CharField(_("current step"), max_length=200, blank=True)
+    log = models.JSONField(default=list, blank=True)  # last LOG_LINES_KEPT lines
+    error = models.TextField(_("error"), blank=True)
+    result = models.JSONField(default=dict, blank=True)  # reason, pareto, chosen, host, seconds
+    cancel_requested = models.BooleanField(default=False)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    worker_host = models.CharField(_("worker host"), max_length=255, blank=True)
+    worker_pid = models.PositiveIntegerField(null=True, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                   on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        verbose_name = _("compression job")
+        verbose_name_plural = _("compression jobs")
+
+    def __str__(self) -> str:
+        return f"job {self.pk} ({self.source})"
+
+    @property
+    def is_live(self) -> bool:
+        return self.status in (JobStatus.QUEUED, JobStatus.RUNNING)
+
+    @property
+    def progress_percent(self) -> int:
+        return round((self.progress or 0) * 100)
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.finished_at or timezone.now()
+        return round((end - self.started_at).total_seconds(), 1)
+
+    # --- transitions -----------------------------------------------------------
+    def _claimant_gone(self) -> bool:
+        """The previous claimant is dead (same machine) or silent for too long."""
+        stale = timezone.now() - timedelta(seconds=settings.EDGEFLEET_JOB_STALE_S)
+        if self.heartbeat_at is None or self.heartbeat_at < stale:
+            return True
+        if self.worker_host != socket.gethostname():
+            return False
+        # Our own pid: a prefork child runs one task at a time, so the earlier run has ended
+        # (a transient-error retry); otherwise the claimant must still be alive.
+        return self.worker_pid == os.getpid() or not _pid_alive(self.worker_pid)
+
+    def mark_running(self) -> bool:
+        """Claim the job for this process. True if we own it now.
+
+        A queued job is claimed once. A running job is taken over only when its
+        claimant is gone (SIGKILLed child, lost machine): that is a redelivery,
+        not a duplicate. A duplicate message for a live or finished job loses.
+        """
+        now = timezone.now()
+        owned = {"status": JobStatus.RUNNING, "attempts": F("attempts") + 1,
+                 "worker_host": socket.gethostname(), "worker_pid": os.getpid(),
+                 "heartbeat_at": now}
+        queued = Q(status=JobStatus.QUEUED, cancel_requested=False)
+        if CompressionJob.objects.filter(queued, pk=self.pk).update(started_at=now, **owned):
+            self.refresh_from_db()
+            return True
+        self.refresh_from_db()
+        if self.status != JobStatus.RUNNING or not self._claimant_gone():
+            return False
+        # Take over only from the exact claimant we judged gone (no race with a third worker).
+        claimed = CompressionJob.objects.filter(
+            pk=self.pk, status=JobStatus.RUNNING, worker_pid=self.worker_pid,
+            worker_host=self.worker_host, attempts=self.attempts,
+        ).update(**owned)
+        self.refresh_from_db()
+        return bool(claimed)
+
+    def _finish(self, status: str, **fields) -> bool:
+        fields.update(status=status, finished_at=timezone.now())
+        done = CompressionJob.objects.filter(
+            pk=self.pk, status__in=[JobStatus.QUEUED, JobStatus.RUNNING]
+        ).update(**fields)
+        self.refresh_from_db()
+        return bool(done)
+
+    def mark_succeeded(self, result: dict) -> bool:
+        return self._finish(JobStatus.SUCCEEDED, result=result, progress=1.0,
+                            current_step=str(_("done")), error="")
+
+    def mark_failed(self, error: str) -> bool:
+        return self._finish(JobStatus.FAILED, error=error[:4000])
+
+    def mark_cancelled(self) -> bool:
+        return self._finish(JobStatus.CANCELLED, current_step=str(_("cancelled")))
+
+    def request_cancel(self) -> bool:
+        """A queued job is cancelled at once; a running one is asked to stop. False if over."""
+        if CompressionJob.objects.filter(pk=self.pk, status=JobStatus.QUEUED).update(
+            status=JobStatus.CANCELLED, cancel_requested=True, finished_at=timezone.now(),
+            current_step=str(_("cancelled")),
+        ):
+            self.refresh_from_db()
+            return True
+        updated = CompressionJob.objects.filter(pk=self.pk, status=JobStatus.RUNNING).update(
+            cancel_requested=True)
+        self.refresh_from_db()
+        return bool(updated)
+
+    def report(self, *, progress: float, step: str, log: list[str]) -> None:
+        """Progress written by the owner only (the ProgressReporter throttles the calls)."""
+        CompressionJob.objects.filter(pk=self.pk, status=JobStatus.RUNNING).update(
+            progress=progress, current_step=step[:200], log=log[-LOG_LINES_KEPT:],
+            heartbeat_at=timezone.now(),
+        )
+
+    def cancel_was_requested(self) -> bool:
+        return CompressionJob.objects.filter(pk=self.pk, cancel_requested=True).exists()
+
+
+class Candidate(models.Model):
+    """One recipe tried by a job, with its measurements and verdicts."""
+
+    job = models.ForeignKey(CompressionJob, on_delete=models.CASCADE, related_name="candidates")
+    recipe = models.CharField(_("recipe"), max_length=120)
+    metrics = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    violations = models.JSONField(default=list, blank=True)
+    meets_kpis = models.BooleanField(default=False)
+    on_pareto = models.BooleanField(default=False)
+    chosen = models.BooleanField(default=False)
+    version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL,
+                                related_name="candidates")
+
+    class Meta:
+        ordering = ["job", "pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "recipe"], name="uniq_job_candidate_recipe"),
+        ]
+        verbose_name = _("candidate")
+        verbose_name_plural = _("candidates")
+
+    def __str__(self) -> str:
+        return f"{self.recipe} (job {self.job_id})"
+
+    @property
+    def is_original(self) -> bool:
+        return self.recipe == "fp32"

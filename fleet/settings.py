@@ -153,7 +153,23 @@ else:
     }
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 # Periodic tasks, by app; each app adds its own entries here.
-CELERY_BEAT_SCHEDULE: dict[str, dict] = {}
+CELERY_BEAT_SCHEDULE: dict[str, dict] = {
+    # Re-enqueue jobs whose message was lost (broker down at enqueue, worker
+    # machine gone with a filesystem broker); the claim makes a duplicate harmless.
+    "compression-requeue-stale-jobs": {
+        "task": "compression.tasks.requeue_stale_jobs",
+        "schedule": 60.0,
+    },
+}
+
+# --- compression jobs -----------------------------------------------------------
+EDGEFLEET_JOB_DIR = Path(env_str("EDGEFLEET_JOB_DIR", str(VAR_DIR / "jobs")))
+# A crashed worker child (SIGKILL, segfault) redelivers its job; give up after this many.
+EDGEFLEET_JOB_MAX_ATTEMPTS = env_int("EDGEFLEET_JOB_MAX_ATTEMPTS", 3, minimum=1)
+# A running job whose claimant sent no heartbeat for this long may be taken over.
+EDGEFLEET_JOB_STALE_S = env_int("EDGEFLEET_JOB_STALE_S", 600, minimum=10)
+# tests only: "crash[@job]" | "slow:<s>[@job]" | "fail[@job]" (see compression/runner.py)
+EDGEFLEET_JOB_TEST_HOOK = env_str("EDGEFLEET_JOB_TEST_HOOK", "")
 
 # --- storage ------------------------------------------------------------------
 MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(VAR_DIR / "media")))

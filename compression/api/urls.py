@@ -1,12 +1,14 @@
 from django.urls import path
 from rest_framework.routers import DefaultRouter
 
-from compression.api import views
+from compression.api import jobs, views
 
 router = DefaultRouter(trailing_slash=True)
 router.register("models", views.MLModelViewSet, basename="mlmodel")
 router.register("versions", views.ModelVersionViewSet, basename="modelversion")
 router.register("datasets", views.DatasetViewSet, basename="dataset")
+router.register("jobs", jobs.CompressionJobViewSet, basename="compressionjob")
+router.register("hardware-profiles", jobs.HardwareProfileViewSet, basename="hardwareprofile")
 
 urlpatterns = [
     path("models/<int:model_pk>/versions/", views.ModelVersionListView.as_view(),

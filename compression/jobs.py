@@ -1,0 +1,178 @@
+"""Compression job workflows: validate and create, enqueue, cancel, requeue.
+
+Naming follows STYLE.md: `check_*` validates then acts, `do_*` mutates and
+states its precondition. The heavy work itself lives in `runner.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from compression.choices import JOB_KPIS, DatasetPurpose, JobMode, JobStatus
+from compression.engine.errors import EngineError
+from compression.engine.recipes import needs_calibration, resolve
+from compression.engine.search import SEARCH_RECIPES
+from compression.models import CompressionJob, Dataset, ModelVersion
+
+log = logging.getLogger(__name__)
+
+MIN_BUDGET_S, MAX_BUDGET_S = 10, 6 * 3600
+
+
+class JobRejected(Exception):
+    """Input we refuse, with the field it concerns (for forms and the API)."""
+
+    def __init__(self, code: str, message: str, field: str | None = None):
+        super().__init__(message)
+        self.code, self.message, self.field = code, message, field
+
+
+def _check_recipes(mode: str, recipes: list[str] | None) -> list[str]:
+    recipes = [str(r).strip() for r in (recipes or []) if str(r).strip()]
+    if mode == JobMode.RECIPES and not recipes:
+        raise JobRejected("no_recipes", _("Pick at least one recipe."), "recipes")
+    for recipe in recipes:
+        try:
+            resolve(recipe)
+        except EngineError:
+            raise JobRejected("unknown_recipe", _("Unknown recipe %(r)r.") % {"r": recipe},
+                              "recipes") from None
+    if len(set(recipes)) != len(recipes):
+        raise JobRejected("duplicate_recipe", _("A recipe is listed twice."), "recipes")
+    if "fp32" in recipes:
+        raise JobRejected("unknown_recipe", _("fp32 is the original; it is always measured."),
+                          "recipes")
+    return recipes
+
+
+def _check_kpis(kpis: dict | None) -> dict:
+    if kpis is None:
+        return {}
+    if not isinstance(kpis, dict):
+        raise JobRejected("bad_kpi", _("KPIs must be an object of name: number."), "kpis")
+    clean = {}
+    for name, value in kpis.items():
+        if value is None or value == "":
+            continue
+        if name not in JOB_KPIS:
+            raise JobRejected("bad_kpi", _("Unknown KPI %(k)r; known: %(known)s.")
+                              % {"k": name, "known": ", ".join(JOB_KPIS)}, "kpis")
+        label, low, high = JOB_KPIS[name]
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if isinstance(value, bool) or not math.isfinite(number) or number <= low or (
+                high is not None and number > high):
+            raise JobRejected("bad_kpi", _("%(label)s: %(v)r is out of range.")
+                              % {"label": label, "v": value}, "kpis")
+        clean[name] = number
+    return clean
+
+
+def _check_dataset(dataset: Dataset | None, source: ModelVersion, field: str) -> None:
+    if dataset is None:
+        return
+    for spec in source.inputs:
+        meta = dataset.arrays.get(spec["name"])
+        if meta is None:
+            raise JobRejected("dataset_mismatch", _(
+                "Dataset %(d)s has no array for model input %(i)r.")
+                % {"d": dataset.name, "i": spec["name"]}, field)
+        want, got = list(spec.get("shape") or []), list(meta.get("shape") or [])
+        fixed_ok = len(want) == len(got) and all(
+            not isinstance(w, int) or w <= 0 or w == g
+            for w, g in zip(want[1:], got[1:], strict=True))
+        if not fixed_ok:
+            raise JobRejected("dataset_mismatch", _(
+                "Dataset %(d)s: array %(i)r has shape %(g)s, the model expects %(w)s.")
+                % {"d": dataset.name, "i": spec["name"], "g": got, "w": want}, field)
+
+
+def check_and_create_job(source: ModelVersion, *, mode: str = JobMode.AUTO,
+                         recipes: list[str] | None = None, kpis: dict | None = None,
+                         hardware_profile=None, calibration: Dataset | None = None,
+                         evaluation: Dataset | None = None, time_budget_s: int = 600,
+                         actor=None) -> CompressionJob:
+    """Validate a job request, store it queued and enqueue it once the row is committed."""
+    if mode not in JobMode.values:
+        raise JobRejected("bad_mode", _("Unknown mode %(m)r.") % {"m": mode}, "mode")
+    recipes = _check_recipes(mode, recipes)
+    kpis = _check_kpis(kpis)
+    if evaluation is None:
+        raise JobRejected("no_evaluation", _("An evaluation dataset is required: every variant "
+                                             "is scored on it."), "evaluation")
+    _check_dataset(evaluation, source, "evaluation")
+    _check_dataset(calibration, source, "calibration")
+    if calibration is not None and calibration.purpose != DatasetPurpose.CALIBRATION:
+        raise JobRejected("dataset_mismatch", _("%(d)s is not a calibration dataset.")
+                          % {"d": calibration.name}, "calibration")
+    effective = recipes or list(SEARCH_RECIPES)
+    if calibration is None and any(needs_calibration(r) for r in effective):
+        if mode == JobMode.RECIPES:
+            raise JobRejected("no_calibration", _("These recipes need a calibration dataset."),
+                              "calibration")
+        # auto without calibration data: leave out what would need it
+        recipes = [r for r in effective if not needs_calibration(r)]
+    if "max_accuracy_drop" in kpis and not evaluation.has_labels:
+        raise JobRejected("no_labels", _("An accuracy KPI needs an evaluation dataset with "
+                                         "labels."), "kpis")
+    try:
+        budget = int(time_budget_s)
+    except (TypeError, ValueError):
+        budget = -1
+    if not MIN_BUDGET_S <= budget <= MAX_BUDGET_S:
+        raise JobRejected("bad_budget", _("The time budget must be between %(a)s and %(b)s s.")
+                          % {"a": MIN_BUDGET_S, "b": MAX_BUDGET_S}, "time_budget_s")
+    with transaction.atomic():
+        job = CompressionJob.objects.create(
+            source=source, mode=mode, recipes=recipes, kpis=kpis,
+            hardware_profile=hardware_profile, calibration=calibration, evaluation=evaluation,
+            time_budget_s=budget, created_by=actor,
+        )
+        transaction.on_commit(lambda: do_enqueue(job.pk))
+    return job
+
+
+def do_enqueue(job_id: int) -> bool:
+    """Send the job's message. Precondition: the job row is committed.
+
+    A broker that is down does not lose the job: the row stays queued with no
+    `enqueued_at`, and `requeue_stale_jobs` sends it again later (RELIABILITY C5).
+    """
+    from compression.tasks import run_compression_job
+
+    try:
+        run_compression_job.delay(job_id)
+    except Exception as exc:  # kombu/redis raise many types; none may lose the row
+        log.warning("job %s not enqueued (%s: %s); the sweeper retries", job_id,
+                    type(exc).__name__, exc)
+        return False
+    CompressionJob.objects.filter(pk=job_id).update(enqueued_at=timezone.now())
+    return True
+
+
+def do_cancel(job: CompressionJob) -> bool:
+    """Cancel a queued job or ask a running one to stop. False when it is already over."""
+    return job.request_cancel()
+
+
+def requeue_stale_jobs(*, now=None) -> list[int]:
+    """Re-send jobs whose message was lost: never enqueued, or owned by a silent worker."""
+    now = now or timezone.now()
+    never_sent = CompressionJob.objects.filter(
+        status=JobStatus.QUEUED, enqueued_at__isnull=True,
+        created_at__lt=now - timedelta(seconds=30))
+    silent = CompressionJob.objects.filter(
+        status=JobStatus.RUNNING,
+        heartbeat_at__lt=now - timedelta(seconds=settings.EDGEFLEET_JOB_STALE_S))
+    ids = sorted(set(never_sent.values_list("pk", flat=True)) |
+                 set(silent.values_list("pk", flat=True)))
+    return [pk for pk in ids if do_enqueue(pk)]

@@ -1,0 +1,235 @@
+"""Compression jobs in-process: API, roles, validation, state machine, runner."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from django.core.files.storage import default_storage
+
+from compression import jobs, runner
+from compression.choices import JobStatus
+from compression.models import Candidate, CompressionJob, ModelVersion
+from compression.progress import ProgressReporter
+from compression.services import check_and_register_dataset
+from devices.models import HardwareProfile
+from tests.compression.jobs_support import FAST_RECIPES, job_payload, load_demo
+from tests.conftest import stored_names
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _job_dir(settings, tmp_path):
+    settings.EDGEFLEET_JOB_DIR = tmp_path / "jobs"
+
+
+@pytest.fixture
+def demo():
+    return load_demo()
+
+
+def create(client, payload, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = client.post("/api/v1/jobs/", payload, format="json")
+    return response, callbacks
+
+
+def test_start_run_and_read_a_job(operator_api, demo, settings, tmp_path,
+                                  django_capture_on_commit_callbacks):
+    profile, _ = HardwareProfile.objects.get_or_create(
+        slug="x86-gateway-1c", defaults={"name": "x86 gateway, 1 core", "arch": "x86_64"})
+    response, callbacks = create(operator_api, job_payload(
+        demo, hardware_profile=profile.slug, kpis={"max_latency_ms": 100}),
+        django_capture_on_commit_callbacks)
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["status"] == "queued" and body["recipes"] == FAST_RECIPES
+    assert len(callbacks) == 1  # enqueued only after the commit
+
+    assert runner.run_job(body["id"]) == "succeeded"
+    job = CompressionJob.objects.get(pk=body["id"])
+    assert job.status == JobStatus.SUCCEEDED and job.progress == 1.0
+    assert job.attempts == 1 and job.worker_host and job.finished_at
+    assert job.result["chosen"] in {"fp32", *FAST_RECIPES}
+    assert job.result["hardware_profile"] == profile.name
+    recipes = set(job.candidates.values_list("recipe", flat=True))
+    assert recipes == {"fp32", *FAST_RECIPES}
+    variants = ModelVersion.objects.filter(parent=demo.version)
+    assert {v.recipe["name"] for v in variants} == set(FAST_RECIPES)
+    for v in variants:
+        assert v.metrics["p50_ms"] > 0 and v.recipe["job"] == job.pk
+        assert default_storage.exists(v.artifact)
+    assert stored_names("models") == set(ModelVersion.objects.values_list("artifact", flat=True))
+    assert not runner.job_dir(job.pk).exists()
+
+    detail = operator_api.get(f"/api/v1/jobs/{job.pk}/").json()
+    assert detail["status"] == "succeeded"
+    assert {c["recipe"] for c in detail["candidates"]} == recipes
+    assert sum(c["chosen"] for c in detail["candidates"]) == 1
+    listing = operator_api.get("/api/v1/jobs/").json()
+    assert [j["id"] for j in listing["results"]] == [job.pk]
+
+
+def test_duplicate_delivery_runs_once(demo):
+    job = jobs.check_and_create_job(demo.version, mode="recipes", recipes=["fp16"],
+                                    evaluation=demo.evaluation)
+    assert runner.run_job(job.pk) == "succeeded"
+    assert runner.run_job(job.pk) == "not-claimed"
+    assert ModelVersion.objects.filter(parent=demo.version).count() == 1
+    assert CompressionJob.objects.get(pk=job.pk).attempts == 1
+
+
+def test_redelivery_after_a_dead_worker_finishes_once(demo):
+    job = jobs.check_and_create_job(demo.version, mode="recipes", recipes=["fp16", "optimize"],
+                                    evaluation=demo.evaluation)
+    assert runner.run_job(job.pk) == "succeeded"
+    first = set(ModelVersion.objects.filter(parent=demo.version).values_list("pk", flat=True))
+    # As if the worker died after registering the variants but before finishing:
+    # the row says running, owned by a pid that no longer exists.
+    Candidate.objects.filter(job=job).update(version=None)
+    CompressionJob.objects.filter(pk=job.pk).update(status=JobStatus.RUNNING, worker_pid=2**22 + 7)
+    assert runner.run_job(job.pk) == "succeeded"
+    job.refresh_from_db()
+    assert job.attempts == 2
+    again = set(ModelVersion.objects.filter(parent=demo.version).values_list("pk", flat=True))
+    assert again == first  # no duplicate versions
+    assert stored_names("models") == set(ModelVersion.objects.values_list("artifact", flat=True))
+
+
+def test_job_gives_up_after_max_attempts(demo, settings):
+    settings.EDGEFLEET_JOB_MAX_ATTEMPTS = 2
+    job = jobs.check_and_create_job(demo.version, mode="recipes", recipes=["fp16"],
+                                    evaluation=demo.evaluation)
+    CompressionJob.objects.filter(pk=job.pk).update(status=JobStatus.RUNNING, attempts=2,
+                                                    worker_pid=2**22 + 7)
+    assert runner.run_job(job.pk) == "gave-up"
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED and job.error.startswith("crashed")
+
+
+def test_engine_error_fails_the_job(demo, settings):
+    settings.EDGEFLEET_JOB_TEST_HOOK = "fail"
+    job = jobs.check_and_create_job(demo.version, mode="recipes", recipes=["fp16"],
+                                    evaluation=demo.evaluation)
+    assert runner.run_job(job.pk) == "failed"
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED and "test hook" in job.error
+    assert not runner.job_dir(job.pk).exists()
+
+
+def test_cancel_queued_job_never_starts(operator_api, demo, django_capture_on_commit_callbacks):
+    response, _ = create(operator_api, job_payload(demo), django_capture_on_commit_callbacks)
+    pk = response.json()["id"]
+    cancel = operator_api.post(f"/api/v1/jobs/{pk}/cancel/")
+    assert cancel.status_code == 202 and cancel.json()["status"] == "cancelled"
+    assert runner.run_job(pk) == "not-claimed"
+    assert CompressionJob.objects.get(pk=pk).started_at is None
+    assert operator_api.post(f"/api/v1/jobs/{pk}/cancel/").status_code == 409
+
+
+def test_running_job_sees_cancel_request(demo):
+    job = jobs.check_and_create_job(demo.version, mode="recipes", recipes=["fp16"],
+                                    evaluation=demo.evaluation)
+    assert job.mark_running()
+    reporter = ProgressReporter(job, cancel_check_s=0)
+    assert not reporter.should_stop()
+    assert job.request_cancel() and job.status == JobStatus.RUNNING
+    assert reporter.should_stop()
+
+
+def test_progress_reporter_throttles_writes(demo):
+    job = jobs.check_and_create_job(demo.version, mode="recipes", recipes=["fp16"],
+                                    evaluation=demo.evaluation)
+    job.mark_running()
+    now = [0.0]
+    reporter = ProgressReporter(job, min_interval_s=1.0, clock=lambda: now[0])
+    reporter(0.1, "a")
+    for i in range(50):
+        reporter(0.1 + i / 1000, "a")  # same step, no time passes: no writes
+    assert reporter.writes == 1
+    now[0] = 2.0
+    reporter(0.5, "a")
+    reporter(0.6, "b")
+    assert reporter.writes == 3
+    job.refresh_from_db()
+    assert job.progress == 0.6 and job.current_step == "b" and len(job.log) == 2
+
+
+def test_viewer_reads_but_cannot_start_or_cancel(viewer_api, operator_api, demo,
+                                                 django_capture_on_commit_callbacks):
+    response, _ = create(viewer_api, job_payload(demo), django_capture_on_commit_callbacks)
+    assert response.status_code == 403
+    response, _ = create(operator_api, job_payload(demo), django_capture_on_commit_callbacks)
+    pk = response.json()["id"]
+    assert viewer_api.get("/api/v1/jobs/").status_code == 200
+    assert viewer_api.get(f"/api/v1/jobs/{pk}/").status_code == 200
+    assert viewer_api.post(f"/api/v1/jobs/{pk}/cancel/").status_code == 403
+    assert CompressionJob.objects.get(pk=pk).status == JobStatus.QUEUED
+    assert viewer_api.get("/api/v1/hardware-profiles/").status_code == 200
+
+
+def test_anonymous_gets_401(anon_api):
+    assert anon_api.get("/api/v1/jobs/").status_code == 401
+    assert anon_api.post("/api/v1/jobs/", {}, format="json").status_code == 401
+
+
+def _npz(**arrays) -> io.BytesIO:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    buffer.seek(0)
+    return buffer
+
+
+@pytest.mark.parametrize(("change", "code"), [
+    ({"recipes": ["int8-magic"]}, "unknown_recipe"),
+    ({"recipes": []}, "no_recipes"),
+    ({"kpis": {"max_latency_ms": -1}}, "bad_kpi"),
+    ({"kpis": {"latency": 5}}, "bad_kpi"),
+    ({"kpis": {"min_fidelity": 1.5}}, "bad_kpi"),
+    ({"time_budget_s": 1}, "bad_budget"),
+    ({"calibration": None}, "no_calibration"),
+    ({"mode": "magic"}, "mode"),
+    ({"evaluation": None}, "evaluation"),
+])
+def test_malformed_job_requests_are_refused(operator_api, demo, change, code,
+                                            django_capture_on_commit_callbacks):
+    response, callbacks = create(operator_api, job_payload(demo, **change),
+                                 django_capture_on_commit_callbacks)
+    assert response.status_code == 400, response.content
+    assert code in str(response.json())
+    assert not callbacks and not CompressionJob.objects.exists()
+
+
+def test_dataset_not_matching_the_model_is_refused(operator_api, demo, tmp_path,
+                                                   django_capture_on_commit_callbacks):
+    path = tmp_path / "other.npz"
+    path.write_bytes(_npz(image=np.zeros((4, 1, 8, 8), "float32")).getvalue())
+    wrong_shape = check_and_register_dataset(path, name="small", purpose="evaluation",
+                                             original_filename="other.npz")
+    path.write_bytes(_npz(x=np.zeros((4, 3), "float32")).getvalue())
+    wrong_name = check_and_register_dataset(path, name="x", purpose="evaluation",
+                                            original_filename="other.npz")
+    for dataset in (wrong_shape, wrong_name):
+        response, _ = create(operator_api, job_payload(demo, evaluation=dataset.pk),
+                             django_capture_on_commit_callbacks)
+        assert response.status_code == 400
+        assert response.json()["code"] == "dataset_mismatch"
+        assert response.json()["field"] == "evaluation"
+
+
+def test_enqueue_failure_leaves_a_queued_row_for_the_sweeper(demo, settings, monkeypatch):
+    job = jobs.check_and_create_job(demo.version, mode="recipes", recipes=["fp16"],
+                                    evaluation=demo.evaluation)
+    CompressionJob.objects.filter(pk=job.pk).update(enqueued_at=None)
+    from django.utils import timezone
+
+    later = timezone.now() + timezone.timedelta(minutes=5)
+    sent = []
+    from compression.tasks import run_compression_job
+
+    monkeypatch.setattr(run_compression_job, "delay", lambda pk: sent.append(pk))
+    assert jobs.requeue_stale_jobs(now=later) == [job.pk]
+    assert sent == [job.pk]
+    assert CompressionJob.objects.get(pk=job.pk).enqueued_at is not None
