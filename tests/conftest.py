@@ -36,22 +36,23 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def service_url(name: str, env: str, default: str, default_port: int) -> str:
+    """The URL of a backing service from env, after checking its port answers."""
+    url = os.environ.get(env, default)
+    parsed = urlparse(url)
+    if not port_open(parsed.hostname or "127.0.0.1", parsed.port or default_port):
+        need_service(name, url)
+    return url
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> str:
-    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
-    parsed = urlparse(url)
-    if not port_open(parsed.hostname or "127.0.0.1", parsed.port or 6379):
-        need_service("Redis", url)
-    return url
+    return service_url("Redis", "REDIS_URL", "redis://127.0.0.1:6379/15", 6379)
 
 
 @pytest.fixture(scope="session")
 def mqtt_url() -> str:
-    url = os.environ.get("MQTT_URL", "mqtt://127.0.0.1:1883")
-    parsed = urlparse(url)
-    if not port_open(parsed.hostname or "127.0.0.1", parsed.port or 1883):
-        need_service("MQTT broker", url)
-    return url
+    return service_url("MQTT broker", "MQTT_URL", "mqtt://127.0.0.1:1883", 1883)
 
 
 # --- storage -------------------------------------------------------------------
