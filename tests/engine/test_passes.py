@@ -103,6 +103,19 @@ def test_int8_static_per_tensor_and_exclusions(tmp_path, cnn_path, cnn_data):
     assert not any("DequantizeLinear" in i for i in fc.input[1:])
 
 
+@pytest.mark.parametrize("keep", [True, False])
+def test_int8_static_keeps_the_rgb_stem_in_float(tmp_path, cnn_path, cnn_data, keep):
+    p = get_pass("int8-static")
+    cfg = p.make_config({"calibration_path": cnn_data, "keep_stem_float": keep,
+                         "max_samples": 8})
+    result = p.run(cnn_path, cfg, tmp_path / "q.onnx")
+    graph = onnx.load(result.output_path).graph
+    conv1 = next(n for n in graph.node if n.name == "conv1")
+    float_weight = conv1.input[1] in {t.name for t in graph.initializer}
+    assert float_weight is keep  # kept: a float initializer, not a DequantizeLinear output
+    assert any("stem" in n for n in result.notes) is keep
+
+
 def test_int8_static_requires_calibration(tmp_path, cnn_path):
     p = get_pass("int8-static")
     with pytest.raises(PassConfigError, match="calibration"):

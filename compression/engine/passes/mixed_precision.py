@@ -138,6 +138,7 @@ class MixedPrecisionPass(Pass):
                     f"(best {fidelity:.5f}); returning the last attempt"
                 )
             _util.save(_util.load(trial), output_path)
+        notes = list(dict.fromkeys(notes))  # each re-quantization repeats the same notes
         metrics = {
             **_util.size_metrics(input_path, output_path),
             **quantized_node_count(output_path),

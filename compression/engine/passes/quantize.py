@@ -149,6 +149,30 @@ class StaticConfig(PassConfig):
         default=False, metadata=doc("7-bit weights (older x86 CPUs without VNNI).")
     )
     preprocess: bool = field(default=True, metadata=doc("Run the prepare pass first."))
+    keep_stem_float: bool = field(
+        default=True,
+        metadata=doc(
+            "Keep Convs that read a graph input with <= 4 channels (the RGB/grey stem) in "
+            "float: int8 kernels vectorise poorly over 3 channels, and the stem is the layer "
+            "most sensitive to quantization."
+        ),
+    )
+
+
+def stem_convs(path) -> list[str]:
+    """Names of ungrouped Convs fed directly by a graph input with at most 4 channels."""
+    model = _util.load(path)
+    inputs = {i.name for i in model.graph.input}
+    weights = {t.name: list(t.dims) for t in model.graph.initializer}
+    found = []
+    for node in model.graph.node:
+        if node.op_type != "Conv" or node.input[0] not in inputs or not node.name:
+            continue
+        dims = weights.get(node.input[1])
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if dims and len(dims) >= 2 and dims[1] <= 4 and group == 1:
+            found.append(node.name)
+    return found
 
 
 def run_static(
@@ -167,6 +191,12 @@ def run_static(
         raise PassConfigError(
             "int8-static needs calibration data: set calibration_path (CLI: --calibration CAL.npz)."
         )
+    exclude = list(config.nodes_to_exclude)
+    if config.keep_stem_float:
+        stems = [n for n in stem_convs(input_path) if n not in exclude]
+        if stems:
+            exclude += stems
+            notes.append(f"kept the input stem in float: {', '.join(stems)}")
     reader = make_calibration_reader(
         config.calibration_path, input_path, max_samples=config.max_samples
     )
@@ -193,7 +223,7 @@ def run_static(
             reduce_range=config.reduce_range,
             activation_type=_qtype(config.activation_type),
             weight_type=_qtype(config.weight_type),
-            nodes_to_exclude=config.nodes_to_exclude or None,
+            nodes_to_exclude=exclude or None,
             calibrate_method=method,
             extra_options=extra,
             calibration_cache_path=calibration_cache,
