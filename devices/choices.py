@@ -13,3 +13,27 @@ class Arch(models.TextChoices):
     X86_64 = "x86_64", "x86-64"
     AARCH64 = "aarch64", "ARM64 (aarch64)"
     ARMV7 = "armv7l", "ARMv7"
+
+
+class DeviceStatus(models.TextChoices):
+    ONLINE = "online", _("Online")
+    OFFLINE = "offline", _("Offline")
+    REVOKED = "revoked", _("Revoked")
+
+
+class LogLevel(models.TextChoices):
+    DEBUG = "debug", _("Debug")
+    INFO = "info", _("Info")
+    WARNING = "warning", _("Warning")
+    ERROR = "error", _("Error")
+    CRITICAL = "critical", _("Critical")
+
+
+class AlertKind(models.TextChoices):
+    OFFLINE = "offline", _("Device offline")
+    LATENCY = "latency", _("Latency above estimate")
+
+
+class AlertState(models.TextChoices):
+    OPEN = "open", _("Open")
+    RESOLVED = "resolved", _("Resolved")

@@ -152,6 +152,10 @@ else:
         "socket_connect_timeout": 5,
     }
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+# Queue per task (names as in fleet.celery.Queue); unlisted tasks go to "default".
+CELERY_TASK_ROUTES = {
+    "compression.tasks.run_compression_job": {"queue": "compression"},
+}
 # Periodic tasks, by app; each app adds its own entries here.
 CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     # Re-enqueue jobs whose message was lost (broker down at enqueue, worker
@@ -236,6 +240,8 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_RATES": {
         "login": env_str("THROTTLE_LOGIN", "10/min"),
         "user": env_str("THROTTLE_USER", "6000/min"),
+        "device": env_str("THROTTLE_DEVICE", "600/min"),
+        "enroll": env_str("THROTTLE_ENROLL", "60/min"),
     },
     "EXCEPTION_HANDLER": "fleet.api.exception_handler",
 }
@@ -249,6 +255,35 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
 }
+
+# --- devices ------------------------------------------------------------------
+# A device is offline after this many seconds without a request (per-group override).
+DEVICE_OFFLINE_AFTER_S = env_int("DEVICE_OFFLINE_AFTER_S", 300, minimum=10)
+# last_seen is written at most this often per device: no DB write per request.
+DEVICE_LAST_SEEN_WRITE_S = env_int("DEVICE_LAST_SEEN_WRITE_S", 30, minimum=1)
+# Largest telemetry/log batch (items) and body (bytes); over either → 413.
+DEVICE_MAX_BATCH_ITEMS = env_int("DEVICE_MAX_BATCH_ITEMS", 5000, minimum=1)
+DEVICE_MAX_BATCH_BYTES = env_int("DEVICE_MAX_BATCH_BYTES", 4 * 1024 * 1024, minimum=1024)
+# Concurrent ingest requests per web process before answering 503 + Retry-After.
+DEVICE_MAX_INFLIGHT_INGEST = env_int("DEVICE_MAX_INFLIGHT_INGEST", 8, minimum=1)
+DEVICE_RETRY_AFTER_S = env_int("DEVICE_RETRY_AFTER_S", 5, minimum=1)
+# Raw points and logs older than this are deleted by a periodic task; rollups live longer.
+TELEMETRY_RETENTION_DAYS = env_int("TELEMETRY_RETENTION_DAYS", 7, minimum=1)
+LOG_RETENTION_DAYS = env_int("LOG_RETENTION_DAYS", 14, minimum=1)
+ROLLUP_RETENTION_DAYS = env_int("ROLLUP_RETENTION_DAYS", 90, minimum=1)
+# Alert when a device's p95 latency exceeds its version × profile estimate by this factor.
+LATENCY_ALERT_FACTOR = float(env_str("LATENCY_ALERT_FACTOR", "1.5"))
+# MQTT bridge: empty = off. mqtt://user:pass@host:1883 (mqtts:// for TLS).
+MQTT_URL = env_str("MQTT_URL")
+MQTT_CLIENT_ID = env_str("MQTT_CLIENT_ID", "edgefleet-bridge")
+# Non-empty: subscribe as $share/<group>/… so several bridges split the load.
+MQTT_SHARED_GROUP = env_str("MQTT_SHARED_GROUP")
+CELERY_BEAT_SCHEDULE.update({
+    "devices-rollup": {"task": "devices.tasks.rollup_telemetry", "schedule": 60.0},
+    "devices-offline": {"task": "devices.tasks.detect_offline", "schedule": 60.0},
+    "devices-latency": {"task": "devices.tasks.check_latency", "schedule": 300.0},
+    "devices-retention": {"task": "devices.tasks.apply_retention", "schedule": 3600.0},
+})
 
 # --- i18n ---------------------------------------------------------------------
 LANGUAGE_CODE = "en"

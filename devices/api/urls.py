@@ -1,1 +1,20 @@
-urlpatterns: list = []
+from django.urls import path
+from rest_framework.routers import DefaultRouter
+
+from devices.api import device, views
+
+router = DefaultRouter(trailing_slash=True)
+router.include_root_view = False
+router.register("devices", views.DeviceViewSet, basename="device")
+router.register("groups", views.DeviceGroupViewSet, basename="devicegroup")
+router.register("query-groups", views.QueryGroupViewSet, basename="querygroup")
+router.register("enrollment-tokens", views.EnrollmentTokenViewSet, basename="enrollmenttoken")
+router.register("alerts", views.AlertViewSet, basename="alert")
+
+urlpatterns = [
+    path("device/enroll", device.EnrollView.as_view(), name="device-enroll"),
+    path("device/inventory", device.InventoryView.as_view(), name="device-inventory"),
+    path("device/telemetry", device.TelemetryView.as_view(), name="device-telemetry"),
+    path("device/logs", device.LogsView.as_view(), name="device-logs"),
+    *router.urls,
+]

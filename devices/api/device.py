@@ -1,0 +1,161 @@
+"""The device API: enrollment, inventory, telemetry, logs.
+
+Identity comes only from the bearer credential (`request.user.device`), never
+from the body or the path. Sessions and operator tokens are not accepted here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from django.conf import settings
+from django.db import DatabaseError
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.throttling import AnonRateThrottle, SimpleRateThrottle
+from rest_framework.views import APIView
+
+from devices import keys, services
+from devices.api.serializers import (
+    EnrollRequestSerializer,
+    EnrollResponseSerializer,
+    IngestResultSerializer,
+    LogBatchSerializer,
+    TelemetryBatchSerializer,
+)
+from devices.auth import DeviceTokenAuthentication, IsDevice
+
+log = logging.getLogger(__name__)
+
+
+class DeviceRateThrottle(SimpleRateThrottle):
+    scope = "device"
+
+    def get_cache_key(self, request, view):
+        device = getattr(request.user, "device", None)
+        return None if device is None else self.cache_format % {
+            "scope": self.scope, "ident": device.pk}
+
+
+class EnrollRateThrottle(AnonRateThrottle):
+    scope = "enroll"
+
+
+def refused(exc: services.DeviceError) -> Response:
+    return Response({"detail": exc.message, "code": exc.code}, status=exc.status)
+
+
+def unavailable(reason: str) -> Response:
+    return Response({"detail": reason, "code": "unavailable"}, status=503,
+                    headers={"Retry-After": str(settings.DEVICE_RETRY_AFTER_S)})
+
+
+class InflightLimit:
+    """Per-process cap on concurrent ingests: past it, shed load with 503 (E4)
+    instead of queueing work the database cannot absorb."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.current = 0
+
+    def acquire(self) -> bool:
+        with self._lock:
+            if self.current >= settings.DEVICE_MAX_INFLIGHT_INGEST:
+                return False
+            self.current += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self.current -= 1
+
+
+INFLIGHT = InflightLimit()
+
+
+class DeviceView(APIView):
+    authentication_classes = [DeviceTokenAuthentication]
+    permission_classes = [IsDevice]
+    throttle_classes = [DeviceRateThrottle]
+
+
+@extend_schema(tags=["device"], request=EnrollRequestSerializer,
+               responses={201: EnrollResponseSerializer,
+                          403: OpenApiResponse(description="Bad enrollment token"),
+                          409: OpenApiResponse(description="uid already enrolled")})
+class EnrollView(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+    throttle_classes = [EnrollRateThrottle]
+
+    def post(self, request):
+        data = request.data if isinstance(request.data, dict) else {}
+        try:
+            device, token = services.enroll(data.get("token"), data.get("facts") or {})
+        except services.DeviceError as exc:
+            return refused(exc)
+        key = keys.active_key()
+        return Response({"device_id": device.uid, "token": token,
+                         "server_public_key": key.public_key_b64,
+                         "server_key_fingerprint": key.fingerprint}, status=201)
+
+
+@extend_schema(tags=["device"], request={"application/json": dict},
+               responses={200: OpenApiResponse(description="Stored inventory")})
+class InventoryView(DeviceView):
+    def put(self, request):
+        try:
+            device = services.update_inventory(request.user.device, request.data)
+        except services.DeviceError as exc:
+            return refused(exc)
+        return Response({"device_id": device.uid, "inventory": device.inventory})
+
+
+class BatchView(DeviceView):
+    service = None
+
+    def post(self, request):
+        try:
+            declared = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            declared = 0
+        if declared > settings.DEVICE_MAX_BATCH_BYTES:
+            return Response({"detail": "Batch body over the size limit; split it.",
+                             "code": "too_large"}, status=413)
+        if not INFLIGHT.acquire():
+            return unavailable("Server busy; retry later.")
+        try:
+            batch = request.data
+            if isinstance(batch, dict):
+                batch = batch.get("batch")
+            result = self.service(request.user.device, batch)
+        except services.DeviceError as exc:
+            return refused(exc)
+        except DatabaseError:
+            # Database down or overloaded: fail fast and let the agent retry (S1).
+            log.exception("ingest failed for device %s", request.user.device.pk)
+            return unavailable("Storage unavailable; retry later.")
+        finally:
+            INFLIGHT.release()
+        return Response(result.as_dict(), headers={
+            "X-EdgeFleet-New": str(result.new), "X-EdgeFleet-Duplicates": str(result.duplicates)})
+
+
+@extend_schema(tags=["device"], request=TelemetryBatchSerializer,
+               responses={200: IngestResultSerializer,
+                          413: OpenApiResponse(description="Batch too large"),
+                          429: OpenApiResponse(description="Throttled; see Retry-After"),
+                          503: OpenApiResponse(description="Overloaded; see Retry-After")})
+class TelemetryView(BatchView):
+    service = staticmethod(services.ingest_telemetry)
+
+
+@extend_schema(tags=["device"], request=LogBatchSerializer,
+               responses={200: IngestResultSerializer,
+                          413: OpenApiResponse(description="Batch too large"),
+                          429: OpenApiResponse(description="Throttled; see Retry-After"),
+                          503: OpenApiResponse(description="Overloaded; see Retry-After")})
+class LogsView(BatchView):
+    service = staticmethod(services.ingest_logs)

@@ -1,0 +1,142 @@
+"""Field mapping only; validation lives in devices.services / devices.ingest."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from devices.choices import LogLevel
+from devices.models import Alert, Device, DeviceGroup, EnrollmentToken, QueryGroup
+
+
+class TagListField(serializers.ListField):
+    """Tag names in, tag names out (from a prefetched many-to-many)."""
+
+    child = serializers.CharField(max_length=64)
+
+    def to_representation(self, data):
+        return sorted(tag.name for tag in data.all())
+
+
+class DeviceSerializer(serializers.ModelSerializer):
+    group = serializers.PrimaryKeyRelatedField(queryset=DeviceGroup.objects.all(),
+                                               allow_null=True, required=False)
+    group_name = serializers.CharField(source="group.name", read_only=True, default=None)
+    tags = TagListField(required=False)
+    hardware_profile = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+
+    class Meta:
+        model = Device
+        fields = ["uid", "name", "group", "group_name", "tags", "hardware_profile", "inventory",
+                  "model_version", "agent_version", "status", "last_seen", "created_at"]
+        read_only_fields = ["uid", "inventory", "model_version", "agent_version", "status",
+                            "last_seen", "created_at"]
+
+
+class DeviceGroupSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = DeviceGroup
+        fields = ["id", "name", "description", "offline_after_s", "created_at"]
+        read_only_fields = ["id", "created_at"]
+
+
+class QueryGroupSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = QueryGroup
+        fields = ["id", "name", "query", "created_at"]
+        read_only_fields = ["id", "created_at"]
+
+
+class EnrollmentTokenSerializer(serializers.ModelSerializer):
+    tags = TagListField(required=False)
+    group = serializers.PrimaryKeyRelatedField(queryset=DeviceGroup.objects.all(),
+                                               allow_null=True, required=False)
+    created_by = serializers.StringRelatedField()
+    is_usable = serializers.BooleanField(read_only=True)
+
+    class Meta:
+        model = EnrollmentToken
+        fields = ["id", "name", "prefix", "group", "tags", "expires_at", "max_uses", "uses",
+                  "is_usable", "created_by", "created_at", "revoked_at"]
+        read_only_fields = ["id", "prefix", "uses", "created_by", "created_at", "revoked_at"]
+
+
+class EnrollmentTokenCreatedSerializer(EnrollmentTokenSerializer):
+    token = serializers.CharField(read_only=True, help_text="Shown once; stored only hashed.")
+
+    class Meta(EnrollmentTokenSerializer.Meta):
+        fields = [*EnrollmentTokenSerializer.Meta.fields, "token"]
+
+
+class AlertSerializer(serializers.ModelSerializer):
+    device = serializers.SlugRelatedField(slug_field="uid", read_only=True)
+
+    class Meta:
+        model = Alert
+        fields = ["id", "device", "kind", "state", "message", "detail", "opened_at",
+                  "resolved_at"]
+        read_only_fields = fields
+
+
+class LogLineSerializer(serializers.Serializer):
+    boot_id = serializers.CharField()
+    seq = serializers.IntegerField()
+    ts = serializers.DateTimeField()
+    level = serializers.ChoiceField(choices=LogLevel.choices)
+    message = serializers.CharField()
+    deployment_id = serializers.IntegerField(allow_null=True)
+
+
+# --- device API (documentation of the wire format; parsing is devices.ingest) -----------
+class EnrollRequestSerializer(serializers.Serializer):
+    token = serializers.CharField(help_text="Enrollment token")
+    facts = serializers.DictField(
+        required=False, help_text="uid?, name?, hardware_profile (slug), arch, cpu, ram_mb, os, "
+        "onnxruntime, execution_providers, agent_version, models {slot: {model_version}}")
+
+
+class EnrollResponseSerializer(serializers.Serializer):
+    device_id = serializers.CharField()
+    token = serializers.CharField(help_text="Device token: shown once")
+    server_public_key = serializers.CharField(help_text="Ed25519, raw, base64")
+    server_key_fingerprint = serializers.CharField()
+
+
+class TelemetryPointSerializer(serializers.Serializer):
+    seq = serializers.IntegerField(min_value=0)
+    boot_id = serializers.CharField(max_length=40)
+    ts = serializers.CharField(help_text="ISO 8601 or epoch seconds")
+    model_version = serializers.CharField(required=False)
+    latency_ms = serializers.FloatField(required=False)
+    throughput = serializers.FloatField(required=False)
+    mem_mb = serializers.FloatField(required=False)
+    cpu_pct = serializers.FloatField(required=False)
+    temp_c = serializers.FloatField(required=False)
+    battery_pct = serializers.FloatField(required=False)
+    power_w = serializers.FloatField(required=False)
+    inferences = serializers.IntegerField(required=False)
+    errors = serializers.IntegerField(required=False)
+    extra = serializers.DictField(required=False)
+
+
+class TelemetryBatchSerializer(serializers.Serializer):
+    batch = TelemetryPointSerializer(many=True)
+
+
+class LogItemSerializer(serializers.Serializer):
+    seq = serializers.IntegerField(min_value=0)
+    boot_id = serializers.CharField(max_length=40)
+    ts = serializers.CharField(help_text="ISO 8601 or epoch seconds")
+    level = serializers.ChoiceField(choices=LogLevel.choices, required=False)
+    message = serializers.CharField()
+    deployment = serializers.IntegerField(required=False)
+
+
+class LogBatchSerializer(serializers.Serializer):
+    batch = LogItemSerializer(many=True)
+
+
+class IngestResultSerializer(serializers.Serializer):
+    accepted = serializers.DictField(child=serializers.ListField(child=serializers.IntegerField()),
+                                     help_text="boot_id → seqs stored (now or earlier)")
+    count = serializers.IntegerField()
+    rejected = serializers.ListField(child=serializers.DictField())

@@ -1,0 +1,72 @@
+"""Device authentication: `Authorization: Bearer <device token>`.
+
+A device is never an operator: the principal has `is_device=True`, which
+`fleet.roles.role_of` maps to no role, and device endpoints accept only this
+authenticator, so a session or operator token never reaches them.
+"""
+
+from __future__ import annotations
+
+from rest_framework import exceptions
+from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.permissions import BasePermission
+
+from devices import tokens
+from devices.choices import DeviceStatus
+from devices.models import Device, DeviceCredential
+
+
+class DevicePrincipal:
+    """What `request.user` is for a device request."""
+
+    is_authenticated = True
+    is_anonymous = False
+    is_active = True
+    is_device = True
+    is_staff = False
+    is_superuser = False
+
+    def __init__(self, device: Device, credential: DeviceCredential):
+        self.device = device
+        self.credential = credential
+        self.pk = None  # not a user: user-keyed throttles and audit must not match it
+
+    def __str__(self) -> str:
+        return f"device:{self.device.uid}"
+
+    def get_username(self) -> str:
+        return str(self)
+
+
+def authenticate_token(value: str) -> DevicePrincipal | None:
+    """The principal for a device token, or None if unknown or revoked."""
+    queryset = DeviceCredential.objects.select_related("device").filter(revoked_at__isnull=True)
+    credential = tokens.find(queryset, value)
+    if credential is None or credential.device.status == DeviceStatus.REVOKED:
+        return None
+    return DevicePrincipal(credential.device, credential)
+
+
+class DeviceTokenAuthentication(BaseAuthentication):
+    keyword = b"bearer"
+
+    def authenticate(self, request):
+        parts = get_authorization_header(request).split()
+        if not parts or parts[0].lower() != self.keyword:
+            return None
+        if len(parts) != 2:
+            raise exceptions.AuthenticationFailed("Malformed Authorization header.")
+        principal = authenticate_token(parts[1].decode("latin-1"))
+        if principal is None:
+            raise exceptions.AuthenticationFailed("Unknown or revoked device token.")
+        return principal, principal.credential
+
+    def authenticate_header(self, request) -> str:
+        return 'Bearer realm="devices"'
+
+
+class IsDevice(BasePermission):
+    """Only a device principal: sessions and operator tokens are refused."""
+
+    def has_permission(self, request, view) -> bool:
+        return bool(getattr(request.user, "is_device", False))

@@ -1,0 +1,27 @@
+"""Periodic fleet tasks: thin wrappers around devices.metrics (queue `default`)."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from devices import metrics
+
+
+@shared_task(ignore_result=True)
+def rollup_telemetry() -> int:
+    return metrics.rollup()
+
+
+@shared_task(ignore_result=True)
+def detect_offline() -> int:
+    return metrics.detect_offline()
+
+
+@shared_task(ignore_result=True)
+def check_latency() -> int:
+    return metrics.check_latency()
+
+
+@shared_task(ignore_result=True)
+def apply_retention() -> dict:
+    return metrics.apply_retention()
