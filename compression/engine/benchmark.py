@@ -61,7 +61,7 @@ def host_info() -> dict:
 def _feeds(sess, batch: int, dim_values: dict[str, int]) -> dict:
     rng = np.random.default_rng(0)
     feeds = {}
-    for i, inp in enumerate(sess.get_inputs()):
+    for inp in sess.get_inputs():
         shape = []
         for axis, d in enumerate(inp.shape):
             if isinstance(d, int) and d > 0:
@@ -81,7 +81,6 @@ def _feeds(sess, batch: int, dim_values: dict[str, int]) -> dict:
         else:
             # token ids and similar: zeros are always in range
             feeds[inp.name] = np.zeros(shape, dtype=np.int64 if "int64" in kind else np.int32)
-        del i
     return feeds
 
 
