@@ -1,0 +1,180 @@
+"""HTTP to the EdgeFleet server: stdlib only, a timeout on every call.
+
+`Client.request` never raises for an HTTP status: it returns a `Response`
+whatever the code. Network failures raise `Unreachable`. `Pacer` decides when
+to talk next: the server-advised interval plus jitter after success,
+exponential backoff with full jitter after errors, never sooner than the
+advised interval or a `Retry-After` (RELIABILITY U10, E4).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import random
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from devices.agent import __version__
+
+DEFAULT_TIMEOUT_S = 15.0
+USER_AGENT = f"edgefleet-agent/{__version__}"
+
+
+class Unreachable(Exception):
+    """The server could not be reached (DNS, refused, reset, timeout)."""
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict = field(default_factory=dict)  # lower-case names
+    body: bytes = b""
+    raw: object = None  # the open stream when `stream=True`
+
+    def json(self):
+        return json.loads(self.body.decode("utf-8")) if self.body else None
+
+    def header(self, name: str, default=None):
+        return self.headers.get(name.lower(), default)
+
+    @property
+    def retry_after(self) -> float | None:
+        return parse_retry_after(self.header("retry-after"))
+
+    def close(self) -> None:
+        if self.raw is not None:
+            self.raw.close()
+
+
+def parse_retry_after(value, now: float | None = None) -> float | None:
+    """Seconds to wait from a `Retry-After` header (delta-seconds or HTTP date)."""
+    if value is None:
+        return None
+    value = str(value).strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    current = datetime.now(UTC).timestamp() if now is None else now
+    return max(0.0, moment.timestamp() - current)
+
+
+class _NoErrors(urllib.request.HTTPErrorProcessor):
+    """Hand every status to the caller instead of raising HTTPError."""
+
+    def http_response(self, request, response):
+        if response.status in {301, 302, 303, 307, 308}:
+            return super().http_response(request, response)  # let redirects happen
+        return response
+
+    https_response = http_response
+
+
+class Client:
+    def __init__(self, server: str, token: str | None = None, *,
+                 timeout: float = DEFAULT_TIMEOUT_S):
+        self.server = server.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        # No ProxyHandler: the agent talks to its configured server only (N1).
+        self._opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), _NoErrors())
+
+    def url(self, path_or_url: str) -> str:
+        if urllib.parse.urlsplit(path_or_url).scheme:
+            return path_or_url
+        return self.server + "/" + path_or_url.lstrip("/")
+
+    def request(self, method: str, path: str, *, json_body=None, headers: dict | None = None,
+                stream: bool = False, timeout: float | None = None) -> Response:
+        data = None
+        request = urllib.request.Request(self.url(path), method=method)
+        request.add_header("User-Agent", USER_AGENT)
+        request.add_header("Accept", "application/json")
+        if self.token:
+            # Unredirected: a presigned storage URL must not receive the device token.
+            request.add_unredirected_header("Authorization", f"Bearer {self.token}")
+        if json_body is not None:
+            data = json.dumps(json_body, separators=(",", ":")).encode("utf-8")
+            request.add_header("Content-Type", "application/json")
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
+        try:
+            raw = self._opener.open(request, data=data, timeout=timeout or self.timeout)
+        except urllib.error.HTTPError as exc:  # a redirect loop or an unfollowable one
+            return Response(exc.code, {k.lower(): v for k, v in exc.headers.items()},
+                            _read_quietly(exc))
+        except (TimeoutError, urllib.error.URLError, OSError) as exc:
+            raise Unreachable(f"{method} {path}: {exc}") from exc
+        response = Response(raw.status, {k.lower(): v for k, v in raw.headers.items()})
+        if stream:
+            response.raw = raw
+            return response
+        try:
+            response.body = raw.read()
+        except OSError as exc:
+            raise Unreachable(f"{method} {path}: {exc}") from exc
+        finally:
+            raw.close()
+        return response
+
+    def post(self, path: str, body, **kwargs) -> Response:
+        return self.request("POST", path, json_body=body, **kwargs)
+
+
+def _read_quietly(exc: urllib.error.HTTPError) -> bytes:
+    try:
+        return exc.read()
+    except OSError:
+        return b""
+
+
+class Pacer:
+    """When to contact the server next (U10, E4).
+
+    After success: the advised interval times a jitter factor in [1, 1 + jitter]
+    (never sooner). After a failure: full jitter over an exponentially growing
+    cap, but never less than the advised interval nor the server's `Retry-After`.
+    """
+
+    def __init__(self, interval_s: float = 30.0, *, base_s: float = 1.0, cap_s: float = 900.0,
+                 jitter: float = 0.2, rng: random.Random | None = None):
+        self.interval_s = interval_s
+        self.base_s = base_s
+        self.cap_s = cap_s
+        self.jitter = jitter
+        self.failures = 0
+        self.rng = rng or random.Random()
+
+    def advise(self, interval_s) -> None:
+        try:
+            value = float(interval_s)
+        except (TypeError, ValueError):
+            return
+        if value > 0:
+            self.interval_s = value
+
+    def success(self) -> float:
+        self.failures = 0
+        return self.interval_s * (1.0 + self.rng.uniform(0.0, self.jitter))
+
+    def failure(self, retry_after: float | None = None) -> float:
+        self.failures += 1
+        ceiling = min(self.cap_s, self.base_s * 2 ** min(self.failures, 30))
+        delay = self.rng.uniform(0.0, ceiling)
+        return max(delay, self.interval_s, retry_after or 0.0)
+
+
+def sleep(seconds: float) -> None:
+    time.sleep(max(0.0, seconds))

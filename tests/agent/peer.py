@@ -1,0 +1,252 @@
+"""A small real HTTP server that plays the EdgeFleet device API for agent tests.
+
+It runs in a thread on 127.0.0.1 (port 0), signs manifests with its own
+Ed25519 key, serves artifacts with Range support or with a chosen fault, and
+records every request it saw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from devices.agent import manifest as mf
+
+DEVICE_UID = "dev-test-1"
+DEVICE_TOKEN = "edf_device_token_1"
+
+
+class Peer:
+    def __init__(self):
+        self.key = Ed25519PrivateKey.generate()
+        self.artifacts: dict[str, bytes] = {}
+        self.faults: dict[str, str] = {}  # sha256 -> good|tamper|longer|endless|bad_range|...
+        self.update: tuple[int, dict | None, dict] = (204, None, {})
+        self.update_etag = True
+        self.requests: list[dict] = []
+        self.statuses: list[dict] = []
+        self.telemetry: list[dict] = []
+        self.logs: list[dict] = []
+        self.inventory: list[dict] = []
+        self.enrollments: list[dict] = []
+        self.max_batch = 10_000
+        self.overload: list[float] = []  # answer 429 with these Retry-After values first
+        self.down = False  # answer 503 to everything
+        self.poll_interval_s = 30
+        self.redirects: dict[str, str] = {}  # path -> absolute URL (a presigned storage URL)
+        self.lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def __enter__(self) -> Peer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    @property
+    def public_b64(self) -> str:
+        return mf.b64(mf.raw_public_key(self.key.public_key()))
+
+    # --- content -------------------------------------------------------------------------
+    def add_artifact(self, data: bytes, fault: str = "good") -> str:
+        sha = hashlib.sha256(data).hexdigest()
+        self.artifacts[sha] = data
+        self.faults[sha] = fault
+        return sha
+
+    def manifest(self, artifacts: list[tuple[str, bytes]], *, version: int = 1,
+                 device: str = DEVICE_UID, slot: str = "classifier", expires_in: int = 3600,
+                 key: Ed25519PrivateKey | None = None, **extra) -> dict:
+        now = datetime.now(UTC)
+        items = []
+        for index, (name, data) in enumerate(artifacts):
+            sha = hashlib.sha256(data).hexdigest()
+            items.append({"name": name, "model_version": index + 1, "sha256": sha,
+                          "size": len(data), "url": f"/api/v1/device/artifacts/{sha}"})
+        payload = {
+            "schema": 1, "device": device, "deployment": 11, "slot": slot, "version": version,
+            "issued_at": mf.format_time(now),
+            "expires_at": mf.format_time(now + timedelta(seconds=expires_in)),
+            "artifacts": items, "default": artifacts[0][0], "policy": {},
+            "poll_interval_s": self.poll_interval_s, "install_window": None, "next_key": None,
+        }
+        payload.update(extra)
+        return mf.sign(payload, key or self.key)
+
+    def offer(self, envelope: dict | None) -> None:
+        self.update = (200, envelope, {}) if envelope else (204, None, {})
+
+    def seen(self, method: str, prefix: str) -> list[dict]:
+        return [r for r in self.requests if r["method"] == method and r["path"].startswith(prefix)]
+
+
+def _handler(peer: Peer):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):  # keep test output quiet
+            pass
+
+        def _record(self, body=None):
+            with peer.lock:
+                peer.requests.append({"method": self.command, "path": self.path,
+                                      "headers": {k.lower(): v for k, v in self.headers.items()},
+                                      "body": body, "t": time.monotonic()})
+
+        def _send(self, status: int, body=None, headers: dict | None = None):
+            data = b"" if body is None else (body if isinstance(body, bytes)
+                                              else json.dumps(body).encode())
+            self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            if status not in (204, 304):
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if data and status not in (204, 304):
+                self.wfile.write(data)
+
+        def _authorized(self) -> bool:
+            if self.headers.get("Authorization") != f"Bearer {DEVICE_TOKEN}":
+                self._send(401, {"code": "unauthorized"})
+                return False
+            return True
+
+        def _read_json(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            return json.loads(raw) if raw else None
+
+        def do_GET(self):
+            self._record()
+            if peer.down:
+                return self._send(503, {"code": "down"}, {"Retry-After": "1"})
+            if self.path in peer.redirects:
+                if not self._authorized():
+                    return None
+                return self._send(302, b"", {"Location": peer.redirects[self.path]})
+            if self.path.startswith("/presigned/"):
+                return self._artifact(self.path.rsplit("/", 1)[1])
+            if self.path.startswith("/api/v1/device/update"):
+                if not self._authorized():
+                    return None
+                if peer.overload:
+                    return self._send(429, {"code": "throttled"},
+                                      {"Retry-After": str(peer.overload.pop(0))})
+                status, body, headers = peer.update
+                headers = {**headers, "X-Poll-Interval": str(peer.poll_interval_s)}
+                if body is not None and peer.update_etag:
+                    etag = '"' + hashlib.sha256(json.dumps(body).encode()).hexdigest()[:20] + '"'
+                    headers["ETag"] = etag
+                    if self.headers.get("If-None-Match") == etag:
+                        return self._send(304, None, headers)
+                return self._send(status, body, headers)
+            if self.path.startswith("/api/v1/device/artifacts/"):
+                if not self._authorized():
+                    return None
+                return self._artifact(self.path.rsplit("/", 1)[1])
+            return self._send(404, {"code": "not_found"})
+
+        def _artifact(self, sha: str):
+            data = peer.artifacts.get(sha)
+            if data is None:
+                return self._send(404, {"code": "not_found"})
+            fault = peer.faults.get(sha, "good")
+            if fault == "tamper":
+                data = data[:10] + bytes([data[10] ^ 0xFF]) + data[11:]
+            start = 0
+            rng = self.headers.get("Range")
+            if rng and fault != "no_range":
+                start = int(rng.split("=")[1].split("-")[0])
+                if start >= len(data):
+                    return self._send(416, None, {"Content-Range": f"bytes */{len(data)}"})
+            if fault in {"longer", "endless"}:
+                # No Content-Length: the stream ends when the connection closes.
+                self.send_response(200)
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.close_connection = True
+                self.wfile.write(data + b"X" * 100)
+                if fault == "endless":
+                    deadline = time.monotonic() + 10
+                    try:
+                        while time.monotonic() < deadline:
+                            self.wfile.write(b"\0" * 65536)
+                    except OSError:
+                        pass
+                return None
+            body = data[start:]
+            headers = {}
+            status = 200
+            if rng and fault != "no_range":
+                status = 206
+                shown = start + 1 if fault == "bad_range" else start
+                total = len(data) + 5 if fault == "bad_total" else len(data)
+                headers["Content-Range"] = f"bytes {shown}-{len(data) - 1}/{total}"
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if fault == "slow":
+                for offset in range(0, len(body), 1024):
+                    self.wfile.write(body[offset:offset + 1024])
+                    self.wfile.flush()
+                    time.sleep(0.01)
+            else:
+                self.wfile.write(body)
+            return None
+
+        def do_POST(self):
+            body = self._read_json()
+            self._record(body)
+            if peer.down:
+                return self._send(503, {"code": "down"}, {"Retry-After": "1"})
+            if self.path == "/api/v1/device/enroll":
+                peer.enrollments.append(body)
+                if body.get("enrollment_token") != "enroll-me":
+                    return self._send(403, {"code": "bad_enrollment_token"})
+                return self._send(201, {"uid": DEVICE_UID, "token": DEVICE_TOKEN,
+                                        "server_public_key": peer.public_b64,
+                                        "key_id": mf.key_id(mf.raw_public_key(
+                                            peer.key.public_key()))})
+            if not self._authorized():
+                return None
+            if peer.overload:
+                return self._send(429, {"code": "throttled"},
+                                  {"Retry-After": str(peer.overload.pop(0))})
+            if self.path == "/api/v1/device/update/status":
+                peer.statuses.append(body)
+                return self._send(200, {"ok": True})
+            if self.path in {"/api/v1/device/telemetry", "/api/v1/device/logs"}:
+                items = body.get("points") or body.get("lines") or []
+                if len(items) > peer.max_batch:
+                    return self._send(413, {"code": "too_large"})
+                (peer.telemetry if "telemetry" in self.path else peer.logs).append(body)
+                return self._send(200, {"count": len(items)})
+            return self._send(404, {"code": "not_found"})
+
+        def do_PUT(self):
+            body = self._read_json()
+            self._record(body)
+            if not self._authorized():
+                return None
+            peer.inventory.append(body)
+            return self._send(200, {"ok": True})
+
+    return Handler
