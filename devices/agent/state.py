@@ -107,7 +107,7 @@ class State:
         return bool(self.uid and self.token and self.pinned_keys())
 
     # --- pinned keys (U1, U6) ----------------------------------------------------------
-    def keys(self) -> list[dict]:
+    def pinned_keys(self) -> list[dict]:
         return (read_json(self.root / "keys.json", {}) or {}).get("keys", [])
 
     def pin_key(self, public_b64: str) -> str:
