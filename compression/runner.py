@@ -73,7 +73,7 @@ def run_job(job_id: int) -> str:
         return "cancelled"
     except SoftTimeLimitExceeded:
         job.mark_failed(_("timeout: the job ran past its time limit of %(s)s s")
-                        % {"s": settings.CELERY_TASK_SOFT_TIME_LIMIT})
+                        % {"s": _soft_limit()})
         return "timeout"
     except TRANSIENT_ERRORS:
         _release(job)
@@ -87,6 +87,13 @@ def run_job(job_id: int) -> str:
         return "failed"
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _soft_limit():
+    from celery import current_task
+
+    limits = getattr(getattr(current_task, "request", None), "timelimit", None) or (None, None)
+    return limits[1] or settings.CELERY_TASK_SOFT_TIME_LIMIT
 
 
 def _give_up_if_exhausted(job: CompressionJob) -> bool:
