@@ -282,3 +282,27 @@ def test_c6_visibility_timeout_exceeds_the_longest_time_limit():
         visibility, hard, task_hard, task_soft = (float(x) for x in out[:4])
         assert visibility > hard == task_hard > task_soft
         assert out[4:] == ["True", "True", "compression"]
+
+
+def test_c5_broker_down_at_enqueue_keeps_the_job_and_the_sweeper_sends_it(env, broker, workers):
+    demo = load_demo()
+    job = new_job(demo, ["fp16"])
+    down = {**env, "CELERY_BROKER_URL": "redis://127.0.0.1:1/0"}  # nothing listens there
+    script = ("import django; django.setup(); from compression.jobs import do_enqueue; "
+              f"print(do_enqueue({job.pk}))")
+    out = subprocess.run([sys.executable, "-c", script], env=down, capture_output=True,
+                         text=True, timeout=90, check=True).stdout.split()
+    assert out[-1] == "False"
+    stranded = job_state(job.pk)
+    assert stranded.status == JobStatus.QUEUED and stranded.enqueued_at is None
+    # the broker is back: the periodic sweeper (run in the worker's settings) re-sends it
+    later = "from datetime import timedelta; from django.utils import timezone; "
+    sweep = ("import django; django.setup(); " + later +
+             "from compression.jobs import requeue_stale_jobs; "
+             "print(requeue_stale_jobs(now=timezone.now() + timedelta(minutes=5)))")
+    out = subprocess.run([sys.executable, "-c", sweep], env=env, capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    assert str(job.pk) in out
+    workers("a")
+    done = wait_for(lambda: finished(job.pk), 60, "swept job finished")
+    assert done.status == JobStatus.SUCCEEDED, done.error
