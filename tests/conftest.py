@@ -55,6 +55,17 @@ def mqtt_url() -> str:
     return service_url("MQTT broker", "MQTT_URL", "mqtt://127.0.0.1:1883", 1883)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _repo_root_stays_clean():
+    """Nothing a test runs (engine passes, workers, brokers) may litter the checkout."""
+    root = FIXTURES.parent.parent
+    allowed = {"var", ".venv", ".pytest_cache", ".ruff_cache", "edgefleet.egg-info", "__pycache__"}
+    before = {p.name for p in root.iterdir()}
+    yield
+    stray = sorted({p.name for p in root.iterdir()} - before - allowed)
+    assert not stray, f"tests left files in the repository root: {stray}"
+
+
 # --- storage -------------------------------------------------------------------
 @pytest.fixture(scope="session", autouse=True)
 def _s3_bucket():

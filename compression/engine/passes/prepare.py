@@ -9,6 +9,7 @@ fails on some graphs; then we fall back to ONNX shape inference only).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from dataclasses import dataclass, field
@@ -118,7 +119,12 @@ def _preprocess(src: Path, dst, *, optimize: bool) -> str:
     for label, kwargs in attempts:
         kwargs.setdefault("skip_optimization", not optimize)
         try:
-            quant_pre_process(str(src), str(dst), **kwargs)
+            # onnxruntime's symbolic shape inference dumps sym_shape_infer_temp.onnx
+            # (+ external data) into the *current* directory when it gives up:
+            # run it from a scratch directory so nothing lands in the caller's cwd.
+            with tempfile.TemporaryDirectory(prefix="prepare-") as scratch, \
+                    contextlib.chdir(scratch):
+                quant_pre_process(str(Path(src).resolve()), str(Path(dst).resolve()), **kwargs)
             return label
         except Exception as exc:
             # symbolic shape inference fails on many real graphs (custom dims, loops): fall back
