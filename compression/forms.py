@@ -1,8 +1,8 @@
 from django import forms
 from django.utils.translation import gettext_lazy as _
 
-from compression.choices import DatasetPurpose, ModelTask
-from compression.models import MLModel
+from compression.choices import JOB_KPIS, DatasetPurpose, JobMode, ModelTask
+from compression.models import Dataset, MLModel
 
 
 class ModelUploadForm(forms.Form):
@@ -31,3 +31,56 @@ class DatasetUploadForm(forms.Form):
     purpose = forms.ChoiceField(label=_("Purpose"), choices=DatasetPurpose.choices)
     file = forms.FileField(label=_(".npz file"), widget=forms.ClearableFileInput(
         attrs={"accept": ".npz"}))
+
+
+def _recipe_choices():
+    from compression.engine.recipes import list_recipes
+
+    return [(r, r) for r in list_recipes()]
+
+
+class JobForm(forms.Form):
+    """Start a compression job from a version; choices are limited to that model's data."""
+
+    mode = forms.ChoiceField(label=_("Mode"), choices=JobMode.choices, initial=JobMode.AUTO,
+                             widget=forms.RadioSelect)
+    recipes = forms.MultipleChoiceField(
+        label=_("Recipes"), required=False, widget=forms.CheckboxSelectMultiple,
+        help_text=_("Explicit mode runs these; auto mode searches them (none ticked: the "
+                    "default search set)."))
+    max_latency_ms = forms.FloatField(label=JOB_KPIS["max_latency_ms"][0], required=False)
+    max_accuracy_drop = forms.FloatField(label=JOB_KPIS["max_accuracy_drop"][0], required=False)
+    min_fidelity = forms.FloatField(label=JOB_KPIS["min_fidelity"][0], required=False)
+    max_size_mb = forms.FloatField(label=JOB_KPIS["max_size_mb"][0], required=False)
+    hardware_profile = forms.ModelChoiceField(
+        label=_("Hardware profile"), queryset=None, required=False,
+        help_text=_("Latency is measured on this server with the profile's thread count: an "
+                    "estimate for the device."))
+    calibration = forms.ModelChoiceField(label=_("Calibration data"), queryset=None,
+                                         required=False)
+    calibration_file = forms.FileField(label=_("…or upload calibration .npz"), required=False,
+                                       widget=forms.ClearableFileInput(attrs={"accept": ".npz"}))
+    evaluation = forms.ModelChoiceField(label=_("Evaluation data"), queryset=None,
+                                        required=False)
+    evaluation_file = forms.FileField(label=_("…or upload evaluation .npz"), required=False,
+                                      widget=forms.ClearableFileInput(attrs={"accept": ".npz"}))
+    time_budget_s = forms.IntegerField(label=_("Time budget (s)"), initial=600, min_value=10,
+                                       max_value=6 * 3600)
+
+    def __init__(self, *args, model: MLModel, **kwargs):
+        from devices.models import HardwareProfile
+
+        super().__init__(*args, **kwargs)
+        self.fields["recipes"].choices = _recipe_choices()
+        self.fields["hardware_profile"].queryset = HardwareProfile.objects.order_by("name")
+        datasets = Dataset.objects.filter(model=model)
+        self.fields["calibration"].queryset = datasets.filter(
+            purpose=DatasetPurpose.CALIBRATION)
+        self.fields["evaluation"].queryset = datasets.filter(purpose=DatasetPurpose.EVALUATION)
+        for name in ("calibration", "evaluation"):
+            first = self.fields[name].queryset.first()
+            if first is not None:
+                self.fields[name].initial = first.pk
+
+    def kpis(self) -> dict:
+        return {k: self.cleaned_data[k] for k in JOB_KPIS if self.cleaned_data.get(k) is not None}

@@ -314,3 +314,9 @@ class Candidate(models.Model):
     @property
     def is_original(self) -> bool:
         return self.recipe == "fp32"
+
+    @property
+    def throughput(self) -> float | None:
+        """Inferences/s at the first measured batch size (batch 1, or the model's fixed batch)."""
+        values = (self.metrics or {}).get("throughput_ips") or {}
+        return next(iter(values.values()), None)

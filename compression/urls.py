@@ -1,6 +1,6 @@
 from django.urls import path
 
-from compression import views
+from compression import views, views_jobs
 
 app_name = "compression"
 
@@ -14,4 +14,10 @@ urlpatterns = [
     path("<int:pk>/versions/<int:number>/download/", views.version_download,
          name="version-download"),
     path("datasets/<int:pk>/download/", views.dataset_download, name="dataset-download"),
+    path("jobs/", views_jobs.job_list, name="job-list"),
+    path("versions/<int:version_pk>/compress/", views_jobs.job_create, name="job-create"),
+    path("jobs/<int:pk>/", views_jobs.job_detail, name="job-detail"),
+    path("jobs/<int:pk>/status/", views_jobs.job_status, name="job-status"),
+    path("jobs/<int:pk>/chart.json", views_jobs.job_chart, name="job-chart"),
+    path("jobs/<int:pk>/cancel/", views_jobs.job_cancel, name="job-cancel"),
 ]

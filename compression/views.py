@@ -13,7 +13,7 @@ from django.utils.translation import gettext as _
 from compression import services
 from compression.api.views import artifact_response
 from compression.forms import DatasetUploadForm, ModelUploadForm, VersionUploadForm
-from compression.models import Dataset, MLModel, ModelVersion
+from compression.models import CompressionJob, Dataset, MLModel, ModelVersion
 from fleet import audit
 from fleet.roles import Role, role_required
 
@@ -66,6 +66,7 @@ def model_detail(request, pk: int):
         "model": model, "versions": versions, "tree": tree, "selected": selected,
         "version_form": VersionUploadForm(), "datasets": model.datasets.all()[:20],
         "dataset_form": DatasetUploadForm(),
+        "jobs": CompressionJob.objects.filter(source__model=model).select_related("source")[:10],
     })
 
 

@@ -233,3 +233,47 @@ def test_enqueue_failure_leaves_a_queued_row_for_the_sweeper(demo, settings, mon
     assert jobs.requeue_stale_jobs(now=later) == [job.pk]
     assert sent == [job.pk]
     assert CompressionJob.objects.get(pk=job.pk).enqueued_at is not None
+
+
+def test_job_pages(client, operator_user, viewer_user, demo, django_capture_on_commit_callbacks):
+    client.force_login(operator_user)
+    url = f"/models/versions/{demo.version.pk}/compress/"
+    assert client.get(url).status_code == 200
+    assert b"Compress" in client.get(f"/models/{demo.version.model_id}/").content
+    with django_capture_on_commit_callbacks(execute=False):
+        response = client.post(url, {
+            "mode": "auto", "recipes": ["fp16", "int8-static"], "max_latency_ms": "50",
+            "calibration": demo.calibration.pk, "evaluation": demo.evaluation.pk,
+            "time_budget_s": "120"})
+    assert response.status_code == 302, response.content.decode()[:2000]
+    job = CompressionJob.objects.get()
+    assert job.kpis == {"max_latency_ms": 50.0}
+    live = client.get(f"/models/jobs/{job.pk}/")
+    assert b'hx-trigger="every 1s"' in live.content
+    assert runner.run_job(job.pk) == "succeeded"
+    page = client.get(f"/models/jobs/{job.pk}/")
+    assert b"hx-trigger" not in page.content and b'id="results"' in page.content
+    assert b"pareto-chart" in page.content
+    status = client.get(f"/models/jobs/{job.pk}/status/", HTTP_HX_REQUEST="true")
+    assert status["HX-Refresh"] == "true"
+    chart = client.get(f"/models/jobs/{job.pk}/chart.json").json()
+    assert {p["recipe"] for p in chart["points"]} == {"fp32", "fp16", "int8-static"}
+    assert sum(p["chosen"] for p in chart["points"]) == 1
+    assert client.get("/models/jobs/").status_code == 200
+    lineage = client.get(f"/models/{demo.version.model_id}/").content.decode()
+    assert "int8-static" in lineage and f"/models/jobs/{job.pk}/" in lineage
+
+    client.force_login(viewer_user)
+    assert client.get(f"/models/jobs/{job.pk}/").status_code == 200
+    assert client.get(url).status_code == 403
+    assert client.post(f"/models/jobs/{job.pk}/cancel/").status_code == 403
+
+
+def test_job_form_shows_refusal(client, operator_user, demo):
+    client.force_login(operator_user)
+    response = client.post(f"/models/versions/{demo.version.pk}/compress/", {
+        "mode": "recipes", "recipes": ["int8-static"], "evaluation": demo.evaluation.pk,
+        "time_budget_s": "120"})
+    assert response.status_code == 400
+    assert b"calibration" in response.content
+    assert not CompressionJob.objects.exists()
