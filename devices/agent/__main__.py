@@ -1,0 +1,5 @@
+import sys
+
+from devices.agent.cli import main
+
+sys.exit(main())

@@ -1,0 +1,182 @@
+"""The agent's main loop: check in, install, run, measure, report.
+
+One thread, one loop: poll the update API when the pacer says so, run the
+active models until the next telemetry tick, buffer a point per slot, deliver
+buffered telemetry, logs and status reports (HTTP, or MQTT for telemetry).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from pathlib import Path
+
+from devices.agent.buffer import Backoff, Buffer, Outbox
+from devices.agent.client import Client, Pacer, Response, Unreachable
+from devices.agent.runtime import Inputs, Runtime, hardware_facts
+from devices.agent.state import State
+from devices.agent.updater import STATUS_PATH, CheckInError, Updater
+
+log = logging.getLogger("edgefleet.agent")
+
+DEFAULTS = {
+    "poll_interval_s": 30, "telemetry_interval_s": 10, "timeout_s": 15,
+    "buffer_cap": {"telemetry": 10_000, "logs": 10_000, "status": 1_000},
+    "batch_size": 500, "input_dir": None, "threads": None, "mqtt_url": None,
+    "log_level": "INFO", "hardware_profile": None,
+}
+
+
+class BufferHandler(logging.Handler):
+    """Log records of the agent go to the server through the bounded buffer."""
+
+    def __init__(self, outbox: Outbox, level=logging.INFO):
+        super().__init__(level)
+        self.outbox = outbox
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.outbox.add("logs", {"ts": record.created, "level": record.levelname.lower(),
+                                     "message": self.format(record)[:8000]})
+        except Exception:  # logging must never take the agent down
+            self.handleError(record)
+
+
+class Agent:
+    def __init__(self, state: State, settings: dict | None = None):
+        self.state = state
+        self.settings = {**DEFAULTS, **state.config.get("agent", {}), **(settings or {})}
+        server = state.config["server"]
+        self.client = Client(server, state.token, timeout=float(self.settings["timeout_s"]))
+        self.boot_id = uuid.uuid4().hex
+        caps = dict(self.settings["buffer_cap"])
+        self.buffer = Buffer(state.root / "buffer.sqlite3", caps=caps)
+        self.outbox = Outbox(self.buffer, self.boot_id)
+        self.updater = Updater(state, self.client, report=self.report_status)
+        inputs = Inputs(self.settings["input_dir"]) if self.settings["input_dir"] else None
+        self.runtime = Runtime(state, inputs=inputs, threads=self.settings["threads"])
+        self.pacer = Pacer(float(self.settings["poll_interval_s"]))
+        self.next_poll = 0.0
+        self.deliver_after = 0.0
+        self.delivery_pacer = Pacer(1.0)
+        self.publisher = None
+        if self.settings["mqtt_url"]:
+            from devices.agent.mqtt import Publisher
+
+            self.publisher = Publisher(self.settings["mqtt_url"], state.uid, state.token)
+        self._handler = BufferHandler(self.outbox)
+        logging.getLogger("edgefleet.agent").addHandler(self._handler)
+
+    def close(self) -> None:
+        logging.getLogger("edgefleet.agent").removeHandler(self._handler)
+        if self.publisher:
+            self.publisher.close()
+        self.buffer.close()
+
+    # --- reporting -----------------------------------------------------------------------
+    def report_status(self, report: dict) -> None:
+        self.outbox.add("status", report)
+        self.deliver(kinds=("status",))
+
+    def _send_status(self, boot_id, items, dropped) -> Response:
+        body = {k: v for k, v in items[0].items() if k not in {"seq", "boot_id"}}
+        return self.client.post(STATUS_PATH, body)
+
+    def _send_telemetry(self, boot_id, items, dropped) -> Response:
+        batch = {"boot_id": boot_id, "points": items, "dropped": dropped}
+        if self.publisher:
+            return self.publisher.publish("telemetry", batch)
+        return self.client.post("/api/v1/device/telemetry", batch)
+
+    def _send_logs(self, boot_id, items, dropped) -> Response:
+        return self.client.post("/api/v1/device/logs",
+                                {"boot_id": boot_id, "lines": items, "dropped": dropped})
+
+    def deliver(self, kinds=("status", "telemetry", "logs")) -> None:
+        if time.monotonic() < self.deliver_after:
+            return
+        senders = {"status": (self._send_status, 1), "telemetry": (self._send_telemetry,
+                   int(self.settings["batch_size"])),
+                   "logs": (self._send_logs, int(self.settings["batch_size"]))}
+        try:
+            for kind in kinds:
+                send, size = senders[kind]
+                self.buffer.flush(kind, send, batch_size=size)
+        except Backoff as exc:
+            delay = self.delivery_pacer.failure(exc.retry_after)
+            self.deliver_after = time.monotonic() + delay
+            return
+        self.delivery_pacer.success()
+
+    def send_inventory(self) -> None:
+        facts = hardware_facts(self.settings["hardware_profile"])
+        models = {}
+        for slot in self.state.slot_names():
+            pointer = self.state.pointer(slot)
+            if pointer:
+                variant = pointer["variants"][pointer["active"]]
+                models[slot] = {"model_version": str(variant.get("model_version") or ""),
+                                "sha256": variant["sha256"], "variant": pointer["active"],
+                                "manifest_version": pointer["version"]}
+        facts["models"] = models
+        try:
+            response = self.client.request("PUT", "/api/v1/device/inventory", json_body=facts)
+            if response.status >= 400:
+                log.warning("inventory refused: HTTP %s %s", response.status,
+                            response.body[:200])
+        except Unreachable as exc:
+            log.info("inventory not sent: %s", exc)
+
+    # --- the loop ------------------------------------------------------------------------
+    def check_in(self) -> None:
+        try:
+            result = self.updater.check_in()
+        except CheckInError as exc:
+            delay = self.pacer.failure(exc.retry_after)
+            log.info("check-in failed (%s); next in %.1f s", exc, delay)
+            self.next_poll = time.monotonic() + delay
+            return
+        self.pacer.advise(result.poll_interval_s)
+        self.next_poll = time.monotonic() + self.pacer.success()
+        if result.outcome in {"succeeded", "rolled_back", "failed"}:
+            self.send_inventory()
+        try:
+            self.runtime.refresh()
+        except Exception as exc:  # a model that cannot load must not stop reporting
+            log.error("cannot load the active model: %s", exc)
+
+    def step(self, *, window_s: float | None = None, max_inferences: int | None = None) -> None:
+        if time.monotonic() >= self.next_poll:
+            self.check_in()
+        window = float(self.settings["telemetry_interval_s"]) if window_s is None else window_s
+        self.runtime.run_for(window, max_inferences=max_inferences)
+        for point in self.runtime.points():
+            self.outbox.add("telemetry", point)
+        for slot, old, new in self.runtime.switches:
+            log.info("slot %s switched from %s to %s by the policy", slot, old, new)
+        self.runtime.switches.clear()
+        self.deliver()
+
+    def run(self, *, once: bool = False) -> None:
+        log.info("agent %s starting, boot %s", self.state.uid, self.boot_id)
+        self.send_inventory()
+        if once:
+            self.step(window_s=1.0, max_inferences=20)
+            return
+        while True:
+            self.step()
+
+
+def load_settings(path: str | Path | None) -> dict:
+    """Agent settings from a TOML or JSON file (deploy/agent.example.toml)."""
+    if not path:
+        return {}
+    path = Path(path)
+    if path.suffix == ".toml":
+        import tomllib
+
+        return tomllib.loads(path.read_text())
+    import json
+
+    return json.loads(path.read_text())
