@@ -29,6 +29,28 @@ def log_lines(first: int, last: int, *, boot: str = "boot-1", level: str = "info
             for seq in range(first, last + 1)]
 
 
+@pytest.fixture(autouse=True)
+def _hardware_profiles(request):
+    """Transactional tests flush the seeded profiles; put them back when a DB is in use."""
+    if not any(name in request.fixturenames for name in ("db", "transactional_db")) and not (
+            request.node.get_closest_marker("django_db")):
+        return
+    request.getfixturevalue("db" if "transactional_db" not in request.fixturenames
+                            and not _is_transactional(request) else "transactional_db")
+    import importlib
+
+    from django.apps import apps
+
+    seed = importlib.import_module("devices.migrations.0002_seed_hardware_profiles").seed
+    seed(apps, None)
+
+
+def _is_transactional(request) -> bool:
+    marker = request.node.get_closest_marker("django_db")
+    return bool(marker and (marker.kwargs.get("transaction") or (
+        marker.args and marker.args[0])))
+
+
 @pytest.fixture
 def group(db):
     from devices.models import DeviceGroup

@@ -7,7 +7,7 @@ from django.test import Client
 
 from devices.models import Device, DeviceGroup, EnrollmentToken, QueryGroup
 from fleet.models import AuditEntry
-from tests.devices.conftest import bearer, points
+from tests.devices.conftest import points
 
 pytestmark = pytest.mark.django_db
 
