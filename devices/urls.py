@@ -7,4 +7,13 @@ app_name = "devices"
 urlpatterns = [
     path("", views.index, name="index"),
     path("widget/", views.widget, name="widget"),
+    path("list/", views.device_list, name="list"),
+    path("enrollment/", views.enrollment, name="enrollment"),
+    path("enrollment/<int:pk>/revoke/", views.enrollment_revoke, name="enrollment-revoke"),
+    path("groups/new/", views.group_create, name="group-create"),
+    path("d/<str:uid>/", views.device_detail, name="detail"),
+    path("d/<str:uid>/metrics.json", views.device_metrics, name="metrics"),
+    path("d/<str:uid>/logs/", views.device_logs, name="logs"),
+    path("d/<str:uid>/edit/", views.device_edit, name="edit"),
+    path("d/<str:uid>/revoke/", views.device_revoke, name="revoke"),
 ]

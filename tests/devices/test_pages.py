@@ -1,0 +1,109 @@
+"""Fleet pages: who sees what, admin actions, query counts on the list."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+
+from devices import metrics
+from devices.models import Device, DeviceGroup, EnrollmentToken
+from fleet.models import AuditEntry
+from tests.devices.conftest import log_lines, points
+
+pytestmark = pytest.mark.django_db
+
+
+def logged_in(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.mark.parametrize("path", ["/devices/", "/devices/widget/", "/devices/list/",
+                                  "/devices/d/cam-a/", "/devices/d/cam-a/metrics.json",
+                                  "/devices/d/cam-a/logs/"])
+def test_viewer_reads_pages(viewer_user, device_a, path):
+    assert logged_in(viewer_user).get(path).status_code == 200
+    assert Client().get(path).status_code == 302  # anonymous → login
+
+
+def test_admin_pages_refuse_viewers_and_operators(viewer_user, operator_user, device_a):
+    for user in (viewer_user, operator_user):
+        client = logged_in(user)
+        assert client.get("/devices/enrollment/").status_code == 403
+        assert client.post("/devices/d/cam-a/revoke/").status_code == 403
+        assert client.post("/devices/d/cam-a/edit/", {"tags": "x"}).status_code == 403
+    assert Device.objects.get(uid="cam-a").status == "online"
+
+
+def test_overview_counts(viewer_user, device_a, device_b):
+    response = logged_in(viewer_user).get("/devices/")
+    assert response.context["total"] == 2 and response.context["online"] == 2
+    assert b"line-3" in response.content
+
+
+def test_list_filters_and_query_count(viewer_user, device_a, device_b,
+                                      django_assert_max_num_queries):
+    client = logged_in(viewer_user)
+    with django_assert_max_num_queries(8):
+        response = client.get("/devices/list/?q=cam-a")
+    assert [d.uid for d in response.context["page"].object_list] == ["cam-a"]
+    group = DeviceGroup.objects.get(name="line-3")
+    assert response.context["page"].paginator.count == 1
+    response = client.get(f"/devices/list/?group={group.pk}&hardware=rpi4&status=online")
+    assert response.context["page"].paginator.count == 2
+    assert client.get("/devices/list/?status=bogus").status_code == 200  # bad filter ignored
+
+
+def test_detail_shows_inventory_logs_and_series(viewer_user, api_a, device_a):
+    api_a.put("/api/v1/device/inventory", {"arch": "aarch64", "cpu": "Cortex-A72",
+                                           "models": {"default": {"model_version": "digits:3"}}},
+              format="json")
+    api_a.post("/api/v1/device/telemetry", {"batch": points(1, 50)}, format="json")
+    api_a.post("/api/v1/device/logs", {"batch": log_lines(1, 3, level="error")}, format="json")
+    client = logged_in(viewer_user)
+    page = client.get("/devices/d/cam-a/")
+    assert b"Cortex-A72" in page.content and b"digits:3" in page.content
+    series = client.get("/devices/d/cam-a/metrics.json?minutes=15").json()
+    assert sum(series["latency_p50"][i] is not None for i in range(len(series["labels"]))) >= 1
+    logs = client.get("/devices/d/cam-a/logs/?level=error")
+    assert logs.content.count(b"line ") == 3
+    assert client.get("/devices/d/cam-a/logs/?level=debug").content.count(b"line ") == 0
+    assert client.get("/devices/d/cam-a/metrics.json?minutes=abc").status_code == 200
+    assert client.get("/devices/d/nobody/").status_code == 404
+
+
+def test_admin_creates_token_moves_tags_and_revokes(admin_user, device_a):
+    client = logged_in(admin_user)
+    response = client.post("/devices/enrollment/", {"name": "floor 2", "tags": "cam, floor-2",
+                                                    "max_uses": 5, "expires_in_days": 7})
+    assert response.status_code == 200
+    value = response.context["created"]["value"]
+    assert value.encode() in response.content
+    token = EnrollmentToken.objects.get(name="floor 2")
+    assert token.token_hash != value and sorted(t.name for t in token.tags.all()) == [
+        "cam", "floor-2"]
+    # Shown once: the list page does not show it again.
+    assert value.encode() not in client.get("/devices/enrollment/").content
+    client.post("/devices/groups/new/", {"name": "line-9"})
+    group = DeviceGroup.objects.get(name="line-9")
+    client.post("/devices/d/cam-a/edit/", {"group": group.pk, "tags": "outdoor north"})
+    device = Device.objects.get(uid="cam-a")
+    assert device.group == group
+    assert sorted(t.name for t in device.tags.all()) == ["north", "outdoor"]
+    client.post("/devices/d/cam-a/revoke/")
+    assert Device.objects.get(uid="cam-a").status == "revoked"
+    client.post(f"/devices/enrollment/{token.pk}/revoke/")
+    assert EnrollmentToken.objects.get(pk=token.pk).revoked_at is not None
+    actions = set(AuditEntry.objects.values_list("action", flat=True))
+    assert {"enrollment_token.create", "device.update", "device.revoke",
+            "enrollment_token.revoke", "group.create"} <= actions
+    bad = client.post("/devices/enrollment/", {"name": "", "tags": "x"})
+    assert bad.status_code == 200 and bad.context["form"].errors
+
+
+def test_rollup_and_series_agree(api_a, device_a):
+    api_a.post("/api/v1/device/telemetry", {"batch": points(1, 100)}, format="json")
+    assert metrics.rollup() >= 0
+    series = metrics.series(device_a[0], 60)
+    assert series["labels"]
