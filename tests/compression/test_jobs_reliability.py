@@ -14,30 +14,19 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from django.db import connection
 
 from compression.choices import JobStatus
 from compression.models import CompressionJob, ModelVersion
-from tests.compression.jobs_support import load_demo
+from tests.compression.jobs_support import WorkerPool, database_url, load_demo, wait_for
 from tests.conftest import stored_names
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow,
               pytest.mark.timeout(120)]
 
-CELERY = str(Path(sys.executable).with_name("celery"))
 REDIS_URL = os.environ.get("REDIS_URL", "")
-
-
-def database_url() -> str:
-    s = connection.settings_dict
-    if s["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{s['NAME']}"
-    auth = s["USER"] + (f":{s['PASSWORD']}" if s["PASSWORD"] else "")
-    return f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
 
 
 class Broker:
@@ -106,45 +95,9 @@ def broker(tmp_path, env):
 
 @pytest.fixture
 def workers(tmp_path, env):
-    started: list[subprocess.Popen] = []
-
-    def start(name: str, **extra: str) -> subprocess.Popen:
-        log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(
-            [CELERY, "-A", "fleet", "worker", "-Q", "compression", "-c", "1", "-P", "prefork",
-             "-n", f"{name}@%h", "--without-gossip", "--without-mingle",
-             "--without-heartbeat", "--loglevel", "INFO"],
-            env={**env, **extra}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        proc.log_path = tmp_path / f"{name}.log"
-        started.append(proc)
-        wait_for(lambda: b"ready." in proc.log_path.read_bytes(), 60, f"worker {name} ready",
-                 proc)
-        return proc
-
-    yield start
-    for proc in started:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-    for proc in started:
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-
-
-def wait_for(predicate, timeout: float, what: str, proc=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"{what}: worker exited\n" + proc.log_path.read_text()[-3000:])
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    pool = WorkerPool(tmp_path, env)
+    yield pool.start
+    pool.stop_all()
 
 
 def new_job(demo, recipes, **fields) -> CompressionJob:
