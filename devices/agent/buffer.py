@@ -118,11 +118,16 @@ class Buffer:
 
     def _delivered(self, kind: str, ids: list[int], dropped_reported: int) -> None:
         with self._lock, self._tx():
-            self._db.executemany("DELETE FROM records WHERE id=?", [(i,) for i in ids])
-            if dropped_reported:
-                # Subtract what was reported, not reset: more may have been dropped since.
+            deleted = 0
+            for rid in ids:
+                deleted += self._db.execute("DELETE FROM records WHERE id=?", (rid,)).rowcount
+            # Records of this batch pushed out by the cap while it was in flight were
+            # counted as dropped, yet the server has them: uncount them too. Subtract,
+            # never reset: more may have been dropped since the batch left.
+            correction = dropped_reported + (len(ids) - deleted)
+            if correction:
                 self._db.execute("UPDATE dropped SET count = MAX(0, count - ?) WHERE kind=?",
-                                 (dropped_reported, kind))
+                                 (correction, kind))
 
     def flush(self, kind: str, send: Callable[[str, list[dict], int], Response], *,
               batch_size: int = 500, max_batches: int = 100) -> FlushResult:

@@ -1,0 +1,436 @@
+"""Many lightweight simulated devices in one process: a living fleet for demos,
+load benchmarks and end-to-end tests.
+
+    python -m devices.agent.simulate --server URL --enrollment-token T --devices N
+
+Each device enrolls, polls the update API (ETag, server-advised interval,
+backoff with jitter), verifies manifests exactly like the real agent
+(`manifest.verify` with its pinned key), "installs" by downloading every
+artifact and checking its size and sha256 (no onnxruntime), reports each update
+state, and sends telemetry drawn from the variant's benchmark latency with
+noise, plus a few log lines. Faults (`--fault`, repeatable, applied to
+`--fault-fraction` of the devices):
+
+- failed-health-check: every install fails its health check and is rolled back
+- flapping-network: the device loses the network for `--flap-period-s` every other period
+- slow-device: latency ×2 and slow downloads
+- bad-variant: latency ×3 on the variant named by `--bad-variant` (name or sha256),
+  or, without it, on any variant installed after the device's first one
+
+A scheduler thread hands due devices to a small worker pool, so 10,000 devices
+cost 10,000 small objects, not 10,000 threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import collections
+import concurrent.futures
+import hashlib
+import heapq
+import itertools
+import json
+import logging
+import math
+import random
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from devices.agent import __version__
+from devices.agent import manifest as mf
+from devices.agent.client import Client, Pacer, Response, Unreachable
+from devices.agent.state import write_json
+
+log = logging.getLogger("edgefleet.simulate")
+
+FAULTS = ("failed-health-check", "flapping-network", "slow-device", "bad-variant")
+VARIANT_SPEED = {"int8": 0.45, "fp16": 0.75, "pruned": 0.8}
+
+
+class Stats:
+    def __init__(self):
+        self.counts = collections.Counter()
+        self.lock = threading.Lock()
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self.lock:
+            self.counts[name] += n
+
+    def as_dict(self) -> dict:
+        with self.lock:
+            return dict(sorted(self.counts.items()))
+
+
+class FlakyClient(Client):
+    """Drops every request during the "down" half of each flap period."""
+
+    def __init__(self, *args, period_s: float, phase: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.period_s, self.phase = period_s, phase
+
+    def request(self, method, path, **kwargs) -> Response:
+        if int((time.monotonic() + self.phase) / self.period_s) % 2:
+            raise Unreachable(f"{method} {path}: simulated network loss")
+        return super().request(method, path, **kwargs)
+
+
+class SimDevice:
+    def __init__(self, index: int, options, stats: Stats, saved: dict | None = None):
+        self.index = index
+        self.options = options
+        self.stats = stats
+        self.rng = random.Random(options.seed * 100_003 + index)
+        faulty = self.rng.random() < options.fault_fraction
+        self.faults = set(options.fault or []) if faulty else set()
+        saved = saved or {}
+        self.uid, self.token = saved.get("uid"), saved.get("token")
+        self.keys: list[str] = saved.get("keys", [])
+        self.boot_id = uuid.uuid4().hex
+        self.seq = collections.Counter()
+        self.etag = None
+        self.trusted: dict[str, int] = {}
+        self.installed: dict[str, dict] = {}  # slot -> {"payload", "variant"}
+        self.first_variants: set[str] = set()
+        self.outbox = collections.deque(maxlen=options.buffer_cap)  # (kind, body)
+        self.dropped = 0
+        self.battery = self.rng.uniform(30, 100) if index % 3 == 0 else None
+        self.pacer = Pacer(options.poll_interval_s, rng=self.rng)
+        self.next_poll = time.monotonic() + self.rng.uniform(0, options.poll_interval_s)
+        self.next_telemetry = time.monotonic() + self.rng.uniform(0, options.telemetry_interval_s)
+        self.client = self._client()
+
+    def _client(self) -> Client:
+        if "flapping-network" in self.faults:
+            return FlakyClient(self.options.server, self.token, timeout=self.options.timeout_s,
+                               period_s=self.options.flap_period_s,
+                               phase=self.rng.uniform(0, self.options.flap_period_s))
+        return Client(self.options.server, self.token, timeout=self.options.timeout_s)
+
+    # --- one scheduling step ----------------------------------------------------------------
+    def step(self) -> float:
+        """Do what is due; return the monotonic time of the next step."""
+        now = time.monotonic()
+        if not self.token:
+            try:
+                self.enroll()
+            except Unreachable:
+                self.stats.add("enroll_unreachable")
+            if not self.token:
+                return now + self.pacer.failure()
+        if now >= self.next_poll:
+            self.check_in()
+        if now >= self.next_telemetry:
+            self.telemetry()
+            self.next_telemetry = now + self.options.telemetry_interval_s
+        return min(self.next_poll, self.next_telemetry)
+
+    def enroll(self) -> None:
+        facts = {"arch": "aarch64", "cpu": "Simulated Cortex-A72", "cpu_count": 4,
+                 "ram_mb": 4096, "os": "Linux-simulated", "python": "3.11",
+                 "onnxruntime": "simulated", "execution_providers": ["CPUExecutionProvider"],
+                 "agent_version": f"{__version__}-sim"}
+        if self.options.hardware_profile:
+            facts["hardware_profile"] = self.options.hardware_profile
+        if self.options.uid_prefix:
+            facts["uid"] = f"{self.options.uid_prefix}-{self.index:05d}"
+        response = self.client.post("/api/v1/device/enroll",
+                                    {"enrollment_token": self.options.enrollment_token,
+                                     "facts": facts, "name": f"simulated {self.index}"})
+        if response.status not in (200, 201):
+            self.stats.add(f"enroll_http_{response.status}")
+            return
+        body = response.json()
+        self.uid = str(body.get("uid") or body.get("device_id"))
+        self.token = body.get("token") or body.get("device_token")
+        self.keys = [body.get("server_public_key") or body.get("public_key")]
+        self.client = self._client()
+        self.stats.add("enrolled")
+
+    def trusted_keys(self) -> dict:
+        out = {}
+        for b64 in self.keys:
+            raw = base64.b64decode(b64)
+            key = Ed25519PublicKey.from_public_bytes(raw)
+            out[mf.key_id(raw)] = out[hashlib.sha256(raw).hexdigest()] = key
+        return out
+
+    def check_in(self) -> None:
+        started = datetime.now(UTC)
+        headers = {"If-None-Match": self.etag} if self.etag else {}
+        try:
+            response = self.client.request("GET", "/api/v1/device/update", headers=headers)
+        except Unreachable:
+            self.stats.add("checkin_unreachable")
+            self.next_poll = time.monotonic() + self.pacer.failure()
+            return
+        self.stats.add(f"checkin_{response.status}")
+        if response.status not in (200, 204, 304):
+            self.next_poll = time.monotonic() + self.pacer.failure(response.retry_after)
+            return
+        self.pacer.advise(response.header("x-poll-interval"))
+        if response.status == 200:
+            body = response.json() or {}
+            self.pacer.advise(body.get("poll_interval_s"))
+            for envelope in body.get("manifests", [body]):
+                self.handle(envelope, started)
+        self.etag = response.header("etag") or self.etag
+        self.next_poll = time.monotonic() + self.pacer.success()
+        self.flush()
+
+    def handle(self, envelope: dict, started: datetime) -> None:
+        payload = envelope.get("manifest") or {}
+        slot = str(payload.get("slot") or "default")
+        try:
+            verified = mf.verify(envelope, trusted_keys=self.trusted_keys(),
+                                 device_uid=self.uid, last_version=self.trusted.get(slot, 0),
+                                 now=started)
+        except mf.ManifestError as exc:
+            self.status(payload, "failed", exc.message, exc.code)
+            self.stats.add(f"manifest_refused_{exc.code}")
+            return
+        if verified.no_op:
+            return
+        payload = verified.payload
+        self.trusted[slot] = payload["version"]
+        announced = payload.get("next_key") or {}
+        if announced.get("public_key"):
+            self.keys.append(announced["public_key"])
+        self.status(payload, "downloading")
+        for artifact in payload["artifacts"]:
+            problem = self.fetch(artifact)
+            if problem:
+                self.status(payload, "failed", problem[1], problem[0])
+                self.stats.add("update_failed")
+                return
+        self.status(payload, "downloaded")
+        self.status(payload, "installing")
+        if "failed-health-check" in self.faults:
+            state = "rolled_back" if slot in self.installed else "failed"
+            self.status(payload, state, "health check failed: simulated fault", "health_check")
+            self.log("error", f"slot {slot}: version {payload['version']} failed its health "
+                     "check; rolled back")
+            self.stats.add(f"update_{state}")
+            return
+        if slot not in self.installed:
+            self.first_variants = {a["name"] for a in payload["artifacts"]}
+        self.installed[slot] = {"payload": payload}
+        self.status(payload, "succeeded")
+        self.log("info", f"slot {slot}: installed manifest version {payload['version']}")
+        self.stats.add("update_succeeded")
+
+    def fetch(self, artifact: dict) -> tuple[str, str] | None:
+        """Download and hash an artifact in memory, bounded by its signed size."""
+        try:
+            response = self.client.request("GET", artifact["url"], stream=True,
+                                           timeout=self.options.timeout_s * 4)
+        except Unreachable as exc:
+            return "unreachable", str(exc)
+        try:
+            if response.status != 200:
+                return f"http_{response.status}", f"artifact download: HTTP {response.status}"
+            digest, left = hashlib.sha256(), artifact["size"]
+            while left > 0:
+                chunk = response.raw.read(min(65536, left))
+                if not chunk:
+                    return "short", "artifact stream ended early"
+                digest.update(chunk)
+                left -= len(chunk)
+                if "slow-device" in self.faults:
+                    time.sleep(0.005)
+            if response.raw.read(1):
+                return "too_long", "artifact stream is longer than signed"
+        except OSError as exc:
+            return "interrupted", str(exc)
+        finally:
+            response.close()
+        if digest.hexdigest() != artifact["sha256"]:
+            return "hash_mismatch", "artifact sha256 does not match the manifest"
+        self.stats.add("bytes_downloaded", artifact["size"])
+        return None
+
+    # --- reporting ---------------------------------------------------------------------------
+    def status(self, payload: dict, state: str, error: str = "", code: str = "") -> None:
+        deployment = payload.get("deployment")
+        self.outbox.append(("status", {
+            "deployment": deployment if isinstance(deployment, int) else None,
+            "manifest_version": payload.get("version"), "slot": payload.get("slot"),
+            "state": state, "error": error, "error_code": code}))
+
+    def log(self, level: str, message: str) -> None:
+        self._queue("logs", {"ts": time.time(), "level": level, "message": message})
+
+    def _queue(self, kind: str, body: dict) -> None:
+        if len(self.outbox) == self.outbox.maxlen:
+            self.dropped += 1  # the deque drops the oldest: count it (E3)
+        self.seq[kind] += 1
+        self.outbox.append((kind, {**body, "seq": self.seq[kind], "boot_id": self.boot_id}))
+
+    def latency_ms(self, artifact: dict) -> float:
+        base = artifact.get("latency_ms") or artifact.get("benchmark_latency_ms")
+        if not base:
+            speed = next((v for k, v in VARIANT_SPEED.items() if k in artifact["name"]), 1.0)
+            base = self.options.base_latency_ms * speed
+        factor = 2.0 if "slow-device" in self.faults else 1.0
+        bad = self.options.bad_variant
+        if "bad-variant" in self.faults and (
+                artifact["name"] == bad or artifact["sha256"] == bad
+                or (not bad and artifact["name"] not in self.first_variants)):
+            factor *= 3.0
+        return float(base) * factor * math.exp(self.rng.gauss(0, 0.1))
+
+    def telemetry(self) -> None:
+        if self.battery is not None:
+            self.battery = self.battery - 0.5 if self.battery > 5 else 100.0
+        for slot, installed in self.installed.items():
+            payload = installed["payload"]
+            variant = mf.choose_variant(payload, {"battery_pct": self.battery,
+                                                  "on_ac": self.battery is None})
+            artifact = next(a for a in payload["artifacts"] if a["name"] == variant)
+            latency = self.latency_ms(artifact)
+            interval = self.options.telemetry_interval_s
+            self._queue("telemetry", {
+                "ts": time.time(), "model_version": str(artifact.get("model_version") or ""),
+                "latency_ms": round(latency, 3), "throughput": round(1000.0 / latency, 2),
+                "mem_mb": round(40 + artifact["size"] / 1e6 * 1.5, 1),
+                "cpu_pct": round(self.rng.uniform(20, 70), 1),
+                "temp_c": round(self.rng.uniform(45, 65), 1), "battery_pct": self.battery,
+                "power_w": round(self.rng.uniform(2.5, 5.5), 2),
+                "inferences": int(interval * 1000.0 / latency), "errors": 0,
+                "extra": {"slot": slot, "variant": variant, "sha256": artifact["sha256"],
+                          "simulated": True, "latency_p95_ms": round(latency * 1.3, 3)}})
+        if self.rng.random() < 0.1:
+            self.log("info", f"heartbeat: {len(self.installed)} slot(s) active")
+        self.flush()
+
+    def flush(self) -> None:
+        """Deliver the outbox in order: statuses one by one, telemetry/logs batched."""
+        while self.outbox:
+            kind = self.outbox[0][0]
+            if kind == "status":
+                batch = [self.outbox[0][1]]
+                path, body = "/api/v1/device/update/status", batch[0]
+            else:
+                batch = [item for _, item in itertools.takewhile(
+                    lambda entry, k=kind: entry[0] == k, self.outbox)][:500]
+                field = "points" if kind == "telemetry" else "lines"
+                path = f"/api/v1/device/{kind}"
+                body = {"boot_id": self.boot_id, field: batch, "dropped": self.dropped}
+            try:
+                response = self.client.post(path, body)
+            except Unreachable:
+                self.stats.add("report_unreachable")
+                return
+            if response.status >= 500 or response.status == 429:
+                self.stats.add(f"report_http_{response.status}")
+                return
+            if response.status >= 400:
+                self.stats.add(f"report_refused_{kind}_{response.status}")
+            elif kind != "status":
+                self.stats.add(f"{kind}_sent", len(batch))
+                self.dropped = 0
+            for _ in batch:
+                self.outbox.popleft()
+
+    def saved(self) -> dict:
+        return {"uid": self.uid, "token": self.token, "keys": self.keys}
+
+
+class Fleet:
+    """Schedules `SimDevice.step` calls on a worker pool until the deadline."""
+
+    def __init__(self, options):
+        self.options = options
+        self.stats = Stats()
+        saved = {}
+        if options.state_file and Path(options.state_file).exists():
+            saved = json.loads(Path(options.state_file).read_text()).get("devices", {})
+        self.devices = [SimDevice(i, options, self.stats, saved.get(str(i)))
+                        for i in range(options.devices)]
+
+    def save(self) -> None:
+        if self.options.state_file:
+            write_json(Path(self.options.state_file), {"devices": {
+                str(d.index): d.saved() for d in self.devices if d.token}})
+
+    def run(self) -> dict:
+        deadline = time.monotonic() + self.options.duration_s if self.options.duration_s else None
+        heap = [(time.monotonic() + d.rng.uniform(0, self.options.ramp_s), d.index)
+                for d in self.devices]
+        heapq.heapify(heap)
+        lock = threading.Lock()
+        wake = threading.Event()
+
+        def work(device: SimDevice) -> None:
+            try:
+                due = device.step()
+            except Exception:  # one broken device must not stop the fleet
+                log.exception("device %s step failed", device.index)
+                self.stats.add("step_errors")
+                due = time.monotonic() + self.options.poll_interval_s
+            with lock:
+                heapq.heappush(heap, (due, device.index))
+            wake.set()
+
+        with concurrent.futures.ThreadPoolExecutor(self.options.concurrency) as pool:
+            try:
+                while deadline is None or time.monotonic() < deadline:
+                    with lock:
+                        due = []
+                        while heap and heap[0][0] <= time.monotonic():
+                            due.append(heapq.heappop(heap)[1])
+                        wait = heap[0][0] - time.monotonic() if heap else 0.5
+                    for index in due:
+                        pool.submit(work, self.devices[index])
+                    if deadline is not None:
+                        wait = min(wait, deadline - time.monotonic())
+                    wake.wait(max(0.0, min(wait, 1.0)))
+                    wake.clear()
+            except KeyboardInterrupt:
+                pass
+        self.save()
+        return {"devices": len(self.devices),
+                   "enrolled": sum(1 for d in self.devices if d.token),
+                   "faulty": sum(1 for d in self.devices if d.faults), **self.stats.as_dict()}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m devices.agent.simulate",
+                                description="Run many simulated EdgeFleet devices.")
+    p.add_argument("--server", required=True)
+    p.add_argument("--enrollment-token", required=True)
+    p.add_argument("--devices", type=int, default=5)
+    p.add_argument("--duration-s", type=float, default=0, help="0: until interrupted")
+    p.add_argument("--poll-interval-s", type=float, default=30)
+    p.add_argument("--telemetry-interval-s", type=float, default=10)
+    p.add_argument("--ramp-s", type=float, default=2, help="spread the first steps over this")
+    p.add_argument("--fault", action="append", choices=FAULTS, help="repeatable")
+    p.add_argument("--fault-fraction", type=float, default=1.0)
+    p.add_argument("--bad-variant", help="variant name or sha256 that runs 3x slower")
+    p.add_argument("--flap-period-s", type=float, default=20)
+    p.add_argument("--base-latency-ms", type=float, default=25)
+    p.add_argument("--hardware-profile", help="hardware profile slug sent at enrollment")
+    p.add_argument("--uid-prefix", help="ask for uids PREFIX-00000…; default: server picks")
+    p.add_argument("--state-file", help="keep credentials here to reuse devices across runs")
+    p.add_argument("--buffer-cap", type=int, default=1000)
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--timeout-s", type=float, default=10)
+    p.add_argument("--seed", type=int, default=1)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    summary = Fleet(options).run()
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

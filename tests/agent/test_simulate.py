@@ -1,0 +1,71 @@
+"""The fleet simulator against the peer: enrolls, installs, reports, injects faults."""
+
+from __future__ import annotations
+
+import json
+
+from devices.agent import simulate
+
+
+def options(peer, tmp_path, *extra):
+    return simulate.parser().parse_args([
+        "--server", peer.url, "--enrollment-token", "enroll-me", "--devices", "4",
+        "--duration-s", "2.5", "--poll-interval-s", "0.5", "--telemetry-interval-s", "0.4",
+        "--ramp-s", "0.2", "--state-file", str(tmp_path / "fleet.json"), *extra])
+
+
+def test_simulated_fleet_installs_and_reports(peer, tmp_path, good_model):
+    peer.poll_interval_s = 0.5
+    peer.add_artifact(good_model)
+    peer.offer(peer.manifest([("fp32", good_model)], version=1))
+    summary = simulate.Fleet(options(peer, tmp_path)).run()
+    # The peer gives every device the same uid, and the manifest names it: all install.
+    assert summary["enrolled"] == 4 and summary["update_succeeded"] == 4
+    states = [s["state"] for s in peer.statuses]
+    assert states.count("succeeded") == 4
+    points = [p for b in peer.telemetry for p in b["points"]]
+    assert points and all(p["latency_ms"] > 0 and p["extra"]["simulated"] for p in points)
+    assert all(p["seq"] >= 1 and p["boot_id"] for p in points)
+    saved = json.loads((tmp_path / "fleet.json").read_text())["devices"]
+    assert len(saved) == 4
+    # A second run reuses the saved credentials instead of enrolling again.
+    enrollments = len(peer.enrollments)
+    simulate.Fleet(options(peer, tmp_path, "--duration-s", "0.5")).run()
+    assert len(peer.enrollments) == enrollments
+
+
+def test_faults(peer, tmp_path, good_model):
+    peer.poll_interval_s = 0.5
+    peer.add_artifact(good_model)
+    peer.offer(peer.manifest([("fp32", good_model)], version=1))
+    summary = simulate.Fleet(options(peer, tmp_path, "--fault", "failed-health-check")).run()
+    assert summary.get("update_succeeded", 0) == 0 and summary["update_failed"] == 4
+    assert {s["error_code"] for s in peer.statuses if s["state"] == "failed"} == {"health_check"}
+
+
+def test_bad_variant_is_three_times_slower(peer, tmp_path, good_model):
+    opts = options(peer, tmp_path, "--fault", "bad-variant", "--bad-variant", "fp32")
+    device = simulate.SimDevice(0, opts, simulate.Stats())
+    slow = [device.latency_ms({"name": "fp32", "sha256": "a" * 64}) for _ in range(200)]
+    fast = [device.latency_ms({"name": "int8-x", "sha256": "b" * 64}) for _ in range(200)]
+    assert 2.5 < (sum(slow) / 200) / opts.base_latency_ms < 3.5
+    assert (sum(fast) / 200) / opts.base_latency_ms < 0.6
+
+
+def test_flapping_network_backs_off(peer, tmp_path):
+    opts = options(peer, tmp_path, "--fault", "flapping-network", "--flap-period-s", "0.3",
+                   "--duration-s", "2")
+    summary = simulate.Fleet(opts).run()
+    assert summary.get("checkin_unreachable", 0) + summary.get("enroll_unreachable", 0) > 0
+    # Backoff: never faster than the advised interval (0.5 s) per device.
+    gets = peer.seen("GET", "/api/v1/device/update")
+    assert len(gets) <= 4 * (2 / 0.5 + 1)
+
+
+def test_refuses_manifest_for_another_device(peer, tmp_path, good_model):
+    peer.poll_interval_s = 0.5
+    peer.add_artifact(good_model)
+    peer.offer(peer.manifest([("fp32", good_model)], device="someone-else"))
+    summary = simulate.Fleet(options(peer, tmp_path)).run()
+    assert summary["manifest_refused_wrong_device"] >= 4
+    assert not peer.seen("GET", "/api/v1/device/artifacts")
