@@ -137,7 +137,9 @@ class Agent:
             log.info("check-in failed (%s); next in %.1f s", exc, delay)
             self.next_poll = time.monotonic() + delay
             return
-        self.pacer.advise(result.poll_interval_s)
+        # The configured interval is a floor; the server may only ask for slower polls.
+        self.pacer.advise(max(result.poll_interval_s or 0.0,
+                              float(self.settings["poll_interval_s"])))
         self.next_poll = time.monotonic() + self.pacer.success()
         if result.outcome in {"succeeded", "rolled_back", "failed"}:
             self.send_inventory()
