@@ -84,14 +84,14 @@ class Agent:
         return self.client.post(STATUS_PATH, body)
 
     def _send_telemetry(self, boot_id, items, dropped) -> Response:
-        batch = {"boot_id": boot_id, "points": items, "dropped": dropped}
+        batch = {"boot_id": boot_id, "batch": items, "dropped": dropped}
         if self.publisher:
             return self.publisher.publish("telemetry", batch)
         return self.client.post("/api/v1/device/telemetry", batch)
 
     def _send_logs(self, boot_id, items, dropped) -> Response:
         return self.client.post("/api/v1/device/logs",
-                                {"boot_id": boot_id, "lines": items, "dropped": dropped})
+                                {"boot_id": boot_id, "batch": items, "dropped": dropped})
 
     def deliver(self, kinds=("status", "telemetry", "logs")) -> None:
         if time.monotonic() < self.deliver_after:
@@ -102,7 +102,11 @@ class Agent:
         try:
             for kind in kinds:
                 send, size = senders[kind]
-                self.buffer.flush(kind, send, batch_size=size)
+                result = self.buffer.flush(kind, send, batch_size=size)
+                if result.dropped_reported:
+                    # The server stores log lines, not the `dropped` field: say it there too.
+                    log.warning("offline buffer dropped the %d oldest %s records",
+                                result.dropped_reported, kind)
         except Backoff as exc:
             delay = self.delivery_pacer.failure(exc.retry_after)
             self.deliver_after = time.monotonic() + delay

@@ -34,7 +34,10 @@ def enroll(args) -> int:
     facts = hardware_facts(args.hardware_profile)
     if args.uid:
         facts["uid"] = args.uid
-    body = {"enrollment_token": args.token, "facts": facts}
+    if args.name:
+        facts["name"] = args.name
+    # `token` is what the devices app reads; `enrollment_token` names it unambiguously.
+    body = {"token": args.token, "enrollment_token": args.token, "facts": facts}
     if args.name:
         body["name"] = args.name
     try:

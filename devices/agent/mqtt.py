@@ -1,18 +1,24 @@
-"""Optional telemetry over MQTT: `edgefleet/<uid>/telemetry`, token in the payload.
+"""Optional telemetry over MQTT (devices/mqtt.py is the server's bridge).
 
-paho-mqtt is imported only when `mqtt_url` is configured. A publish that is not
-acknowledged (QoS 1) within the timeout counts as a failed delivery, so the
-records stay in the buffer.
+The agent publishes `{"token": ..., "batch": [...]}` to `edgefleet/<uid>/telemetry`
+(QoS 1) and waits for the bridge's answer on `edgefleet/<uid>/ack/telemetry`:
+the batch leaves the on-disk buffer only when the answer says its records were
+stored. No answer within the timeout means "keep it and resend later"; the
+server deduplicates by `(boot_id, seq)`. paho-mqtt is imported only when
+`mqtt_url` is configured.
 """
 
 from __future__ import annotations
 
 import json
-from urllib.parse import urlparse
+import queue
+import time
+from urllib.parse import unquote, urlparse
 
 from devices.agent.client import Response
 
-PUBLISH_TIMEOUT_S = 10.0
+ACK_TIMEOUT_S = 10.0
+CODES = {"too_large": 413, "bad_batch": 400, "unauthorized": 401, "unavailable": 503}
 
 
 def topic(uid: str, kind: str) -> str:
@@ -20,35 +26,66 @@ def topic(uid: str, kind: str) -> str:
 
 
 def payload(token: str, batch: dict) -> bytes:
-    return json.dumps({"token": token, "boot_id": batch["boot_id"],
-                       "dropped": batch.get("dropped", 0),
-                       "batch": batch.get("points") or batch.get("lines") or []},
+    return json.dumps({"token": token, "batch": batch["batch"],
+                       "boot_id": batch["boot_id"], "dropped": batch.get("dropped", 0)},
                       separators=(",", ":")).encode("utf-8")
 
 
+def answer_status(answer: dict, boot_id: str, seqs: list[int]) -> int | None:
+    """HTTP-like status of a bridge answer for our batch, None if it is about another."""
+    if not isinstance(answer, dict):
+        return None
+    if answer.get("code"):
+        return CODES.get(answer["code"], 400)
+    stored = set((answer.get("accepted") or {}).get(boot_id, []))
+    stored |= {r.get("seq") for r in answer.get("rejected") or [] if isinstance(r, dict)}
+    return 200 if seqs and set(seqs) <= stored else None
+
+
 class Publisher:
-    def __init__(self, url: str, uid: str, token: str):
+    def __init__(self, url: str, uid: str, token: str, *, ack_timeout_s: float = ACK_TIMEOUT_S):
         import paho.mqtt.client as mqtt
 
         parsed = urlparse(url)
-        self.uid, self.token = uid, token
+        self.uid, self.token, self.ack_timeout_s = uid, token, ack_timeout_s
+        self.acks: queue.Queue = queue.Queue()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"agent-{uid}")
         if parsed.username:
-            self.client.username_pw_set(parsed.username, parsed.password)
+            self.client.username_pw_set(unquote(parsed.username), unquote(parsed.password or ""))
         if parsed.scheme in {"mqtts", "ssl"}:
             self.client.tls_set()
+        self.client.on_connect = lambda client, *a: client.subscribe(
+            f"edgefleet/{uid}/ack/+", qos=1)
+        self.client.on_message = lambda client, userdata, message: self.acks.put(
+            message.payload)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=60)
         self.client.connect_async(parsed.hostname or "127.0.0.1",
                                   parsed.port or (8883 if parsed.scheme == "mqtts" else 1883),
                                   keepalive=60)
         self.client.loop_start()
 
     def publish(self, kind: str, batch: dict) -> Response:
+        while not self.acks.empty():  # answers to earlier attempts
+            self.acks.get_nowait()
+        seqs = [item["seq"] for item in batch["batch"]]
         info = self.client.publish(topic(self.uid, kind), payload(self.token, batch), qos=1)
+        deadline = time.monotonic() + self.ack_timeout_s
         try:
-            info.wait_for_publish(timeout=PUBLISH_TIMEOUT_S)
+            info.wait_for_publish(timeout=self.ack_timeout_s)
         except (RuntimeError, ValueError):
             return Response(503)
-        return Response(200 if info.is_published() else 503)
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                raw = self.acks.get(timeout=left)
+            except queue.Empty:
+                break
+            try:
+                status = answer_status(json.loads(raw), batch["boot_id"], seqs)
+            except ValueError:
+                continue
+            if status is not None:
+                return Response(status)
+        return Response(503)  # no answer: keep the batch, resend later
 
     def close(self) -> None:
         self.client.loop_stop()

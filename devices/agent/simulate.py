@@ -139,9 +139,11 @@ class SimDevice:
             facts["hardware_profile"] = self.options.hardware_profile
         if self.options.uid_prefix:
             facts["uid"] = f"{self.options.uid_prefix}-{self.index:05d}"
+        facts["name"] = f"simulated {self.index}"
         response = self.client.post("/api/v1/device/enroll",
-                                    {"enrollment_token": self.options.enrollment_token,
-                                     "facts": facts, "name": f"simulated {self.index}"})
+                                    {"token": self.options.enrollment_token,
+                                     "enrollment_token": self.options.enrollment_token,
+                                     "facts": facts})
         if response.status not in (200, 201):
             self.stats.add(f"enroll_http_{response.status}")
             return
@@ -318,9 +320,8 @@ class SimDevice:
             else:
                 batch = [item for _, item in itertools.takewhile(
                     lambda entry, k=kind: entry[0] == k, self.outbox)][:500]
-                field = "points" if kind == "telemetry" else "lines"
                 path = f"/api/v1/device/{kind}"
-                body = {"boot_id": self.boot_id, field: batch, "dropped": self.dropped}
+                body = {"boot_id": self.boot_id, "batch": batch, "dropped": self.dropped}
             try:
                 response = self.client.post(path, body)
             except Unreachable:

@@ -224,12 +224,13 @@ def _handler(peer: Peer):
                 return self._send(503, {"code": "down"}, {"Retry-After": "1"})
             if self.path == "/api/v1/device/enroll":
                 peer.enrollments.append(body)
-                if body.get("enrollment_token") != "enroll-me":
+                if body.get("token") != "enroll-me":
                     return self._send(403, {"code": "bad_enrollment_token"})
-                return self._send(201, {"uid": DEVICE_UID, "token": DEVICE_TOKEN,
+                raw = mf.raw_public_key(peer.key.public_key())
+                return self._send(201, {"device_id": DEVICE_UID, "token": DEVICE_TOKEN,
                                         "server_public_key": peer.public_b64,
-                                        "key_id": mf.key_id(mf.raw_public_key(
-                                            peer.key.public_key()))})
+                                        "server_key_fingerprint": hashlib.sha256(
+                                            raw).hexdigest()})
             if not self._authorized():
                 return None
             if peer.overload:
@@ -239,7 +240,7 @@ def _handler(peer: Peer):
                 peer.statuses.append(body)
                 return self._send(200, {"ok": True})
             if self.path in {"/api/v1/device/telemetry", "/api/v1/device/logs"}:
-                items = body.get("points") or body.get("lines") or []
+                items = body.get("batch") or []
                 if len(items) > peer.max_batch:
                     return self._send(413, {"code": "too_large"})
                 (peer.telemetry if "telemetry" in self.path else peer.logs).append(body)

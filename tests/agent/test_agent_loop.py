@@ -26,7 +26,7 @@ def test_enroll_stores_credential_and_pinned_key(peer, tmp_path, capsys):
     assert state.pinned_keys()[0]["public_key"] == peer.public_b64
     assert stat.S_IMODE((state.root / "credential.json").stat().st_mode) == 0o600
     sent = peer.enrollments[0]
-    assert sent["enrollment_token"] == "enroll-me" and sent["name"] == "pi-1"
+    assert sent["token"] == "enroll-me" and sent["facts"]["name"] == "pi-1"
     facts = sent["facts"]
     assert {"arch", "cpu", "cpu_count", "os", "agent_version", "onnxruntime",
             "execution_providers"} <= set(facts)
@@ -48,13 +48,13 @@ def test_run_once_installs_runs_and_reports(peer, tmp_path, capsys, good_model):
     assert cli.main(["run", "--once", "--state-dir", str(state.root)]) == 0
     assert [s["state"] for s in peer.statuses][-1] == "succeeded"
     batch = peer.telemetry[-1]
-    point = batch["points"][0]
+    point = batch["batch"][0]
     assert batch["boot_id"] and point["boot_id"] == batch["boot_id"] and point["seq"] == 1
     assert point["model_version"] == "1" and point["inferences"] > 0
     assert point["latency_ms"] > 0 and point["extra"]["variant"] == "fp32"
     assert point["mem_mb"] > 0
     assert peer.inventory[-1]["models"]["classifier"]["sha256"] == point["extra"]["sha256"]
-    assert any("succeeded" in line["message"] for b in peer.logs for line in b["lines"])
+    assert any("succeeded" in line["message"] for b in peer.logs for line in b["batch"])
     capsys.readouterr()
     assert cli.main(["status", "--state-dir", str(state.root)]) == 0
     shown = json.loads(capsys.readouterr().out)
@@ -79,8 +79,8 @@ def test_policy_switches_variant(peer, tmp_path, capsys, good_model, monkeypatch
         agent.runtime.refresh()
         agent.step(window_s=0.2, max_inferences=3)
         assert agent.runtime.active["classifier"].variant == "int8"
-        assert peer.telemetry[-1]["points"][-1]["extra"]["variant"] == "int8"
-        assert peer.telemetry[-1]["points"][-1]["battery_pct"] == 10.0
+        assert peer.telemetry[-1]["batch"][-1]["extra"]["variant"] == "int8"
+        assert peer.telemetry[-1]["batch"][-1]["battery_pct"] == 10.0
     finally:
         agent.close()
 
@@ -98,10 +98,13 @@ def test_e3_offline_buffer_then_exact_drop_count(peer, tmp_path, capsys, good_mo
         peer.down = False
         agent.deliver_after = 0
         agent.deliver(kinds=("telemetry",))
-        delivered = [p for b in peer.telemetry for p in b["points"]]
+        delivered = [p for b in peer.telemetry for p in b["batch"]]
         assert [p["seq"] for p in delivered] == [8, 9, 10, 11, 12]
         assert peer.telemetry[0]["dropped"] == 7
         assert agent.buffer.count("telemetry") == 0
+        agent.deliver(kinds=("logs",))
+        lines = [line["message"] for b in peer.logs for line in b["batch"]]
+        assert any("dropped the 7 oldest telemetry" in m for m in lines)
     finally:
         agent.close()
 
@@ -130,9 +133,9 @@ def test_e5_agent_splits_oversize_batches(peer, tmp_path, capsys):
             agent.outbox.add("telemetry", {"ts": time.time()})
         peer.max_batch = 8
         agent.deliver(kinds=("telemetry",))
-        seqs = sorted(p["seq"] for b in peer.telemetry for p in b["points"])
+        seqs = sorted(p["seq"] for b in peer.telemetry for p in b["batch"])
         assert seqs == list(range(1, 41))
-        assert any(r["body"] and len(r["body"]["points"]) > 8
+        assert any(r["body"] and len(r["body"]["batch"]) > 8
                    for r in peer.seen("POST", "/api/v1/device/telemetry"))
     finally:
         agent.close()

@@ -23,7 +23,7 @@ def test_simulated_fleet_installs_and_reports(peer, tmp_path, good_model):
     assert summary["enrolled"] == 4 and summary["update_succeeded"] == 4
     states = [s["state"] for s in peer.statuses]
     assert states.count("succeeded") == 4
-    points = [p for b in peer.telemetry for p in b["points"]]
+    points = [p for b in peer.telemetry for p in b["batch"]]
     assert points and all(p["latency_ms"] > 0 and p["extra"]["simulated"] for p in points)
     assert all(p["seq"] >= 1 and p["boot_id"] for p in points)
     saved = json.loads((tmp_path / "fleet.json").read_text())["devices"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import stat
 
@@ -201,3 +202,14 @@ def test_percentile():
     assert percentile([], 50) is None
     values = list(range(1, 101))
     assert percentile(values, 50) in (50, 51) and percentile(values, 95) in (95, 96)
+
+
+def test_mqtt_answer_matching():
+    from devices.agent.mqtt import answer_status, payload
+
+    assert answer_status({"accepted": {"b": [1, 2, 3]}, "count": 3}, "b", [2, 3]) == 200
+    assert answer_status({"accepted": {"b": [1]}, "count": 1}, "b", [2]) is None  # older ack
+    assert answer_status({"accepted": {}, "rejected": [{"seq": 2}]}, "b", [2]) == 200
+    assert answer_status({"code": "too_large"}, "b", [1]) == 413
+    body = json.loads(payload("tok", {"boot_id": "b", "batch": [{"seq": 1}], "dropped": 2}))
+    assert body == {"token": "tok", "batch": [{"seq": 1}], "boot_id": "b", "dropped": 2}
