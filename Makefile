@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 run: venv
 	$(PY) manage.py migrate --noinput -v0
 	$(PY) manage.py bootstrap
-	$(PY) manage.py seed_demo
+	$(PY) manage.py seed_demo --with-job
 	@echo ""
 	@echo "  EdgeFleet is running at http://$(HOST):$(PORT)/   (Ctrl-C stops web + worker)"
 	@echo ""

@@ -100,8 +100,11 @@ def check_and_create_job(source: ModelVersion, *, mode: str = JobMode.AUTO,
                          recipes: list[str] | None = None, kpis: dict | None = None,
                          hardware_profile=None, calibration: Dataset | None = None,
                          evaluation: Dataset | None = None, time_budget_s: int = 600,
-                         actor=None) -> CompressionJob:
-    """Validate a job request, store it queued and enqueue it once the row is committed."""
+                         actor=None, enqueue: bool = True) -> CompressionJob:
+    """Validate a job request, store it queued and enqueue it once the row is committed.
+
+    `enqueue=False` is for callers that run the job themselves (`seed_demo`).
+    """
     if mode not in JobMode.values:
         raise JobRejected("bad_mode", _("Unknown mode %(m)r.") % {"m": mode}, "mode")
     recipes = _check_recipes(mode, recipes)
@@ -137,7 +140,8 @@ def check_and_create_job(source: ModelVersion, *, mode: str = JobMode.AUTO,
             hardware_profile=hardware_profile, calibration=calibration, evaluation=evaluation,
             time_budget_s=budget, created_by=actor,
         )
-        transaction.on_commit(lambda: do_enqueue(job.pk))
+        if enqueue:
+            transaction.on_commit(lambda: do_enqueue(job.pk))
     return job
 
 

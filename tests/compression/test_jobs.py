@@ -277,3 +277,14 @@ def test_job_form_shows_refusal(client, operator_user, demo):
     assert response.status_code == 400
     assert b"calibration" in response.content
     assert not CompressionJob.objects.exists()
+
+
+@pytest.mark.slow
+def test_seed_demo_with_job_leaves_a_finished_job():
+    from django.core.management import call_command
+
+    call_command("seed_demo", "--with-job", stdout=io.StringIO())
+    job = CompressionJob.objects.get()
+    assert job.status == JobStatus.SUCCEEDED and job.result["chosen"]
+    assert job.duration_s < 60
+    assert ModelVersion.objects.filter(parent=job.source).count() >= 3
