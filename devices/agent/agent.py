@@ -147,14 +147,14 @@ class Agent:
         self.next_poll = time.monotonic() + self.pacer.success()
         if result.outcome in {"succeeded", "rolled_back", "failed"}:
             self.send_inventory()
-        try:
-            self.runtime.refresh()
-        except Exception as exc:  # a model that cannot load must not stop reporting
-            log.error("cannot load the active model: %s", exc)
 
     def step(self, *, window_s: float | None = None, max_inferences: int | None = None) -> None:
         if time.monotonic() >= self.next_poll:
             self.check_in()
+        try:
+            self.runtime.refresh()  # the switching policy looks at fresh signals every tick
+        except Exception as exc:  # a model that cannot load must not stop reporting
+            log.error("cannot load the active model: %s", exc)
         window = float(self.settings["telemetry_interval_s"]) if window_s is None else window_s
         self.runtime.run_for(window, max_inferences=max_inferences)
         for point in self.runtime.points():

@@ -161,9 +161,9 @@ class Updater:
     # --- download, install, check, switch ---------------------------------------------
     def apply(self, payload: dict) -> str:
         slot = payload["slot"]
-        if not in_window(payload.get("install_window"), self.now()):
-            return "waiting_window"
-        self._send(payload, "downloading")
+        waited = self.state.slot(slot).get("downloaded_version") == payload["version"]
+        if not waited:
+            self._send(payload, "downloading")
         files = {}
         try:
             for artifact in payload["artifacts"]:
@@ -175,7 +175,12 @@ class Updater:
             self._send(payload, "failed", exc.message, exc.code)
             self._finish(payload, "failed")
             return "failed"
-        self._send(payload, "downloaded")
+        if not waited:
+            self._send(payload, "downloaded")
+        # Devices download any time but install only inside the maintenance window.
+        if not in_window(payload.get("install_window"), self.now()):
+            self.state.update_slot(slot, downloaded_version=payload["version"])
+            return "waiting_window"
         self._send(payload, "installing")
         pause("install")
         model_dir = self.state.model_dir(slot)

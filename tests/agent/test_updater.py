@@ -234,3 +234,23 @@ def test_presigned_redirect_does_not_leak_token(peer, state, client, good_model)
         assert result.outcome == "succeeded"
         seen = storage.seen("GET", "/presigned/")
         assert seen and "authorization" not in seen[0]["headers"]
+
+
+def test_install_window_downloads_now_installs_later(peer, state, client, good_model):
+    from datetime import UTC, datetime
+
+    peer.add_artifact(good_model)
+    peer.offer(peer.manifest([("fp32", good_model)], install_window={"start": "02:00",
+                                                                     "end": "03:00"}))
+    clock = {"now": datetime(2026, 11, 28, 12, 0, tzinfo=UTC)}
+    updater = Updater(state, client, health_check=lambda p: OK, now=lambda: clock["now"])
+    assert updater.check_in().outcome == "waiting_window"
+    assert state.pointer("classifier") is None
+    assert states(peer) == ["downloading", "downloaded"]
+    assert updater.check_in().outcome == "waiting_window"  # 304; resumes, no new reports
+    assert states(peer) == ["downloading", "downloaded"]
+    assert len(peer.seen("GET", "/api/v1/device/artifacts")) == 1
+    clock["now"] = datetime(2026, 11, 28, 2, 30, tzinfo=UTC)
+    assert updater.check_in().outcome == "succeeded"
+    assert states(peer) == ["downloading", "downloaded", "installing", "succeeded"]
+    assert active_bytes(state) == good_model
