@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import queue
+import threading
 import time
 from urllib.parse import unquote, urlparse
 
@@ -54,8 +55,11 @@ class Publisher:
             self.client.username_pw_set(unquote(parsed.username), unquote(parsed.password or ""))
         if parsed.scheme in {"mqtts", "ssl"}:
             self.client.tls_set()
+        self.ready = threading.Event()  # subscribed to our acks: publishing makes sense
         self.client.on_connect = lambda client, *a: client.subscribe(
             f"edgefleet/{uid}/ack/+", qos=1)
+        self.client.on_subscribe = lambda *a: self.ready.set()
+        self.client.on_disconnect = lambda *a: self.ready.clear()
         self.client.on_message = lambda client, userdata, message: self.acks.put(
             message.payload)
         self.client.reconnect_delay_set(min_delay=1, max_delay=60)
@@ -65,6 +69,8 @@ class Publisher:
         self.client.loop_start()
 
     def publish(self, kind: str, batch: dict) -> Response:
+        if not self.ready.wait(self.ack_timeout_s):
+            return Response(503)  # broker unreachable: keep the batch
         while not self.acks.empty():  # answers to earlier attempts
             self.acks.get_nowait()
         seqs = [item["seq"] for item in batch["batch"]]

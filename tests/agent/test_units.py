@@ -213,3 +213,31 @@ def test_mqtt_answer_matching():
     assert answer_status({"code": "too_large"}, "b", [1]) == 413
     body = json.loads(payload("tok", {"boot_id": "b", "batch": [{"seq": 1}], "dropped": 2}))
     assert body == {"token": "tok", "batch": [{"seq": 1}], "boot_id": "b", "dropped": 2}
+
+
+def test_runtime_runs_inputs_from_a_folder(tmp_path, good_model):
+    import numpy as np
+
+    from devices.agent.runtime import Inputs, Runtime
+
+    state = State(tmp_path / "s").ensure()
+    model_dir = state.model_dir("classifier")
+    model_dir.mkdir(parents=True)
+    sha = "a" * 64
+    (model_dir / f"{sha}.onnx").write_bytes(good_model)
+    payload = {"default": "fp32", "policy": {}}
+    state.set_pointer("classifier", {"version": 1, "manifest": payload, "active": "fp32",
+                                     "variants": {"fp32": {"sha256": sha, "model_version": 3,
+                                                           "path": f"{sha}.onnx"}}})
+    samples = tmp_path / "inputs"
+    samples.mkdir()
+    np.save(samples / "a.npy", np.ones((1, 4), dtype=np.float32))
+    np.savez(samples / "b.npz", x=-np.ones((1, 4), dtype=np.float32))
+    runtime = Runtime(state, inputs=Inputs(samples))
+    runtime.refresh()
+    runtime.run_for(5, max_inferences=10)
+    (point,) = runtime.points()
+    assert point["inferences"] == 10 and point["errors"] == 0
+    assert point["model_version"] == "3" and point["latency_ms"] > 0
+    assert point["extra"]["latency_p95_ms"] >= point["latency_ms"]
+    assert runtime.inputs._next == 10  # cycled through the folder

@@ -130,3 +130,36 @@ def test_simulated_fleet_enrolls_and_reports(live_server, enrollment_token, tmp_
     assert proc.returncode == 0, proc.stderr[-2000:]
     uids = set(Device.objects.filter(uid__startswith="sim-e2e").values_list("uid", flat=True))
     assert uids == {"sim-e2e-00000", "sim-e2e-00001", "sim-e2e-00002"}
+
+
+@pytest.mark.services
+def test_agent_telemetry_over_mqtt(transactional_db, mqtt_url, tmp_path):
+    """Agent → Mosquitto → the server's bridge → stored; the batch leaves the buffer on ack."""
+    import threading
+    import uuid
+
+    from devices import keys, services
+    from devices.models import TelemetryPoint
+    from devices.mqtt import Bridge
+
+    _row, value = services.create_enrollment_token(name="mqtt")
+    device, token = services.enroll(value, {"uid": f"mqtt-{uuid.uuid4().hex[:8]}"})
+    state = State(tmp_path / "agent").ensure()
+    state.save_config({"server": "http://127.0.0.1:9"})  # HTTP unused for telemetry here
+    state.save_credential(device.uid, token)
+    state.pin_key(keys.public_key_b64())
+    bridge = Bridge(mqtt_url, client_id=f"e2e-bridge-{uuid.uuid4().hex[:8]}", persistent=False)
+    thread = threading.Thread(target=bridge.run, daemon=True)
+    thread.start()
+    assert bridge.subscribed.wait(10)
+    agent = Agent(state, {"mqtt_url": mqtt_url})
+    try:
+        for i in range(25):
+            agent.outbox.add("telemetry", {"ts": time.time(), "latency_ms": 5.0 + i})
+        agent.deliver(kinds=("telemetry",))
+        assert agent.buffer.count("telemetry") == 0
+        assert TelemetryPoint.objects.filter(device=device).count() == 25
+    finally:
+        agent.close()
+        bridge.stop()
+        thread.join(10)
