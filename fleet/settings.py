@@ -287,6 +287,20 @@ CELERY_BEAT_SCHEDULE.update({
     "devices-retention": {"task": "devices.tasks.apply_retention", "schedule": 3600.0},
 })
 
+# --- ota -------------------------------------------------------------------------
+# A single-phase deployment to more than this % of the fleet needs the admin role.
+OTA_MAX_UNPHASED_PERCENT = env_int("OTA_MAX_UNPHASED_PERCENT", 20, minimum=0)
+# Check-in interval advised to devices (seconds, ±20 % jitter in X-Poll-Interval).
+OTA_POLL_INTERVAL_S = env_int("OTA_POLL_INTERVAL_S", 60, minimum=5)
+# Lifetime of a signed manifest (hours); devices refuse expired ones (U3).
+OTA_MANIFEST_TTL_H = env_int("OTA_MANIFEST_TTL_H", 168, minimum=1)
+# How long a device's check-in answer stays cached (dropped on any change).
+OTA_CHECKIN_CACHE_S = env_int("OTA_CHECKIN_CACHE_S", 300, minimum=1)
+# How often the gate task judges running deployments (seconds).
+OTA_GATE_INTERVAL_S = env_int("OTA_GATE_INTERVAL_S", 30, minimum=5)
+CELERY_BEAT_SCHEDULE["ota-evaluate-deployments"] = {
+    "task": "ota.tasks.evaluate_deployments", "schedule": float(OTA_GATE_INTERVAL_S)}
+
 # --- i18n ---------------------------------------------------------------------
 LANGUAGE_CODE = "en"
 LANGUAGES = [("en", "English"), ("zh-hans", "简体中文")]

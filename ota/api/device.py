@@ -1,0 +1,151 @@
+"""The device update API: check-in, artifact download, status reports.
+
+Identity comes only from the bearer credential (RELIABILITY A2). Check-in reads
+a cached answer: no database write per poll.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+from django.conf import settings
+from django.core.files.storage import default_storage
+from django.http import FileResponse, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from compression.models import ModelVersion
+from devices.api.device import DeviceRateThrottle
+from devices.auth import DeviceTokenAuthentication, IsDevice
+from ota import manifests, services
+from ota.choices import UpdateState
+from ota.models import DeviceUpdate
+
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+CHUNK = 256 * 1024
+
+
+class DeviceView(APIView):
+    authentication_classes = [DeviceTokenAuthentication]
+    permission_classes = [IsDevice]
+    throttle_classes = [DeviceRateThrottle]
+
+
+def poll_interval() -> str:
+    base = settings.OTA_POLL_INTERVAL_S
+    return str(max(1, round(base * random.uniform(0.8, 1.2))))
+
+
+@extend_schema(tags=["device"], responses={
+    200: OpenApiResponse(description="Signed manifest envelope (docs/manifest.md)"),
+    204: OpenApiResponse(description="No update assigned"),
+    304: OpenApiResponse(description="Unchanged since If-None-Match"),
+    429: OpenApiResponse(description="Throttled; see Retry-After")})
+class UpdateView(DeviceView):
+    def get(self, request):
+        answer = manifests.checkin_for(request.user.device.pk)
+        if answer.etag in _etags(request.headers.get("If-None-Match", "")):
+            response = HttpResponse(status=304)
+        elif answer.body is None:
+            response = HttpResponse(status=204)
+        else:
+            response = HttpResponse(answer.body, content_type="application/json")
+        response["ETag"] = answer.etag
+        response["X-Poll-Interval"] = poll_interval()
+        response["Cache-Control"] = "no-cache"
+        return response
+
+
+def _etags(header: str) -> set[str]:
+    return {part.strip().removeprefix("W/") for part in header.split(",") if part.strip()}
+
+
+@extend_schema(tags=["device"], responses={
+    200: OpenApiResponse(description="The artifact"),
+    206: OpenApiResponse(description="Partial content (Range)"),
+    302: OpenApiResponse(description="Presigned storage URL (S3)"),
+    404: OpenApiResponse(description="No update of this device names this artifact"),
+    416: OpenApiResponse(description="Range not satisfiable")})
+class ArtifactView(DeviceView):
+    def get(self, request, sha256: str):
+        if not SHA256_RE.match(sha256) or not _assigned(request.user.device.pk, sha256):
+            return Response({"detail": "Not found.", "code": "not_found"}, status=404)
+        version = ModelVersion.objects.filter(sha256=sha256).order_by("pk").first()
+        if version is None or not default_storage.exists(version.artifact):
+            return Response({"detail": "Artifact is gone.", "code": "not_found"}, status=404)
+        if getattr(default_storage, "bucket", None) is not None:
+            # S3: a short-lived presigned URL (AWS_QUERYSTRING_EXPIRE); the agent does
+            # not forward its bearer token across the redirect.
+            return HttpResponseRedirect(default_storage.url(version.artifact))
+        return serve_range(request, version.artifact, version.size_bytes, sha256)
+
+
+def _assigned(device_pk: int, sha256: str) -> bool:
+    lists = (DeviceUpdate.objects.filter(device_id=device_pk)
+             .exclude(state__in=[UpdateState.QUEUED, UpdateState.CANCELLED,
+                                 UpdateState.SUPERSEDED])
+             .values_list("artifacts", flat=True))
+    return any(sha256 in (names or []) for names in lists)
+
+
+def serve_range(request, name: str, size: int, sha256: str):
+    header = request.headers.get("Range", "")
+    match = RANGE_RE.match(header.strip()) if header else None
+    if header and (match is None or match.groups() == ("", "")):
+        match = None  # unparseable or multi-range: RFC 9110 says ignore, send it all
+    if match is None:
+        response = FileResponse(default_storage.open(name, "rb"),
+                                content_type="application/octet-stream")
+        response["Content-Length"] = str(size)
+    else:
+        first, last = match.groups()
+        if first == "":
+            start, end = max(0, size - int(last)), size - 1
+        else:
+            start, end = int(first), min(int(last), size - 1) if last else size - 1
+        if start >= size or start > end:
+            response = HttpResponse(status=416)
+            response["Content-Range"] = f"bytes */{size}"
+            return _artifact_headers(response, sha256)
+        response = StreamingHttpResponse(_read(name, start, end - start + 1), status=206,
+                                         content_type="application/octet-stream")
+        response["Content-Range"] = f"bytes {start}-{end}/{size}"
+        response["Content-Length"] = str(end - start + 1)
+    return _artifact_headers(response, sha256)
+
+
+def _artifact_headers(response, sha256: str):
+    response["Accept-Ranges"] = "bytes"
+    response["ETag"] = f'"{sha256}"'
+    response["Cache-Control"] = "private, max-age=0"
+    return response
+
+
+def _read(name: str, start: int, length: int):
+    with default_storage.open(name, "rb") as fh:
+        fh.seek(start)
+        while length > 0:
+            chunk = fh.read(min(CHUNK, length))
+            if not chunk:
+                return
+            length -= len(chunk)
+            yield chunk
+
+
+@extend_schema(tags=["device"], request={"application/json": dict}, responses={
+    200: OpenApiResponse(description="Stored"),
+    400: OpenApiResponse(description="Malformed report"),
+    404: OpenApiResponse(description="No such update of this device"),
+    409: OpenApiResponse(description="Illegal transition")})
+class StatusView(DeviceView):
+    def post(self, request):
+        try:
+            update = services.report_status(request.user.device, request.data)
+        except services.OtaError as exc:
+            return Response({"detail": exc.message, "code": exc.code}, status=exc.status)
+        return Response({"deployment": update.deployment_id,
+                         "manifest_version": update.manifest_version, "slot": update.slot,
+                         "state": update.state, "attempts": update.attempts})

@@ -1,0 +1,87 @@
+"""Field mapping only; every rule lives in ota.services (STYLE 3)."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from ota.models import Deployment, DeviceUpdate, Release, ReleaseVariant
+
+
+class ReleaseVariantSerializer(serializers.ModelSerializer):
+    hardware_profile = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    model_version_label = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ReleaseVariant
+        fields = ["name", "model_version", "model_version_label", "hardware_profile"]
+
+    def get_model_version_label(self, obj) -> str:
+        return f"{obj.model_version.model.name}:{obj.model_version.number}"
+
+
+class VariantInputSerializer(serializers.Serializer):
+    name = serializers.SlugField(max_length=40, default="default")
+    model_version = serializers.IntegerField()
+    hardware_profile = serializers.CharField(required=False, allow_null=True, allow_blank=True)
+
+
+class ReleaseSerializer(serializers.ModelSerializer):
+    variants = ReleaseVariantSerializer(many=True, read_only=True)
+    created_by = serializers.StringRelatedField()
+
+    class Meta:
+        model = Release
+        fields = ["id", "name", "slot", "notes", "default_variant", "policy", "variants",
+                  "created_by", "created_at"]
+        read_only_fields = fields
+
+
+class ReleaseCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=120)
+    slot = serializers.SlugField(max_length=64, default="default")
+    notes = serializers.CharField(required=False, allow_blank=True, default="")
+    default_variant = serializers.SlugField(max_length=40, required=False, allow_null=True)
+    policy = serializers.JSONField(required=False, default=dict)
+    variants = VariantInputSerializer(many=True)
+
+
+class DeploymentSerializer(serializers.ModelSerializer):
+    release_name = serializers.CharField(source="release.name", read_only=True)
+    created_by = serializers.StringRelatedField()
+
+    class Meta:
+        model = Deployment
+        fields = ["id", "release", "release_name", "kind", "slot", "target", "phases", "gates",
+                  "status", "current_phase", "pause_reason", "gate_report", "target_count",
+                  "scheduled_at", "install_window", "rollback_of", "created_by", "created_at",
+                  "started_at", "phase_started_at", "finished_at", "evaluated_at"]
+        read_only_fields = fields
+
+
+class DeploymentCreateSerializer(serializers.Serializer):
+    release = serializers.IntegerField()
+    target = serializers.JSONField()
+    phases = serializers.JSONField(required=False, default=list)
+    gates = serializers.JSONField(required=False, default=dict)
+    scheduled_at = serializers.DateTimeField(required=False, allow_null=True)
+    install_window = serializers.JSONField(required=False, allow_null=True)
+
+
+class PreviewSerializer(serializers.Serializer):
+    target = serializers.JSONField()
+    phases = serializers.JSONField(required=False, default=list)
+
+
+class PauseSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=2000, required=False, default="paused by operator")
+
+
+class DeviceUpdateSerializer(serializers.ModelSerializer):
+    device = serializers.SlugRelatedField(slug_field="uid", read_only=True)
+
+    class Meta:
+        model = DeviceUpdate
+        fields = ["id", "deployment", "device", "slot", "phase", "state", "manifest_version",
+                  "model_label", "previous_label", "attempts", "error", "error_code",
+                  "assigned_at", "started_at", "finished_at", "updated_at"]
+        read_only_fields = fields

@@ -1,0 +1,139 @@
+"""Operator API: releases, deployments (+ actions), device updates. Thin: parse,
+authorize, call one service, serialize."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
+
+from fleet import audit
+from fleet.roles import Role
+from ota import services
+from ota.api import serializers as s
+from ota.models import Deployment, DeviceUpdate, Release
+
+
+def refused(exc: services.OtaError) -> Response:
+    return Response({"detail": exc.message, "code": exc.code}, status=exc.status)
+
+
+class ReleaseViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
+                     mixins.CreateModelMixin, viewsets.GenericViewSet):
+    queryset = Release.objects.prefetch_related(
+        "variants__model_version__model", "variants__hardware_profile").select_related(
+        "created_by")
+    serializer_class = s.ReleaseSerializer
+
+    @extend_schema(request=s.ReleaseCreateSerializer, responses={201: s.ReleaseSerializer})
+    def create(self, request):
+        data = s.ReleaseCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            release = services.check_create_release(**data.validated_data, actor=request.user)
+        except services.OtaError as exc:
+            return refused(exc)
+        audit.note(request, "ota.release.create", release)
+        return Response(s.ReleaseSerializer(release).data, status=status.HTTP_201_CREATED)
+
+
+class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
+                        mixins.CreateModelMixin, viewsets.GenericViewSet):
+    queryset = Deployment.objects.select_related("release", "created_by")
+    serializer_class = s.DeploymentSerializer
+    action_roles = {"preview": Role.VIEWER}
+
+    def get_queryset(self):
+        queryset = super().get_queryset()
+        if self.request.query_params.get("status"):
+            queryset = queryset.filter(status=self.request.query_params["status"])
+        return queryset
+
+    @extend_schema(request=s.DeploymentCreateSerializer, responses={201: s.DeploymentSerializer})
+    def create(self, request):
+        data = s.DeploymentCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        fields = dict(data.validated_data)
+        release = Release.objects.filter(pk=fields.pop("release")).first()
+        if release is None:
+            return Response({"detail": "Unknown release.", "code": "bad_release"}, status=400)
+        try:
+            deployment = services.start_deployment(release, fields.pop("target"),
+                                                   actor=request.user, **fields)
+        except services.OtaError as exc:
+            return refused(exc)
+        audit.note(request, "ota.deployment.start", deployment,
+                   devices=deployment.target_count, phases=deployment.phases)
+        return Response(s.DeploymentSerializer(deployment).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=s.PreviewSerializer, responses={200: dict})
+    @action(detail=False, methods=["post"])
+    def preview(self, request):
+        data = s.PreviewSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            return Response(services.preview(data.validated_data["target"],
+                                             data.validated_data["phases"]))
+        except services.OtaError as exc:
+            return refused(exc)
+
+    def _act(self, request, name: str, done: bool):
+        deployment = self.get_object()
+        audit.note(request, f"ota.deployment.{name}", deployment)
+        if not done:
+            return Response({"detail": f"Cannot {name} a {deployment.status} deployment.",
+                             "code": "bad_state"}, status=409)
+        deployment.refresh_from_db()
+        return Response(s.DeploymentSerializer(deployment).data)
+
+    @extend_schema(request=s.PauseSerializer, responses={200: s.DeploymentSerializer})
+    @action(detail=True, methods=["post"])
+    def pause(self, request, pk=None):
+        data = s.PauseSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        return self._act(request, "pause",
+                         services.pause(self.get_object(), data.validated_data["reason"]))
+
+    @extend_schema(request=None, responses={200: s.DeploymentSerializer})
+    @action(detail=True, methods=["post"])
+    def resume(self, request, pk=None):
+        return self._act(request, "resume", services.resume(self.get_object()))
+
+    @extend_schema(request=None, responses={200: s.DeploymentSerializer})
+    @action(detail=True, methods=["post"])
+    def approve(self, request, pk=None):
+        return self._act(request, "approve", services.approve(self.get_object()))
+
+    @extend_schema(request=None, responses={200: s.DeploymentSerializer})
+    @action(detail=True, methods=["post"])
+    def abort(self, request, pk=None):
+        return self._act(request, "abort", services.abort(self.get_object()))
+
+    @extend_schema(request=None, responses={201: s.DeploymentSerializer})
+    @action(detail=True, methods=["post"])
+    def rollback(self, request, pk=None):
+        deployment = self.get_object()
+        try:
+            back = services.rollback(deployment, actor=request.user)
+        except services.OtaError as exc:
+            return refused(exc)
+        audit.note(request, "ota.deployment.rollback", deployment, rollback=back.pk)
+        return Response(s.DeploymentSerializer(back).data, status=status.HTTP_201_CREATED)
+
+
+class DeviceUpdateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
+                          viewsets.GenericViewSet):
+    queryset = DeviceUpdate.objects.select_related("device")
+    serializer_class = s.DeviceUpdateSerializer
+
+    def get_queryset(self):
+        queryset = super().get_queryset()
+        params = self.request.query_params
+        if params.get("deployment", "").isdigit():
+            queryset = queryset.filter(deployment_id=int(params["deployment"]))
+        if params.get("device"):
+            queryset = queryset.filter(device__uid=params["device"])
+        if params.get("state"):
+            queryset = queryset.filter(state=params["state"])
+        return queryset

@@ -1,0 +1,143 @@
+"""Building, signing and serving manifests (docs/manifest.md).
+
+Envelopes are signed once, when an update is assigned, with
+`devices.agent.manifest.sign` (the agent's own module, so both sides agree byte
+for byte) and stored on the `DeviceUpdate`. Check-in only reads: the answer per
+device is cached with its ETag and dropped whenever one of its updates changes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import transaction
+
+from devices import keys
+from devices.agent import manifest as mf
+from devices.models import ServerKey
+from ota.choices import ACTIVE_STATES
+from ota.models import DeviceUpdate
+
+CACHE_KEY = "ota:checkin:{}"
+EMPTY_ETAG = '"none"'
+
+
+def artifact_path(sha256: str) -> str:
+    return f"/api/v1/device/artifacts/{sha256}"
+
+
+def artifact_entry(name: str, model_version) -> dict:
+    from ota.models import version_label
+
+    return {"name": name, "model_version": version_label(model_version),
+            "sha256": model_version.sha256, "size": int(model_version.size_bytes),
+            "url": artifact_path(model_version.sha256)}
+
+
+def announced_key(active: ServerKey) -> dict | None:
+    """Key rotation (U6): the newest inactive key created after the active one is the
+    next key; every manifest signed by the current key announces it until it becomes active."""
+    nxt = (ServerKey.objects.filter(active=False, created_at__gt=active.created_at)
+           .order_by("-created_at").first())
+    if nxt is None:
+        return None
+    raw = base64.b64decode(nxt.public_key_b64)
+    return {"public_key": nxt.public_key_b64, "key_id": mf.key_id(raw)}
+
+
+@dataclass
+class Signer:
+    """What every envelope of one assignment batch shares: key, times, rotation."""
+
+    private_key: object
+    next_key: dict | None
+    issued_at: str
+    expires_at: str
+
+    @classmethod
+    def now(cls, moment: datetime) -> Signer:
+        active = keys.active_key()
+        ttl = timedelta(hours=settings.OTA_MANIFEST_TTL_H)
+        return cls(keys.private_key(active), announced_key(active), mf.format_time(moment),
+                   mf.format_time(moment + ttl))
+
+    def envelope(self, *, device_uid: str, deployment, version: int, artifacts: list[dict],
+                 default: str, policy: dict) -> dict:
+        payload = {
+            "schema": mf.SCHEMA,
+            "device": device_uid,
+            "deployment": deployment.pk,
+            "slot": deployment.slot,
+            "version": int(version),
+            "issued_at": self.issued_at,
+            "expires_at": self.expires_at,
+            "artifacts": artifacts,
+            "default": default,
+            "policy": policy,
+            "poll_interval_s": int(settings.OTA_POLL_INTERVAL_S),
+            "install_window": deployment.install_window or None,
+            "next_key": self.next_key,
+        }
+        mf.check_artifacts(payload)
+        mf.check_policy(policy, {a["name"] for a in artifacts})
+        return mf.sign(payload, self.private_key)
+
+
+def policy_for(policy: dict, names: set[str]) -> dict:
+    """The release policy restricted to the variants this device receives."""
+    if not policy:
+        return {}
+    rules = [r for r in policy.get("rules", []) if r.get("use") in names]
+    result: dict = {"rules": rules}
+    if policy.get("default") in names:
+        result["default"] = policy["default"]
+    return result if rules or "default" in result else {}
+
+
+# --- check-in -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CheckIn:
+    etag: str
+    body: bytes | None  # None: nothing assigned (204)
+
+
+def checkin_for(device_pk: int) -> CheckIn:
+    """The device's current answer; one cache read, one query on a miss, no write."""
+    key = CACHE_KEY.format(device_pk)
+    hit = cache.get(key)
+    if hit is not None:
+        return CheckIn(hit[0], hit[1])
+    rows = (DeviceUpdate.objects.filter(device_id=device_pk, state__in=ACTIVE_STATES,
+                                        envelope__isnull=False)
+            .order_by("slot", "-manifest_version").values_list("slot", "envelope"))
+    newest: dict[str, dict] = {}
+    for slot, envelope in rows:
+        newest.setdefault(slot, envelope)
+    answer = render(list(newest.values()))
+    cache.set(key, (answer.etag, answer.body), settings.OTA_CHECKIN_CACHE_S)
+    return answer
+
+
+def render(envelopes: list[dict]) -> CheckIn:
+    if not envelopes:
+        return CheckIn(EMPTY_ETAG, None)
+    # One slot: the envelope itself (docs/manifest.md); several: {"manifests": [...]}.
+    document = envelopes[0] if len(envelopes) == 1 else {"manifests": envelopes}
+    body = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return CheckIn(f'"{hashlib.sha256(body).hexdigest()[:32]}"', body)
+
+
+def forget(device_pks) -> None:
+    """Drop cached answers now and again after commit (a poll racing the commit
+    could otherwise re-cache the old answer; the TTL bounds what remains)."""
+    keys_ = [CACHE_KEY.format(pk) for pk in set(device_pks)]
+    if not keys_:
+        return
+    cache.delete_many(keys_)
+    transaction.on_commit(lambda: cache.delete_many(keys_))

@@ -1,0 +1,532 @@
+"""Rollout workflows: releases, deployments, phase assignment, gates, rollback.
+
+Views, the API and the gate task call these functions; single-row state changes
+are `Deployment` methods (conditional UPDATEs).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from datetime import datetime
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count, F, Min, Q
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from compression.models import ModelVersion
+from devices.agent.manifest import ManifestError, check_policy
+from devices.choices import DeviceStatus
+from devices.models import Device, DeviceGroup, HardwareProfile, QueryGroup
+from fleet.roles import Role, has_role
+from ota import manifests, stats
+from ota.choices import ACTIVE_STATES, DeploymentKind, DeploymentStatus, UpdateState
+from ota.gates import GateConfig, Verdict, evaluate, phase_targets
+from ota.models import (
+    Deployment,
+    DeviceUpdate,
+    ManifestSequence,
+    Release,
+    ReleaseVariant,
+    version_label,
+)
+
+CHUNK = 2000
+TARGET_KEYS = {"groups", "query_groups", "tags", "hardware_profiles", "devices"}
+# Superseded by a newer assignment to the same slot: not yet installing.
+SUPERSEDABLE = (UpdateState.QUEUED, UpdateState.PENDING, UpdateState.DOWNLOADING,
+                UpdateState.DOWNLOADED)
+
+
+class OtaError(Exception):
+    """A refused request: `code` for machines, `message` for people, HTTP `status`."""
+
+    def __init__(self, code: str, message: str, status: int = 400):
+        super().__init__(message)
+        self.code, self.message, self.status = code, message, status
+
+
+# --- releases -------------------------------------------------------------------------
+def check_create_release(*, name: str, slot: str = "default", notes: str = "",
+                         variants: list[dict], policy: dict | None = None,
+                         default_variant: str | None = None, actor=None) -> Release:
+    """Validate then create a release. `variants`: [{"name", "model_version" (pk or row),
+    "hardware_profile" (slug, pk, row or None)}]."""
+    if not name or Release.objects.filter(name=name).exists():
+        raise OtaError("bad_name", _("A release needs a unique name."))
+    if not isinstance(variants, list) or not variants:
+        raise OtaError("no_variants", _("A release needs at least one variant."))
+    rows, seen = [], set()
+    for item in variants:
+        if not isinstance(item, dict):
+            raise OtaError("bad_variant", _("Each variant must be an object."))
+        version = _model_version(item.get("model_version"))
+        profile = _hardware_profile(item.get("hardware_profile"))
+        vname = str(item.get("name") or "default")
+        key = (vname, profile.pk if profile else None)
+        if key in seen:
+            raise OtaError("bad_variant", _("Variant %(n)s is listed twice for one profile.")
+                           % {"n": vname})
+        seen.add(key)
+        rows.append(ReleaseVariant(name=vname, model_version=version, hardware_profile=profile))
+    names = {r.name for r in rows}
+    default_variant = default_variant or rows[0].name
+    if default_variant not in names:
+        raise OtaError("bad_default", _("The default variant names no variant."))
+    try:
+        check_policy(policy or {}, names)
+    except ManifestError as exc:
+        raise OtaError("bad_policy", exc.message) from None
+    with transaction.atomic():
+        release = Release.objects.create(
+            name=name[:120], slot=slot or "default", notes=notes, policy=policy or {},
+            default_variant=default_variant, created_by=actor if getattr(actor, "pk", None)
+            else None)
+        for row in rows:
+            row.release = release
+        ReleaseVariant.objects.bulk_create(rows)
+    return release
+
+
+def _model_version(value) -> ModelVersion:
+    if isinstance(value, ModelVersion):
+        return value
+    try:
+        return ModelVersion.objects.select_related("model").get(pk=int(value))
+    except (TypeError, ValueError, ModelVersion.DoesNotExist):
+        raise OtaError("bad_model_version", _("Unknown model version %(v)r.") % {"v": value}
+                       ) from None
+
+
+def _hardware_profile(value) -> HardwareProfile | None:
+    if value in (None, "", "*"):
+        return None
+    if isinstance(value, HardwareProfile):
+        return value
+    found = HardwareProfile.objects.filter(
+        Q(slug=str(value)) | Q(pk=int(value) if str(value).isdigit() else None)).first()
+    if found is None:
+        raise OtaError("bad_hardware_profile", _("Unknown hardware profile %(v)r.")
+                       % {"v": value})
+    return found
+
+
+def variants_by_profile(release: Release) -> dict[int | None, list[ReleaseVariant]]:
+    """Hardware profile id (None = generic) → its variants; a device with no
+    variant of its own gets the generic ones."""
+    table: dict[int | None, list[ReleaseVariant]] = defaultdict(list)
+    for variant in release.variants.select_related("model_version__model"):
+        table[variant.hardware_profile_id].append(variant)
+    return table
+
+
+def pick_variants(table, profile_id: int | None) -> list[ReleaseVariant]:
+    return table.get(profile_id) or table.get(None) or []
+
+
+# --- targets --------------------------------------------------------------------------
+def clean_target(target) -> dict:
+    if not isinstance(target, dict) or not target or set(target) - TARGET_KEYS:
+        raise OtaError("bad_target", _("Target: an object with any of %(k)s.")
+                       % {"k": ", ".join(sorted(TARGET_KEYS))})
+    cleaned = {}
+    for key, values in target.items():
+        if not isinstance(values, list) or not all(isinstance(v, str | int) for v in values):
+            raise OtaError("bad_target", _("Target %(k)s must be a list.") % {"k": key})
+        if values:
+            cleaned[key] = values
+    if not cleaned:
+        raise OtaError("bad_target", _("The target names no device."))
+    return cleaned
+
+
+def resolve_target(target: dict):
+    """Devices matching any entry of the target (revoked devices never)."""
+    query = Q(pk__in=[])
+    if target.get("groups"):
+        ids = DeviceGroup.objects.filter(
+            Q(pk__in=[v for v in target["groups"] if str(v).isdigit()])
+            | Q(name__in=[str(v) for v in target["groups"]])).values("pk")
+        query |= Q(group__in=ids)
+    for qg in QueryGroup.objects.filter(pk__in=[int(v) for v in target.get("query_groups", [])
+                                                if str(v).isdigit()]):
+        query |= Q(pk__in=qg.devices().values("pk"))
+    if target.get("tags"):
+        query |= Q(pk__in=Device.objects.filter(tags__name__in=target["tags"]).values("pk"))
+    if target.get("hardware_profiles"):
+        query |= Q(hardware_profile__slug__in=[str(v) for v in target["hardware_profiles"]])
+    if target.get("devices"):
+        query |= Q(uid__in=[str(v) for v in target["devices"]])
+    return Device.objects.filter(query).exclude(status=DeviceStatus.REVOKED)
+
+
+def clean_phases(phases, gates) -> tuple[list[float], list[dict]]:
+    try:
+        phases = [float(p) for p in phases or [100]]
+        phases = [int(p) if p.is_integer() else p for p in phases]
+        phase_targets(1, phases)
+        if isinstance(gates, dict) or gates is None:
+            gates = [gates or {}] * len(phases)
+        if not isinstance(gates, list) or len(gates) != len(phases):
+            raise ValueError(_("Give one gate configuration per phase (or one for all)."))
+        gates = [GateConfig.from_dict(g).as_dict() for g in gates]
+    except (TypeError, ValueError) as exc:
+        raise OtaError("bad_phases", str(exc)) from None
+    return phases, gates
+
+
+def preview(target, phases) -> dict:
+    """How many devices each phase reaches (the wizard shows this before starting)."""
+    target = clean_target(target)
+    phases, _gates = clean_phases(phases, None)
+    total = resolve_target(target).count()
+    fleet = Device.objects.exclude(status=DeviceStatus.REVOKED).count()
+    return {"total": total, "fleet": fleet, "phases": phases,
+            "cumulative": phase_targets(total, phases),
+            "fleet_percent": round(100 * total / fleet, 1) if fleet else 0.0}
+
+
+# --- deployments ----------------------------------------------------------------------
+def clean_window(window) -> dict | None:
+    if not window:
+        return None
+    import re
+
+    if (not isinstance(window, dict) or set(window) != {"start", "end"} or not all(
+            re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", str(window[k])) for k in window)):
+        raise OtaError("bad_window", _('Install window: {"start": "HH:MM", "end": "HH:MM"} UTC.'))
+    return {"start": window["start"], "end": window["end"]}
+
+
+def start_deployment(release: Release, target, *, actor, phases=None, gates=None,
+                     scheduled_at: datetime | None = None, install_window=None,
+                     now: datetime | None = None) -> Deployment:
+    """Validate, create the deployment and its queued device updates, start phase 0
+    (or wait for `scheduled_at`)."""
+    now = now or timezone.now()
+    target = clean_target(target)
+    phases, gates = clean_phases(phases, gates)
+    window = clean_window(install_window)
+    devices = list(resolve_target(target).order_by("pk").values_list("pk", flat=True))
+    if not devices:
+        raise OtaError("empty_target", _("The target matches no device."))
+    fleet = Device.objects.exclude(status=DeviceStatus.REVOKED).count()
+    limit = settings.OTA_MAX_UNPHASED_PERCENT
+    if len(phases) == 1 and 100 * len(devices) > limit * fleet and not has_role(actor,
+                                                                                  Role.ADMIN):
+        raise OtaError("needs_admin", _("Deploying to more than %(p)s %% of the fleet without "
+                                        "phases needs the admin role.") % {"p": limit}, 403)
+    table = variants_by_profile(release)
+    with transaction.atomic():
+        deployment = Deployment.objects.create(
+            release=release, slot=release.slot, target=target, phases=phases, gates=gates,
+            target_count=len(devices), scheduled_at=scheduled_at, install_window=window,
+            created_by=actor if getattr(actor, "pk", None) else None)
+        rng = random.Random(deployment.pk)  # canaries spread over the fleet, reproducibly
+        rng.shuffle(devices)
+        counts = phase_targets(len(devices), phases)
+        _queue_updates(deployment, devices, counts, table)
+        if scheduled_at and scheduled_at > now:
+            deployment._move(DeploymentStatus.SCHEDULED, [DeploymentStatus.DRAFT])
+        else:
+            begin(deployment, now)
+    return deployment
+
+
+def _queue_updates(deployment, devices: list[int], counts: list[int], table) -> None:
+    profiles = dict(Device.objects.filter(pk__in=devices).values_list("pk", "hardware_profile"))
+    rows, phase = [], 0
+    for index, device_pk in enumerate(devices):
+        while index >= counts[phase]:
+            phase += 1
+        chosen = pick_variants(table, profiles.get(device_pk))
+        main = next((v for v in chosen if v.name == deployment.release.default_variant),
+                    chosen[0] if chosen else None)
+        rows.append(DeviceUpdate(
+            deployment=deployment, device_id=device_pk, slot=deployment.slot, phase=phase,
+            model_version=main.model_version if main else None,
+            model_label=version_label(main.model_version) if main else ""))
+    DeviceUpdate.objects.bulk_create(rows, batch_size=CHUNK)
+
+
+def begin(deployment: Deployment, now: datetime) -> bool:
+    """Precondition: draft or scheduled. Running, phase 0 assigned."""
+    if not deployment._move(DeploymentStatus.RUNNING,
+                            [DeploymentStatus.DRAFT, DeploymentStatus.SCHEDULED],
+                            started_at=now, phase_started_at=now, current_phase=0):
+        return False
+    assign_phase(deployment, 0, now)
+    return True
+
+
+def _claim_versions(count: int) -> int:
+    """First of `count` fresh manifest versions; the row lock orders assignments."""
+    with transaction.atomic():
+        ManifestSequence.objects.get_or_create(pk=1)
+        ManifestSequence.objects.filter(pk=1).update(value=F("value") + count)
+        return ManifestSequence.objects.select_for_update().get(pk=1).value - count + 1
+
+
+def assign_phase(deployment: Deployment, phase: int, now: datetime | None = None) -> int:
+    """Sign and store manifests for the queued devices of phases ≤ `phase`;
+    supersede their older unfinished updates of the same slot."""
+    now = now or timezone.now()
+    signer = manifests.Signer.now(now)
+    table = variants_by_profile(deployment.release) if deployment.kind == DeploymentKind.RELEASE \
+        else None
+    assigned = 0
+    with transaction.atomic():
+        queued = list(deployment.updates.filter(state=UpdateState.QUEUED, phase__lte=phase)
+                      .select_related("device", "model_version__model"))
+        if not queued:
+            return 0
+        first = _claim_versions(len(queued))
+        device_pks = [u.device_id for u in queued]
+        for start in range(0, len(device_pks), CHUNK):
+            DeviceUpdate.objects.filter(
+                device_id__in=device_pks[start:start + CHUNK], slot=deployment.slot,
+                state__in=SUPERSEDABLE).exclude(deployment=deployment).update(
+                state=UpdateState.SUPERSEDED, finished_at=now)
+        for offset, update in enumerate(queued):
+            _sign_update(update, deployment, table, signer, first + offset, now)
+            assigned += 1
+        DeviceUpdate.objects.bulk_update(
+            queued, ["state", "manifest_version", "envelope", "artifacts", "assigned_at",
+                     "previous_version", "previous_label"], batch_size=CHUNK)
+        manifests.forget(device_pks)
+    return assigned
+
+
+def _sign_update(update, deployment, table, signer, version: int, now) -> None:
+    device = update.device
+    installed = ((device.inventory or {}).get("models") or {}).get(deployment.slot) or {}
+    if not update.previous_label:
+        update.previous_label = str(installed.get("model_version") or "")[:120]
+        sha = installed.get("sha256")
+        update.previous_version = ModelVersion.objects.filter(sha256=sha).first() \
+            if sha else None
+    if table is None:  # a rollback: the one version this device had before
+        artifacts, default, policy = [manifests.artifact_entry("rollback",
+                                                               update.model_version)], \
+            "rollback", {}
+    else:
+        chosen = pick_variants(table, device.hardware_profile_id)
+        artifacts = [manifests.artifact_entry(v.name, v.model_version) for v in chosen]
+        names = {a["name"] for a in artifacts}
+        default = deployment.release.default_variant
+        default = default if default in names else artifacts[0]["name"]
+        policy = manifests.policy_for(deployment.release.policy, names)
+    update.envelope = signer.envelope(device_uid=device.uid, deployment=deployment,
+                                      version=version, artifacts=artifacts, default=default,
+                                      policy=policy)
+    update.artifacts = [a["sha256"] for a in artifacts]
+    update.manifest_version = version
+    update.state = UpdateState.PENDING
+    update.assigned_at = now
+
+
+def _cancel_unfinished(deployment: Deployment, now) -> None:
+    pks = list(deployment.updates.filter(state__in=SUPERSEDABLE)
+               .values_list("device_id", flat=True))
+    deployment.updates.filter(state__in=SUPERSEDABLE).update(state=UpdateState.CANCELLED,
+                                                             finished_at=now)
+    manifests.forget(pks)
+
+
+def pause(deployment: Deployment, reason: str) -> bool:
+    """Stop advancing; devices already assigned finish their update."""
+    return deployment.pause(reason)
+
+
+def resume(deployment: Deployment) -> bool:
+    return deployment.resume()
+
+
+def abort(deployment: Deployment, now: datetime | None = None) -> bool:
+    """Stop; every update not yet installing is cancelled."""
+    with transaction.atomic():
+        if not deployment.abort():
+            return False
+        _cancel_unfinished(deployment, now or timezone.now())
+    return True
+
+
+def rollback(deployment: Deployment, *, actor, now: datetime | None = None) -> Deployment:
+    """Deploy each touched device's previous version (one phase, no latency gate)."""
+    now = now or timezone.now()
+    if not deployment.can_roll_back:
+        raise OtaError("bad_state", _("This deployment cannot be rolled back."), 409)
+    with transaction.atomic():
+        touched = list(deployment.updates.filter(
+            state__in=[*ACTIVE_STATES, UpdateState.SUCCEEDED],
+            previous_version__isnull=False).values("device_id", "previous_version_id",
+                                                   "previous_label"))
+        skipped = deployment.updates.filter(
+            state__in=[*ACTIVE_STATES, UpdateState.SUCCEEDED],
+            previous_version__isnull=True).count()
+        if not deployment.mark_rolled_back():
+            raise OtaError("bad_state", _("This deployment cannot be rolled back."), 409)
+        _cancel_unfinished(deployment, now)
+        back = Deployment.objects.create(
+            release=deployment.release, kind=DeploymentKind.ROLLBACK, slot=deployment.slot,
+            target={"devices": []}, phases=[100],
+            gates=[GateConfig(max_failure_rate=1.0, min_successful=0,
+                              max_latency_ratio=None).as_dict()],
+            target_count=len(touched), rollback_of=deployment,
+            gate_report={"skipped_without_previous_version": skipped},
+            created_by=actor if getattr(actor, "pk", None) else None)
+        versions = ModelVersion.objects.select_related("model").in_bulk(
+            {t["previous_version_id"] for t in touched})
+        DeviceUpdate.objects.bulk_create([DeviceUpdate(
+            deployment=back, device_id=t["device_id"], slot=back.slot, phase=0,
+            model_version=versions[t["previous_version_id"]],
+            model_label=version_label(versions[t["previous_version_id"]]),
+            previous_label="") for t in touched], batch_size=CHUNK)
+        begin(back, now)
+    back.refresh_from_db()
+    return back
+
+
+# --- gates -----------------------------------------------------------------------------
+def evaluate_deployments(now: datetime | None = None) -> dict[int, str]:
+    """The gate task: start due scheduled deployments, judge every running one."""
+    now = now or timezone.now()
+    outcome = {}
+    for deployment in Deployment.objects.filter(status=DeploymentStatus.SCHEDULED,
+                                                scheduled_at__lte=now):
+        outcome[deployment.pk] = "started" if begin(deployment, now) else "skipped"
+    for deployment in Deployment.objects.filter(status=DeploymentStatus.RUNNING).select_related(
+            "release"):
+        outcome[deployment.pk] = evaluate_deployment(deployment, now)
+    return outcome
+
+
+def evaluate_deployment(deployment: Deployment, now: datetime | None = None) -> str:
+    """Judge the current phase; act on the verdict only if nobody moved the
+    deployment since it was read (conditional UPDATE on `step`)."""
+    now = now or timezone.now()
+    phase, seen = deployment.current_phase, deployment.step
+    phase_stats = stats.phase_stats(deployment, phase, now)
+    decision = evaluate(deployment.gate_config(phase), phase_stats)
+    report = {"phase": phase, "verdict": decision.verdict.value, "reasons": decision.reasons,
+              "values": decision.values, "thresholds": deployment.gate_config(phase).as_dict(),
+              "stats": stats.as_dict(phase_stats), "at": now.isoformat()}
+    claim = Deployment.objects.filter(pk=deployment.pk, status=DeploymentStatus.RUNNING,
+                                      step=seen, current_phase=phase)
+    with transaction.atomic():
+        if decision.verdict == Verdict.WAIT:
+            claim.update(gate_report=report, evaluated_at=now)
+            return "wait"
+        if decision.verdict == Verdict.FAIL:
+            reason = _("Phase %(p)s gate failed: %(r)s") % {"p": phase + 1,
+                                                              "r": "; ".join(decision.reasons)}
+            moved = claim.update(status=DeploymentStatus.PAUSED, pause_reason=reason,
+                                 gate_report=report, evaluated_at=now, step=F("step") + 1)
+            return "paused" if moved else "skipped"
+        if phase + 1 >= len(deployment.phases):
+            moved = claim.update(status=DeploymentStatus.COMPLETED, finished_at=now,
+                                 gate_report=report, evaluated_at=now, step=F("step") + 1)
+            return "completed" if moved else "skipped"
+        moved = claim.update(current_phase=phase + 1, phase_started_at=now, gate_report=report,
+                             evaluated_at=now, step=F("step") + 1)
+        if not moved:
+            return "skipped"
+        assign_phase(deployment, phase + 1, now)
+    return "advanced"
+
+
+def approve(deployment: Deployment, now: datetime | None = None) -> bool:
+    """Manual approval: advance to the next phase now, whatever the gate says."""
+    now = now or timezone.now()
+    phase = deployment.current_phase
+    if phase + 1 >= len(deployment.phases):
+        return False
+    with transaction.atomic():
+        moved = Deployment.objects.filter(
+            pk=deployment.pk, status__in=[DeploymentStatus.RUNNING, DeploymentStatus.PAUSED],
+            step=deployment.step, current_phase=phase).update(
+            status=DeploymentStatus.RUNNING, current_phase=phase + 1, phase_started_at=now,
+            pause_reason="", step=F("step") + 1)
+        if moved:
+            assign_phase(deployment, phase + 1, now)
+    deployment.refresh_from_db()
+    return bool(moved)
+
+
+# --- device reports ---------------------------------------------------------------------
+def report_status(device: Device, data) -> DeviceUpdate:
+    """Apply one status report of `device` to its own update (A2: never another's)."""
+    if not isinstance(data, dict):
+        raise OtaError("bad_report", _("A status report is a JSON object."))
+    state, version = data.get("state"), data.get("manifest_version")
+    if state not in {s.value for s in stats.REPORTABLE_STATES}:
+        raise OtaError("bad_state", _("Unknown or unreportable state %(s)r.") % {"s": state})
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise OtaError("bad_version", _("manifest_version must be an integer."))
+    updates = DeviceUpdate.objects.filter(device=device, manifest_version=version)
+    if data.get("deployment") is not None:
+        updates = updates.filter(deployment_id=data.get("deployment"))
+    if data.get("slot"):
+        updates = updates.filter(slot=str(data["slot"]))
+    now = timezone.now()
+    with transaction.atomic():
+        update = updates.select_for_update().first()
+        if update is None:
+            raise OtaError("not_found", _("No such update for this device."), 404)
+        if update.state == state and update.is_final:
+            return update  # a resent final report: same answer
+        if not update.can_report(state):
+            raise OtaError("illegal_transition", _("Cannot go from %(a)s to %(b)s.")
+                           % {"a": update.state, "b": state}, 409)
+        if state == UpdateState.DOWNLOADING and update.state != UpdateState.DOWNLOADING:
+            update.attempts += 1
+            update.started_at = update.started_at or now
+        update.state = state
+        if state in (UpdateState.FAILED, UpdateState.ROLLED_BACK):
+            update.error = str(data.get("error") or "")[:2000]
+            update.error_code = str(data.get("error_code") or "")[:40]
+        if update.is_final:
+            update.finished_at = now
+        update.save(update_fields=["state", "attempts", "started_at", "finished_at", "error",
+                                   "error_code", "updated_at"])
+        if update.is_final:
+            manifests.forget([device.pk])
+    return update
+
+
+def state_counts(deployment: Deployment) -> dict[str, int]:
+    rows = deployment.updates.values("state").annotate(n=Count("pk"))
+    counts = {s.value: 0 for s in UpdateState}
+    counts.update({r["state"]: r["n"] for r in rows})
+    return counts
+
+
+def phase_progress(deployment: Deployment) -> list[dict]:
+    """Per phase: devices, finished, succeeded, failed (progress bars)."""
+    rows = deployment.updates.values("phase", "state").annotate(n=Count("pk"))
+    table: dict[int, dict] = {i: {"phase": i + 1, "percent": p, "devices": 0, "succeeded": 0,
+                                  "failed": 0, "active": 0, "queued": 0}
+                              for i, p in enumerate(deployment.phases)}
+    for row in rows:
+        entry = table.setdefault(row["phase"], {"phase": row["phase"] + 1, "percent": None,
+                                                "devices": 0, "succeeded": 0, "failed": 0,
+                                                "active": 0, "queued": 0})
+        entry["devices"] += row["n"]
+        key = {UpdateState.SUCCEEDED: "succeeded", UpdateState.FAILED: "failed",
+               UpdateState.ROLLED_BACK: "failed", UpdateState.QUEUED: "queued"}.get(
+            row["state"], "active" if row["state"] in ACTIVE_STATES else None)
+        if key:
+            entry[key] += row["n"]
+    for entry in table.values():
+        total = entry["devices"] or 1
+        entry["succeeded_pct"] = round(100 * entry["succeeded"] / total, 1)
+        entry["failed_pct"] = round(100 * entry["failed"] / total, 1)
+        entry["active_pct"] = round(100 * entry["active"] / total, 1)
+    return [table[k] for k in sorted(table)]
+
+
+def first_success(deployment: Deployment, phase: int):
+    return deployment.updates.filter(phase=phase, state=UpdateState.SUCCEEDED).aggregate(
+        t=Min("finished_at"))["t"]

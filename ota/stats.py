@@ -1,0 +1,116 @@
+"""What the devices of one phase did: the numbers the gates judge.
+
+On-device latency comes from `TelemetryPoint` rows of the phase's devices that
+name the new model version and were measured after the phase started; the
+estimate is the server's benchmark of that version on the device's hardware
+profile (`LatencyBaseline`, else the version's own benchmark metrics).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import datetime
+
+from django.db.models import Count, Min
+
+from devices.models import LatencyBaseline, TelemetryPoint
+from ota.choices import ACTIVE_STATES, REPORTABLE, UpdateState
+from ota.gates import PhaseStats, p95
+
+REPORTABLE_STATES = tuple(REPORTABLE)
+MAX_SAMPLES = 20000  # newest points per (version, profile) judged: bounded work per tick
+CONFIDENCE_KEYS = ("confidence", "top1_confidence", "confidence_mean")
+
+
+def estimate_p95(model_version, label: str, profile_id: int | None) -> float | None:
+    """Benchmark p95 (ms) of a version on a profile, or None when never measured."""
+    if profile_id is not None:
+        baseline = LatencyBaseline.objects.filter(model_version=label,
+                                                  hardware_profile_id=profile_id).first()
+        if baseline is not None:
+            return baseline.p95_ms
+    latency = ((model_version.metrics or {}) if model_version else {}).get("latency_ms") or {}
+    value = latency.get("p95") if isinstance(latency, dict) else None
+    return float(value) if isinstance(value, int | float) and value > 0 else None
+
+
+def phase_stats(deployment, phase: int, now: datetime) -> PhaseStats:
+    updates = deployment.updates.filter(phase=phase).exclude(
+        state__in=[UpdateState.SUPERSEDED, UpdateState.CANCELLED])
+    counts = {r["state"]: r["n"] for r in updates.values("state").annotate(n=Count("pk"))}
+    first = updates.filter(state=UpdateState.SUCCEEDED).aggregate(t=Min("finished_at"))["t"]
+    stats = PhaseStats(
+        targeted=sum(counts.values()),
+        succeeded=counts.get(UpdateState.SUCCEEDED, 0),
+        failed=counts.get(UpdateState.FAILED, 0) + counts.get(UpdateState.ROLLED_BACK, 0),
+        in_progress=sum(counts.get(s, 0) for s in ACTIVE_STATES),
+        soak_elapsed_s=(now - first).total_seconds() if first else 0.0,
+    )
+    _latency(stats, updates)
+    return stats
+
+
+def _latency(stats: PhaseStats, updates) -> None:
+    """Feed the worst (version, profile) group: the one furthest above its estimate."""
+    groups = (updates.filter(state=UpdateState.SUCCEEDED)
+              .values("model_label", "model_version", "device__hardware_profile")
+              .annotate(first=Min("finished_at")).order_by())
+    worst = None
+    for group in groups:
+        from compression.models import ModelVersion
+
+        version = ModelVersion.objects.filter(pk=group["model_version"]).first()
+        estimate = estimate_p95(version, group["model_label"],
+                                group["device__hardware_profile"])
+        if not estimate:
+            continue
+        devices = updates.filter(state=UpdateState.SUCCEEDED,
+                                 model_label=group["model_label"],
+                                 device__hardware_profile=group["device__hardware_profile"]
+                                 ).values("device_id")
+        points = TelemetryPoint.objects.filter(
+            device_id__in=devices, model_version=group["model_label"],
+            ts__gte=group["first"], latency_ms__isnull=False)
+        rows = list(points.order_by("-ts").values_list("latency_ms", "extra")[:MAX_SAMPLES])
+        value = p95([r[0] for r in rows])
+        ratio = (value / estimate) if value is not None else -1.0
+        candidate = (ratio, len(rows), value, estimate, rows)
+        if worst is None or candidate[:2] > worst[:2]:
+            worst = candidate
+    if worst is None:
+        return
+    _ratio, samples, value, estimate, rows = worst
+    stats.p95_latency_ms, stats.latency_samples, stats.estimate_p95_ms = value, samples, estimate
+    confidences = [value for _l, extra in rows if isinstance(extra, dict)
+                   for value in [next((extra[k] for k in CONFIDENCE_KEYS
+                                       if isinstance(extra.get(k), int | float)), None)]
+                   if value is not None]
+    if confidences:
+        stats.confidence_mean = sum(confidences) / len(confidences)
+
+
+def as_dict(stats: PhaseStats) -> dict:
+    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(stats).items()}
+
+
+def latency_series(deployment, limit: int = 500) -> dict:
+    """Chart data: per-minute p95 of the new version on the deployment's devices vs estimate."""
+    updates = deployment.updates.filter(state=UpdateState.SUCCEEDED)
+    labels = list(updates.values_list("model_label", flat=True).distinct()[:5])
+    since = deployment.started_at
+    points = (TelemetryPoint.objects.filter(device_id__in=updates.values("device_id"),
+                                            model_version__in=labels, latency_ms__isnull=False)
+              .order_by("-ts"))
+    if since:
+        points = points.filter(ts__gte=since)
+    rows = list(points.values_list("ts", "latency_ms")[:limit * 20])
+    buckets: dict[str, list[float]] = {}
+    for ts, value in rows:
+        buckets.setdefault(ts.strftime("%Y-%m-%dT%H:%M:00Z"), []).append(value)
+    minutes = sorted(buckets)[-limit:]
+    report = deployment.gate_report or {}
+    estimate = (report.get("stats") or {}).get("estimate_p95_ms")
+    limit_ratio = (report.get("thresholds") or {}).get("max_latency_ratio")
+    return {"labels": minutes, "p95": [p95(buckets[m]) for m in minutes],
+            "estimate": estimate,
+            "limit": round(estimate * limit_ratio, 3) if estimate and limit_ratio else None}
