@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 
 from devices.agent import __version__
@@ -75,6 +76,8 @@ def run(args) -> int:
     logging.basicConfig(level=settings.get("log_level", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     agent = Agent(state, settings)
+    # systemd stops with SIGTERM: leave through `finally` (any stage is crash-safe anyway).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         agent.run(once=args.once)
     except KeyboardInterrupt:

@@ -112,7 +112,7 @@ class Updater:
             log.warning("manifest refused (%s): %s", exc.code, exc.message)
             self._send(payload or {}, "failed", exc.message, exc.code, slot=slot_name)
             return "refused"
-        payload = verified.payload
+        payload = {**verified.payload, "slot": slot_name}  # a manifest without slot: "default"
         self._rotate_keys(envelope, payload)
         if verified.no_op:
             if slot.get("done_version") == payload["version"]:
