@@ -25,6 +25,7 @@ MAX_EXTRA = 2048
 FLOATS = ("latency_ms", "throughput", "mem_mb", "cpu_pct", "temp_c", "battery_pct", "power_w")
 INTS = ("inferences", "errors")
 LEVELS = frozenset(LogLevel.values)
+TEXT_TYPES = frozenset({"varchar", "text", "jsonb"})
 
 
 class BadItem(ValueError):
@@ -75,7 +76,7 @@ def _key(item) -> tuple[str, int]:
     seq, boot = item.get("seq"), item.get("boot_id")
     if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq < 2**62:
         raise BadItem("seq must be a non-negative integer")
-    if not isinstance(boot, str) or not 1 <= len(boot) <= 40:
+    if not isinstance(boot, str) or not 1 <= len(boot) <= 40 or "\x00" in boot:
         raise BadItem("boot_id must be a string of 1-40 characters")
     return boot, seq
 
@@ -99,19 +100,43 @@ def _ts(item: dict, now: float) -> float:
 
 
 def _telemetry_row(item: dict, now: float) -> tuple:
+    # The hot loop of ingestion (14 fields × 50k points/s): exact type checks
+    # inline instead of a helper call per field.
     version = item.get("model_version") or ""
-    if not isinstance(version, str) or len(version) > 120:
+    if type(version) is not str or len(version) > 120 or "\x00" in version:
         raise BadItem("model_version must be a string of at most 120 characters")
-    extra = item.get("extra")
+    row = [_ts(item, now), version]
+    get = item.get
+    for name in FLOATS:
+        value = get(name)
+        kind = type(value)
+        if kind is float:
+            if value - value != 0.0:  # NaN and ±inf
+                raise BadItem(f"{name} must be finite")
+        elif kind is int:
+            value = float(value)
+        elif value is not None:
+            raise BadItem(f"{name} must be a number")
+        row.append(value)
+    for name in INTS:
+        value = get(name)
+        if value is not None:
+            if type(value) is not int:
+                value = _number(item, name, integer=True)
+            elif not -(2**31) <= value < 2**31:
+                raise BadItem(f"{name} is out of range")
+        row.append(value)
+    extra = get("extra")
     if extra is not None:
         if not isinstance(extra, dict):
             raise BadItem("extra must be an object")
         extra = json.dumps(extra, separators=(",", ":"))
         if len(extra) > MAX_EXTRA:
             raise BadItem("extra is too large")
-    return (_ts(item, now), version,
-            *(_number(item, name) for name in FLOATS),
-            *(_number(item, name, integer=True) for name in INTS), extra)
+        if "\\u0000" in extra:  # PostgreSQL jsonb refuses NUL
+            raise BadItem("extra must not contain NUL characters")
+    row.append(extra)
+    return tuple(row)
 
 
 def _log_row(item: dict, now: float) -> tuple:
@@ -119,8 +144,8 @@ def _log_row(item: dict, now: float) -> tuple:
     if level not in LEVELS:
         raise BadItem(f"level must be one of {', '.join(sorted(LEVELS))}")
     message = item.get("message")
-    if not isinstance(message, str):
-        raise BadItem("message must be a string")
+    if not isinstance(message, str) or "\x00" in message:
+        raise BadItem("message must be a string without NUL characters")
     deployment = item.get("deployment")
     if deployment is not None and (isinstance(deployment, bool) or not isinstance(deployment, int)):
         raise BadItem("deployment must be an integer id")
@@ -185,18 +210,33 @@ def insert(table: Table, device_id: int, keys, rows) -> int:
     return _insert_generic(table, device_id, keys, rows)
 
 
+def _pg_array(values, text: bool) -> str:
+    """A PostgreSQL array literal. One string parameter per column: the server
+    parses it with array_in, instead of planning a 500-element ARRAY[...]
+    expression that psycopg2 would otherwise build value by value."""
+    if text:
+        items = ("NULL" if v is None else
+                 '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
+    else:
+        items = ("NULL" if v is None else repr(v) for v in values)
+    return "{" + ",".join(items) + "}"
+
+
 def _insert_pg(table: Table, device_id: int, keys, rows) -> int:
     columns = list(zip(*rows, strict=True))
     names = ", ".join(table.columns)
     aliases = [f"c{i}" for i in range(len(table.columns))]
     selects = ["to_timestamp(c0)" if name == "ts" else alias
                for name, alias in zip(table.columns, aliases, strict=True)]
-    arrays = ", ".join(f"%s::{t}[]" for t in ("varchar", "int8", *table.pg_types))
+    types = ("varchar", "int8", *table.pg_types)
+    arrays = ", ".join(f"%s::{t}[]" for t in types)
     sql = (f"INSERT INTO {table.name} (device_id, boot_id, seq, {names}) "
            f"SELECT %s, b, s, {', '.join(selects)} "
            f"FROM unnest({arrays}) AS u(b, s, {', '.join(aliases)}) "
            "ON CONFLICT DO NOTHING")
-    params = [device_id, [k[0] for k in keys], [k[1] for k in keys], *map(list, columns)]
+    values = [[k[0] for k in keys], [k[1] for k in keys], *columns]
+    params = [device_id, *(_pg_array(column, t in TEXT_TYPES)
+                           for column, t in zip(values, types, strict=True))]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.rowcount

@@ -222,3 +222,27 @@ def test_inventory_put(api_a, device_a):
     for bad in ({"models": "x"}, {"shoe_size": 9}, [1], {"hardware_profile": "toaster"},
                 {"agent_version": 2}):
         assert api_a.put("/api/v1/device/inventory", bad, format="json").status_code == 400
+
+
+def test_awkward_text_survives_storage(api_a, device_a):
+    """Quotes, backslashes, braces, commas, 'NULL' and non-ASCII reach the table unchanged."""
+    awkward = ['say "hi"', "back\\slash \\", "{a,b}", "NULL", "日本語 ✓", "tab\tnew\nline", ""]
+    batch = [{"seq": i, "boot_id": "b", "ts": 1.79e9, "message": text, "level": "warning"}
+             for i, text in enumerate(awkward)]
+    assert post(api_a, LOGS, batch).json()["count"] == len(awkward)
+    stored = dict(LogLine.objects.values_list("seq", "message"))
+    assert [stored[i] for i in range(len(awkward))] == awkward
+    telemetry = [{"seq": 1, "boot_id": 'q"b{', "ts": 1.79e9, "model_version": 'v,"1"',
+                  "extra": {"note": 'x"y\\z', "n": None}}]
+    assert post(api_a, TELEMETRY, telemetry).json()["count"] == 1
+    point = TelemetryPoint.objects.get()
+    assert (point.boot_id, point.model_version) == ('q"b{', 'v,"1"')
+    assert point.extra == {"note": 'x"y\\z', "n": None}
+
+
+def test_nul_characters_are_rejected(api_a):
+    batch = [{"seq": 1, "boot_id": "b", "ts": 1.79e9, "message": "a\x00b"},
+             {"seq": 2, "boot_id": "b\x00", "ts": 1.79e9, "message": "x"}]
+    assert [r["index"] for r in post(api_a, LOGS, batch).json()["rejected"]] == [0, 1]
+    bad = [{"seq": 1, "boot_id": "b", "ts": 1.79e9, "extra": {"k": "\x00"}}]
+    assert post(api_a, TELEMETRY, bad).json()["rejected"][0]["index"] == 0
