@@ -62,6 +62,7 @@ def download(client: Client, url: str, part: Path, *, size: int, sha256: str,
                 _discard(part)
                 restarted = True
                 continue
+        pause("verify")
         if sha256_file(part) == sha256:
             return part
         _discard(part)

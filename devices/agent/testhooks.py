@@ -1,7 +1,8 @@
 """Test hooks: make the agent stop at a named point so a test can SIGKILL it.
 
 `EDGEFLEET_AGENT_TEST_PAUSE=download:4096` sleeps once 4096 bytes of an
-artifact are on disk; `install`, `switch` or `health` sleep at that stage.
+artifact are on disk; `verify`, `install`, `switch` or `health` sleep at that
+stage.
 Before sleeping the hook writes the point's name to the file named by
 `EDGEFLEET_AGENT_TEST_MARKER`. Unset (always, in production) it does nothing.
 """

@@ -99,7 +99,7 @@ def test_kill_during_download_resumes_with_range(peer, state, installed_v1, tmp_
     assert state.pointer("classifier")["previous"]["version"] == 1
 
 
-@pytest.mark.parametrize("stage", ["install", "switch", "health"])
+@pytest.mark.parametrize("stage", ["verify", "install", "switch", "health"])
 def test_kill_during_install_converges(peer, state, installed_v1, tmp_path, stage):
     new = installed_v1.replace(b"relu", b"rel2")
     peer.add_artifact(new)
