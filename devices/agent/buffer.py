@@ -161,9 +161,10 @@ class Buffer:
             half = len(rows) // 2
             self._send(kind, rows[:half], send, result)
             self._send(kind, rows[half:], send, result)
-        elif response.status in {400, 413, 422}:
-            # The server will never take this record: drop it and say so, or it
-            # would block the queue forever.
+        elif response.status in {400, 413, 422} or (
+                kind == "status" and response.status in {404, 409, 410}):
+            # Refused for good (a bad record; a status report the server has moved
+            # past): drop it and count it, or it would block the queue forever.
             with self._lock, self._tx():
                 self._db.executemany("DELETE FROM records WHERE id=?",
                                      [(rid,) for rid, _, _ in rows])

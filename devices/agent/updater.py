@@ -33,6 +33,7 @@ log = logging.getLogger("edgefleet.agent")
 UPDATE_PATH = "/api/v1/device/update"
 STATUS_PATH = "/api/v1/device/update/status"
 ARTIFACT_PATH = "/api/v1/device/artifacts/{sha256}"
+PROGRESS = ("downloading", "downloaded", "installing")
 
 
 class CheckInError(Exception):
@@ -255,8 +256,20 @@ class Updater:
                   "manifest_version": payload.get("version"),
                   "slot": slot or payload.get("slot"), "state": state,
                   "error": error[:1000], "error_code": code}
+        slot_name = str(report["slot"] or "default")
+        progress = state in PROGRESS and isinstance(report["manifest_version"], int)
+        if progress:
+            # After a restart, never report a state the server has seen or passed:
+            # it would be an illegal transition (downloading after installing).
+            seen = self.state.slot(slot_name).get("reported") or {}
+            if seen.get("version") == report["manifest_version"] and (
+                    PROGRESS.index(state) <= PROGRESS.index(seen.get("state"))):
+                return
         log.info("update %s", {k: v for k, v in report.items() if v not in ("", None)})
         self.report(report)
+        if progress:
+            self.state.update_slot(slot_name, reported={"version": report["manifest_version"],
+                                                        "state": state})
 
     def _post_status(self, report: dict) -> None:
         with contextlib.suppress(Unreachable):

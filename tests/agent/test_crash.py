@@ -126,3 +126,15 @@ def test_kill_during_health_check_of_a_bad_model_rolls_back(peer, state, install
     run_to_end(state)
     assert assert_consistent(state) == installed_v1
     assert peer.statuses[-1]["state"] == "rolled_back"
+
+
+def test_restart_never_reports_a_state_the_server_has_passed(peer, state, installed_v1,
+                                                             tmp_path):
+    new = installed_v1.replace(b"relu", b"rel2")
+    peer.add_artifact(new)
+    peer.offer(peer.manifest([("fp32", new)], version=2))
+    run_until_paused(state, "health", tmp_path / "marker")
+    run_to_end(state)
+    # A server state machine refuses downloading after installing (409): never sent.
+    assert [s["state"] for s in peer.statuses] == ["downloading", "downloaded", "installing",
+                                                  "succeeded"]

@@ -241,3 +241,17 @@ def test_runtime_runs_inputs_from_a_folder(tmp_path, good_model):
     assert point["model_version"] == "3" and point["latency_ms"] > 0
     assert point["extra"]["latency_p95_ms"] >= point["latency_ms"]
     assert runtime.inputs._next == 10  # cycled through the folder
+
+
+def test_status_reports_the_server_moved_past_are_dropped_not_retried(tmp_path):
+    buffer = Buffer(tmp_path / "b.sqlite3")
+    outbox = Outbox(buffer, "boot")
+    outbox.add("status", {"state": "downloading"})
+    outbox.add("status", {"state": "succeeded"})
+    answers = iter([Response(409), Response(200)])
+    buffer.flush("status", lambda *a: next(answers), batch_size=1)
+    assert buffer.count("status") == 0
+    outbox.add("telemetry", {"x": 1})
+    with pytest.raises(Backoff):  # a 404 on telemetry is a misconfiguration: keep the data
+        buffer.flush("telemetry", lambda *a: Response(404))
+    assert buffer.count("telemetry") == 1
