@@ -246,3 +246,13 @@ def test_nul_characters_are_rejected(api_a):
     assert [r["index"] for r in post(api_a, LOGS, batch).json()["rejected"]] == [0, 1]
     bad = [{"seq": 1, "boot_id": "b", "ts": 1.79e9, "extra": {"k": "\x00"}}]
     assert post(api_a, TELEMETRY, bad).json()["rejected"][0]["index"] == 0
+
+
+def test_deleting_a_device_removes_its_rows(api_a, api_b, device_a, device_b):
+    """Raw tables have no DB-level FK (insert speed); Django's cascade still cleans up."""
+    post(api_a, TELEMETRY, points(1, 10))
+    post(api_a, LOGS, log_lines(1, 5))
+    post(api_b, TELEMETRY, points(1, 3))
+    Device.objects.get(pk=device_a[0].pk).delete()
+    assert TelemetryPoint.objects.count() == 3
+    assert LogLine.objects.count() == 0
