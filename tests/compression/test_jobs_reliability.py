@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from compression.choices import JobStatus
@@ -130,16 +131,19 @@ def test_c1_sigkill_mid_job_is_redelivered_and_finishes_once(workers, broker, se
     recipes = ["int8-static", "fp16", "optimize"]
     job = new_job(demo, recipes)
     hook = {"EDGEFLEET_JOB_TEST_HOOK": f"slow:0.4@{job.pk}"}
-    workers("a", **hook)
-    workers("b", **hook)
+    procs = [workers("a", **hook), workers("b", **hook)]
     broker.send(job.pk)
     running = wait_for(lambda: (j := job_state(job.pk)).status == JobStatus.RUNNING
                        and j.progress > 0.1 and j, 60, "job running")
     victim = running.worker_pid
+    owner = next(p for p in procs if p.pid == psutil.Process(victim).ppid())
+    other = next(p for p in procs if p is not owner)
     os.kill(victim, signal.SIGKILL)  # the pool child doing the work: a power cut mid-job
+    owner.send_signal(signal.SIGTERM)  # and its worker goes away: the other one must finish
     done = wait_for(lambda: finished(job.pk), 90, "job finished after redelivery")
     assert done.status == JobStatus.SUCCEEDED, done.error
     assert done.attempts == 2 and done.worker_pid != victim
+    assert done.worker_pid in {c.pid for c in psutil.Process(other.pid).children()}
     assert_exactly_once(done, recipes)
     assert not (settings.EDGEFLEET_JOB_DIR / f"job-{job.pk}").exists()
 
