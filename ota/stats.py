@@ -1,7 +1,7 @@
 """What the devices of one phase did: the numbers the gates judge.
 
 On-device latency comes from `TelemetryPoint` rows of the phase's devices that
-name the new model version and were measured after the phase started; the
+name the new model version and were measured after it was assigned; the
 estimate is the server's benchmark of that version on the device's hardware
 profile (`LatencyBaseline`, else the version's own benchmark metrics).
 """
@@ -9,7 +9,7 @@ profile (`LatencyBaseline`, else the version's own benchmark metrics).
 from __future__ import annotations
 
 from dataclasses import asdict
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.db.models import Count, Min
 
@@ -19,6 +19,9 @@ from ota.gates import PhaseStats, p95
 
 REPORTABLE_STATES = tuple(REPORTABLE)
 MAX_SAMPLES = 20000  # newest points per (version, profile) judged: bounded work per tick
+# Device clocks drift: points stamped a little before the assignment still count
+# (the label filter already says they were measured on the new version).
+CLOCK_SKEW = timedelta(minutes=5)
 CONFIDENCE_KEYS = ("confidence", "top1_confidence", "confidence_mean")
 
 
@@ -54,7 +57,7 @@ def _latency(stats: PhaseStats, updates) -> None:
     """Feed the worst (version, profile) group: the one furthest above its estimate."""
     groups = (updates.filter(state=UpdateState.SUCCEEDED)
               .values("model_label", "model_version", "device__hardware_profile")
-              .annotate(first=Min("finished_at")).order_by())
+              .annotate(first=Min("assigned_at")).order_by())
     worst = None
     for group in groups:
         from compression.models import ModelVersion
@@ -70,7 +73,7 @@ def _latency(stats: PhaseStats, updates) -> None:
                                  ).values("device_id")
         points = TelemetryPoint.objects.filter(
             device_id__in=devices, model_version=group["model_label"],
-            ts__gte=group["first"], latency_ms__isnull=False)
+            ts__gte=group["first"] - CLOCK_SKEW, latency_ms__isnull=False)
         rows = list(points.order_by("-ts").values_list("latency_ms", "extra")[:MAX_SAMPLES])
         value = p95([r[0] for r in rows])
         ratio = (value / estimate) if value is not None else -1.0

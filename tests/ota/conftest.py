@@ -113,5 +113,6 @@ def telemetry(device, label: str, latencies, **extra_fields):
 
     now = time.time()
     services.ingest_telemetry(device, [
-        {"seq": i + 1, "boot_id": "b1", "ts": now - len(latencies) + i, "model_version": label,
-         "latency_ms": value, **extra_fields} for i, value in enumerate(latencies)])
+        {"seq": i + 1, "boot_id": "b1", "ts": now - 0.01 * (len(latencies) - i),
+         "model_version": label, "latency_ms": value, **extra_fields}
+        for i, value in enumerate(latencies)])

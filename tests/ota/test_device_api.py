@@ -68,7 +68,7 @@ def test_checkin_200_then_304_and_verifies_with_agent_code(fleet, deployed,
 
 
 def test_checkin_204_when_nothing_assigned(enrollment):
-    device, token = enroll(enrollment, "lonely")
+    _device, token = enroll(enrollment, "lonely")
     response = bearer(token).get("/api/v1/device/update")
     assert response.status_code == 204
     assert bearer(token).get("/api/v1/device/update",
