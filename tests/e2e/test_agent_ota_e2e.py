@@ -218,3 +218,34 @@ def test_sigkill_during_download_then_restart_resumes_with_range(
     assert ranges[0] is None and ranges[-1] == f"bytes={k}-"
     assert assert_consistent(state, "default") == data
     assert updates(deployment)[state.uid] == ("succeeded", "")
+
+
+def test_rollback_restores_the_previous_version_from_disk(live_server, enrollment_token,
+                                                          admin_user, tmp_path):
+    from django.core.signals import request_started
+
+    from ota import services
+
+    states = enroll_agents(live_server, enrollment_token, tmp_path, 2)
+    old = stored_version("digits", tiny_model_bytes(7), p95=1000.0)
+    new = stored_version("digits", tiny_model_bytes(8), p95=1000.0)
+    deploy(old, [s.uid for s in states], admin_user)
+    run_all(states)
+    second = deploy(new, [s.uid for s in states], admin_user)
+    run_all(states)
+    assert all(active_sha(s) == new.sha256 for s in states)
+    downloads = []
+
+    def record(sender, environ=None, **kwargs):
+        if environ and "/device/artifacts/" in environ.get("PATH_INFO", ""):
+            downloads.append(environ["PATH_INFO"])
+
+    request_started.connect(record)
+    try:
+        back = services.rollback(second, actor=admin_user)
+        run_all(states)
+    finally:
+        request_started.disconnect(record)
+    assert set(updates(back).values()) == {("succeeded", "")}
+    assert all(active_sha(s) == old.sha256 for s in states)
+    assert downloads == []  # the previous version was kept on the device
