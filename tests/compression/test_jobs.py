@@ -288,3 +288,26 @@ def test_seed_demo_with_job_leaves_a_finished_job():
     assert job.status == JobStatus.SUCCEEDED and job.result["chosen"]
     assert job.duration_s < 60
     assert ModelVersion.objects.filter(parent=job.source).count() >= 3
+
+
+def test_job_list_query_count_does_not_grow(operator_api, client, operator_user, demo,
+                                            django_assert_max_num_queries):
+    for _ in range(5):
+        job = jobs.check_and_create_job(demo.version, mode="recipes", recipes=["fp16"],
+                                        evaluation=demo.evaluation, enqueue=False)
+        Candidate.objects.create(job=job, recipe="fp16", version=demo.version)
+    with django_assert_max_num_queries(8):
+        assert operator_api.get("/api/v1/jobs/").status_code == 200
+    client.force_login(operator_user)
+    with django_assert_max_num_queries(10):
+        assert client.get("/models/jobs/").status_code == 200
+
+
+def test_release_link_on_results(client, operator_user, demo):
+    job = jobs.check_and_create_job(demo.version, mode="recipes", recipes=["fp16"],
+                                    evaluation=demo.evaluation, enqueue=False)
+    assert runner.run_job(job.pk) == "succeeded"
+    client.force_login(operator_user)
+    variant = job.candidates.get(recipe="fp16").version
+    page = client.get(f"/models/jobs/{job.pk}/").content.decode()
+    assert f"/deployments/releases/new/?version={variant.pk}" in page
