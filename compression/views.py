@@ -140,4 +140,5 @@ def widget(request):
         "model_count": MLModel.objects.count(),
         "version_count": ModelVersion.objects.count(),
         "latest": latest,
+        "recent_jobs": CompressionJob.objects.select_related("source__model")[:5],
     })
