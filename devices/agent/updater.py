@@ -69,21 +69,24 @@ class Updater:
     # --- the conversation ----------------------------------------------------------------
     def check_in(self) -> CheckIn:
         started = self.now()  # U3: expiry is judged against the start of this check-in
-        resumed = self.resume_pending(started)
         headers = {}
         if self.state.etag:
             headers["If-None-Match"] = self.state.etag
         try:
             response = self.client.request("GET", UPDATE_PATH, headers=headers)
         except Unreachable as exc:
+            # Offline: an install interrupted after its download can still finish (U7).
+            self.resume_pending(started)
             raise CheckInError(str(exc)) from exc
         interval = _advised_interval(response)
         if response.status == 304:
-            return CheckIn(resumed or "not_modified", interval)
+            return CheckIn(self.resume_pending(started) or "not_modified", interval)
         if response.status == 204:
+            self._withdraw(keep=set())  # nothing assigned any more: drop what was pending
             self._remember_etag(response)
-            return CheckIn(resumed or "no_update", interval)
+            return CheckIn("no_update", interval)
         if response.status != 200:
+            self.resume_pending(started)
             raise CheckInError(f"check-in: HTTP {response.status}", response.retry_after)
         try:
             body = response.json()
@@ -91,10 +94,27 @@ class Updater:
             raise CheckInError("check-in: body is not JSON") from exc
         envelopes = body.get("manifests") if isinstance(body, dict) and "manifests" in body \
             else [body]
-        outcomes = [self.handle(envelope, started) for envelope in envelopes or []]
+        envelopes = envelopes if isinstance(envelopes, list) else []
+        self._withdraw(keep={str(((e or {}).get("manifest") or {}).get("slot") or "default")
+                             for e in envelopes if isinstance(e, dict)})
+        outcomes = [self.handle(envelope, started) for envelope in envelopes]
         self._remember_etag(response)
         interval = interval or _payload_interval(envelopes)
         return CheckIn(outcomes[-1] if outcomes else "no_update", interval)
+
+    def _withdraw(self, keep: set[str]) -> None:
+        """The server no longer assigns a pending manifest (aborted, superseded by
+        nothing): forget it and its partial downloads; the active model stays."""
+        for name in self.state.slot_names():
+            slot = self.state.slot(name)
+            pending = slot.get("pending")
+            if name in keep or not pending or slot.get("done_version") == pending.get("version"):
+                continue
+            log.info("slot %s: manifest %s withdrawn by the server", name, pending.get("version"))
+            for artifact in pending.get("artifacts") or []:
+                self.state.download_path(artifact["sha256"]).unlink(missing_ok=True)
+            self.state.update_slot(name, pending=None, done_version=pending.get("version"),
+                                   result="withdrawn")
 
     def _remember_etag(self, response: Response) -> None:
         etag = response.header("etag")

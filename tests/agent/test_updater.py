@@ -254,3 +254,33 @@ def test_install_window_downloads_now_installs_later(peer, state, client, good_m
     assert updater.check_in().outcome == "succeeded"
     assert states(peer) == ["downloading", "downloaded", "installing", "succeeded"]
     assert active_bytes(state) == good_model
+
+
+def test_pending_manifest_withdrawn_by_the_server(peer, state, client, good_model):
+    """A download cut short, then the server assigns nothing (aborted): drop it."""
+    import hashlib
+
+    peer.add_artifact(good_model)
+    envelope = peer.manifest([("fp32", good_model)], version=1)
+    state.update_slot("classifier", trusted_version=1, pending=envelope["manifest"])
+    part = state.download_path(hashlib.sha256(good_model).hexdigest())
+    part.write_bytes(good_model[:30])
+    peer.offer(None)
+    assert make_updater(state, client).check_in().outcome == "no_update"
+    assert not part.exists() and state.pointer("classifier") is None
+    assert state.slot("classifier")["result"] == "withdrawn"
+    assert not peer.seen("GET", "/api/v1/device/artifacts")
+
+
+def test_pending_manifest_finishes_offline_when_downloaded(peer, state, client, good_model):
+    import hashlib
+
+    from devices.agent.updater import CheckInError
+
+    envelope = peer.manifest([("fp32", good_model)], version=1)
+    state.update_slot("classifier", trusted_version=1, pending=envelope["manifest"])
+    state.download_path(hashlib.sha256(good_model).hexdigest()).write_bytes(good_model)
+    peer.down = True
+    with pytest.raises(CheckInError):
+        make_updater(state, client).check_in()
+    assert active_bytes(state) == good_model
