@@ -13,6 +13,7 @@ worker child) finishes the job exactly once:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 import onnxruntime as ort
+import psutil
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.files.storage import default_storage
@@ -72,6 +74,7 @@ def run_job(job_id: int) -> str:
         job.mark_cancelled()
         return "cancelled"
     except SoftTimeLimitExceeded:
+        _kill_sandboxes()
         job.mark_failed(_("timeout: the job ran past its time limit of %(s)s s")
                         % {"s": _soft_limit()})
         return "timeout"
@@ -87,6 +90,18 @@ def run_job(job_id: int) -> str:
         return "failed"
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _kill_sandboxes() -> None:
+    """Stop the engine's isolated children a time limit interrupted mid-measurement.
+
+    The soft limit fires inside the engine's wait on its sandbox, which then
+    leaves that child (its own session) running to its own timeout; on a busy
+    worker it would steal the CPU of the next job.
+    """
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            child.kill()
 
 
 def _soft_limit():

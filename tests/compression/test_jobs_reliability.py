@@ -189,11 +189,13 @@ def test_c4_time_limit_fails_with_timeout_and_next_job_runs(workers, broker, set
     slow = new_job(demo, ["fp16", "optimize"])
     cancel = new_job(demo, ["fp16", "optimize"])
     fast = new_job(demo, ["fp16"])
-    workers("a", EDGEFLEET_JOB_TEST_HOOK=f"slow:2@{slow.pk}")
+    worker = workers("a", EDGEFLEET_JOB_TEST_HOOK=f"slow:2@{slow.pk}")
     # the limits travel in the message (the sender's settings), as in production
     broker.send(slow.pk, soft_time_limit=6, time_limit=12)
     timed_out = wait_for(lambda: finished(slow.pk), 60, "slow job ended")
     assert timed_out.status == JobStatus.FAILED and timed_out.error.startswith("timeout")
+    pool_children = psutil.Process(worker.pid).children()
+    assert [p.pid for c in pool_children for p in c.children(recursive=True)] == []
     assert not (settings.EDGEFLEET_JOB_DIR / f"job-{slow.pk}").exists()
     assert not ModelVersion.objects.filter(recipe__job=slow.pk).exists()
     # a queued job cancelled before it starts never runs
