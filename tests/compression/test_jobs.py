@@ -311,3 +311,21 @@ def test_release_link_on_results(client, operator_user, demo):
     variant = job.candidates.get(recipe="fp16").version
     page = client.get(f"/models/jobs/{job.pk}/").content.decode()
     assert f"/deployments/releases/new/?version={variant.pk}" in page
+
+
+def test_job_form_accepts_inline_dataset_uploads(client, operator_user, demo,
+                                                 django_capture_on_commit_callbacks):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from tests.conftest import FIXTURES
+
+    client.force_login(operator_user)
+    upload = SimpleUploadedFile("fresh-eval.npz", (FIXTURES / "digits_eval.npz").read_bytes())
+    with django_capture_on_commit_callbacks(execute=False):
+        response = client.post(f"/models/versions/{demo.version.pk}/compress/", {
+            "mode": "recipes", "recipes": ["fp16"], "evaluation_file": upload,
+            "time_budget_s": "60"})
+    assert response.status_code == 302, response.content.decode()[:1500]
+    job = CompressionJob.objects.get()
+    assert job.evaluation.name == "fresh-eval" and job.evaluation.model == demo.version.model
+    assert job.evaluation.purpose == "evaluation"
