@@ -470,6 +470,12 @@ def main() -> None:
           f"load clients {result['client_cpu']:.1f} (wall {result['seconds']:.1f} × "
           f"{os.cpu_count()} cores); web CPU per 1000 points "
           f"{cpu['web'] * 1000 / result['unique'] * 1000:.1f} ms")
+    # Other processes may share the machine: what web + database + clients
+    # needed per point, scaled to all cores, is the capacity of an idle machine.
+    spent = cpu["web"] + cpu["postgres"] + result["client_cpu"]
+    if spent:
+        print(f"  CPU-bound capacity on {os.cpu_count()} idle cores: "
+              f"{result['unique'] / spent * os.cpu_count():,.0f} points/s")
     copy = bench_copy(result["unique"])
     ratio = result["points_per_s"] / copy["rows_per_s"]
     print(f"COPY ceiling: {copy['rows_per_s']:,.0f} rows/s ({copy['rows']:,} rows, "

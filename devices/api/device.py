@@ -75,7 +75,18 @@ class InflightLimit:
 INFLIGHT = InflightLimit()
 
 
-class DeviceView(APIView):
+class FailFastView(APIView):
+    """Database trouble anywhere in a device request (authentication included)
+    is a 503 with Retry-After, never a 500: the agent keeps its data and retries (S1)."""
+
+    def handle_exception(self, exc):
+        if isinstance(exc, DatabaseError):
+            log.error("device API: database unavailable: %s", exc)
+            return unavailable("Storage unavailable; retry later.")
+        return super().handle_exception(exc)
+
+
+class DeviceView(FailFastView):
     authentication_classes = [DeviceTokenAuthentication]
     permission_classes = [IsDevice]
     throttle_classes = [DeviceRateThrottle]
@@ -85,7 +96,7 @@ class DeviceView(APIView):
                responses={201: EnrollResponseSerializer,
                           403: OpenApiResponse(description="Bad enrollment token"),
                           409: OpenApiResponse(description="uid already enrolled")})
-class EnrollView(APIView):
+class EnrollView(FailFastView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
     throttle_classes = [EnrollRateThrottle]
@@ -133,10 +144,6 @@ class BatchView(DeviceView):
             result = self.service(request.user.device, batch)
         except services.DeviceError as exc:
             return refused(exc)
-        except DatabaseError:
-            # Database down or overloaded: fail fast and let the agent retry (S1).
-            log.exception("ingest failed for device %s", request.user.device.pk)
-            return unavailable("Storage unavailable; retry later.")
         finally:
             INFLIGHT.release()
         return Response(result.as_dict(), headers={

@@ -170,6 +170,11 @@ def test_database_error_answers_503_and_nothing_half_stored(api_a, monkeypatch):
     response = post(api_a, TELEMETRY, points(1, 3))
     assert response.status_code == 503
     assert "Retry-After" in response
+    from devices import auth
+
+    monkeypatch.setattr(auth, "authenticate_token", broken)
+    response = post(api_a, LOGS, log_lines(1, 1))
+    assert response.status_code == 503 and "Retry-After" in response
 
 
 def test_logs_same_rules(api_a, device_a):
