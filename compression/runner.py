@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import onnxruntime as ort
@@ -27,6 +28,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import DatabaseError, InterfaceError, OperationalError
+from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from compression import services
@@ -112,12 +114,20 @@ def _soft_limit():
 
 
 def _give_up_if_exhausted(job: CompressionJob) -> bool:
-    """A job whose worker died N times is failed instead of redelivered forever (C3)."""
-    limit = settings.EDGEFLEET_JOB_MAX_ATTEMPTS
-    if job.status != JobStatus.RUNNING or job.attempts < limit or not job._claimant_gone():
+    """Fail, instead of running again, a job whose worker died under it too often (C3)
+    or that already ran past the hard time limit (the pool killed it; C4)."""
+    if job.status != JobStatus.RUNNING or not job._claimant_gone():
         return False
-    if job.mark_failed(_("crashed: the worker died %(n)s times while running this job "
-                         "(last on %(h)s)") % {"n": job.attempts, "h": job.worker_host}):
+    hard_limit = timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT)
+    if job.started_at is not None and timezone.now() - job.started_at > hard_limit:
+        error = _("timeout: killed at the hard time limit of %(s)s s") % {
+            "s": settings.CELERY_TASK_TIME_LIMIT}
+    elif job.attempts >= settings.EDGEFLEET_JOB_MAX_ATTEMPTS:
+        error = _("crashed: the worker died %(n)s times while running this job "
+                  "(last on %(h)s)") % {"n": job.attempts, "h": job.worker_host}
+    else:
+        return False
+    if job.mark_failed(error):
         shutil.rmtree(job_dir(job.pk), ignore_errors=True)
     return True
 

@@ -109,6 +109,19 @@ def test_job_gives_up_after_max_attempts(demo, settings):
     assert job.status == JobStatus.FAILED and job.error.startswith("crashed")
 
 
+def test_job_killed_at_the_hard_limit_ends_as_timeout(demo, settings):
+    from django.utils import timezone
+
+    job = jobs.check_and_create_job(demo.version, mode="recipes", recipes=["fp16"],
+                                    evaluation=demo.evaluation, enqueue=False)
+    long_ago = timezone.now() - timezone.timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 5)
+    CompressionJob.objects.filter(pk=job.pk).update(
+        status=JobStatus.RUNNING, attempts=1, worker_pid=2**22 + 7, started_at=long_ago)
+    assert runner.run_job(job.pk) == "gave-up"
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED and job.error.startswith("timeout")
+
+
 def test_engine_error_fails_the_job(demo, settings):
     settings.EDGEFLEET_JOB_TEST_HOOK = "fail"
     job = jobs.check_and_create_job(demo.version, mode="recipes", recipes=["fp16"],
