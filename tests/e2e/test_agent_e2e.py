@@ -123,13 +123,13 @@ def test_simulated_fleet_enrolls_and_reports(live_server, enrollment_token, tmp_
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
         [sys.executable, "-m", "devices.agent.simulate", "--server", live_server.url,
-         "--enrollment-token", enrollment_token, "--devices", "3", "--duration-s", "4",
+         "--enrollment-token", enrollment_token, "--devices", "3", "--duration-s", "10",
          "--poll-interval-s", "1", "--telemetry-interval-s", "1", "--uid-prefix", "sim-e2e",
          "--state-file", str(tmp_path / "fleet.json")],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     uids = set(Device.objects.filter(uid__startswith="sim-e2e").values_list("uid", flat=True))
-    assert uids == {"sim-e2e-00000", "sim-e2e-00001", "sim-e2e-00002"}
+    assert uids == {"sim-e2e-00000", "sim-e2e-00001", "sim-e2e-00002"}, proc.stdout[-2000:]
 
 
 @pytest.mark.services
