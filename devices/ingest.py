@@ -154,6 +154,7 @@ def _log_row(item: dict, now: float) -> tuple:
 
 @dataclass(frozen=True)
 class Table:
+    kind: str
     model: type
     columns: tuple[str, ...]  # after device_id, boot_id, seq
     pg_types: tuple[str, ...]
@@ -164,10 +165,10 @@ class Table:
         return self.model._meta.db_table
 
 
-TELEMETRY = Table(TelemetryPoint, ("ts", "model_version", *FLOATS, *INTS, "extra"),
+TELEMETRY = Table("telemetry", TelemetryPoint, ("ts", "model_version", *FLOATS, *INTS, "extra"),
                   ("float8", "varchar", *("float8",) * len(FLOATS), *("int4",) * len(INTS),
                    "jsonb"), _telemetry_row)
-LOGS = Table(LogLine, ("ts", "level", "message", "deployment_id"),
+LOGS = Table("logs", LogLine, ("ts", "level", "message", "deployment_id"),
              ("float8", "varchar", "text", "int8"), _log_row)
 
 
@@ -186,7 +187,10 @@ def validate(table: Table, batch, *, max_items: int, now: float):
             key = _key(item)
             row = table.row(item, now)
         except BadItem as exc:
-            result.rejected.append({"index": index, "error": str(exc)})
+            rejected = {"index": index, "error": str(exc)}
+            if isinstance(item, dict) and type(item.get("seq")) is int:
+                rejected["seq"] = item["seq"]  # lets an agent drop what will never pass
+            result.rejected.append(rejected)
             continue
         if key in seen:
             result.duplicates += 1

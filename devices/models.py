@@ -285,6 +285,28 @@ class TelemetryRollup(models.Model):
         return f"{self.device_id}@{self.minute:%Y-%m-%d %H:%M}"
 
 
+class DropReport(models.Model):
+    """Records an agent's bounded offline buffer dropped (RELIABILITY E3).
+
+    Keyed by the batch that carried the count, so a resent batch does not count
+    twice; a resend may carry a larger count (more dropped meanwhile): keep the max.
+    """
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="drop_reports")
+    kind = models.CharField(max_length=16)  # telemetry | logs
+    boot_id = models.CharField(max_length=40)
+    first_seq = models.BigIntegerField()
+    count = models.PositiveIntegerField()
+    reported_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["device", "kind", "boot_id", "first_seq"],
+                                               name="drop_report_batch")]
+
+    def __str__(self) -> str:
+        return f"{self.device_id}: {self.count} {self.kind} dropped"
+
+
 class LatencyBaseline(models.Model):
     """The server's benchmark estimate of a model version on a hardware profile.
 

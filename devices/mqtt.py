@@ -44,7 +44,8 @@ def handle(topic: str, payload: bytes) -> tuple[str | None, dict]:
         log.warning("mqtt: refused message on %s", topic)
         return uid, {"code": "unauthorized", "detail": "unknown, revoked or foreign token"}
     try:
-        result = KINDS[kind](principal.device, envelope.get("batch"))
+        result = KINDS[kind](principal.device, envelope.get("batch"),
+                             dropped=envelope.get("dropped", 0))
     except services.DeviceError as exc:
         return uid, {"code": exc.code, "detail": exc.message}
     return uid, result.as_dict()

@@ -20,6 +20,7 @@ from devices.models import (
     Device,
     DeviceCredential,
     DeviceGroup,
+    DropReport,
     EnrollmentToken,
     HardwareProfile,
     Tag,
@@ -179,7 +180,7 @@ def touch_last_seen(device: Device) -> None:
 
 
 # --- telemetry and logs -----------------------------------------------------------------
-def _ingest(table: ingest.Table, device: Device, batch) -> ingest.IngestResult:
+def _ingest(table: ingest.Table, device: Device, batch, dropped) -> ingest.IngestResult:
     try:
         keys, rows, result = ingest.validate(
             table, batch, max_items=settings.DEVICE_MAX_BATCH_ITEMS, now=time.time())
@@ -189,18 +190,36 @@ def _ingest(table: ingest.Table, device: Device, batch) -> ingest.IngestResult:
                           status) from None
     result.new = ingest.insert(table, device.pk, keys, rows)
     result.duplicates += len(rows) - result.new
+    if dropped and keys:
+        record_dropped(device, table.kind, keys[0], dropped)
     touch_last_seen(device)
     return result
 
 
-def ingest_telemetry(device: Device, batch) -> ingest.IngestResult:
-    """Store a batch of telemetry points; idempotent per (boot_id, seq)."""
-    return _ingest(ingest.TELEMETRY, device, batch)
+def record_dropped(device: Device, kind: str, first_key: tuple[str, int], count) -> None:
+    """Remember how many records the agent's buffer dropped; idempotent per batch."""
+    if isinstance(count, bool) or not isinstance(count, int) or count <= 0:
+        return
+    count = min(count, 2**31 - 1)
+    boot_id, first_seq = first_key
+    report, created = DropReport.objects.get_or_create(
+        device=device, kind=kind, boot_id=boot_id, first_seq=first_seq,
+        defaults={"count": count})
+    if not created and report.count < count:
+        DropReport.objects.filter(pk=report.pk, count__lt=count).update(count=count)
 
 
-def ingest_logs(device: Device, batch) -> ingest.IngestResult:
+def ingest_telemetry(device: Device, batch, *, dropped=0) -> ingest.IngestResult:
+    """Store a batch of telemetry points; idempotent per (boot_id, seq).
+
+    `dropped`: records the agent's offline buffer had to drop before this batch.
+    """
+    return _ingest(ingest.TELEMETRY, device, batch, dropped)
+
+
+def ingest_logs(device: Device, batch, *, dropped=0) -> ingest.IngestResult:
     """Store a batch of log lines; idempotent per (boot_id, seq)."""
-    return _ingest(ingest.LOGS, device, batch)
+    return _ingest(ingest.LOGS, device, batch, dropped)
 
 
 # --- administration --------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.db.models import Count
+from django.db.models import Count, Sum
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
@@ -81,6 +81,7 @@ def device_detail(request, uid: str):
     return render(request, "devices/detail.html", {
         "device": device, "edit_form": edit_form, "windows": WINDOWS, "levels": LOG_LEVELS,
         "alerts": device.alerts.order_by("-opened_at")[:10],
+        "dropped": device.drop_reports.values("kind").annotate(total=Sum("count")),
         "tags": device.tags.all(), "models": (device.inventory or {}).get("models") or {},
         "chart_labels": {
             "p50": _("p50 latency (ms)"), "p95": _("p95 latency (ms)"),

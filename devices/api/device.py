@@ -138,10 +138,10 @@ class BatchView(DeviceView):
         if not INFLIGHT.acquire():
             return unavailable("Server busy; retry later.")
         try:
-            batch = request.data
+            batch, dropped = request.data, 0
             if isinstance(batch, dict):
-                batch = batch.get("batch")
-            result = self.service(request.user.device, batch)
+                batch, dropped = batch.get("batch"), batch.get("dropped", 0)
+            result = self.service(request.user.device, batch, dropped=dropped)
         except services.DeviceError as exc:
             return refused(exc)
         finally:

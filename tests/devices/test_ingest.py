@@ -261,3 +261,25 @@ def test_deleting_a_device_removes_its_rows(api_a, api_b, device_a, device_b):
     Device.objects.get(pk=device_a[0].pk).delete()
     assert TelemetryPoint.objects.count() == 3
     assert LogLine.objects.count() == 0
+
+
+def test_buffer_drops_are_recorded_once_per_batch(api_a, device_a):
+    """E3 (server side): the agent's drop count is kept; a resend does not double it."""
+    from devices.models import DropReport
+
+    body = {"boot_id": "boot-1", "batch": points(1, 10), "dropped": 42}
+    first = api_a.post(TELEMETRY, body, format="json")
+    assert api_a.post(TELEMETRY, body, format="json").json() == first.json()
+    # Resent after more drops: the larger count wins, still one report.
+    api_a.post(TELEMETRY, {**body, "dropped": 45}, format="json")
+    api_a.post(LOGS, {"batch": log_lines(1, 2), "dropped": 3}, format="json")
+    api_a.post(LOGS, {"batch": log_lines(3, 4), "dropped": "lots"}, format="json")
+    reports = {(r.kind, r.count) for r in DropReport.objects.filter(device=device_a[0])}
+    assert reports == {("telemetry", 45), ("logs", 3)}
+
+
+def test_rejected_items_name_their_seq(api_a):
+    batch = points(1, 2)
+    batch[0]["latency_ms"] = "slow"
+    rejected = post(api_a, TELEMETRY, batch).json()["rejected"]
+    assert rejected == [{"index": 0, "error": "latency_ms must be a number", "seq": 1}]

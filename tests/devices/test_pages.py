@@ -71,6 +71,9 @@ def test_detail_shows_inventory_logs_and_series(viewer_user, api_a, device_a):
     assert client.get("/devices/d/cam-a/logs/?level=debug").content.count(b"line ") == 0
     assert client.get("/devices/d/cam-a/metrics.json?minutes=abc").status_code == 200
     assert client.get("/devices/d/nobody/").status_code == 404
+    api_a.post("/api/v1/device/telemetry", {"batch": points(60, 61), "dropped": 7},
+               format="json")
+    assert b"7 telemetry records" in client.get("/devices/d/cam-a/").content
 
 
 def test_admin_creates_token_moves_tags_and_revokes(admin_user, device_a):
