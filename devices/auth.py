@@ -7,6 +7,7 @@ authenticator, so a session or operator token never reaches them.
 
 from __future__ import annotations
 
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.permissions import BasePermission
@@ -70,3 +71,14 @@ class IsDevice(BasePermission):
 
     def has_permission(self, request, view) -> bool:
         return bool(getattr(request.user, "is_device", False))
+
+
+class DeviceTokenScheme(OpenApiAuthenticationExtension):
+    """Names the device bearer token in the OpenAPI schema."""
+
+    target_class = "devices.auth.DeviceTokenAuthentication"
+    name = "deviceToken"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer",
+                "description": "Device token issued once by POST /api/v1/device/enroll"}
