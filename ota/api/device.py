@@ -1,15 +1,13 @@
-"""The device update API: check-in, artifact download, status reports.
+"""The device update API: artifact download and status reports (check-in is
+the plain view in `ota.api.checkin`).
 
-Identity comes only from the bearer credential (RELIABILITY A2). Check-in reads
-a cached answer: no database write per poll.
+Identity comes only from the bearer credential (RELIABILITY A2).
 """
 
 from __future__ import annotations
 
-import random
 import re
 
-from django.conf import settings
 from django.core.files.storage import default_storage
 from django.http import FileResponse, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -19,7 +17,7 @@ from rest_framework.views import APIView
 from compression.models import ModelVersion
 from devices.api.device import DeviceRateThrottle
 from devices.auth import DeviceTokenAuthentication, IsDevice
-from ota import manifests, services
+from ota import services
 from ota.choices import UpdateState
 from ota.models import DeviceUpdate
 
@@ -32,35 +30,6 @@ class DeviceView(APIView):
     authentication_classes = [DeviceTokenAuthentication]
     permission_classes = [IsDevice]
     throttle_classes = [DeviceRateThrottle]
-
-
-def poll_interval() -> str:
-    base = settings.OTA_POLL_INTERVAL_S
-    return str(max(1, round(base * random.uniform(0.8, 1.2))))
-
-
-@extend_schema(tags=["device"], responses={
-    200: OpenApiResponse(description="Signed manifest envelope (docs/manifest.md)"),
-    204: OpenApiResponse(description="No update assigned"),
-    304: OpenApiResponse(description="Unchanged since If-None-Match"),
-    429: OpenApiResponse(description="Throttled; see Retry-After")})
-class UpdateView(DeviceView):
-    def get(self, request):
-        answer = manifests.checkin_for(request.user.device.pk)
-        if answer.etag in _etags(request.headers.get("If-None-Match", "")):
-            response = HttpResponse(status=304)
-        elif answer.body is None:
-            response = HttpResponse(status=204)
-        else:
-            response = HttpResponse(answer.body, content_type="application/json")
-        response["ETag"] = answer.etag
-        response["X-Poll-Interval"] = poll_interval()
-        response["Cache-Control"] = "no-cache"
-        return response
-
-
-def _etags(header: str) -> set[str]:
-    return {part.strip().removeprefix("W/") for part in header.split(",") if part.strip()}
 
 
 @extend_schema(tags=["device"], responses={

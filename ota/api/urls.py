@@ -1,7 +1,7 @@
 from django.urls import path
 from rest_framework.routers import DefaultRouter
 
-from ota.api import device, views
+from ota.api import checkin, device, views
 
 router = DefaultRouter(trailing_slash=True)
 router.include_root_view = False
@@ -10,7 +10,7 @@ router.register("deployments", views.DeploymentViewSet, basename="deployment")
 router.register("device-updates", views.DeviceUpdateViewSet, basename="deviceupdate")
 
 urlpatterns = [
-    path("device/update", device.UpdateView.as_view(), name="device-update"),
+    path("device/update", checkin.update, name="device-update"),
     path("device/update/status", device.StatusView.as_view(), name="device-update-status"),
     path("device/artifacts/<str:sha256>", device.ArtifactView.as_view(),
          name="device-artifact"),

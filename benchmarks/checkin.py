@@ -1,0 +1,385 @@
+"""Device check-in throughput against a bare Django JSON view, in one run.
+
+100k registered devices (each with a credential) on PostgreSQL; a release
+deployed to `--assigned` of them (signed manifests stored per device). The same
+gunicorn server (same workers, middleware, cache, database) serves both
+`GET /api/v1/device/update` and a bare JSON view; wrk (or, without wrk, a
+Python keep-alive load generator) drives 16 connections at each scenario:
+
+  bare          GET /bench/bare                 plain JsonResponse, no auth
+  check-in 304  GET /api/v1/device/update       If-None-Match = the device's ETag
+  check-in 200  GET /api/v1/device/update       full signed manifest body
+  check-in 204  GET /api/v1/device/update       device with nothing assigned
+
+Target (issue 6): check-in ≥ 0.5 × bare throughput, p99 < 50 ms. Loopback only;
+a scratch database `edgefleet_bench_checkin` is dropped and recreated.
+
+    .venv/bin/python benchmarks/checkin.py [--devices 100000] [--assigned 10000]
+        [--seconds 10] [--connections 16] [--workers 3] [--threads 4]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+# benchmarks/compression.py would shadow the `compression` app.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
+import argparse  # noqa: E402 - after the sys.path fix above
+import hashlib  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import random  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+ROOT = _HERE.parent
+PYTHON = sys.executable
+PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgres://postgres@127.0.0.1:5432/postgres")
+BENCH_DB = "edgefleet_bench_checkin"
+BARE_PATH = "/bench/bare"
+CHECKIN_PATH = "/api/v1/device/update"
+
+
+# --- the server: fleet's URLs plus one bare view, under gunicorn -------------------------
+def serve(port: int, workers: int, threads: int) -> None:
+    import types
+
+    import django
+    from django.conf import settings
+    from django.http import JsonResponse
+    from gunicorn.app.base import BaseApplication
+
+    urls = types.ModuleType("checkin_bench_urls")
+    sys.modules[urls.__name__] = urls
+    settings.ROOT_URLCONF = urls.__name__
+    django.setup()
+    from django.urls import path
+
+    from fleet.urls import urlpatterns
+
+    def bare(request):
+        return JsonResponse({"status": "ok"})
+
+    urls.urlpatterns = [path(BARE_PATH.lstrip("/"), bare), *urlpatterns]
+    from django.core.wsgi import get_wsgi_application
+
+    application = get_wsgi_application()
+
+    class Server(BaseApplication):
+        def load_config(self):
+            for key, value in {"bind": f"127.0.0.1:{port}", "workers": workers,
+                               "worker_class": "gthread", "threads": threads,
+                               "keepalive": 30, "loglevel": "warning", "preload_app": True,
+                               "timeout": 120}.items():
+                self.cfg.set(key, value)
+
+        def load(self):
+            return application
+
+    Server().run()
+
+
+def start_server(env: dict, port: int, workers: int, threads: int) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [PYTHON, str(Path(__file__).resolve()), "--serve", str(port), "--workers", str(workers),
+         "--threads", str(threads)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return proc
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("server did not start: " + proc.stderr.read().decode()[-3000:])
+
+
+def stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+# --- data ----------------------------------------------------------------------------------
+def recreate_database() -> str:
+    import psycopg2
+
+    admin = psycopg2.connect(PG_ADMIN)
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+        cursor.execute(f"CREATE DATABASE {BENCH_DB}")
+    admin.close()
+    return PG_ADMIN.rsplit("/", 1)[0] + "/" + BENCH_DB
+
+
+def seed_devices(n: int) -> dict[str, str]:
+    """n devices with one credential each, by SQL; returns uid → plaintext token."""
+    from django.db import connection
+
+    from devices import tokens
+
+    with connection.cursor() as cursor:
+        cursor.execute("""
+            INSERT INTO devices_device (uid, name, hardware_profile_id, inventory, model_version,
+                agent_version, status, last_seen, created_at)
+            SELECT 'dev-' || lpad(i::text, 6, '0'), '',
+                   (SELECT min(id) FROM devices_hardwareprofile) + i %% 5,
+                   '{"models": {"default": {"model_version": "digits:1"}}}'::jsonb,
+                   'digits:1', '0.1.0', 'online', now(), now()
+            FROM generate_series(1, %s) i""", [n])
+        cursor.execute("SELECT id, uid FROM devices_device ORDER BY id")
+        rows = cursor.fetchall()
+        plain: dict[str, str] = {}
+        buffer = io.StringIO()
+        for pk, uid in rows:
+            value, prefix, digest = tokens.new_token(tokens.DEVICE)
+            plain[uid] = value
+            buffer.write(f"{pk}\t{prefix}\t{digest}\tnow\n")
+        buffer.seek(0)
+        cursor.copy_expert("COPY devices_devicecredential (device_id, prefix, token_hash, "
+                           "created_at) FROM STDIN", buffer)
+        cursor.execute("ANALYZE")
+    return plain
+
+
+def deploy(uids: list[str]) -> tuple[float, int]:
+    """A release of one new version to `uids`; (seconds to assign and sign, deployment id)."""
+    from django.contrib.auth.models import User
+
+    from compression.models import MLModel, ModelVersion
+    from ota import services
+
+    model = MLModel.objects.create(name="digits")
+    sha = hashlib.sha256(b"bench").hexdigest()
+    version = ModelVersion.objects.create(model=model, number=2, artifact=f"models/{sha}.onnx",
+                                          sha256=sha, size_bytes=123456,
+                                          metrics={"latency_ms": {"p95": 9.5}})
+    admin = User.objects.create_superuser("bench-admin", password="x" * 16)
+    release = services.check_create_release(name="digits v2", variants=[
+        {"name": "fp32", "model_version": version.pk}], actor=admin)
+    began = time.perf_counter()
+    deployment = services.start_deployment(release, {"devices": uids}, actor=admin,
+                                           phases=[100])
+    return time.perf_counter() - began, deployment.pk
+
+
+# --- load ------------------------------------------------------------------------------------
+LUA = """
+local items = {%(items)s}
+local path = "%(path)s"
+counts = {}
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) counts = {} end
+request = function()
+  local item = items[math.random(#items)]
+  local headers = {}
+  if item[1] ~= "" then headers["Authorization"] = "Bearer " .. item[1] end
+  if item[2] ~= "" then headers["If-None-Match"] = item[2] end
+  return wrk.format("GET", path, headers)
+end
+response = function(status, headers, body)
+  counts[status] = (counts[status] or 0) + 1
+end
+done = function(summary, latency, requests)
+  local merged = {}
+  for _, thread in ipairs(threads) do
+    local c = thread:get("counts")
+    for k, v in pairs(c) do merged[tostring(k)] = (merged[tostring(k)] or 0) + v end
+  end
+  local parts = {}
+  for k, v in pairs(merged) do table.insert(parts, string.format('"%%s": %%d', k, v)) end
+  io.write(string.format('RESULT {"requests": %%d, "seconds": %%f, "p50_ms": %%f, ' ..
+    '"p99_ms": %%f, "errors": %%d, "status": {%%s}}\\n',
+    summary.requests, summary.duration / 1e6, latency:percentile(50) / 1000,
+    latency:percentile(99) / 1000,
+    summary.errors.connect + summary.errors.read + summary.errors.write +
+    summary.errors.timeout, table.concat(parts, ", ")))
+end
+"""
+
+
+def run_wrk(port: int, path: str, items: list[tuple[str, str]], seconds: int,
+            connections: int, threads: int) -> dict:
+    lua_items = ", ".join(f'{{"{t}", "{e.replace(chr(34), chr(92) + chr(34))}"}}'
+                          for t, e in items)
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
+        fh.write(LUA % {"items": lua_items, "path": path})
+        script = fh.name
+    try:
+        done = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d",
+                               f"{seconds}s", "--timeout", "10s", "-s", script,
+                               f"http://127.0.0.1:{port}{path}"], capture_output=True,
+                              text=True, timeout=seconds + 60, check=False)
+        if done.returncode:
+            raise RuntimeError(f"wrk failed: {done.stdout[-1000:]} {done.stderr[-2000:]}")
+        out = done.stdout
+    finally:
+        Path(script).unlink()
+    result = json.loads(re.search(r"^RESULT (.*)$", out, re.MULTILINE).group(1))
+    result["rps"] = result["requests"] / result["seconds"]
+    return result
+
+
+def run_python(port: int, path: str, items: list[tuple[str, str]], seconds: int,
+               connections: int, _threads: int) -> dict:
+    """Fallback without wrk: keep-alive raw sockets, one thread per connection."""
+    latencies: list[float] = []
+    status: dict[str, int] = {}
+    lock = threading.Lock()
+    deadline = time.time() + seconds
+
+    def worker():
+        sock, local, buffer = None, [], b""
+        codes: dict[str, int] = {}
+        while time.time() < deadline:
+            token, etag = random.choice(items)
+            head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            head += f"Authorization: Bearer {token}\r\n" if token else ""
+            head += f"If-None-Match: {etag}\r\n" if etag else ""
+            began = time.perf_counter()
+            if sock is None:
+                sock, buffer = socket.create_connection(("127.0.0.1", port), timeout=10), b""
+            sock.sendall((head + "\r\n").encode())
+            while b"\r\n\r\n" not in buffer:
+                buffer += sock.recv(65536)
+            header, buffer = buffer.split(b"\r\n\r\n", 1)
+            length = int((re.search(rb"(?i)content-length:\s*(\d+)", header) or [0, b"0"])[1])
+            while len(buffer) < length:
+                buffer += sock.recv(65536)
+            buffer = buffer[length:]
+            local.append(time.perf_counter() - began)
+            code = header.split(b" ", 2)[1].decode()
+            codes[code] = codes.get(code, 0) + 1
+        with lock:
+            latencies.extend(local)
+            for code, n in codes.items():
+                status[code] = status.get(code, 0) + n
+
+    threads = [threading.Thread(target=worker) for _ in range(connections)]
+    began = time.time()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.time() - began
+    ordered = sorted(latencies) or [0.0]
+    return {"requests": len(latencies), "seconds": elapsed, "rps": len(latencies) / elapsed,
+            "p50_ms": ordered[len(ordered) // 2] * 1000,
+            "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
+            "errors": 0, "status": status}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--devices", type=int, default=100_000)
+    parser.add_argument("--assigned", type=int, default=10_000)
+    parser.add_argument("--pollers", type=int, default=2000,
+                        help="distinct devices each scenario polls as")
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds; medians are reported")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=3, help="gunicorn workers")
+    parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.workers, args.threads)
+        return
+
+    db_url = recreate_database()
+    env = {**os.environ, "DATABASE_URL": db_url, "DEBUG": "0", "LOG_LEVEL": "WARNING",
+           "THROTTLE_DEVICE": "1000000/min", "DJANGO_SETTINGS_MODULE": "fleet.settings"}
+    env.pop("MQTT_URL", None)
+    os.environ.update(env)
+    subprocess.run([PYTHON, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
+    import django
+
+    django.setup()
+    from devices.models import Device
+    from ota import manifests
+
+    began = time.perf_counter()
+    tokens = seed_devices(args.devices)
+    seeded = time.perf_counter() - began
+    uids = sorted(tokens)
+    assigned = uids[:args.assigned]
+    assign_s, _deployment = deploy(assigned)
+    pks = dict(Device.objects.filter(uid__in=assigned[:args.pollers]).values_list("uid", "pk"))
+    etags = {uid: manifests.checkin_for(pk).etag for uid, pk in pks.items()}
+    pollers = list(etags)
+    idle = uids[args.assigned:args.assigned + args.pollers]
+    cache_backend = "Redis" if os.environ.get("REDIS_URL") else "local memory"
+
+    port = random.randint(20000, 40000)
+    server = start_server(env, port, args.workers, args.threads)
+    run = run_wrk if shutil.which("wrk") else run_python
+    scenarios = [
+        ("bare Django JSON view", BARE_PATH, [("", "")]),
+        ("check-in 304 (ETag match)", CHECKIN_PATH, [(tokens[u], etags[u]) for u in pollers]),
+        ("check-in 200 (signed manifest)", CHECKIN_PATH, [(tokens[u], "") for u in pollers]),
+        ("check-in 204 (nothing assigned)", CHECKIN_PATH, [(tokens[u], "") for u in idle]),
+    ]
+    # The machine may be shared: scenarios are interleaved round by round and each
+    # check-in figure is divided by the bare figure of its own round (paired ratio).
+    rounds: list[list[dict]] = []
+    try:
+        for _name, path, items in scenarios:
+            run(port, path, items, 2, args.connections, 2)  # warm up: connections, caches
+        for _ in range(args.rounds):
+            rounds.append([run(port, path, items, args.seconds, args.connections, 2)
+                           for _name, path, items in scenarios])
+    finally:
+        stop(server)
+    results = []
+    for index, (name, _path, _items) in enumerate(scenarios):
+        runs = [r[index] for r in rounds]
+        results.append((name, {
+            "rps": statistics.median(r["rps"] for r in runs),
+            "ratio": statistics.median(r[index]["rps"] / r[0]["rps"] for r in rounds),
+            "p50_ms": statistics.median(r["p50_ms"] for r in runs),
+            "p99_ms": statistics.median(r["p99_ms"] for r in runs),
+            "status": {k: sum(r["status"].get(k, 0) for r in runs)
+                       for k in {k for r in runs for k in r["status"]}}}))
+
+    print(f"# EdgeFleet check-in benchmark · {os.cpu_count()} CPUs (shared by server, "
+          f"PostgreSQL and the load generator) · PostgreSQL {BENCH_DB} · cache {cache_backend}")
+    print(f"{args.devices:,} devices with credentials seeded in {seeded:.1f} s; "
+          f"{len(assigned):,} manifests assigned and signed in {assign_s:.1f} s")
+    print(f"gunicorn gthread {args.workers} workers × {args.threads} threads; "
+          f"{'wrk' if run is run_wrk else 'python load generator'}, {args.connections} "
+          f"connections, {args.rounds} interleaved rounds × {args.seconds} s per scenario "
+          f"(medians; × bare paired per round); {len(pollers):,} distinct devices polling")
+    print("\n| scenario | requests/s | × bare | p50 ms | p99 ms | statuses |")
+    print("|---|---:|---:|---:|---:|---|")
+    for name, r in results:
+        statuses = ", ".join(f"{k}: {v}" for k, v in sorted(r["status"].items()))
+        print(f"| {name} | {r['rps']:,.0f} | {r['ratio']:.2f} | {r['p50_ms']:.1f} | "
+              f"{r['p99_ms']:.1f} | {statuses} |")
+    checks = [r for name, r in results[1:]]
+    ok = all(r["ratio"] >= 0.5 and r["p99_ms"] < 50 for r in checks)
+    print(f"\ntarget ≥ 0.50 × bare and p99 < 50 ms on every check-in path: "
+          f"{'MET' if ok else 'NOT MET'}")
+
+
+if __name__ == "__main__":
+    main()
