@@ -31,24 +31,17 @@ def log_lines(first: int, last: int, *, boot: str = "boot-1", level: str = "info
 
 @pytest.fixture(autouse=True)
 def _hardware_profiles(request):
-    """Transactional tests flush the seeded profiles; put them back when a DB is in use."""
-    if not any(name in request.fixturenames for name in ("db", "transactional_db")) and not (
-            request.node.get_closest_marker("django_db")):
+    """Transactional tests flush the profiles migration 0002 seeded: put them back."""
+    marker = request.node.get_closest_marker("django_db")
+    if marker is None:
         return
-    request.getfixturevalue("db" if "transactional_db" not in request.fixturenames
-                            and not _is_transactional(request) else "transactional_db")
+    transactional = marker.kwargs.get("transaction") or (marker.args and marker.args[0])
+    request.getfixturevalue("transactional_db" if transactional else "db")
     import importlib
 
     from django.apps import apps
 
-    seed = importlib.import_module("devices.migrations.0002_seed_hardware_profiles").seed
-    seed(apps, None)
-
-
-def _is_transactional(request) -> bool:
-    marker = request.node.get_closest_marker("django_db")
-    return bool(marker and (marker.kwargs.get("transaction") or (
-        marker.args and marker.args[0])))
+    importlib.import_module("devices.migrations.0002_seed_hardware_profiles").seed(apps, None)
 
 
 @pytest.fixture
