@@ -71,19 +71,20 @@ def _number(item: dict, name: str, *, integer: bool = False):
 
 
 def _key(item) -> tuple[str, int]:
-    if not isinstance(item, dict):
+    if type(item) is not dict:
         raise BadItem("item must be an object")
     seq, boot = item.get("seq"), item.get("boot_id")
-    if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq < 2**62:
+    if type(seq) is not int or not 0 <= seq < 2**62:  # type(), not isinstance: no bools
         raise BadItem("seq must be a non-negative integer")
-    if not isinstance(boot, str) or not 1 <= len(boot) <= 40 or "\x00" in boot:
+    if type(boot) is not str or not 1 <= len(boot) <= 40 or "\x00" in boot:
         raise BadItem("boot_id must be a string of 1-40 characters")
     return boot, seq
 
 
 def _ts(item: dict, now: float) -> float:
     value = item.get("ts")
-    if isinstance(value, str):
+    kind = type(value)
+    if kind is str:
         try:
             parsed = datetime.fromisoformat(value)
         except ValueError:
@@ -91,7 +92,7 @@ def _ts(item: dict, now: float) -> float:
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)
         value = parsed.timestamp()
-    elif isinstance(value, bool) or not isinstance(value, int | float):
+    elif kind is not float and kind is not int:
         raise BadItem("ts must be an ISO 8601 string or epoch seconds")
     # A clock an hour or more ahead would put points in the future of every chart.
     if not MIN_TS <= value <= now + 3600:
