@@ -118,3 +118,18 @@ def test_handle_is_the_same_service_as_http(device_a):
     assert uid == device.uid and answer["count"] == 3
     assert handle("other/x/telemetry", b"{}")[1]["code"] == "bad_topic"
     assert handle(f"edgefleet/{device.uid}/shell", b"{}")[1]["code"] == "bad_topic"
+
+
+def test_bridge_command_is_off_without_mqtt_url(settings):
+    from django.core.management import CommandError, call_command
+
+    settings.MQTT_URL = ""
+    with pytest.raises(CommandError, match="MQTT_URL"):
+        call_command("mqtt_bridge")
+
+
+def test_bridge_refuses_a_non_mqtt_url():
+    from devices.mqtt import Bridge
+
+    with pytest.raises(ValueError, match="mqtt://"):
+        Bridge("http://127.0.0.1:1883")
