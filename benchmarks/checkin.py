@@ -6,7 +6,7 @@ gunicorn server (same workers, middleware, cache, database) serves both
 `GET /api/v1/device/update` and a bare JSON view; wrk (or, without wrk, a
 Python keep-alive load generator) drives 16 connections at each scenario:
 
-  bare          GET /bench/bare                 plain JsonResponse, no auth
+  bare          GET /api/v1/bench/bare          plain JsonResponse, no auth
   check-in 304  GET /api/v1/device/update       If-None-Match = the device's ETag
   check-in 200  GET /api/v1/device/update       full signed manifest body
   check-in 204  GET /api/v1/device/update       device with nothing assigned
@@ -48,7 +48,7 @@ ROOT = _HERE.parent
 PYTHON = sys.executable
 PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgres://postgres@127.0.0.1:5432/postgres")
 BENCH_DB = "edgefleet_bench_checkin"
-BARE_PATH = "/bench/bare"
+BARE_PATH = "/api/v1/bench/bare"
 CHECKIN_PATH = "/api/v1/device/update"
 
 
@@ -72,7 +72,14 @@ def serve(port: int, workers: int, threads: int) -> None:
     def bare(request):
         return JsonResponse({"status": "ok"})
 
-    urls.urlpatterns = [path(BARE_PATH.lstrip("/"), bare), *urlpatterns]
+    # Right after the include that holds the check-in URL: both pay the same URL
+    # resolution (every api/v1 pattern before them is tried first).
+    patterns = list(urlpatterns)
+    after = next(i for i, p in enumerate(patterns)
+                 if getattr(p, "urlconf_name", None).__class__.__name__ == "module"
+                 and p.urlconf_name.__name__ == "ota.api.urls")
+    patterns.insert(after + 1, path(BARE_PATH.lstrip("/"), bare))
+    urls.urlpatterns = patterns
     from django.core.wsgi import get_wsgi_application
 
     application = get_wsgi_application()
@@ -179,6 +186,30 @@ def deploy(uids: list[str]) -> tuple[float, int]:
     deployment = services.start_deployment(release, {"devices": uids}, actor=admin,
                                            phases=[100])
     return time.perf_counter() - began, deployment.pk
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU time so far of the web server, PostgreSQL, Redis and wrk processes."""
+    tick = os.sysconf("SC_CLK_TCK")
+    totals = {"web": 0.0, "postgres": 0.0, "redis": 0.0, "wrk": 0.0}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        used = (int(fields[11]) + int(fields[12])) / tick
+        if "--serve" in cmd and "checkin.py" in cmd:
+            totals["web"] += used
+        elif cmd.startswith("postgres"):
+            totals["postgres"] += used
+        elif "redis-server" in cmd:
+            totals["redis"] += used
+        elif cmd.startswith("wrk"):
+            totals["wrk"] += used
+    return totals
 
 
 # --- load ------------------------------------------------------------------------------------
@@ -346,8 +377,15 @@ def main() -> None:
         for _name, path, items in scenarios:
             run(port, path, items, 2, args.connections, 2)  # warm up: connections, caches
         for _ in range(args.rounds):
-            rounds.append([run(port, path, items, args.seconds, args.connections, 2)
-                           for _name, path, items in scenarios])
+            row = []
+            for _name, path, items in scenarios:
+                before = cpu_seconds()
+                result = run(port, path, items, args.seconds, args.connections, 2)
+                after = cpu_seconds()
+                result["cpu_ms"] = {k: (after[k] - before[k]) * 1000 / max(result["requests"], 1)
+                                    for k in after}
+                row.append(result)
+            rounds.append(row)
     finally:
         stop(server)
     results = []
@@ -358,6 +396,8 @@ def main() -> None:
             "ratio": statistics.median(r[index]["rps"] / r[0]["rps"] for r in rounds),
             "p50_ms": statistics.median(r["p50_ms"] for r in runs),
             "p99_ms": statistics.median(r["p99_ms"] for r in runs),
+            "cpu_ms": {k: statistics.median(r["cpu_ms"][k] for r in runs)
+                       for k in runs[0]["cpu_ms"]},
             "status": {k: sum(r["status"].get(k, 0) for r in runs)
                        for k in {k for r in runs for k in r["status"]}}}))
 
@@ -369,12 +409,15 @@ def main() -> None:
           f"{'wrk' if run is run_wrk else 'python load generator'}, {args.connections} "
           f"connections, {args.rounds} interleaved rounds × {args.seconds} s per scenario "
           f"(medians; × bare paired per round); {len(pollers):,} distinct devices polling")
-    print("\n| scenario | requests/s | × bare | p50 ms | p99 ms | statuses |")
-    print("|---|---:|---:|---:|---:|---|")
+    print("\n| scenario | requests/s | × bare | p50 ms | p99 ms | CPU ms/request: web, "
+          "postgres, redis | statuses |")
+    print("|---|---:|---:|---:|---:|---|---|")
     for name, r in results:
         statuses = ", ".join(f"{k}: {v}" for k, v in sorted(r["status"].items()))
+        cpu = r["cpu_ms"]
         print(f"| {name} | {r['rps']:,.0f} | {r['ratio']:.2f} | {r['p50_ms']:.1f} | "
-              f"{r['p99_ms']:.1f} | {statuses} |")
+              f"{r['p99_ms']:.1f} | {cpu['web']:.3f}, {cpu['postgres']:.3f}, "
+              f"{cpu['redis']:.3f} | {statuses} |")
     checks = [r for name, r in results[1:]]
     ok = all(r["ratio"] >= 0.5 and r["p99_ms"] < 50 for r in checks)
     print(f"\ntarget ≥ 0.50 × bare and p99 < 50 ms on every check-in path: "

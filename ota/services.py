@@ -6,12 +6,13 @@ are `Deployment` methods (conditional UPDATEs).
 
 from __future__ import annotations
 
+import json
 import random
 from collections import defaultdict
 from datetime import datetime
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Count, F, Min, Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -284,29 +285,55 @@ def assign_phase(deployment: Deployment, phase: int, now: datetime | None = None
             return 0
         first = _claim_versions(len(queued))
         device_pks = [u.device_id for u in queued]
+        installed = _installed_versions(queued, deployment.slot)
         for start in range(0, len(device_pks), CHUNK):
             DeviceUpdate.objects.filter(
                 device_id__in=device_pks[start:start + CHUNK], slot=deployment.slot,
                 state__in=SUPERSEDABLE).exclude(deployment=deployment).update(
                 state=UpdateState.SUPERSEDED, finished_at=now)
         for offset, update in enumerate(queued):
-            _sign_update(update, deployment, table, signer, first + offset, now)
+            _sign_update(update, deployment, table, signer, first + offset, now, installed)
             assigned += 1
-        DeviceUpdate.objects.bulk_update(
-            queued, ["state", "manifest_version", "envelope", "artifacts", "assigned_at",
-                     "previous_version", "previous_label"], batch_size=CHUNK)
+        _store_assignments(queued)
         manifests.forget(device_pks)
     return assigned
 
 
-def _sign_update(update, deployment, table, signer, version: int, now) -> None:
+def _store_assignments(updates) -> None:
+    """One parameterized UPDATE per row (executemany): bulk_update's CASE WHEN per
+    field cost seconds per thousand rows when assigning a whole fleet."""
+    table = DeviceUpdate._meta.db_table
+    ops = connection.ops
+    rows = [(u.state, u.manifest_version, json.dumps(u.envelope), json.dumps(u.artifacts),
+             ops.adapt_datetimefield_value(u.assigned_at), u.previous_version_id,
+             u.previous_label, ops.adapt_datetimefield_value(timezone.now()), u.pk)
+            for u in updates]
+    with connection.cursor() as cursor:
+        cursor.executemany(
+            f"UPDATE {table} SET state = %s, manifest_version = %s, envelope = %s, "
+            "artifacts = %s, assigned_at = %s, previous_version_id = %s, previous_label = %s, "
+            "updated_at = %s WHERE id = %s", rows)
+
+
+def _slot_inventory(device, slot: str) -> dict:
+    return ((device.inventory or {}).get("models") or {}).get(slot) or {}
+
+
+def _installed_versions(updates, slot: str) -> dict[str, ModelVersion]:
+    """sha256 → ModelVersion of what the devices report installed, in one query."""
+    shas = {_slot_inventory(u.device, slot).get("sha256") for u in updates} - {None, ""}
+    found: dict[str, ModelVersion] = {}
+    for version in ModelVersion.objects.filter(sha256__in=shas).order_by("-pk"):
+        found[version.sha256] = version  # the oldest registration of identical bytes wins
+    return found
+
+
+def _sign_update(update, deployment, table, signer, version: int, now, installed) -> None:
     device = update.device
-    installed = ((device.inventory or {}).get("models") or {}).get(deployment.slot) or {}
+    current = _slot_inventory(device, deployment.slot)
     if not update.previous_label:
-        update.previous_label = str(installed.get("model_version") or "")[:120]
-        sha = installed.get("sha256")
-        update.previous_version = ModelVersion.objects.filter(sha256=sha).first() \
-            if sha else None
+        update.previous_label = str(current.get("model_version") or "")[:120]
+        update.previous_version = installed.get(current.get("sha256"))
     if table is None:  # a rollback: the one version this device had before
         artifacts, default, policy = [manifests.artifact_entry("rollback",
                                                                update.model_version)], \

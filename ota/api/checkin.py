@@ -3,7 +3,7 @@
 Every device polls it, so it does the least work that keeps the contract:
 one indexed credential lookup (revocation takes effect at once, A1), then one
 cache round trip that both counts the per-device rate and reads the cached
-answer (a Redis pipeline; two plain cache calls elsewhere). No database write.
+answer (one Redis script call; plain cache calls on other backends). No database write.
 DRF is skipped on purpose: its request wrapping, negotiation and list-based
 throttle history cost more than the whole answer.
 """
@@ -17,7 +17,7 @@ from functools import lru_cache
 
 from django.conf import settings
 from django.core.cache import caches
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.http import HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 
@@ -47,6 +47,25 @@ def _refused(status: int, detail: str, code: str, **headers) -> JsonResponse:
     return response
 
 
+# Count this poll and read the cached answer in one Redis command.
+COUNT_AND_GET = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return {n, redis.call('GET', KEYS[2])}
+"""
+_scripts: dict[int, object] = {}
+
+
+def _redis_script(client):
+    """One script object per cache client: django's `get_client()` builds a new
+    redis client (and its callback table) on every call, too slow per poll."""
+    script = _scripts.get(id(client))
+    if script is None:
+        script = client.get_client(write=True).register_script(COUNT_AND_GET)
+        _scripts[id(client)] = script
+    return script
+
+
 def count_and_fetch(device_pk: int, period: int) -> tuple[int, tuple | None]:
     """(requests of this device in the current window, cached answer or None)."""
     cache = caches["default"]
@@ -54,13 +73,10 @@ def count_and_fetch(device_pk: int, period: int) -> tuple[int, tuple | None]:
     counter = f"ota:poll:{device_pk}:{window}"
     answer_key = manifests.CACHE_KEY.format(device_pk)
     client = getattr(cache, "_cache", None)
-    if hasattr(client, "get_client"):  # django's RedisCache: one pipelined round trip
-        redis = client.get_client(write=True)
-        pipe = redis.pipeline(transaction=False)
-        pipe.incr(cache.make_and_validate_key(counter))
-        pipe.expire(cache.make_and_validate_key(counter), period + 1)
-        pipe.get(cache.make_and_validate_key(answer_key))
-        count, _expire, raw = pipe.execute()
+    if hasattr(client, "get_client"):  # django's RedisCache
+        count, raw = _redis_script(client)(
+            keys=[cache.make_key(counter), cache.make_key(answer_key)],
+            args=[period + 1])
         return int(count), (client._serializer.loads(raw) if raw is not None else None)
     cache.add(counter, 0, period + 1)
     try:
@@ -85,6 +101,11 @@ def device_for_token(value: str) -> int | None:
     if not isinstance(value, str) or len(value) < tokens.PREFIX_LEN + 8 or len(value) > 200:
         return None
     wanted = tokens.digest(value)
+    # Skip the per-request `SELECT 1` of CONN_HEALTH_CHECKS: it doubles this endpoint's
+    # database round trips. A dead connection fails this one query instead (503 below);
+    # Django then drops the connection at the end of the request and the next poll
+    # reconnects, which is the recovery the health check would have given.
+    connection.health_check_done = True
     with connection.cursor() as cursor:
         cursor.execute(AUTH_SQL, [value[:tokens.PREFIX_LEN]])
         rows = cursor.fetchall()
@@ -96,11 +117,16 @@ def device_for_token(value: str) -> int | None:
 
 @require_GET
 def update(request):
-    parts = request.headers.get("Authorization", "").split()
+    parts = request.META.get("HTTP_AUTHORIZATION", "").split()
     if len(parts) != 2 or parts[0].lower() != "bearer":
         return _refused(401, "Device token required.", "not_authenticated",
                         WWW_Authenticate='Bearer realm="devices"')
-    device_pk = device_for_token(parts[1])
+    try:
+        device_pk = device_for_token(parts[1])
+    except DatabaseError:
+        connection.close_if_unusable_or_obsolete()
+        return _refused(503, "Database unavailable; retry later.", "unavailable",
+                        Retry_After=str(settings.DEVICE_RETRY_AFTER_S))
     if device_pk is None:
         return _refused(401, "Unknown or revoked device token.", "authentication_failed",
                         WWW_Authenticate='Bearer realm="devices"')
@@ -111,7 +137,7 @@ def update(request):
         return _refused(429, f"Too many check-ins; retry in {wait} s.", "throttled",
                         Retry_After=str(wait))
     answer = manifests.CheckIn(*cached) if cached else manifests.checkin_for(device_pk)
-    if answer.etag in _etags(request.headers.get("If-None-Match", "")):
+    if answer.etag in _etags(request.META.get("HTTP_IF_NONE_MATCH", "")):
         response = HttpResponse(status=304)
     elif answer.body is None:
         response = HttpResponse(status=204)

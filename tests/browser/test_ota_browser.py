@@ -48,8 +48,10 @@ def test_release_wizard_gate_pause_and_rollback(page, live_server, login, operat
     page.fill("#id_phases", "20, 100")
     page.fill("#id_min_latency_samples", "3")
     page.wait_for_selector("#preview-phases")
-    page.wait_for_function("document.getElementById('preview-total').innerText.includes('10')")
-    assert "2" in page.inner_text("#preview-phases tbody tr:first-child")
+    page.wait_for_function(  # the preview follows the form (debounced): phase 1 = 20 % = 2
+        "document.querySelector('#preview-phases tbody tr:first-child')?.innerText"
+        ".replace(/\\s+/g, ' ').trim() === '1 20 2'")
+    assert "10" in page.inner_text("#preview-total")
     page.click("#start-deployment")
     page.wait_for_selector("#deployment-status[data-status=running]")
     deployment = Deployment.objects.get()

@@ -200,15 +200,35 @@ def test_device_cannot_touch_another_devices_update(fleet, deployed):
 def test_checkin_throttled_with_retry_after(fleet, deployed, settings):
     settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {
         **settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"], "device": "2/min"}}
-    from rest_framework.throttling import SimpleRateThrottle
+    client = bearer(fleet[0][1])
+    codes = [client.get("/api/v1/device/update").status_code for _ in range(3)]
+    assert codes[:2] == [200, 200] and codes[2] == 429
+    assert int(client.get("/api/v1/device/update")["Retry-After"]) > 0
+    assert bearer(fleet[1][1]).get("/api/v1/device/update").status_code == 200  # per device
 
-    SimpleRateThrottle.THROTTLE_RATES = settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]
-    try:
-        client = bearer(fleet[0][1])
-        codes = [client.get("/api/v1/device/update").status_code for _ in range(3)]
-        assert codes[:2] == [200, 200] and codes[2] == 429
-        assert int(client.get("/api/v1/device/update")["Retry-After"]) > 0
-    finally:
-        from rest_framework.settings import api_settings
 
-        SimpleRateThrottle.THROTTLE_RATES = api_settings.DEFAULT_THROTTLE_RATES
+def test_checkin_database_down_is_503_with_retry_after(fleet, deployed, monkeypatch):
+    from django.db import OperationalError
+
+    from ota.api import checkin
+
+    def down(value):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(checkin, "device_for_token", down)
+    response = bearer(fleet[0][1]).get("/api/v1/device/update")
+    assert response.status_code == 503 and int(response["Retry-After"]) > 0
+
+
+def test_checkin_serves_every_slot(fleet, release, v1):
+    from ota import services
+
+    other = services.check_create_release(name="classifier", slot="classifier", variants=[
+        {"name": "default", "model_version": v1.pk}])
+    admin = _admin()
+    services.start_deployment(release, {"devices": [fleet[0][0].uid]}, actor=admin,
+                              phases=[100])
+    services.start_deployment(other, {"devices": [fleet[0][0].uid]}, actor=admin,
+                              phases=[100])
+    body = bearer(fleet[0][1]).get("/api/v1/device/update").json()
+    assert sorted(e["manifest"]["slot"] for e in body["manifests"]) == ["classifier", "default"]
