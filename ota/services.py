@@ -6,13 +6,11 @@ are `Deployment` methods (conditional UPDATEs).
 
 from __future__ import annotations
 
-import json
 import random
-from collections import defaultdict
 from datetime import datetime
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Count, F, Min, Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -23,22 +21,25 @@ from devices.choices import DeviceStatus
 from devices.models import Device, DeviceGroup, HardwareProfile, QueryGroup
 from fleet.roles import Role, has_role
 from ota import manifests, stats
+from ota.assignment import (
+    CHUNK,
+    SUPERSEDABLE,
+    assign_phase,
+    pick_variants,
+    refresh_manifests,
+    variants_by_profile,
+)
 from ota.choices import ACTIVE_STATES, DeploymentKind, DeploymentStatus, UpdateState
 from ota.gates import GateConfig, Verdict, evaluate, phase_targets
 from ota.models import (
     Deployment,
     DeviceUpdate,
-    ManifestSequence,
     Release,
     ReleaseVariant,
     version_label,
 )
 
-CHUNK = 2000
 TARGET_KEYS = {"groups", "query_groups", "tags", "hardware_profiles", "devices"}
-# Superseded by a newer assignment to the same slot: not yet installing.
-SUPERSEDABLE = (UpdateState.QUEUED, UpdateState.PENDING, UpdateState.DOWNLOADING,
-                UpdateState.DOWNLOADED)
 
 
 class OtaError(Exception):
@@ -112,19 +113,6 @@ def _hardware_profile(value) -> HardwareProfile | None:
         raise OtaError("bad_hardware_profile", _("Unknown hardware profile %(v)r.")
                        % {"v": value})
     return found
-
-
-def variants_by_profile(release: Release) -> dict[int | None, list[ReleaseVariant]]:
-    """Hardware profile id (None = generic) → its variants; a device with no
-    variant of its own gets the generic ones."""
-    table: dict[int | None, list[ReleaseVariant]] = defaultdict(list)
-    for variant in release.variants.select_related("model_version__model"):
-        table[variant.hardware_profile_id].append(variant)
-    return table
-
-
-def pick_variants(table, profile_id: int | None) -> list[ReleaseVariant]:
-    return table.get(profile_id) or table.get(None) or []
 
 
 # --- targets --------------------------------------------------------------------------
@@ -262,98 +250,6 @@ def begin(deployment: Deployment, now: datetime) -> bool:
     return True
 
 
-def _claim_versions(count: int) -> int:
-    """First of `count` fresh manifest versions; the row lock orders assignments."""
-    with transaction.atomic():
-        ManifestSequence.objects.get_or_create(pk=1)
-        ManifestSequence.objects.filter(pk=1).update(value=F("value") + count)
-        return ManifestSequence.objects.select_for_update().get(pk=1).value - count + 1
-
-
-def assign_phase(deployment: Deployment, phase: int, now: datetime | None = None) -> int:
-    """Sign and store manifests for the queued devices of phases ≤ `phase`;
-    supersede their older unfinished updates of the same slot."""
-    now = now or timezone.now()
-    signer = manifests.Signer.now(now)
-    table = variants_by_profile(deployment.release) if deployment.kind == DeploymentKind.RELEASE \
-        else None
-    assigned = 0
-    with transaction.atomic():
-        queued = list(deployment.updates.filter(state=UpdateState.QUEUED, phase__lte=phase)
-                      .select_related("device", "model_version__model"))
-        if not queued:
-            return 0
-        first = _claim_versions(len(queued))
-        device_pks = [u.device_id for u in queued]
-        installed = _installed_versions(queued, deployment.slot)
-        for start in range(0, len(device_pks), CHUNK):
-            DeviceUpdate.objects.filter(
-                device_id__in=device_pks[start:start + CHUNK], slot=deployment.slot,
-                state__in=SUPERSEDABLE).exclude(deployment=deployment).update(
-                state=UpdateState.SUPERSEDED, finished_at=now)
-        for offset, update in enumerate(queued):
-            _sign_update(update, deployment, table, signer, first + offset, now, installed)
-            assigned += 1
-        _store_assignments(queued)
-        manifests.forget(device_pks)
-    return assigned
-
-
-def _store_assignments(updates) -> None:
-    """One parameterized UPDATE per row (executemany): bulk_update's CASE WHEN per
-    field cost seconds per thousand rows when assigning a whole fleet."""
-    table = DeviceUpdate._meta.db_table
-    ops = connection.ops
-    rows = [(u.state, u.manifest_version, json.dumps(u.envelope), json.dumps(u.artifacts),
-             ops.adapt_datetimefield_value(u.assigned_at), u.previous_version_id,
-             u.previous_label, ops.adapt_datetimefield_value(timezone.now()), u.pk)
-            for u in updates]
-    with connection.cursor() as cursor:
-        cursor.executemany(
-            f"UPDATE {table} SET state = %s, manifest_version = %s, envelope = %s, "
-            "artifacts = %s, assigned_at = %s, previous_version_id = %s, previous_label = %s, "
-            "updated_at = %s WHERE id = %s", rows)
-
-
-def _slot_inventory(device, slot: str) -> dict:
-    return ((device.inventory or {}).get("models") or {}).get(slot) or {}
-
-
-def _installed_versions(updates, slot: str) -> dict[str, ModelVersion]:
-    """sha256 → ModelVersion of what the devices report installed, in one query."""
-    shas = {_slot_inventory(u.device, slot).get("sha256") for u in updates} - {None, ""}
-    found: dict[str, ModelVersion] = {}
-    for version in ModelVersion.objects.filter(sha256__in=shas).order_by("-pk"):
-        found[version.sha256] = version  # the oldest registration of identical bytes wins
-    return found
-
-
-def _sign_update(update, deployment, table, signer, version: int, now, installed) -> None:
-    device = update.device
-    current = _slot_inventory(device, deployment.slot)
-    if not update.previous_label:
-        update.previous_label = str(current.get("model_version") or "")[:120]
-        update.previous_version = installed.get(current.get("sha256"))
-    if table is None:  # a rollback: the one version this device had before
-        artifacts, default, policy = [manifests.artifact_entry("rollback",
-                                                               update.model_version)], \
-            "rollback", {}
-    else:
-        chosen = pick_variants(table, device.hardware_profile_id)
-        artifacts = [manifests.artifact_entry(v.name, v.model_version) for v in chosen]
-        names = {a["name"] for a in artifacts}
-        default = deployment.release.default_variant
-        default = default if default in names else artifacts[0]["name"]
-        policy = manifests.policy_for(deployment.release.policy, names)
-    update.envelope = signer.envelope(device_uid=device.uid, deployment=deployment,
-                                      version=version, artifacts=artifacts, default=default,
-                                      policy=policy)
-    update.artifacts = [a["sha256"] for a in artifacts]
-    update.manifest_version = version
-    update.state = UpdateState.PENDING
-    update.assigned_at = now
-
-
 def _cancel_unfinished(deployment: Deployment, now) -> None:
     pks = list(deployment.updates.filter(state__in=SUPERSEDABLE)
                .values_list("device_id", flat=True))
@@ -427,6 +323,7 @@ def evaluate_deployments(now: datetime | None = None) -> dict[int, str]:
     for deployment in Deployment.objects.filter(status=DeploymentStatus.RUNNING).select_related(
             "release"):
         outcome[deployment.pk] = evaluate_deployment(deployment, now)
+    refresh_manifests(now)
     return outcome
 
 

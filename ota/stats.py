@@ -50,6 +50,7 @@ def phase_stats(deployment, phase: int, now: datetime) -> PhaseStats:
         soak_elapsed_s=(now - first).total_seconds() if first else 0.0,
     )
     _latency(stats, updates)
+    _confidence(stats, updates)
     return stats
 
 
@@ -74,22 +75,45 @@ def _latency(stats: PhaseStats, updates) -> None:
         points = TelemetryPoint.objects.filter(
             device_id__in=devices, model_version=group["model_label"],
             ts__gte=group["first"] - CLOCK_SKEW, latency_ms__isnull=False)
-        rows = list(points.order_by("-ts").values_list("latency_ms", "extra")[:MAX_SAMPLES])
-        value = p95([r[0] for r in rows])
+        rows = list(points.order_by("-ts").values_list("latency_ms", flat=True)[:MAX_SAMPLES])
+        value = p95(rows)
         ratio = (value / estimate) if value is not None else -1.0
         candidate = (ratio, len(rows), value, estimate, rows)
         if worst is None or candidate[:2] > worst[:2]:
             worst = candidate
     if worst is None:
         return
-    _ratio, samples, value, estimate, rows = worst
+    _ratio, samples, value, estimate, _rows = worst
     stats.p95_latency_ms, stats.latency_samples, stats.estimate_p95_ms = value, samples, estimate
-    confidences = [value for _l, extra in rows if isinstance(extra, dict)
-                   for value in [next((extra[k] for k in CONFIDENCE_KEYS
-                                       if isinstance(extra.get(k), int | float)), None)]
-                   if value is not None]
-    if confidences:
-        stats.confidence_mean = sum(confidences) / len(confidences)
+
+
+def _confidence_of(extra) -> float | None:
+    if not isinstance(extra, dict):
+        return None
+    return next((float(extra[k]) for k in CONFIDENCE_KEYS
+                 if isinstance(extra.get(k), int | float)), None)
+
+
+def _mean_confidence(points) -> float | None:
+    values = [v for v in map(_confidence_of, points.order_by("-ts").values_list(
+        "extra", flat=True)[:MAX_SAMPLES]) if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _confidence(stats: PhaseStats, updates) -> None:
+    """Accuracy proxy: mean top-1 confidence the devices report (telemetry `extra`)
+    on the new version vs the same devices on their previous version before it."""
+    done = updates.filter(state=UpdateState.SUCCEEDED).exclude(previous_label="")
+    rows = list(done.values_list("device_id", "model_label", "previous_label", "assigned_at"))
+    if not rows:
+        return
+    devices = [r[0] for r in rows]
+    first = min(r[3] for r in rows)
+    points = TelemetryPoint.objects.filter(device_id__in=devices, extra__isnull=False)
+    stats.confidence_mean = _mean_confidence(points.filter(
+        model_version__in={r[1] for r in rows}, ts__gte=first - CLOCK_SKEW))
+    stats.baseline_confidence_mean = _mean_confidence(points.filter(
+        model_version__in={r[2] for r in rows}, ts__lt=first))
 
 
 def as_dict(stats: PhaseStats) -> dict:

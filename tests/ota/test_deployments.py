@@ -258,3 +258,39 @@ def test_update_history_partial_lists_device_updates(fleet, release, operator_us
     assert response.status_code == 200
     assert str(update.manifest_version) in response.content.decode()
     assert DeviceUpdate.objects.filter(device=update.device).count() == 1
+
+
+def test_pending_manifests_are_re_signed_before_they_expire(fleet, release, operator_user):
+    deployment = start(release, fleet, operator_user)
+    update = assigned(deployment)[0]
+    old = update.envelope["manifest"]
+    DeviceUpdate.objects.filter(pk=update.pk).update(
+        assigned_at=timezone.now() - timedelta(days=4))
+    services.evaluate_deployments()
+    update.refresh_from_db()
+    new = update.envelope["manifest"]
+    assert new["version"] > old["version"] and new["expires_at"] > old["expires_at"]
+    assert update.state == UpdateState.PENDING
+    assert services.refresh_manifests() == 0  # fresh now: nothing to do
+
+
+def test_confidence_gate_pauses_when_accuracy_proxy_drops(fleet, release, operator_user):
+    deployment = start(release, fleet, operator_user, phases=(20, 100), gates={
+        "max_latency_ratio": None, "max_confidence_drop": 0.05})
+    updates = assigned(deployment)
+    for update in updates:  # before the update: v1 answers with confidence ≈ 0.9
+        telemetry(update.device, "digits:1", [10.0] * 5, extra={"confidence": 0.9})
+    for update in updates:
+        DeviceUpdate.objects.filter(pk=update.pk).update(
+            assigned_at=timezone.now() + timedelta(seconds=1))
+        finish(update)
+    for update in updates:
+        from devices import services as fleet_services
+
+        fleet_services.ingest_telemetry(update.device, [
+            {"seq": 100 + i, "boot_id": "b2", "ts": timezone.now().timestamp() + 2,
+             "model_version": "digits:2", "latency_ms": 10.0, "extra": {"confidence": 0.7}}
+            for i in range(5)])
+    assert services.evaluate_deployment(deployment) == "paused"
+    deployment.refresh_from_db()
+    assert "mean confidence dropped by 0.200" in deployment.pause_reason
