@@ -266,7 +266,7 @@ def test_pending_manifests_are_re_signed_before_they_expire(fleet, release, oper
     old = update.envelope["manifest"]
     DeviceUpdate.objects.filter(pk=update.pk).update(
         assigned_at=timezone.now() - timedelta(days=4))
-    services.evaluate_deployments()
+    services.evaluate_deployments(now=timezone.now() + timedelta(hours=1))
     update.refresh_from_db()
     new = update.envelope["manifest"]
     assert new["version"] > old["version"] and new["expires_at"] > old["expires_at"]
