@@ -144,7 +144,7 @@ def refresh_manifests(now: datetime | None = None) -> int:
         table = variants_by_profile(deployment.release) \
             if deployment.kind == DeploymentKind.RELEASE else None
         with transaction.atomic():
-            stale = list(deployment.updates.select_for_update().filter(
+            stale = list(deployment.updates.select_for_update(of=("self",)).filter(
                 state=UpdateState.PENDING, assigned_at__lt=stale_before)
                 .select_related("device", "model_version__model"))
             if not stale:
