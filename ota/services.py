@@ -389,6 +389,12 @@ def report_status(device: Device, data) -> DeviceUpdate:
         raise OtaError("bad_state", _("Unknown or unreportable state %(s)r.") % {"s": state})
     if not isinstance(version, int) or isinstance(version, bool):
         raise OtaError("bad_version", _("manifest_version must be an integer."))
+    deployment = data.get("deployment")
+    if deployment is not None and (not isinstance(deployment, int) or isinstance(deployment,
+                                                                                  bool)):
+        raise OtaError("bad_deployment", _("deployment must be an integer or null."))
+    if data.get("slot") is not None and not isinstance(data["slot"], str):
+        raise OtaError("bad_slot", _("slot must be a string."))
     updates = DeviceUpdate.objects.filter(device=device, manifest_version=version)
     if data.get("deployment") is not None:
         updates = updates.filter(deployment_id=data.get("deployment"))

@@ -187,6 +187,9 @@ def test_status_report_malformed(fleet, deployed):
     assert client.post("/api/v1/device/update/status", {"state": "downloading",
                                                        "manifest_version": "7"},
                        format="json").status_code == 400
+    for field, value in (("deployment", "abc"), ("slot", ["x"])):
+        bad = report(client, update, "downloading", **{field: value})
+        assert bad.status_code == 400, bad.content
 
 
 def test_device_cannot_touch_another_devices_update(fleet, deployed):
