@@ -5,6 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 HOST ?= 127.0.0.1
+SIM_DEVICES ?= 5
 PYTEST_ARGS ?=
 
 .PHONY: run test lint fmt venv clean messages benchmark-compression
@@ -22,12 +23,19 @@ run: venv
 	$(PY) manage.py bootstrap
 	$(PY) manage.py seed_demo --with-job
 	@echo ""
-	@echo "  EdgeFleet is running at http://$(HOST):$(PORT)/   (Ctrl-C stops web + worker)"
+	@echo "  EdgeFleet is running at http://$(HOST):$(PORT)/   (Ctrl-C stops web, worker, devices)"
+	@echo "  $(SIM_DEVICES) simulated devices in group 'demo' (SIM_DEVICES=0 make run: none)"
 	@echo ""
-	@trap 'kill 0' INT TERM; \
+	@if [ "$(SIM_DEVICES)" -gt 0 ]; then TOKEN=$$($(PY) manage.py demo_enrollment_token) || exit 1; fi; \
+	trap 'kill 0' INT TERM; \
 	  DEBUG=$${DEBUG:-1} $(VENV)/bin/celery -A fleet worker -B -Q default,compression \
 	      --concurrency 2 --loglevel INFO -s var/celerybeat-schedule & \
 	  DEBUG=$${DEBUG:-1} $(PY) manage.py runserver $(HOST):$(PORT) --noreload & \
+	  if [ "$(SIM_DEVICES)" -gt 0 ]; then \
+	    $(PY) -m devices.agent.simulate --server http://$(HOST):$(PORT) \
+	        --enrollment-token $$TOKEN --devices $(SIM_DEVICES) --state-file var/sim-fleet.json \
+	        --uid-prefix demo --preinstalled digits-cnn:1 & \
+	  fi; \
 	  wait
 
 test: venv

@@ -56,15 +56,42 @@ VARIANT_SPEED = {"int8": 0.45, "fp16": 0.75, "pruned": 0.8}
 class Stats:
     def __init__(self):
         self.counts = collections.Counter()
+        # endpoint -> Counter of latencies in 0.1 ms steps: exact percentiles to
+        # 0.1 ms in bounded memory, however long the fleet runs.
+        self.latency: dict[str, collections.Counter] = collections.defaultdict(
+            collections.Counter)
         self.lock = threading.Lock()
 
     def add(self, name: str, n: int = 1) -> None:
         with self.lock:
             self.counts[name] += n
 
+    def timed(self, endpoint: str, began: float) -> None:
+        """Record one request to `endpoint` that started at perf_counter `began`."""
+        tenths = round((time.perf_counter() - began) * 10_000)
+        with self.lock:
+            self.latency[endpoint][tenths] += 1
+
+    def latency_summary(self) -> dict:
+        with self.lock:
+            return {endpoint: _percentiles(hist) for endpoint, hist in sorted(self.latency.items())}
+
     def as_dict(self) -> dict:
         with self.lock:
             return dict(sorted(self.counts.items()))
+
+
+def _percentiles(hist: collections.Counter) -> dict:
+    total = sum(hist.values())
+    out = {"count": total}
+    wanted = [("p50_ms", 0.50), ("p95_ms", 0.95), ("p99_ms", 0.99), ("max_ms", 1.0)]
+    seen, index = 0, 0
+    for tenths in sorted(hist):
+        seen += hist[tenths]
+        while index < len(wanted) and seen >= math.ceil(wanted[index][1] * total):
+            out[wanted[index][0]] = tenths / 10
+            index += 1
+    return out
 
 
 class FlakyClient(Client):
@@ -103,6 +130,13 @@ class SimDevice:
         self.pacer = Pacer(options.poll_interval_s, rng=self.rng)
         self.next_poll = time.monotonic() + self.rng.uniform(0, options.poll_interval_s)
         self.next_telemetry = time.monotonic() + self.rng.uniform(0, options.telemetry_interval_s)
+        if options.preinstalled:
+            # A factory-installed model: telemetry flows before any deployment.
+            factory = {"name": "factory", "sha256": "", "size": 0,
+                       "model_version": options.preinstalled}
+            self.installed["default"] = {"payload": {"version": 0, "default": "factory",
+                                                     "artifacts": [factory]}}
+            self.first_variants = {"factory"}
         self.client = self._client()
 
     def _client(self) -> Client:
@@ -122,7 +156,10 @@ class SimDevice:
             except Unreachable:
                 self.stats.add("enroll_unreachable")
             if not self.token:
-                return now + self.pacer.failure()
+                # No advised interval yet: retry soon (a server still starting, as
+                # under `make run`), backing off with jitter to about 30 s.
+                backoff = self.rng.uniform(1, 2) * 2 ** min(self.pacer.failures, 4)
+                return now + min(self.pacer.failure(), backoff)
         if now >= self.next_poll:
             self.check_in()
         if now >= self.next_telemetry:
@@ -140,10 +177,12 @@ class SimDevice:
         if self.options.uid_prefix:
             facts["uid"] = f"{self.options.uid_prefix}-{self.index:05d}"
         facts["name"] = f"simulated {self.index}"
+        began = time.perf_counter()
         response = self.client.post("/api/v1/device/enroll",
                                     {"token": self.options.enrollment_token,
                                      "enrollment_token": self.options.enrollment_token,
                                      "facts": facts})
+        self.stats.timed("enroll", began)
         if response.status not in (200, 201):
             self.stats.add(f"enroll_http_{response.status}")
             return
@@ -165,12 +204,14 @@ class SimDevice:
     def check_in(self) -> None:
         started = datetime.now(UTC)
         headers = {"If-None-Match": self.etag} if self.etag else {}
+        began = time.perf_counter()
         try:
             response = self.client.request("GET", "/api/v1/device/update", headers=headers)
         except Unreachable:
             self.stats.add("checkin_unreachable")
             self.next_poll = time.monotonic() + self.pacer.failure()
             return
+        self.stats.timed("checkin", began)
         self.stats.add(f"checkin_{response.status}")
         if response.status not in (200, 204, 304):
             self.next_poll = time.monotonic() + self.pacer.failure(response.retry_after)
@@ -322,11 +363,13 @@ class SimDevice:
                     lambda entry, k=kind: entry[0] == k, self.outbox)][:500]
                 path = f"/api/v1/device/{kind}"
                 body = {"boot_id": self.boot_id, "batch": batch, "dropped": self.dropped}
+            began = time.perf_counter()
             try:
                 response = self.client.post(path, body)
             except Unreachable:
                 self.stats.add("report_unreachable")
                 return
+            self.stats.timed(kind, began)
             if response.status >= 500 or response.status == 429:
                 self.stats.add(f"report_http_{response.status}")
                 return
@@ -397,7 +440,8 @@ class Fleet:
         self.save()
         return {"devices": len(self.devices),
                    "enrolled": sum(1 for d in self.devices if d.token),
-                   "faulty": sum(1 for d in self.devices if d.faults), **self.stats.as_dict()}
+                   "faulty": sum(1 for d in self.devices if d.faults), **self.stats.as_dict(),
+                   "latency": self.stats.latency_summary()}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -417,6 +461,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--base-latency-ms", type=float, default=25)
     p.add_argument("--hardware-profile", help="hardware profile slug sent at enrollment")
     p.add_argument("--uid-prefix", help="ask for uids PREFIX-00000…; default: server picks")
+    p.add_argument("--preinstalled", metavar="MODEL_VERSION",
+                   help="devices start with this model version installed (factory image), "
+                        "so they report telemetry before any deployment")
     p.add_argument("--state-file", help="keep credentials here to reuse devices across runs")
     p.add_argument("--buffer-cap", type=int, default=1000)
     p.add_argument("--concurrency", type=int, default=16)
