@@ -108,7 +108,9 @@ def main() -> None:
     server = h.start_gunicorn(env, port, args.workers, args.threads)
     roles = {"web (gunicorn)": lambda c: "gunicorn" in c and f"127.0.0.1:{port}" in c,
              "simulator": lambda c: "devices.agent.simulate" in c,
-             "postgres": lambda c: c.startswith("postgres"),
+             # Backends that exit before the second snapshot (connections recycled
+             # after DB_CONN_MAX_AGE) are not counted: a lower bound.
+             "postgres (lower bound)": lambda c: c.startswith("postgres"),
              "redis": lambda c: "redis-server" in c}
     command = [h.PYTHON, "-m", "devices.agent.simulate", "--server", f"http://127.0.0.1:{port}",
                "--enrollment-token", enrollment, "--devices", str(args.devices),
