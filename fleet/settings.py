@@ -190,6 +190,7 @@ if AWS_STORAGE_BUCKET_NAME:
         "BACKEND": "storages.backends.s3.S3Storage",
         "OPTIONS": {
             "bucket_name": AWS_STORAGE_BUCKET_NAME,
+            "location": env_str("AWS_LOCATION", ""),  # key prefix inside the bucket
             "endpoint_url": env_str("AWS_S3_ENDPOINT_URL") or None,
             "access_key": env_str("AWS_ACCESS_KEY_ID") or None,
             "secret_key": env_str("AWS_SECRET_ACCESS_KEY") or None,

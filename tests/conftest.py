@@ -79,8 +79,17 @@ def _s3_bucket():
 
 
 @pytest.fixture(autouse=True)
-def _isolated_local_storage(settings, tmp_path):
-    """Local-filesystem storage per test, so a test can prove storage stayed clean."""
+def _isolated_local_storage(settings, tmp_path, monkeypatch):
+    """Storage per test (a directory, or a key prefix in the S3 bucket), so a test
+    can prove storage stayed clean; worker subprocesses inherit the prefix via env."""
+    if settings.STORAGES["default"]["BACKEND"].endswith("S3Storage"):
+        import uuid
+
+        prefix = f"t-{uuid.uuid4().hex[:12]}"
+        monkeypatch.setenv("AWS_LOCATION", prefix)
+        options = {**settings.STORAGES["default"]["OPTIONS"], "location": prefix}
+        settings.STORAGES = {**settings.STORAGES,
+                             "default": {**settings.STORAGES["default"], "OPTIONS": options}}
     if settings.STORAGES["default"]["BACKEND"].endswith("FileSystemStorage"):
         media = tmp_path / "media"
         settings.STORAGES = {
