@@ -29,11 +29,11 @@ run: venv
 	@if [ "$(SIM_DEVICES)" -gt 0 ]; then TOKEN=$$($(PY) manage.py demo_enrollment_token) || exit 1; fi; \
 	trap 'kill 0' INT TERM; \
 	  DEBUG=$${DEBUG:-1} $(VENV)/bin/celery -A fleet worker -B -Q default,compression \
-	      --concurrency 2 --loglevel INFO -s var/celerybeat-schedule & \
+	      --concurrency 2 --loglevel INFO -s $${EDGEFLEET_VAR_DIR:-var}/celerybeat-schedule & \
 	  DEBUG=$${DEBUG:-1} $(PY) manage.py runserver $(HOST):$(PORT) --noreload & \
 	  if [ "$(SIM_DEVICES)" -gt 0 ]; then \
 	    $(PY) -m devices.agent.simulate --server http://$(HOST):$(PORT) \
-	        --enrollment-token $$TOKEN --devices $(SIM_DEVICES) --state-file var/sim-fleet.json \
+	        --enrollment-token $$TOKEN --devices $(SIM_DEVICES) --state-file $${EDGEFLEET_VAR_DIR:-var}/sim-fleet.json \
 	        --uid-prefix demo --preinstalled digits-cnn:1 & \
 	  fi; \
 	  wait
