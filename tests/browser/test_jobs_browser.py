@@ -25,7 +25,11 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(240),
 
 @pytest.fixture
 def worker(tmp_path, settings):
-    media = Path(settings.STORAGES["default"]["OPTIONS"].get("location", tmp_path / "media"))
+    # Local storage: the worker shares this test's media directory. On S3 the
+    # "location" option is a key prefix (inherited through AWS_LOCATION), not a path.
+    default = settings.STORAGES["default"]
+    media = (Path(default["OPTIONS"]["location"])
+             if default["BACKEND"].endswith("FileSystemStorage") else tmp_path / "media")
     media.mkdir(parents=True, exist_ok=True)
     settings.EDGEFLEET_JOB_DIR = tmp_path / "jobs"
     env = {
