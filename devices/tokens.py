@@ -25,12 +25,20 @@ def digest(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
-def find(queryset, value: str):
-    """The row of `queryset` whose hash matches `value`, or None."""
+def lookup_key(value: str) -> tuple[str, str] | None:
+    """(prefix, sha256) to look a token up by, or None for a value that cannot be one."""
     if not isinstance(value, str) or len(value) < PREFIX_LEN + 8 or len(value) > 200:
         return None
-    wanted = digest(value)
-    for row in queryset.filter(prefix=value[:PREFIX_LEN]):
+    return value[:PREFIX_LEN], digest(value)
+
+
+def find(queryset, value: str):
+    """The row of `queryset` whose hash matches `value`, or None."""
+    key = lookup_key(value)
+    if key is None:
+        return None
+    prefix, wanted = key
+    for row in queryset.filter(prefix=prefix):
         if hmac.compare_digest(row.token_hash, wanted):
             return row
     return None

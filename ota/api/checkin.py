@@ -10,7 +10,6 @@ throttle history cost more than the whole answer.
 
 from __future__ import annotations
 
-import hmac
 import random
 import time
 from functools import lru_cache
@@ -21,9 +20,7 @@ from django.db import DatabaseError, connection
 from django.http import HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 
-from devices import tokens
-from devices.choices import DeviceStatus
-from devices.models import Device, DeviceCredential
+from devices.auth import device_for_token
 from ota import manifests
 
 PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -84,35 +81,6 @@ def count_and_fetch(device_pk: int, period: int) -> tuple[int, tuple | None]:
     except ValueError:  # expired between add and incr
         count = 1
     return count, cache.get(answer_key)
-
-
-AUTH_SQL = (
-    f"SELECT c.token_hash, d.id, d.status FROM {DeviceCredential._meta.db_table} c "
-    f"JOIN {Device._meta.db_table} d ON d.id = c.device_id "
-    "WHERE c.prefix = %s AND c.revoked_at IS NULL"
-)
-
-
-def device_for_token(value: str) -> int | None:
-    """The device id of a live credential: the same rule as `devices.auth.authenticate_token`
-    (prefix lookup, constant-time hash compare, revoked credential or device refused) in
-    one raw query, because building two ORM instances per poll cost more than the poll.
-    """
-    if not isinstance(value, str) or len(value) < tokens.PREFIX_LEN + 8 or len(value) > 200:
-        return None
-    wanted = tokens.digest(value)
-    # Skip the per-request `SELECT 1` of CONN_HEALTH_CHECKS: it doubles this endpoint's
-    # database round trips. A dead connection fails this one query instead (503 below);
-    # Django then drops the connection at the end of the request and the next poll
-    # reconnects, which is the recovery the health check would have given.
-    connection.health_check_done = True
-    with connection.cursor() as cursor:
-        cursor.execute(AUTH_SQL, [value[:tokens.PREFIX_LEN]])
-        rows = cursor.fetchall()
-    for token_hash, device_pk, status in rows:
-        if hmac.compare_digest(token_hash, wanted):
-            return None if status == DeviceStatus.REVOKED else device_pk
-    return None
 
 
 @require_GET
