@@ -16,4 +16,4 @@ RUN pip install --no-cache-dir . && mkdir -p /var/lib/edgefleet \
 RUN useradd --system --home /var/lib/edgefleet edgefleet && chown -R edgefleet /var/lib/edgefleet
 USER edgefleet
 EXPOSE 8000
-CMD ["gunicorn", "fleet.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "4", "--timeout", "120"]
+CMD ["gunicorn", "-c", "python:fleet.gunicorn", "fleet.wsgi:application"]

@@ -1,9 +1,9 @@
 """What a benchmark needs around the code it measures: a scratch PostgreSQL
 database, a gunicorn server on loopback, CPU accounting by process role.
 
-The same approach as `benchmarks/ingest.py` and `benchmarks/checkin.py`
-(which keep their own copies); import this after the `sys.path` fix those
-files start with, so `benchmarks/compression.py` does not shadow the app.
+Shared by `benchmarks/ingest.py`, `checkin.py` and `fleet.py`; import it after
+the `sys.path` fix those files start with, so `benchmarks/compression.py` does
+not shadow the app.
 """
 
 from __future__ import annotations
@@ -34,6 +34,24 @@ def recreate_database(name: str) -> str:
     return PG_ADMIN.rsplit("/", 1)[0] + "/" + name
 
 
+def redis_url(db: int) -> str | None:
+    """REDIS_URL if set, else a scratch database `db` of the local Redis (flushed):
+    the cache production runs with. None when no Redis answers."""
+    url = os.environ.get("REDIS_URL")
+    if url:
+        return url
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=1):
+            pass
+    except OSError:
+        return None
+    import redis
+
+    url = f"redis://127.0.0.1:6379/{db}"
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -42,12 +60,12 @@ def free_port() -> int:
 
 def start_gunicorn(env: dict, port: int, workers: int, threads: int = 1,
                    timeout_s: float = 60) -> subprocess.Popen:
-    """gunicorn serving fleet.wsgi on 127.0.0.1:port, in its own process group."""
+    """gunicorn with the production settings (fleet/gunicorn.py) serving fleet.wsgi
+    on 127.0.0.1:port, in its own process group."""
     proc = subprocess.Popen(
-        [PYTHON, "-m", "gunicorn", "fleet.wsgi", "-b", f"127.0.0.1:{port}", "-w", str(workers),
-         "--worker-class", "gthread" if threads > 1 else "sync", "--threads", str(threads),
-         "--log-level", "warning", "--keep-alive", "30", "--timeout", "120",
-         "--backlog", "4096"],
+        [PYTHON, "-m", "gunicorn", "-c", "python:fleet.gunicorn", "fleet.wsgi",
+         "-b", f"127.0.0.1:{port}", "-w", str(workers), "--threads", str(threads),
+         "--log-level", "warning", "--backlog", "4096"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         start_new_session=True)
     deadline = time.time() + timeout_s

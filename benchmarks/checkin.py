@@ -15,7 +15,7 @@ Target (issue 6): check-in ≥ 0.5 × bare throughput, p99 < 50 ms. Loopback onl
 a scratch database `edgefleet_bench_checkin` is dropped and recreated.
 
     .venv/bin/python benchmarks/checkin.py [--devices 100000] [--assigned 10000]
-        [--seconds 10] [--connections 16] [--workers 3] [--threads 4]
+        [--seconds 10] [--connections 16] [--workers N] [--threads N]
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ import random  # noqa: E402
 import re  # noqa: E402
 import resource  # noqa: E402
 import shutil  # noqa: E402
-import signal  # noqa: E402
 import socket  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -45,9 +44,10 @@ import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 
+from benchmarks import _harness as h  # noqa: E402
+
 ROOT = _HERE.parent
 PYTHON = sys.executable
-PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgres://postgres@127.0.0.1:5432/postgres")
 BENCH_DB = "edgefleet_bench_checkin"
 BARE_PATH = "/api/v1/bench/bare"
 CHECKIN_PATH = "/api/v1/device/update"
@@ -87,10 +87,14 @@ def serve(port: int, workers: int, threads: int) -> None:
 
     class Server(BaseApplication):
         def load_config(self):
-            for key, value in {"bind": f"127.0.0.1:{port}", "workers": workers,
-                               "worker_class": "gthread", "threads": threads,
-                               "keepalive": 30, "loglevel": "warning", "preload_app": True,
-                               "timeout": 120}.items():
+            # The production settings (fleet/gunicorn.py), on loopback.
+            from fleet import gunicorn as production
+
+            names = ("worker_class", "keepalive", "timeout", "backlog")
+            config = {name: getattr(production, name) for name in names}
+            config.update({"bind": f"127.0.0.1:{port}", "workers": workers, "threads": threads,
+                           "loglevel": "warning", "preload_app": True})
+            for key, value in config.items():
                 self.cfg.set(key, value)
 
         def load(self):
@@ -99,10 +103,6 @@ def serve(port: int, workers: int, threads: int) -> None:
     Server().run()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_server(env: dict, port: int, workers: int, threads: int) -> subprocess.Popen:
@@ -124,25 +124,9 @@ def start_server(env: dict, port: int, workers: int, threads: int) -> subprocess
     raise RuntimeError("server did not start: " + proc.stderr.read().decode()[-3000:])
 
 
-def stop(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
 
 
 # --- data ----------------------------------------------------------------------------------
-def recreate_database() -> str:
-    import psycopg2
-
-    admin = psycopg2.connect(PG_ADMIN)
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-        cursor.execute(f"CREATE DATABASE {BENCH_DB}")
-    admin.close()
-    return PG_ADMIN.rsplit("/", 1)[0] + "/" + BENCH_DB
 
 
 def seed_devices(n: int) -> dict[str, str]:
@@ -196,29 +180,16 @@ def deploy(uids: list[str]) -> tuple[float, int]:
     return time.perf_counter() - began, deployment.pk
 
 
-def cpu_seconds() -> dict[str, float]:
-    """CPU time so far of the web server, the PostgreSQL backends serving the scratch
-    database, Redis and wrk (other sessions may use the same PostgreSQL and Redis)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    totals = {"web": 0.0, "postgres": 0.0, "redis": 0.0, "wrk": 0.0}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        used = (int(fields[11]) + int(fields[12])) / tick
-        if "--serve" in cmd and "checkin.py" in cmd:
-            totals["web"] += used
-        elif cmd.startswith("postgres") and BENCH_DB in cmd:  # our backends only
-            totals["postgres"] += used
-        elif "redis-server" in cmd:
-            totals["redis"] += used
-        elif cmd.startswith("wrk"):
-            totals["wrk"] += used
-    return totals
+
+
+# CPU time of the web server, the PostgreSQL backends serving the scratch database,
+# Redis and wrk (other sessions may use the same PostgreSQL and Redis).
+CPU_ROLES = {
+    "web": lambda cmd: "--serve" in cmd and "checkin.py" in cmd,
+    "postgres": lambda cmd: cmd.startswith("postgres") and BENCH_DB in cmd,
+    "redis": lambda cmd: "redis-server" in cmd,
+    "wrk": lambda cmd: cmd.startswith("wrk"),
+}
 
 
 # --- load ------------------------------------------------------------------------------------
@@ -329,6 +300,8 @@ def run_python(port: int, path: str, items: list[tuple[str, str]], seconds: int,
 
 
 def main() -> None:
+    from fleet import gunicorn as production
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--devices", type=int, default=100_000)
     parser.add_argument("--assigned", type=int, default=10_000)
@@ -338,16 +311,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved rounds; medians are reported")
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=3, help="gunicorn workers")
-    parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
+    parser.add_argument("--workers", type=int, default=production.workers,
+                        help="gunicorn workers (default: fleet/gunicorn.py's)")
+    parser.add_argument("--threads", type=int, default=production.threads,
+                        help="threads per gunicorn worker (default: fleet/gunicorn.py's)")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(args.serve, args.workers, args.threads)
         return
 
-    db_url = recreate_database()
+    db_url = h.recreate_database(BENCH_DB)
+    redis_url = h.redis_url(8)
     env = {**os.environ, "DATABASE_URL": db_url, "DEBUG": "0", "LOG_LEVEL": "WARNING",
+           **({"REDIS_URL": redis_url} if redis_url else {}),
            "THROTTLE_DEVICE": "1000000/min", "DJANGO_SETTINGS_MODULE": "fleet.settings"}
     env.pop("MQTT_URL", None)
     os.environ.update(env)
@@ -375,9 +352,9 @@ def main() -> None:
     etags = {uid: manifests.checkin_for(pk).etag for uid, pk in pks.items()}
     pollers = list(etags)
     idle = uids[args.assigned:args.assigned + args.pollers]
-    cache_backend = "Redis" if os.environ.get("REDIS_URL") else "local memory"
+    cache_backend = f"Redis {redis_url}" if redis_url else "local memory (no Redis)"
 
-    port = free_port()
+    port = h.free_port()
     server = start_server(env, port, args.workers, args.threads)
     run = run_wrk if shutil.which("wrk") else run_python
     scenarios = [
@@ -395,18 +372,20 @@ def main() -> None:
         for _ in range(args.rounds):
             row = []
             for _name, path, items in scenarios:
-                before, children = cpu_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN)
+                before = h.process_cpu_seconds(CPU_ROLES)
+                children = resource.getrusage(resource.RUSAGE_CHILDREN)
                 result = run(port, path, items, args.seconds, args.connections, 2)
-                after, done = cpu_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN)
+                used = h.cpu_delta(before, h.process_cpu_seconds(CPU_ROLES))
+                done = resource.getrusage(resource.RUSAGE_CHILDREN)
                 # wrk exits before /proc can be read: its CPU is in our children's rusage.
-                after["wrk"] = before["wrk"] + (done.ru_utime + done.ru_stime
-                                                - children.ru_utime - children.ru_stime)
-                result["cpu_ms"] = {k: (after[k] - before[k]) * 1000 / max(result["requests"], 1)
-                                    for k in after}
+                used["wrk"] = (done.ru_utime + done.ru_stime
+                               - children.ru_utime - children.ru_stime)
+                result["cpu_ms"] = {k: v * 1000 / max(result["requests"], 1)
+                                    for k, v in used.items()}
                 row.append(result)
             rounds.append(row)
     finally:
-        stop(server)
+        h.stop(server)
     results = []
     for index, (name, _path, _items) in enumerate(scenarios):
         runs = [r[index] for r in rounds]

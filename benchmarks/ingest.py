@@ -29,7 +29,6 @@ import io  # noqa: E402
 import json  # noqa: E402
 import multiprocessing  # noqa: E402
 import os  # noqa: E402
-import signal  # noqa: E402
 import socket  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -38,30 +37,17 @@ import time  # noqa: E402
 import uuid  # noqa: E402
 from datetime import timedelta  # noqa: E402
 
+from benchmarks import _harness as h  # noqa: E402
+
 ROOT = _HERE.parent
 PYTHON = sys.executable
-PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgres://postgres@127.0.0.1:5432/postgres")
 BENCH_DB = "edgefleet_bench"
 MQTT_URL = os.environ.get("BENCH_MQTT_URL", "mqtt://127.0.0.1:1883")
 BATCH = 500
 
 
-def recreate_database() -> str:
-    import psycopg2
-
-    admin = psycopg2.connect(PG_ADMIN)
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-        cursor.execute(f"CREATE DATABASE {BENCH_DB}")
-    admin.close()
-    return PG_ADMIN.rsplit("/", 1)[0] + "/" + BENCH_DB
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def make_batches(boot: str, n_points: int, resend_every: int) -> tuple[list[bytes], int]:
@@ -173,51 +159,19 @@ def _http_client(port, devices, n_points, resend_every, start_at, queue) -> None
                "resent": sum(w[2] for w in work), "requests": sum(len(w[1]) for w in work)})
 
 
-def start_gunicorn(env: dict, port: int, workers: int) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [PYTHON, "-m", "gunicorn", "fleet.wsgi", "-b", f"127.0.0.1:{port}", "-w", str(workers),
-         "--log-level", "warning", "--keep-alive", "30", "--timeout", "120"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        start_new_session=True)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return proc
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("gunicorn did not start: " + proc.stderr.read().decode()[-2000:])
 
 
-def stop(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
 
 
-def cpu_seconds() -> dict[str, float]:
-    """CPU time so far of the processes sharing the machine, by role."""
-    import psutil
 
-    totals = {"web": 0.0, "postgres": 0.0, "clients": 0.0, "bridge": 0.0, "mosquitto": 0.0}
-    for proc in psutil.process_iter(["name", "cmdline", "cpu_times"]):
-        cmd = " ".join(proc.info["cmdline"] or [])
-        times = proc.info["cpu_times"]
-        if times is None:
-            continue
-        used = times.user + times.system
-        if "gunicorn" in cmd:
-            totals["web"] += used
-        elif proc.info["name"] == "postgres" or cmd.startswith("postgres"):
-            totals["postgres"] += used
-        elif "mqtt_bridge" in cmd:
-            totals["bridge"] += used
-        elif proc.info["name"] == "mosquitto":
-            totals["mosquitto"] += used
-    return totals
+
+# CPU time by role (PostgreSQL: every backend; the scratch database is the only busy one).
+CPU_ROLES = {
+    "web": lambda cmd: "gunicorn" in cmd,
+    "postgres": lambda cmd: cmd.startswith("postgres"),
+    "bridge": lambda cmd: "mqtt_bridge" in cmd,
+    "mosquitto": lambda cmd: cmd.startswith(("mosquitto", "/usr/sbin/mosquitto")),
+}
 
 
 def bench_http(env, devices, args) -> dict:
@@ -225,8 +179,8 @@ def bench_http(env, devices, args) -> dict:
 
     from devices.models import TelemetryPoint
 
-    port = free_port()
-    server = start_gunicorn(env, port, args.workers)
+    port = h.free_port()
+    server = h.start_gunicorn(env, port, args.workers, args.threads)
     per_device = args.points // len(devices)
     chunks = [devices[i::args.clients] for i in range(args.clients)]
     queue: multiprocessing.Queue = multiprocessing.Queue()
@@ -239,13 +193,13 @@ def bench_http(env, devices, args) -> dict:
             proc.start()
         while time.time() < start_at:
             time.sleep(0.01)
-        cpu_before = cpu_seconds()
+        cpu_before = h.process_cpu_seconds(CPU_ROLES)
         results = [queue.get(timeout=900) for _ in procs]
-        cpu_after = cpu_seconds()
+        cpu_after = h.process_cpu_seconds(CPU_ROLES)
         for proc in procs:
             proc.join()
     finally:
-        stop(server)
+        h.stop(server)
     seconds = max(r["ended"] for r in results) - min(r["began"] for r in results)
     unique = per_device * len(devices)
     stored = TelemetryPoint.objects.filter(device__uid__startswith="http-").count()
@@ -256,7 +210,7 @@ def bench_http(env, devices, args) -> dict:
             "resent_batches": sum(r["resent"] for r in results),
             "requests": sum(r["requests"] for r in results),
             "retries": sum(r["retries"] for r in results),
-            "cpu": {k: cpu_after[k] - cpu_before[k] for k in cpu_after},
+            "cpu": h.cpu_delta(cpu_before, cpu_after),
             "client_cpu": sum(r["cpu"] for r in results)}
 
 
@@ -342,7 +296,7 @@ def bench_mqtt(env, devices, n_points_total: int) -> dict:
         ended = time.time()
         publisher.join()
     finally:
-        stop(bridge)
+        h.stop(bridge)
     seconds = ended - result["began"]
     return {"expected": expected, "stored": stored, "seconds": seconds,
             "points_per_s": stored / seconds}
@@ -431,7 +385,12 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=1_000_000)
     parser.add_argument("--devices", type=int, default=16)
     parser.add_argument("--clients", type=int, default=2, help="client processes")
-    parser.add_argument("--workers", type=int, default=3, help="gunicorn workers")
+    from fleet import gunicorn as production
+
+    parser.add_argument("--workers", type=int, default=production.workers,
+                        help="gunicorn workers (default: fleet/gunicorn.py's)")
+    parser.add_argument("--threads", type=int, default=production.threads,
+                        help="threads per gunicorn worker (default: fleet/gunicorn.py's)")
     parser.add_argument("--resend-every", type=int, default=10,
                         help="resend every Nth batch (0: none)")
     parser.add_argument("--mqtt-points", type=int, default=400_000)
@@ -442,8 +401,10 @@ def main() -> None:
     parser.add_argument("--skip-pages", action="store_true")
     args = parser.parse_args()
 
-    db_url = recreate_database()
+    db_url = h.recreate_database(BENCH_DB)
+    redis_url = h.redis_url(9)
     env = {**os.environ, "DATABASE_URL": db_url, "DEBUG": "0", "LOG_LEVEL": "WARNING",
+           **({"REDIS_URL": redis_url} if redis_url else {}),
            "THROTTLE_DEVICE": "1000000/min", "DEVICE_MAX_INFLIGHT_INGEST": "64",
            "DJANGO_SETTINGS_MODULE": "fleet.settings"}
     env.pop("MQTT_URL", None)
@@ -453,12 +414,13 @@ def main() -> None:
 
     django.setup()
 
-    print(f"# EdgeFleet ingest benchmark · {os.cpu_count()} CPUs · PostgreSQL {BENCH_DB}")
+    print(f"# EdgeFleet ingest benchmark · {os.cpu_count()} CPUs · PostgreSQL {BENCH_DB} · "
+          f"cache {redis_url or 'local memory (no Redis)'}")
     http_devices = enroll_devices("http", args.devices)
     result = bench_http(env, http_devices, args)
     exact = result["stored"] == result["unique"]
-    print(f"\nHTTP: {args.devices} devices, batches of {BATCH}, {args.workers} gunicorn workers, "
-          f"{args.clients} client processes")
+    print(f"\nHTTP: {args.devices} devices, batches of {BATCH}, gunicorn {args.workers} "
+          f"workers × {args.threads} threads, {args.clients} client processes")
     print(f"  requests {result['requests']} (resent batches {result['resent_batches']}, "
           f"429/503 retries {result['retries']})")
     print(f"  unique points {result['unique']:,}  stored {result['stored']:,}  "

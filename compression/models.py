@@ -84,6 +84,11 @@ class ModelVersion(models.Model):
         return f"v{self.number}" + (f" ({recipe})" if recipe else "")
 
     @property
+    def device_label(self) -> str:
+        """How devices name this version in inventory and telemetry (`digits:3`)."""
+        return f"{self.model.name}:{self.number}"
+
+    @property
     def download_name(self) -> str:
         return f"{self.model.name}-v{self.number}.onnx"
 

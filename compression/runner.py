@@ -38,6 +38,7 @@ from compression.engine.benchmark import host_info
 from compression.engine.errors import Cancelled, EngineError
 from compression.models import Candidate, CompressionJob, ModelVersion
 from compression.progress import ProgressReporter
+from devices import services as device_services
 
 log = logging.getLogger(__name__)
 
@@ -210,12 +211,19 @@ def _store_candidates(job: CompressionJob, report: dict, reporter: ProgressRepor
                 "chosen": cand["recipe"] == report.get("chosen"),
             },
         )
+        version = None
         if cand["recipe"] == "fp32":
-            Candidate.objects.filter(pk=row.pk).update(version=job.source)
-        elif cand.get("path") and row.version_id is None:
+            version = job.source
+            Candidate.objects.filter(pk=row.pk).update(version=version)
+        elif cand.get("path") and row.version_id is not None:  # an earlier attempt's
+            version = row.version
+        elif cand.get("path"):
             reporter(i / max(1, len(results)), _("registering %(r)s") % {"r": cand["recipe"]})
             version = _register_variant(job, cand)
             Candidate.objects.filter(pk=row.pk).update(version=version)
+        if version is not None:  # what latency alerts and rollout gates compare devices with
+            p95 = (cand.get("metrics") or {}).get("p95_ms")
+            device_services.record_latency_estimate(version.device_label, job.hardware_profile, p95)
 
 
 def _register_variant(job: CompressionJob, cand: dict) -> ModelVersion:

@@ -17,6 +17,7 @@ from django.db import connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from devices import authcache
 from devices.choices import AlertKind, AlertState, DeviceStatus
 from devices.models import (
     Alert,
@@ -150,6 +151,7 @@ def _open_alert(device_id: int, kind: str, message: str, **detail) -> bool:
 
 def detect_offline(now: datetime | None = None) -> int:
     """Mark online devices silent past their group's threshold offline; open alerts."""
+    authcache.flush_presence()  # check-ins noted in Redis count as contact
     now = now or timezone.now()
     thresholds = {g.pk: g.offline_threshold_s for g in DeviceGroup.objects.all()}
     thresholds[None] = settings.DEVICE_OFFLINE_AFTER_S

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 import time
@@ -13,7 +14,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from devices import ingest, tokens
+from devices import authcache, ingest, tokens
 from devices.choices import AlertKind, AlertState, DeviceStatus
 from devices.models import (
     Alert,
@@ -23,6 +24,7 @@ from devices.models import (
     DropReport,
     EnrollmentToken,
     HardwareProfile,
+    LatencyBaseline,
     Tag,
 )
 
@@ -222,12 +224,27 @@ def ingest_logs(device: Device, batch, *, dropped=0) -> ingest.IngestResult:
     return _ingest(ingest.LOGS, device, batch, dropped)
 
 
+# --- estimates -------------------------------------------------------------------------
+def record_latency_estimate(model_version: str, profile: HardwareProfile | None,
+                            p95_ms) -> bool:
+    """Remember the benchmark p95 of a version label on a hardware profile: what
+    latency alerts and OTA gates compare on-device measurements with."""
+    if (profile is None or isinstance(p95_ms, bool) or not isinstance(p95_ms, int | float)
+            or not math.isfinite(p95_ms) or p95_ms <= 0):
+        return False
+    LatencyBaseline.objects.update_or_create(
+        model_version=model_version, hardware_profile=profile,
+        defaults={"p95_ms": float(p95_ms)})
+    return True
+
+
 # --- administration --------------------------------------------------------------------
 def revoke_device(device: Device) -> int:
     """Revoke every credential of the device: its next request gets 401."""
     with transaction.atomic():
-        count = DeviceCredential.objects.filter(device=device, revoked_at__isnull=True).update(
-            revoked_at=timezone.now())
+        live = DeviceCredential.objects.filter(device=device, revoked_at__isnull=True)
+        authcache.forget(live.values_list("prefix", flat=True))
+        count = live.update(revoked_at=timezone.now())
         device.mark_revoked()
     return count
 

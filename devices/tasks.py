@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from devices import metrics
+from devices import authcache, metrics
 
 
 @shared_task(ignore_result=True)
@@ -15,6 +15,11 @@ def rollup_telemetry() -> int:
 @shared_task(ignore_result=True)
 def detect_offline() -> int:
     return metrics.detect_offline()
+
+
+@shared_task(ignore_result=True)
+def flush_presence() -> int:
+    return authcache.flush_presence()
 
 
 @shared_task(ignore_result=True)

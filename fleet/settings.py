@@ -270,6 +270,8 @@ DEVICE_MAX_BATCH_BYTES = env_int("DEVICE_MAX_BATCH_BYTES", 4 * 1024 * 1024, mini
 # Concurrent ingest requests per web process before answering 503 + Retry-After.
 DEVICE_MAX_INFLIGHT_INGEST = env_int("DEVICE_MAX_INFLIGHT_INGEST", 8, minimum=1)
 DEVICE_RETRY_AFTER_S = env_int("DEVICE_RETRY_AFTER_S", 5, minimum=1)
+# With Redis: how long a confirmed device credential (or a revocation tombstone) is cached.
+DEVICE_AUTH_CACHE_S = env_int("DEVICE_AUTH_CACHE_S", 900, minimum=1)
 # Raw points and logs older than this are deleted by a periodic task; rollups live longer.
 TELEMETRY_RETENTION_DAYS = env_int("TELEMETRY_RETENTION_DAYS", 7, minimum=1)
 LOG_RETENTION_DAYS = env_int("LOG_RETENTION_DAYS", 14, minimum=1)
@@ -284,6 +286,7 @@ MQTT_SHARED_GROUP = env_str("MQTT_SHARED_GROUP")
 CELERY_BEAT_SCHEDULE.update({
     "devices-rollup": {"task": "devices.tasks.rollup_telemetry", "schedule": 60.0},
     "devices-offline": {"task": "devices.tasks.detect_offline", "schedule": 60.0},
+    "devices-presence": {"task": "devices.tasks.flush_presence", "schedule": 15.0},
     "devices-latency": {"task": "devices.tasks.check_latency", "schedule": 300.0},
     "devices-retention": {"task": "devices.tasks.apply_retention", "schedule": 3600.0},
 })

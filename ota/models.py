@@ -29,7 +29,7 @@ from ota.gates import GateConfig, phase_targets
 
 def version_label(model_version) -> str:
     """The label devices report in inventory and telemetry (`digits:3`)."""
-    return f"{model_version.model.name}:{model_version.number}"
+    return model_version.device_label
 
 
 class Release(models.Model):

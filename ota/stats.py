@@ -32,9 +32,13 @@ def estimate_p95(model_version, label: str, profile_id: int | None) -> float | N
                                                   hardware_profile_id=profile_id).first()
         if baseline is not None:
             return baseline.p95_ms
-    latency = ((model_version.metrics or {}) if model_version else {}).get("latency_ms") or {}
+    metrics = (model_version.metrics or {}) if model_version else {}
+    latency = metrics.get("latency_ms") or {}
+    # Registry benchmarks nest it (`latency_ms.p95`); compression candidates flatten it.
     value = latency.get("p95") if isinstance(latency, dict) else None
-    return float(value) if isinstance(value, int | float) and value > 0 else None
+    value = metrics.get("p95_ms") if value is None else value
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+    return float(value) if ok else None
 
 
 def phase_stats(deployment, phase: int, now: datetime) -> PhaseStats:

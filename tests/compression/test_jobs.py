@@ -13,7 +13,7 @@ from compression.choices import JobStatus
 from compression.models import Candidate, CompressionJob, ModelVersion
 from compression.progress import ProgressReporter
 from compression.services import check_and_register_dataset
-from devices.models import HardwareProfile
+from devices.models import HardwareProfile, LatencyBaseline
 from tests.compression.jobs_support import FAST_RECIPES, job_payload, load_demo
 from tests.conftest import stored_names
 
@@ -63,6 +63,12 @@ def test_start_run_and_read_a_job(operator_api, demo, settings, tmp_path,
         assert default_storage.exists(v.artifact)
     assert stored_names("models") == set(ModelVersion.objects.values_list("artifact", flat=True))
     assert not runner.job_dir(job.pk).exists()
+    # Each measured version's p95 becomes the estimate devices on that profile are judged by.
+    estimates = dict(LatencyBaseline.objects.filter(hardware_profile=profile)
+                     .values_list("model_version", "p95_ms"))
+    measured = {c.version.device_label: c.metrics["p95_ms"]
+                for c in job.candidates.select_related("version__model") if c.version_id}
+    assert estimates == measured and len(measured) == 1 + len(FAST_RECIPES)
 
     detail = operator_api.get(f"/api/v1/jobs/{job.pk}/").json()
     assert detail["status"] == "succeeded"

@@ -64,6 +64,9 @@ def test_detail_shows_inventory_logs_and_series(viewer_user, api_a, device_a):
     client = logged_in(viewer_user)
     page = client.get("/devices/d/cam-a/")
     assert b"Cortex-A72" in page.content and b"digits:3" in page.content
+    history = f"/deployments/device/{device_a[0].pk}/updates/".encode()
+    assert history in page.content  # the OTA update history, loaded by htmx
+    assert b"No updates yet." in client.get(history.decode()).content
     series = client.get("/devices/d/cam-a/metrics.json?minutes=15").json()
     assert sum(series["latency_p50"][i] is not None for i in range(len(series["labels"]))) >= 1
     logs = client.get("/devices/d/cam-a/logs/?level=error")

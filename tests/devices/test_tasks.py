@@ -126,3 +126,17 @@ def test_beat_schedule_lists_the_device_tasks(settings):
     names = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
     assert {"devices.tasks.rollup_telemetry", "devices.tasks.detect_offline",
             "devices.tasks.check_latency", "devices.tasks.apply_retention"} <= names
+
+
+@pytest.mark.parametrize("bad", [None, 0, -1.0, float("nan"), float("inf"), True, "12"])
+def test_latency_estimate_refuses_nonsense(bad):
+    from devices.models import HardwareProfile
+    from devices.services import record_latency_estimate
+
+    rpi4 = HardwareProfile.objects.get(slug="rpi4")
+    assert record_latency_estimate("m:1", rpi4, bad) is False
+    assert record_latency_estimate("m:1", None, 5.0) is False
+    assert not LatencyBaseline.objects.exists()
+    assert record_latency_estimate("m:1", rpi4, 5) is True
+    assert record_latency_estimate("m:1", rpi4, 7.5) is True  # a newer measurement wins
+    assert LatencyBaseline.objects.get().p95_ms == 7.5
