@@ -8,20 +8,28 @@ authenticator, so a session or operator token never reaches them.
 from __future__ import annotations
 
 import hmac
+from functools import lru_cache
 
+from django.conf import settings
 from django.db import connection
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.permissions import BasePermission
 
-from devices import tokens
+from devices import authcache, tokens
 from devices.choices import DeviceStatus
 from devices.models import Device, DeviceCredential
 
 
 class DevicePrincipal:
-    """What `request.user` is for a device request."""
+    """What `request.user` is for a device request.
+
+    Built from the Redis credential cache it knows only the device id: `device`
+    is loaded on first use, so endpoints that need only the id (telemetry, logs)
+    cost no database read for authentication. `request_count`: this device's
+    requests in the current rate window when the same Redis call counted them
+    (DeviceRateThrottle uses it), else None."""
 
     is_authenticated = True
     is_anonymous = False
@@ -30,25 +38,80 @@ class DevicePrincipal:
     is_staff = False
     is_superuser = False
 
-    def __init__(self, device: Device, credential: DeviceCredential):
-        self.device = device
+    def __init__(self, device: Device | None = None, credential: DeviceCredential | None = None,
+                 *, device_pk: int | None = None, request_count: int | None = None):
+        self._device = device
         self.credential = credential
+        self.device_pk = device.pk if device is not None else device_pk
+        self.request_count = request_count
         self.pk = None  # not a user: user-keyed throttles and audit must not match it
 
+    @property
+    def device(self) -> Device:
+        if self._device is None:
+            self._device = Device.objects.get(pk=self.device_pk)
+        return self._device
+
+    @property
+    def seen_noted(self) -> bool:
+        """Authentication already noted the device as seen in Redis (same call)."""
+        return self.request_count is not None
+
+    @property
+    def device_ref(self) -> Device:
+        """The device if loaded, else an unsaved stand-in carrying only its id:
+        enough for the ingest services, which need nothing but the id with Redis."""
+        return self._device if self._device is not None else Device(pk=self.device_pk)
+
     def __str__(self) -> str:
-        return f"device:{self.device.uid}"
+        return f"device:{self._device.uid if self._device else self.device_pk}"
 
     def get_username(self) -> str:
         return str(self)
 
 
+RATE_COUNTER = "devices:rate:"
+
+
+PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@lru_cache(maxsize=8)
+def parse_rate(rate: str) -> tuple[int, int]:
+    """DRF's rate syntax ("600/min") as (requests, period seconds)."""
+    count, _, period = rate.partition("/")
+    return int(count), PERIODS[period[0]]
+
+
+def device_rate() -> tuple[int, int]:
+    """The per-device request limit (REST_FRAMEWORK's "device" throttle rate)."""
+    return parse_rate(settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["device"])
+
+
 def authenticate_token(value: str) -> DevicePrincipal | None:
-    """The principal for a device token, or None if unknown or revoked."""
+    """The principal for a device token, or None if unknown or revoked.
+
+    With Redis: one call checks the cached credential, counts the request for the
+    rate limit and notes the device as seen (`authcache.REQUEST`); the database
+    is asked only when the credential is not cached yet."""
+    client = authcache.redis_client()
+    key = tokens.lookup_key(value) if client is not None else None
+    if key is not None:
+        prefix, wanted = key
+        result = authcache.request(client, prefix, wanted, RATE_COUNTER, device_rate()[1])
+        if result == authcache.REVOKED:
+            return None
+        if result != authcache.MISS:
+            return DevicePrincipal(device_pk=result[0], request_count=result[1])
     queryset = DeviceCredential.objects.select_related("device").filter(revoked_at__isnull=True)
     credential = tokens.find(queryset, value)
     if credential is None or credential.device.status == DeviceStatus.REVOKED:
         return None
-    return DevicePrincipal(credential.device, credential)
+    principal = DevicePrincipal(credential.device, credential)
+    if key is not None:
+        principal.request_count = authcache.confirmed(
+            client, key[0], key[1], credential.device_id, RATE_COUNTER, device_rate()[1])[1]
+    return principal
 
 
 AUTH_SQL = (

@@ -81,6 +81,79 @@ def forget(prefixes) -> None:
     transaction.on_commit(tombstone)
 
 
+# --- one Redis call per device request ------------------------------------------------------
+# Look the credential up, count the request in the device's rate window, note the
+# device as seen, and (check-in) read its cached answer. Returns {0} when the
+# credential is not cached (ask the database), {-1} when revoked, else
+# {device pk, requests in this window, cached answer or false}.
+REQUEST = """
+local cred = redis.call('GET', KEYS[1])
+if not cred then return {0} end
+if cred == ARGV[1] then return {-1} end
+local sep = string.find(cred, ':', 1, true)
+if not sep or string.sub(cred, 1, sep - 1) ~= ARGV[2] then return {0} end
+local pk = string.sub(cred, sep + 1)
+local counter = ARGV[3] .. pk .. ':' .. ARGV[4]
+local n = redis.call('INCR', counter)
+if n == 1 then redis.call('EXPIRE', counter, ARGV[5]) end
+redis.call('ZADD', KEYS[2], ARGV[6], pk)
+local answer = false
+if ARGV[7] ~= '' then answer = redis.call('GET', ARGV[7] .. pk) end
+return {tonumber(pk), n, answer}
+"""
+# The same for a device the database just confirmed (no credential to check).
+COUNT = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+local answer = false
+if KEYS[3] then answer = redis.call('GET', KEYS[3]) end
+return {n, answer}
+"""
+MISS, REVOKED = 0, -1
+
+
+def _script(client, source: str):
+    """One registered script per (redis client, source), kept on the client."""
+    scripts = client.__dict__.setdefault("edgefleet_scripts", {})
+    script = scripts.get(source)
+    if script is None:
+        script = scripts[source] = client.register_script(source)
+    return script
+
+
+def request(client, prefix: str, token_hash: str, counter: str, period: int,
+            answer: str = "") -> tuple[int, int, bytes | None] | int:
+    """(device pk, requests in this window, raw cached answer), or MISS / REVOKED.
+
+    `counter`: the rate counter's name before `<pk>:<window>`; `answer`: the name of
+    a cached value before `<pk>` to read in the same call ("" for none)."""
+    now = time.time()
+    result = _script(client, REQUEST)(
+        keys=[credential_key(prefix), make_key(SEEN)],
+        args=[TOMBSTONE, token_hash, make_key(counter), int(now // period), period + 1,
+              int(now), make_key(answer) if answer else ""])
+    if result[0] in (MISS, REVOKED):
+        return result[0]
+    return int(result[0]), int(result[1]), result[2] or None
+
+
+def confirmed(client, prefix: str, token_hash: str, device_pk: int, counter: str, period: int,
+              answer: str = "") -> tuple[int, int, bytes | None]:
+    """After a database hit: cache the credential, then count and read as `request`."""
+    remember(prefix, token_hash, device_pk)
+    now = time.time()
+    keys = [make_key(f"{counter}{device_pk}:{int(now // period)}"), make_key(SEEN)]
+    if answer:
+        keys.append(make_key(f"{answer}{device_pk}"))
+    count, raw = _script(client, COUNT)(keys=keys, args=[period + 1, int(now), device_pk])
+    return device_pk, int(count), raw or None
+
+
+def note_seen(client, device_pk: int) -> None:
+    client.zadd(make_key(SEEN), {str(device_pk): int(time.time())})
+
+
 def on_credential_saved(sender, instance, **kwargs) -> None:
     if instance.revoked_at is not None:
         forget([instance.prefix])

@@ -45,7 +45,8 @@ def handle(topic: str, payload: bytes) -> tuple[str | None, dict]:
         return uid, {"code": "unauthorized", "detail": "unknown, revoked or foreign token"}
     try:
         result = KINDS[kind](principal.device, envelope.get("batch"),
-                             dropped=envelope.get("dropped", 0))
+                             dropped=envelope.get("dropped", 0),
+                             seen_noted=principal.seen_noted)
     except services.DeviceError as exc:
         return uid, {"code": exc.code, "detail": exc.message}
     return uid, result.as_dict()

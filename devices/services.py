@@ -165,6 +165,16 @@ def update_inventory(device: Device, data) -> Device:
 
 
 # --- presence -------------------------------------------------------------------------
+def note_seen(device: Device) -> None:
+    """Record that the device is alive: in Redis when the cache is Redis (moved to
+    `last_seen` by the periodic flush, `authcache.flush_presence`), else `touch_last_seen`."""
+    client = authcache.redis_client()
+    if client is not None:
+        authcache.note_seen(client, device.pk)
+    else:
+        touch_last_seen(device)
+
+
 def touch_last_seen(device: Device) -> None:
     """Record that the device is alive; writes at most every DEVICE_LAST_SEEN_WRITE_S."""
     now = timezone.now()
@@ -182,7 +192,8 @@ def touch_last_seen(device: Device) -> None:
 
 
 # --- telemetry and logs -----------------------------------------------------------------
-def _ingest(table: ingest.Table, device: Device, batch, dropped) -> ingest.IngestResult:
+def _ingest(table: ingest.Table, device: Device, batch, dropped,
+            seen_noted: bool) -> ingest.IngestResult:
     try:
         keys, rows, result = ingest.validate(
             table, batch, max_items=settings.DEVICE_MAX_BATCH_ITEMS, now=time.time())
@@ -194,7 +205,8 @@ def _ingest(table: ingest.Table, device: Device, batch, dropped) -> ingest.Inges
     result.duplicates += len(rows) - result.new
     if dropped and keys:
         record_dropped(device, table.kind, keys[0], dropped)
-    touch_last_seen(device)
+    if not seen_noted:
+        note_seen(device)
     return result
 
 
@@ -205,23 +217,26 @@ def record_dropped(device: Device, kind: str, first_key: tuple[str, int], count)
     count = min(count, 2**31 - 1)
     boot_id, first_seq = first_key
     report, created = DropReport.objects.get_or_create(
-        device=device, kind=kind, boot_id=boot_id, first_seq=first_seq,
+        device_id=device.pk, kind=kind, boot_id=boot_id, first_seq=first_seq,
         defaults={"count": count})
     if not created and report.count < count:
         DropReport.objects.filter(pk=report.pk, count__lt=count).update(count=count)
 
 
-def ingest_telemetry(device: Device, batch, *, dropped=0) -> ingest.IngestResult:
+def ingest_telemetry(device: Device, batch, *, dropped=0,
+                     seen_noted: bool = False) -> ingest.IngestResult:
     """Store a batch of telemetry points; idempotent per (boot_id, seq).
 
     `dropped`: records the agent's offline buffer had to drop before this batch.
+    `seen_noted`: the caller's authentication already noted the device as seen.
     """
-    return _ingest(ingest.TELEMETRY, device, batch, dropped)
+    return _ingest(ingest.TELEMETRY, device, batch, dropped, seen_noted)
 
 
-def ingest_logs(device: Device, batch, *, dropped=0) -> ingest.IngestResult:
+def ingest_logs(device: Device, batch, *, dropped=0,
+                seen_noted: bool = False) -> ingest.IngestResult:
     """Store a batch of log lines; idempotent per (boot_id, seq)."""
-    return _ingest(ingest.LOGS, device, batch, dropped)
+    return _ingest(ingest.LOGS, device, batch, dropped, seen_noted)
 
 
 # --- estimates -------------------------------------------------------------------------

@@ -16,9 +16,10 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
-    path("api/v1/", include("compression.api.urls")),
+    # Device endpoints first: every device request walks the patterns before its own.
     path("api/v1/", include("devices.api.urls")),
     path("api/v1/", include("ota.api.urls")),
+    path("api/v1/", include("compression.api.urls")),
     path("models/", include("compression.urls")),
     path("devices/", include("devices.urls")),
     path("deployments/", include("ota.urls")),

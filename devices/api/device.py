@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from django.conf import settings
 from django.db import DatabaseError
@@ -31,12 +32,28 @@ log = logging.getLogger(__name__)
 
 
 class DeviceRateThrottle(SimpleRateThrottle):
+    """Per device. With Redis the authenticator already counted this request in a
+    fixed window (same Redis call as the credential); otherwise DRF's own history."""
+
     scope = "device"
+    retry_in: int | None = None
+
+    def allow_request(self, request, view):
+        count = getattr(request.user, "request_count", None)
+        if count is None or self.rate is None:
+            return super().allow_request(request, view)
+        if count <= self.num_requests:
+            return True
+        self.retry_in = self.duration - int(time.time()) % self.duration
+        return False
+
+    def wait(self):
+        return self.retry_in if self.retry_in is not None else super().wait()
 
     def get_cache_key(self, request, view):
-        device = getattr(request.user, "device", None)
-        return None if device is None else self.cache_format % {
-            "scope": self.scope, "ident": device.pk}
+        device_pk = getattr(request.user, "device_pk", None)
+        return None if device_pk is None else self.cache_format % {
+            "scope": self.scope, "ident": device_pk}
 
 
 class EnrollRateThrottle(AnonRateThrottle):
@@ -141,7 +158,8 @@ class BatchView(DeviceView):
             batch, dropped = request.data, 0
             if isinstance(batch, dict):
                 batch, dropped = batch.get("batch"), batch.get("dropped", 0)
-            result = self.service(request.user.device, batch, dropped=dropped)
+            result = self.service(request.user.device_ref, batch, dropped=dropped,
+                                  seen_noted=request.user.seen_noted)
         except services.DeviceError as exc:
             return refused(exc)
         finally:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import random
 import time
-from functools import lru_cache
 
 from django.conf import settings
 from django.core.cache import caches
@@ -26,19 +25,10 @@ from django.views.decorators.http import require_GET
 from redis.exceptions import RedisError
 
 from devices import authcache, tokens
-from devices.auth import device_for_token
+from devices.auth import device_for_token, device_rate
 from ota import manifests
 
 log = logging.getLogger(__name__)
-
-PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-@lru_cache(maxsize=8)
-def parse_rate(rate: str) -> tuple[int, int]:
-    count, _, period = rate.partition("/")
-    return int(count), PERIODS[period[0]]
-
 
 def poll_interval() -> str:
     base = settings.OTA_POLL_INTERVAL_S
@@ -52,71 +42,32 @@ def _refused(status: int, detail: str, code: str, **headers) -> JsonResponse:
     return response
 
 
-# With Redis, a poll is this one command: look the credential up (authcache), count
-# the poll for the rate limit, note the device as seen, read the cached answer.
-# Returns {0} when the credential is not cached (ask the database), {-1} when
-# revoked, else {device pk, polls in this window, cached answer or false}.
-POLL = """
-local cred = redis.call('GET', KEYS[1])
-if not cred then return {0} end
-if cred == ARGV[1] then return {-1} end
-local sep = string.find(cred, ':', 1, true)
-if not sep or string.sub(cred, 1, sep - 1) ~= ARGV[2] then return {0} end
-local pk = string.sub(cred, sep + 1)
-local counter = ARGV[3] .. pk .. ':' .. ARGV[4]
-local n = redis.call('INCR', counter)
-if n == 1 then redis.call('EXPIRE', counter, ARGV[5]) end
-redis.call('ZADD', KEYS[2], ARGV[6], pk)
-return {tonumber(pk), n, redis.call('GET', ARGV[7] .. pk)}
-"""
-# The same minus the credential, after a database lookup.
-COUNT_AND_GET = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
-return {n, redis.call('GET', KEYS[2])}
-"""
-def _script(client, source: str):
-    """One registered script per (redis client, source), kept on the client."""
-    scripts = client.__dict__.setdefault("edgefleet_scripts", {})
-    script = scripts.get(source)
-    if script is None:
-        script = scripts[source] = client.register_script(source)
-    return script
-
-
 class Unknown(Exception):
     """The token matches no live credential."""
 
 
+POLL_COUNTER = "ota:poll:"
+
+
 def _poll_redis(client, token: str, period: int) -> tuple[int, int, tuple | None]:
+    """One Redis call (`authcache.REQUEST`); a credential not cached yet costs one query."""
     key = tokens.lookup_key(token)
     if key is None:
         raise Unknown
     prefix, wanted = key
-    now = time.time()
-    window = int(now // period)
-    cache = caches["default"]
-    loads = cache._cache._serializer.loads
-    result = _script(client, POLL)(
-        keys=[authcache.credential_key(prefix), authcache.make_key(authcache.SEEN)],
-        args=[authcache.TOMBSTONE, wanted, cache.make_key("ota:poll:"), window, period + 1,
-              int(now), cache.make_key(manifests.CACHE_KEY.format(""))])
-    if result[0] == -1:
+    answer = manifests.CACHE_KEY.format("")
+    result = authcache.request(client, prefix, wanted, POLL_COUNTER, period, answer)
+    if result == authcache.REVOKED:
         raise Unknown
-    if result[0]:
-        device_pk, count, raw = result
-        return device_pk, int(count), (loads(raw) if raw else None)
-    device_pk = device_for_token(token)
-    if device_pk is None:
-        raise Unknown
-    authcache.remember(prefix, wanted, device_pk)
-    count, raw = _script(client, COUNT_AND_GET)(
-        keys=[cache.make_key(f"ota:poll:{device_pk}:{window}"),
-              cache.make_key(manifests.CACHE_KEY.format(device_pk)),
-              authcache.make_key(authcache.SEEN)],
-        args=[period + 1, int(now), device_pk])
-    return device_pk, int(count), (loads(raw) if raw else None)
+    if result == authcache.MISS:
+        device_pk = device_for_token(token)
+        if device_pk is None:
+            raise Unknown
+        result = authcache.confirmed(client, prefix, wanted, device_pk, POLL_COUNTER, period,
+                                     answer)
+    device_pk, count, raw = result
+    loads = caches["default"]._cache._serializer.loads
+    return device_pk, count, (loads(raw) if raw is not None else None)
 
 
 def _poll_cache(token: str, period: int) -> tuple[int, int, tuple | None]:
@@ -125,7 +76,7 @@ def _poll_cache(token: str, period: int) -> tuple[int, int, tuple | None]:
     if device_pk is None:
         raise Unknown
     cache = caches["default"]
-    counter = f"ota:poll:{device_pk}:{int(time.time() // period)}"
+    counter = f"{POLL_COUNTER}{device_pk}:{int(time.time() // period)}"
     cache.add(counter, 0, period + 1)
     try:
         count = cache.incr(counter)
@@ -140,7 +91,7 @@ def update(request):
     if len(parts) != 2 or parts[0].lower() != "bearer":
         return _refused(401, "Device token required.", "not_authenticated",
                         WWW_Authenticate='Bearer realm="devices"')
-    limit, period = parse_rate(settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["device"])
+    limit, period = device_rate()
     client = authcache.redis_client()
     try:
         if client is not None:

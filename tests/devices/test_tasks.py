@@ -74,6 +74,7 @@ def test_offline_detection_respects_group_threshold_and_recovers(api_a, device_a
     assert alert.kind == "offline" and alert.state == "open"
     # The device speaks again: online, alert resolved.
     api_a.post("/api/v1/device/logs", {"batch": log_lines(1, 1)}, format="json")
+    tasks.flush_presence()  # with Redis presence waits there for this task
     assert Device.objects.get(pk=a.pk).status == "online"
     assert Alert.objects.get(pk=alert.pk).state == "resolved"
     # Ungrouped devices use the global default.
