@@ -52,13 +52,17 @@ def failures(stats: dict) -> dict[str, int]:
 
 
 def main() -> None:
+    from fleet import gunicorn as production
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--duration-s", type=float, default=600)
     parser.add_argument("--poll-interval-s", type=float, default=30)
     parser.add_argument("--telemetry-interval-s", type=float, default=10)
-    parser.add_argument("--workers", type=int, default=3, help="gunicorn workers")
-    parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
+    parser.add_argument("--workers", type=int, default=production.workers,
+                        help="gunicorn workers (default: fleet/gunicorn.py's)")
+    parser.add_argument("--threads", type=int, default=production.threads,
+                        help="threads per gunicorn worker (default: fleet/gunicorn.py's)")
     parser.add_argument("--concurrency", type=int, default=64, help="simulator worker threads")
     parser.add_argument("--ramp-s", type=float, default=5,
                         help="spread the devices' first steps over this")
