@@ -13,6 +13,7 @@ import time
 from django.conf import settings
 from django.db import DatabaseError
 from drf_spectacular.utils import OpenApiResponse, extend_schema
+from redis.exceptions import RedisError
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.throttling import AnonRateThrottle, SimpleRateThrottle
@@ -93,12 +94,13 @@ INFLIGHT = InflightLimit()
 
 
 class FailFastView(APIView):
-    """Database trouble anywhere in a device request (authentication included)
-    is a 503 with Retry-After, never a 500: the agent keeps its data and retries (S1)."""
+    """Database or Redis trouble anywhere in a device request (authentication
+    included) is a 503 with Retry-After, never a 500: the agent keeps its data and
+    retries (S1)."""
 
     def handle_exception(self, exc):
-        if isinstance(exc, DatabaseError):
-            log.error("device API: database unavailable: %s", exc)
+        if isinstance(exc, DatabaseError | RedisError):
+            log.error("device API: backing service unavailable: %s", exc)
             return unavailable("Storage unavailable; retry later.")
         return super().handle_exception(exc)
 

@@ -12,11 +12,9 @@ from django.core.files.storage import default_storage
 from django.http import FileResponse, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from compression.models import ModelVersion
-from devices.api.device import DeviceRateThrottle
-from devices.auth import DeviceTokenAuthentication, IsDevice
+from devices.api.device import DeviceView
 from ota import services
 from ota.choices import UpdateState
 from ota.models import DeviceUpdate
@@ -24,12 +22,6 @@ from ota.models import DeviceUpdate
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 CHUNK = 256 * 1024
-
-
-class DeviceView(APIView):
-    authentication_classes = [DeviceTokenAuthentication]
-    permission_classes = [IsDevice]
-    throttle_classes = [DeviceRateThrottle]
 
 
 @extend_schema(tags=["device"], responses={
