@@ -403,7 +403,7 @@ def main() -> None:
           f"PostgreSQL and the load generator) · PostgreSQL {BENCH_DB} · cache {cache_backend}")
     print(f"{args.devices:,} devices with credentials seeded in {seeded:.1f} s; "
           f"{len(assigned):,} manifests assigned and signed in {assign_s:.1f} s")
-    print(f"gunicorn gthread {args.workers} workers × {args.threads} threads; "
+    print(f"gunicorn {production.worker_class} {args.workers} workers × {args.threads} threads; "
           f"{'wrk' if run is run_wrk else 'python load generator'}, {args.connections} "
           f"connections, {args.rounds} interleaved rounds × {args.seconds} s per scenario "
           f"(medians; × bare paired per round); {len(pollers):,} distinct devices polling")

@@ -154,9 +154,9 @@ def main() -> None:
     print(f"{args.devices:,} simulated devices ({registered:,} registered, enrolled "
           f"beforehand in {enroll_s:.0f} s), poll every {args.poll_interval_s:g} s, telemetry "
           f"every {args.telemetry_interval_s:g} s, {args.duration_s:g} s (wall "
-          f"{wall:.0f} s, first steps spread over {ramp_s:g} s); gunicorn gthread "
-          f"{args.workers} workers × {args.threads} threads; simulator {args.concurrency} "
-          "threads, new connection per request, as the agent")
+          f"{wall:.0f} s, first steps spread over {ramp_s:g} s); gunicorn "
+          f"{production.worker_class} {args.workers} workers × {args.threads} threads; "
+          f"simulator {args.concurrency} threads, new connection per request, as the agent")
     nominal = {"checkin": args.devices * args.duration_s / (args.poll_interval_s * 1.1),
                "telemetry": args.devices * args.duration_s / args.telemetry_interval_s}
     print("\n| endpoint | requests | requests/s | nominal/s | p50 ms | p95 ms | p99 ms "
