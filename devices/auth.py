@@ -71,8 +71,6 @@ class DevicePrincipal:
 
 
 RATE_COUNTER = "devices:rate:"
-
-
 PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -91,27 +89,37 @@ def device_rate() -> tuple[int, int]:
 def authenticate_token(value: str) -> DevicePrincipal | None:
     """The principal for a device token, or None if unknown or revoked.
 
-    With Redis: one call checks the cached credential, counts the request for the
-    rate limit and notes the device as seen (`authcache.REQUEST`); the database
-    is asked only when the credential is not cached yet."""
+    With Redis: `cached_request` (one call checks the cached credential, counts
+    the request for the rate limit and notes the device as seen)."""
     client = authcache.redis_client()
-    key = tokens.lookup_key(value) if client is not None else None
-    if key is not None:
-        prefix, wanted = key
-        result = authcache.request(client, prefix, wanted, RATE_COUNTER, device_rate()[1])
-        if result == authcache.REVOKED:
-            return None
-        if result != authcache.MISS:
-            return DevicePrincipal(device_pk=result[0], request_count=result[1])
+    if client is not None:
+        result = cached_request(client, value, RATE_COUNTER, device_rate()[1])
+        return None if result is None else DevicePrincipal(device_pk=result[0],
+                                                           request_count=result[1])
     queryset = DeviceCredential.objects.select_related("device").filter(revoked_at__isnull=True)
     credential = tokens.find(queryset, value)
     if credential is None or credential.device.status == DeviceStatus.REVOKED:
         return None
-    principal = DevicePrincipal(credential.device, credential)
-    if key is not None:
-        principal.request_count = authcache.confirmed(
-            client, key[0], key[1], credential.device_id, RATE_COUNTER, device_rate()[1])[1]
-    return principal
+    return DevicePrincipal(credential.device, credential)
+
+
+def cached_request(client, value: str, counter: str, period: int,
+                   answer: str = "") -> tuple[int, int, bytes | None] | None:
+    """`authcache.request` for a token, asking the database (`device_for_token`)
+    when the credential is not cached yet; None for an unknown or revoked token."""
+    key = tokens.lookup_key(value)
+    if key is None:
+        return None
+    prefix, wanted = key
+    result = authcache.request(client, prefix, wanted, counter, period, answer)
+    if result == authcache.REVOKED:
+        return None
+    if result == authcache.MISS:
+        device_pk = device_for_token(value)
+        if device_pk is None:
+            return None
+        result = authcache.confirmed(client, prefix, wanted, device_pk, counter, period, answer)
+    return result
 
 
 AUTH_SQL = (

@@ -36,6 +36,7 @@ TOMBSTONE = "-"
 FLUSH_CHUNK = 5000
 SEEN_BUCKET_S = 5  # devices seen within the same 5 s share one UPDATE
 
+
 def redis_client():
     """The raw redis client behind the default cache, or None if it is not Redis.
     Kept on the cache object: django builds a new client on every `get_client()`."""

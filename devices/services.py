@@ -257,10 +257,9 @@ def record_latency_estimate(model_version: str, profile: HardwareProfile | None,
 def revoke_device(device: Device) -> int:
     """Revoke every credential of the device: its next request gets 401."""
     with transaction.atomic():
-        live = DeviceCredential.objects.filter(device=device, revoked_at__isnull=True)
-        authcache.forget(live.values_list("prefix", flat=True))
-        count = live.update(revoked_at=timezone.now())
-        device.mark_revoked()
+        count = DeviceCredential.objects.filter(device=device, revoked_at__isnull=True).update(
+            revoked_at=timezone.now())
+        device.mark_revoked()  # its post_save tombstones the cached credentials (authcache)
     return count
 
 

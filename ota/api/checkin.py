@@ -24,11 +24,12 @@ from django.http import HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 from redis.exceptions import RedisError
 
-from devices import authcache, tokens
-from devices.auth import device_for_token, device_rate
+from devices import authcache
+from devices.auth import cached_request, device_for_token, device_rate
 from ota import manifests
 
 log = logging.getLogger(__name__)
+
 
 def poll_interval() -> str:
     base = settings.OTA_POLL_INTERVAL_S
@@ -51,20 +52,10 @@ POLL_COUNTER = "ota:poll:"
 
 def _poll_redis(client, token: str, period: int) -> tuple[int, int, tuple | None]:
     """One Redis call (`authcache.REQUEST`); a credential not cached yet costs one query."""
-    key = tokens.lookup_key(token)
-    if key is None:
+    result = cached_request(client, token, POLL_COUNTER, period,
+                            answer=manifests.CACHE_KEY.format(""))
+    if result is None:
         raise Unknown
-    prefix, wanted = key
-    answer = manifests.CACHE_KEY.format("")
-    result = authcache.request(client, prefix, wanted, POLL_COUNTER, period, answer)
-    if result == authcache.REVOKED:
-        raise Unknown
-    if result == authcache.MISS:
-        device_pk = device_for_token(token)
-        if device_pk is None:
-            raise Unknown
-        result = authcache.confirmed(client, prefix, wanted, device_pk, POLL_COUNTER, period,
-                                     answer)
     device_pk, count, raw = result
     loads = caches["default"]._cache._serializer.loads
     return device_pk, count, (loads(raw) if raw is not None else None)

@@ -218,7 +218,10 @@ def test_checkin_database_down_is_503_with_retry_after(fleet, deployed, monkeypa
     def down(value):
         raise OperationalError("server closed the connection unexpectedly")
 
-    monkeypatch.setattr(checkin, "device_for_token", down)
+    from devices import auth
+
+    monkeypatch.setattr(checkin, "device_for_token", down)  # no Redis: the view's own lookup
+    monkeypatch.setattr(auth, "device_for_token", down)  # Redis: the miss in cached_request
     response = bearer(fleet[0][1]).get("/api/v1/device/update")
     assert response.status_code == 503 and int(response["Retry-After"]) > 0
 
