@@ -8,9 +8,11 @@ authenticator, so a session or operator token never reaches them.
 from __future__ import annotations
 
 import hmac
+import time
 from functools import lru_cache
 
 from django.conf import settings
+from django.core.cache import caches
 from django.db import connection
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions
@@ -44,6 +46,8 @@ class DevicePrincipal:
         self.credential = credential
         self.device_pk = device.pk if device is not None else device_pk
         self.request_count = request_count
+        # Authentication already noted the device as seen in Redis (same call).
+        self.seen_noted = request_count is not None
         self.pk = None  # not a user: user-keyed throttles and audit must not match it
 
     @property
@@ -51,11 +55,6 @@ class DevicePrincipal:
         if self._device is None:
             self._device = Device.objects.get(pk=self.device_pk)
         return self._device
-
-    @property
-    def seen_noted(self) -> bool:
-        """Authentication already noted the device as seen in Redis (same call)."""
-        return self.request_count is not None
 
     @property
     def device_ref(self) -> Device:
@@ -84,6 +83,26 @@ def parse_rate(rate: str) -> tuple[int, int]:
 def device_rate() -> tuple[int, int]:
     """The per-device request limit (REST_FRAMEWORK's "device" throttle rate)."""
     return parse_rate(settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["device"])
+
+
+def count_in_cache(counter: str, device_pk: int, period: int) -> int:
+    """This device's requests in the current fixed window, counted in the default
+    cache (the Redis path counts inside `authcache.request` instead)."""
+    cache = caches["default"]
+    key = f"{counter}{device_pk}:{int(time.time() // period)}"
+    cache.add(key, 0, period + 1)
+    try:
+        return cache.incr(key)
+    except ValueError:  # expired between add and incr
+        return 1
+
+
+def count_request(principal: DevicePrincipal, period: int) -> int:
+    """The principal's request count in the rate window: already counted by the
+    Redis call that authenticated it, else counted now in the cache."""
+    if principal.request_count is None:
+        principal.request_count = count_in_cache(RATE_COUNTER, principal.device_pk, period)
+    return principal.request_count
 
 
 def authenticate_token(value: str) -> DevicePrincipal | None:

@@ -34,3 +34,18 @@ def too_large_response(limit: int) -> JsonResponse:
     response = JsonResponse(body, status=413)
     response["Connection"] = "close"
     return response
+
+
+class ContentLengthMiddleware:
+    """Content-Length on every complete response, as CommonMiddleware sets it in
+    the browser stack: the device API's lean stack (fleet/wsgi.py) would otherwise
+    answer in chunked encoding, extra bytes and writes for every device request."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if not response.streaming and not response.has_header("Content-Length"):
+            response.headers["Content-Length"] = str(len(response.content))
+        return response

@@ -71,6 +71,14 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "fleet.audit.AuditMiddleware",
 ]
+# Device API requests skip the browser middleware (fleet/wsgi.py): a device has
+# no session, language, CSRF cookie or operator account.
+DEVICE_API_PREFIX = "/api/v1/device/"
+DEVICE_API_MIDDLEWARE = [
+    "fleet.middleware.BodySizeLimitMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "fleet.middleware.ContentLengthMiddleware",
+]
 
 ROOT_URLCONF = "fleet.urls"
 WSGI_APPLICATION = "fleet.wsgi.application"
@@ -257,6 +265,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "devices.api.schema.add_plain_device_views",  # check-in, telemetry, logs
+    ],
 }
 
 # --- devices ------------------------------------------------------------------

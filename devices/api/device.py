@@ -1,4 +1,5 @@
-"""The device API: enrollment, inventory, telemetry, logs.
+"""The device API's DRF views: enrollment and inventory (telemetry and logs are
+plain views in `devices.api.batch`, the check-in in `ota.api.checkin`).
 
 Identity comes only from the bearer credential (`request.user.device`), never
 from the body or the path. Sessions and operator tokens are not accepted here.
@@ -7,7 +8,6 @@ from the body or the path. Sessions and operator tokens are not accepted here.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 from django.conf import settings
@@ -23,9 +23,6 @@ from devices import keys, services
 from devices.api.serializers import (
     EnrollRequestSerializer,
     EnrollResponseSerializer,
-    IngestResultSerializer,
-    LogBatchSerializer,
-    TelemetryBatchSerializer,
 )
 from devices.auth import DeviceTokenAuthentication, IsDevice
 
@@ -68,29 +65,6 @@ def refused(exc: services.DeviceError) -> Response:
 def unavailable(reason: str) -> Response:
     return Response({"detail": reason, "code": "unavailable"}, status=503,
                     headers={"Retry-After": str(settings.DEVICE_RETRY_AFTER_S)})
-
-
-class InflightLimit:
-    """Per-process cap on concurrent ingests: past it, shed load with 503 (E4)
-    instead of queueing work the database cannot absorb."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self.current = 0
-
-    def acquire(self) -> bool:
-        with self._lock:
-            if self.current >= settings.DEVICE_MAX_INFLIGHT_INGEST:
-                return False
-            self.current += 1
-            return True
-
-    def release(self) -> None:
-        with self._lock:
-            self.current -= 1
-
-
-INFLIGHT = InflightLimit()
 
 
 class FailFastView(APIView):
@@ -141,48 +115,3 @@ class InventoryView(DeviceView):
         except services.DeviceError as exc:
             return refused(exc)
         return Response({"device_id": device.uid, "inventory": device.inventory})
-
-
-class BatchView(DeviceView):
-    service = None
-
-    def post(self, request):
-        try:
-            declared = int(request.META.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            declared = 0
-        if declared > settings.DEVICE_MAX_BATCH_BYTES:
-            return Response({"detail": "Batch body over the size limit; split it.",
-                             "code": "too_large"}, status=413)
-        if not INFLIGHT.acquire():
-            return unavailable("Server busy; retry later.")
-        try:
-            batch, dropped = request.data, 0
-            if isinstance(batch, dict):
-                batch, dropped = batch.get("batch"), batch.get("dropped", 0)
-            result = self.service(request.user.device_ref, batch, dropped=dropped,
-                                  seen_noted=request.user.seen_noted)
-        except services.DeviceError as exc:
-            return refused(exc)
-        finally:
-            INFLIGHT.release()
-        return Response(result.as_dict(), headers={
-            "X-EdgeFleet-New": str(result.new), "X-EdgeFleet-Duplicates": str(result.duplicates)})
-
-
-@extend_schema(tags=["device"], request=TelemetryBatchSerializer,
-               responses={200: IngestResultSerializer,
-                          413: OpenApiResponse(description="Batch too large"),
-                          429: OpenApiResponse(description="Throttled; see Retry-After"),
-                          503: OpenApiResponse(description="Overloaded; see Retry-After")})
-class TelemetryView(BatchView):
-    service = staticmethod(services.ingest_telemetry)
-
-
-@extend_schema(tags=["device"], request=LogBatchSerializer,
-               responses={200: IngestResultSerializer,
-                          413: OpenApiResponse(description="Batch too large"),
-                          429: OpenApiResponse(description="Throttled; see Retry-After"),
-                          503: OpenApiResponse(description="Overloaded; see Retry-After")})
-class LogsView(BatchView):
-    service = staticmethod(services.ingest_logs)

@@ -1,7 +1,7 @@
 from django.urls import path
 from rest_framework.routers import DefaultRouter
 
-from devices.api import device, views
+from devices.api import batch, device, views
 
 router = DefaultRouter(trailing_slash=True)
 router.include_root_view = False
@@ -14,7 +14,7 @@ router.register("alerts", views.AlertViewSet, basename="alert")
 urlpatterns = [
     path("device/enroll", device.EnrollView.as_view(), name="device-enroll"),
     path("device/inventory", device.InventoryView.as_view(), name="device-inventory"),
-    path("device/telemetry", device.TelemetryView.as_view(), name="device-telemetry"),
-    path("device/logs", device.LogsView.as_view(), name="device-logs"),
+    path("device/telemetry", batch.telemetry, name="device-telemetry"),
+    path("device/logs", batch.logs, name="device-logs"),
     *router.urls,
 ]

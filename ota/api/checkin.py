@@ -25,7 +25,7 @@ from django.views.decorators.http import require_GET
 from redis.exceptions import RedisError
 
 from devices import authcache
-from devices.auth import cached_request, device_for_token, device_rate
+from devices.auth import cached_request, count_in_cache, device_for_token, device_rate
 from ota import manifests
 
 log = logging.getLogger(__name__)
@@ -66,14 +66,8 @@ def _poll_cache(token: str, period: int) -> tuple[int, int, tuple | None]:
     device_pk = device_for_token(token)
     if device_pk is None:
         raise Unknown
-    cache = caches["default"]
-    counter = f"{POLL_COUNTER}{device_pk}:{int(time.time() // period)}"
-    cache.add(counter, 0, period + 1)
-    try:
-        count = cache.incr(counter)
-    except ValueError:  # expired between add and incr
-        count = 1
-    return device_pk, count, cache.get(manifests.CACHE_KEY.format(device_pk))
+    count = count_in_cache(POLL_COUNTER, device_pk, period)
+    return device_pk, count, caches["default"].get(manifests.CACHE_KEY.format(device_pk))
 
 
 @require_GET

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from devices.models import Device, LogLine, TelemetryPoint
 from devices.tasks import flush_presence
-from tests.devices.conftest import log_lines, points
+from tests.devices.conftest import bearer, log_lines, points
 
 pytestmark = pytest.mark.django_db
 TELEMETRY = "/api/v1/device/telemetry"
@@ -129,26 +129,21 @@ def test_oversize_batch_is_413(api_a, settings):
 
 def test_per_device_throttle_answers_429_with_retry_after(api_a, api_b, settings):
     """E4/A6: one noisy device is throttled; the others are not."""
-    from rest_framework.settings import api_settings
-    from rest_framework.throttling import SimpleRateThrottle
-
-    rates = {**api_settings.DEFAULT_THROTTLE_RATES, "device": "3/min"}
-    old = SimpleRateThrottle.THROTTLE_RATES
-    SimpleRateThrottle.THROTTLE_RATES = rates
-    try:
-        codes = [post(api_a, TELEMETRY, points(i, i)).status_code for i in range(1, 5)]
-        assert codes == [200, 200, 200, 429]
-        response = post(api_a, TELEMETRY, points(9, 9))
-        assert int(response["Retry-After"]) > 0
-        assert post(api_b, TELEMETRY, points(1, 1)).status_code == 200
-    finally:
-        SimpleRateThrottle.THROTTLE_RATES = old
+    rates = settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK,
+                               "DEFAULT_THROTTLE_RATES": {**rates, "device": "3/min"}}
+    codes = [post(api_a, TELEMETRY, points(i, i)).status_code for i in range(1, 5)]
+    assert codes == [200, 200, 200, 429]
+    response = post(api_a, TELEMETRY, points(9, 9))
+    assert int(response["Retry-After"]) > 0
+    assert response.json()["code"] == "throttled"
+    assert post(api_b, TELEMETRY, points(1, 1)).status_code == 200
     assert TelemetryPoint.objects.count() == 4
 
 
 def test_overload_answers_503_with_retry_after(api_a, settings, monkeypatch):
     """E4: past the in-flight cap the server sheds load instead of queueing."""
-    from devices.api import device as device_api
+    from devices.api import batch as device_api
 
     settings.DEVICE_MAX_INFLIGHT_INGEST = 1
     monkeypatch.setattr(device_api.INFLIGHT, "current", 1)
@@ -286,3 +281,33 @@ def test_rejected_items_name_their_seq(api_a):
     batch[0]["latency_ms"] = "slow"
     rejected = post(api_a, TELEMETRY, batch).json()["rejected"]
     assert rejected == [{"index": 0, "error": "latency_ms must be a number", "seq": 1}]
+
+
+@pytest.mark.parametrize("path", [TELEMETRY, LOGS])
+def test_who_may_post_batches(path, anon_api, operator_api, api_a, device_a):
+    """Only a live device token: anonymous, operator tokens, garbage and revoked
+    credentials get 401 with a Bearer challenge; GET is 405; nothing is stored."""
+    batch = points(1, 2) if path == TELEMETRY else log_lines(1, 2)
+    for client in (anon_api, operator_api, bearer("efd_garbage"), bearer("x y")):
+        response = client.post(path, {"batch": batch}, format="json")
+        assert response.status_code == 401, client
+        assert response["WWW-Authenticate"].startswith("Bearer")
+        assert response.json()["code"] in {"not_authenticated", "authentication_failed"}
+    assert api_a.get(path).status_code == 405
+    from devices import services
+
+    services.revoke_device(device_a[0])
+    assert post(api_a, path, batch).status_code == 401
+    assert TelemetryPoint.objects.count() == LogLine.objects.count() == 0
+
+
+def test_plain_device_views_are_in_the_openapi_schema(viewer_api):
+    from openapi_spec_validator import validate
+
+    spec = viewer_api.get("/api/schema/?format=json").json()
+    validate(spec)
+    for path in ("/api/v1/device/update", "/api/v1/device/telemetry", "/api/v1/device/logs"):
+        assert path in spec["paths"], path
+    operation = spec["paths"]["/api/v1/device/telemetry"]["post"]
+    assert {"200", "400", "401", "413", "429", "503"} <= set(operation["responses"])
+    assert "TelemetryPoint" in spec["components"]["schemas"]

@@ -1,0 +1,61 @@
+"""fleet.wsgi: device API requests take the lean middleware chain, the rest the full one."""
+
+from __future__ import annotations
+
+import io
+import sys
+
+import pytest
+from django.core.signals import request_finished, request_started
+from django.db import close_old_connections
+
+
+@pytest.fixture
+def call():
+    from fleet.wsgi import application
+
+    def run(method: str, path: str, body: bytes = b"", **headers):
+        environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": "",
+                   "SERVER_NAME": "testserver", "SERVER_PORT": "80", "wsgi.url_scheme": "http",
+                   "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.input": io.BytesIO(body),
+                   "wsgi.errors": sys.stderr, "CONTENT_LENGTH": str(len(body)),
+                   "CONTENT_TYPE": "application/json", "REMOTE_ADDR": "127.0.0.1", **headers}
+        answer = {}
+
+        def start_response(status, response_headers, exc_info=None):
+            answer["status"] = int(status.split()[0])
+            answer["headers"] = {k.lower(): v for k, v in response_headers}
+
+        answer["body"] = b"".join(application(environ, start_response))
+        return answer
+
+    # As django's test client does: the test's connection must outlive the request.
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    try:
+        yield run
+    finally:
+        request_started.connect(close_old_connections)
+        request_finished.connect(close_old_connections)
+
+
+@pytest.mark.django_db
+def test_device_api_skips_browser_middleware(call):
+    answer = call("GET", "/api/v1/device/update")
+    assert answer["status"] == 401
+    assert "x-frame-options" not in answer["headers"]  # no clickjacking middleware
+    assert "cookie" not in answer["headers"].get("vary", "").lower()  # no session/locale
+    assert answer["headers"]["x-content-type-options"] == "nosniff"  # security headers kept
+    assert answer["headers"]["content-length"] == str(len(answer["body"]))  # not chunked
+    oversize = call("POST", "/api/v1/device/telemetry", CONTENT_LENGTH=str(10**12))
+    assert oversize["status"] == 413  # the body limit is kept too
+
+
+@pytest.mark.django_db
+def test_other_paths_keep_the_full_stack(call):
+    answer = call("GET", "/accounts/login/")
+    assert answer["status"] == 200
+    assert answer["headers"]["x-frame-options"] == "DENY"
+    assert "csrftoken" in answer["headers"].get("set-cookie", "")
+    assert call("POST", "/accounts/login/", b"username=a&password=b",
+                CONTENT_TYPE="application/x-www-form-urlencoded")["status"] == 403  # CSRF
