@@ -16,7 +16,7 @@ recreated and Redis db `--redis-db` (not 0) is flushed. Bounded in time: the
 simulator is killed `--duration-s` + 300 s after it starts.
 
     .venv/bin/python benchmarks/fleet.py [--devices 10000] [--duration-s 600]
-        [--workers 3] [--threads 4] [--concurrency 64]
+        [--workers N] [--threads N] [--concurrency 32]
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ def main() -> None:
                         help="gunicorn workers (default: fleet/gunicorn.py's)")
     parser.add_argument("--threads", type=int, default=production.threads,
                         help="threads per gunicorn worker (default: fleet/gunicorn.py's)")
-    parser.add_argument("--concurrency", type=int, default=64, help="simulator worker threads")
-    parser.add_argument("--ramp-s", type=float, default=5,
+    parser.add_argument("--concurrency", type=int, default=32, help="simulator worker threads")
+    parser.add_argument("--ramp-s", type=float, default=10,
                         help="spread the devices' first steps over this")
     parser.add_argument("--timeout-s", type=float, default=15, help="per request, as the agent")
     parser.add_argument("--redis-db", type=int, default=7)

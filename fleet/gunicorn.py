@@ -5,18 +5,24 @@ Measured on 2 cores (benchmarks/checkin.py, benchmarks/fleet.py and wrk):
   for that traffic gunicorn's plain `sync` workers answered 2,115 check-ins/s
   against 1,416 for `gthread` (p99 11 ms against 34 ms): no selector or
   keep-alive bookkeeping per connection;
-- two single-process workers per core gave the shortest tail; 3 workers ×
-  4 threads doubled or tripled p99, the threads queueing on the GIL.
-A sync worker serves one request at a time: put a buffering proxy in front
-for slow clients, and keep artifacts on S3 (devices get a presigned redirect,
-no worker streams the file). WEB_WORKER_CLASS=gthread + WEB_THREADS=N when
+- one worker more than cores: idle sync workers all wake for each new
+  connection (they select() on the shared socket), so extra workers cost CPU
+  on every request. benchmarks/fleet.py, 10,000 devices, 2 cores shared with
+  PostgreSQL, Redis and the simulator: 3 workers served 1,052 requests/s at
+  1.07 ms web CPU each, 4 workers 857/s at 1.47 ms, 2 workers 849/s (idle
+  while waiting on PostgreSQL/Redis; 1.06 ms); 3 workers × 4 threads doubled
+  or tripled p99 in benchmarks/checkin.py, the threads queueing on the GIL.
+A sync worker serves one request at a time and (gunicorn 27 here) lingers
+until the client closes: put a buffering proxy in front for slow (cellular)
+clients, and keep artifacts on S3 (devices get a presigned redirect, no worker
+streams the file). WEB_WORKER_CLASS=gthread + WEB_THREADS=N when
 serving large artifacts from local storage. Override with WEB_WORKERS / WEB_BIND.
 """
 
 import os
 
 bind = os.environ.get("WEB_BIND", "0.0.0.0:8000")
-workers = int(os.environ.get("WEB_WORKERS", 2 * (os.cpu_count() or 1)))
+workers = int(os.environ.get("WEB_WORKERS", (os.cpu_count() or 1) + 1))
 worker_class = os.environ.get("WEB_WORKER_CLASS", "sync")
 threads = int(os.environ.get("WEB_THREADS", 1))  # gthread only
 keepalive = 30  # gthread only: devices that keep their connection

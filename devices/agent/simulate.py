@@ -26,13 +26,13 @@ from __future__ import annotations
 import argparse
 import base64
 import collections
-import concurrent.futures
 import hashlib
 import heapq
 import itertools
 import json
 import logging
 import math
+import queue
 import random
 import threading
 import time
@@ -44,13 +44,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from devices.agent import __version__
 from devices.agent import manifest as mf
-from devices.agent.client import Client, Pacer, Response, Unreachable
+from devices.agent.client import LeanClient, Pacer, Response, Unreachable
 from devices.agent.state import write_json
 
 log = logging.getLogger("edgefleet.simulate")
 
 FAULTS = ("failed-health-check", "flapping-network", "slow-device", "bad-variant")
 VARIANT_SPEED = {"int8": 0.45, "fp16": 0.75, "pruned": 0.8}
+TICK_S = 0.005  # scheduler granularity
+HEARTBEAT_LOG_S = 300  # a device logs a heartbeat line about this often
 
 
 class Stats:
@@ -94,7 +96,7 @@ def _percentiles(hist: collections.Counter) -> dict:
     return out
 
 
-class FlakyClient(Client):
+class FlakyClient(LeanClient):
     """Drops every request during the "down" half of each flap period."""
 
     def __init__(self, *args, period_s: float, phase: float, **kwargs):
@@ -139,12 +141,12 @@ class SimDevice:
             self.first_variants = {"factory"}
         self.client = self._client()
 
-    def _client(self) -> Client:
+    def _client(self) -> LeanClient:
         if "flapping-network" in self.faults:
             return FlakyClient(self.options.server, self.token, timeout=self.options.timeout_s,
                                period_s=self.options.flap_period_s,
                                phase=self.rng.uniform(0, self.options.flap_period_s))
-        return Client(self.options.server, self.token, timeout=self.options.timeout_s)
+        return LeanClient(self.options.server, self.token, timeout=self.options.timeout_s)
 
     # --- one scheduling step ----------------------------------------------------------------
     def step(self) -> float:
@@ -347,7 +349,7 @@ class SimDevice:
                 "inferences": int(interval * 1000.0 / latency), "errors": 0,
                 "extra": {"slot": slot, "variant": variant, "sha256": artifact["sha256"],
                           "simulated": True, "latency_p95_ms": round(latency * 1.3, 3)}})
-        if self.rng.random() < 0.1:
+        if self.rng.random() < self.options.telemetry_interval_s / HEARTBEAT_LOG_S:
             self.log("info", f"heartbeat: {len(self.installed)} slot(s) active")
         self.flush()
 
@@ -403,40 +405,50 @@ class Fleet:
                 str(d.index): d.saved() for d in self.devices if d.token}})
 
     def run(self) -> dict:
+        """A scheduler loop hands due devices to `concurrency` worker threads through
+        a SimpleQueue (a ThreadPoolExecutor's Future per step cost more CPU than the
+        step's HTTP request); each step pushes the device back with its next due time."""
         deadline = time.monotonic() + self.options.duration_s if self.options.duration_s else None
         heap = [(time.monotonic() + d.rng.uniform(0, self.options.ramp_s), d.index)
                 for d in self.devices]
         heapq.heapify(heap)
         lock = threading.Lock()
-        wake = threading.Event()
+        ready: queue.SimpleQueue = queue.SimpleQueue()
 
-        def work(device: SimDevice) -> None:
-            try:
-                due = device.step()
-            except Exception:  # one broken device must not stop the fleet
-                log.exception("device %s step failed", device.index)
-                self.stats.add("step_errors")
-                due = time.monotonic() + self.options.poll_interval_s
-            with lock:
-                heapq.heappush(heap, (due, device.index))
-            wake.set()
+        def work() -> None:
+            while (index := ready.get()) is not None:
+                device = self.devices[index]
+                try:
+                    due = device.step()
+                except Exception:  # one broken device must not stop the fleet
+                    log.exception("device %s step failed", device.index)
+                    self.stats.add("step_errors")
+                    due = time.monotonic() + self.options.poll_interval_s
+                with lock:
+                    heapq.heappush(heap, (due, index))
 
-        with concurrent.futures.ThreadPoolExecutor(self.options.concurrency) as pool:
-            try:
-                while deadline is None or time.monotonic() < deadline:
-                    with lock:
-                        due = []
-                        while heap and heap[0][0] <= time.monotonic():
-                            due.append(heapq.heappop(heap)[1])
-                        wait = heap[0][0] - time.monotonic() if heap else 0.5
-                    for index in due:
-                        pool.submit(work, self.devices[index])
-                    if deadline is not None:
-                        wait = min(wait, deadline - time.monotonic())
-                    wake.wait(max(0.0, min(wait, 1.0)))
-                    wake.clear()
-            except KeyboardInterrupt:
-                pass
+        workers = [threading.Thread(target=work, name=f"sim-{n}", daemon=True)
+                   for n in range(self.options.concurrency)]
+        for thread in workers:
+            thread.start()
+        try:
+            while deadline is None or time.monotonic() < deadline:
+                now = time.monotonic()
+                with lock:
+                    while heap and heap[0][0] <= now:
+                        ready.put(heapq.heappop(heap)[1])
+                    wait = heap[0][0] - now if heap else TICK_S
+                if deadline is not None:
+                    wait = min(wait, deadline - now)
+                # Steps finishing meanwhile push due times seconds ahead, so a short
+                # sleep (not a wake-up per step) keeps the schedule to within TICK_S.
+                time.sleep(max(0.0, min(wait, TICK_S)))
+        except KeyboardInterrupt:
+            pass
+        for _ in workers:  # after the steps already queued: those finish first
+            ready.put(None)
+        for thread in workers:
+            thread.join()
         self.save()
         return {"devices": len(self.devices),
                    "enrolled": sum(1 for d in self.devices if d.token),
