@@ -7,9 +7,10 @@ class DevicesConfig(AppConfig):
     verbose_name = _("Devices")
 
     def ready(self) -> None:
+        from django.db.backends.signals import connection_created
         from django.db.models.signals import post_delete, post_save
 
-        from devices import authcache
+        from devices import authcache, ingest
         from devices.models import Device, DeviceCredential
 
         # Whatever path revokes or deletes a credential (admin, shell, cascade),
@@ -20,3 +21,4 @@ class DevicesConfig(AppConfig):
                             dispatch_uid="devauth-credential-deleted")
         post_save.connect(authcache.on_device_saved, sender=Device,
                           dispatch_uid="devauth-device-saved")
+        connection_created.connect(ingest.forget_prepared, dispatch_uid="ingest-prepared")

@@ -281,6 +281,9 @@ DEVICE_MAX_BATCH_ITEMS = env_int("DEVICE_MAX_BATCH_ITEMS", 5000, minimum=1)
 DEVICE_MAX_BATCH_BYTES = env_int("DEVICE_MAX_BATCH_BYTES", 4 * 1024 * 1024, minimum=1024)
 # Concurrent ingest requests per web process before answering 503 + Retry-After.
 DEVICE_MAX_INFLIGHT_INGEST = env_int("DEVICE_MAX_INFLIGHT_INGEST", 8, minimum=1)
+# Telemetry/log INSERTs as session-level prepared statements (PostgreSQL); turn off
+# behind a transaction-pooling PgBouncer.
+DEVICE_INGEST_PREPARED = env_bool("DEVICE_INGEST_PREPARED", True)
 DEVICE_RETRY_AFTER_S = env_int("DEVICE_RETRY_AFTER_S", 5, minimum=1)
 # With Redis: how long a confirmed device credential (or a revocation tombstone) is cached.
 DEVICE_AUTH_CACHE_S = env_int("DEVICE_AUTH_CACHE_S", 900, minimum=1)

@@ -311,3 +311,21 @@ def test_plain_device_views_are_in_the_openapi_schema(viewer_api):
     operation = spec["paths"]["/api/v1/device/telemetry"]["post"]
     assert {"200", "400", "401", "413", "429", "503"} <= set(operation["responses"])
     assert "TelemetryPoint" in spec["components"]["schemas"]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("prepared", [True, False])
+def test_insert_with_and_without_prepared_statements(api_a, settings, prepared):
+    """PostgreSQL: the prepared INSERT is made once per session and made again on a
+    new connection; with DEVICE_INGEST_PREPARED off the plain statement stores the same."""
+    from django.db import connection, connections
+
+    settings.DEVICE_INGEST_PREPARED = prepared
+    assert post(api_a, TELEMETRY, points(1, 3)).json()["count"] == 3
+    assert post(api_a, LOGS, log_lines(1, 2)).json()["count"] == 2
+    if connection.vendor == "postgresql" and prepared:
+        assert connections["default"].edgefleet_prepared == {
+            "edgefleet_insert_telemetry", "edgefleet_insert_logs"}
+    connection.close()  # a new session: statements prepared again, not assumed
+    assert post(api_a, TELEMETRY, points(2, 5)).json()["accepted"] == {"boot-1": [2, 3, 4, 5]}
+    assert TelemetryPoint.objects.count() == 5 and LogLine.objects.count() == 2
