@@ -237,16 +237,16 @@ def _insert_pg(table: Table, device_id: int, keys, rows) -> int:
         if settings.DEVICE_INGEST_PREPARED:
             cursor.execute(_prepared(cursor, table, types), params)
         else:
-            cursor.execute(_insert_sql(table, types, [f"%s::{t}[]" for t in types]), params)
+            cursor.execute(_insert_sql(table, "%s", [f"%s::{t}[]" for t in types]), params)
         return cursor.rowcount
 
 
-def _insert_sql(table: Table, types, arrays: list[str]) -> str:
+def _insert_sql(table: Table, device: str, arrays: list[str]) -> str:
+    """The INSERT … SELECT FROM unnest(arrays); `device`/`arrays`: the placeholders."""
     names = ", ".join(table.columns)
     aliases = [f"c{i}" for i in range(len(table.columns))]
     selects = ["to_timestamp(c0)" if name == "ts" else alias
                for name, alias in zip(table.columns, aliases, strict=True)]
-    device = "%s" if arrays[0].startswith("%s") else "$1"
     return (f"INSERT INTO {table.name} (device_id, boot_id, seq, {names}) "
             f"SELECT {device}, b, s, {', '.join(selects)} "
             f"FROM unnest({', '.join(arrays)}) AS u(b, s, {', '.join(aliases)}) "
@@ -264,7 +264,7 @@ def _prepared(cursor, table: Table, types) -> str:
     if name not in prepared:
         arrays = [f"${i}::{t}[]" for i, t in enumerate(types, start=2)]
         cursor.execute(f"PREPARE {name} (int8, {', '.join(t + '[]' for t in types)}) AS "
-                       + _insert_sql(table, types, arrays))
+                       + _insert_sql(table, "$1", arrays))
         prepared.add(name)
     return f"EXECUTE {name} ({', '.join(['%s'] * (len(types) + 1))})"
 

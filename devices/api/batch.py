@@ -26,9 +26,15 @@ from django.views.decorators.http import require_POST
 from redis.exceptions import RedisError
 
 from devices import auth, services
+from devices.api.responses import (
+    bearer_token,
+    refusal,
+    token_refused,
+    token_required,
+    unavailable,
+)
 
 log = logging.getLogger(__name__)
-BEARER_REALM = 'Bearer realm="devices"'
 
 
 class InflightLimit:
@@ -54,28 +60,14 @@ class InflightLimit:
 INFLIGHT = InflightLimit()
 
 
-def refusal(status: int, detail: str, code: str, **headers) -> JsonResponse:
-    """The device API's error body, `{"detail", "code"}`; `Retry_After=` → `Retry-After`."""
-    response = JsonResponse({"detail": detail, "code": code}, status=status)
-    for name, value in headers.items():
-        response[name.replace("_", "-")] = value
-    return response
-
-
-def unavailable(detail: str) -> JsonResponse:
-    return refusal(503, detail, "unavailable", Retry_After=str(settings.DEVICE_RETRY_AFTER_S))
-
-
 def authenticate(request) -> auth.DevicePrincipal | JsonResponse:
     """The device principal, counted for the rate limit, or the refusal to send."""
-    parts = request.META.get("HTTP_AUTHORIZATION", "").split()
-    if len(parts) != 2 or parts[0].lower() != "bearer":
-        return refusal(401, "Device token required.", "not_authenticated",
-                       WWW_Authenticate=BEARER_REALM)
-    principal = auth.authenticate_token(parts[1])
+    token = bearer_token(request)
+    if token is None:
+        return token_required()
+    principal = auth.authenticate_token(token)
     if principal is None:
-        return refusal(401, "Unknown or revoked device token.", "authentication_failed",
-                       WWW_Authenticate=BEARER_REALM)
+        return token_refused()
     limit, period = auth.device_rate()
     if auth.count_request(principal, period) > limit:
         wait = period - int(time.time()) % period

@@ -20,11 +20,18 @@ import time
 from django.conf import settings
 from django.core.cache import caches
 from django.db import DatabaseError, connection
-from django.http import HttpResponse, JsonResponse
+from django.http import HttpResponse
 from django.views.decorators.http import require_GET
 from redis.exceptions import RedisError
 
 from devices import authcache
+from devices.api.responses import (
+    bearer_token,
+    refusal,
+    token_refused,
+    token_required,
+    unavailable,
+)
 from devices.auth import cached_request, count_in_cache, device_for_token, device_rate
 from ota import manifests
 
@@ -34,13 +41,6 @@ log = logging.getLogger(__name__)
 def poll_interval() -> str:
     base = settings.OTA_POLL_INTERVAL_S
     return str(max(1, round(base * random.uniform(0.8, 1.2))))
-
-
-def _refused(status: int, detail: str, code: str, **headers) -> JsonResponse:
-    response = JsonResponse({"detail": detail, "code": code}, status=status)
-    for name, value in headers.items():
-        response[name.replace("_", "-")] = value
-    return response
 
 
 class Unknown(Exception):
@@ -72,29 +72,26 @@ def _poll_cache(token: str, period: int) -> tuple[int, int, tuple | None]:
 
 @require_GET
 def update(request):
-    parts = request.META.get("HTTP_AUTHORIZATION", "").split()
-    if len(parts) != 2 or parts[0].lower() != "bearer":
-        return _refused(401, "Device token required.", "not_authenticated",
-                        WWW_Authenticate='Bearer realm="devices"')
+    token = bearer_token(request)
+    if token is None:
+        return token_required()
     limit, period = device_rate()
     client = authcache.redis_client()
     try:
         if client is not None:
-            device_pk, count, cached = _poll_redis(client, parts[1], period)
+            device_pk, count, cached = _poll_redis(client, token, period)
         else:
-            device_pk, count, cached = _poll_cache(parts[1], period)
+            device_pk, count, cached = _poll_cache(token, period)
     except Unknown:
-        return _refused(401, "Unknown or revoked device token.", "authentication_failed",
-                        WWW_Authenticate='Bearer realm="devices"')
+        return token_refused()
     except (DatabaseError, RedisError) as exc:
         log.error("check-in: backing service unavailable: %s", exc)
         connection.close_if_unusable_or_obsolete()
-        return _refused(503, "Service unavailable; retry later.", "unavailable",
-                        Retry_After=str(settings.DEVICE_RETRY_AFTER_S))
+        return unavailable("Service unavailable; retry later.")
     if count > limit:
         wait = period - int(time.time()) % period
-        return _refused(429, f"Too many check-ins; retry in {wait} s.", "throttled",
-                        Retry_After=str(wait))
+        return refusal(429, f"Too many check-ins; retry in {wait} s.", "throttled",
+                       Retry_After=str(wait))
     answer = manifests.CheckIn(*cached) if cached else manifests.checkin_for(device_pk)
     if answer.etag in _etags(request.META.get("HTTP_IF_NONE_MATCH", "")):
         response = HttpResponse(status=304)
