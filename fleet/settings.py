@@ -79,6 +79,7 @@ DEVICE_API_MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "fleet.middleware.ContentLengthMiddleware",
 ]
+DEVICE_API_URLCONF = "fleet.device_urls"  # the device handler matches only device routes
 
 ROOT_URLCONF = "fleet.urls"
 WSGI_APPLICATION = "fleet.wsgi.application"

@@ -8,6 +8,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from fleet import views
 
 urlpatterns = [
+    path("", include("fleet.device_urls")),  # the device API: most requests by far
     path("", views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
     path("accounts/login/", views.LoginView.as_view(), name="login"),
@@ -16,7 +17,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
-    # Device endpoints first: every device request walks the patterns before its own.
     path("api/v1/", include("devices.api.urls")),
     path("api/v1/", include("ota.api.urls")),
     path("api/v1/", include("compression.api.urls")),

@@ -5,7 +5,9 @@ whose middleware is `DEVICE_API_MIDDLEWARE` (body size limit, security headers)
 instead of the browser stack: sessions, locale, CSRF, user authentication,
 messages and clickjacking protection do nothing for a bearer-token device, and
 on the endpoints every device calls every few seconds they cost a fifth of the
-request's CPU (benchmarks/fleet.py). Everything else gets the full `MIDDLEWARE`.
+request's CPU (benchmarks/fleet.py). That handler also resolves against
+`DEVICE_API_URLCONF` (only the device routes). Everything else gets the full
+`MIDDLEWARE` and `ROOT_URLCONF`.
 """
 
 import os
@@ -25,20 +27,32 @@ class DeviceAPIRouter:
         return handler(environ, start_response)
 
 
-def _application():
-    default = get_wsgi_application()  # sets Django up
+def _device_handler():
     from django.conf import settings
     from django.core.handlers.wsgi import WSGIHandler
+
+    class DeviceAPIHandler(WSGIHandler):
+        urlconf = settings.DEVICE_API_URLCONF
+
+        def get_response(self, request):
+            request.urlconf = self.urlconf  # as a middleware may: resolve, reverse, 404s
+            return super().get_response(request)
 
     # BaseHandler.load_middleware reads settings.MIDDLEWARE: give it the device
     # list for the one handler built here, at import, before any request.
     browser = settings.MIDDLEWARE
     settings.MIDDLEWARE = settings.DEVICE_API_MIDDLEWARE
     try:
-        device = WSGIHandler()
+        return DeviceAPIHandler()
     finally:
         settings.MIDDLEWARE = browser
-    return DeviceAPIRouter(default, device, settings.DEVICE_API_PREFIX)
+
+
+def _application():
+    default = get_wsgi_application()  # sets Django up
+    from django.conf import settings
+
+    return DeviceAPIRouter(default, _device_handler(), settings.DEVICE_API_PREFIX)
 
 
 application = _application()
