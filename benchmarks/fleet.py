@@ -9,7 +9,11 @@ poll `GET /api/v1/device/update` every
 they report telemetry without a deployment; no update is assigned, so
 check-ins answer 204/304. Afterwards: requests by endpoint, failed requests
 (target: zero), check-in latency p50/p95/p99 as the devices saw it,
-telemetry points sent vs rows stored (target: equal), CPU by process.
+telemetry points sent vs rows stored (target: equal), CPU by process, and
+the schedule lag: how late the simulator started device steps after they were
+due (telemetry ticks run on each device's clock, so a simulator or server
+that cannot keep up shows as lag and missed ticks, not as quietly fewer
+requests).
 
 Loopback only; the scratch database `edgefleet_fleetbench` is dropped and
 recreated and Redis db `--redis-db` (not 0) is flushed. Bounded in time: the
@@ -174,6 +178,12 @@ def main() -> None:
               f"{f'{expected / args.duration_s:,.1f}' if expected else '–'} | "
               f"{row['p50_ms']:.1f} | {row['p95_ms']:.1f} | {row['p99_ms']:.1f} | "
               f"{row['max_ms']:.1f} |")
+    lag = stats.get("schedule_lag") or {}
+    if lag.get("count"):
+        print(f"\nschedule lag (a device's step started after it was due, the simulator's own "
+              f"queueing): p50 {lag['p50_ms']:.1f} ms, p95 {lag['p95_ms']:.1f}, p99 "
+              f"{lag['p99_ms']:.1f}, max {lag['max_ms']:.1f}; telemetry ticks missed "
+              f"{stats.get('telemetry_ticks_missed', 0):,}")
     statuses = {k: v for k, v in stats.items() if k.startswith("checkin_")}
     print(f"\ncheck-in statuses: {json.dumps(statuses)}")
     print(f"failed requests: {sum(failed.values())} {json.dumps(failed) if failed else ''}")

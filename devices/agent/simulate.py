@@ -62,6 +62,9 @@ class Stats:
         # 0.1 ms in bounded memory, however long the fleet runs.
         self.latency: dict[str, collections.Counter] = collections.defaultdict(
             collections.Counter)
+        # How late steps started after they were due (the simulator's own queueing):
+        # latency measured from a late start would hide it (coordinated omission).
+        self.lag: collections.Counter = collections.Counter()
         self.lock = threading.Lock()
 
     def add(self, name: str, n: int = 1) -> None:
@@ -73,6 +76,15 @@ class Stats:
         tenths = round((time.perf_counter() - began) * 10_000)
         with self.lock:
             self.latency[endpoint][tenths] += 1
+
+    def late(self, seconds: float) -> None:
+        tenths = round(seconds * 10_000)
+        with self.lock:
+            self.lag[tenths] += 1
+
+    def lag_summary(self) -> dict:
+        with self.lock:
+            return _percentiles(self.lag)
 
     def latency_summary(self) -> dict:
         with self.lock:
@@ -166,7 +178,16 @@ class SimDevice:
             self.check_in()
         if now >= self.next_telemetry:
             self.telemetry()
-            self.next_telemetry = now + self.options.telemetry_interval_s
+            # On the device's own clock, like a timer: a step the simulator ran late
+            # does not push later ticks back (a closed loop would report slower than
+            # asked whenever the simulator itself falls behind); whole ticks missed
+            # are skipped and counted.
+            interval = self.options.telemetry_interval_s
+            self.next_telemetry += interval
+            if self.next_telemetry <= now:
+                missed = math.ceil((now - self.next_telemetry) / interval)
+                self.stats.add("telemetry_ticks_missed", missed)
+                self.next_telemetry += missed * interval
         return min(self.next_poll, self.next_telemetry)
 
     def enroll(self) -> None:
@@ -407,16 +428,20 @@ class Fleet:
     def run(self) -> dict:
         """A scheduler loop hands due devices to `concurrency` worker threads through
         a SimpleQueue (a ThreadPoolExecutor's Future per step cost more CPU than the
-        step's HTTP request); each step pushes the device back with its next due time."""
+        step's HTTP request); each step hands the device back with its next due time
+        through another, so only the scheduler touches the heap (no lock: popping
+        under a lock the workers also took was a fifth of the simulator's time)."""
         deadline = time.monotonic() + self.options.duration_s if self.options.duration_s else None
         heap = [(time.monotonic() + d.rng.uniform(0, self.options.ramp_s), d.index)
                 for d in self.devices]
         heapq.heapify(heap)
-        lock = threading.Lock()
         ready: queue.SimpleQueue = queue.SimpleQueue()
+        returned: queue.SimpleQueue = queue.SimpleQueue()
 
         def work() -> None:
-            while (index := ready.get()) is not None:
+            while (item := ready.get()) is not None:
+                scheduled, index = item
+                self.stats.late(time.monotonic() - scheduled)
                 device = self.devices[index]
                 try:
                     due = device.step()
@@ -424,8 +449,7 @@ class Fleet:
                     log.exception("device %s step failed", device.index)
                     self.stats.add("step_errors")
                     due = time.monotonic() + self.options.poll_interval_s
-                with lock:
-                    heapq.heappush(heap, (due, index))
+                returned.put((due, index))
 
         workers = [threading.Thread(target=work, name=f"sim-{n}", daemon=True)
                    for n in range(self.options.concurrency)]
@@ -434,10 +458,11 @@ class Fleet:
         try:
             while deadline is None or time.monotonic() < deadline:
                 now = time.monotonic()
-                with lock:
-                    while heap and heap[0][0] <= now:
-                        ready.put(heapq.heappop(heap)[1])
-                    wait = heap[0][0] - now if heap else TICK_S
+                while not returned.empty():  # the only consumer: never blocks
+                    heapq.heappush(heap, returned.get())
+                while heap and heap[0][0] <= now:
+                    ready.put(heapq.heappop(heap))
+                wait = heap[0][0] - now if heap else TICK_S
                 if deadline is not None:
                     wait = min(wait, deadline - now)
                 # Steps finishing meanwhile push due times seconds ahead, so a short
@@ -453,7 +478,8 @@ class Fleet:
         return {"devices": len(self.devices),
                    "enrolled": sum(1 for d in self.devices if d.token),
                    "faulty": sum(1 for d in self.devices if d.faults), **self.stats.as_dict(),
-                   "latency": self.stats.latency_summary()}
+                   "latency": self.stats.latency_summary(),
+                   "schedule_lag": self.stats.lag_summary()}
 
 
 def parser() -> argparse.ArgumentParser:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from devices.agent import simulate
 
 
@@ -69,3 +71,30 @@ def test_refuses_manifest_for_another_device(peer, tmp_path, good_model):
     summary = simulate.Fleet(options(peer, tmp_path)).run()
     assert summary["manifest_refused_wrong_device"] >= 4
     assert not peer.seen("GET", "/api/v1/device/artifacts")
+
+
+def test_telemetry_keeps_the_device_clock_and_counts_missed_ticks(peer, tmp_path):
+    from tests.agent.peer import DEVICE_TOKEN, DEVICE_UID
+
+    opts = options(peer, tmp_path, "--telemetry-interval-s", "10", "--poll-interval-s", "30",
+                   "--preinstalled", "factory:1")
+    stats = simulate.Stats()
+    device = simulate.SimDevice(0, opts, stats, {"uid": DEVICE_UID, "token": DEVICE_TOKEN,
+                                                 "keys": [peer.public_b64]})
+    now = simulate.time.monotonic()
+    device.next_poll = now + 100
+    device.next_telemetry = now - 1.0  # due a second ago: the simulator ran it late
+    device.step()
+    # The next tick is on the device's clock (due + 10 s), not 10 s after the late step.
+    assert device.next_telemetry == pytest.approx(now + 9.0)
+    device.next_telemetry = now - 25.0  # more than two whole ticks behind
+    device.step()
+    assert stats.as_dict()["telemetry_ticks_missed"] == 2
+    assert now < device.next_telemetry <= now + 10.0
+    assert len([p for b in peer.telemetry for p in b["batch"]]) == 2
+
+
+def test_summary_reports_how_late_steps_started(peer, tmp_path):
+    summary = simulate.Fleet(options(peer, tmp_path, "--duration-s", "1")).run()
+    lag = summary["schedule_lag"]
+    assert lag["count"] >= 4 and 0 <= lag["p50_ms"] <= lag["max_ms"]
