@@ -50,7 +50,7 @@ messages: venv
 	$(PY) manage.py compilemessages -l zh_Hans
 
 benchmark-compression: venv
-	$(PY) benchmarks/compression.py
+	$(PY) benchmarks/engine.py
 
 clean:
 	rm -rf var .pytest_cache .ruff_cache

@@ -1,7 +1,8 @@
 """Compression job workflows: validate and create, enqueue, cancel, requeue.
 
-Naming follows STYLE.md: `check_*` validates then acts, `do_*` mutates and
-states its precondition. The heavy work itself lives in `runner.py`.
+Functions are named by what they do; each states what it checks and its
+precondition in its docstring (docs/architecture.md, naming). The heavy work
+itself lives in `runner.py`.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def _check_dataset(dataset: Dataset | None, source: ModelVersion, field: str) ->
                 % {"d": dataset.name, "i": spec["name"], "g": got, "w": want}, field)
 
 
-def check_and_create_job(source: ModelVersion, *, mode: str = JobMode.AUTO,
+def create_job(source: ModelVersion, *, mode: str = JobMode.AUTO,
                          recipes: list[str] | None = None, kpis: dict | None = None,
                          hardware_profile=None, calibration: Dataset | None = None,
                          evaluation: Dataset | None = None, time_budget_s: int = 600,
@@ -141,11 +142,11 @@ def check_and_create_job(source: ModelVersion, *, mode: str = JobMode.AUTO,
             time_budget_s=budget, created_by=actor,
         )
         if enqueue:
-            transaction.on_commit(lambda: do_enqueue(job.pk))
+            transaction.on_commit(lambda: enqueue_job(job.pk))
     return job
 
 
-def do_enqueue(job_id: int) -> bool:
+def enqueue_job(job_id: int) -> bool:
     """Send the job's message. Precondition: the job row is committed.
 
     A broker that is down does not lose the job: the row stays queued with no
@@ -163,7 +164,7 @@ def do_enqueue(job_id: int) -> bool:
     return True
 
 
-def do_cancel(job: CompressionJob) -> bool:
+def cancel_job(job: CompressionJob) -> bool:
     """Cancel a queued job or ask a running one to stop. False when it is already over."""
     return job.request_cancel()
 
@@ -179,4 +180,4 @@ def requeue_stale_jobs(*, now=None) -> list[int]:
         heartbeat_at__lt=now - timedelta(seconds=settings.EDGEFLEET_JOB_STALE_S))
     ids = sorted(set(never_sent.values_list("pk", flat=True)) |
                  set(silent.values_list("pk", flat=True)))
-    return [pk for pk in ids if do_enqueue(pk)]
+    return [pk for pk in ids if enqueue_job(pk)]

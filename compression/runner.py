@@ -1,4 +1,4 @@
-"""Run one compression job: the state machine's single owner (STYLE 8).
+"""Run one compression job: the state machine's single owner.
 
 Called by the Celery task with a job id. Everything slow (the engine search,
 sandboxed validation of each variant) runs outside any transaction; results
@@ -236,7 +236,7 @@ def _register_variant(job: CompressionJob, cand: dict) -> ModelVersion:
                               if not k.endswith("_path")}} for s in cand.get("steps") or []]
     recipe = {"name": cand["recipe"], "job": job.pk, "steps": steps,
               "hardware_profile": job.hardware_profile.slug if job.hardware_profile else None}
-    registered = services.check_and_register_version(
+    registered = services.register_version(
         source.model, cand["path"], original_filename=f"{cand['recipe']}.onnx",
         actor=job.created_by, parent=source, recipe=recipe,
         metrics={**cand["metrics"], "estimate_for": recipe["hardware_profile"]},

@@ -79,7 +79,7 @@ DEVICE_API_MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "fleet.middleware.ContentLengthMiddleware",
 ]
-DEVICE_API_URLCONF = "fleet.device_urls"  # the device handler matches only device routes
+DEVICE_API_URLCONF = "device_api.urls"  # the device handler matches only device routes
 
 ROOT_URLCONF = "fleet.urls"
 WSGI_APPLICATION = "fleet.wsgi.application"
@@ -268,7 +268,7 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "devices.api.schema.add_plain_device_views",  # check-in, telemetry, logs
+        "device_api.schema.add_plain_device_views",  # check-in, telemetry, logs
     ],
 }
 

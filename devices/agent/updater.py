@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from devices.agent import manifest as mf
+from devices.agent.buffer import Backoff
 from devices.agent.client import Client, Response, Unreachable
 from devices.agent.download import DownloadError, download, sha256_file
 from devices.agent.state import State, fsync_dir
@@ -36,10 +37,8 @@ ARTIFACT_PATH = "/api/v1/device/artifacts/{sha256}"
 PROGRESS = ("downloading", "downloaded", "installing")
 
 
-class CheckInError(Exception):
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
+class CheckInError(Backoff):
+    """The check-in failed (unreachable, refused, or not JSON); `retry_after` as advised."""
 
 
 @dataclass

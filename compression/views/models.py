@@ -11,7 +11,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import gettext as _
 
 from compression import services
-from compression.api.views import artifact_response
+from compression.api.views.models import artifact_response
 from compression.forms import DatasetUploadForm, ModelUploadForm, VersionUploadForm
 from compression.models import CompressionJob, Dataset, MLModel, ModelVersion
 from fleet import audit
@@ -32,11 +32,11 @@ def model_upload(request):
         data = form.cleaned_data
         try:
             with transaction.atomic():
-                model = services.do_create_model(
+                model = services.create_model(
                     name=data["name"], task=data["task"], description=data["description"],
                     owner=request.user,
                 )
-                result = services.check_and_register_version(
+                result = services.register_version(
                     model, data["file"].temporary_file_path(),
                     original_filename=data["file"].name, actor=request.user,
                 )
@@ -86,7 +86,7 @@ def version_upload(request, pk: int):
     if request.method == "POST" and form.is_valid():
         upload = form.cleaned_data["file"]
         try:
-            result = services.check_and_register_version(
+            result = services.register_version(
                 model, upload.temporary_file_path(), original_filename=upload.name,
                 actor=request.user, parent=model.latest_version(),
                 notes=form.cleaned_data["notes"],
@@ -107,7 +107,7 @@ def dataset_upload(request, pk: int):
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
-            dataset = services.check_and_register_dataset(
+            dataset = services.register_dataset(
                 data["file"].temporary_file_path(), name=data["name"], purpose=data["purpose"],
                 original_filename=data["file"].name, model=model, actor=request.user,
             )

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.db import IntegrityError, transaction
 
-from devices.models import ServerKey
+from ota.models import ServerKey
 
 
 def _new_key() -> ServerKey:

@@ -1,6 +1,6 @@
-"""Jobs API: start, list, inspect and cancel compression jobs; hardware profiles.
+"""Jobs API: start, list, inspect and cancel compression jobs.
 
-Serializers map fields; `compression.jobs.check_and_create_job` validates (STYLE 3).
+Serializers map fields; `compression.jobs.create_job` validates.
 """
 
 from __future__ import annotations
@@ -16,14 +16,6 @@ from compression.models import Candidate, CompressionJob, Dataset, ModelVersion
 from devices.models import HardwareProfile
 from fleet import audit
 from fleet.roles import Role
-
-
-class HardwareProfileSerializer(serializers.ModelSerializer):
-    class Meta:
-        model = HardwareProfile
-        fields = ["id", "slug", "name", "description", "arch", "intra_op_threads",
-                  "execution_provider", "ram_mb"]
-        read_only_fields = fields
 
 
 class CandidateSerializer(serializers.ModelSerializer):
@@ -88,7 +80,7 @@ class CompressionJobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin,
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         try:
-            job = jobs.check_and_create_job(
+            job = jobs.create_job(
                 data["source"], mode=data["mode"], recipes=data["recipes"], kpis=data["kpis"],
                 hardware_profile=data.get("hardware_profile"),
                 calibration=data.get("calibration"), evaluation=data["evaluation"],
@@ -108,15 +100,9 @@ class CompressionJobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin,
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
         job = self.get_object()
-        accepted = jobs.do_cancel(job)
+        accepted = jobs.cancel_job(job)
         audit.note(request, "job.cancel", job, accepted=accepted)
         if not accepted:
             return Response({"detail": "The job has already ended.", "code": "job_over",
                              "status": job.status}, status=status.HTTP_409_CONFLICT)
         return Response(self.get_serializer(job).data, status=status.HTTP_202_ACCEPTED)
-
-
-class HardwareProfileViewSet(viewsets.ReadOnlyModelViewSet):
-    queryset = HardwareProfile.objects.order_by("name")
-    serializer_class = HardwareProfileSerializer
-    lookup_field = "slug"

@@ -4,7 +4,7 @@ Prints, per model x recipe: size ratio, p50 ratio and throughput ratio vs fp32,
 accuracy and fidelity, then the ``auto`` choice under a latency KPI, then the
 issue-3 targets with PASS/FAIL. Usage:
 
-    .venv/bin/python benchmarks/compression.py [--threads 1] [--runs 100] [--json OUT]
+    .venv/bin/python benchmarks/engine.py [--threads 1] [--runs 100] [--json OUT]
 
 Generated fixtures (transformer model, MobileNet data) are cached in
 ``var/cache/fixtures`` (or $EDGEFLEET_FIXTURE_CACHE).
@@ -15,8 +15,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Run as a script, this file's folder would come first on sys.path and its own
-# name would shadow the ``compression`` package: put the repository root first.
+# Run as a script: this checkout's packages (and `benchmarks`) come first on sys.path.
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))

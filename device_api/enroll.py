@@ -19,12 +19,13 @@ from rest_framework.response import Response
 from rest_framework.throttling import AnonRateThrottle, SimpleRateThrottle
 from rest_framework.views import APIView
 
-from devices import keys, services
+from devices import services
 from devices.api.serializers import (
     EnrollRequestSerializer,
     EnrollResponseSerializer,
 )
 from devices.auth import DeviceTokenAuthentication, IsDevice
+from ota import keys
 
 log = logging.getLogger(__name__)
 
