@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('ota', '0001_initial'),
+        ("ota", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='deployment',
-            name='ungated_count',
+            model_name="deployment",
+            name="ungated_count",
             field=models.IntegerField(default=0),
         ),
     ]
