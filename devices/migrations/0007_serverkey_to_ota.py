@@ -6,7 +6,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ("devices", "0006_drop_reports"),
-        ("ota", "0002_serverkey"),
+        ("ota", "0003_serverkey"),
     ]
 
     operations = [

@@ -109,7 +109,7 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         try:
             done = services.approve(self.get_object(), actor=request.user)
         except services.OtaError as exc:
-            audit.note(request, "ota.deployment.approve", self.get_object(), refused=exc.code)
+            audit.note(request, "deployment.approve", self.get_object(), refused=exc.code)
             return refused(exc)
         return self._act(request, "approve", done)
 

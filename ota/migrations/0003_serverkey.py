@@ -5,7 +5,7 @@ class Migration(migrations.Migration):
     """ServerKey moves here from the devices app; its table (devices_serverkey) stays."""
 
     dependencies = [
-        ("ota", "0001_initial"),
+        ("ota", "0002_deployment_ungated_count"),
         ("devices", "0006_drop_reports"),
     ]
 
