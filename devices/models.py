@@ -96,9 +96,9 @@ class QueryGroup(models.Model):
         validate_query(self.query)
 
     def devices(self):
-        from devices.query import filter_devices
+        from devices.query import filter_by_query
 
-        return filter_devices(Device.objects.all(), self.query)
+        return filter_by_query(Device.objects.all(), self.query)
 
 
 class Device(models.Model):
