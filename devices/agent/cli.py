@@ -50,7 +50,13 @@ def enroll(args) -> int:
         print(f"enrollment refused: HTTP {response.status} {response.body[:300]!r}",
               file=sys.stderr)
         return 1
-    answer = response.json() or {}
+    try:
+        answer = response.json() or {}
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        print("unexpected enrollment answer: not a JSON object", file=sys.stderr)
+        return 1
     uid = answer.get("uid") or answer.get("device_id") or answer.get("device")
     token = answer.get("token") or answer.get("device_token")
     public = answer.get("server_public_key") or answer.get("public_key")

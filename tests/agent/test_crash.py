@@ -122,7 +122,8 @@ def test_kill_during_health_check_of_a_bad_model_rolls_back(peer, state, install
     peer.add_artifact(nan_model)
     peer.offer(peer.manifest([("fp32", nan_model)], version=2))
     run_until_paused(state, "health", tmp_path / "marker")
-    assert assert_consistent(state) == nan_model  # switched, not yet checked
+    # Fail-safe: the pointer names only verified models; the check is not done yet.
+    assert assert_consistent(state) == installed_v1
     run_to_end(state)
     assert assert_consistent(state) == installed_v1
     assert peer.statuses[-1]["state"] == "rolled_back"
