@@ -135,7 +135,6 @@ class Agent:
                                 "sha256": variant["sha256"], "variant": pointer["active"],
                                 "manifest_version": pointer["version"]}
         facts["models"] = models
-        facts["metadata"] = self.metadata_status()
         try:
             response = self.client.request("PUT", "/api/v1/device/inventory", json_body=facts)
             if response.status >= 400:
@@ -143,12 +142,6 @@ class Agent:
                             response.body[:200])
         except Unreachable as exc:
             log.info("inventory not sent: %s", exc)
-
-    def metadata_status(self) -> dict:
-        """How fresh the signed check-in metadata is (stale: a freeze or replay)."""
-        record = self.updater.freshness.record
-        stale = self.updater.freshness.stale_s(datetime.now(UTC))
-        return {"fresh_until": record.get("expires_at"), "stale_s": stale}
 
     # --- the loop ------------------------------------------------------------------------
     def check_in(self) -> None:

@@ -124,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     while args and args[0] in ("--memory-mb", "--cpu-s") and len(args) > 1:
         limits[args[0]] = int(args[1])
         args = args[2:]
+    # The libraries first: the limit is about what the model allocates.
+    import numpy.random  # noqa: F401
+    import onnxruntime  # noqa: F401
+
     limit_resources(limits.get("--memory-mb"), limits.get("--cpu-s"))
     for path in args:
         problem = check_model(path)

@@ -237,6 +237,21 @@ def _handler(peer: Peer):
                     self.wfile.write(body[offset:offset + 1024])
                     self.wfile.flush()
                     time.sleep(0.01)
+            elif fault == "trickle":  # slow retrieval: 1000 bytes every 0.25 s
+                try:
+                    for offset in range(0, len(body), 1000):
+                        if peer.faults.get(sha) != "trickle":
+                            break  # the test ended the attack: hang up
+                        self.wfile.write(body[offset:offset + 1000])
+                        self.wfile.flush()
+                        time.sleep(0.25)
+                except OSError:
+                    pass
+                self.close_connection = True
+            elif fault == "cut":  # half the bytes, then the connection drops
+                self.wfile.write(body[:len(body) // 2])
+                self.wfile.flush()
+                self.close_connection = True
             else:
                 self.wfile.write(body)
             return None
