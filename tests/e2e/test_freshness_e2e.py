@@ -134,8 +134,8 @@ def test_replayed_body_does_not_poison_the_etag(proxy, enrollment_token, admin_u
     assert active_sha(state) == second.sha256
 
 
-def test_refusal_of_a_forged_manifest_is_attached_to_the_genuine_update(  # noqa: F811
-        proxy, enrollment_token, admin_user, tmp_path):
+def test_refusal_of_a_forged_manifest_is_attached_to_the_genuine_update(
+        proxy, enrollment_token, admin_user, tmp_path):  # noqa: F811
     (state,), base = installed_base(proxy, enrollment_token, admin_user, tmp_path)
     attacker = Ed25519PrivateKey.generate()
 
