@@ -11,8 +11,10 @@ import secrets
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from fleet.env import env_bool, env_int, env_list, env_str
+from fleet.proxy import parse_networks
 
 # onnxruntime looks up a vendor telemetry host unless told not to (RELIABILITY N1);
 # it must be set before the first import of onnxruntime in any process we start.
@@ -39,6 +41,13 @@ SECRET_KEY = _secret_key()
 DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+# Addresses (CIDRs) of the reverse proxy: only requests from them may set the
+# client address and scheme through X-Forwarded-For / -Proto (fleet/proxy.py).
+TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", [])
+try:
+    parse_networks(TRUSTED_PROXIES)
+except ValueError as exc:
+    raise ImproperlyConfigured(f"TRUSTED_PROXIES: {exc}") from None
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -318,6 +327,9 @@ OTA_POLL_INTERVAL_S = env_int("OTA_POLL_INTERVAL_S", 60, minimum=5)
 OTA_MANIFEST_TTL_H = env_int("OTA_MANIFEST_TTL_H", 168, minimum=1)
 # How long a device's check-in answer stays cached (dropped on any change).
 OTA_CHECKIN_CACHE_S = env_int("OTA_CHECKIN_CACHE_S", 300, minimum=1)
+# Lifetime of the signed timestamp on every check-in answer (seconds); a device
+# that gets no fresh one for longer reports stale metadata (freeze attack).
+OTA_TIMESTAMP_TTL_S = env_int("OTA_TIMESTAMP_TTL_S", 3600, minimum=2)
 # How often the gate task judges running deployments (seconds).
 OTA_GATE_INTERVAL_S = env_int("OTA_GATE_INTERVAL_S", 30, minimum=5)
 CELERY_BEAT_SCHEDULE["ota-evaluate-deployments"] = {
