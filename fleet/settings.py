@@ -11,8 +11,10 @@ import secrets
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from fleet.env import env_bool, env_int, env_list, env_str
+from fleet.proxy import parse_networks
 
 # onnxruntime looks up a vendor telemetry host unless told not to (RELIABILITY N1);
 # it must be set before the first import of onnxruntime in any process we start.
@@ -43,6 +45,13 @@ SERVER_KEY_PASSPHRASE = env_str("SERVER_KEY_PASSPHRASE") or SECRET_KEY
 DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+# Addresses (CIDRs) of the reverse proxy: only requests from them may set the
+# client address and scheme through X-Forwarded-For / -Proto (fleet/proxy.py).
+TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", [])
+try:
+    parse_networks(TRUSTED_PROXIES)
+except ValueError as exc:
+    raise ImproperlyConfigured(f"TRUSTED_PROXIES: {exc}") from None
 
 INSTALLED_APPS = [
     "django.contrib.admin",
