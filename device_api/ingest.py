@@ -1,7 +1,7 @@
 """`POST /api/v1/device/telemetry` and `/api/v1/device/logs`: plain Django views.
 
 Every device posts here every few seconds, so, like the check-in
-(`ota.api.checkin`), these skip DRF: its request wrapping, content
+(`device_api.checkin`), these skip DRF: its request wrapping, content
 negotiation, throttle classes and response rendering cost more CPU than
 parsing and storing a batch (measured with benchmarks/simulated_fleet.py). The rules
 are the device API's: bearer device token only (`devices.auth`), per-device

@@ -1,5 +1,5 @@
 """The device update API: artifact download and status reports (check-in is
-the plain view in `ota.api.checkin`).
+the plain view in `device_api.checkin`).
 
 Identity comes only from the bearer credential (A2).
 """

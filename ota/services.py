@@ -20,7 +20,7 @@ from compression.models import ModelVersion
 from devices.agent.manifest import ManifestError, check_policy
 from devices.choices import DeviceStatus
 from devices.models import Device, DeviceGroup, HardwareProfile, QueryGroup
-from fleet.roles import Role, has_role
+from fleet.roles import Role, has_role, role_of
 from ota import manifests, stats
 from ota.assignment import (
     CHUNK,
@@ -215,6 +215,21 @@ def clean_window(window) -> dict | None:
     return {"start": window["start"], "end": window["end"]}
 
 
+def check_ci_canary(phases: list, gates: list[dict]) -> None:
+    """A pipeline's token starts canaries, never a fleet-wide push: two phases or more,
+    the first a small canary, the install-failure gate no looser than the default."""
+    limit = settings.OTA_CI_MAX_CANARY_PERCENT
+    if len(phases) < 2 or phases[0] > limit:
+        raise OtaError("needs_operator", _("A CI token deploys in phases starting with a "
+                                           "canary of at most %(p)s %%; ask an operator for "
+                                           "anything wider.") % {"p": limit}, 403)
+    default = GateConfig()
+    if any(g["max_failure_rate"] > default.max_failure_rate or g["min_successful"] < 1
+           for g in gates):
+        raise OtaError("needs_operator", _("A CI token cannot loosen the install-failure "
+                                           "gate; ask an operator."), 403)
+
+
 def start_deployment(release: Release, target, *, actor, phases=None, gates=None,
                      scheduled_at: datetime | None = None, install_window=None,
                      now: datetime | None = None) -> Deployment:
@@ -223,6 +238,8 @@ def start_deployment(release: Release, target, *, actor, phases=None, gates=None
     now = now or timezone.now()
     target = clean_target(target)
     phases, gates = clean_phases(phases, gates)
+    if role_of(actor) == Role.CI:
+        check_ci_canary(phases, gates)
     window = clean_window(install_window)
     devices = list(resolve_target(target).order_by("pk").values_list("pk", flat=True))
     if not devices:
@@ -427,6 +444,25 @@ def approve(deployment: Deployment, *, actor, now: datetime | None = None) -> bo
 
 
 # --- device reports ---------------------------------------------------------------------
+# What an agent reports when it refuses a manifest before trusting any of it.
+REFUSAL_CODES = {"bad_signature", "wrong_device", "rollback", "expired", "malformed",
+                 "bad_policy"}
+
+
+def _refused_update(device: Device, data: dict) -> DeviceUpdate | None:
+    """The update a refusal belongs to: the device's current assignment (in the slot the
+    report names, or its only one). Nothing of a refused manifest is trusted — a forged
+    one names any deployment and version — so neither picks the row."""
+    active = list(DeviceUpdate.objects.select_for_update()
+                  .filter(device=device, state__in=ACTIVE_STATES).order_by("-manifest_version"))
+    in_slot = [u for u in active if u.slot == str(data.get("slot") or "")]
+    if in_slot:
+        return in_slot[0]
+    if data.get("slot") is None or len({u.slot for u in active}) == 1:
+        return active[0] if active else None
+    return None
+
+
 def report_status(device: Device, data) -> DeviceUpdate:
     """Apply one status report of `device` to its own update (A2: never another's)."""
     if not isinstance(data, dict):
@@ -434,7 +470,7 @@ def report_status(device: Device, data) -> DeviceUpdate:
     state, version = data.get("state"), data.get("manifest_version")
     if state not in {s.value for s in stats.REPORTABLE_STATES}:
         raise OtaError("bad_state", _("Unknown or unreportable state %(s)r.") % {"s": state})
-    if not isinstance(version, int) or isinstance(version, bool):
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
         raise OtaError("bad_version", _("manifest_version must be an integer."))
     deployment = data.get("deployment")
     if deployment is not None and (not isinstance(deployment, int) or isinstance(deployment,
@@ -442,6 +478,11 @@ def report_status(device: Device, data) -> DeviceUpdate:
         raise OtaError("bad_deployment", _("deployment must be an integer or null."))
     if data.get("slot") is not None and not isinstance(data["slot"], str):
         raise OtaError("bad_slot", _("slot must be a string."))
+    # A refused manifest proves nothing (a forged one names any deployment and version):
+    # the agent flags its refusals, and they go to the device's current assignment.
+    refused = state == UpdateState.FAILED and data.get("refused_manifest") is True
+    if not refused and (not isinstance(version, int) or isinstance(version, bool)):
+        raise OtaError("bad_version", _("manifest_version must be an integer."))
     updates = DeviceUpdate.objects.filter(device=device, manifest_version=version)
     if data.get("deployment") is not None:
         updates = updates.filter(deployment_id=data.get("deployment"))
@@ -449,7 +490,10 @@ def report_status(device: Device, data) -> DeviceUpdate:
         updates = updates.filter(slot=str(data["slot"]))
     now = timezone.now()
     with transaction.atomic():
-        update = updates.select_for_update().first()
+        update = None if refused else updates.select_for_update().first()
+        if refused or (update is None and state == UpdateState.FAILED
+                       and str(data.get("error_code") or "") in REFUSAL_CODES):
+            update = _refused_update(device, data)  # (the second case: older agents)
         if update is None:
             raise OtaError("not_found", _("No such update for this device."), 404)
         if update.state == state and update.is_final:

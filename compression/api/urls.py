@@ -1,6 +1,7 @@
 from django.urls import path
 from rest_framework.routers import DefaultRouter
 
+from compression.api import push
 from compression.api.views import jobs, models
 
 router = DefaultRouter(trailing_slash=True)
@@ -10,6 +11,7 @@ router.register("datasets", models.DatasetViewSet, basename="dataset")
 router.register("jobs", jobs.CompressionJobViewSet, basename="compressionjob")
 
 urlpatterns = [
+    path("push/", push.PushView.as_view(), name="push"),
     path("models/<int:model_pk>/versions/", models.ModelVersionListView.as_view(),
          name="model-versions"),
     path("models/<int:model_pk>/versions/<int:number>/", models.ModelVersionDetailView.as_view(),
