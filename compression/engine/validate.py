@@ -46,22 +46,7 @@ def validate_model(
     purpose so tests can prove the sandbox holds.
     """
     path = Path(path).resolve()  # the sandboxed child runs in its own directory
-    if not path.is_file():
-        raise ModelRejected("not_onnx", f"No model file at {path.name!r}.")
-    size = path.stat().st_size
-    if size == 0:
-        raise ModelRejected("empty", "The uploaded file is empty.")
-    if max_bytes is not None and size > max_bytes:
-        raise ModelRejected(
-            "too_large",
-            f"The model is {size:,} bytes; the limit is {max_bytes:,} bytes.",
-        )
-    with open(path, "rb") as fh:
-        first = fh.read(1)
-    if first[0] != _ONNX_MAGIC:
-        raise ModelRejected(
-            "not_onnx", "The file is not an ONNX model (it does not start like an ONNX protobuf)."
-        )
+    check_file(path, max_bytes=max_bytes)
     _test_crash = _test_crash or None  # "" from an unset setting means "no crash"
     if _test_crash is not None and _test_crash not in _CRASH_MODES:
         raise ValueError(f"_test_crash must be one of {sorted(_CRASH_MODES)}")
@@ -84,6 +69,28 @@ def validate_model(
             "validator_crashed",
             f"The model crashed the validator, so it was refused ({exc.reason}).",
         ) from None
+
+
+def check_file(path: str | Path, *, max_bytes: int | None = None) -> None:
+    """The checks that read no more than one byte: existence, size, magic.
+    Cheap enough for a web request; everything else runs in the sandbox."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelRejected("not_onnx", f"No model file at {path.name!r}.")
+    size = path.stat().st_size
+    if size == 0:
+        raise ModelRejected("empty", "The uploaded file is empty.")
+    if max_bytes is not None and size > max_bytes:
+        raise ModelRejected(
+            "too_large",
+            f"The model is {size:,} bytes; the limit is {max_bytes:,} bytes.",
+        )
+    with open(path, "rb") as fh:
+        first = fh.read(1)
+    if first[0] != _ONNX_MAGIC:
+        raise ModelRejected(
+            "not_onnx", "The file is not an ONNX model (it does not start like an ONNX protobuf)."
+        )
 
 
 def iter_tensors(graph) -> Iterator[tuple[str, object]]:
