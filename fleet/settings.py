@@ -323,6 +323,8 @@ CELERY_BEAT_SCHEDULE.update({
 # --- ota -------------------------------------------------------------------------
 # A single-phase deployment to more than this % of the fleet needs the admin role.
 OTA_MAX_UNPHASED_PERCENT = env_int("OTA_MAX_UNPHASED_PERCENT", 20, minimum=0)
+# The CI role starts canaries only: a first phase of at most this many percent of the target.
+OTA_CI_MAX_CANARY_PERCENT = env_int("OTA_CI_MAX_CANARY_PERCENT", 10, minimum=1)
 # Check-in interval advised to devices (seconds, ±20 % jitter in X-Poll-Interval).
 OTA_POLL_INTERVAL_S = env_int("OTA_POLL_INTERVAL_S", 60, minimum=5)
 # Lifetime of a signed manifest (hours); devices refuse expired ones (U3).
