@@ -9,7 +9,7 @@ SIM_DEVICES ?= 5
 SIM_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test lint fmt venv clean messages locale benchmark-compression
+.PHONY: run test lint fmt venv clean messages locale benchmark-compression cli-wheel
 
 # `make venv` also builds the translation catalogs (.mo) from the committed .po.
 venv: $(VENV)/.installed
@@ -48,6 +48,14 @@ messages: venv
 
 benchmark-compression: venv
 	$(PY) benchmarks/compression.py
+
+# The `edgefleet` CLI as its own wheel (no dependencies), built from a copy of fleet/cli
+# so the checkout stays clean: dist/edgefleet_cli-*.whl
+cli-wheel: venv
+	@tmp=$$(mktemp -d) && cp -r fleet/cli $$tmp/src && rm -rf $$tmp/src/__pycache__ && \
+	  $(PY) -m pip wheel -q --no-deps -w dist $$tmp/src; \
+	  status=$$?; rm -rf $$tmp; exit $$status
+	@ls dist/edgefleet_cli-*.whl
 
 clean:
 	rm -rf var .pytest_cache .ruff_cache

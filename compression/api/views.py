@@ -43,6 +43,10 @@ class MLModelViewSet(viewsets.ModelViewSet):
     action_roles = {"destroy": Role.ADMIN}
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
 
+    def get_queryset(self):
+        name = self.request.query_params.get("name")
+        return self.queryset.filter(name=name) if name else self.queryset
+
     def perform_create(self, serializer):
         try:
             model = services.do_create_model(owner=self.request.user, **serializer.validated_data)
@@ -139,6 +143,14 @@ class DatasetViewSet(
     queryset = Dataset.objects.select_related("model")
     serializer_class = DatasetSerializer
     parser_classes = [MultiPartParser, FormParser]
+
+    def get_queryset(self):
+        params, queryset = self.request.query_params, self.queryset
+        if params.get("model", "").isdigit():
+            queryset = queryset.filter(model_id=int(params["model"]))
+        if params.get("purpose"):
+            queryset = queryset.filter(purpose=params["purpose"])
+        return queryset
 
     def create(self, request, *args, **kwargs):
         serializer = self.get_serializer(data=request.data)
