@@ -37,7 +37,7 @@ class Pushed:
     datasets: dict[str, Dataset]
 
 
-def check_and_push(
+def push_model(
     name: str,
     model: Upload,
     *,

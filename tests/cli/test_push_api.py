@@ -7,6 +7,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from compression.models import Dataset, MLModel, ModelVersion
+from fleet.models import AuditEntry
 from tests.cli.conftest import DEMO_CALIBRATION, DEMO_EVAL, DEMO_MODEL
 from tests.conftest import stored_names, tiny_model_bytes
 
@@ -62,6 +63,8 @@ def test_ci_pushes_model_and_datasets_then_same_bytes_same_ids(ci_api, leftover_
     )
     assert ModelVersion.objects.count() == 1 and Dataset.objects.count() == 2
     assert leftover_uploads() == []
+    audit = AuditEntry.objects.filter(action="model.push", actor_role="ci")
+    assert [e.detail for e in audit.order_by("id")] == [{"created": True}, {"created": False}]
 
 
 def test_new_bytes_are_a_new_version_of_the_same_model(operator_api, tmp_path):
@@ -100,6 +103,7 @@ def test_refused_dataset_undoes_the_new_model_and_version(ci_api):
     assert response.status_code == 400, response.content
     assert response.json()["code"] == "bad_dataset"
     assert nothing_stored()
+    assert AuditEntry.objects.get(action="model.push").result == "rejected"
 
 
 def test_dataset_for_other_inputs_undoes_only_what_this_push_made(ci_api, tmp_path):
