@@ -71,7 +71,7 @@ def test_keys_stored_in_clear_before_are_encrypted(db):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from devices import keys
+    from ota import keys
     from devices.models import ServerKey
 
     def legacy(active):
