@@ -26,8 +26,8 @@ class ModelVersionSerializer(serializers.ModelSerializer):
         extra_kwargs = {
             "status": {"help_text": "`validating` until a worker has checked the upload, then "
                                     "`ready` (usable) or `rejected` (see `error_code`, `error`)."},
-            "error_code": {"help_text": "Why a version was rejected, as a slug "
-                                        "(`external_data`, `inference_memory`, …); empty otherwise."},
+            "error_code": {"help_text": "Why a version was rejected, as a slug (`external_data`, "
+                                        "`inference_memory`, …); empty otherwise."},
             "error": {"help_text": "Why a version was rejected, for people; empty otherwise."},
         }
 
