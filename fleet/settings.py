@@ -11,8 +11,10 @@ import secrets
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from fleet.env import env_bool, env_int, env_list, env_str
+from fleet.proxy import parse_networks
 
 # onnxruntime looks up a vendor telemetry host unless told not to (RELIABILITY N1);
 # it must be set before the first import of onnxruntime in any process we start.
@@ -36,9 +38,20 @@ def _secret_key() -> str:
 
 
 SECRET_KEY = _secret_key()
+# Encrypts the server's Ed25519 signing keys at rest (their database rows hold only
+# encrypted PKCS#8). Set it in production, apart from SECRET_KEY: rotating
+# SECRET_KEY must not lose the signing key. Unset: SECRET_KEY.
+SERVER_KEY_PASSPHRASE = env_str("SERVER_KEY_PASSPHRASE") or SECRET_KEY
 DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+# Addresses (CIDRs) of the reverse proxy: only requests from them may set the
+# client address and scheme through X-Forwarded-For / -Proto (fleet/proxy.py).
+TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", [])
+try:
+    parse_networks(TRUSTED_PROXIES)
+except ValueError as exc:
+    raise ImproperlyConfigured(f"TRUSTED_PROXIES: {exc}") from None
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -97,6 +110,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "fleet.roles.role_context",
+                "fleet.health.worker_context",
             ],
         },
     },
@@ -157,23 +171,37 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
     }
+    # Atomic message files (kombu's own can be read half-written: celery/kombu#1551).
+    CELERY_BROKER_TRANSPORT = "fleet.broker:Transport"
 else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "visibility_timeout": CELERY_TASK_TIME_LIMIT * 2,
         "socket_connect_timeout": 5,
     }
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+# Worker health (fleet.health): a beat task notes the worker every WORKER_HEARTBEAT_S;
+# pages show a banner when none was seen for WORKER_STALE_S.
+WORKER_HEARTBEAT_S = env_int("WORKER_HEARTBEAT_S", 15, minimum=1)
+WORKER_STALE_S = env_int("WORKER_STALE_S", 60, minimum=2)
 # Queue per task (names as in fleet.celery.Queue); unlisted tasks go to "default".
 CELERY_TASK_ROUTES = {
     "compression.tasks.run_compression_job": {"queue": "compression"},
+    # CPU-heavy like a job, and never on the web's request path
+    "compression.tasks.validate_model_version": {"queue": "compression"},
 }
 # Periodic tasks, by app; each app adds its own entries here.
 CELERY_BEAT_SCHEDULE: dict[str, dict] = {
+    "fleet-worker-heartbeat": {"task": "fleet.tasks.worker_heartbeat",
+                               "schedule": float(WORKER_HEARTBEAT_S)},
     # Re-enqueue jobs whose message was lost (broker down at enqueue, worker
     # machine gone with a filesystem broker); the claim makes a duplicate harmless.
     "compression-requeue-stale-jobs": {
         "task": "compression.tasks.requeue_stale_jobs",
         "schedule": 60.0,
+    },
+    "compression-requeue-stale-validations": {
+        "task": "compression.tasks.requeue_stale_validations",
+        "schedule": 300.0,
     },
 }
 
@@ -310,12 +338,20 @@ CELERY_BEAT_SCHEDULE.update({
 # --- ota -------------------------------------------------------------------------
 # A single-phase deployment to more than this % of the fleet needs the admin role.
 OTA_MAX_UNPHASED_PERCENT = env_int("OTA_MAX_UNPHASED_PERCENT", 20, minimum=0)
+# The CI role starts canaries only: a first phase of at most this many percent of the target.
+OTA_CI_MAX_CANARY_PERCENT = env_int("OTA_CI_MAX_CANARY_PERCENT", 10, minimum=1)
 # Check-in interval advised to devices (seconds, ±20 % jitter in X-Poll-Interval).
 OTA_POLL_INTERVAL_S = env_int("OTA_POLL_INTERVAL_S", 60, minimum=5)
 # Lifetime of a signed manifest (hours); devices refuse expired ones (U3).
 OTA_MANIFEST_TTL_H = env_int("OTA_MANIFEST_TTL_H", 168, minimum=1)
 # How long a device's check-in answer stays cached (dropped on any change).
 OTA_CHECKIN_CACHE_S = env_int("OTA_CHECKIN_CACHE_S", 300, minimum=1)
+# Lifetime of the signed timestamp on every check-in answer (seconds); a device
+# that gets no fresh one for longer reports stale metadata (freeze attack).
+OTA_TIMESTAMP_TTL_S = env_int("OTA_TIMESTAMP_TTL_S", 3600, minimum=2)
+# Key rotation: how long a next key is announced before `rotate_server_key activate`
+# may switch to it (hours; devices offline longer must be re-enrolled).
+OTA_KEY_OVERLAP_H = env_int("OTA_KEY_OVERLAP_H", 168, minimum=0)
 # How often the gate task judges running deployments (seconds).
 OTA_GATE_INTERVAL_S = env_int("OTA_GATE_INTERVAL_S", 30, minimum=5)
 CELERY_BEAT_SCHEDULE["ota-evaluate-deployments"] = {
