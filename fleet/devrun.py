@@ -33,6 +33,8 @@ def var_dir() -> Path:
 
 
 def commands(args) -> dict[str, list[str]]:
+    from fleet.celery import worker_queues
+
     py, var = sys.executable, var_dir()
     cmds = {
         "worker": [
@@ -44,7 +46,7 @@ def commands(args) -> dict[str, list[str]]:
             "worker",
             "-B",
             "-Q",
-            "default,compression",
+            worker_queues(),  # + training where the train extra is installed
             "--concurrency",
             str(args.concurrency),
             "--loglevel",

@@ -209,6 +209,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
 EDGEFLEET_JOB_DIR = Path(env_str("EDGEFLEET_JOB_DIR", str(VAR_DIR / "jobs")))
 # A crashed worker child (SIGKILL, segfault) redelivers its job; give up after this many.
 EDGEFLEET_JOB_MAX_ATTEMPTS = env_int("EDGEFLEET_JOB_MAX_ATTEMPTS", 3, minimum=1)
+# How long the job form waits for workers to say which queues they serve.
+EDGEFLEET_WORKER_INSPECT_TIMEOUT_S = float(env_str("EDGEFLEET_WORKER_INSPECT_TIMEOUT_S", "1.0"))
 # A running job whose claimant sent no heartbeat for this long may be taken over.
 EDGEFLEET_JOB_STALE_S = env_int("EDGEFLEET_JOB_STALE_S", 600, minimum=10)
 # tests only: "crash[@job]" | "slow:<s>[@job]" | "fail[@job]" (see compression/runner.py)

@@ -122,10 +122,11 @@ def _choose(cands: list[dict]) -> tuple[str | None, str]:
 
 
 def compress_to_json(recipe: str, input_path: str, output_path: str,
-                     calibration_path: str | None, workdir: str) -> list[dict]:
+                     calibration_path: str | None, workdir: str,
+                     overrides: dict | None = None) -> list[dict]:
     """``run_recipe`` for the sandbox child: returns the JSON-able step records."""
     result = run_recipe(recipe, input_path, output_path, calibration_path=calibration_path,
-                        workdir=workdir)
+                        workdir=workdir, overrides=overrides)
     return json.loads(json.dumps(result.steps, default=str))
 
 
@@ -134,13 +135,15 @@ def auto(input_path: str | Path, *, calibration_path: str | Path | None,
          out_dir: str | Path, progress: Callable[[float, str], None] | None = None,
          should_stop: Callable[[], bool] | None = None,
          recipes: tuple[str, ...] | list[str] | None = None, runs: int = 30,
-         step_timeout_s: float = 600, memory_mb: int | None = 4096) -> dict:
+         step_timeout_s: float = 600, memory_mb: int | None = 4096,
+         overrides: dict[str, dict] | None = None) -> dict:
     """Search ``recipes`` (default ``SEARCH_RECIPES``) against ``kpis``; see module docstring.
 
     Compressing, benchmarking and evaluating each run in their own sandboxed
     process (``step_timeout_s``, ``memory_mb``): a candidate that crashes or
     hangs is recorded as failed and the search goes on. The budget is checked
     between candidates, so one candidate may overrun it by up to its own time.
+    ``overrides`` maps a recipe to its options (``run_recipe``'s overrides).
     """
     unknown = set(kpis) - KPI_KEYS
     if unknown:
@@ -183,6 +186,7 @@ def auto(input_path: str | Path, *, calibration_path: str | Path | None,
         try:
             steps = run_isolated(compress_to_json, recipe, str(input_path), str(path),
                                  calibration_path and str(calibration_path), str(out_dir),
+                                 (overrides or {}).get(recipe),
                                  timeout_s=step_timeout_s, memory_mb=memory_mb)
             step(i + 0.5, f"{recipe}: measure")
             metrics = measure(recipe, path, base)
