@@ -40,7 +40,7 @@ def _purge(name: str) -> None:
 
 def test_options_are_validated(operator_api, demo):
     other = load_demo("other-model")
-    for options, field in (
+    for options, _field in (
         ({"epochs": 0}, "epochs"),
         ({"epochs": "2.5"}, "epochs"),
         ({"finetune_epochs": 500}, "finetune_epochs"),
