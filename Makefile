@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 HOST ?= 127.0.0.1
 SIM_DEVICES ?= 5
+SIM_ARGS ?=
 PYTEST_ARGS ?=
 
 .PHONY: run test lint fmt venv clean messages locale benchmark-compression cli-wheel
@@ -30,17 +31,9 @@ run: venv
 	@echo "  EdgeFleet is running at http://$(HOST):$(PORT)/   (Ctrl-C stops web, worker, devices)"
 	@echo "  $(SIM_DEVICES) simulated devices in group 'demo' (SIM_DEVICES=0 make run: none)"
 	@echo ""
-	@if [ "$(SIM_DEVICES)" -gt 0 ]; then TOKEN=$$($(PY) manage.py demo_enrollment_token) || exit 1; fi; \
-	trap 'kill 0' INT TERM; \
-	  DEBUG=$${DEBUG:-1} $(VENV)/bin/celery -A fleet worker -B -Q default,compression \
-	      --concurrency 2 --loglevel INFO -s $${EDGEFLEET_VAR_DIR:-var}/celerybeat-schedule & \
-	  DEBUG=$${DEBUG:-1} $(PY) manage.py runserver $(HOST):$(PORT) --noreload & \
-	  if [ "$(SIM_DEVICES)" -gt 0 ]; then \
-	    $(PY) -m devices.agent.simulate --server http://$(HOST):$(PORT) \
-	        --enrollment-token $$TOKEN --devices $(SIM_DEVICES) --state-file $${EDGEFLEET_VAR_DIR:-var}/sim-fleet.json \
-	        --uid-prefix demo --preinstalled digits-cnn:1 & \
-	  fi; \
-	  wait
+	@TOKEN=""; if [ "$(SIM_DEVICES)" -gt 0 ]; then TOKEN=$$($(PY) manage.py demo_enrollment_token) || exit 1; fi; \
+	  DEBUG=$${DEBUG:-1} exec $(PY) -m fleet.devrun --host $(HOST) --port $(PORT) \
+	      --devices $(SIM_DEVICES) --token "$$TOKEN" -- $(SIM_ARGS)
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
