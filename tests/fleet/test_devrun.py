@@ -71,7 +71,7 @@ def _running(var: Path) -> list[int]:
         pgids = json.loads((var / "run.pids").read_text())["pgids"]
     except (OSError, ValueError, KeyError):
         return []
-    return pgids if len(pgids) == 3 and (var / "worker-heartbeat").exists() else []
+    return pgids if len(pgids) >= 3 and (var / "worker-heartbeat").exists() else []
 
 
 def test_sigterm_to_the_process_group_stops_every_child(tmp_path):
