@@ -1,8 +1,8 @@
 """`make run`'s supervisor: web, worker (with beat) and the simulated devices.
 
-Each child runs in its own process group, so a signal reaches all of its
-processes (Celery's prefork pool and embedded beat included). Ctrl-C or
-SIGTERM to this process stops every child: SIGTERM, then SIGKILL to the whole
+Each child runs in its own process group, so nothing it forks can outlive it
+(Celery's prefork pool and embedded beat included). Ctrl-C or SIGTERM to this
+process stops every child: SIGTERM to its leader, then SIGKILL to the whole
 group after `--grace-s`. A child that dies takes the others down, so
 `make run` never leaves a half-running platform. The children's pids are kept
 in EDGEFLEET_VAR_DIR/run.pids: a second start first stops any stray group left
@@ -68,9 +68,11 @@ def _alive(pgid: int) -> bool:
 
 
 def stop_groups(pgids: list[int], grace_s: float) -> None:
+    # SIGTERM to each group's leader only: Celery's main process stops its pool and
+    # beat itself; a pool child killed under it first leaves it waiting on the corpse.
     for pgid in pgids:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)
+            os.kill(pgid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline and any(_alive(p) for p in pgids):
         time.sleep(0.1)
