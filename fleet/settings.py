@@ -186,6 +186,8 @@ WORKER_STALE_S = env_int("WORKER_STALE_S", 60, minimum=2)
 # Queue per task (names as in fleet.celery.Queue); unlisted tasks go to "default".
 CELERY_TASK_ROUTES = {
     "compression.tasks.run_compression_job": {"queue": "compression"},
+    # CPU-heavy like a job, and never on the web's request path
+    "compression.tasks.validate_model_version": {"queue": "compression"},
 }
 # Periodic tasks, by app; each app adds its own entries here.
 CELERY_BEAT_SCHEDULE: dict[str, dict] = {
@@ -196,6 +198,10 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     "compression-requeue-stale-jobs": {
         "task": "compression.tasks.requeue_stale_jobs",
         "schedule": 60.0,
+    },
+    "compression-requeue-stale-validations": {
+        "task": "compression.tasks.requeue_stale_validations",
+        "schedule": 300.0,
     },
 }
 

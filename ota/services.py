@@ -97,13 +97,17 @@ def check_create_release(*, name: str, slot: str = "default", notes: str = "",
 
 
 def _model_version(value) -> ModelVersion:
-    if isinstance(value, ModelVersion):
-        return value
-    try:
-        return ModelVersion.objects.select_related("model").get(pk=int(value))
-    except (TypeError, ValueError, ModelVersion.DoesNotExist):
-        raise OtaError("bad_model_version", _("Unknown model version %(v)r.") % {"v": value}
-                       ) from None
+    if not isinstance(value, ModelVersion):
+        try:
+            value = ModelVersion.objects.select_related("model").get(pk=int(value))
+        except (TypeError, ValueError, ModelVersion.DoesNotExist):
+            raise OtaError("bad_model_version", _("Unknown model version %(v)r.") % {"v": value}
+                           ) from None
+    if not value.is_ready:
+        raise OtaError("version_not_ready", _("Model version %(v)s is %(s)s; only validated "
+                                              "versions can be released.")
+                       % {"v": value, "s": value.get_status_display()}, field="variants")
+    return value
 
 
 def _hardware_profile(value) -> HardwareProfile | None:
