@@ -21,6 +21,7 @@ from compression.engine.errors import EngineError
 from compression.engine.recipes import needs_calibration, resolve
 from compression.engine.search import SEARCH_RECIPES
 from compression.models import CompressionJob, Dataset, ModelVersion
+from fleet.celery import Queue
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,14 @@ class JobRejected(Exception):
     def __init__(self, code: str, message: str, field: str | None = None):
         super().__init__(message)
         self.code, self.message, self.field = code, message, field
+
+
+def default_search_recipes() -> list[str]:
+    """What auto searches when no recipe is ticked: never a training recipe (those need the
+    training queue and are added by the "training" option)."""
+    from compression.engine.training import TRAINING_PASSES
+
+    return [r for r in SEARCH_RECIPES if r not in TRAINING_PASSES]
 
 
 def _check_recipes(mode: str, recipes: list[str] | None) -> list[str]:
@@ -97,11 +106,73 @@ def _check_dataset(dataset: Dataset | None, source: ModelVersion, field: str) ->
                 % {"d": dataset.name, "i": spec["name"], "g": got, "w": want}, field)
 
 
+def _int_option(options: dict, key: str, low: int, high: int) -> None:
+    value = options.get(key)
+    if value is None or value == "":
+        options.pop(key, None)
+        return
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = low - 1
+    if isinstance(value, bool) or not low <= number <= high or str(number) != str(value).strip():
+        raise JobRejected("bad_option", _("%(k)s must be a whole number from %(a)s to %(b)s.")
+                          % {"k": key, "a": low, "b": high}, key)
+    options[key] = number
+
+
+def _check_options(options: dict | None, source: ModelVersion) -> dict:
+    """Training settings: epochs, fine-tune epochs, the distillation student."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise JobRejected("bad_option", _("Options must be an object."), "options")
+    unknown = sorted(set(options) - {"training", "epochs", "finetune_epochs", "distill"})
+    if unknown:
+        raise JobRejected("bad_option", _("Unknown option(s): %(o)s.")
+                          % {"o": ", ".join(unknown)}, "options")
+    clean = dict(options)
+    clean["training"] = bool(clean.get("training", False))
+    _int_option(clean, "epochs", 1, 200)
+    _int_option(clean, "finetune_epochs", 0, 200)
+    distill = clean.get("distill") or {}
+    if not isinstance(distill, dict) or set(distill) - {"ratio", "student_version"}:
+        raise JobRejected("bad_option", _("distill takes ratio and student_version."), "distill")
+    distill = {k: v for k, v in distill.items() if v not in (None, "")}
+    if "ratio" in distill:
+        try:
+            ratio = float(distill["ratio"])
+        except (TypeError, ValueError):
+            ratio = math.nan
+        if isinstance(distill["ratio"], bool) or not 0 < ratio < 1:
+            raise JobRejected("bad_option", _("The student ratio must be between 0 and 1."),
+                              "distill_ratio")
+        distill["ratio"] = ratio
+    if "student_version" in distill:
+        student = ModelVersion.objects.filter(
+            pk=distill["student_version"] if str(distill["student_version"]).isdigit() else -1,
+            model=source.model).first()
+        if student is None or student.pk == source.pk:
+            raise JobRejected("bad_option", _("The student must be another version of this "
+                                              "model."), "distill_student")
+        distill["student_version"] = student.pk
+    clean["distill"] = distill
+    return clean
+
+
+def needs_training(recipes: list[str]) -> bool:
+    """True when a recipe trains (distill, qat): the job goes to the training queue."""
+    from compression.engine.training import TRAINING_PASSES
+
+    return any(name in TRAINING_PASSES for r in recipes for name in resolve(r))
+
+
 def create_job(source: ModelVersion, *, mode: str = JobMode.AUTO,
                          recipes: list[str] | None = None, kpis: dict | None = None,
                          hardware_profile=None, calibration: Dataset | None = None,
                          evaluation: Dataset | None = None, time_budget_s: int = 600,
-                         actor=None, enqueue: bool = True) -> CompressionJob:
+                         actor=None, enqueue: bool = True,
+                         options: dict | None = None) -> CompressionJob:
     """Validate a job request, store it queued and enqueue it once the row is committed.
 
     `enqueue=False` is for callers that run the job themselves (`seed_demo`).
@@ -114,6 +185,11 @@ def create_job(source: ModelVersion, *, mode: str = JobMode.AUTO,
         raise JobRejected("bad_mode", _("Unknown mode %(m)r.") % {"m": mode}, "mode")
     recipes = _check_recipes(mode, recipes)
     kpis = _check_kpis(kpis)
+    options = _check_options(options, source)
+    if mode == JobMode.AUTO and options.get("training"):
+        # auto with the training extra: the default search plus the training recipes
+        base = [r for r in (recipes or default_search_recipes()) if r != "qat"]
+        recipes = [*base, "qat"]
     if evaluation is None:
         raise JobRejected("no_evaluation", _("An evaluation dataset is required: every variant "
                                              "is scored on it."), "evaluation")
@@ -122,7 +198,7 @@ def create_job(source: ModelVersion, *, mode: str = JobMode.AUTO,
     if calibration is not None and calibration.purpose != DatasetPurpose.CALIBRATION:
         raise JobRejected("dataset_mismatch", _("%(d)s is not a calibration dataset.")
                           % {"d": calibration.name}, "calibration")
-    effective = recipes or list(SEARCH_RECIPES)
+    effective = recipes or default_search_recipes()
     if calibration is None and any(needs_calibration(r) for r in effective):
         if mode == JobMode.RECIPES:
             raise JobRejected("no_calibration", _("These recipes need a calibration dataset."),
@@ -143,7 +219,7 @@ def create_job(source: ModelVersion, *, mode: str = JobMode.AUTO,
         job = CompressionJob.objects.create(
             source=source, mode=mode, recipes=recipes, kpis=kpis,
             hardware_profile=hardware_profile, calibration=calibration, evaluation=evaluation,
-            time_budget_s=budget, created_by=actor,
+            time_budget_s=budget, created_by=actor, options=options,
         )
         if enqueue:
             transaction.on_commit(lambda: enqueue_job(job.pk))
@@ -158,8 +234,11 @@ def enqueue_job(job_id: int) -> bool:
     """
     from compression.tasks import run_compression_job
 
+    job = CompressionJob.objects.filter(pk=job_id).only("recipes").first()
+    queue = Queue.TRAINING if job is not None and needs_training(job.recipes) else \
+        Queue.COMPRESSION
     try:
-        run_compression_job.delay(job_id)
+        run_compression_job.apply_async((job_id,), queue=queue)
     except Exception as exc:  # kombu/redis raise many types; none may lose the row
         log.warning("job %s not enqueued (%s: %s); the sweeper retries", job_id,
                     type(exc).__name__, exc)

@@ -209,6 +209,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
 EDGEFLEET_JOB_DIR = Path(env_str("EDGEFLEET_JOB_DIR", str(VAR_DIR / "jobs")))
 # A crashed worker child (SIGKILL, segfault) redelivers its job; give up after this many.
 EDGEFLEET_JOB_MAX_ATTEMPTS = env_int("EDGEFLEET_JOB_MAX_ATTEMPTS", 3, minimum=1)
+# How long the job form waits for workers to say which queues they serve.
+EDGEFLEET_WORKER_INSPECT_TIMEOUT_S = float(env_str("EDGEFLEET_WORKER_INSPECT_TIMEOUT_S", "1.0"))
 # A running job whose claimant sent no heartbeat for this long may be taken over.
 EDGEFLEET_JOB_STALE_S = env_int("EDGEFLEET_JOB_STALE_S", 600, minimum=10)
 # tests only: "crash[@job]" | "slow:<s>[@job]" | "fail[@job]" (see compression/runner.py)
@@ -344,8 +346,10 @@ OTA_CI_MAX_CANARY_PERCENT = env_int("OTA_CI_MAX_CANARY_PERCENT", 10, minimum=1)
 OTA_POLL_INTERVAL_S = env_int("OTA_POLL_INTERVAL_S", 60, minimum=5)
 # Lifetime of a signed manifest (hours); devices refuse expired ones (U3).
 OTA_MANIFEST_TTL_H = env_int("OTA_MANIFEST_TTL_H", 168, minimum=1)
-# How long a device's check-in answer stays cached (dropped on any change).
-OTA_CHECKIN_CACHE_S = env_int("OTA_CHECKIN_CACHE_S", 300, minimum=1)
+# How long a device's check-in answer stays cached (dropped on any change). The
+# embedded memory cache is per process: the worker that assigns an update cannot
+# drop the web's copy, so there an answer lives only a few seconds.
+OTA_CHECKIN_CACHE_S = env_int("OTA_CHECKIN_CACHE_S", 300 if REDIS_URL else 3, minimum=1)
 # Lifetime of the signed timestamp on every check-in answer (seconds); a device
 # that gets no fresh one for longer reports stale metadata (freeze attack).
 OTA_TIMESTAMP_TTL_S = env_int("OTA_TIMESTAMP_TTL_S", 3600, minimum=2)

@@ -14,13 +14,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from compression.engine import training
 from compression.engine.benchmark import benchmark
 from compression.engine.errors import Cancelled, EngineError, PassConfigError
 from compression.engine.evaluate import evaluate
 from compression.engine.recipes import DEFAULT_RECIPES, run_recipe
 from compression.engine.sandbox import run_isolated
 
-SEARCH_RECIPES: tuple[str, ...] = (*DEFAULT_RECIPES, "prune-structured+int8-static")
+# qat only where the train extra is installed; the prune passes then fine-tune themselves
+SEARCH_RECIPES: tuple[str, ...] = (*DEFAULT_RECIPES, "prune-structured+int8-static",
+                                   *(("qat",) if training.available() else ()))
 KPI_KEYS = {"max_latency_ms", "max_accuracy_drop", "min_fidelity", "max_size_mb",
             "threads", "provider"}
 # candidates whose p50 is within this factor of the fastest compete on size instead
@@ -119,10 +122,11 @@ def _choose(cands: list[dict]) -> tuple[str | None, str]:
 
 
 def compress_to_json(recipe: str, input_path: str, output_path: str,
-                     calibration_path: str | None, workdir: str) -> list[dict]:
+                     calibration_path: str | None, workdir: str,
+                     overrides: dict | None = None) -> list[dict]:
     """``run_recipe`` for the sandbox child: returns the JSON-able step records."""
     result = run_recipe(recipe, input_path, output_path, calibration_path=calibration_path,
-                        workdir=workdir)
+                        workdir=workdir, overrides=overrides)
     return json.loads(json.dumps(result.steps, default=str))
 
 
@@ -131,13 +135,15 @@ def auto(input_path: str | Path, *, calibration_path: str | Path | None,
          out_dir: str | Path, progress: Callable[[float, str], None] | None = None,
          should_stop: Callable[[], bool] | None = None,
          recipes: tuple[str, ...] | list[str] | None = None, runs: int = 30,
-         step_timeout_s: float = 600, memory_mb: int | None = 4096) -> dict:
+         step_timeout_s: float = 600, memory_mb: int | None = 4096,
+         overrides: dict[str, dict] | None = None) -> dict:
     """Search ``recipes`` (default ``SEARCH_RECIPES``) against ``kpis``; see module docstring.
 
     Compressing, benchmarking and evaluating each run in their own sandboxed
     process (``step_timeout_s``, ``memory_mb``): a candidate that crashes or
     hangs is recorded as failed and the search goes on. The budget is checked
     between candidates, so one candidate may overrun it by up to its own time.
+    ``overrides`` maps a recipe to its options (``run_recipe``'s overrides).
     """
     unknown = set(kpis) - KPI_KEYS
     if unknown:
@@ -180,6 +186,7 @@ def auto(input_path: str | Path, *, calibration_path: str | Path | None,
         try:
             steps = run_isolated(compress_to_json, recipe, str(input_path), str(path),
                                  calibration_path and str(calibration_path), str(out_dir),
+                                 (overrides or {}).get(recipe),
                                  timeout_s=step_timeout_s, memory_mb=memory_mb)
             step(i + 0.5, f"{recipe}: measure")
             metrics = measure(recipe, path, base)

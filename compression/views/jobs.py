@@ -54,7 +54,8 @@ def job_create(request, version_pk: int):
             job = jobs.create_job(
                 version, mode=data["mode"], recipes=data["recipes"], kpis=form.kpis(),
                 hardware_profile=data["hardware_profile"], calibration=calibration,
-                evaluation=evaluation, time_budget_s=data["time_budget_s"], actor=request.user)
+                evaluation=evaluation, time_budget_s=data["time_budget_s"], actor=request.user,
+                options=form.options())
         except services.UploadRejected as exc:
             form.add_error(None, exc.message)
         except jobs.JobRejected as exc:
@@ -77,8 +78,10 @@ def _results(job: CompressionJob) -> list:
 @login_required
 def job_detail(request, pk: int):
     job = get_object_or_404(_job_queryset(), pk=pk)
+    candidates = _results(job)
     return render(request, "compression/job_detail.html", {
-        "job": job, "candidates": _results(job)})
+        "job": job, "candidates": candidates,
+        "has_training": any((c.metrics or {}).get("training") for c in candidates)})
 
 
 @login_required
@@ -105,7 +108,9 @@ def job_chart(request, pk: int):
                        "size_mb": m.get("size_mb"), "pareto": c.on_pareto, "chosen": c.chosen,
                        "meets_kpis": c.meets_kpis})
     has_accuracy = any((c.metrics or {}).get("accuracy") is not None for c in _results(job))
-    return JsonResponse({"job": job.pk, "points": points,
+    training = [{"recipe": c.recipe, **curve} for c in _results(job)
+                for curve in (c.metrics or {}).get("training", [])]
+    return JsonResponse({"job": job.pk, "points": points, "training": training,
                          "quality": "accuracy" if has_accuracy else "fidelity",
                          "max_latency_ms": job.kpis.get("max_latency_ms")})
 

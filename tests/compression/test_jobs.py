@@ -248,9 +248,10 @@ def test_enqueue_failure_leaves_a_queued_row_for_the_sweeper(demo, settings, mon
     sent = []
     from compression.tasks import run_compression_job
 
-    monkeypatch.setattr(run_compression_job, "delay", lambda pk: sent.append(pk))
+    monkeypatch.setattr(run_compression_job, "apply_async",
+                        lambda args, queue=None: sent.append((*args, queue)))
     assert jobs.requeue_stale_jobs(now=later) == [job.pk]
-    assert sent == [job.pk]
+    assert sent == [(job.pk, "compression")]  # no training recipe: the compression queue
     assert CompressionJob.objects.get(pk=job.pk).enqueued_at is not None
 
 

@@ -72,7 +72,7 @@ def test_keys_stored_in_clear_before_are_encrypted(db):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from ota import keys
-    from devices.models import ServerKey
+    from ota.models import ServerKey
 
     def legacy(active):
         private = Ed25519PrivateKey.generate()

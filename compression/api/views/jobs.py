@@ -39,6 +39,10 @@ class CompressionJobSerializer(serializers.ModelSerializer):
     kpis = serializers.DictField(required=False, default=dict,
                                  help_text="max_latency_ms, max_accuracy_drop (points), "
                                            "min_fidelity (0–1), max_size_mb")
+    options = serializers.DictField(
+        required=False, default=dict,
+        help_text="training recipes: training (auto: add qat), epochs, finetune_epochs, "
+                  "distill {ratio, student_version}")
     source = serializers.PrimaryKeyRelatedField(queryset=ModelVersion.objects.all())
     calibration = serializers.PrimaryKeyRelatedField(queryset=Dataset.objects.all(),
                                                      required=False, allow_null=True)
@@ -50,7 +54,8 @@ class CompressionJobSerializer(serializers.ModelSerializer):
     class Meta:
         model = CompressionJob
         fields = [
-            "id", "source", "mode", "recipes", "kpis", "hardware_profile", "calibration",
+            "id", "source", "mode", "recipes", "kpis", "options", "hardware_profile",
+            "calibration",
             "evaluation", "time_budget_s", "status", "progress", "current_step", "log", "error",
             "result", "cancel_requested", "attempts", "worker_host", "created_by", "created_at",
             "started_at", "finished_at", "candidates",
@@ -86,6 +91,7 @@ class CompressionJobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin,
                 hardware_profile=data.get("hardware_profile"),
                 calibration=data.get("calibration"), evaluation=data["evaluation"],
                 time_budget_s=data.get("time_budget_s", 600), actor=request.user,
+                options=data.get("options"),
             )
         except jobs.JobRejected as exc:
             audit.note(request, "job.create", data["source"], refused=exc.code)
