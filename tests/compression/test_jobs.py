@@ -306,7 +306,8 @@ def test_seed_demo_with_job_leaves_a_finished_job():
     call_command("seed_demo", "--with-job", stdout=io.StringIO())
     job = CompressionJob.objects.get()
     assert job.status == JobStatus.SUCCEEDED and job.result["chosen"]
-    assert job.duration_s < 60
+    # No wall-clock bound here: how fast the demo job runs is a benchmark's
+    # question (benchmarks/jobs.py), and a loaded machine would fail it.
     assert ModelVersion.objects.filter(parent=job.source).count() >= 3
 
 
