@@ -12,6 +12,7 @@ COPY templates templates
 COPY locale locale
 COPY manage.py ./
 RUN pip install --no-cache-dir . && mkdir -p /var/lib/edgefleet \
+    && python manage.py compile_locale \
     && python manage.py collectstatic --noinput -v0
 RUN useradd --system --home /var/lib/edgefleet edgefleet && chown -R edgefleet /var/lib/edgefleet
 USER edgefleet

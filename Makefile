@@ -8,15 +8,19 @@ HOST ?= 127.0.0.1
 SIM_DEVICES ?= 5
 PYTEST_ARGS ?=
 
-.PHONY: run test lint fmt venv clean messages benchmark-compression
+.PHONY: run test lint fmt venv clean messages locale benchmark-compression
 
+# `make venv` also builds the translation catalogs (.mo) from the committed .po.
 venv: $(VENV)/.installed
+	@$(PY) -c 'from fleet.translations import compile_catalogs; compile_catalogs()'
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
+
+locale: venv
 
 run: venv
 	$(PY) manage.py migrate --noinput -v0
@@ -47,7 +51,7 @@ lint: venv
 
 messages: venv
 	$(PY) manage.py makemessages -l zh_Hans --ignore '.venv/*' --ignore 'var/*'
-	$(PY) manage.py compilemessages -l zh_Hans
+	$(PY) manage.py compile_locale --force
 
 benchmark-compression: venv
 	$(PY) benchmarks/compression.py

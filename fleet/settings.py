@@ -316,6 +316,9 @@ OTA_POLL_INTERVAL_S = env_int("OTA_POLL_INTERVAL_S", 60, minimum=5)
 OTA_MANIFEST_TTL_H = env_int("OTA_MANIFEST_TTL_H", 168, minimum=1)
 # How long a device's check-in answer stays cached (dropped on any change).
 OTA_CHECKIN_CACHE_S = env_int("OTA_CHECKIN_CACHE_S", 300, minimum=1)
+# Lifetime of the signed timestamp on every check-in answer (seconds); a device
+# that gets no fresh one for longer reports stale metadata (freeze attack).
+OTA_TIMESTAMP_TTL_S = env_int("OTA_TIMESTAMP_TTL_S", 3600, minimum=2)
 # How often the gate task judges running deployments (seconds).
 OTA_GATE_INTERVAL_S = env_int("OTA_GATE_INTERVAL_S", 30, minimum=5)
 CELERY_BEAT_SCHEDULE["ota-evaluate-deployments"] = {

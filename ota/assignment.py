@@ -7,6 +7,7 @@ envelope is signed once here and served as is at every check-in.
 from __future__ import annotations
 
 import json
+import logging
 from collections import defaultdict
 from datetime import datetime, timedelta
 
@@ -19,6 +20,8 @@ from compression.models import ModelVersion
 from ota import manifests
 from ota.choices import DeploymentKind, UpdateState
 from ota.models import Deployment, DeviceUpdate, ManifestSequence
+
+log = logging.getLogger(__name__)
 
 CHUNK = 2000
 # Superseded by a newer assignment to the same slot: not yet installing.
@@ -140,19 +143,26 @@ def refresh_manifests(now: datetime | None = None) -> int:
     for deployment in Deployment.objects.filter(
             updates__state=UpdateState.PENDING,
             updates__assigned_at__lt=stale_before).distinct().select_related("release"):
+        try:
+            refreshed += _refresh_deployment(deployment, stale_before, now)
+        except Exception:  # one broken deployment must not let the others' manifests expire
+            log.exception("re-signing the manifests of deployment %s failed", deployment.pk)
+    return refreshed
+
+
+def _refresh_deployment(deployment: Deployment, stale_before: datetime, now: datetime) -> int:
+    with transaction.atomic():  # a savepoint: a failure rolls back only this deployment
         signer = manifests.Signer.now(now)
         table = variants_by_profile(deployment.release) \
             if deployment.kind == DeploymentKind.RELEASE else None
-        with transaction.atomic():
-            stale = list(deployment.updates.select_for_update(of=("self",)).filter(
-                state=UpdateState.PENDING, assigned_at__lt=stale_before)
-                .select_related("device", "model_version__model"))
-            if not stale:
-                continue
-            first = _claim_versions(len(stale))
-            for offset, update in enumerate(stale):
-                _sign_update(update, deployment, table, signer, first + offset, now, {})
-            _store_assignments(stale)
-            manifests.forget([u.device_id for u in stale])
-        refreshed += len(stale)
-    return refreshed
+        stale = list(deployment.updates.select_for_update(of=("self",)).filter(
+            state=UpdateState.PENDING, assigned_at__lt=stale_before)
+            .select_related("device", "model_version__model"))
+        if not stale:
+            return 0
+        first = _claim_versions(len(stale))
+        for offset, update in enumerate(stale):
+            _sign_update(update, deployment, table, signer, first + offset, now, {})
+        _store_assignments(stale)
+        manifests.forget([u.device_id for u in stale])
+    return len(stale)

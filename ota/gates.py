@@ -18,6 +18,38 @@ class Verdict(StrEnum):
     FAIL = "fail"
 
 
+class GateError(ValueError):
+    """A gate setting of the wrong type or range; `field` names it."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+# field -> (kind, may be None); bool is refused where a number is expected
+_FIELD_TYPES = {
+    "max_failure_rate": ("number", False), "min_successful": ("integer", False),
+    "max_latency_ratio": ("number", True), "max_confidence_drop": ("number", True),
+    "min_soak_s": ("integer", False), "min_latency_samples": ("integer", False),
+}
+
+
+def _check_type(name: str, value, spec: tuple[str, bool]) -> None:
+    kind, nullable = spec
+    if value is None and nullable:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        ok = False
+    elif kind == "integer":
+        ok = isinstance(value, int) or float(value).is_integer()
+    else:
+        ok = math.isfinite(value)
+    if not ok:
+        article = "an integer" if kind == "integer" else "a finite number"
+        raise GateError(name, f"{name} must be {article}{' or null' if nullable else ''}, "
+                              f"not {value!r}"[:200])
+
+
 @dataclass(frozen=True)
 class GateConfig:
     """Thresholds of one phase. `None` switches a check off."""
@@ -31,17 +63,27 @@ class GateConfig:
 
     @classmethod
     def from_dict(cls, data: dict | None) -> GateConfig:
+        """Validate types and ranges, so a typo is refused when the deployment is
+        created instead of raising in the gate task on every tick."""
+        if data is not None and not isinstance(data, dict):
+            raise GateError("gates", "a gate configuration is an object")
         data = dict(data or {})
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ValueError(f"unknown gate settings: {', '.join(sorted(unknown))}")
+            raise GateError(sorted(unknown)[0],
+                            f"unknown gate settings: {', '.join(sorted(unknown))}")
+        for name, value in data.items():
+            _check_type(name, value, _FIELD_TYPES[name])
+            if _FIELD_TYPES[name][0] == "integer" and value is not None:
+                data[name] = int(value)
         config = cls(**data)
         if not 0 <= config.max_failure_rate <= 1:
-            raise ValueError("max_failure_rate must be between 0 and 1")
-        if config.min_successful < 0 or config.min_soak_s < 0:
-            raise ValueError("min_successful and min_soak_s must be ≥ 0")
+            raise GateError("max_failure_rate", "max_failure_rate must be between 0 and 1")
+        for name in ("min_successful", "min_soak_s", "min_latency_samples"):
+            if getattr(config, name) < 0:
+                raise GateError(name, f"{name} must be ≥ 0")
         if config.max_latency_ratio is not None and config.max_latency_ratio <= 0:
-            raise ValueError("max_latency_ratio must be > 0")
+            raise GateError("max_latency_ratio", "max_latency_ratio must be > 0")
         return config
 
     def as_dict(self) -> dict:

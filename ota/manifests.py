@@ -4,6 +4,13 @@ Envelopes are signed once, when an update is assigned, with
 `devices.agent.manifest.sign` (the agent's own module, so both sides agree byte
 for byte) and stored on the `DeviceUpdate`. Check-in only reads: the answer per
 device is cached with its ETag and dropped whenever one of its updates changes.
+
+With the answer goes its signed timestamp statement (the `X-Signed-Timestamp`
+header on 200, 204 and 304): device uid, ETag, body sha256, assigned version
+per slot, a short expiry and the next key of a rotation. It is signed when the
+answer is cached, and the cache keeps it at most half its lifetime, so a
+served statement always has at least half of `OTA_TIMESTAMP_TTL_S` left and a
+poll still costs no signature and no query.
 """
 
 from __future__ import annotations
@@ -11,8 +18,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.core.cache import cache
@@ -20,7 +28,7 @@ from django.db import transaction
 
 from devices import keys
 from devices.agent import manifest as mf
-from devices.models import ServerKey
+from devices.models import Device, ServerKey
 from ota.choices import ACTIVE_STATES
 from ota.models import DeviceUpdate
 
@@ -105,14 +113,22 @@ def policy_for(policy: dict, names: set[str]) -> dict:
 class CheckIn:
     etag: str
     body: bytes | None  # None: nothing assigned (204)
+    statement: str | None = None  # X-Signed-Timestamp (None: cached by an older server)
+    fresh_until: float = 0.0  # epoch seconds: re-sign after this
 
 
-def checkin_for(device_pk: int) -> CheckIn:
-    """The device's current answer; one cache read, one query on a miss, no write."""
+def cache_seconds() -> int:
+    return max(1, min(settings.OTA_CHECKIN_CACHE_S, settings.OTA_TIMESTAMP_TTL_S // 2))
+
+
+def checkin_for(device_pk: int, *, cached: tuple | None = None) -> CheckIn:
+    """The device's current answer; one cache read, two queries on a miss, no write.
+
+    `cached`: what the caller already read from the cache (the Redis script)."""
     key = CACHE_KEY.format(device_pk)
-    hit = cache.get(key)
-    if hit is not None:
-        return CheckIn(hit[0], hit[1])
+    hit = cached if cached is not None else cache.get(key)
+    if hit is not None and len(hit) == 4 and hit[3] > time.time():
+        return CheckIn(*hit)
     rows = (DeviceUpdate.objects.filter(device_id=device_pk, state__in=ACTIVE_STATES,
                                         envelope__isnull=False)
             .order_by("slot", "-manifest_version").values_list("slot", "envelope"))
@@ -120,7 +136,10 @@ def checkin_for(device_pk: int) -> CheckIn:
     for slot, envelope in rows:
         newest.setdefault(slot, envelope)
     answer = render(list(newest.values()))
-    cache.set(key, (answer.etag, answer.body), settings.OTA_CHECKIN_CACHE_S)
+    uid = Device.objects.filter(pk=device_pk).values_list("uid", flat=True).first()
+    answer = with_statement(answer, str(uid or ""), list(newest.values()))
+    cache.set(key, (answer.etag, answer.body, answer.statement, answer.fresh_until),
+              cache_seconds())
     return answer
 
 
@@ -131,6 +150,25 @@ def render(envelopes: list[dict]) -> CheckIn:
     document = envelopes[0] if len(envelopes) == 1 else {"manifests": envelopes}
     body = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     return CheckIn(f'"{hashlib.sha256(body).hexdigest()[:32]}"', body)
+
+
+def with_statement(answer: CheckIn, device_uid: str, envelopes: list[dict]) -> CheckIn:
+    """`answer` with its signed timestamp statement (docs/manifest.md, "Freshness")."""
+    now = time.time()
+    ttl = settings.OTA_TIMESTAMP_TTL_S
+    moment = datetime.fromtimestamp(now, UTC)
+    active = keys.active_key()
+    payload = {
+        "schema": mf.SCHEMA, "type": "timestamp", "device": device_uid, "etag": answer.etag,
+        "body_sha256": hashlib.sha256(answer.body).hexdigest() if answer.body else None,
+        "updates": {(e["manifest"].get("slot") or "default"): e["manifest"]["version"]
+                    for e in envelopes},
+        "issued_at": mf.format_time(moment),
+        "expires_at": mf.format_time(moment + timedelta(seconds=ttl)),
+        "next_key": announced_key(active),
+    }
+    statement = mf.sign_statement(payload, keys.private_key(active))
+    return CheckIn(answer.etag, answer.body, statement, now + ttl / 2)
 
 
 def forget(device_pks) -> None:

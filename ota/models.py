@@ -100,6 +100,9 @@ class Deployment(models.Model):
     pause_reason = models.TextField(blank=True)
     gate_report = models.JSONField(default=dict, blank=True)  # last evaluation
     target_count = models.IntegerField(default=0)
+    # Devices reached without a passing gate: the first phase plus every phase
+    # entered by manual approval (the "fleet-wide needs admin" rule counts these).
+    ungated_count = models.IntegerField(default=0)
     scheduled_at = models.DateTimeField(null=True, blank=True)
     install_window = models.JSONField(null=True, blank=True)  # {"start": "HH:MM", "end": ...}
     rollback_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL,

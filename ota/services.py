@@ -6,6 +6,7 @@ are `Deployment` methods (conditional UPDATEs).
 
 from __future__ import annotations
 
+import logging
 import random
 from datetime import datetime
 
@@ -30,7 +31,7 @@ from ota.assignment import (
     variants_by_profile,
 )
 from ota.choices import ACTIVE_STATES, DeploymentKind, DeploymentStatus, UpdateState
-from ota.gates import GateConfig, Verdict, evaluate, phase_targets
+from ota.gates import GateConfig, GateError, Verdict, evaluate, phase_targets
 from ota.models import (
     Deployment,
     DeviceUpdate,
@@ -39,15 +40,18 @@ from ota.models import (
     version_label,
 )
 
+log = logging.getLogger(__name__)
+
 TARGET_KEYS = {"groups", "query_groups", "tags", "hardware_profiles", "devices"}
 
 
 class OtaError(Exception):
-    """A refused request: `code` for machines, `message` for people, HTTP `status`."""
+    """A refused request: `code` for machines, `message` for people, HTTP `status`,
+    and the offending input `field` when there is one."""
 
-    def __init__(self, code: str, message: str, status: int = 400):
+    def __init__(self, code: str, message: str, status: int = 400, field: str | None = None):
         super().__init__(message)
-        self.code, self.message, self.status = code, message, status
+        self.code, self.message, self.status, self.field = code, message, status, field
 
 
 # --- releases -------------------------------------------------------------------------
@@ -156,14 +160,21 @@ def clean_phases(phases, gates) -> tuple[list[float], list[dict]]:
         phases = [float(p) for p in phases or [100]]
         phases = [int(p) if p.is_integer() else p for p in phases]
         phase_targets(1, phases)
-        if isinstance(gates, dict) or gates is None:
-            gates = [gates or {}] * len(phases)
-        if not isinstance(gates, list) or len(gates) != len(phases):
-            raise ValueError(_("Give one gate configuration per phase (or one for all)."))
-        gates = [GateConfig.from_dict(g).as_dict() for g in gates]
     except (TypeError, ValueError) as exc:
-        raise OtaError("bad_phases", str(exc)) from None
-    return phases, gates
+        raise OtaError("bad_phases", str(exc), field="phases") from None
+    if isinstance(gates, dict) or gates is None:
+        gates = [gates or {}] * len(phases)
+    if not isinstance(gates, list) or len(gates) != len(phases):
+        raise OtaError("bad_phases", _("Give one gate configuration per phase (or one for "
+                                       "all)."), field="gates")
+    cleaned = []
+    for index, gate in enumerate(gates):
+        try:
+            cleaned.append(GateConfig.from_dict(gate).as_dict())
+        except GateError as exc:
+            raise OtaError("bad_gates", _("Phase %(p)s gate: %(e)s") % {"p": index + 1, "e": exc},
+                           field=f"gates[{index}].{exc.field}") from None
+    return phases, cleaned
 
 
 def preview(target, phases) -> dict:
@@ -178,6 +189,21 @@ def preview(target, phases) -> dict:
 
 
 # --- deployments ----------------------------------------------------------------------
+def check_ungated_reach(devices: int, actor) -> None:
+    """Reaching more than OTA_MAX_UNPHASED_PERCENT of the fleet with no gate in
+    between (the first phase, plus phases entered by manual approval) needs the
+    admin role, however the phases are split: `[0.0001, 100]` + approve is the
+    same fleet-wide push as `[100]`."""
+    if has_role(actor, Role.ADMIN):
+        return
+    fleet = Device.objects.exclude(status=DeviceStatus.REVOKED).count()
+    limit = settings.OTA_MAX_UNPHASED_PERCENT
+    if 100 * devices > limit * fleet:
+        raise OtaError("needs_admin", _("Reaching more than %(p)s %% of the fleet without a "
+                                        "passing gate needs the admin role.") % {"p": limit},
+                       403)
+
+
 def clean_window(window) -> dict | None:
     if not window:
         return None
@@ -201,21 +227,17 @@ def start_deployment(release: Release, target, *, actor, phases=None, gates=None
     devices = list(resolve_target(target).order_by("pk").values_list("pk", flat=True))
     if not devices:
         raise OtaError("empty_target", _("The target matches no device."))
-    fleet = Device.objects.exclude(status=DeviceStatus.REVOKED).count()
-    limit = settings.OTA_MAX_UNPHASED_PERCENT
-    if len(phases) == 1 and 100 * len(devices) > limit * fleet and not has_role(actor,
-                                                                                  Role.ADMIN):
-        raise OtaError("needs_admin", _("Deploying to more than %(p)s %% of the fleet without "
-                                        "phases needs the admin role.") % {"p": limit}, 403)
+    counts = phase_targets(len(devices), phases)
+    check_ungated_reach(counts[0], actor)
     table = variants_by_profile(release)
     with transaction.atomic():
         deployment = Deployment.objects.create(
             release=release, slot=release.slot, target=target, phases=phases, gates=gates,
-            target_count=len(devices), scheduled_at=scheduled_at, install_window=window,
+            target_count=len(devices), ungated_count=counts[0], scheduled_at=scheduled_at,
+            install_window=window,
             created_by=actor if getattr(actor, "pk", None) else None)
         rng = random.Random(deployment.pk)  # canaries spread over the fleet, reproducibly
         rng.shuffle(devices)
-        counts = phase_targets(len(devices), phases)
         _queue_updates(deployment, devices, counts, table)
         if scheduled_at and scheduled_at > now:
             deployment._move(DeploymentStatus.SCHEDULED, [DeploymentStatus.DRAFT])
@@ -314,17 +336,33 @@ def rollback(deployment: Deployment, *, actor, now: datetime | None = None) -> D
 
 # --- gates -----------------------------------------------------------------------------
 def evaluate_deployments(now: datetime | None = None) -> dict[int, str]:
-    """The gate task: start due scheduled deployments, judge every running one."""
+    """The gate task: start due scheduled deployments, judge every running one,
+    re-sign pending manifests. Each deployment is judged in its own savepoint: one
+    that raises is logged and reported as "error" while the others (and the
+    re-signing, which keeps pending manifests from expiring) still run."""
     now = now or timezone.now()
     outcome = {}
     for deployment in Deployment.objects.filter(status=DeploymentStatus.SCHEDULED,
                                                 scheduled_at__lte=now):
-        outcome[deployment.pk] = "started" if begin(deployment, now) else "skipped"
+        outcome[deployment.pk] = _isolated(deployment, lambda d: "started" if begin(d, now)
+                                           else "skipped")
     for deployment in Deployment.objects.filter(status=DeploymentStatus.RUNNING).select_related(
             "release"):
-        outcome[deployment.pk] = evaluate_deployment(deployment, now)
+        outcome[deployment.pk] = _isolated(deployment, lambda d: evaluate_deployment(d, now))
     refresh_manifests(now)
     return outcome
+
+
+def _isolated(deployment: Deployment, judge) -> str:
+    try:
+        with transaction.atomic():
+            return judge(deployment)
+    except Exception as exc:  # one deployment's fault must not stop the others
+        log.exception("gate evaluation of deployment %s failed", deployment.pk)
+        Deployment.objects.filter(pk=deployment.pk).update(gate_report={
+            "verdict": "error", "reasons": [f"{type(exc).__name__}: {exc}"[:500]],
+            "at": timezone.now().isoformat()})
+        return "error"
 
 
 def evaluate_deployment(deployment: Deployment, now: datetime | None = None) -> str:
@@ -361,18 +399,27 @@ def evaluate_deployment(deployment: Deployment, now: datetime | None = None) -> 
     return "advanced"
 
 
-def approve(deployment: Deployment, now: datetime | None = None) -> bool:
-    """Manual approval: advance to the next phase now, whatever the gate says."""
+def approve(deployment: Deployment, *, actor, now: datetime | None = None) -> bool:
+    """Manual approval: advance to the next phase now, whatever the gate says.
+    Unless the current phase's gate passes anyway, the devices of the next phase
+    count as reached without a gate (OtaError "needs_admin" past the limit)."""
     now = now or timezone.now()
     phase = deployment.current_phase
-    if phase + 1 >= len(deployment.phases):
+    if phase + 1 >= len(deployment.phases) or deployment.status not in (
+            DeploymentStatus.RUNNING, DeploymentStatus.PAUSED):
         return False
+    ungated = deployment.ungated_count
+    passed = evaluate(deployment.gate_config(phase),
+                      stats.phase_stats(deployment, phase, now)).verdict == Verdict.PASS
+    if not passed:
+        ungated += deployment.updates.filter(phase=phase + 1).count()
+        check_ungated_reach(ungated, actor)
     with transaction.atomic():
         moved = Deployment.objects.filter(
             pk=deployment.pk, status__in=[DeploymentStatus.RUNNING, DeploymentStatus.PAUSED],
             step=deployment.step, current_phase=phase).update(
             status=DeploymentStatus.RUNNING, current_phase=phase + 1, phase_started_at=now,
-            pause_reason="", step=F("step") + 1)
+            pause_reason="", step=F("step") + 1, ungated_count=ungated)
         if moved:
             assign_phase(deployment, phase + 1, now)
     deployment.refresh_from_db()
@@ -380,6 +427,25 @@ def approve(deployment: Deployment, now: datetime | None = None) -> bool:
 
 
 # --- device reports ---------------------------------------------------------------------
+# What an agent reports when it refuses a manifest before trusting any of it.
+REFUSAL_CODES = {"bad_signature", "wrong_device", "rollback", "expired", "malformed",
+                 "bad_policy"}
+
+
+def _refused_update(device: Device, data: dict) -> DeviceUpdate | None:
+    """The update a refusal belongs to: the device's current assignment (in the slot the
+    report names, or its only one). Nothing of a refused manifest is trusted — a forged
+    one names any deployment and version — so neither picks the row."""
+    active = list(DeviceUpdate.objects.select_for_update()
+                  .filter(device=device, state__in=ACTIVE_STATES).order_by("-manifest_version"))
+    in_slot = [u for u in active if u.slot == str(data.get("slot") or "")]
+    if in_slot:
+        return in_slot[0]
+    if data.get("slot") is None or len({u.slot for u in active}) == 1:
+        return active[0] if active else None
+    return None
+
+
 def report_status(device: Device, data) -> DeviceUpdate:
     """Apply one status report of `device` to its own update (A2: never another's)."""
     if not isinstance(data, dict):
@@ -387,7 +453,7 @@ def report_status(device: Device, data) -> DeviceUpdate:
     state, version = data.get("state"), data.get("manifest_version")
     if state not in {s.value for s in stats.REPORTABLE_STATES}:
         raise OtaError("bad_state", _("Unknown or unreportable state %(s)r.") % {"s": state})
-    if not isinstance(version, int) or isinstance(version, bool):
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
         raise OtaError("bad_version", _("manifest_version must be an integer."))
     deployment = data.get("deployment")
     if deployment is not None and (not isinstance(deployment, int) or isinstance(deployment,
@@ -395,6 +461,11 @@ def report_status(device: Device, data) -> DeviceUpdate:
         raise OtaError("bad_deployment", _("deployment must be an integer or null."))
     if data.get("slot") is not None and not isinstance(data["slot"], str):
         raise OtaError("bad_slot", _("slot must be a string."))
+    # A refused manifest proves nothing (a forged one names any deployment and version):
+    # the agent flags its refusals, and they go to the device's current assignment.
+    refused = state == UpdateState.FAILED and data.get("refused_manifest") is True
+    if not refused and (not isinstance(version, int) or isinstance(version, bool)):
+        raise OtaError("bad_version", _("manifest_version must be an integer."))
     updates = DeviceUpdate.objects.filter(device=device, manifest_version=version)
     if data.get("deployment") is not None:
         updates = updates.filter(deployment_id=data.get("deployment"))
@@ -402,7 +473,10 @@ def report_status(device: Device, data) -> DeviceUpdate:
         updates = updates.filter(slot=str(data["slot"]))
     now = timezone.now()
     with transaction.atomic():
-        update = updates.select_for_update().first()
+        update = None if refused else updates.select_for_update().first()
+        if refused or (update is None and state == UpdateState.FAILED
+                       and str(data.get("error_code") or "") in REFUSAL_CODES):
+            update = _refused_update(device, data)  # (the second case: older agents)
         if update is None:
             raise OtaError("not_found", _("No such update for this device."), 404)
         if update.state == state and update.is_final:

@@ -149,7 +149,7 @@ def deployment_action(request, pk: int, name: str):
                     deployment, request.POST.get("reason") or _("paused by %(u)s")
                     % {"u": request.user.get_username()}),
                 "resume": lambda: services.resume(deployment),
-                "approve": lambda: services.approve(deployment),
+                "approve": lambda: services.approve(deployment, actor=request.user),
                 "abort": lambda: services.abort(deployment)}[name]()
     except services.OtaError as exc:
         messages.error(request, exc.message)

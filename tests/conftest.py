@@ -16,6 +16,13 @@ import pytest
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
+
+def pytest_configure(config):
+    """The .mo is a build artefact: build it when the .po is newer (pytest without make)."""
+    from fleet.translations import compile_catalogs
+
+    compile_catalogs()
+
 REQUIRE_SERVICES = os.environ.get("EDGEFLEET_REQUIRE_SERVICES", "") in {"1", "true", "yes"}
 FIXTURES = Path(__file__).resolve().parent.parent / "compression" / "fixtures"
 

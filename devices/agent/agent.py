@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 from devices.agent.buffer import Backoff, Buffer, Outbox
 from devices.agent.client import Client, Pacer, Response, Unreachable
+from devices.agent.download import DownloadLimits
 from devices.agent.runtime import Inputs, Runtime, hardware_facts
 from devices.agent.state import State
 from devices.agent.updater import STATUS_PATH, CheckInError, Updater
@@ -25,6 +27,10 @@ DEFAULTS = {
     "buffer_cap": {"telemetry": 10_000, "logs": 10_000, "status": 1_000},
     "batch_size": 500, "input_dir": None, "threads": None, "mqtt_url": None,
     "log_level": "INFO", "hardware_profile": None,
+    # health check child: address-space limit (default: half the RAM)
+    "health_memory_mb": None,
+    # slow retrieval: an attempt may last grace + missing bytes / minimum rate
+    "download_min_rate_bps": 16 * 1024, "download_grace_s": 60,
 }
 
 
@@ -53,7 +59,12 @@ class Agent:
         caps = dict(self.settings["buffer_cap"])
         self.buffer = Buffer(state.root / "buffer.sqlite3", caps=caps)
         self.outbox = Outbox(self.buffer, self.boot_id)
-        self.updater = Updater(state, self.client, report=self.report_status)
+        limits = DownloadLimits(float(self.settings["download_min_rate_bps"]),
+                                float(self.settings["download_grace_s"]))
+        self.updater = Updater(state, self.client, report=self.report_status, limits=limits,
+                               health_memory_mb=self.settings["health_memory_mb"])
+        # Fail-safe first: no model runs before an interrupted install was undone.
+        self.updater.recover()
         inputs = Inputs(self.settings["input_dir"]) if self.settings["input_dir"] else None
         self.runtime = Runtime(state, inputs=inputs, threads=self.settings["threads"])
         self.pacer = Pacer(float(self.settings["poll_interval_s"]))
@@ -157,7 +168,10 @@ class Agent:
             log.error("cannot load the active model: %s", exc)
         window = float(self.settings["telemetry_interval_s"]) if window_s is None else window_s
         self.runtime.run_for(window, max_inferences=max_inferences)
+        stale = self.updater.freshness.stale_s(datetime.now(UTC))
         for point in self.runtime.points():
+            if stale is not None:
+                point.setdefault("extra", {})["metadata_stale_s"] = stale
             self.outbox.add("telemetry", point)
         for slot, old, new in self.runtime.switches:
             log.info("slot %s switched from %s to %s by the policy", slot, old, new)
@@ -167,6 +181,8 @@ class Agent:
     def run(self, *, once: bool = False) -> None:
         log.info("agent %s starting, boot %s", self.state.uid, self.boot_id)
         self.send_inventory()
+        # In the loop, downloads go to a worker thread; --once waits for them.
+        self.updater.background = not once
         if once:
             self.step(window_s=1.0, max_inferences=20)
             return

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+from datetime import UTC, datetime
 
 from devices.agent import __version__
 from devices.agent.client import Client, Unreachable
@@ -50,7 +51,13 @@ def enroll(args) -> int:
         print(f"enrollment refused: HTTP {response.status} {response.body[:300]!r}",
               file=sys.stderr)
         return 1
-    answer = response.json() or {}
+    try:
+        answer = response.json() or {}
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        print("unexpected enrollment answer: not a JSON object", file=sys.stderr)
+        return 1
     uid = answer.get("uid") or answer.get("device_id") or answer.get("device")
     token = answer.get("token") or answer.get("device_token")
     public = answer.get("server_public_key") or answer.get("public_key")
@@ -88,7 +95,10 @@ def run(args) -> int:
 
 
 def status(args) -> int:
+    from devices.agent.freshness import Freshness
+
     state = State(state_dir(args))
+    freshness = Freshness(state)
     slots = {}
     for name in state.slot_names():
         pointer = state.pointer(name) or {}
@@ -103,7 +113,9 @@ def status(args) -> int:
         }
     print(json.dumps({"uid": state.uid, "server": state.config.get("server"),
                       "enrolled": state.enrolled, "agent_version": __version__,
-                      "keys": [k["key_id"] for k in state.pinned_keys()], "slots": slots},
+                      "keys": [k["key_id"] for k in state.pinned_keys()], "slots": slots,
+                      "metadata": {"fresh_until": freshness.record.get("expires_at"),
+                                   "stale_s": freshness.stale_s(datetime.now(UTC))}},
                      indent=2))
     return 0
 

@@ -1,7 +1,10 @@
 """HTTP to the EdgeFleet server: stdlib only, a timeout on every call.
 
 `Client.request` never raises for an HTTP status: it returns a `Response`
-whatever the code. Network failures raise `Unreachable`. `Pacer` decides when
+whatever the code. Network failures raise `Unreachable`. Every answer is read
+up to a cap (`max_body`, default `MAX_BODY`): an announced or streamed body
+past it is refused with `TooLarge` (an `Unreachable`: the exchange failed)
+after reading at most the cap, so an endless answer costs no memory. `Pacer` decides when
 to talk next: the server-advised interval plus jitter after success,
 exponential backoff with full jitter after errors, never sooner than the
 advised interval or a `Retry-After` (RELIABILITY U10, E4).
@@ -25,10 +28,18 @@ from devices.agent import __version__
 
 DEFAULT_TIMEOUT_S = 15.0
 USER_AGENT = f"edgefleet-agent/{__version__}"
+# Status, telemetry, log and inventory answers are a few hundred bytes; enrollment
+# about one kilobyte. The check-in asks for more (one envelope per slot).
+MAX_BODY = 64 * 1024
+READ_CHUNK = 64 * 1024
 
 
 class Unreachable(Exception):
     """The server could not be reached (DNS, refused, reset, timeout)."""
+
+
+class TooLarge(Unreachable):
+    """The answer is longer than the caller expects: refused, not buffered."""
 
 
 @dataclass
@@ -39,7 +50,13 @@ class Response:
     raw: object = None  # the open stream when `stream=True`
 
     def json(self):
-        return json.loads(self.body.decode("utf-8")) if self.body else None
+        """The body as JSON; ValueError for anything else (deep nesting included)."""
+        if not self.body:
+            return None
+        try:
+            return json.loads(self.body.decode("utf-8"))
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
 
     def header(self, name: str, default=None):
         return self.headers.get(name.lower(), default)
@@ -99,7 +116,8 @@ class Client:
         return self.server + "/" + path_or_url.lstrip("/")
 
     def request(self, method: str, path: str, *, json_body=None, headers: dict | None = None,
-                stream: bool = False, timeout: float | None = None) -> Response:
+                stream: bool = False, timeout: float | None = None,
+                max_body: int = MAX_BODY) -> Response:
         data = None
         request = urllib.request.Request(self.url(path), method=method)
         request.add_header("User-Agent", USER_AGENT)
@@ -116,7 +134,7 @@ class Client:
             raw = self._opener.open(request, data=data, timeout=timeout or self.timeout)
         except urllib.error.HTTPError as exc:  # a redirect loop or an unfollowable one
             return Response(exc.code, {k.lower(): v for k, v in exc.headers.items()},
-                            _read_quietly(exc))
+                            _read_quietly(exc, max_body))
         except (TimeoutError, urllib.error.URLError, OSError) as exc:
             raise Unreachable(f"{method} {path}: {exc}") from exc
         response = Response(raw.status, {k.lower(): v for k, v in raw.headers.items()})
@@ -124,7 +142,8 @@ class Client:
             response.raw = raw
             return response
         try:
-            response.body = raw.read()
+            response.body = read_bounded(raw, response.header("content-length"), max_body,
+                                         f"{method} {path}")
         except OSError as exc:
             raise Unreachable(f"{method} {path}: {exc}") from exc
         finally:
@@ -153,10 +172,11 @@ class LeanClient(Client):
         self._base = parts.path.rstrip("/")
 
     def request(self, method: str, path: str, *, json_body=None, headers: dict | None = None,
-                stream: bool = False, timeout: float | None = None) -> Response:
+                stream: bool = False, timeout: float | None = None,
+                max_body: int = MAX_BODY) -> Response:
         if stream or not self._plain or urllib.parse.urlsplit(path).scheme:
             return super().request(method, path, json_body=json_body, headers=headers,
-                                   stream=stream, timeout=timeout)
+                                   stream=stream, timeout=timeout, max_body=max_body)
         body = b"" if json_body is None else json.dumps(
             json_body, separators=(",", ":")).encode("utf-8")
         lines = [f"{method} {self._base}/{path.lstrip('/')} HTTP/1.1", f"Host: {self._host}",
@@ -174,40 +194,61 @@ class LeanClient(Client):
                 family, _, _, _, address = socket.getaddrinfo(
                     *self._address, type=socket.SOCK_STREAM)[0]
                 self._family, self._address = family, address
-            raw = _exchange(self._family, self._address, message, timeout or self.timeout)
-            response = _parse(raw)
-        except (OSError, ValueError) as exc:
+            raw = _exchange(self._family, self._address, message, timeout or self.timeout,
+                            max_body)
+            response = _parse(raw, max_body)
+        except TooLarge as exc:
+            raise TooLarge(f"{method} {path}: {exc}") from exc
+        except (OSError, ValueError, IndexError) as exc:
             raise Unreachable(f"{method} {path}: {exc}") from exc
         if response.status in {301, 302, 303, 307, 308}:
             return super().request(method, path, json_body=json_body, headers=headers,
-                                   timeout=timeout)
+                                   timeout=timeout, max_body=max_body)
         return response
 
 
-def _exchange(family, address: tuple, message: bytes, timeout: float) -> bytes:
-    """Send `message`, read the answer: to its Content-Length if it has one, else to EOF."""
+HEAD_LIMIT = 64 * 1024  # status line and headers
+
+
+def _exchange(family, address: tuple, message: bytes, timeout: float,
+              max_body: int = MAX_BODY) -> bytes:
+    """Send `message`, read the answer: to its Content-Length if it has one, else to EOF;
+    never more than the head limit plus `max_body` (`TooLarge`)."""
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(address)
         sock.sendall(message)
-        data, wanted, parsed = b"", None, False
-        while wanted is None or len(data) < wanted:
+        chunks, size, wanted, head_size = [], 0, None, None
+        while wanted is None or size < wanted:
             chunk = sock.recv(65536)
             if not chunk:
                 break
-            data += chunk
-            if not parsed and b"\r\n\r\n" in data:
-                parsed = True
+            chunks.append(chunk)
+            size += len(chunk)
+            if head_size is None:
+                data = b"".join(chunks)
+                chunks = [data]
+                if b"\r\n\r\n" not in data:
+                    if size > HEAD_LIMIT:
+                        raise TooLarge("answer head too long")
+                    continue
                 head = data.split(b"\r\n\r\n", 1)[0].lower()
+                head_size = len(head) + 4
                 length = re.search(rb"\r\ncontent-length:\s*(\d+)", head)
                 if data[9:12] in (b"204", b"304"):
-                    wanted = len(head) + 4
+                    wanted = head_size
                 elif length is not None and b"transfer-encoding: chunked" not in head:
-                    wanted = len(head) + 4 + int(length.group(1))
-        return data
+                    if int(length.group(1)) > max_body:
+                        raise TooLarge(f"answer announces {int(length.group(1))} bytes, "
+                                       f"at most {max_body} expected")
+                    wanted = head_size + int(length.group(1))
+            if head_size is not None and size - head_size > max_body + 4096:
+                # chunked framing adds a little; the body is checked again once parsed
+                raise TooLarge(f"answer longer than the {max_body} bytes expected")
+        return b"".join(chunks)
 
 
-def _parse(raw: bytes) -> Response:
+def _parse(raw: bytes, max_body: int = MAX_BODY) -> Response:
     head, _, body = raw.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split(" ", 2)[1])
@@ -217,6 +258,8 @@ def _parse(raw: bytes) -> Response:
         headers[name.strip().lower()] = value.strip()
     if headers.get("transfer-encoding", "").lower() == "chunked":
         body = _unchunk(body)
+        if len(body) > max_body:
+            raise TooLarge(f"answer longer than the {max_body} bytes expected")
     elif "content-length" in headers:
         body = body[:int(headers["content-length"])]
     return Response(status, headers, body)
@@ -233,10 +276,26 @@ def _unchunk(data: bytes) -> bytes:
         position = end + 2 + size + 2
 
 
-def _read_quietly(exc: urllib.error.HTTPError) -> bytes:
+def read_bounded(stream, announced, max_body: int, what: str = "answer") -> bytes:
+    """Read a whole body, refusing (`TooLarge`) past `max_body` without buffering more."""
+    if announced is not None and str(announced).strip().isdigit() and int(announced) > max_body:
+        raise TooLarge(f"{what}: answer announces {int(announced)} bytes, "
+                       f"at most {max_body} expected")
+    parts, size = [], 0
+    while True:
+        chunk = stream.read(min(READ_CHUNK, max_body + 1 - size))
+        if not chunk:
+            return b"".join(parts)
+        parts.append(chunk)
+        size += len(chunk)
+        if size > max_body:
+            raise TooLarge(f"{what}: answer longer than the {max_body} bytes expected")
+
+
+def _read_quietly(exc: urllib.error.HTTPError, max_body: int = MAX_BODY) -> bytes:
     try:
-        return exc.read()
-    except OSError:
+        return read_bounded(exc, exc.headers.get("content-length"), max_body)
+    except (OSError, TooLarge):
         return b""
 
 

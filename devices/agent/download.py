@@ -6,6 +6,14 @@ does not start at k or names another total is discarded and the download
 restarts from zero. Reading stops at the signed size: one byte more or an
 endless stream is refused. The sha256 of the whole file is checked at the end,
 always, whether or not the download was resumed.
+
+Slow retrieval: each attempt has an overall deadline computed from the signed
+size (`DownloadLimits`: a grace period plus the bytes still missing at the
+minimum rate), checked after every read, and reads return what has arrived
+(`read1`) instead of waiting for a full chunk, so a trickle cannot hold the
+agent longer than the deadline plus one socket timeout. What arrived stays in
+the `.part` file for the next attempt. In the agent loop a `BackgroundDownload`
+runs the download in a worker thread so check-ins and telemetry go on.
 """
 
 from __future__ import annotations
@@ -14,6 +22,10 @@ import contextlib
 import hashlib
 import os
 import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from devices.agent.client import Client, Unreachable
@@ -33,6 +45,44 @@ class DownloadError(Exception):
         self.transient = transient
 
 
+@dataclass(frozen=True)
+class DownloadLimits:
+    """An attempt may take `grace_s` + missing bytes / `min_rate_bps` seconds at most."""
+
+    min_rate_bps: float = 16 * 1024.0
+    grace_s: float = 60.0
+
+    def deadline_s(self, missing: int) -> float:
+        return self.grace_s + max(0, missing) / max(1.0, self.min_rate_bps)
+
+
+class BackgroundDownload:
+    """`work(payload)` in a daemon thread; the loop asks `done()` and then `result()`."""
+
+    def __init__(self, key, work: Callable[[dict], dict], payload: dict):
+        self.key = key
+        self._result: dict | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(work, payload), daemon=True,
+                                        name=f"download-{payload.get('slot')}")
+        self._thread.start()
+
+    def _run(self, work, payload) -> None:
+        try:
+            self._result = work(payload)
+        except BaseException as exc:  # handed to the loop, which decides
+            self._error = exc
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def result(self) -> dict:
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -47,8 +97,10 @@ def _discard(part: Path) -> None:
 
 
 def download(client: Client, url: str, part: Path, *, size: int, sha256: str,
-             timeout: float | None = None, on_progress=None) -> Path:
+             timeout: float | None = None, on_progress=None,
+             limits: DownloadLimits | None = None) -> Path:
     """Fetch `url` into `part` until it holds exactly `size` bytes with `sha256`."""
+    limits = limits or DownloadLimits()
     part.parent.mkdir(parents=True, exist_ok=True)
     restarted = False
     for _attempt in range(3):
@@ -57,8 +109,9 @@ def download(client: Client, url: str, part: Path, *, size: int, sha256: str,
             _discard(part)
             have = 0
         resumed = have > 0
+        deadline = time.monotonic() + limits.deadline_s(size - have)
         if have < size and _fetch(client, url, part, have, size, timeout,
-                                  on_progress) == "restart":
+                                  on_progress, deadline) == "restart":
                 _discard(part)
                 restarted = True
                 continue
@@ -74,7 +127,8 @@ def download(client: Client, url: str, part: Path, *, size: int, sha256: str,
                         transient=True)
 
 
-def _fetch(client, url, part: Path, have: int, size: int, timeout, on_progress) -> str:
+def _fetch(client, url, part: Path, have: int, size: int, timeout, on_progress,
+           deadline: float) -> str:
     headers = {"Range": f"bytes={have}-"} if have else {}
     try:
         response = client.request("GET", url, headers=headers, stream=True, timeout=timeout)
@@ -100,19 +154,28 @@ def _fetch(client, url, part: Path, have: int, size: int, timeout, on_progress) 
         if length is not None and length.isdigit() and have + int(length) > size:
             raise DownloadError("too_long", f"server announces {have + int(length)} bytes, "
                                 f"the manifest signed {size}")
-        _copy(response.raw, part, mode, have, size, on_progress)
+        _copy(response.raw, part, mode, have, size, on_progress, deadline)
     finally:
         response.close()
     return "done"
 
 
-def _copy(stream, part: Path, mode: str, have: int, size: int, on_progress) -> None:
+def _copy(stream, part: Path, mode: str, have: int, size: int, on_progress,
+          deadline: float) -> None:
     written = have
+    # read1: whatever one receive brings, so the deadline is looked at while data trickles
+    read = getattr(stream, "read1", stream.read)
     try:
         with open(part, mode) as handle:
             os.fchmod(handle.fileno(), 0o600)
             while written < size:
-                chunk = stream.read(min(CHUNK, size - written))
+                if time.monotonic() > deadline:
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                    raise DownloadError("too_slow", f"download slower than the minimum rate: "
+                                        f"{written - have} bytes this attempt, {written} of "
+                                        f"{size} in all", transient=True)
+                chunk = read(min(CHUNK, size - written))
                 if not chunk:
                     break
                 handle.write(chunk)

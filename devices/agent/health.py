@@ -3,14 +3,18 @@
 Open an onnxruntime session, run warm-up inferences on generated input that
 matches the declared inputs, and require every output to be finite and of the
 declared rank. The updater runs it in a child process
-(`python -m devices.agent.health MODEL...`) with a timeout, so a model that
-crashes or hangs onnxruntime only takes the child down.
+(`python -m devices.agent.health [--memory-mb N] MODEL...`) with a timeout and
+an address-space limit (RLIMIT_AS, set by the child before onnxruntime loads;
+RLIMIT_CPU too), so a model that crashes, hangs or allocates without bound at
+inference time (a ConstantOfShape bomb) only takes the child down and fails
+the check: the old model stays.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -78,10 +82,23 @@ def check_model(path: str, runs: int = 3) -> str | None:
     return None
 
 
-def run_health_check(paths: list[str], *, timeout_s: float = 120.0) -> str | None:
-    """Check models in a child process; None when all are healthy."""
+def default_memory_mb() -> int:
+    """Half the device's RAM, at least 512 MB: room for onnxruntime and a real model."""
     try:
-        proc = subprocess.run([sys.executable, "-m", "devices.agent.health", *paths],
+        ram_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
+    except (ValueError, OSError):
+        return 1024
+    return max(512, int(ram_mb) // 2)
+
+
+def run_health_check(paths: list[str], *, timeout_s: float = 120.0,
+                     memory_mb: int | None = None) -> str | None:
+    """Check models in a child process; None when all are healthy."""
+    memory_mb = int(memory_mb or default_memory_mb())
+    try:
+        proc = subprocess.run([sys.executable, "-m", "devices.agent.health",
+                               "--memory-mb", str(memory_mb), "--cpu-s",
+                               str(int(timeout_s) + 1), *paths],
                               capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
         return f"health check timed out after {timeout_s:.0f} s"
@@ -93,8 +110,26 @@ def run_health_check(paths: list[str], *, timeout_s: float = 120.0) -> str | Non
         return f"health check exited with {proc.returncode}: {proc.stderr.strip()[-300:]}"
 
 
+def limit_resources(memory_mb: int | None, cpu_s: int | None) -> None:
+    if memory_mb:
+        limit = int(memory_mb) * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    if cpu_s:
+        resource.setrlimit(resource.RLIMIT_CPU, (int(cpu_s), int(cpu_s) + 1))
+
+
 def main(argv: list[str] | None = None) -> int:
-    for path in argv if argv is not None else sys.argv[1:]:
+    args = list(argv if argv is not None else sys.argv[1:])
+    limits = {}
+    while args and args[0] in ("--memory-mb", "--cpu-s") and len(args) > 1:
+        limits[args[0]] = int(args[1])
+        args = args[2:]
+    # The libraries first: the limit is about what the model allocates.
+    import numpy.random  # noqa: F401
+    import onnxruntime  # noqa: F401
+
+    limit_resources(limits.get("--memory-mb"), limits.get("--cpu-s"))
+    for path in args:
         problem = check_model(path)
         if problem:
             print(json.dumps({"error": f"{Path(path).name}: {problem}"}))

@@ -178,3 +178,50 @@ def _holds(value, condition: dict) -> bool:
         return all(checks[op](value, target) for op, target in condition.items())
     except TypeError:
         return False
+
+
+# --- signed timestamp statements (docs/manifest.md, "Freshness") ----------------------
+TIMESTAMP_HEADER = "X-Signed-Timestamp"
+STATEMENT_MAX = 8 * 1024  # bytes of the header value
+
+
+def sign_statement(payload: dict, private_key: Ed25519PrivateKey) -> str:
+    """The `X-Signed-Timestamp` header value: base64 of the canonical signed envelope."""
+    envelope = {"statement": payload, "signature": b64(private_key.sign(canonical(payload))),
+                "key_id": key_id(raw_public_key(private_key.public_key()))}
+    return b64(canonical(envelope))
+
+
+def verify_statement(value: str | None, *, trusted_keys: dict[str, Ed25519PublicKey],
+                     device_uid: str, now: datetime) -> tuple[dict, str]:
+    """(payload, key id) of a timestamp statement; ManifestError when it must be ignored."""
+    if not value:
+        raise ManifestError("no_timestamp", "answer carries no signed timestamp")
+    if len(value) > STATEMENT_MAX:
+        raise ManifestError("malformed", "signed timestamp too long")
+    try:
+        envelope = json.loads(base64.b64decode(value, validate=True))
+    except (ValueError, TypeError, RecursionError):
+        raise ManifestError("malformed", "signed timestamp is not base64 JSON") from None
+    payload = envelope.get("statement") if isinstance(envelope, dict) else None
+    if not isinstance(payload, dict):
+        raise ManifestError("malformed", "signed timestamp has no statement")
+    kid = str(envelope.get("key_id", ""))
+    key = trusted_keys.get(kid)
+    if key is None:
+        raise ManifestError("bad_signature", "timestamp signed by an unknown key")
+    try:
+        key.verify(base64.b64decode(envelope.get("signature", ""), validate=True),
+                   canonical(payload))
+    except (InvalidSignature, ValueError, TypeError):
+        raise ManifestError("bad_signature", "timestamp signature does not verify") from None
+    if payload.get("schema") != SCHEMA or payload.get("type") != "timestamp":
+        raise ManifestError("malformed", "not a timestamp statement")
+    if payload.get("device") != device_uid:
+        raise ManifestError("wrong_device", "timestamp is for another device")
+    if parse_time(str(payload.get("expires_at"))) <= now:
+        raise ManifestError("expired", f"timestamp expired at {payload.get('expires_at')}")
+    parse_time(str(payload.get("issued_at")))
+    if not isinstance(payload.get("updates"), dict):
+        raise ManifestError("malformed", "timestamp names no update state")
+    return payload, kid

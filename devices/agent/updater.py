@@ -9,9 +9,16 @@ sha256 (U4, U8).
 Crash safety (U7): the slot file records the verified manifest as `pending`
 before any byte is fetched; artifacts land in `models/<slot>/<sha256>.onnx` by
 rename only after their hash matched; the active model is named by one pointer
-file switched by rename, which keeps the previous pointer inside it. Rerunning
-after a SIGKILL anywhere finds the pending manifest and walks the same steps,
-each of which is a no-op when already done.
+file switched by rename, which keeps the previous pointer inside it, and only
+after the new model passed its health check: whatever the order of a crash,
+an expiry and a restart, the active model is a verified one (`recover()` puts
+back the previous model when a pointer of an older agent says otherwise).
+Rerunning after a SIGKILL anywhere finds the pending manifest and walks the
+same steps, each of which is a no-op when already done.
+
+Freshness: what an answer says without a signature (a 204, a 304, an empty
+list) never cancels a pending manifest; only a signed timestamp statement
+does (`devices.agent.freshness`).
 """
 
 from __future__ import annotations
@@ -24,7 +31,14 @@ from datetime import UTC, datetime
 
 from devices.agent import manifest as mf
 from devices.agent.client import Client, Response, Unreachable
-from devices.agent.download import DownloadError, download, sha256_file
+from devices.agent.download import (
+    BackgroundDownload,
+    DownloadError,
+    DownloadLimits,
+    download,
+    sha256_file,
+)
+from devices.agent.freshness import Freshness
 from devices.agent.state import State, fsync_dir
 from devices.agent.testhooks import pause
 
@@ -34,6 +48,9 @@ UPDATE_PATH = "/api/v1/device/update"
 STATUS_PATH = "/api/v1/device/update/status"
 ARTIFACT_PATH = "/api/v1/device/artifacts/{sha256}"
 PROGRESS = ("downloading", "downloaded", "installing")
+
+
+CHECKIN_MAX_BODY = 1024 * 1024  # one envelope is about 1 kB; a few slots fit many times
 
 
 class CheckInError(Exception):
@@ -57,37 +74,53 @@ class Updater:
     def __init__(self, state: State, client: Client, *,
                  report: Callable[[dict], None] | None = None,
                  health_check: Callable[[list[str]], str | None] | None = None,
-                 now: Callable[[], datetime] = _now):
+                 now: Callable[[], datetime] = _now, background: bool = False,
+                 limits: DownloadLimits | None = None, health_memory_mb: int | None = None):
         self.state = state
         self.client = client
         self.report = report or self._post_status
         if health_check is None:
-            from devices.agent.health import run_health_check as health_check
+            from devices.agent.health import run_health_check
+
+            def health_check(paths, _memory=health_memory_mb):
+                return run_health_check(paths, memory_mb=_memory)
         self.health_check = health_check
         self.now = now
+        self.freshness = Freshness(state)
+        # In the agent loop downloads run in a worker thread so check-ins and
+        # telemetry keep flowing; `run --once` and tests download in line.
+        self.background = background
+        self.limits = limits or DownloadLimits()
+        self._jobs: dict[str, BackgroundDownload] = {}
 
     # --- the conversation ----------------------------------------------------------------
     def check_in(self) -> CheckIn:
         started = self.now()  # U3: expiry is judged against the start of this check-in
-        headers = {}
-        if self.state.etag:
-            headers["If-None-Match"] = self.state.etag
+        sent_etag = self.freshness.record.get("etag")
+        headers = {"If-None-Match": sent_etag} if sent_etag else {}
         try:
-            response = self.client.request("GET", UPDATE_PATH, headers=headers)
+            response = self.client.request("GET", UPDATE_PATH, headers=headers,
+                                           max_body=CHECKIN_MAX_BODY)
         except Unreachable as exc:
             # Offline: an install interrupted after its download can still finish (U7).
-            self.resume_pending(started)
+            self._offline(started)
             raise CheckInError(str(exc)) from exc
         interval = _advised_interval(response)
-        if response.status == 304:
-            return CheckIn(self.resume_pending(started) or "not_modified", interval)
-        if response.status == 204:
-            self._withdraw(keep=set())  # nothing assigned any more: drop what was pending
-            self._remember_etag(response)
-            return CheckIn("no_update", interval)
-        if response.status != 200:
-            self.resume_pending(started)
+        if response.status not in (200, 204, 304):
+            self._offline(started)
             raise CheckInError(f"check-in: HTTP {response.status}", response.retry_after)
+        statement = self.freshness.check(response, started, sent_etag)
+        if statement is None:
+            self.freshness.forget_etag()  # never keep an ETag no statement vouches for
+        else:
+            self._rotate_keys(statement.key_id, statement.payload.get("next_key"))
+            self._withdraw(statement)
+        if response.status in (204, 304):
+            # Unsigned by themselves: a pending manifest goes on unless a statement withdrew it.
+            outcome = self.resume_pending(started)
+            self._commit(statement)
+            return CheckIn(outcome or ("no_update" if response.status == 204
+                                       else "not_modified"), interval)
         try:
             body = response.json()
         except ValueError as exc:
@@ -95,35 +128,50 @@ class Updater:
         envelopes = body.get("manifests") if isinstance(body, dict) and "manifests" in body \
             else [body]
         envelopes = envelopes if isinstance(envelopes, list) else []
-        self._withdraw(keep={str(((e or {}).get("manifest") or {}).get("slot") or "default")
-                             for e in envelopes if isinstance(e, dict)})
         outcomes = [self.handle(envelope, started) for envelope in envelopes]
-        self._remember_etag(response)
+        named = {str(((e or {}).get("manifest") or {}).get("slot") or "default")
+                 for e in envelopes if isinstance(e, dict)}
+        resumed = self.resume_pending(started, skip=named)
+        self._commit(statement)
         interval = interval or _payload_interval(envelopes)
-        return CheckIn(outcomes[-1] if outcomes else "no_update", interval)
+        outcome = outcomes[-1] if outcomes else resumed or "no_update"
+        return CheckIn(outcome, interval)
 
-    def _withdraw(self, keep: set[str]) -> None:
-        """The server no longer assigns a pending manifest (aborted, superseded by
-        nothing): forget it and its partial downloads; the active model stays."""
+    def _offline(self, started: datetime) -> None:
+        self.resume_pending(started)
+        self.freshness.report_if_stale(started)
+
+    def _commit(self, statement) -> None:
+        if statement is not None:
+            self.freshness.commit(statement)
+
+    def _withdraw(self, statement) -> None:
+        """A signed statement no longer assigns a pending manifest's slot (aborted,
+        superseded by nothing): forget it and its partial downloads; the active model
+        stays. Only a statement issued after the manifest can say so — an unsigned 204
+        or an empty body never withdraws anything."""
         for name in self.state.slot_names():
             slot = self.state.slot(name)
             pending = slot.get("pending")
-            if name in keep or not pending or slot.get("done_version") == pending.get("version"):
+            if (name in statement.updates or not pending
+                    or slot.get("done_version") == pending.get("version")):
                 continue
+            try:
+                if statement.issued_at < mf.parse_time(str(pending.get("issued_at"))):
+                    continue
+            except mf.ManifestError:
+                pass
             log.info("slot %s: manifest %s withdrawn by the server", name, pending.get("version"))
+            self._jobs.pop(name, None)  # its thread ends by its deadline; outcome dropped
             for artifact in pending.get("artifacts") or []:
                 self.state.download_path(artifact["sha256"]).unlink(missing_ok=True)
             self.state.update_slot(name, pending=None, done_version=pending.get("version"),
                                    result="withdrawn")
 
-    def _remember_etag(self, response: Response) -> None:
-        etag = response.header("etag")
-        if etag != self.state.etag:
-            self.state.update_config(etag=etag)
-
     def handle(self, envelope: dict, started: datetime) -> str:
         payload = envelope.get("manifest") if isinstance(envelope, dict) else None
-        slot_name = str((payload or {}).get("slot") or "default")
+        payload = payload if isinstance(payload, dict) else {}
+        slot_name = str(payload.get("slot") or "default")
         slot = self.state.slot(slot_name)
         try:
             verified = mf.verify(envelope, trusted_keys=self.state.trusted_keys(),
@@ -131,10 +179,13 @@ class Updater:
                                  last_version=int(slot.get("trusted_version", 0)), now=started)
         except mf.ManifestError as exc:
             log.warning("manifest refused (%s): %s", exc.code, exc.message)
-            self._send(payload or {}, "failed", exc.message, exc.code, slot=slot_name)
+            # Nothing in a refused manifest can be trusted, its deployment id least of
+            # all: the server attaches the refusal to this device's current update.
+            self._send(payload, "failed", exc.message, exc.code, slot=slot_name, refused=True)
             return "refused"
         payload = {**verified.payload, "slot": slot_name}  # a manifest without slot: "default"
-        self._rotate_keys(envelope, payload)
+        self._rotate_keys(self.state.key_for(str(envelope.get("key_id", ""))),
+                          payload.get("next_key"))
         if verified.no_op:
             if slot.get("done_version") == payload["version"]:
                 return "no_op"
@@ -143,26 +194,51 @@ class Updater:
                                    received_at=mf.format_time(started))
         return self.apply(payload)
 
-    def _rotate_keys(self, envelope: dict, payload: dict) -> None:
-        """U6: a new key is pinned only when announced by a manifest that verified."""
-        used = self.state.key_for(str(envelope.get("key_id", "")))
+    def _rotate_keys(self, used: str | None, announced) -> None:
+        """U6: a new key is pinned only when announced by signed metadata that verified
+        (a manifest or a check-in's timestamp statement)."""
+        used = self.state.key_for(used) if used else None
         if used:
             self.state.retire_keys_before(used)
-        announced = payload.get("next_key")
         if isinstance(announced, dict) and announced.get("public_key"):
+            if announced.get("key_id") and self.state.key_for(str(announced["key_id"])):
+                return  # pinned already
             try:
                 kid = self.state.pin_key(announced["public_key"])
             except ValueError as exc:
                 log.warning("announced next key refused: %s", exc)
                 return
+            log.info("server key %s pinned as the next key", kid)
             if announced.get("key_id") and announced["key_id"] != kid:
                 log.warning("announced key id %s differs from the key's own %s",
                             announced["key_id"], kid)
 
-    def resume_pending(self, started: datetime) -> str | None:
-        """Finish a manifest a crash interrupted (U7)."""
+    def recover(self) -> None:
+        """Before anything else after a start: a slot whose active model is not a
+        verified one (an agent that switched before its health check ended, then
+        died) goes back to the last verified model (fail-safe); the install is
+        then retried or refused like any pending manifest."""
+        for name in self.state.slot_names():
+            pointer = self.state.pointer(name)
+            slot = self.state.slot(name)
+            pending = slot.get("pending") or {}
+            if not pointer or pointer.get("verified"):
+                continue
+            if pointer.get("version") != pending.get("version") or \
+                    slot.get("done_version") == pointer.get("version"):
+                continue  # an install that finished (written before `verified` existed)
+            previous = pointer.get("previous")
+            log.warning("slot %s: the health check of manifest %s did not complete; back to "
+                        "%s before anything else", name, pointer.get("version"),
+                        f"manifest {previous.get('version')}" if previous else "no model")
+            self.state.set_pointer(name, previous)
+
+    def resume_pending(self, started: datetime, skip: set[str] = frozenset()) -> str | None:
+        """Finish a manifest a crash or a download in the background left pending (U7)."""
         outcome = None
         for name in self.state.slot_names():
+            if name in skip:
+                continue
             slot = self.state.slot(name)
             pending = slot.get("pending")
             if not pending or slot.get("done_version") == pending.get("version"):
@@ -172,9 +248,11 @@ class Updater:
             except mf.ManifestError:
                 expired = True
             if expired:
+                self._jobs.pop(name, None)
                 self._send(pending, "failed", "manifest expired before it was installed",
                            "expired")
-                self.state.update_slot(name, done_version=pending["version"], result="expired")
+                self.state.update_slot(name, done_version=pending["version"], result="expired",
+                                       pending=None)
                 continue
             outcome = self.apply(pending)
         return outcome
@@ -185,10 +263,8 @@ class Updater:
         waited = self.state.slot(slot).get("downloaded_version") == payload["version"]
         if not waited:
             self._send(payload, "downloading")
-        files = {}
         try:
-            for artifact in payload["artifacts"]:
-                files[artifact["name"]] = self._fetch(slot, artifact)
+            files = self._files(payload)
         except DownloadError as exc:
             if exc.transient:
                 log.info("download interrupted (%s), will resume: %s", exc.code, exc.message)
@@ -196,6 +272,8 @@ class Updater:
             self._send(payload, "failed", exc.message, exc.code)
             self._finish(payload, "failed")
             return "failed"
+        if files is None:
+            return "downloading"  # in the background; the loop goes on
         if not waited:
             self._send(payload, "downloaded")
         # Devices download any time but install only inside the maintenance window.
@@ -217,28 +295,52 @@ class Updater:
                                           "model_version": artifact.get("model_version"),
                                           "path": target.name}
         old = self.state.pointer(slot)
-        if old and old.get("version") == payload["version"]:
-            new = old  # switched before a crash: keep its `previous`
-        else:
-            new = {"version": payload["version"], "deployment": payload.get("deployment"),
-                   "manifest": payload, "variants": variants,
-                   "active": mf.choose_variant(payload, {}), "previous": _strip(old)}
+        if not (old and old.get("version") == payload["version"] and old.get("verified")):
+            # Fail-safe: the pointer only ever names a model that passed its health
+            # check. A crash before the switch leaves the old model active; the
+            # check runs again on restart (it is idempotent).
+            pause("health")
+            problem = self.health_check([str(model_dir / v["path"])
+                                         for v in variants.values()])
+            if problem is not None:
+                state = "rolled_back" if old else "failed"
+                self._send(payload, state, f"health check failed: {problem}", "health_check")
+                self._finish(payload, state)
+                self._collect(slot)
+                return state
             pause("switch")
-            self.state.set_pointer(slot, new)
-        pause("health")
-        problem = self.health_check([str(model_dir / v["path"]) for v in variants.values()])
-        if problem is None:
-            self._send(payload, "succeeded")
-            self._finish(payload, "succeeded")
-            self._collect(slot)
-            return "succeeded"
-        previous = new.get("previous")
-        self.state.set_pointer(slot, previous)
-        state = "rolled_back" if previous else "failed"
-        self._send(payload, state, f"health check failed: {problem}", "health_check")
-        self._finish(payload, state)
+            self.state.set_pointer(slot, {
+                "version": payload["version"], "deployment": payload.get("deployment"),
+                "manifest": payload, "variants": variants, "verified": True,
+                "active": mf.choose_variant(payload, {}), "previous": _strip(old)})
+        self._send(payload, "succeeded")
+        self._finish(payload, "succeeded")
         self._collect(slot)
-        return state
+        return "succeeded"
+
+    def _files(self, payload: dict) -> dict | None:
+        """Artifact name -> verified file; None while a background download runs."""
+        slot = payload["slot"]
+        if not self.background:
+            return self._download_all(payload)
+        key = (payload["version"], tuple(a["sha256"] for a in payload["artifacts"]))
+        job = self._jobs.get(slot)
+        if job is not None and job.key != key:
+            if not job.done():
+                return None  # an older download ends by its own deadline first
+            job = self._jobs.pop(slot)
+            job = None
+        if job is None:
+            self._jobs[slot] = BackgroundDownload(key, self._download_all, payload)
+            return None
+        if not job.done():
+            return None
+        del self._jobs[slot]
+        return job.result()
+
+    def _download_all(self, payload: dict) -> dict:
+        return {artifact["name"]: self._fetch(payload["slot"], artifact)
+                for artifact in payload["artifacts"]}
 
     def _fetch(self, slot: str, artifact: dict):
         target = self.state.model_dir(slot) / f"{artifact['sha256']}.onnx"
@@ -248,7 +350,7 @@ class Updater:
             target.unlink()
         url = artifact.get("url") or ARTIFACT_PATH.format(sha256=artifact["sha256"])
         return download(self.client, url, self.state.download_path(artifact["sha256"]),
-                        size=artifact["size"], sha256=artifact["sha256"])
+                        size=artifact["size"], sha256=artifact["sha256"], limits=self.limits)
 
     def _finish(self, payload: dict, result: str) -> None:
         self.state.update_slot(payload["slot"], done_version=payload["version"], result=result,
@@ -270,12 +372,15 @@ class Updater:
 
     # --- status reports ------------------------------------------------------------------
     def _send(self, payload: dict, state: str, error: str = "", code: str = "",
-              slot: str | None = None) -> None:
+              slot: str | None = None, refused: bool = False) -> None:
         deployment = payload.get("deployment")
+        version = payload.get("version")
         report = {"deployment": deployment if isinstance(deployment, int) else None,
-                  "manifest_version": payload.get("version"),
+                  "manifest_version": version if isinstance(version, int) else None,
                   "slot": slot or payload.get("slot"), "state": state,
                   "error": error[:1000], "error_code": code}
+        if refused:
+            report["refused_manifest"] = True
         slot_name = str(report["slot"] or "default")
         progress = state in PROGRESS and isinstance(report["manifest_version"], int)
         if progress:

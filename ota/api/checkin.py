@@ -25,6 +25,7 @@ from django.views.decorators.http import require_GET
 from redis.exceptions import RedisError
 
 from devices import authcache
+from devices.agent import manifest as mf
 from devices.api.responses import (
     bearer_token,
     refusal,
@@ -92,7 +93,12 @@ def update(request):
         wait = period - int(time.time()) % period
         return refusal(429, f"Too many check-ins; retry in {wait} s.", "throttled",
                        Retry_After=str(wait))
-    answer = manifests.CheckIn(*cached) if cached else manifests.checkin_for(device_pk)
+    try:
+        answer = manifests.checkin_for(device_pk, cached=cached)
+    except DatabaseError as exc:
+        log.error("check-in: database unavailable: %s", exc)
+        connection.close_if_unusable_or_obsolete()
+        return unavailable("Service unavailable; retry later.")
     if answer.etag in _etags(request.META.get("HTTP_IF_NONE_MATCH", "")):
         response = HttpResponse(status=304)
     elif answer.body is None:
@@ -100,6 +106,7 @@ def update(request):
     else:
         response = HttpResponse(answer.body, content_type="application/json")
     response["ETag"] = answer.etag
+    response[mf.TIMESTAMP_HEADER] = answer.statement  # fresh signed metadata, 304/204 too
     response["X-Poll-Interval"] = poll_interval()
     response["Cache-Control"] = "no-cache"
     return response

@@ -16,7 +16,10 @@ from ota.models import Deployment, DeviceUpdate, Release
 
 
 def refused(exc: services.OtaError) -> Response:
-    return Response({"detail": exc.message, "code": exc.code}, status=exc.status)
+    body = {"detail": exc.message, "code": exc.code}
+    if exc.field:
+        body["field"] = exc.field
+    return Response(body, status=exc.status)
 
 
 class ReleaseViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
@@ -103,7 +106,12 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
     @extend_schema(request=None, responses={200: s.DeploymentSerializer})
     @action(detail=True, methods=["post"])
     def approve(self, request, pk=None):
-        return self._act(request, "approve", services.approve(self.get_object()))
+        try:
+            done = services.approve(self.get_object(), actor=request.user)
+        except services.OtaError as exc:
+            audit.note(request, "ota.deployment.approve", self.get_object(), refused=exc.code)
+            return refused(exc)
+        return self._act(request, "approve", done)
 
     @extend_schema(request=None, responses={200: s.DeploymentSerializer})
     @action(detail=True, methods=["post"])

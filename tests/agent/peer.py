@@ -34,6 +34,12 @@ class Peer:
         self.faults: dict[str, str] = {}  # sha256 -> good|tamper|longer|endless|bad_range|...
         self.update: tuple[int, dict | None, dict] = (204, None, {})
         self.update_etag = True
+        # Signed timestamp statement on every check-in answer, as the real server
+        # (docs/manifest.md, "Freshness"); False plays a server without them.
+        self.timestamps = True
+        self.timestamp_ttl_s = 600
+        self.timestamp_key: Ed25519PrivateKey | None = None  # default: self.key
+        self.next_key: dict | None = None  # announced in statements
         self.requests: list[dict] = []
         self.statuses: list[dict] = []
         self.telemetry: list[dict] = []
@@ -92,6 +98,20 @@ class Peer:
         }
         payload.update(extra)
         return mf.sign(payload, key or self.key)
+
+    def timestamp(self, etag: str | None, data: bytes | None, body) -> str:
+        """The `X-Signed-Timestamp` value for an answer with this ETag and body."""
+        now = datetime.now(UTC)
+        envelopes = (body.get("manifests", []) if isinstance(body, dict) and "manifests" in body
+                     else [body] if body else [])
+        updates = {e["manifest"].get("slot") or "default": e["manifest"]["version"]
+                   for e in envelopes if isinstance(e, dict) and "manifest" in e}
+        payload = {"schema": 1, "type": "timestamp", "device": DEVICE_UID, "etag": etag,
+                   "body_sha256": hashlib.sha256(data).hexdigest() if data else None,
+                   "updates": updates, "issued_at": mf.format_time(now),
+                   "expires_at": mf.format_time(now + timedelta(seconds=self.timestamp_ttl_s)),
+                   "next_key": self.next_key}
+        return mf.sign_statement(payload, self.timestamp_key or self.key)
 
     def offer(self, envelope: dict | None) -> None:
         self.update = (200, envelope, {}) if envelope else (204, None, {})
@@ -155,12 +175,16 @@ def _handler(peer: Peer):
                                       {"Retry-After": str(peer.overload.pop(0))})
                 status, body, headers = peer.update
                 headers = {**headers, "X-Poll-Interval": str(peer.poll_interval_s)}
+                data = json.dumps(body).encode() if body is not None else None
+                etag = None
                 if body is not None and peer.update_etag:
-                    etag = '"' + hashlib.sha256(json.dumps(body).encode()).hexdigest()[:20] + '"'
+                    etag = '"' + hashlib.sha256(data).hexdigest()[:20] + '"'
                     headers["ETag"] = etag
-                    if self.headers.get("If-None-Match") == etag:
-                        return self._send(304, None, headers)
-                return self._send(status, body, headers)
+                if peer.timestamps:
+                    headers[mf.TIMESTAMP_HEADER] = peer.timestamp(etag, data, body)
+                if etag is not None and self.headers.get("If-None-Match") == etag:
+                    return self._send(304, None, headers)
+                return self._send(status, data if data is not None else body, headers)
             if self.path.startswith("/api/v1/device/artifacts/"):
                 if not self._authorized():
                     return None
@@ -213,6 +237,21 @@ def _handler(peer: Peer):
                     self.wfile.write(body[offset:offset + 1024])
                     self.wfile.flush()
                     time.sleep(0.01)
+            elif fault == "trickle":  # slow retrieval: 1000 bytes every 0.25 s
+                try:
+                    for offset in range(0, len(body), 1000):
+                        if peer.faults.get(sha) != "trickle":
+                            break  # the test ended the attack: hang up
+                        self.wfile.write(body[offset:offset + 1000])
+                        self.wfile.flush()
+                        time.sleep(0.25)
+                except OSError:
+                    pass
+                self.close_connection = True
+            elif fault == "cut":  # half the bytes, then the connection drops
+                self.wfile.write(body[:len(body) // 2])
+                self.wfile.flush()
+                self.close_connection = True
             else:
                 self.wfile.write(body)
             return None

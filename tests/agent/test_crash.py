@@ -8,10 +8,12 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from devices.agent import manifest as mf
 from devices.agent.state import State
 
 pytestmark = pytest.mark.slow
@@ -122,7 +124,8 @@ def test_kill_during_health_check_of_a_bad_model_rolls_back(peer, state, install
     peer.add_artifact(nan_model)
     peer.offer(peer.manifest([("fp32", nan_model)], version=2))
     run_until_paused(state, "health", tmp_path / "marker")
-    assert assert_consistent(state) == nan_model  # switched, not yet checked
+    # Fail-safe: the pointer names only verified models; the check is not done yet.
+    assert assert_consistent(state) == installed_v1
     run_to_end(state)
     assert assert_consistent(state) == installed_v1
     assert peer.statuses[-1]["state"] == "rolled_back"
@@ -138,3 +141,21 @@ def test_restart_never_reports_a_state_the_server_has_passed(peer, state, instal
     # A server state machine refuses downloading after installing (409): never sent.
     assert [s["state"] for s in peer.statuses] == ["downloading", "downloaded", "installing",
                                                   "succeeded"]
+
+
+def test_kill_during_health_check_then_expiry_never_leaves_the_unverified_model(
+        peer, state, installed_v1, nan_model, tmp_path):
+    """Crash during the health check, manifest expires, restart: the verified model runs,
+    the server hears `failed: expired`, and nothing unverified is active at any point."""
+    peer.add_artifact(nan_model)
+    peer.offer(peer.manifest([("fp32", nan_model)], version=2, expires_in=4))
+    run_until_paused(state, "health", tmp_path / "marker")
+    assert assert_consistent(state) == installed_v1
+    expires = state.slot("classifier")["pending"]["expires_at"]
+    while mf.format_time(datetime.now(UTC)) <= expires:
+        time.sleep(0.2)
+    time.sleep(1.1)
+    run_to_end(state)
+    assert assert_consistent(state) == installed_v1
+    assert (peer.statuses[-1]["state"], peer.statuses[-1]["error_code"]) == ("failed", "expired")
+    assert state.pointer("classifier")["version"] == 1

@@ -105,13 +105,13 @@ def test_latency_gate_passes_within_ratio(fleet, release, operator_user):
     assert services.evaluate_deployment(deployment) == "advanced"
 
 
-def test_resume_after_pause_and_manual_approve(fleet, release, operator_user):
+def test_resume_after_pause_and_manual_approve(fleet, release, operator_user, admin_user):
     deployment = start(release, fleet, operator_user)
     assert services.pause(deployment, "looking at logs")
     assert deployment.status == DeploymentStatus.PAUSED
     assert not services.pause(deployment, "twice")
     assert services.resume(deployment) and deployment.status == DeploymentStatus.RUNNING
-    assert services.approve(deployment)
+    assert services.approve(deployment, actor=admin_user)  # 5 of 10 devices with no gate
     assert deployment.current_phase == 1 and len(assigned(deployment)) == 5
 
 
@@ -211,7 +211,7 @@ def test_rollback_returns_touched_devices_to_previous_version(fleet, release, op
         services.rollback(deployment, actor=operator_user)
 
 
-def test_variant_per_hardware_profile_and_policy(enrollment, v1, v2, operator_user):
+def test_variant_per_hardware_profile_and_policy(enrollment, v1, v2, admin_user):
     from tests.ota.conftest import enroll
 
     int8 = make_version(seed=4)
@@ -225,8 +225,8 @@ def test_variant_per_hardware_profile_and_policy(enrollment, v1, v2, operator_us
     _pi, _t = enroll(enrollment, "pi", profile="rpi4")
     _gw, _t = enroll(enrollment, "gw", profile="x86-gateway-2c")
     deployment = services.start_deployment(release, {"devices": ["pi", "gw"]},
-                                           actor=operator_user, phases=[50, 100])
-    services.approve(deployment)
+                                           actor=admin_user, phases=[50, 100])
+    services.approve(deployment, actor=admin_user)
     by_uid = {u.device.uid: u.envelope["manifest"] for u in assigned(deployment)}
     assert {a["name"] for a in by_uid["pi"]["artifacts"]} == {"fp32", "int8"}
     assert by_uid["pi"]["policy"]["rules"][0]["use"] == "int8"
