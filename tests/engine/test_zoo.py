@@ -39,7 +39,7 @@ def test_zoo_is_small_covers_the_forms_and_every_model_runs_on_its_data(cache):
     assert sum(p.stat().st_size for p in files) < 6_000_000
     opsets = set()
     for name in zoo.ZOO:
-        model, cal, ev = zoo.ensure(name, cache)
+        model, _cal, ev = zoo.ensure(name, cache)
         opsets.add(next(o.version for o in onnx.load(str(model)).opset_import if not o.domain))
         _runs(model, ev)
     assert {11, 12, 13, 17} <= opsets
@@ -80,7 +80,7 @@ def test_calibration_feeds_the_models_own_fixed_batch_of_one(tmp_path, cache, re
 
 
 def test_scalar_input_one_contract_for_upload_and_job(tmp_path, cache):
-    model, cal, ev = zoo.ensure("audio_kws_b1", cache)
+    model, cal, _ev = zoo.ensure("audio_kws_b1", cache)
     inputs = [{"name": "audio", "shape": [1, "samples"], "dtype": "float32"},
               {"name": "sr", "shape": [], "dtype": "int64"}]
     fixed = check_contract({"audio": {"shape": [5, 16000], "dtype": "float32"},
@@ -138,7 +138,7 @@ def test_mixed_precision_streams_long_sequences_in_bounded_memory(tmp_path, cach
 
 
 def test_benchmark_measures_the_datas_own_shape_and_says_so():
-    model, _cal, ev = zoo.ensure("crnn_ctc", Path("."))
+    model, _cal, ev = zoo.ensure("crnn_ctc", Path())
     synthetic = benchmark(model, runs=5, warmup=1, extra_batch=None)
     real = benchmark(model, runs=5, warmup=1, extra_batch=None, data_path=ev)
     assert synthetic["input_shapes"]["image"] == [1, 1, 32, 1]
@@ -147,7 +147,7 @@ def test_benchmark_measures_the_datas_own_shape_and_says_so():
 
 
 def test_interleaved_comparison_gives_ratios_and_stops_when_stable():
-    model, _cal, ev = zoo.ensure("crnn_ctc", Path("."))
+    model, _cal, ev = zoo.ensure("crnn_ctc", Path())
     r = compare({"fp32": model, "same": model}, reference="fp32", data_path=ev, runs=5,
                 min_rounds=3, max_rounds=12, contenders=["same"])
     assert r["stable"] and r["rounds"] >= 5 - 2
