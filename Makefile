@@ -54,7 +54,7 @@ messages: venv
 	$(PY) manage.py compile_locale --force
 
 benchmark-compression: venv
-	$(PY) benchmarks/compression.py
+	nice -n 10 $(PY) -m benchmarks.compression
 
 clean:
 	rm -rf var .pytest_cache .ruff_cache

@@ -165,8 +165,9 @@ class CompressionJob(models.Model):
     )
     calibration = models.ForeignKey(Dataset, null=True, blank=True, on_delete=models.PROTECT,
                                     related_name="+", verbose_name=_("calibration data"))
-    evaluation = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="+",
-                                   verbose_name=_("evaluation data"))
+    # none: latency-only (generated inputs, fidelity unknown)
+    evaluation = models.ForeignKey(Dataset, null=True, blank=True, on_delete=models.PROTECT,
+                                   related_name="+", verbose_name=_("evaluation data"))
     time_budget_s = models.PositiveIntegerField(_("time budget (s)"), default=600)
 
     status = models.CharField(_("status"), max_length=10, choices=JobStatus.choices,

@@ -11,6 +11,7 @@ urlpatterns = [
     path("<int:pk>/", views.model_detail, name="model-detail"),
     path("<int:pk>/versions/", views.version_upload, name="version-upload"),
     path("<int:pk>/datasets/", views.dataset_upload, name="dataset-upload"),
+    path("<int:pk>/datasets/example.npz", views.dataset_example, name="dataset-example"),
     path("<int:pk>/versions/<int:number>/download/", views.version_download,
          name="version-download"),
     path("datasets/<int:pk>/download/", views.dataset_download, name="dataset-download"),

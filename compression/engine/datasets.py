@@ -287,3 +287,27 @@ def make_calibration_reader(dataset_path: str | Path, model_path: str | Path, *,
             self._it = dataset.batches(1)
 
     return _Reader()
+
+
+def example_npz(inputs: list[dict], *, samples: int = 4, dim_default: int = 8) -> bytes:
+    """A small valid dataset for a model's ``inputs`` metadata (the format help's example).
+
+    One per-sample array per input (samples on axis 0; a scalar input gets one
+    value per sample), dynamic dims set to ``dim_default``, plus ``labels``.
+    """
+    import io
+
+    arrays: dict[str, np.ndarray] = {}
+    rng = np.random.default_rng(0)
+    for spec in inputs:
+        dtype = np.dtype(spec.get("dtype") or "float32")
+        dims = list(spec.get("shape") or [])
+        shape = [samples] + [d if _fixed(d) else dim_default for d in dims[1:]]
+        if not dims:
+            shape = [samples]
+        arrays[spec["name"]] = (rng.normal(0, 1, shape) if dtype.kind == "f"
+                                else np.zeros(shape)).astype(dtype)
+    arrays[LABELS_KEY] = np.zeros(samples, np.int64)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()

@@ -46,6 +46,8 @@ DEFAULT_QUALITY_FLOOR = 0.98
 _LATENCY_TIE = 1.03
 # finalists: KPI-meeting candidates within this factor of the fastest, re-measured together
 _FINALIST_BAND = 1.15
+# a first, short timing pass only rules a candidate out when it is this much slower
+_SKIP_MARGIN = 1.10
 _MAX_FINALISTS = 4
 _CHUNK = 7  # models per timing process (memory)
 
@@ -162,23 +164,32 @@ def compress_to_json(recipe: str, input_path: str, output_path: str,
 
 def build_many(specs: list[dict], input_path: str, calibration_path: str | None,
                workdir: str) -> dict:
-    """Build several int8-static points in one child from one prepared graph.
+    """Build several candidates in one child (one interpreter start instead of one each).
 
-    The prepare pass (shape inference, BatchNorm folding) runs once; every
-    point then quantizes that graph with the shared calibration cache. A point
-    that fails is reported, the others go on.
+    int8-static points (``spec["grid"]``) quantize one prepared graph: the
+    prepare pass (shape inference, BatchNorm folding) runs once, and every
+    point reuses the shared calibration cache. A candidate that fails is
+    reported, the others go on.
     """
     from compression.engine.passes import get_pass
 
-    prepared = str(Path(workdir) / "prepared-for-grid.onnx")
-    prep = get_pass("prepare")
-    prep_notes = prep.run(input_path, prep.make_config({}), prepared).notes
+    prepared = None
+    prep_notes: list[str] = []
     out = {}
     for spec in specs:
         try:
-            steps = compress_to_json(spec["recipe"], prepared, spec["output"], calibration_path,
-                                     workdir, {**spec.get("overrides", {}), "preprocess": False})
-            steps[0]["notes"] = [f"prepare: {n}" for n in prep_notes] + steps[0]["notes"]
+            if spec.get("grid"):
+                if prepared is None:
+                    prepared = str(Path(workdir) / "prepared-for-grid.onnx")
+                    prep = get_pass("prepare")
+                    prep_notes = prep.run(input_path, prep.make_config({}), prepared).notes
+                steps = compress_to_json(spec["recipe"], prepared, spec["output"],
+                                         calibration_path, workdir,
+                                         {**spec.get("overrides", {}), "preprocess": False})
+                steps[0]["notes"] = [f"prepare: {n}" for n in prep_notes] + steps[0]["notes"]
+            else:
+                steps = compress_to_json(spec["recipe"], input_path, spec["output"],
+                                         calibration_path, workdir, spec.get("overrides"))
             out[spec["name"]] = {"steps": steps}
         except EngineError as exc:
             out[spec["name"]] = {"error": f"{type(exc).__name__}: {exc}"}
@@ -241,12 +252,12 @@ class _Search:
         return cand
 
     def build_batch(self, specs: list[dict]) -> None:
-        """``build`` for int8-static grid points, in one child (falls back to one by one)."""
+        """``build`` for many candidates in one child (falls back to one by one)."""
         for spec in specs:
             spec["output"] = str(self.out_dir / f"{search_grid.slug(spec['name'])}.onnx")
         try:
             results = run_isolated(build_many, specs, str(self.input_path), self.calibration,
-                                   str(self.out_dir), timeout_s=self.step_timeout_s * 2,
+                                   str(self.out_dir), timeout_s=self.step_timeout_s * 3,
                                    memory_mb=self.memory_mb)
         except Cancelled:
             raise
@@ -457,21 +468,19 @@ def auto(input_path: str | Path, *, calibration_path: str | Path | None,
     skipped: list[str] = []
     stages: dict[str, float] = {}
     mark = time.monotonic()
-    grid_specs = [p for p in plan if recipes is None and p["recipe"] == "int8-static"]
-    for i, spec in enumerate(plan, start=1):
-        if spec in grid_specs:
-            continue
-        if time.monotonic() - started > budget_s:
-            skipped.append(spec["name"])
-            continue
-        s.step(i / total, f"{spec['name']}: compress")
-        s.build(spec)
-    if grid_specs and time.monotonic() - started <= budget_s:
-        s.step((len(plan) - len(grid_specs)) / total,
-               f"quantizer grid: {len(grid_specs)} points, one calibration")
-        s.build_batch(grid_specs)
+    if recipes is None:
+        # the default plan: every candidate built in one child, grid points from one prepare
+        for spec in plan:
+            spec["grid"] = spec["recipe"] == "int8-static"
+        s.step(1 / total, f"building {len(plan)} candidates (one calibration for the grid)")
+        s.build_batch(plan)
     else:
-        skipped += [p["name"] for p in grid_specs]
+        for i, spec in enumerate(plan, start=1):
+            if time.monotonic() - started > budget_s:
+                skipped.append(spec["name"])
+                continue
+            s.step(i / total, f"{spec['name']}: compress")
+            s.build(spec)
     stages["build"] = time.monotonic() - mark
     mark = time.monotonic()
     s.step((len(plan) + 1) / total, "timing every candidate against fp32")
@@ -550,7 +559,7 @@ def _evaluate_what_can_win(s: _Search) -> None:
         if timing_misses:
             c["skip_reason"] = "not evaluated: misses a latency/size KPI already"
             continue
-        beaten = next((w for w in winners if w["metrics"]["p50_ratio"] * _LATENCY_TIE
+        beaten = next((w for w in winners if w["metrics"]["p50_ratio"] * _SKIP_MARGIN
                        < c["metrics"]["p50_ratio"] and w["metrics"]["size_bytes"]
                        <= c["metrics"]["size_bytes"]), None)
         if beaten is not None:
