@@ -1,6 +1,8 @@
 """The server's Ed25519 key pair: generated on first use, kept in `ServerKey`.
 
 Devices pin the public key at enrollment; OTA signs manifests with `active_key()`.
+The private key is stored encrypted (PKCS#8, `SERVER_KEY_PASSPHRASE`), never in
+clear in a row, and decrypted once per process. Rotation: `ota.rotation`.
 """
 
 from __future__ import annotations
@@ -10,19 +12,44 @@ import hashlib
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from devices.models import ServerKey
 
+_loaded: dict[str, Ed25519PrivateKey] = {}  # fingerprint -> decrypted key
 
-def _new_key() -> ServerKey:
+
+def encrypt_pem(private: Ed25519PrivateKey, passphrase: bytes | None = None) -> str:
+    return private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(
+            passphrase or settings.SERVER_KEY_PASSPHRASE.encode())).decode()
+
+
+def is_encrypted(pem: str) -> bool:
+    return "BEGIN ENCRYPTED PRIVATE KEY" in pem
+
+
+def load_pem(pem: str, passphrase: bytes | None = None) -> Ed25519PrivateKey:
+    """A stored key: encrypted PKCS#8, or a plaintext one written before encryption."""
+    password = (passphrase or settings.SERVER_KEY_PASSPHRASE.encode()) \
+        if is_encrypted(pem) else None
+    loaded = serialization.load_pem_private_key(pem.encode(), password=password)
+    assert isinstance(loaded, Ed25519PrivateKey)
+    return loaded
+
+
+def _new_key(*, active: bool = True) -> ServerKey:
     private = Ed25519PrivateKey.generate()
-    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()
     raw = private.public_key().public_bytes(serialization.Encoding.Raw,
                                             serialization.PublicFormat.Raw)
-    return ServerKey(private_key_pem=pem, public_key_b64=base64.b64encode(raw).decode(),
+    return ServerKey(private_key_pem=encrypt_pem(private), active=active,
+                     public_key_b64=base64.b64encode(raw).decode(),
                      fingerprint=hashlib.sha256(raw).hexdigest())
+
+
+new_key = _new_key
 
 
 def active_key() -> ServerKey:
@@ -46,9 +73,11 @@ def public_key_b64() -> str:
 
 def private_key(key: ServerKey | None = None) -> Ed25519PrivateKey:
     key = key or active_key()
-    loaded = serialization.load_pem_private_key(key.private_key_pem.encode(), password=None)
-    assert isinstance(loaded, Ed25519PrivateKey)
-    return loaded
+    if key.fingerprint not in _loaded:
+        if not key.private_key_pem:
+            raise ValueError(f"server key {key} is retired: its private half was erased")
+        _loaded[key.fingerprint] = load_pem(key.private_key_pem)
+    return _loaded[key.fingerprint]
 
 
 def sign(data: bytes, key: ServerKey | None = None) -> bytes:

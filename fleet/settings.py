@@ -11,8 +11,10 @@ import secrets
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from fleet.env import env_bool, env_int, env_list, env_str
+from fleet.proxy import parse_networks
 
 # onnxruntime looks up a vendor telemetry host unless told not to (RELIABILITY N1);
 # it must be set before the first import of onnxruntime in any process we start.
@@ -36,9 +38,20 @@ def _secret_key() -> str:
 
 
 SECRET_KEY = _secret_key()
+# Encrypts the server's Ed25519 signing keys at rest (their database rows hold only
+# encrypted PKCS#8). Set it in production, apart from SECRET_KEY: rotating
+# SECRET_KEY must not lose the signing key. Unset: SECRET_KEY.
+SERVER_KEY_PASSPHRASE = env_str("SERVER_KEY_PASSPHRASE") or SECRET_KEY
 DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+# Addresses (CIDRs) of the reverse proxy: only requests from them may set the
+# client address and scheme through X-Forwarded-For / -Proto (fleet/proxy.py).
+TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", [])
+try:
+    parse_networks(TRUSTED_PROXIES)
+except ValueError as exc:
+    raise ImproperlyConfigured(f"TRUSTED_PROXIES: {exc}") from None
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -319,6 +332,9 @@ OTA_CHECKIN_CACHE_S = env_int("OTA_CHECKIN_CACHE_S", 300, minimum=1)
 # Lifetime of the signed timestamp on every check-in answer (seconds); a device
 # that gets no fresh one for longer reports stale metadata (freeze attack).
 OTA_TIMESTAMP_TTL_S = env_int("OTA_TIMESTAMP_TTL_S", 3600, minimum=2)
+# Key rotation: how long a next key is announced before `rotate_server_key activate`
+# may switch to it (hours; devices offline longer must be re-enrolled).
+OTA_KEY_OVERLAP_H = env_int("OTA_KEY_OVERLAP_H", 168, minimum=0)
 # How often the gate task judges running deployments (seconds).
 OTA_GATE_INTERVAL_S = env_int("OTA_GATE_INTERVAL_S", 30, minimum=5)
 CELERY_BEAT_SCHEDULE["ota-evaluate-deployments"] = {

@@ -7,7 +7,8 @@ messages and clickjacking protection do nothing for a bearer-token device, and
 on the endpoints every device calls every few seconds they cost a fifth of the
 request's CPU (benchmarks/fleet.py). That handler also resolves against
 `DEVICE_API_URLCONF` (only the device routes). Everything else gets the full
-`MIDDLEWARE` and `ROOT_URLCONF`.
+`MIDDLEWARE` and `ROOT_URLCONF`. Both sit behind `fleet.proxy.TrustedProxyHeaders`
+(X-Forwarded-* from the reverse proxy only).
 """
 
 import os
@@ -52,7 +53,10 @@ def _application():
     default = get_wsgi_application()  # sets Django up
     from django.conf import settings
 
-    return DeviceAPIRouter(default, _device_handler(), settings.DEVICE_API_PREFIX)
+    from fleet.proxy import TrustedProxyHeaders
+
+    router = DeviceAPIRouter(default, _device_handler(), settings.DEVICE_API_PREFIX)
+    return TrustedProxyHeaders(router, settings.TRUSTED_PROXIES)
 
 
 application = _application()

@@ -1,0 +1,252 @@
+"""Slow clients cannot take the API down behind the production proxy.
+
+A real gunicorn (fleet/gunicorn.py, two sync workers) serves the test
+database; nginx runs from deploy/nginx.conf.template, rendered and started by
+deploy/nginx-run.sh exactly as in docker-compose.yml. Six clients send
+`POST /api/v1/device/enroll` with `Content-Length: 100` and one byte of body,
+one more trickles its header a byte at a time. Through nginx a device's
+check-in still answers at once; straight to gunicorn the same clients hold
+every worker and the check-in stalls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import need_service, port_open
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "deploy" / "nginx.conf.template"
+WORKERS = 2
+SLOW_BODIES = 6  # more than the workers
+BOUND_S = 8.0  # generous: a check-in takes milliseconds on a quiet machine
+SLOW_BODY = (
+    b"POST /api/v1/device/enroll HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+def database_url() -> str:
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    if db["ENGINE"] != "django.db.backends.postgresql":
+        need_service("PostgreSQL", "gunicorn in a subprocess needs a shared database")
+    user = db.get("USER") or "postgres"
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    return (
+        f"postgres://{user}{password}@{db.get('HOST') or '127.0.0.1'}:"
+        f"{db.get('PORT') or 5432}/{db['NAME']}"
+    )
+
+
+@pytest.fixture
+def device_token(db, admin_user):
+    from devices import services
+
+    _pk, token = services.create_enrollment_token(name="proxy", actor=admin_user)
+    _device, device_token = services.enroll(token, {"uid": "behind-proxy"})
+    return device_token
+
+
+@pytest.fixture
+def gunicorn_port(device_token, tmp_path):
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url(),
+        "WEB_BIND": f"127.0.0.1:{port}",
+        "WEB_WORKERS": str(WORKERS),
+        "CELERY_BROKER_URL": "memory://",
+        "DEBUG": "0",
+        "LOG_LEVEL": "ERROR",
+        "THROTTLE_DEVICE": "100000/min",
+        "TRUSTED_PROXIES": "127.0.0.1",
+        "EDGEFLEET_VAR_DIR": str(tmp_path / "var"),
+        "DJANGO_SETTINGS_MODULE": "fleet.settings",
+    }
+    env.pop("MQTT_URL", None)
+    web = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "python:fleet.gunicorn", "fleet.wsgi"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_until(lambda: port_open("127.0.0.1", port, 0.2), 60, "gunicorn")
+        yield port
+    finally:
+        stop(web)
+
+
+@pytest.fixture
+def nginx_port(gunicorn_port):
+    nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
+    if not nginx or not shutil.which("envsubst"):
+        need_service("nginx", "apt-get install nginx gettext-base")
+    port = free_port()
+    # not under pytest's tmp_path: nginx's workers (nobody) must reach their temp files
+    run_dir = Path(tempfile.mkdtemp(prefix="edgefleet-nginx-"))
+    run_dir.chmod(0o755)
+    # several upstream servers are supported: here the same node twice
+    env = {
+        **os.environ,
+        "NGINX_LISTEN": f"127.0.0.1:{port}",
+        "NGINX_RUN_DIR": str(run_dir),
+        "PATH": f"{Path(nginx).parent}:{os.environ.get('PATH', '')}",
+        "NGINX_UPSTREAM_SERVERS": f"server 127.0.0.1:{gunicorn_port}; "
+        f"server 127.0.0.1:{gunicorn_port} backup;",
+    }
+    proxy = subprocess.Popen(
+        ["sh", str(ROOT / "deploy" / "nginx-run.sh"), str(TEMPLATE)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        wait_until(
+            lambda: port_open("127.0.0.1", port, 0.2) or proxy.poll() is not None, 30, "nginx"
+        )
+        assert proxy.poll() is None, proxy.stderr.read().decode()
+        yield port
+    finally:
+        stop(proxy)
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+class SlowClients:
+    """Six stalled bodies and one header sent a byte every 0.2 s."""
+
+    def __init__(self, port: int):
+        self.bodies = []
+        for _ in range(SLOW_BODIES):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.sendall(SLOW_BODY)
+            self.bodies.append(sock)
+        self.stopped = threading.Event()
+        self.trickle = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.trickle.sendall(b"GET /api/v1/device/update HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        self.thread = threading.Thread(target=self._trickle, daemon=True)
+        self.thread.start()
+
+    def _trickle(self) -> None:
+        while not self.stopped.wait(0.2):
+            try:
+                self.trickle.sendall(b"a")
+            except OSError:  # the proxy gave up on it: that is its job
+                return
+
+    def still_waiting(self) -> int:
+        """Slow bodies not yet answered or closed by the server."""
+        readable, _w, _x = select.select(self.bodies, [], [], 0)
+        return len(self.bodies) - len(readable)
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join(5)
+        for sock in [*self.bodies, self.trickle]:
+            sock.close()
+
+
+def checkin(port: int, token: str, timeout: float) -> tuple[int, float]:
+    began = time.monotonic()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(
+            "GET",
+            "/api/v1/device/update",
+            headers={"Authorization": f"Bearer {token}", "Host": "127.0.0.1"},
+        )
+        response = conn.getresponse()
+        response.read()
+        return response.status, time.monotonic() - began
+    finally:
+        conn.close()
+
+
+def test_slow_clients_do_not_stall_checkins_behind_nginx(nginx_port, gunicorn_port, device_token):
+    assert checkin(nginx_port, device_token, 30)[0] == 204  # warm: workers up, token known
+
+    slow = SlowClients(nginx_port)
+    try:
+        took = []
+        for _ in range(5):
+            status, seconds = checkin(nginx_port, device_token, BOUND_S)
+            assert status == 204
+            took.append(seconds)
+        assert max(took) < BOUND_S, took
+        assert slow.still_waiting() == SLOW_BODIES  # nginx holds them, not gunicorn
+    finally:
+        slow.close()
+
+    # The same clients straight at gunicorn hold both workers: the check-in stalls.
+    slow = SlowClients(gunicorn_port)
+    try:
+        with pytest.raises(TimeoutError):
+            checkin(gunicorn_port, device_token, BOUND_S)
+    finally:
+        slow.close()
+    # once they go away the workers are free again
+    wait_until(lambda: checkin(gunicorn_port, device_token, 5)[0] == 204, 60, "recovery")
+
+
+def test_proxy_answers_json_for_oversize_device_bodies(nginx_port, device_token):
+    conn = http.client.HTTPConnection("127.0.0.1", nginx_port, timeout=30)
+    try:
+        conn.request(
+            "POST",
+            "/api/v1/device/telemetry",
+            body=b"x" * (9 * 1024 * 1024),
+            headers={"Authorization": f"Bearer {device_token}", "Content-Type": "application/json"},
+        )
+        response = conn.getresponse()
+        body = response.read()
+    except (BrokenPipeError, ConnectionResetError):
+        pytest.fail("nginx closed the connection instead of answering 413")
+    finally:
+        conn.close()
+    assert response.status == 413
+    assert b'"code": "too_large"' in body
