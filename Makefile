@@ -6,9 +6,10 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 HOST ?= 127.0.0.1
 SIM_DEVICES ?= 5
+SIM_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test lint fmt venv clean messages locale benchmark-compression
+.PHONY: run test lint fmt venv clean messages locale benchmark-compression cli-wheel
 
 # `make venv` also builds the translation catalogs (.mo) from the committed .po.
 venv: $(VENV)/.installed
@@ -30,17 +31,9 @@ run: venv
 	@echo "  EdgeFleet is running at http://$(HOST):$(PORT)/   (Ctrl-C stops web, worker, devices)"
 	@echo "  $(SIM_DEVICES) simulated devices in group 'demo' (SIM_DEVICES=0 make run: none)"
 	@echo ""
-	@if [ "$(SIM_DEVICES)" -gt 0 ]; then TOKEN=$$($(PY) manage.py demo_enrollment_token) || exit 1; fi; \
-	trap 'kill 0' INT TERM; \
-	  DEBUG=$${DEBUG:-1} $(VENV)/bin/celery -A fleet worker -B -Q default,compression \
-	      --concurrency 2 --loglevel INFO -s $${EDGEFLEET_VAR_DIR:-var}/celerybeat-schedule & \
-	  DEBUG=$${DEBUG:-1} $(PY) manage.py runserver $(HOST):$(PORT) --noreload & \
-	  if [ "$(SIM_DEVICES)" -gt 0 ]; then \
-	    $(PY) -m devices.agent.simulate --server http://$(HOST):$(PORT) \
-	        --enrollment-token $$TOKEN --devices $(SIM_DEVICES) --state-file $${EDGEFLEET_VAR_DIR:-var}/sim-fleet.json \
-	        --uid-prefix demo --preinstalled digits-cnn:1 & \
-	  fi; \
-	  wait
+	@TOKEN=""; if [ "$(SIM_DEVICES)" -gt 0 ]; then TOKEN=$$($(PY) manage.py demo_enrollment_token) || exit 1; fi; \
+	  DEBUG=$${DEBUG:-1} exec $(PY) -m fleet.devrun --host $(HOST) --port $(PORT) \
+	      --devices $(SIM_DEVICES) --token "$$TOKEN" -- $(SIM_ARGS)
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -55,6 +48,14 @@ messages: venv
 
 benchmark-compression: venv
 	nice -n 10 $(PY) -m benchmarks.compression
+
+# The `edgefleet` CLI as its own wheel (no dependencies), built from a copy of fleet/cli
+# so the checkout stays clean: dist/edgefleet_cli-*.whl
+cli-wheel: venv
+	@tmp=$$(mktemp -d) && cp -r fleet/cli $$tmp/src && rm -rf $$tmp/src/__pycache__ && \
+	  $(PY) -m pip wheel -q --no-deps -w dist $$tmp/src; \
+	  status=$$?; rm -rf $$tmp; exit $$status
+	@ls dist/edgefleet_cli-*.whl
 
 clean:
 	rm -rf var .pytest_cache .ruff_cache

@@ -16,6 +16,14 @@ class DatasetPurpose(models.TextChoices):
     EVALUATION = "evaluation", _("Evaluation")
 
 
+class VersionStatus(models.TextChoices):
+    """An uploaded version is validated on a worker: `validating` until then."""
+
+    VALIDATING = "validating", _("Validating")
+    READY = "ready", _("Ready")
+    REJECTED = "rejected", _("Rejected")
+
+
 class JobMode(models.TextChoices):
     RECIPES = "recipes", _("Explicit recipes")
     AUTO = "auto", _("Auto (search against KPIs)")

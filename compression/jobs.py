@@ -98,6 +98,10 @@ def check_and_create_job(source: ModelVersion, *, mode: str = JobMode.AUTO,
 
     `enqueue=False` is for callers that run the job themselves (`seed_demo`).
     """
+    if not source.is_ready:
+        raise JobRejected("source_not_ready", _("Version %(v)s is %(s)s; only validated "
+                                                "versions can be compressed.")
+                          % {"v": source, "s": source.get_status_display()}, "source")
     if mode not in JobMode.values:
         raise JobRejected("bad_mode", _("Unknown mode %(m)r.") % {"m": mode}, "mode")
     recipes = _check_recipes(mode, recipes)

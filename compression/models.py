@@ -12,7 +12,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from compression.choices import DatasetPurpose, JobMode, JobStatus, ModelTask
+from compression.choices import DatasetPurpose, JobMode, JobStatus, ModelTask, VersionStatus
 
 
 class MLModel(models.Model):
@@ -36,7 +36,8 @@ class MLModel(models.Model):
         return self.name
 
     def latest_version(self) -> ModelVersion | None:
-        return self.versions.order_by("-number").first()
+        """The newest version that is not rejected (it may still be validating)."""
+        return self.versions.exclude(status=VersionStatus.REJECTED).order_by("-number").first()
 
 
 class ModelVersion(models.Model):
@@ -62,6 +63,12 @@ class ModelVersion(models.Model):
     flops = models.BigIntegerField(null=True, blank=True)
     op_histogram = models.JSONField(default=dict)
     metrics = models.JSONField(default=dict, blank=True)
+    # Uploads are validated on a worker; only `ready` versions can be released,
+    # compressed or downloaded. A rejected one keeps its row with the reason.
+    status = models.CharField(_("status"), max_length=16, choices=VersionStatus.choices,
+                              default=VersionStatus.READY, db_index=True)
+    error_code = models.CharField(max_length=40, blank=True)
+    error = models.TextField(blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
@@ -77,6 +84,24 @@ class ModelVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model.name} v{self.number}"
+
+    @property
+    def is_ready(self) -> bool:
+        return self.status == VersionStatus.READY
+
+    def mark_ready(self, **described) -> bool:
+        """validating → ready with what validation found; False if already decided."""
+        moved = ModelVersion.objects.filter(pk=self.pk, status=VersionStatus.VALIDATING).update(
+            status=VersionStatus.READY, **described)
+        self.refresh_from_db()
+        return bool(moved)
+
+    def mark_rejected(self, code: str, message: str) -> bool:
+        """validating → rejected with the reason; False if already decided."""
+        moved = ModelVersion.objects.filter(pk=self.pk, status=VersionStatus.VALIDATING).update(
+            status=VersionStatus.REJECTED, error_code=code[:40], error=message[:4000])
+        self.refresh_from_db()
+        return bool(moved)
 
     @property
     def label(self) -> str:

@@ -19,7 +19,7 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils.translation import gettext as _
 
-from compression.choices import DatasetPurpose
+from compression.choices import DatasetPurpose, VersionStatus
 from compression.engine import ModelRejected, validate_model
 from compression.models import Dataset, MLModel, ModelVersion
 from fleet import storage
@@ -73,39 +73,28 @@ def check_and_register_version(
     notes: str = "",
     _test_crash: str | None = None,
 ) -> Registered:
-    """Validate an ONNX file in the sandbox, store it content-addressed, add a version.
+    """Validate an ONNX file in the sandbox now, store it content-addressed, add a
+    ready version. For callers already off the request path (compression jobs on a
+    worker, `manage.py import_model`, the demo seed); uploads through the web go
+    through `check_and_accept_upload`, which validates on a worker.
 
     The same bytes uploaded again to the same model return the existing version
     (created=False). Nothing is left in storage when anything fails.
     """
-    if not original_filename.lower().endswith(".onnx"):
-        raise UploadRejected("wrong_extension", _("Model files must have the .onnx extension."))
-    if parent is not None and parent.model_id != model.pk:
-        raise UploadRejected("bad_parent", _("The parent version belongs to another model."))
+    _check_names(model, original_filename, parent)
     path, sha256, size = _sandbox_copy(upload_path, "model.onnx")
     try:
         existing = model.versions.filter(sha256=sha256).first()
         if existing is not None:
             return Registered(existing, created=False)
-        try:
-            info = validate_model(
-                path,
-                timeout_s=settings.EDGEFLEET_VALIDATOR_TIMEOUT_S,
-                memory_mb=settings.EDGEFLEET_VALIDATOR_MEMORY_MB,
-                max_bytes=settings.EDGEFLEET_MAX_UPLOAD_BYTES,
-                # Tests make the sandbox die through this setting (never set from env).
-                _test_crash=_test_crash or settings.EDGEFLEET_VALIDATOR_TEST_CRASH,
-            )
-        except ModelRejected as exc:
-            status = 413 if exc.code == "too_large" else 400
-            raise UploadRejected(exc.code, exc.message, status) from None
+        info = _validate(path, _test_crash)
         name = storage.content_name("models", sha256, ".onnx")
         wrote = storage.put_file(path, name)
         try:
             version = _insert_version(
-                model, info, name=name, sha256=sha256, size=size,
+                model, name=name, sha256=sha256, size=size,
                 original_filename=original_filename, actor=actor, parent=parent,
-                recipe=recipe, metrics=metrics, notes=notes,
+                recipe=recipe, metrics=metrics, notes=notes, described=described(info),
             )
         except Exception:
             if wrote and not _artifact_in_use(name):
@@ -116,7 +105,39 @@ def check_and_register_version(
         shutil.rmtree(path.parent, ignore_errors=True)
 
 
-def _insert_version(model: MLModel, info: dict, **fields) -> ModelVersion:
+def _check_names(model: MLModel, original_filename: str, parent: ModelVersion | None) -> None:
+    if not original_filename.lower().endswith(".onnx"):
+        raise UploadRejected("wrong_extension", _("Model files must have the .onnx extension."))
+    if parent is not None and parent.model_id != model.pk:
+        raise UploadRejected("bad_parent", _("The parent version belongs to another model."))
+
+
+def _validate(path: Path, test_crash: str | None = None) -> dict:
+    try:
+        return validate_model(
+            path,
+            timeout_s=settings.EDGEFLEET_VALIDATOR_TIMEOUT_S,
+            memory_mb=settings.EDGEFLEET_VALIDATOR_MEMORY_MB,
+            max_bytes=settings.EDGEFLEET_MAX_UPLOAD_BYTES,
+            # Tests make the sandbox die through this setting (never set from env).
+            _test_crash=test_crash or settings.EDGEFLEET_VALIDATOR_TEST_CRASH,
+        )
+    except ModelRejected as exc:
+        status = 413 if exc.code == "too_large" else 400
+        raise UploadRejected(exc.code, exc.message, status) from None
+
+
+def described(info: dict) -> dict:
+    """ModelVersion fields from the validator's description of the model."""
+    return {
+        "ir_version": info.get("ir_version"), "opsets": info.get("opsets") or {},
+        "producer": (info.get("producer") or "")[:200], "inputs": info.get("inputs") or [],
+        "outputs": info.get("outputs") or [], "parameters": info.get("parameters") or 0,
+        "flops": info.get("flops"), "op_histogram": info.get("op_histogram") or {},
+    }
+
+
+def _insert_version(model: MLModel, **fields) -> ModelVersion:
     with transaction.atomic():
         # Lock the model row so two concurrent uploads don't pick the same number.
         MLModel.objects.select_for_update().filter(pk=model.pk).first()
@@ -132,20 +153,15 @@ def _insert_version(model: MLModel, info: dict, **fields) -> ModelVersion:
             original_filename=fields["original_filename"][:255],
             sha256=fields["sha256"],
             size_bytes=fields["size"],
-            ir_version=info.get("ir_version"),
-            opsets=info.get("opsets") or {},
-            producer=(info.get("producer") or "")[:200],
-            inputs=info.get("inputs") or [],
-            outputs=info.get("outputs") or [],
-            parameters=info.get("parameters") or 0,
-            flops=info.get("flops"),
-            op_histogram=info.get("op_histogram") or {},
             created_by=fields["actor"],
+            **fields["described"],
         )
 
 
 def _artifact_in_use(name: str) -> bool:
-    return ModelVersion.objects.filter(artifact=name).exists()
+    """A version that is not rejected still needs these bytes."""
+    return ModelVersion.objects.filter(artifact=name).exclude(
+        status=VersionStatus.REJECTED).exists()
 
 
 def check_and_register_dataset(

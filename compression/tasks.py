@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from compression import jobs, runner
+from compression import jobs, runner, uploads
 
 
 @shared_task(
@@ -25,3 +25,19 @@ def run_compression_job(job_id: int) -> str:
 @shared_task(acks_late=True)
 def requeue_stale_jobs() -> list[int]:
     return jobs.requeue_stale_jobs()
+
+
+@shared_task(
+    acks_late=True, reject_on_worker_lost=True,
+    autoretry_for=(OSError,), retry_backoff=5, retry_backoff_max=120, retry_jitter=True,
+    max_retries=5,
+)
+def validate_model_version(version_id: int) -> str:
+    """An upload's sandboxed validation, off the request path (OSError: storage
+    unreachable, retried)."""
+    return uploads.do_validate_version(version_id)
+
+
+@shared_task(acks_late=True)
+def requeue_stale_validations() -> list[int]:
+    return uploads.requeue_stale_validations()

@@ -11,8 +11,9 @@ from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import gettext as _
 
-from compression import services
+from compression import services, uploads
 from compression.api.views import artifact_response
+from compression.choices import VersionStatus
 from compression.forms import DatasetUploadForm, ModelUploadForm, VersionUploadForm
 from compression.models import CompressionJob, Dataset, MLModel, ModelVersion
 from fleet import audit
@@ -32,21 +33,26 @@ def model_upload(request):
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
-            with transaction.atomic():
-                model = services.do_create_model(
-                    name=data["name"], task=data["task"], description=data["description"],
-                    owner=request.user,
-                )
-                result = services.check_and_register_version(
-                    model, data["file"].temporary_file_path(),
-                    original_filename=data["file"].name, actor=request.user,
-                )
+            # storage write first, outside any transaction; validation on a worker
+            staged = uploads.stage_model_upload(data["file"].temporary_file_path(),
+                                                data["file"].name)
         except services.UploadRejected as exc:
             form.add_error("file", exc.message)
             audit.note(request, "model.upload", None, refused=exc.code)
         else:
+            try:
+                with transaction.atomic():  # the model and its version row, nothing slow
+                    model = services.do_create_model(
+                        name=data["name"], task=data["task"], description=data["description"],
+                        owner=request.user,
+                    )
+                    result = uploads.check_and_queue_version(
+                        model, staged, original_filename=data["file"].name, actor=request.user)
+            finally:
+                uploads.release_staged(staged)
             audit.note(request, "model.upload", result.version)
-            messages.success(request, _("Model %(name)s uploaded.") % {"name": model.name})
+            messages.success(request, _("Model %(name)s uploaded; it is being validated.")
+                             % {"name": model.name})
             return redirect("compression:model-detail", pk=model.pk)
     return render(request, "compression/model_upload.html", {"form": form}, status=(
         400 if request.method == "POST" else 200))
@@ -87,7 +93,7 @@ def version_upload(request, pk: int):
     if request.method == "POST" and form.is_valid():
         upload = form.cleaned_data["file"]
         try:
-            result = services.check_and_register_version(
+            result = uploads.check_and_accept_upload(
                 model, upload.temporary_file_path(), original_filename=upload.name,
                 actor=request.user, parent=model.latest_version(),
                 notes=form.cleaned_data["notes"],
@@ -97,7 +103,8 @@ def version_upload(request, pk: int):
             audit.note(request, "version.upload", model, refused=exc.code)
         else:
             audit.note(request, "version.upload", result.version)
-            messages.success(request, _("Version %(n)s stored.") % {"n": result.version.number})
+            messages.success(request, _("Version %(n)s stored; it is being validated.")
+                             % {"n": result.version.number})
     return redirect("compression:model-detail", pk=model.pk)
 
 
@@ -137,7 +144,7 @@ def dataset_example(request, pk: int):
 @login_required
 def version_download(request, pk: int, number: int):
     version = get_object_or_404(ModelVersion.objects.select_related("model"),
-                                model_id=pk, number=number)
+                                model_id=pk, number=number, status=VersionStatus.READY)
     return artifact_response(version.artifact, version.download_name, version.sha256)
 
 

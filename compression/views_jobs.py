@@ -14,7 +14,8 @@ from compression import jobs, services
 from compression.choices import DatasetPurpose
 from compression.forms import JobForm
 from compression.models import CompressionJob, ModelVersion
-from fleet import audit
+from fleet import audit, health
+from fleet.celery import Queue
 from fleet.roles import Role, role_required
 
 
@@ -26,7 +27,8 @@ def _job_queryset():
 @login_required
 def job_list(request):
     page = Paginator(_job_queryset(), 50).get_page(request.GET.get("page"))
-    return render(request, "compression/job_list.html", {"page": page})
+    depths = {q.value: health.queue_depth(q.value) for q in Queue}
+    return render(request, "compression/job_list.html", {"page": page, "queue_depths": depths})
 
 
 def _dataset_from_upload(form: JobForm, field: str, purpose: str, version, actor):

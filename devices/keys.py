@@ -77,7 +77,21 @@ def private_key(key: ServerKey | None = None) -> Ed25519PrivateKey:
         if not key.private_key_pem:
             raise ValueError(f"server key {key} is retired: its private half was erased")
         _loaded[key.fingerprint] = load_pem(key.private_key_pem)
+        if not is_encrypted(key.private_key_pem):
+            encrypt_stored(key)
     return _loaded[key.fingerprint]
+
+
+def encrypt_stored(key: ServerKey) -> bool:
+    """A row written in clear (before keys were encrypted) gets encrypted in place; the
+    first use of such a key does it, and `rotate_server_key encrypt` for all of them."""
+    plain = key.private_key_pem
+    if not plain or is_encrypted(plain):
+        return False
+    key.private_key_pem = encrypt_pem(load_pem(plain))
+    # conditional: two processes migrating the same row write one ciphertext
+    return bool(ServerKey.objects.filter(pk=key.pk, private_key_pem=plain)
+                .update(private_key_pem=key.private_key_pem))
 
 
 def sign(data: bytes, key: ServerKey | None = None) -> bytes:

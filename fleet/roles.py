@@ -3,6 +3,11 @@
 Views declare the role they need (`read_role` / `write_role`, or per action in
 `action_roles`); `RolePermission` enforces it. Device credentials are never an
 operator: a device principal is refused here whatever it claims.
+
+`ci` is the role of a pipeline's API token: it reads like a viewer and may do
+only the operator writes a view lists in `ci_actions` (push a model, start a
+compression job, create a release, start a canary deployment). What a CI
+deployment may be is checked by the OTA service, not here.
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ from rest_framework.permissions import SAFE_METHODS, BasePermission
 
 class Role(models.TextChoices):
     VIEWER = "viewer", _("Viewer")
+    CI = "ci", _("CI pipeline")
     OPERATOR = "operator", _("Operator")
     ADMIN = "admin", _("Admin")
 
 
-RANK = {Role.VIEWER: 1, Role.OPERATOR: 2, Role.ADMIN: 3}
+# CI ranks with viewers: it reads; its few writes are opted into per view (`ci_actions`).
+RANK = {Role.VIEWER: 1, Role.CI: 1, Role.OPERATOR: 2, Role.ADMIN: 3}
 
 
 def role_of(user) -> Role | None:
@@ -36,7 +43,7 @@ def role_of(user) -> Role | None:
         return cached
     names = set(user.groups.values_list("name", flat=True))
     role = None
-    for candidate in (Role.ADMIN, Role.OPERATOR, Role.VIEWER):
+    for candidate in (Role.ADMIN, Role.OPERATOR, Role.CI, Role.VIEWER):
         if candidate.value in names:
             role = candidate
             break
@@ -52,7 +59,9 @@ def has_role(user, needed: Role) -> bool:
 class RolePermission(BasePermission):
     """Safe methods need `read_role` (viewer), writes need `write_role` (operator).
 
-    `action_roles = {"cancel": Role.OPERATOR}` overrides per viewset action.
+    `action_roles = {"cancel": Role.OPERATOR}` overrides per viewset action;
+    `ci_actions = {"create"}` lets the CI role do these operator actions (for a
+    plain APIView the action is the lower-case method, e.g. "post").
     """
 
     def has_permission(self, request, view) -> bool:
@@ -64,6 +73,9 @@ class RolePermission(BasePermission):
             needed = getattr(view, "read_role", Role.VIEWER)
         else:
             needed = getattr(view, "write_role", Role.OPERATOR)
+        if needed == Role.OPERATOR and role_of(request.user) == Role.CI:
+            action = action or request.method.lower()
+            return action in getattr(view, "ci_actions", ())
         return has_role(request.user, needed)
 
 
@@ -111,6 +123,9 @@ def sync_role_permissions(sender=None, **kwargs) -> None:
         if p.content_type.app_label in OPERATED_APPS
         and p.codename.split("_", 1)[0] in {"add", "change"}
     ]
+    ci = viewer + [p for p in perms if p.content_type.app_label in ("compression", "ota")
+                   and p.codename.startswith("add_")]
     groups[Role.VIEWER].permissions.set(viewer)
+    groups[Role.CI].permissions.set(ci)
     groups[Role.OPERATOR].permissions.set(operator)
     groups[Role.ADMIN].permissions.set(list(perms))

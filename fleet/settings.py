@@ -110,6 +110,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "fleet.roles.role_context",
+                "fleet.health.worker_context",
             ],
         },
     },
@@ -170,23 +171,37 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
     }
+    # Atomic message files (kombu's own can be read half-written: celery/kombu#1551).
+    CELERY_BROKER_TRANSPORT = "fleet.broker:Transport"
 else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "visibility_timeout": CELERY_TASK_TIME_LIMIT * 2,
         "socket_connect_timeout": 5,
     }
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+# Worker health (fleet.health): a beat task notes the worker every WORKER_HEARTBEAT_S;
+# pages show a banner when none was seen for WORKER_STALE_S.
+WORKER_HEARTBEAT_S = env_int("WORKER_HEARTBEAT_S", 15, minimum=1)
+WORKER_STALE_S = env_int("WORKER_STALE_S", 60, minimum=2)
 # Queue per task (names as in fleet.celery.Queue); unlisted tasks go to "default".
 CELERY_TASK_ROUTES = {
     "compression.tasks.run_compression_job": {"queue": "compression"},
+    # CPU-heavy like a job, and never on the web's request path
+    "compression.tasks.validate_model_version": {"queue": "compression"},
 }
 # Periodic tasks, by app; each app adds its own entries here.
 CELERY_BEAT_SCHEDULE: dict[str, dict] = {
+    "fleet-worker-heartbeat": {"task": "fleet.tasks.worker_heartbeat",
+                               "schedule": float(WORKER_HEARTBEAT_S)},
     # Re-enqueue jobs whose message was lost (broker down at enqueue, worker
     # machine gone with a filesystem broker); the claim makes a duplicate harmless.
     "compression-requeue-stale-jobs": {
         "task": "compression.tasks.requeue_stale_jobs",
         "schedule": 60.0,
+    },
+    "compression-requeue-stale-validations": {
+        "task": "compression.tasks.requeue_stale_validations",
+        "schedule": 300.0,
     },
 }
 
@@ -323,6 +338,8 @@ CELERY_BEAT_SCHEDULE.update({
 # --- ota -------------------------------------------------------------------------
 # A single-phase deployment to more than this % of the fleet needs the admin role.
 OTA_MAX_UNPHASED_PERCENT = env_int("OTA_MAX_UNPHASED_PERCENT", 20, minimum=0)
+# The CI role starts canaries only: a first phase of at most this many percent of the target.
+OTA_CI_MAX_CANARY_PERCENT = env_int("OTA_CI_MAX_CANARY_PERCENT", 10, minimum=1)
 # Check-in interval advised to devices (seconds, ±20 % jitter in X-Poll-Interval).
 OTA_POLL_INTERVAL_S = env_int("OTA_POLL_INTERVAL_S", 60, minimum=5)
 # Lifetime of a signed manifest (hours); devices refuse expired ones (U3).

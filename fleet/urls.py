@@ -5,7 +5,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from fleet import views
+from fleet import me, views
 
 urlpatterns = [
     path("", include("fleet.device_urls")),  # the device API: most requests by far
@@ -17,6 +17,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api/v1/me/", me.MeView.as_view(), name="api-me"),
     path("api/v1/", include("devices.api.urls")),
     path("api/v1/", include("ota.api.urls")),
     path("api/v1/", include("compression.api.urls")),

@@ -7,6 +7,7 @@ import json
 from django import forms
 from django.utils.translation import gettext_lazy as _
 
+from compression.choices import VersionStatus
 from compression.models import ModelVersion
 from devices.models import DeviceGroup, HardwareProfile, QueryGroup
 from ota.models import Release
@@ -28,7 +29,8 @@ class ReleaseForm(forms.Form):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        versions = ModelVersion.objects.select_related("model").order_by("model__name", "-number")
+        versions = ModelVersion.objects.filter(status=VersionStatus.READY).select_related(
+            "model").order_by("model__name", "-number")
         choices = [("", "—")] + [(v.pk, f"{v.model.name}:{v.number} {v.label}") for v in versions]
         profiles = [("", _("any hardware (generic)"))] + [
             (p.slug, p.name) for p in HardwareProfile.objects.all()]

@@ -20,7 +20,7 @@ from compression.models import ModelVersion
 from devices.agent.manifest import ManifestError, check_policy
 from devices.choices import DeviceStatus
 from devices.models import Device, DeviceGroup, HardwareProfile, QueryGroup
-from fleet.roles import Role, has_role
+from fleet.roles import Role, has_role, role_of
 from ota import manifests, stats
 from ota.assignment import (
     CHUNK,
@@ -97,13 +97,17 @@ def check_create_release(*, name: str, slot: str = "default", notes: str = "",
 
 
 def _model_version(value) -> ModelVersion:
-    if isinstance(value, ModelVersion):
-        return value
-    try:
-        return ModelVersion.objects.select_related("model").get(pk=int(value))
-    except (TypeError, ValueError, ModelVersion.DoesNotExist):
-        raise OtaError("bad_model_version", _("Unknown model version %(v)r.") % {"v": value}
-                       ) from None
+    if not isinstance(value, ModelVersion):
+        try:
+            value = ModelVersion.objects.select_related("model").get(pk=int(value))
+        except (TypeError, ValueError, ModelVersion.DoesNotExist):
+            raise OtaError("bad_model_version", _("Unknown model version %(v)r.") % {"v": value}
+                           ) from None
+    if not value.is_ready:
+        raise OtaError("version_not_ready", _("Model version %(v)s is %(s)s; only validated "
+                                              "versions can be released.")
+                       % {"v": value, "s": value.get_status_display()}, field="variants")
+    return value
 
 
 def _hardware_profile(value) -> HardwareProfile | None:
@@ -215,6 +219,21 @@ def clean_window(window) -> dict | None:
     return {"start": window["start"], "end": window["end"]}
 
 
+def check_ci_canary(phases: list, gates: list[dict]) -> None:
+    """A pipeline's token starts canaries, never a fleet-wide push: two phases or more,
+    the first a small canary, the install-failure gate no looser than the default."""
+    limit = settings.OTA_CI_MAX_CANARY_PERCENT
+    if len(phases) < 2 or phases[0] > limit:
+        raise OtaError("needs_operator", _("A CI token deploys in phases starting with a "
+                                           "canary of at most %(p)s %%; ask an operator for "
+                                           "anything wider.") % {"p": limit}, 403)
+    default = GateConfig()
+    if any(g["max_failure_rate"] > default.max_failure_rate or g["min_successful"] < 1
+           for g in gates):
+        raise OtaError("needs_operator", _("A CI token cannot loosen the install-failure "
+                                           "gate; ask an operator."), 403)
+
+
 def start_deployment(release: Release, target, *, actor, phases=None, gates=None,
                      scheduled_at: datetime | None = None, install_window=None,
                      now: datetime | None = None) -> Deployment:
@@ -223,6 +242,8 @@ def start_deployment(release: Release, target, *, actor, phases=None, gates=None
     now = now or timezone.now()
     target = clean_target(target)
     phases, gates = clean_phases(phases, gates)
+    if role_of(actor) == Role.CI:
+        check_ci_canary(phases, gates)
     window = clean_window(install_window)
     devices = list(resolve_target(target).order_by("pk").values_list("pk", flat=True))
     if not devices:

@@ -75,6 +75,7 @@ class CompressionJobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin,
                             mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     serializer_class = CompressionJobSerializer
     action_roles = {"cancel": Role.OPERATOR}
+    ci_actions = {"create"}
 
     def get_queryset(self):
         qs = CompressionJob.objects.select_related("hardware_profile", "created_by")

@@ -20,7 +20,7 @@ class ModelVersionSerializer(serializers.ModelSerializer):
             "id", "model", "model_name", "number", "parent", "parent_number", "recipe", "notes",
             "sha256", "size_bytes", "ir_version", "opsets", "producer", "inputs", "outputs",
             "parameters", "flops", "op_histogram", "metrics", "original_filename",
-            "created_by", "created_at", "download_url",
+            "created_by", "created_at", "download_url", "status", "error_code", "error",
         ]
         read_only_fields = fields
 

@@ -14,7 +14,7 @@ from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from compression import services
+from compression import services, uploads
 from compression.api.serializers import (
     DatasetSerializer,
     MLModelSerializer,
@@ -30,6 +30,14 @@ def rejected(exc: services.UploadRejected) -> Response:
     return Response({"detail": exc.message, "code": exc.code}, status=exc.status)
 
 
+def version_artifact(version: ModelVersion):
+    """The version's bytes, or 409 while it is validating / once rejected."""
+    if not version.is_ready:
+        return Response({"detail": f"Version {version} is {version.status}.",
+                         "code": "not_ready", "status": version.status}, status=409)
+    return artifact_response(version.artifact, version.download_name, version.sha256)
+
+
 def artifact_response(name: str, filename: str, sha256: str) -> FileResponse:
     response = FileResponse(default_storage.open(name, "rb"), as_attachment=True, filename=filename)
     response["ETag"] = f'"{sha256}"'
@@ -42,6 +50,10 @@ class MLModelViewSet(viewsets.ModelViewSet):
     serializer_class = MLModelSerializer
     action_roles = {"destroy": Role.ADMIN}
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+
+    def get_queryset(self):
+        name = self.request.query_params.get("name")
+        return self.queryset.filter(name=name) if name else self.queryset
 
     def perform_create(self, serializer):
         try:
@@ -73,8 +85,15 @@ class ModelVersionListView(APIView):
 
     @extend_schema(
         request=VersionUploadSerializer,
+        description=(
+            "Stores the file and answers at once: 202 with the new version in status "
+            "`validating`. A worker then validates it in a sandbox; poll the version "
+            "(`GET /api/v1/versions/{id}/`) until `status` is `ready` or `rejected` "
+            "(then `error_code` and `error` say why). Only the cheap checks (extension, "
+            "empty file, size, ONNX magic byte) refuse the upload itself with 400/413."
+        ),
         responses={
-            201: ModelVersionSerializer,
+            202: OpenApiResponse(ModelVersionSerializer, "Stored; status `validating`"),
             200: OpenApiResponse(ModelVersionSerializer, "Same bytes: the existing version"),
             400: OpenApiResponse(description="Refused upload, with `code` and `detail`"),
             413: OpenApiResponse(description="Body over the size limit"),
@@ -91,7 +110,7 @@ class ModelVersionListView(APIView):
             if parent is None:
                 raise ValidationError({"parent": ["No such version."]})
         try:
-            result = services.check_and_register_version(
+            result = uploads.check_and_accept_upload(
                 model, upload.temporary_file_path(), original_filename=upload.name,
                 actor=request.user, parent=parent, notes=form.validated_data["notes"],
             )
@@ -100,8 +119,10 @@ class ModelVersionListView(APIView):
             return rejected(exc)
         audit.note(request, "version.upload", result.version, created=result.created)
         data = ModelVersionSerializer(result.version, context={"request": request}).data
-        code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
-        return Response(data, status=code)
+        if not result.created:
+            return Response(data, status=status.HTTP_200_OK)
+        return Response(data, status=status.HTTP_202_ACCEPTED,
+                        headers={"Location": f"/api/v1/versions/{result.version.pk}/"})
 
 
 class ModelVersionDetailView(APIView):
@@ -116,7 +137,7 @@ class ModelVersionDownloadView(APIView):
     def get(self, request, model_pk: int, number: int):
         version = get_object_or_404(ModelVersion.objects.select_related("model"),
                                     model_id=model_pk, number=number)
-        return artifact_response(version.artifact, version.download_name, version.sha256)
+        return version_artifact(version)
 
 
 class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
@@ -129,7 +150,7 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
     @action(detail=True, methods=["get"])
     def download(self, request, pk=None):
         version = self.get_object()
-        return artifact_response(version.artifact, version.download_name, version.sha256)
+        return version_artifact(version)
 
 
 class DatasetViewSet(
@@ -139,6 +160,14 @@ class DatasetViewSet(
     queryset = Dataset.objects.select_related("model")
     serializer_class = DatasetSerializer
     parser_classes = [MultiPartParser, FormParser]
+
+    def get_queryset(self):
+        params, queryset = self.request.query_params, self.queryset
+        if params.get("model", "").isdigit():
+            queryset = queryset.filter(model_id=int(params["model"]))
+        if params.get("purpose"):
+            queryset = queryset.filter(purpose=params["purpose"])
+        return queryset
 
     def create(self, request, *args, **kwargs):
         serializer = self.get_serializer(data=request.data)

@@ -23,7 +23,7 @@ from compression.engine.errors import (
 )
 from compression.engine.inspect import inspect_model
 from compression.engine.sandbox import run_isolated
-from compression.engine.validate import validate_model
+from compression.engine.validate import check_file, validate_model
 
 __all__ = [
     "Cancelled",
@@ -35,6 +35,7 @@ __all__ = [
     "RemoteError",
     "SandboxCrashed",
     "SandboxTimeout",
+    "check_file",
     "inspect_model",
     "run_isolated",
     "validate_model",

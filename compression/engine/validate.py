@@ -36,12 +36,45 @@ def validate_model(
 ) -> dict:
     """Check the model at ``path`` and return its ``inspect_model`` description.
 
+    Beyond parsing and checking, the child runs one bounded inference on
+    generated input, so inference-time memory bombs are refused
+    (``inference_memory``) under the same ``memory_mb`` / ``timeout_s`` limits.
+
     Raises ``ModelRejected(code, message)`` for anything we refuse; codes are
     short slugs (``external_data``, ``truncated``, ``validator_crashed`` …).
     ``_test_crash`` ("segfault" | "hang" | "oom") makes the child misbehave on
     purpose so tests can prove the sandbox holds.
     """
     path = Path(path).resolve()  # the sandboxed child runs in its own directory
+    check_file(path, max_bytes=max_bytes)
+    _test_crash = _test_crash or None  # "" from an unset setting means "no crash"
+    if _test_crash is not None and _test_crash not in _CRASH_MODES:
+        raise ValueError(f"_test_crash must be one of {sorted(_CRASH_MODES)}")
+    try:
+        return run_isolated(
+            "compression.engine.validate:check_in_child",
+            str(path),
+            _test_crash,
+            memory_mb,
+            timeout_s=timeout_s,
+            memory_mb=memory_mb,
+        )
+    except SandboxTimeout as exc:
+        raise ModelRejected(
+            "validator_timeout",
+            f"Validating the model took longer than {timeout_s:g} s; it was stopped ({exc}).",
+        ) from None
+    except SandboxCrashed as exc:
+        raise ModelRejected(
+            "validator_crashed",
+            f"The model crashed the validator, so it was refused ({exc.reason}).",
+        ) from None
+
+
+def check_file(path: str | Path, *, max_bytes: int | None = None) -> None:
+    """The checks that read no more than one byte: existence, size, magic.
+    Cheap enough for a web request; everything else runs in the sandbox."""
+    path = Path(path)
     if not path.is_file():
         raise ModelRejected("not_onnx", f"No model file at {path.name!r}.")
     size = path.stat().st_size
@@ -58,27 +91,6 @@ def validate_model(
         raise ModelRejected(
             "not_onnx", "The file is not an ONNX model (it does not start like an ONNX protobuf)."
         )
-    _test_crash = _test_crash or None  # "" from an unset setting means "no crash"
-    if _test_crash is not None and _test_crash not in _CRASH_MODES:
-        raise ValueError(f"_test_crash must be one of {sorted(_CRASH_MODES)}")
-    try:
-        return run_isolated(
-            "compression.engine.validate:check_in_child",
-            str(path),
-            _test_crash,
-            timeout_s=timeout_s,
-            memory_mb=memory_mb,
-        )
-    except SandboxTimeout as exc:
-        raise ModelRejected(
-            "validator_timeout",
-            f"Validating the model took longer than {timeout_s:g} s; it was stopped ({exc}).",
-        ) from None
-    except SandboxCrashed as exc:
-        raise ModelRejected(
-            "validator_crashed",
-            f"The model crashed the validator, so it was refused ({exc.reason}).",
-        ) from None
 
 
 def iter_tensors(graph) -> Iterator[tuple[str, object]]:
@@ -199,7 +211,8 @@ def _misbehave(mode: str) -> None:
             hog.append(bytearray(64 * 1024 * 1024))
 
 
-def check_in_child(path: str, test_crash: str | None = None) -> dict:
+def check_in_child(path: str, test_crash: str | None = None,
+                   memory_mb: int | None = None) -> dict:
     """The parsing/executing half of ``validate_model``; runs in the sandbox."""
     if test_crash:
         _misbehave(test_crash)
@@ -233,11 +246,73 @@ def check_in_child(path: str, test_crash: str | None = None) -> dict:
         raise ModelRejected(
             "checker_failed", f"Shape inference failed on the model: {str(exc)[:400]}"
         ) from None
-    _open_session(path)
+    session = _open_session(path)
+    _bounded_inference(session, memory_mb)
     return describe_loaded(model, file_size)
 
 
-def _open_session(path: str) -> None:
+# The device agent's post-install health check feeds the same kind of input
+# (devices/agent/health.py): what passes here is what a device will run first.
+_SAMPLE_DTYPES = {
+    "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+    "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8", "tensor(bool)": "bool",
+}
+_OUT_OF_MEMORY = re.compile(r"alloc|out of memory|MemoryError|bad_alloc", re.IGNORECASE)
+
+
+def sample_feeds(session) -> dict | None:
+    """Generated input for every declared input (symbolic dimensions become 1,
+    floats standard normal, integers 0-9); None when an input is not a tensor
+    of a type we can make."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for item in session.get_inputs():
+        dtype = _SAMPLE_DTYPES.get(item.type)
+        if dtype is None:
+            return None
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in item.shape or []]
+        if dtype.startswith("float"):
+            feeds[item.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype == "bool":
+            feeds[item.name] = rng.integers(0, 2, shape).astype(bool)
+        else:
+            feeds[item.name] = rng.integers(0, 10, shape).astype(dtype)
+    return feeds
+
+
+def _bounded_inference(session, memory_mb: int | None) -> None:
+    """Run the model once on generated input, inside the sandbox's memory and
+    time limits: a graph that only explodes when it runs (ConstantOfShape
+    100000×100000, a shape computed from the input) is refused here instead of
+    on a device."""
+    feeds = sample_feeds(session)
+    if feeds is None:
+        return  # sequences, maps, strings: nothing generic to feed; the checks above stand
+    try:
+        session.run(None, feeds)
+    except MemoryError:
+        raise ModelRejected("inference_memory", _memory_message(memory_mb, "MemoryError")
+                            ) from None
+    except Exception as exc:  # onnxruntime's own error types
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if _OUT_OF_MEMORY.search(str(exc)):
+            text = re.sub(r"(?<!\S)/\S+", "…", text)[-300:]  # no server paths; keep the size
+            raise ModelRejected("inference_memory", _memory_message(memory_mb, text)) from None
+        # Any other failure may be our generated input's fault (a symbolic image
+        # size of 1 under a 3×3 convolution): the device's health check, on its
+        # own hardware, is the judge of those.
+
+
+def _memory_message(memory_mb: int | None, detail: str) -> str:
+    limit = f"the {memory_mb} MB limit" if memory_mb else "the memory limit"
+    return (f"Running the model on a sample input needs more memory than {limit} "
+            f"(a tensor is too large to allocate: {detail}); it was refused.")
+
+
+def _open_session(path: str):
     import onnxruntime as ort
 
     if hasattr(ort, "disable_telemetry_events"):
@@ -247,7 +322,7 @@ def _open_session(path: str) -> None:
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     try:
-        ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
         # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types; all mean "refuse"
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

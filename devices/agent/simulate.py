@@ -34,6 +34,7 @@ import logging
 import math
 import queue
 import random
+import signal
 import threading
 import time
 import uuid
@@ -152,6 +153,7 @@ class SimDevice:
                                                      "artifacts": [factory]}}
             self.first_variants = {"factory"}
         self.client = self._client()
+        self.on_enrolled = None  # the fleet saves its state file when a device enrolls
 
     def _client(self) -> LeanClient:
         if "flapping-network" in self.faults:
@@ -215,6 +217,8 @@ class SimDevice:
         self.keys = [body.get("server_public_key") or body.get("public_key")]
         self.client = self._client()
         self.stats.add("enrolled")
+        if self.on_enrolled is not None:
+            self.on_enrolled()
 
     def trusted_keys(self) -> dict:
         out = {}
@@ -416,14 +420,23 @@ class Fleet:
         self.stats = Stats()
         saved = {}
         if options.state_file and Path(options.state_file).exists():
-            saved = json.loads(Path(options.state_file).read_text()).get("devices", {})
+            try:
+                saved = json.loads(Path(options.state_file).read_text()).get("devices", {})
+            except ValueError:
+                log.warning("state file %s unreadable; enrolling afresh", options.state_file)
         self.devices = [SimDevice(i, options, self.stats, saved.get(str(i)))
                         for i in range(options.devices)]
+        self._save_lock = threading.Lock()
+        for device in self.devices:
+            device.on_enrolled = self.save
 
     def save(self) -> None:
+        """Credentials of every enrolled device, written atomically (temp + rename) as
+        soon as one enrolls: a fleet killed at any moment comes back as the same devices."""
         if self.options.state_file:
-            write_json(Path(self.options.state_file), {"devices": {
-                str(d.index): d.saved() for d in self.devices if d.token}})
+            with self._save_lock:
+                write_json(Path(self.options.state_file), {"devices": {
+                    str(d.index): d.saved() for d in self.devices if d.token}})
 
     def run(self) -> dict:
         """A scheduler loop hands due devices to `concurrency` worker threads through
@@ -513,6 +526,11 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     options = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+    def stop(_signum, _frame):
+        raise KeyboardInterrupt  # SIGTERM ends the run like Ctrl-C: state saved, summary printed
+
+    signal.signal(signal.SIGTERM, stop)
     summary = Fleet(options).run()
     print(json.dumps(summary, indent=1))
     return 0

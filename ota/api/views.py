@@ -28,6 +28,7 @@ class ReleaseViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         "variants__model_version__model", "variants__hardware_profile").select_related(
         "created_by")
     serializer_class = s.ReleaseSerializer
+    ci_actions = {"create"}
 
     @extend_schema(request=s.ReleaseCreateSerializer, responses={201: s.ReleaseSerializer})
     def create(self, request):
@@ -46,6 +47,7 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
     queryset = Deployment.objects.select_related("release", "created_by")
     serializer_class = s.DeploymentSerializer
     action_roles = {"preview": Role.VIEWER}
+    ci_actions = {"create"}  # canaries only: ota.services checks what a CI rollout may be
 
     def get_queryset(self):
         queryset = super().get_queryset()

@@ -20,6 +20,14 @@ def test_login_upload_and_see_metadata(page, live_server, login, operator_user,
     page.click("#upload-form button[type=submit]")
     page.wait_for_selector("#version-meta")
     assert page.inner_text("h1").startswith("digits-from-browser")
+    assert "Validating" in page.inner_text("#version-status")
+    from compression import tasks
+    from compression.models import ModelVersion
+
+    # the worker's part, here in the test process; the page polls and updates itself
+    tasks.validate_model_version(ModelVersion.objects.get(model__name="digits-from-browser").pk)
+    page.wait_for_function(
+        "document.querySelector('#version-status').innerText.includes('Ready')", timeout=20000)
     inputs = page.inner_text("#meta-inputs")
     outputs = page.inner_text("#meta-outputs")
     assert "float" in inputs.lower()

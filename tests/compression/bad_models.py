@@ -8,6 +8,9 @@ import onnx
 from onnx import TensorProto, helper
 
 from tests.conftest import tiny_model_bytes
+from tests.engine.test_inference_bombs import constant_of_shape_bomb, input_dependent_bomb
+
+__all__ = ["constant_of_shape_bomb", "input_dependent_bomb"]
 
 
 def _with_external_initializer(location: str) -> bytes:

@@ -4,17 +4,31 @@ from __future__ import annotations
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import TestCase
 
-from compression.models import MLModel
+from compression import tasks
+from compression.models import MLModel, ModelVersion
 from tests.compression import bad_models
 from tests.conftest import tiny_model_bytes
 
 pytestmark = pytest.mark.django_db
 
 
+def post(client, url: str, data: dict):
+    """Post a form; the validations its commit enqueued are not run yet."""
+    with TestCase.captureOnCommitCallbacks(execute=False):
+        return client.post(url, data)
+
+
+def validate_pending() -> None:
+    """What the worker does with the enqueued validations."""
+    for pk in ModelVersion.objects.filter(status="validating").values_list("pk", flat=True):
+        tasks.validate_model_version(pk)
+
+
 def test_operator_uploads_through_the_form(client, operator_user):
     client.force_login(operator_user)
-    response = client.post("/models/upload/", {
+    response = post(client, "/models/upload/", {
         "name": "web-model", "task": "classification", "description": "from the browser",
         "file": SimpleUploadedFile("web.onnx", tiny_model_bytes()),
     })
@@ -22,6 +36,11 @@ def test_operator_uploads_through_the_form(client, operator_user):
     assert response.status_code == 302
     assert response["Location"] == f"/models/{model.pk}/"
     page = client.get(response["Location"]).content.decode()
+    assert "Validating" in page and 'hx-trigger="every 2s"' in page  # polls until decided
+    assert "/versions/1/download/" not in page
+    validate_pending()
+    page = client.get(response["Location"]).content.decode()
+    assert "Ready" in page and 'hx-trigger="every 2s"' not in page
     assert 'id="meta-inputs"' in page and ">x<" in page
     assert "ai.onnx 17" in page or "17" in page
     listing = client.get("/models/").content.decode()
@@ -30,22 +49,60 @@ def test_operator_uploads_through_the_form(client, operator_user):
 
 def test_form_shows_validator_message_and_creates_nothing(client, operator_user):
     client.force_login(operator_user)
-    response = client.post("/models/upload/", {
+    response = post(client, "/models/upload/", {
+        "name": "evil", "task": "other",
+        "file": SimpleUploadedFile("evil.onnx", bad_models.not_protobuf()),
+    })
+    assert response.status_code == 400
+    assert "not an onnx model" in response.content.decode().lower()
+    assert not MLModel.objects.filter(name="evil").exists()
+
+
+def test_rejected_version_shows_its_reason(client, operator_user):
+    client.force_login(operator_user)
+    response = post(client, "/models/upload/", {
         "name": "evil", "task": "other",
         "file": SimpleUploadedFile("evil.onnx", bad_models.external_absolute()),
     })
-    assert response.status_code == 400
-    assert "external" in response.content.decode().lower()
-    assert not MLModel.objects.filter(name="evil").exists()
+    assert response.status_code == 302
+    validate_pending()
+    page = client.get(response["Location"]).content.decode()
+    assert "Rejected" in page and "external_data" in page
+    assert client.get(f"{response['Location']}versions/1/download/").status_code == 404
+
+
+def test_upload_page_does_no_storage_write_inside_a_transaction(client, operator_user,
+                                                               monkeypatch):
+    from django.db import connection
+
+    from fleet import storage
+
+    inside = []
+    real = storage.put_file
+
+    def spy(path, name):
+        inside.append(connection.in_atomic_block and not connection.savepoint_ids)
+        return real(path, name)
+
+    monkeypatch.setattr(storage, "put_file", spy)
+    client.force_login(operator_user)
+    # the test itself runs in one transaction: only a savepoint would show a view's atomic()
+    assert connection.in_atomic_block and not connection.savepoint_ids
+    response = post(client, "/models/upload/", {
+        "name": "web-model", "task": "other",
+        "file": SimpleUploadedFile("web.onnx", tiny_model_bytes()),
+    })
+    assert response.status_code == 302 and inside == [True]
 
 
 def test_new_version_from_detail_page_gets_parent(client, operator_user):
     client.force_login(operator_user)
-    client.post("/models/upload/", {"name": "m", "task": "other",
-                                    "file": SimpleUploadedFile("a.onnx", tiny_model_bytes(1))})
+    post(client, "/models/upload/", {"name": "m", "task": "other",
+                                     "file": SimpleUploadedFile("a.onnx", tiny_model_bytes(1))})
     model = MLModel.objects.get(name="m")
-    client.post(f"/models/{model.pk}/versions/",
-                {"file": SimpleUploadedFile("b.onnx", tiny_model_bytes(2))})
+    post(client, f"/models/{model.pk}/versions/",
+         {"file": SimpleUploadedFile("b.onnx", tiny_model_bytes(2))})
+    validate_pending()
     v1, v2 = model.versions.order_by("number")
     assert v2.parent == v1
     assert [v.number for v in v2.lineage()] == [1, 2]

@@ -65,3 +65,30 @@ def test_rotation_announces_then_switches_and_re_signs(fleet, deployed, settings
     assert answer.json() == envelope  # the cached answer was dropped
     mf.verify_statement(answer["X-Signed-Timestamp"], trusted_keys=trusted(nxt),
                         device_uid=device.uid, now=datetime.now(UTC))
+
+
+def test_keys_stored_in_clear_before_are_encrypted(db):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from devices import keys
+    from devices.models import ServerKey
+
+    def legacy(active):
+        private = Ed25519PrivateKey.generate()
+        raw = mf.raw_public_key(private.public_key())
+        return ServerKey.objects.create(
+            private_key_pem=private.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption()).decode(),
+            public_key_b64=mf.b64(raw), fingerprint=mf.key_id(raw) * 4, active=active)
+
+    used, idle = legacy(True), legacy(False)
+    keys._loaded.clear()
+    keys.sign(b"x", keys.active_key())  # first use of a key in clear encrypts it
+    assert keys.is_encrypted(ServerKey.objects.get(pk=used.pk).private_key_pem)
+    call_command("rotate_server_key", "encrypt")
+    stored = ServerKey.objects.get(pk=idle.pk).private_key_pem
+    assert keys.is_encrypted(stored)
+    assert mf.raw_public_key(keys.load_pem(stored).public_key()) == base64.b64decode(
+        idle.public_key_b64)

@@ -1,4 +1,7 @@
-"""`manage.py rotate_server_key status|prepare|activate [--force]` (ota.rotation)."""
+"""`manage.py rotate_server_key status|prepare|activate [--force]|encrypt` (ota.rotation).
+
+`encrypt` encrypts every signing key still stored in clear (rows written before
+keys were encrypted at rest; the first use of such a key does it too)."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ class Command(BaseCommand):
             "switches to it after the overlap period (OTA_KEY_OVERLAP_H).")
 
     def add_arguments(self, parser):
-        parser.add_argument("action", choices=["status", "prepare", "activate"])
+        parser.add_argument("action", choices=["status", "prepare", "activate", "encrypt"])
         parser.add_argument("--force", action="store_true",
                             help="activate before the overlap period is over")
 
@@ -30,6 +33,9 @@ class Command(BaseCommand):
             except rotation.RotationError as exc:
                 raise CommandError(str(exc)) from exc
             self.stdout.write(f"signing with {key}; pending manifests re-signed")
+        elif action == "encrypt":
+            done = sum(keys.encrypt_stored(key) for key in ServerKey.objects.all())
+            self.stdout.write(f"{done} key(s) encrypted")
         active = keys.active_key()
         nxt = rotation.next_key()
         for key in ServerKey.objects.order_by("created_at"):

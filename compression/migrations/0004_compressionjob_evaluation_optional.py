@@ -4,7 +4,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("compression", "0002_compressionjob_candidate"),
+        ("compression", "0003_version_status"),
     ]
 
     operations = [
