@@ -65,7 +65,9 @@ def cmd_optimize(args) -> dict:
     from compression.engine.recipes import run_recipe
 
     result = run_recipe(args.recipe, _need_file(args.model, "model"), args.output,
-                        calibration_path=args.calibration, overrides=_parse_sets(args.set))
+                        calibration_path=args.calibration, overrides=_parse_sets(args.set),
+                        train_path=args.train and _need_file(args.train, "training data"),
+                        eval_path=args.eval and _need_file(args.eval, "evaluation data"))
     out = result.to_dict()
     if not args.json:
         for s in result.steps:
@@ -74,6 +76,11 @@ def cmd_optimize(args) -> dict:
             print(f"{s['pass']}: {metrics}")
             for note in s["notes"]:
                 print(f"  - {note}")
+            for row in s["metrics"].get("history") or []:
+                if row["epoch"]:
+                    metric = s["metrics"]["metric"]
+                    print(f"  epoch {row['epoch']}: loss {row['loss']:.4f}  "
+                          f"{metric} {row[metric]:.4f}")
         print(f"wrote {result.output_path} in {result.seconds:.1f} s")
     return out
 
@@ -169,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--recipe", required=True, help="a pass or a chain (a+b+c)")
     p.add_argument("--calibration")
+    p.add_argument("--train", help="training .npz for distill/qat/pruning recovery "
+                                   "(default: the calibration data)")
+    p.add_argument("--eval", help="early-stopping .npz for training recipes")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_optimize)
     p = sub.add_parser("benchmark", parents=[common], help="latency, throughput, memory")

@@ -1,8 +1,8 @@
 """`make run`'s supervisor: web, worker (with beat) and the simulated devices.
 
-Each child runs in its own process group, so a signal reaches all of its
-processes (Celery's prefork pool and embedded beat included). Ctrl-C or
-SIGTERM to this process stops every child: SIGTERM, then SIGKILL to the whole
+Each child runs in its own process group, so nothing it forks can outlive it
+(Celery's prefork pool and embedded beat included). Ctrl-C or SIGTERM to this
+process stops every child: SIGTERM to its leader, then SIGKILL to the whole
 group after `--grace-s`. A child that dies takes the others down, so
 `make run` never leaves a half-running platform. The children's pids are kept
 in EDGEFLEET_VAR_DIR/run.pids: a second start first stops any stray group left
@@ -34,46 +34,27 @@ def var_dir() -> Path:
 
 def commands(args) -> dict[str, list[str]]:
     py, var = sys.executable, var_dir()
+    worker = ["-m", "celery", "-A", "fleet", "worker", "-B", "-Q", "default,compression",
+              "--loglevel", "INFO"]  # fmt: skip
     cmds = {
-        "worker": [
-            py,
-            "-m",
-            "celery",
-            "-A",
-            "fleet",
-            "worker",
-            "-B",
-            "-Q",
-            "default,compression",
-            "--concurrency",
-            str(args.concurrency),
-            "--loglevel",
-            "INFO",
-            "-s",
-            str(var / "celerybeat-schedule"),
-        ],
+        "worker": [py, *worker, "--concurrency", str(args.concurrency),
+                   "-s", str(var / "celerybeat-schedule")],
         "web": [py, "manage.py", "runserver", f"{args.host}:{args.port}", "--noreload"],
     }
     if args.devices > 0 and args.token:
         cmds["devices"] = [
-            py,
-            "-m",
-            "devices.agent.simulate",
-            "--server",
-            f"http://{args.host}:{args.port}",
-            "--enrollment-token",
-            args.token,
-            "--devices",
-            str(args.devices),
-            "--state-file",
-            str(var / "sim-fleet.json"),
-            "--uid-prefix",
-            "demo",
-            "--preinstalled",
-            args.preinstalled,
-            *args.sim_args,
-        ]
+            py, "-m", "devices.agent.simulate", "--server", f"http://{args.host}:{args.port}",
+            "--enrollment-token", args.token, "--devices", str(args.devices),
+            "--state-file", str(var / "sim-fleet.json"), "--uid-prefix", "demo",
+            "--preinstalled", args.preinstalled, "--hardware-profile", args.hardware_profile,
+            "--fault", "bad-variant", "--bad-variant", "slow-demo", *args.sim_args,
+        ]  # fmt: skip
+        # Once the devices enrolled, the demo rollout (exits when done; a no-op later on).
+        cmds["rollout"] = [py, "manage.py", "demo_rollout", "--devices", str(args.devices)]
     return cmds
+
+
+ONE_SHOT = {"rollout"}  # children that may end without stopping the run
 
 
 def _alive(pgid: int) -> bool:
@@ -87,9 +68,11 @@ def _alive(pgid: int) -> bool:
 
 
 def stop_groups(pgids: list[int], grace_s: float) -> None:
+    # SIGTERM to each group's leader only: Celery's main process stops its pool and
+    # beat itself; a pool child killed under it first leaves it waiting on the corpse.
     for pgid in pgids:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)
+            os.kill(pgid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline and any(_alive(p) for p in pgids):
         time.sleep(0.1)
@@ -133,7 +116,8 @@ def run(args) -> int:
         tmp.replace(pid_file)
     code = 0
     while not stopping:
-        ended = [n for n, c in children.items() if c.poll() is not None]
+        ended = [n for n, c in children.items()
+                 if c.poll() is not None and n not in ONE_SHOT]
         if ended:
             print(f"devrun: {', '.join(ended)} exited; stopping the rest", flush=True)
             code = 1
@@ -154,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--devices", type=int, default=5)
     p.add_argument("--token", default="", help="enrollment token of the demo group")
     p.add_argument("--preinstalled", default="digits-cnn:1")
+    p.add_argument("--hardware-profile", default="x86-gateway-1c",
+                   help="the simulated devices' profile (the demo job measures on this one)")
     p.add_argument("--concurrency", type=int, default=2)
     p.add_argument(
         "--grace-s",

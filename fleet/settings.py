@@ -344,8 +344,10 @@ OTA_CI_MAX_CANARY_PERCENT = env_int("OTA_CI_MAX_CANARY_PERCENT", 10, minimum=1)
 OTA_POLL_INTERVAL_S = env_int("OTA_POLL_INTERVAL_S", 60, minimum=5)
 # Lifetime of a signed manifest (hours); devices refuse expired ones (U3).
 OTA_MANIFEST_TTL_H = env_int("OTA_MANIFEST_TTL_H", 168, minimum=1)
-# How long a device's check-in answer stays cached (dropped on any change).
-OTA_CHECKIN_CACHE_S = env_int("OTA_CHECKIN_CACHE_S", 300, minimum=1)
+# How long a device's check-in answer stays cached (dropped on any change). The
+# embedded memory cache is per process: the worker that assigns an update cannot
+# drop the web's copy, so there an answer lives only a few seconds.
+OTA_CHECKIN_CACHE_S = env_int("OTA_CHECKIN_CACHE_S", 300 if REDIS_URL else 3, minimum=1)
 # Lifetime of the signed timestamp on every check-in answer (seconds); a device
 # that gets no fresh one for longer reports stale metadata (freeze attack).
 OTA_TIMESTAMP_TTL_S = env_int("OTA_TIMESTAMP_TTL_S", 3600, minimum=2)

@@ -71,8 +71,10 @@ def assign_phase(deployment: Deployment, phase: int, now: datetime | None = None
                 device_id__in=device_pks[start:start + CHUNK], slot=deployment.slot,
                 state__in=SUPERSEDABLE).exclude(deployment=deployment).update(
                 state=UpdateState.SUPERSEDED, finished_at=now)
+        estimates: dict = {}
         for offset, update in enumerate(queued):
-            _sign_update(update, deployment, table, signer, first + offset, now, installed)
+            _sign_update(update, deployment, table, signer, first + offset, now, installed,
+                         estimates)
             assigned += 1
         _store_assignments(queued)
         manifests.forget(device_pks)
@@ -108,7 +110,21 @@ def _installed_versions(updates, slot: str) -> dict[str, ModelVersion]:
     return found
 
 
-def _sign_update(update, deployment, table, signer, version: int, now, installed) -> None:
+def _estimate(model_version, device, cache: dict) -> float | None:
+    """The latency gate's estimate for this device's profile (one lookup per batch)."""
+    key = (model_version.pk, device.hardware_profile_id)
+    if key not in cache:
+        from ota.models import version_label
+        from ota.stats import estimate_p95
+
+        cache[key] = estimate_p95(model_version, version_label(model_version),
+                                  device.hardware_profile_id)
+    return cache[key]
+
+
+def _sign_update(update, deployment, table, signer, version: int, now, installed,
+                 estimates: dict | None = None) -> None:
+    estimates = {} if estimates is None else estimates
     device = update.device
     current = _slot_inventory(device, deployment.slot)
     if not update.previous_label:
@@ -120,7 +136,9 @@ def _sign_update(update, deployment, table, signer, version: int, now, installed
             "rollback", {}
     else:
         chosen = pick_variants(table, device.hardware_profile_id)
-        artifacts = [manifests.artifact_entry(v.name, v.model_version) for v in chosen]
+        artifacts = [manifests.artifact_entry(v.name, v.model_version,
+                                              _estimate(v.model_version, device, estimates))
+                     for v in chosen]
         names = {a["name"] for a in artifacts}
         default = deployment.release.default_variant
         default = default if default in names else artifacts[0]["name"]

@@ -40,12 +40,15 @@ def artifact_path(sha256: str) -> str:
     return f"/api/v1/device/artifacts/{sha256}"
 
 
-def artifact_entry(name: str, model_version) -> dict:
+def artifact_entry(name: str, model_version, estimate_p95_ms: float | None = None) -> dict:
     from ota.models import version_label
 
-    return {"name": name, "model_version": version_label(model_version),
-            "sha256": model_version.sha256, "size": int(model_version.size_bytes),
-            "url": artifact_path(model_version.sha256)}
+    entry = {"name": name, "model_version": version_label(model_version),
+             "sha256": model_version.sha256, "size": int(model_version.size_bytes),
+             "url": artifact_path(model_version.sha256)}
+    if estimate_p95_ms:
+        entry["estimate_p95_ms"] = round(float(estimate_p95_ms), 3)
+    return entry
 
 
 def announced_key(active: ServerKey) -> dict | None:

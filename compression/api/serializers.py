@@ -23,6 +23,13 @@ class ModelVersionSerializer(serializers.ModelSerializer):
             "created_by", "created_at", "download_url", "status", "error_code", "error",
         ]
         read_only_fields = fields
+        extra_kwargs = {
+            "status": {"help_text": "`validating` until a worker has checked the upload, then "
+                                    "`ready` (usable) or `rejected` (see `error_code`, `error`)."},
+            "error_code": {"help_text": "Why a version was rejected, as a slug (`external_data`, "
+                                        "`inference_memory`, …); empty otherwise."},
+            "error": {"help_text": "Why a version was rejected, for people; empty otherwise."},
+        }
 
     def get_download_url(self, obj) -> str:
         request = self.context.get("request")

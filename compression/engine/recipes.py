@@ -102,16 +102,24 @@ def _split_overrides(names: tuple[str, ...], overrides: dict) -> list[dict]:
 
 def run_recipe(recipe: str, input_path: str | Path, output_path: str | Path, *,
                calibration_path: str | Path | None = None, overrides: dict | None = None,
-               workdir: str | Path | None = None) -> RecipeResult:
-    """Apply ``recipe`` to ``input_path`` and write the final model to ``output_path``."""
+               workdir: str | Path | None = None, train_path: str | Path | None = None,
+               eval_path: str | Path | None = None) -> RecipeResult:
+    """Apply ``recipe`` to ``input_path`` and write the final model to ``output_path``.
+
+    ``calibration_path``, ``train_path`` and ``eval_path`` reach every pass whose
+    config has that option (training passes and pruning recovery use all three).
+    """
     names = resolve(recipe)
     merged = {**CHAIN_DEFAULTS.get(recipe, {}), **dict(overrides or {})}
     per_pass = _split_overrides(names, merged)
     configs = []
     for name, opts in zip(names, per_pass, strict=True):
         p = get_pass(name)
-        if p.needs_calibration and calibration_path and "calibration_path" not in opts:
-            opts = {**opts, "calibration_path": str(calibration_path)}
+        fields = {f.name for f in dataclasses.fields(p.Config)}
+        for key, value in (("calibration_path", calibration_path), ("train_path", train_path),
+                           ("eval_path", eval_path)):
+            if value and key in fields and key not in opts:
+                opts = {**opts, key: str(value)}
         configs.append(p.make_config(opts))  # validate every config before any work
     started = time.monotonic()
     result = RecipeResult(recipe=recipe, output_path=str(output_path))

@@ -32,12 +32,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from compression.engine import grid as search_grid
+from compression.engine import training
 from compression.engine.errors import Cancelled, EngineError, PassConfigError
 from compression.engine.evaluate import evaluate
 from compression.engine.recipes import DEFAULT_RECIPES, run_recipe
 from compression.engine.sandbox import run_isolated
 
-SEARCH_RECIPES: tuple[str, ...] = (*DEFAULT_RECIPES, "prune-structured+int8-static")
+# qat only where the train extra is installed; the prune passes then fine-tune themselves
+SEARCH_RECIPES: tuple[str, ...] = (*DEFAULT_RECIPES, "prune-structured+int8-static",
+                                   *(("qat",) if training.available() else ()))
 KPI_KEYS = {"max_latency_ms", "max_accuracy_drop", "min_fidelity", "max_size_mb",
             "threads", "provider"}
 # with no fidelity/accuracy KPI a variant must still agree with fp32 this well (task metric)

@@ -4,7 +4,9 @@
 whatever the code. Network failures raise `Unreachable`. Every answer is read
 up to a cap (`max_body`, default `MAX_BODY`): an announced or streamed body
 past it is refused with `TooLarge` (an `Unreachable`: the exchange failed)
-after reading at most the cap, so an endless answer costs no memory. `Pacer` decides when
+after reading at most the cap, so an endless answer costs no memory; and an
+answer must be complete within the timeout as a whole, not per read, so a
+trickled one cannot hold the agent either. `Pacer` decides when
 to talk next: the server-advised interval plus jitter after success,
 exponential backoff with full jitter after errors, never sooner than the
 advised interval or a `Retry-After` (RELIABILITY U10, E4).
@@ -143,7 +145,8 @@ class Client:
             return response
         try:
             response.body = read_bounded(raw, response.header("content-length"), max_body,
-                                         f"{method} {path}")
+                                         f"{method} {path}",
+                                         deadline=time.monotonic() + (timeout or self.timeout))
         except OSError as exc:
             raise Unreachable(f"{method} {path}: {exc}") from exc
         finally:
@@ -216,10 +219,13 @@ def _exchange(family, address: tuple, message: bytes, timeout: float,
     never more than the head limit plus `max_body` (`TooLarge`)."""
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
+        deadline = time.monotonic() + timeout
         sock.connect(address)
         sock.sendall(message)
         chunks, size, wanted, head_size = [], 0, None, None
         while wanted is None or size < wanted:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"answer not complete after {timeout:.0f} s")
             chunk = sock.recv(65536)
             if not chunk:
                 break
@@ -276,14 +282,19 @@ def _unchunk(data: bytes) -> bytes:
         position = end + 2 + size + 2
 
 
-def read_bounded(stream, announced, max_body: int, what: str = "answer") -> bytes:
-    """Read a whole body, refusing (`TooLarge`) past `max_body` without buffering more."""
+def read_bounded(stream, announced, max_body: int, what: str = "answer",
+                 deadline: float | None = None) -> bytes:
+    """Read a whole body, refusing (`TooLarge`) past `max_body` without buffering more,
+    and (`TimeoutError`) when it is not complete by `deadline` (a trickled answer)."""
     if announced is not None and str(announced).strip().isdigit() and int(announced) > max_body:
         raise TooLarge(f"{what}: answer announces {int(announced)} bytes, "
                        f"at most {max_body} expected")
     parts, size = [], 0
+    read = getattr(stream, "read1", stream.read)  # what arrived, not a full chunk
     while True:
-        chunk = stream.read(min(READ_CHUNK, max_body + 1 - size))
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: answer not complete in time")
+        chunk = read(min(READ_CHUNK, max_body + 1 - size))
         if not chunk:
             return b"".join(parts)
         parts.append(chunk)

@@ -17,6 +17,10 @@ noise, plus a few log lines. Faults (`--fault`, repeatable, applied to
 - bad-variant: latency ×3 on the variant named by `--bad-variant` (name or sha256),
   or, without it, on any variant installed after the device's first one
 
+Latency is drawn around the manifest's `estimate_p95_ms` (the server's
+benchmark of the variant on the device's profile), so a healthy variant passes
+the latency gate and a faulty one does not.
+
 A scheduler thread hands due devices to a small worker pool, so 10,000 devices
 cost 10,000 small objects, not 10,000 threads.
 """
@@ -152,6 +156,11 @@ class SimDevice:
             self.installed["default"] = {"payload": {"version": 0, "default": "factory",
                                                      "artifacts": [factory]}}
             self.first_variants = {"factory"}
+        # What a restarted device still has: its slots, its manifest versions.
+        self.installed.update(saved.get("installed") or {})
+        self.trusted.update(saved.get("trusted") or {})
+        self.first_variants = set(saved.get("first_variants") or self.first_variants)
+        self.inventory_due = bool(self.token)  # a restarted device reports what it runs
         self.client = self._client()
         self.on_enrolled = None  # the fleet saves its state file when a device enrolls
 
@@ -176,6 +185,9 @@ class SimDevice:
                 # under `make run`), backing off with jitter to about 30 s.
                 backoff = self.rng.uniform(1, 2) * 2 ** min(self.pacer.failures, 4)
                 return now + min(self.pacer.failure(), backoff)
+        if self.inventory_due:
+            self.inventory_due = False
+            self.send_inventory()
         if now >= self.next_poll:
             self.check_in()
         if now >= self.next_telemetry:
@@ -192,13 +204,33 @@ class SimDevice:
                 self.next_telemetry += missed * interval
         return min(self.next_poll, self.next_telemetry)
 
-    def enroll(self) -> None:
+    def facts(self) -> dict:
+        """Inventory as the real agent reports it: what runs in each slot, the profile."""
         facts = {"arch": "aarch64", "cpu": "Simulated Cortex-A72", "cpu_count": 4,
                  "ram_mb": 4096, "os": "Linux-simulated", "python": "3.11",
                  "onnxruntime": "simulated", "execution_providers": ["CPUExecutionProvider"],
-                 "agent_version": f"{__version__}-sim"}
+                 "agent_version": f"{__version__}-sim", "models": {}}
+        for slot, installed in self.installed.items():
+            payload = installed["payload"]
+            artifact = next((a for a in payload["artifacts"]
+                             if a["name"] == payload.get("default")), payload["artifacts"][0])
+            facts["models"][slot] = {"model_version": str(artifact.get("model_version") or ""),
+                                     "sha256": artifact.get("sha256") or ""}
         if self.options.hardware_profile:
             facts["hardware_profile"] = self.options.hardware_profile
+        return facts
+
+    def send_inventory(self) -> None:
+        try:
+            response = self.client.request("PUT", "/api/v1/device/inventory",
+                                           json_body=self.facts())
+        except Unreachable:
+            self.stats.add("inventory_unreachable")
+            return
+        self.stats.add(f"inventory_{response.status}")
+
+    def enroll(self) -> None:
+        facts = self.facts()
         if self.options.uid_prefix:
             facts["uid"] = f"{self.options.uid_prefix}-{self.index:05d}"
         facts["name"] = f"simulated {self.index}"
@@ -291,6 +323,10 @@ class SimDevice:
             self.first_variants = {a["name"] for a in payload["artifacts"]}
         self.installed[slot] = {"payload": payload}
         self.status(payload, "succeeded")
+        self.flush()  # the status first, then what is installed now (as the agent does)
+        self.send_inventory()
+        if self.on_enrolled is not None:
+            self.on_enrolled()  # keep the installed slots across a restart
         self.log("info", f"slot {slot}: installed manifest version {payload['version']}")
         self.stats.add("update_succeeded")
 
@@ -342,7 +378,12 @@ class SimDevice:
         self.outbox.append((kind, {**body, "seq": self.seq[kind], "boot_id": self.boot_id}))
 
     def latency_ms(self, artifact: dict) -> float:
+        """One on-device inference time: the server's estimate for this device's profile
+        (the manifest's `estimate_p95_ms`; its median here sits below that p95 by the
+        noise model's spread), × the faults, × lognormal noise (σ 0.1)."""
         base = artifact.get("latency_ms") or artifact.get("benchmark_latency_ms")
+        if not base and artifact.get("estimate_p95_ms"):
+            base = float(artifact["estimate_p95_ms"]) / math.exp(1.645 * 0.1)
         if not base:
             speed = next((v for k, v in VARIANT_SPEED.items() if k in artifact["name"]), 1.0)
             base = self.options.base_latency_ms * speed
@@ -409,7 +450,9 @@ class SimDevice:
                 self.outbox.popleft()
 
     def saved(self) -> dict:
-        return {"uid": self.uid, "token": self.token, "keys": self.keys}
+        return {"uid": self.uid, "token": self.token, "keys": self.keys,
+                "installed": self.installed, "trusted": self.trusted,
+                "first_variants": sorted(self.first_variants)}
 
 
 class Fleet:
@@ -435,8 +478,16 @@ class Fleet:
         soon as one enrolls: a fleet killed at any moment comes back as the same devices."""
         if self.options.state_file:
             with self._save_lock:
-                write_json(Path(self.options.state_file), {"devices": {
-                    str(d.index): d.saved() for d in self.devices if d.token}})
+                for _attempt in range(3):  # another device's thread may change its slots
+                    try:
+                        devices = {str(d.index): json.loads(json.dumps(d.saved()))
+                                   for d in self.devices if d.token}
+                        break
+                    except RuntimeError:
+                        continue
+                else:
+                    return
+                write_json(Path(self.options.state_file), {"devices": devices})
 
     def run(self) -> dict:
         """A scheduler loop hands due devices to `concurrency` worker threads through

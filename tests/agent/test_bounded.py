@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 import pytest
 
@@ -108,3 +109,35 @@ def test_deeply_nested_json_is_a_refusal_not_a_crash(peer, state, client):
                       health_check=lambda paths: None)
     with pytest.raises(CheckInError, match="not JSON"):
         updater.check_in()
+
+
+class Trickle(Counting):
+    """A valid head announcing 1000 bytes, then one byte every 0.1 s."""
+
+    def _serve(self):
+        conn, _ = self.sock.accept()
+        with conn:
+            conn.recv(65536)
+            try:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: 1000\r\n\r\n")
+                for _ in range(1000):
+                    conn.sendall(b" ")
+                    self.sent += 1
+                    time.sleep(0.1)
+            except OSError:
+                pass
+        self.done.set()
+
+
+@pytest.mark.parametrize("client_class", [Client, LeanClient])
+def test_trickled_answer_is_cut_at_the_timeout(client_class):
+    server = Trickle(b"")
+    try:
+        client = client_class(server.url, DEVICE_TOKEN, timeout=1.5)
+        start = time.monotonic()
+        with pytest.raises(Unreachable):
+            client.request("GET", "/api/v1/device/update")
+        assert time.monotonic() - start < 5  # not 100 s: the whole answer had 1.5 s
+    finally:
+        server.close()

@@ -98,3 +98,34 @@ def test_summary_reports_how_late_steps_started(peer, tmp_path):
     summary = simulate.Fleet(options(peer, tmp_path, "--duration-s", "1")).run()
     lag = summary["schedule_lag"]
     assert lag["count"] >= 4 and 0 <= lag["p50_ms"] <= lag["max_ms"]
+
+
+def _device(*extra):
+    opts = simulate.parser().parse_args(["--server", "http://127.0.0.1:9", "--enrollment-token",
+                                         "t", "--preinstalled", "m:1", *extra])
+    return simulate.SimDevice(0, opts, simulate.Stats())
+
+
+def test_latency_is_drawn_around_the_manifest_estimate():
+    """A healthy variant's p95 sits at its estimate (gate ratio ≈ 1); a bad one ≈ 3×."""
+    artifact = {"name": "default", "sha256": "a" * 64, "size": 1, "estimate_p95_ms": 0.5}
+    healthy = sorted(_device().latency_ms(artifact) for _ in range(2000))
+    assert 0.85 < healthy[int(0.95 * len(healthy))] / 0.5 < 1.15
+    bad = _device("--fault", "bad-variant", "--bad-variant", "default")
+    slow = sorted(bad.latency_ms(artifact) for _ in range(2000))
+    assert slow[int(0.95 * len(slow))] / 0.5 > 2.5
+
+
+def test_inventory_reports_preinstalled_version_profile_and_restored_slots():
+    device = _device("--hardware-profile", "x86-gateway-1c")
+    facts = device.facts()
+    assert facts["models"]["default"]["model_version"] == "m:1"
+    assert facts["hardware_profile"] == "x86-gateway-1c"
+    installed = {"default": {"payload": {"version": 3, "default": "int8", "artifacts": [
+        {"name": "int8", "sha256": "b" * 64, "size": 1, "model_version": "m:5"}]}}}
+    restored = simulate.SimDevice(0, device.options, simulate.Stats(), {
+        "uid": "u", "token": "tok", "keys": [], "installed": installed,
+        "trusted": {"default": 3}})
+    assert restored.facts()["models"]["default"] == {"model_version": "m:5",
+                                                     "sha256": "b" * 64}
+    assert restored.trusted == {"default": 3} and restored.inventory_due

@@ -31,7 +31,7 @@ def _x(shape, n=4, seed=3):
 def test_registry_lists_every_pass():
     assert list_passes() == sorted([
         "prepare", "int8-dynamic", "int8-static", "mixed-precision", "fp16",
-        "prune-unstructured", "prune-structured", "optimize",
+        "prune-unstructured", "prune-structured", "optimize", "distill", "qat",
     ])
     with pytest.raises(PassConfigError, match="unknown pass"):
         get_pass("int4-magic")
@@ -168,14 +168,15 @@ def test_prune_structured_rewrites_consumers(tmp_path, cnn_path):
     result = p.run(cnn_path, p.make_config({"ratio": 0.5, "min_channels": 2}),
                    tmp_path / "st.onnx")
     m = result.metrics
-    assert m["layers_pruned"] == 1  # conv1 -> bn1 -> relu1 -> conv2; conv2 feeds the pool
+    # conv1 -> bn1 -> relu1 -> conv2, and conv2 -> bn2 -> relu2 -> pool -> flatten -> fc
+    assert m["layers_pruned"] == 2
     assert m["parameters_after"] < m["parameters_before"]
     assert m["flops_after"] < m["flops_before"]
     w = {t.name: t for t in onnx.load(result.output_path).graph.initializer}
     assert w["w1"].dims[0] == 4 and w["w2"].dims[1] == 4
     assert list(w["g1"].dims) == [4]
+    assert w["w2"].dims[0] == 6 and list(w["g2"].dims) == [6] and list(w["fc_w"].dims) == [10, 6]
     assert _run(result.output_path, _x((3, 16, 16))).shape == (4, 10)
-    assert any("skipped conv2" in n for n in result.notes)
 
 
 def test_prune_structured_refuses_residual_graph(tmp_path, residual_cnn_path):

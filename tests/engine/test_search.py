@@ -24,8 +24,8 @@ def test_auto_measures_all_and_chooses_a_kpi_meeting_variant(tmp_path, cnn_path,
              progress=lambda f, s: steps.append((f, s)))
     recipes = [c["recipe"] for c in r["candidates"]]
     assert recipes == ["fp32", *FAST]
-    failed = next(c for c in r["candidates"] if c["recipe"] == "prune-structured+optimize")
-    assert "PassRefused" in failed["error"] and not failed["meets_kpis"]
+    pruned = next(c for c in r["candidates"] if c["recipe"] == "prune-structured+optimize")
+    assert pruned["metrics"]["size_ratio"] < 1  # conv2 -> pool -> fc is rewritten
     chosen = next(c for c in r["candidates"] if c["recipe"] == r["chosen"])
     assert chosen["meets_kpis"] and chosen["pareto"]
     fp32 = r["candidates"][0]["metrics"]

@@ -71,7 +71,7 @@ def _running(var: Path) -> list[int]:
         pgids = json.loads((var / "run.pids").read_text())["pgids"]
     except (OSError, ValueError, KeyError):
         return []
-    return pgids if len(pgids) == 3 and (var / "worker-heartbeat").exists() else []
+    return pgids if len(pgids) >= 3 and (var / "worker-heartbeat").exists() else []
 
 
 def test_sigterm_to_the_process_group_stops_every_child(tmp_path):
@@ -94,7 +94,8 @@ def test_a_second_start_stops_the_strays_of_a_killed_run(tmp_path):
         strays = _wait(lambda: _running(tmp_path), 120, "the first run")
         os.kill(first.pid, signal.SIGKILL)  # the supervisor dies; its children do not
         first.wait(timeout=10)
-        assert all(_alive(p) for p in strays)
+        strays = [p for p in strays if _alive(p)]  # (the one-shot demo rollout may be done)
+        assert len(strays) >= 3  # web, worker and devices outlived their supervisor
         (tmp_path / "worker-heartbeat").unlink()
         second = _start(tmp_path)
         _wait(lambda: not any(_alive(p) for p in strays), 60, "the strays to be stopped")

@@ -16,5 +16,6 @@ from compression.engine.passes.base import (
     list_passes,
     register,
 )
+from compression.engine.training import passes as _training  # noqa: F401 - distill, qat
 
 __all__ = ["Pass", "PassConfig", "PassResult", "get_pass", "list_passes", "register"]

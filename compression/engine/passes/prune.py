@@ -12,6 +12,7 @@ and a graph with no layer that can be rewritten safely is refused.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -26,7 +27,46 @@ _WEIGHT_INPUT = {"Conv": 1, "Gemm": 1, "MatMul": 1}
 
 
 @dataclass
-class UnstructuredConfig(PassConfig):
+class RecoveryFields:
+    """Fine-tuning after pruning (the ``train`` extra): distillation from the unpruned model."""
+
+    finetune_epochs: int | None = field(
+        default=None,
+        metadata=doc(
+            "Epochs of recovery fine-tuning by distillation from the unpruned model; default: "
+            "15 when torch and training data are present, else 0."
+        ),
+    )
+    finetune_lr: float = field(default=1e-3, metadata=doc("Learning rate of the fine-tune."))
+    calibration_path: str | None = field(
+        default=None,
+        metadata=doc("Calibration .npz: the fine-tune's training data when train_path is unset."),
+    )
+    train_path: str | None = field(
+        default=None, metadata=doc("Fine-tuning .npz (optional 'labels').")
+    )
+    eval_path: str | None = field(default=None, metadata=doc("Early-stopping .npz."))
+
+
+def _recover(input_path, output_path, config, metrics: dict, notes: list, *, keep_zeros: bool):
+    """Fine-tune the pruned model in ``output_path`` in place when the config asks for it."""
+    from compression.engine.training.passes import recover, wants_recovery
+
+    if not wants_recovery(config):
+        return
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="edgefleet-recover-") as tmp:
+        pruned = str(Path(tmp) / "pruned.onnx")
+        shutil.copyfile(output_path, pruned)
+        extra, more = recover(input_path, pruned, output_path, config, keep_zeros=keep_zeros)
+    metrics.update(extra)
+    notes.extend(more)
+
+
+@dataclass
+class UnstructuredConfig(RecoveryFields, PassConfig):
     CHOICES = {"scope": ("global", "layer")}
 
     sparsity: float = field(default=0.5, metadata=doc("Fraction of weights set to zero (0..1)."))
@@ -94,11 +134,13 @@ class UnstructuredPrunePass(Pass):
             "gzip_bytes_after": _util.gzip_size(output_path),
         }
         metrics["gzip_ratio"] = round(metrics["gzip_bytes_after"] / metrics["gzip_bytes_before"], 4)
-        return PassResult(str(output_path), metrics, [f"scope={config.scope}"])
+        notes = [f"scope={config.scope}"]
+        _recover(input_path, output_path, config, metrics, notes, keep_zeros=True)
+        return PassResult(str(output_path), metrics, notes)
 
 
 @dataclass
-class StructuredConfig(PassConfig):
+class StructuredConfig(RecoveryFields, PassConfig):
     ratio: float = field(
         default=0.25, metadata=doc("Fraction of output channels removed from each prunable Conv.")
     )
@@ -124,6 +166,10 @@ _PASSTHROUGH = {
     "PRelu",
 }
 
+# keep the channel axis (and its meaning) of their input
+_GLOBAL_POOLS = {"GlobalAveragePool", "GlobalMaxPool"}
+_CHANNEL_POOLS = {*_GLOBAL_POOLS, "MaxPool", "AveragePool"}
+
 
 class _Graph:
     def __init__(self, model: onnx.ModelProto):
@@ -134,6 +180,7 @@ class _Graph:
             for name in node.input:
                 self.consumers.setdefault(name, []).append(node)
         self.outputs = {o.name for o in model.graph.output}
+        self.producer = {out: node for node in model.graph.node for out in node.output}
 
     def array(self, name: str) -> np.ndarray | None:
         t = self.inits.get(name)
@@ -177,6 +224,20 @@ def _plan(g: _Graph, conv: onnx.NodeProto, channels: int):
                 if user.op_type == "PRelu" and g.array(user.input[1]).size != 1:
                     return None, f"PRelu {user.name!r} has per-channel slopes"
                 frontier.append(user.output[0])
+            elif user.op_type in _CHANNEL_POOLS:
+                frontier.append(user.output[0])
+            elif (
+                user.op_type == "Flatten"
+                and _attr(user, "axis", 1) == 1
+                and getattr(g.producer.get(tensor), "op_type", "") in _GLOBAL_POOLS
+            ):
+                frontier.append(user.output[0])  # [N, C, 1, 1] -> [N, C]: channels stay
+            elif user.op_type == "Gemm" and _attr(user, "transA", 0) == 0:
+                w = g.array(user.input[1])
+                axis = 1 if _attr(user, "transB", 0) else 0
+                if w is None or w.ndim != 2 or w.shape[axis] != channels:
+                    return None, f"Gemm {user.name!r} does not read the channels as features"
+                edits.append(("gemm_in", user))
             elif user.op_type == "Conv":
                 w = g.array(user.input[1])
                 group = _attr(user, "group", 1)
@@ -191,7 +252,7 @@ def _plan(g: _Graph, conv: onnx.NodeProto, channels: int):
                     return None, f"Conv {user.name!r} is grouped ({group} groups)"
             else:
                 return None, f"{tensor!r} feeds {user.op_type} {user.name!r}"
-    if not any(kind == "conv_in" for kind, _ in edits):
+    if not any(kind in ("conv_in", "gemm_in") for kind, _ in edits):
         return None, "no downstream Conv consumes the channels"
     return edits, ""
 
@@ -213,6 +274,9 @@ def _apply(g: _Graph, conv: onnx.NodeProto, keep: np.ndarray, edits) -> None:
                     a.i = len(keep)
         elif kind == "conv_in":
             g.set_array(node.input[1], g.array(node.input[1])[:, keep])
+        elif kind == "gemm_in":
+            w = g.array(node.input[1])
+            g.set_array(node.input[1], w[:, keep] if _attr(node, "transB", 0) else w[keep])
 
 
 @register
@@ -288,4 +352,6 @@ class StructuredPrunePass(Pass):
             "flops_after": flops_after,
             "flop_ratio": round(flops_after / flops_before, 4) if flops_before else None,
         }
-        return PassResult(str(output_path), metrics, [f"skipped {s}" for s in skipped])
+        notes = [f"skipped {s}" for s in skipped]
+        _recover(input_path, output_path, config, metrics, notes, keep_zeros=False)
+        return PassResult(str(output_path), metrics, notes)

@@ -1,0 +1,276 @@
+"""Training recipes (distill, qat, pruning recovery) on tiny models; seconds each.
+
+They need the ``train`` extra (torch, onnx2torch) and skip without it; the
+tests at the bottom hold either way (clear refusal, no fine-tune by default).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from compression.engine import training
+from compression.engine.errors import Cancelled
+from compression.engine.passes import get_pass
+from compression.engine.recipes import run_recipe
+from compression.engine.training import hooks
+from tests.engine.conftest import make_cnn, make_dataset
+
+FIXTURES = Path(__file__).resolve().parents[2] / "compression" / "fixtures"
+DIGITS = str(FIXTURES / "digits_cnn.onnx")
+DIGITS_CAL = str(FIXTURES / "digits_calibration.npz")
+DIGITS_EVAL = str(FIXTURES / "digits_eval.npz")
+
+needs_torch = pytest.mark.skipif(
+    not training.available(), reason="needs the train extra (torch, onnx2torch)"
+)
+
+
+def _run(path, x):
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def _accuracy(path, npz) -> float:
+    data = np.load(npz)
+    return float((_run(path, data["image"]).argmax(1) == data["labels"]).mean())
+
+
+@pytest.fixture
+def data64(tmp_path, cnn_path) -> str:
+    return make_dataset(tmp_path / "d64.npz", cnn_path, n=64)
+
+
+@needs_torch
+@pytest.mark.parametrize("model", ["tiny", "digits"])
+def test_converter_matches_onnxruntime(tmp_path, model):
+    from compression.engine.training import convert
+
+    path = make_cnn(tmp_path / "m.onnx") if model == "tiny" else DIGITS
+    shape = (4, 3, 16, 16) if model == "tiny" else (4, 1, 16, 16)
+    name = "x" if model == "tiny" else "image"
+    x = np.random.default_rng(0).normal(0, 1, shape).astype(np.float32)
+    module = convert.to_torch(path)
+    assert convert.max_error(module, path, {name: x}, [name]) < 1e-5
+    # and back: writing the (unchanged) tensors into the graph keeps its outputs
+    out = tmp_path / "back.onnx"
+    assert convert.write_back(module, path, out) > 0
+    np.testing.assert_allclose(_run(out, x), _run(path, x), atol=1e-5)
+
+
+@needs_torch
+def test_converter_refuses_unsupported_ops_by_name(tmp_path):
+    from compression.engine.training import convert
+
+    node = helper.make_node("FancyOp", ["x"], ["y"], domain="com.example", name="fancy")
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]
+    )
+    onnx.save(model, tmp_path / "odd.onnx")
+    with pytest.raises(convert.ConversionRefused, match=r"does not support com\.example\.FancyOp"):
+        convert.to_torch(tmp_path / "odd.onnx")
+
+
+@needs_torch
+def test_distill_into_pruned_student_reports_epochs(tmp_path, cnn_path, data64):
+    events = []
+    with hooks.training_hooks(progress=events.append):
+        result = run_recipe(
+            "distill",
+            cnn_path,
+            tmp_path / "s.onnx",
+            calibration_path=data64,
+            overrides={"epochs": 3, "ratio": 0.5, "min_channels": 4, "patience": 0},
+        )
+    m = result.steps[0]["metrics"]
+    assert m["parameter_ratio"] < 0.6
+    assert [r["epoch"] for r in m["history"]] == [0, 1, 2, 3]
+    assert m["metric"] == "accuracy" and m["used_labels"]
+    assert [e["epoch"] for e in events] == [1, 2, 3] and events[0]["pass"] == "distill"
+    assert any("calibration data" in n for n in result.steps[0]["notes"])
+    assert _run(tmp_path / "s.onnx", np.zeros((2, 3, 16, 16), np.float32)).shape == (2, 10)
+
+
+@needs_torch
+def test_distill_uploaded_student_without_labels(tmp_path, cnn_path):
+    data = make_dataset(tmp_path / "nolabels.npz", cnn_path, n=48, labels=False)
+    student = make_cnn(tmp_path / "student.onnx", seed=5)  # same shape, other weights
+    before = np.load(data)["x"]
+    teacher_out = _run(cnn_path, before)
+    gap0 = float(np.mean((_run(student, before) - teacher_out) ** 2))
+    result = run_recipe(
+        "distill",
+        cnn_path,
+        tmp_path / "s.onnx",
+        calibration_path=data,
+        overrides={"student_path": student, "epochs": 25, "lr": 3e-3, "patience": 0},
+    )
+    m = result.steps[0]["metrics"]
+    assert m["metric"] == "agreement" and not m["used_labels"]
+    gap1 = float(np.mean((_run(tmp_path / "s.onnx", before) - teacher_out) ** 2))
+    assert gap1 < gap0 / 2  # the student moved towards the teacher with no label at all
+    assert m["history"][m["best_epoch"]]["eval_loss"] < m["history"][0]["eval_loss"]
+    assert any("uploaded" in n for n in result.steps[0]["notes"])
+
+
+@needs_torch
+def test_qat_exports_qdq_int8_that_runs_on_integer_kernels(tmp_path):
+    out = tmp_path / "qat.onnx"
+    result = run_recipe(
+        "qat", DIGITS, out, calibration_path=DIGITS_CAL, overrides={"epochs": 1, "max_samples": 120}
+    )
+    m = result.steps[0]["metrics"]
+    assert m["quantize_linear_nodes"] > 0 and len(m["history"]) == 2
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(out), opts, providers=["CPUExecutionProvider"])
+    ops = {n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node}
+    assert "QLinearConv" in ops  # onnxruntime fused the QDQ pairs into int8 kernels
+    assert _accuracy(out, DIGITS_EVAL) >= _accuracy(DIGITS, DIGITS_EVAL) - 0.02
+
+
+@needs_torch
+def test_prune_unstructured_recovery_keeps_the_zeros(tmp_path, cnn_path, data64):
+    out = tmp_path / "p.onnx"
+    result = run_recipe(
+        "prune-unstructured",
+        cnn_path,
+        out,
+        calibration_path=data64,
+        overrides={"sparsity": 0.6, "min_elements": 16, "finetune_epochs": 2},
+    )
+    m = result.steps[0]["metrics"]
+    assert m["finetune_epochs"] == 2 and len(m["history"]) == 3
+    w = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(out).graph.initializer}
+    assert (w["w2"] == 0).mean() >= 0.59  # fine-tuning did not regrow pruned weights
+    assert any("unpruned model" in n for n in result.steps[0]["notes"])
+
+
+@needs_torch
+def test_prune_structured_recovery_on_digits_beats_plain_pruning(tmp_path):
+    plain, tuned = tmp_path / "plain.onnx", tmp_path / "tuned.onnx"
+    run_recipe("prune-structured", DIGITS, plain, overrides={"ratio": 0.5})
+    result = run_recipe(
+        "prune-structured", DIGITS, tuned, calibration_path=DIGITS_CAL, overrides={"ratio": 0.5}
+    )  # finetune_epochs defaults on with data
+    m = result.steps[0]["metrics"]
+    assert m["finetune_epochs"] > 0 and m["layers_pruned"] == 4  # GAP→Gemm tail included
+    assert _accuracy(tuned, DIGITS_EVAL) > _accuracy(plain, DIGITS_EVAL) + 0.2
+
+
+@needs_torch
+def test_training_is_cancellable_between_batches(tmp_path, cnn_path, data64):
+    with hooks.training_hooks(should_stop=lambda: True), pytest.raises(Cancelled):
+        run_recipe(
+            "distill",
+            cnn_path,
+            tmp_path / "s.onnx",
+            calibration_path=data64,
+            overrides={"epochs": 5, "min_channels": 4},
+        )
+
+
+@needs_torch
+def test_time_budget_stops_training_and_keeps_the_best_state(
+    tmp_path, cnn_path, data64, monkeypatch
+):
+    events = tmp_path / "events.jsonl"
+    monkeypatch.setenv(hooks.EVENTS_ENV, str(events))
+    result = run_recipe(
+        "distill",
+        cnn_path,
+        tmp_path / "s.onnx",
+        calibration_path=data64,
+        overrides={
+            "epochs": 1000,
+            "time_budget_s": 0.5,
+            "patience": 0,
+            "batch_size": 4,
+            "min_channels": 4,
+        },
+    )
+    notes = result.steps[0]["notes"]
+    assert any("time budget" in n for n in notes)
+    read, offset = hooks.read_events(events)
+    assert read and offset == events.stat().st_size and read[0]["pass"] == "distill"
+
+
+@needs_torch
+def test_cli_optimize_qat_json(tmp_path):
+    out = tmp_path / "q.onnx"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "compression",
+            "optimize",
+            DIGITS,
+            "-o",
+            str(out),
+            "--recipe",
+            "qat",
+            "--calibration",
+            DIGITS_CAL,
+            "--eval",
+            DIGITS_EVAL,
+            "--set",
+            "epochs=1",
+            "--set",
+            "max_samples=100",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    step = json.loads(proc.stdout)["steps"][0]
+    assert step["pass"] == "qat" and step["metrics"]["metric"] == "accuracy"
+    assert out.exists()
+
+
+# --- these hold with or without torch -------------------------------------------------
+
+
+def test_training_recipes_are_registered_and_documented():
+    for name in ("distill", "qat"):
+        p = get_pass(name)
+        assert p.needs_calibration
+        assert {o["name"] for o in p.Config.describe()} >= {"epochs", "train_path", "alpha"}
+    names = {o["name"] for o in get_pass("prune-structured").Config.describe()}
+    assert "finetune_epochs" in names
+
+
+def test_without_torch_training_refuses_and_pruning_skips_the_finetune(
+    tmp_path, cnn_path, data64, monkeypatch
+):
+    monkeypatch.setattr(training, "available", lambda: False)
+    with pytest.raises(training.TrainingUnavailable, match=r"edgefleet\[train\]"):
+        run_recipe("qat", cnn_path, tmp_path / "q.onnx", calibration_path=data64)
+    result = run_recipe(
+        "prune-unstructured", cnn_path, tmp_path / "p.onnx", calibration_path=data64
+    )
+    assert "finetune_epochs" not in result.steps[0]["metrics"]
+    with pytest.raises(training.TrainingUnavailable):
+        run_recipe(
+            "prune-unstructured",
+            cnn_path,
+            tmp_path / "p.onnx",
+            calibration_path=data64,
+            overrides={"finetune_epochs": 3},
+        )
