@@ -35,6 +35,7 @@ from compression.engine import grid as search_grid
 from compression.engine import training
 from compression.engine.errors import Cancelled, EngineError, PassConfigError
 from compression.engine.evaluate import evaluate
+from compression.engine.passes import nncf_quantize
 from compression.engine.recipes import DEFAULT_RECIPES, run_recipe
 from compression.engine.sandbox import run_isolated
 
@@ -408,6 +409,8 @@ def _default_plan(calibration: str | None, out_dir: Path) -> list[dict]:
         plan.append(entry)
     if calibration:
         plan += search_grid.quantizer_grid(cache)
+        if nncf_quantize.available():  # the second PTQ backend, where its extra is installed
+            plan.append({"name": "int8-nncf", "recipe": "int8-nncf"})
     return plan
 
 

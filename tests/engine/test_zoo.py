@@ -159,3 +159,17 @@ def test_random_inputs_for_latency_only(tmp_path):
     path = random_dataset(zoo.model_path("int_inputs_gather"), tmp_path / "gen.npz")
     _runs(zoo.model_path("int_inputs_gather"), path)
     assert json.dumps(sorted(np.load(path).files)) == '["mask", "tokens"]'
+
+
+def test_nncf_is_a_second_backend_where_installed(tmp_path):
+    pytest.importorskip("nncf")
+    from compression.fixtures.zoo import ZOO_DIR
+
+    fixtures = ZOO_DIR.parent
+    out = run_recipe("int8-nncf", fixtures / "digits_cnn.onnx", tmp_path / "n.onnx",
+                     calibration_path=fixtures / "digits_calibration.npz",
+                     overrides={"max_samples": 64})
+    assert out.steps[0]["metrics"]["quantize_linear_nodes"] > 0
+    r = evaluate(out.output_path, fixtures / "digits_eval.npz",
+                 reference_path=fixtures / "digits_cnn.onnx")
+    assert r["fidelity"]["logits"]["fidelity"] >= 0.97
