@@ -1,9 +1,8 @@
 """What a benchmark needs around the code it measures: a scratch PostgreSQL
 database, a gunicorn server on loopback, CPU accounting by process role.
 
-Shared by `benchmarks/ingest.py`, `checkin.py` and `fleet.py`; import it after
-the `sys.path` fix those files start with, so `benchmarks/compression.py` does
-not shadow the app.
+Shared by `benchmarks/ingest.py`, `checkin.py` and `simulated_fleet.py` (imported as
+`benchmarks._harness` after the `sys.path` line those files start with).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
-# benchmarks/compression.py would shadow the `compression` app.
+# Run as a script: this checkout's packages (and `benchmarks`) come first on sys.path.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
@@ -172,7 +172,7 @@ def deploy(uids: list[str]) -> tuple[float, int]:
                                           sha256=sha, size_bytes=123456,
                                           metrics={"latency_ms": {"p95": 9.5}})
     admin = User.objects.create_superuser("bench-admin", password="x" * 16)
-    release = services.check_create_release(name="digits v2", variants=[
+    release = services.create_release(name="digits v2", variants=[
         {"name": "fp32", "model_version": version.pk}], actor=admin)
     began = time.perf_counter()
     deployment = services.start_deployment(release, {"devices": uids}, actor=admin,

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
+# Run as a script: this checkout's packages (and `benchmarks`) come first on sys.path.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
@@ -357,7 +358,7 @@ def time_pages(detail_uid: str, runs: int = 7) -> list[tuple[str, float, float]]
         ("device list, page 1000", "/devices/list/?page=1000"),
         ("device list, filtered", "/devices/list/?status=offline&hardware=rpi4&q=fleet-00"),
         ("device detail", f"/devices/d/{detail_uid}/"),
-        ("device chart data, 3 h", f"/devices/d/{detail_uid}/metrics.json?minutes=180"),
+        ("device chart data, 3 h", f"/devices/d/{detail_uid}/chart.json?minutes=180"),
         ("home widget", "/devices/widget/"),
     ]
     rows = []

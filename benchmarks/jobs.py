@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Run as a script, this folder would shadow the `compression` package: repo root first.
+# Run as a script: this checkout's packages (and `benchmarks`) come first on sys.path.
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
@@ -45,16 +45,16 @@ def main() -> int:
 
     call_command("migrate", verbosity=0)
     model_path, cal_path, eval_path = ensure_data(root / "data")
-    model = services.do_create_model(name="mobilenetv2", task=ModelTask.CLASSIFICATION)
-    version = services.check_and_register_version(
+    model = services.create_model(name="mobilenetv2", task=ModelTask.CLASSIFICATION)
+    version = services.register_version(
         model, model_path, original_filename="mobilenetv2.onnx").version
-    cal = services.check_and_register_dataset(cal_path, name="cal", purpose="calibration",
+    cal = services.register_dataset(cal_path, name="cal", purpose="calibration",
                                               original_filename="cal.npz", model=model)
-    ev = services.check_and_register_dataset(eval_path, name="eval", purpose="evaluation",
+    ev = services.register_dataset(eval_path, name="eval", purpose="evaluation",
                                              original_filename="eval.npz", model=model)
     profile = HardwareProfile.objects.get(slug=args.profile)
     recipes = [r for r in args.recipes.split(",") if r] or list(DEFAULT_RECIPES)
-    job = jobs.check_and_create_job(version, mode=JobMode.RECIPES, recipes=recipes,
+    job = jobs.create_job(version, mode=JobMode.RECIPES, recipes=recipes,
                                     hardware_profile=profile, calibration=cal, evaluation=ev,
                                     time_budget_s=1800, enqueue=False)
     started = time.monotonic()

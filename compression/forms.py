@@ -5,6 +5,7 @@ from django.utils.translation import gettext_lazy as _
 from compression.choices import JOB_KPIS, DatasetPurpose, JobMode, ModelTask
 from compression.engine.search import DEFAULT_QUALITY_FLOOR
 from compression.models import Dataset, MLModel
+from compression.workers import training_workers
 
 
 class ModelUploadForm(forms.Form):
@@ -76,12 +77,28 @@ class JobForm(forms.Form):
                                       widget=forms.ClearableFileInput(attrs={"accept": ".npz"}))
     time_budget_s = forms.IntegerField(label=_("Time budget (s)"), initial=600, min_value=10,
                                        max_value=6 * 3600)
+    training = forms.BooleanField(
+        label=_("Auto: also train (QAT; pruning is fine-tuned)"), required=False,
+        help_text=_("Training recipes run on a worker with the training extra (PyTorch)."))
+    epochs = forms.IntegerField(label=_("Training epochs (distill, QAT)"), required=False,
+                                min_value=1, max_value=200)
+    finetune_epochs = forms.IntegerField(
+        label=_("Pruning fine-tune epochs"), required=False, min_value=0, max_value=200,
+        help_text=_("0 turns the recovery fine-tune off; empty: the default."))
+    distill_student = forms.ModelChoiceField(
+        label=_("Distillation student"), queryset=None, required=False,
+        empty_label=_("a pruned copy of this version"))
+    distill_ratio = forms.FloatField(label=_("Student channel ratio removed (0–1)"),
+                                     required=False, min_value=0.05, max_value=0.95)
 
     def __init__(self, *args, model: MLModel, **kwargs):
         from devices.models import HardwareProfile
 
         super().__init__(*args, **kwargs)
         self.fields["recipes"].choices = _recipe_choices()
+        self.fields["distill_student"].queryset = model.versions.order_by("-number")
+        self.training_workers = training_workers()
+        self.fields["training"].initial = bool(self.training_workers)
         self.fields["hardware_profile"].queryset = HardwareProfile.objects.order_by("name")
         datasets = Dataset.objects.filter(model=model)
         self.fields["calibration"].queryset = datasets.filter(
@@ -91,6 +108,15 @@ class JobForm(forms.Form):
             first = self.fields[name].queryset.first()
             if first is not None:
                 self.fields[name].initial = first.pk
+
+    def options(self) -> dict:
+        data = self.cleaned_data
+        distill = {"ratio": data.get("distill_ratio"),
+                   "student_version": data["distill_student"].pk
+                   if data.get("distill_student") else None}
+        return {"training": bool(data.get("training")), "epochs": data.get("epochs"),
+                "finetune_epochs": data.get("finetune_epochs"),
+                "distill": {k: v for k, v in distill.items() if v is not None}}
 
     def kpis(self) -> dict:
         return {k: self.cleaned_data[k] for k in JOB_KPIS if self.cleaned_data.get(k) is not None}

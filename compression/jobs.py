@@ -1,7 +1,8 @@
 """Compression job workflows: validate and create, enqueue, cancel, requeue.
 
-Naming follows STYLE.md: `check_*` validates then acts, `do_*` mutates and
-states its precondition. The heavy work itself lives in `runner.py`.
+Functions are named by what they do; each states what it checks and its
+precondition in its docstring (docs/architecture.md, naming). The heavy work
+itself lives in `runner.py`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from compression.engine.errors import DatasetError, EngineError
 from compression.engine.recipes import needs_calibration, resolve
 from compression.engine.search import SEARCH_RECIPES
 from compression.models import CompressionJob, Dataset, ModelVersion
+from fleet.celery import Queue
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,14 @@ class JobRejected(Exception):
     def __init__(self, code: str, message: str, field: str | None = None):
         super().__init__(message)
         self.code, self.message, self.field = code, message, field
+
+
+def default_search_recipes() -> list[str]:
+    """What auto searches when no recipe is ticked: never a training recipe (those need the
+    training queue and are added by the "training" option)."""
+    from compression.engine.training import TRAINING_PASSES
+
+    return [r for r in SEARCH_RECIPES if r not in TRAINING_PASSES]
 
 
 def _check_recipes(mode: str, recipes: list[str] | None) -> list[str]:
@@ -89,11 +99,73 @@ def _check_dataset(dataset: Dataset | None, source: ModelVersion, field: str) ->
                           % {"d": dataset.name, "e": exc}, field) from None
 
 
-def check_and_create_job(source: ModelVersion, *, mode: str = JobMode.AUTO,
+def _int_option(options: dict, key: str, low: int, high: int) -> None:
+    value = options.get(key)
+    if value is None or value == "":
+        options.pop(key, None)
+        return
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = low - 1
+    if isinstance(value, bool) or not low <= number <= high or str(number) != str(value).strip():
+        raise JobRejected("bad_option", _("%(k)s must be a whole number from %(a)s to %(b)s.")
+                          % {"k": key, "a": low, "b": high}, key)
+    options[key] = number
+
+
+def _check_options(options: dict | None, source: ModelVersion) -> dict:
+    """Training settings: epochs, fine-tune epochs, the distillation student."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise JobRejected("bad_option", _("Options must be an object."), "options")
+    unknown = sorted(set(options) - {"training", "epochs", "finetune_epochs", "distill"})
+    if unknown:
+        raise JobRejected("bad_option", _("Unknown option(s): %(o)s.")
+                          % {"o": ", ".join(unknown)}, "options")
+    clean = dict(options)
+    clean["training"] = bool(clean.get("training", False))
+    _int_option(clean, "epochs", 1, 200)
+    _int_option(clean, "finetune_epochs", 0, 200)
+    distill = clean.get("distill") or {}
+    if not isinstance(distill, dict) or set(distill) - {"ratio", "student_version"}:
+        raise JobRejected("bad_option", _("distill takes ratio and student_version."), "distill")
+    distill = {k: v for k, v in distill.items() if v not in (None, "")}
+    if "ratio" in distill:
+        try:
+            ratio = float(distill["ratio"])
+        except (TypeError, ValueError):
+            ratio = math.nan
+        if isinstance(distill["ratio"], bool) or not 0 < ratio < 1:
+            raise JobRejected("bad_option", _("The student ratio must be between 0 and 1."),
+                              "distill_ratio")
+        distill["ratio"] = ratio
+    if "student_version" in distill:
+        student = ModelVersion.objects.filter(
+            pk=distill["student_version"] if str(distill["student_version"]).isdigit() else -1,
+            model=source.model).first()
+        if student is None or student.pk == source.pk:
+            raise JobRejected("bad_option", _("The student must be another version of this "
+                                              "model."), "distill_student")
+        distill["student_version"] = student.pk
+    clean["distill"] = distill
+    return clean
+
+
+def needs_training(recipes: list[str]) -> bool:
+    """True when a recipe trains (distill, qat): the job goes to the training queue."""
+    from compression.engine.training import TRAINING_PASSES
+
+    return any(name in TRAINING_PASSES for r in recipes for name in resolve(r))
+
+
+def create_job(source: ModelVersion, *, mode: str = JobMode.AUTO,
                          recipes: list[str] | None = None, kpis: dict | None = None,
                          hardware_profile=None, calibration: Dataset | None = None,
                          evaluation: Dataset | None = None, time_budget_s: int = 600,
-                         actor=None, enqueue: bool = True) -> CompressionJob:
+                         actor=None, enqueue: bool = True,
+                         options: dict | None = None) -> CompressionJob:
     """Validate a job request, store it queued and enqueue it once the row is committed.
 
     `enqueue=False` is for callers that run the job themselves (`seed_demo`).
@@ -106,6 +178,11 @@ def check_and_create_job(source: ModelVersion, *, mode: str = JobMode.AUTO,
         raise JobRejected("bad_mode", _("Unknown mode %(m)r.") % {"m": mode}, "mode")
     recipes = _check_recipes(mode, recipes)
     kpis = _check_kpis(kpis)
+    options = _check_options(options, source)
+    if mode == JobMode.AUTO and options.get("training"):
+        # auto with the training extra: the default search plus the training recipes
+        base = [r for r in (recipes or default_search_recipes()) if r != "qat"]
+        recipes = [*base, "qat"]
     if evaluation is None and ({"min_fidelity", "max_accuracy_drop"} & set(kpis)):
         raise JobRejected("no_evaluation", _("Fidelity and accuracy KPIs need an evaluation "
                                              "dataset; without one the job is latency-only."),
@@ -115,7 +192,7 @@ def check_and_create_job(source: ModelVersion, *, mode: str = JobMode.AUTO,
     if calibration is not None and calibration.purpose != DatasetPurpose.CALIBRATION:
         raise JobRejected("dataset_mismatch", _("%(d)s is not a calibration dataset.")
                           % {"d": calibration.name}, "calibration")
-    effective = recipes or list(SEARCH_RECIPES)
+    effective = recipes or default_search_recipes()
     if calibration is None and any(needs_calibration(r) for r in effective):
         if mode == JobMode.RECIPES:
             raise JobRejected("no_calibration", _("These recipes need a calibration dataset."),
@@ -136,14 +213,14 @@ def check_and_create_job(source: ModelVersion, *, mode: str = JobMode.AUTO,
         job = CompressionJob.objects.create(
             source=source, mode=mode, recipes=recipes, kpis=kpis,
             hardware_profile=hardware_profile, calibration=calibration, evaluation=evaluation,
-            time_budget_s=budget, created_by=actor,
+            time_budget_s=budget, created_by=actor, options=options,
         )
         if enqueue:
-            transaction.on_commit(lambda: do_enqueue(job.pk))
+            transaction.on_commit(lambda: enqueue_job(job.pk))
     return job
 
 
-def do_enqueue(job_id: int) -> bool:
+def enqueue_job(job_id: int) -> bool:
     """Send the job's message. Precondition: the job row is committed.
 
     A broker that is down does not lose the job: the row stays queued with no
@@ -151,8 +228,11 @@ def do_enqueue(job_id: int) -> bool:
     """
     from compression.tasks import run_compression_job
 
+    job = CompressionJob.objects.filter(pk=job_id).only("recipes").first()
+    queue = Queue.TRAINING if job is not None and needs_training(job.recipes) else \
+        Queue.COMPRESSION
     try:
-        run_compression_job.delay(job_id)
+        run_compression_job.apply_async((job_id,), queue=queue)
     except Exception as exc:  # kombu/redis raise many types; none may lose the row
         log.warning("job %s not enqueued (%s: %s); the sweeper retries", job_id,
                     type(exc).__name__, exc)
@@ -161,7 +241,7 @@ def do_enqueue(job_id: int) -> bool:
     return True
 
 
-def do_cancel(job: CompressionJob) -> bool:
+def cancel_job(job: CompressionJob) -> bool:
     """Cancel a queued job or ask a running one to stop. False when it is already over."""
     return job.request_cancel()
 
@@ -177,4 +257,4 @@ def requeue_stale_jobs(*, now=None) -> list[int]:
         heartbeat_at__lt=now - timedelta(seconds=settings.EDGEFLEET_JOB_STALE_S))
     ids = sorted(set(never_sent.values_list("pk", flat=True)) |
                  set(silent.values_list("pk", flat=True)))
-    return [pk for pk in ids if do_enqueue(pk)]
+    return [pk for pk in ids if enqueue_job(pk)]

@@ -194,6 +194,9 @@ class CompressionJob(models.Model):
     evaluation = models.ForeignKey(Dataset, null=True, blank=True, on_delete=models.PROTECT,
                                    related_name="+", verbose_name=_("evaluation data"))
     time_budget_s = models.PositiveIntegerField(_("time budget (s)"), default=600)
+    # training recipes' settings: {"training": bool, "epochs": n, "finetune_epochs": n,
+    # "distill": {"ratio": r, "student_version": id}}
+    options = models.JSONField(_("options"), default=dict, blank=True)
 
     status = models.CharField(_("status"), max_length=10, choices=JobStatus.choices,
                               default=JobStatus.QUEUED, db_index=True)

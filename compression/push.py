@@ -37,7 +37,7 @@ class Pushed:
     datasets: dict[str, Dataset]
 
 
-def check_and_push(
+def push_model(
     name: str,
     model: Upload,
     *,
@@ -62,7 +62,7 @@ def check_and_push(
             ml_model, new = _create_model(name, task, actor)
             if new:
                 created.append(ml_model)
-        registered = services.check_and_register_version(
+        registered = services.register_version(
             ml_model, model.path, original_filename=model.filename, actor=actor, notes=notes
         )
         if registered.created:
@@ -89,7 +89,7 @@ def _create_model(name: str, task: str, actor) -> tuple[MLModel, bool]:
     owner = actor if getattr(actor, "pk", None) else None
     try:
         with transaction.atomic():
-            return services.do_create_model(name=name, task=task, owner=owner), True
+            return services.create_model(name=name, task=task, owner=owner), True
     except IntegrityError:  # a concurrent push created it first: use theirs
         return MLModel.objects.get(name=name), False
 
@@ -99,7 +99,7 @@ def _dataset(model: MLModel, purpose: str, upload: Upload, actor) -> tuple[Datas
     existing = Dataset.objects.filter(model=model, purpose=purpose, sha256=sha256).first()
     if existing is not None:
         return existing, False
-    dataset = services.check_and_register_dataset(
+    dataset = services.register_dataset(
         upload.path,
         name=f"{model.name}-{purpose}-{sha256[:8]}"[:120],
         purpose=purpose,

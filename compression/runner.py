@@ -1,4 +1,4 @@
-"""Run one compression job: the state machine's single owner (STYLE 8).
+"""Run one compression job: the state machine's single owner.
 
 Called by the Celery task with a job id. Everything slow (the engine search,
 sandboxed validation of each variant) runs outside any transaction; results
@@ -31,11 +31,12 @@ from django.db import DatabaseError, InterfaceError, OperationalError
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from compression import services
+from compression import jobs, services, training_relay
 from compression.choices import JobStatus
 from compression.engine import search
 from compression.engine.benchmark import host_info
 from compression.engine.errors import Cancelled, EngineError
+from compression.engine.recipes import resolve
 from compression.models import Candidate, CompressionJob, ModelVersion
 from compression.progress import ProgressReporter
 from devices import services as device_services
@@ -168,12 +169,39 @@ def _search(job: CompressionJob, workdir: Path, reporter: ProgressReporter) -> d
     reporter.note(_("measuring with %(t)s thread(s) on %(p)s (server-side estimate)")
                   % {"t": threads, "p": provider})
     kpis = {**job.kpis, "threads": threads, "provider": provider}
-    return search.auto(
-        source, calibration_path=calibration, evaluation_path=evaluation, kpis=kpis,
-        threads=threads, budget_s=job.time_budget_s, out_dir=workdir / "out",
-        progress=_with_test_hook(job, reporter), should_stop=reporter.should_stop,
-        recipes=job.recipes or None,
-    )
+    overrides = _overrides(job, workdir)
+    with training_relay.relay(job, workdir, reporter):
+        return search.auto(
+            source, calibration_path=calibration, evaluation_path=evaluation, kpis=kpis,
+            threads=threads, budget_s=job.time_budget_s, out_dir=workdir / "out",
+            progress=_with_test_hook(job, reporter), should_stop=reporter.should_stop,
+            recipes=job.recipes or jobs.default_search_recipes(), overrides=overrides,
+        )
+
+
+def _overrides(job: CompressionJob, workdir: Path) -> dict[str, dict]:
+    """Per-recipe options of the training recipes, from the job's options."""
+    options = job.options or {}
+    out: dict[str, dict] = {}
+    for recipe in job.recipes or []:
+        names = resolve(recipe)
+        opts: dict = {}
+        if "distill" in names:
+            distill = options.get("distill") or {}
+            if distill.get("ratio"):
+                opts["distill.ratio"] = distill["ratio"]
+            if distill.get("student_version"):
+                student = ModelVersion.objects.get(pk=distill["student_version"])
+                opts["distill.student_path"] = str(_fetch(student.artifact,
+                                                          workdir / "student.onnx"))
+        for name in names:
+            if name in ("distill", "qat") and options.get("epochs"):
+                opts[f"{name}.epochs"] = options["epochs"]
+            if name.startswith("prune-") and options.get("finetune_epochs") is not None:
+                opts[f"{name}.finetune_epochs"] = options["finetune_epochs"]
+        if opts:
+            out[recipe] = opts
+    return out
 
 
 def _with_test_hook(job: CompressionJob, reporter: ProgressReporter):
@@ -205,7 +233,9 @@ def _store_candidates(job: CompressionJob, report: dict, reporter: ProgressRepor
         row, _created = Candidate.objects.update_or_create(
             job=job, recipe=cand["recipe"],
             defaults={
-                "metrics": cand.get("metrics") or {}, "error": cand.get("error") or "",
+                "metrics": {**(cand.get("metrics") or {}),
+                            **training_relay.curves(cand.get("steps") or [])},
+                "error": cand.get("error") or "",
                 "violations": cand.get("violations") or [],
                 "meets_kpis": bool(cand.get("meets_kpis")),
                 "on_pareto": bool(cand.get("pareto")),
@@ -239,7 +269,7 @@ def _register_variant(job: CompressionJob, cand: dict) -> ModelVersion:
                               if not k.endswith("_path")}} for s in cand.get("steps") or []]
     recipe = {"name": cand["recipe"], "job": job.pk, "steps": steps,
               "hardware_profile": job.hardware_profile.slug if job.hardware_profile else None}
-    registered = services.check_and_register_version(
+    registered = services.register_version(
         source.model, cand["path"], original_filename=f"{cand['recipe']}.onnx",
         actor=job.created_by, parent=source, recipe=recipe,
         metrics={**cand["metrics"], "estimate_for": recipe["hardware_profile"]},

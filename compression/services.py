@@ -1,7 +1,7 @@
 """Registry workflows: register model versions and datasets from uploaded files.
 
-Naming follows the contract in STYLE.md: `check_*` validates then acts,
-`do_*` mutates and states its precondition.
+Functions are named by what they do; each states what it checks and its
+precondition in its docstring (docs/architecture.md, naming).
 """
 
 from __future__ import annotations
@@ -56,12 +56,12 @@ def _sandbox_copy(src: str | Path, filename: str) -> tuple[Path, str, int]:
     return dst, sha256, size
 
 
-def do_create_model(*, name: str, task: str, description: str = "", owner=None) -> MLModel:
+def create_model(*, name: str, task: str, description: str = "", owner=None) -> MLModel:
     """Precondition: the name is free (the unique constraint enforces it)."""
     return MLModel.objects.create(name=name, task=task, description=description, owner=owner)
 
 
-def check_and_register_version(
+def register_version(
     model: MLModel,
     upload_path: str | Path,
     *,
@@ -76,7 +76,7 @@ def check_and_register_version(
     """Validate an ONNX file in the sandbox now, store it content-addressed, add a
     ready version. For callers already off the request path (compression jobs on a
     worker, `manage.py import_model`, the demo seed); uploads through the web go
-    through `check_and_accept_upload`, which validates on a worker.
+    through `accept_upload`, which validates on a worker.
 
     The same bytes uploaded again to the same model return the existing version
     (created=False). Nothing is left in storage when anything fails.
@@ -164,7 +164,7 @@ def _artifact_in_use(name: str) -> bool:
         status=VersionStatus.REJECTED).exists()
 
 
-def check_and_register_dataset(
+def register_dataset(
     upload_path: str | Path,
     *,
     name: str,

@@ -1,4 +1,4 @@
-"""Celery tasks: ids in, a plain function called (STYLE 5).
+"""Celery tasks: ids in, a plain function called.
 
 Hard and soft time limits are CELERY_TASK_TIME_LIMIT / CELERY_TASK_SOFT_TIME_LIMIT
 (Celery copies them onto every task and into each message it sends), the queue

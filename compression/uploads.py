@@ -74,7 +74,7 @@ def release_staged(staged: StagedUpload) -> None:
         storage.delete_quietly(staged.name)
 
 
-def check_and_queue_version(
+def queue_version(
     model: MLModel,
     staged: StagedUpload,
     *,
@@ -108,7 +108,7 @@ def check_and_queue_version(
     return Registered(version, created=True)
 
 
-def check_and_accept_upload(
+def accept_upload(
     model: MLModel,
     upload_path: str | Path,
     *,
@@ -120,7 +120,7 @@ def check_and_accept_upload(
     """Stage, then queue: what the API and the version page call."""
     staged = stage_model_upload(upload_path, original_filename)
     try:
-        return check_and_queue_version(
+        return queue_version(
             model,
             staged,
             original_filename=original_filename,

@@ -96,9 +96,9 @@ class QueryGroup(models.Model):
         validate_query(self.query)
 
     def devices(self):
-        from devices.query import filter_devices
+        from devices.query import filter_by_query
 
-        return filter_devices(Device.objects.all(), self.query)
+        return filter_by_query(Device.objects.all(), self.query)
 
 
 class Device(models.Model):
@@ -351,21 +351,3 @@ class Alert(models.Model):
         self.state = AlertState.RESOLVED
         self.resolved_at = timezone.now()
         self.save(update_fields=["state", "resolved_at"])
-
-
-class ServerKey(models.Model):
-    """The server's Ed25519 signing key (manifests). One active at a time."""
-
-    private_key_pem = models.TextField()
-    public_key_b64 = models.CharField(max_length=64)
-    fingerprint = models.CharField(max_length=64, unique=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    active = models.BooleanField(default=True)
-
-    class Meta:
-        ordering = ["-created_at"]
-        constraints = [models.UniqueConstraint(fields=["active"], condition=models.Q(active=True),
-                                               name="one_active_server_key")]
-
-    def __str__(self) -> str:
-        return f"ed25519:{self.fingerprint[:16]}"

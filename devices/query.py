@@ -41,8 +41,36 @@ def validate_query(query: str) -> None:
     parse(query)
 
 
-def filter_devices(queryset, query: str):
+def filter_by_query(queryset, query: str):
     for field, negate, value in parse(query):
         lookup = Q(**{FIELDS[field]: value})
         queryset = queryset.exclude(lookup) if negate else queryset.filter(lookup)
     return queryset.distinct() if any(f == "tag" for f, _n, _v in parse(query)) else queryset
+
+
+def filter_by_params(queryset, params):
+    """The device list filters (query-string names) shared by the API and the list page."""
+    if params.get("group"):
+        queryset = queryset.filter(group_id=params["group"]) if str(
+            params["group"]).isdigit() else queryset.filter(group__name=params["group"])
+    if params.get("tag"):
+        queryset = queryset.filter(tags__name=params["tag"])
+    if params.get("status"):
+        queryset = queryset.filter(status=params["status"])
+    if params.get("hardware"):
+        queryset = queryset.filter(hardware_profile__slug=params["hardware"])
+    if params.get("model_version"):
+        queryset = queryset.filter(model_version=params["model_version"])
+    if params.get("q"):
+        queryset = queryset.filter(Q(uid__icontains=params["q"]) | Q(name__icontains=params["q"]))
+    expression = params.get("query")
+    if params.get("query_group"):
+        from devices.models import QueryGroup
+
+        group = QueryGroup.objects.filter(pk=params["query_group"]).first()
+        if group is None:
+            return queryset.none()
+        expression = group.query
+    if expression:
+        queryset = filter_by_query(queryset, expression)
+    return queryset

@@ -13,7 +13,6 @@ from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
 from devices import metrics, services
-from devices.api.views import filter_devices
 from devices.choices import AlertState, DeviceStatus
 from devices.forms import (
     LOG_LEVELS,
@@ -24,6 +23,7 @@ from devices.forms import (
     split_tags,
 )
 from devices.models import Alert, Device, DeviceGroup, EnrollmentToken, LogLine
+from devices.query import filter_by_params
 from fleet import audit
 from fleet.roles import Role, role_required
 
@@ -62,7 +62,7 @@ def widget(request):
 @login_required
 def device_list(request):
     form = DeviceFilterForm(request.GET or None)
-    devices = filter_devices(
+    devices = filter_by_params(
         Device.objects.select_related("group", "hardware_profile").order_by("uid"),
         form.params() if request.GET else {})
     page = Paginator(devices, 50).get_page(request.GET.get("page"))
@@ -92,7 +92,7 @@ def device_detail(request, uid: str):
 
 
 @login_required
-def device_metrics(request, uid: str):
+def device_chart(request, uid: str):
     device = get_object_or_404(Device, uid=uid)
     try:
         minutes = max(1, min(int(request.GET.get("minutes", 60)), 10080))
@@ -108,7 +108,7 @@ def device_logs(request, uid: str):
     level = request.GET.get("level")
     if level:
         lines = lines.filter(level=level)
-    return render(request, "devices/_logs.html", {"lines": lines[:200]})
+    return render(request, "devices/_device_logs.html", {"lines": lines[:200]})
 
 
 @require_POST
@@ -121,13 +121,13 @@ def device_edit(request, uid: str):
             services.set_tags(device, split_tags(form.cleaned_data["tags"] or ""))
         except services.DeviceError as exc:
             messages.error(request, exc.message)
-            return redirect("devices:detail", uid=uid)
+            return redirect("devices:device-detail", uid=uid)
         device.move_to(form.cleaned_data["group"])
         audit.note(request, "device.update", device)
         messages.success(request, _("Device updated."))
     else:
         messages.error(request, _("Could not update the device."))
-    return redirect("devices:detail", uid=uid)
+    return redirect("devices:device-detail", uid=uid)
 
 
 @require_POST
@@ -138,7 +138,7 @@ def device_revoke(request, uid: str):
     audit.note(request, "device.revoke", device)
     messages.success(request, _("Device %(uid)s revoked: its token no longer works.")
                      % {"uid": device.uid})
-    return redirect("devices:detail", uid=uid)
+    return redirect("devices:device-detail", uid=uid)
 
 
 @role_required(Role.ADMIN)

@@ -15,6 +15,17 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 class Queue(StrEnum):
     DEFAULT = "default"
     COMPRESSION = "compression"  # CPU-heavy: one job per core
+    TRAINING = "training"  # compression jobs that train: only workers with the train extra
+
+
+def worker_queues() -> str:
+    """The ``-Q`` of a local worker: the training queue only where torch is installed."""
+    from compression.engine import training
+
+    queues = [Queue.DEFAULT, Queue.COMPRESSION]
+    if training.available():
+        queues.append(Queue.TRAINING)
+    return ",".join(queues)
 
 
 app = Celery("edgefleet")

@@ -33,8 +33,11 @@ def var_dir() -> Path:
 
 
 def commands(args) -> dict[str, list[str]]:
+    from fleet.celery import worker_queues
+
     py, var = sys.executable, var_dir()
-    worker = ["-m", "celery", "-A", "fleet", "worker", "-B", "-Q", "default,compression",
+    # + the training queue where the train extra is installed
+    worker = ["-m", "celery", "-A", "fleet", "worker", "-B", "-Q", worker_queues(),
               "--loglevel", "INFO"]  # fmt: skip
     cmds = {
         "worker": [py, *worker, "--concurrency", str(args.concurrency),
@@ -47,7 +50,9 @@ def commands(args) -> dict[str, list[str]]:
             "--enrollment-token", args.token, "--devices", str(args.devices),
             "--state-file", str(var / "sim-fleet.json"), "--uid-prefix", "demo",
             "--preinstalled", args.preinstalled, "--hardware-profile", args.hardware_profile,
-            "--fault", "bad-variant", "--bad-variant", "slow-demo", *args.sim_args,
+            "--fault", "bad-variant", "--bad-variant", "slow-demo",
+            # the factory model has no manifest estimate: the digits CNN's fp32 p95 there
+            "--base-latency-ms", str(args.base_latency_ms), *args.sim_args,
         ]  # fmt: skip
         # Once the devices enrolled, the demo rollout (exits when done; a no-op later on).
         cmds["rollout"] = [py, "manage.py", "demo_rollout", "--devices", str(args.devices)]
@@ -138,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--devices", type=int, default=5)
     p.add_argument("--token", default="", help="enrollment token of the demo group")
     p.add_argument("--preinstalled", default="digits-cnn:1")
+    p.add_argument("--base-latency-ms", type=float, default=0.08,
+                   help="latency of the preinstalled (factory) model on the simulated devices")
     p.add_argument("--hardware-profile", default="x86-gateway-1c",
                    help="the simulated devices' profile (the demo job measures on this one)")
     p.add_argument("--concurrency", type=int, default=2)

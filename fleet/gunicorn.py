@@ -1,13 +1,13 @@
 """gunicorn settings for the web process: `gunicorn -c python:fleet.gunicorn fleet.wsgi`.
 
-Measured on 2 cores (benchmarks/checkin.py, benchmarks/fleet.py and wrk):
+Measured on 2 cores (benchmarks/checkin.py, benchmarks/simulated_fleet.py and wrk):
 - devices open a new connection per request (the agent polls every 30 s), and
   for that traffic gunicorn's plain `sync` workers answered 2,115 check-ins/s
   against 1,416 for `gthread` (p99 11 ms against 34 ms): no selector or
   keep-alive bookkeeping per connection;
 - one worker more than cores: idle sync workers all wake for each new
   connection (they select() on the shared socket), so extra workers cost CPU
-  on every request. benchmarks/fleet.py, 10,000 devices, 2 cores shared with
+  on every request. benchmarks/simulated_fleet.py, 10,000 devices, 2 cores shared with
   PostgreSQL, Redis and the simulator: 3 workers served 1,052 requests/s at
   1.07 ms web CPU each, 4 workers 857/s at 1.47 ms, 2 workers 849/s (idle
   while waiting on PostgreSQL/Redis; 1.06 ms); 3 workers × 4 threads doubled

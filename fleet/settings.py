@@ -92,7 +92,7 @@ DEVICE_API_MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "fleet.middleware.ContentLengthMiddleware",
 ]
-DEVICE_API_URLCONF = "fleet.device_urls"  # the device handler matches only device routes
+DEVICE_API_URLCONF = "device_api.urls"  # the device handler matches only device routes
 
 ROOT_URLCONF = "fleet.urls"
 WSGI_APPLICATION = "fleet.wsgi.application"
@@ -209,6 +209,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
 EDGEFLEET_JOB_DIR = Path(env_str("EDGEFLEET_JOB_DIR", str(VAR_DIR / "jobs")))
 # A crashed worker child (SIGKILL, segfault) redelivers its job; give up after this many.
 EDGEFLEET_JOB_MAX_ATTEMPTS = env_int("EDGEFLEET_JOB_MAX_ATTEMPTS", 3, minimum=1)
+# How long the job form waits for workers to say which queues they serve.
+EDGEFLEET_WORKER_INSPECT_TIMEOUT_S = float(env_str("EDGEFLEET_WORKER_INSPECT_TIMEOUT_S", "1.0"))
 # A running job whose claimant sent no heartbeat for this long may be taken over.
 EDGEFLEET_JOB_STALE_S = env_int("EDGEFLEET_JOB_STALE_S", 600, minimum=10)
 # tests only: "crash[@job]" | "slow:<s>[@job]" | "fail[@job]" (see compression/runner.py)
@@ -296,7 +298,7 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "devices.api.schema.add_plain_device_views",  # check-in, telemetry, logs
+        "device_api.schema.add_plain_device_views",  # check-in, telemetry, logs
     ],
 }
 

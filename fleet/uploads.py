@@ -6,10 +6,6 @@ from django.conf import settings
 from django.core.files.uploadhandler import StopUpload, TemporaryFileUploadHandler
 
 
-class UploadTooLarge(Exception):
-    """Raised while streaming when a body without Content-Length passes the limit."""
-
-
 class LimitedTemporaryFileUploadHandler(TemporaryFileUploadHandler):
     """Streams file parts to a temp file and stops as soon as the limit is passed.
 

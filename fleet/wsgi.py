@@ -5,7 +5,7 @@ whose middleware is `DEVICE_API_MIDDLEWARE` (body size limit, security headers)
 instead of the browser stack: sessions, locale, CSRF, user authentication,
 messages and clickjacking protection do nothing for a bearer-token device, and
 on the endpoints every device calls every few seconds they cost a fifth of the
-request's CPU (benchmarks/fleet.py). That handler also resolves against
+request's CPU (benchmarks/simulated_fleet.py). That handler also resolves against
 `DEVICE_API_URLCONF` (only the device routes). Everything else gets the full
 `MIDDLEWARE` and `ROOT_URLCONF`. Both sit behind `fleet.proxy.TrustedProxyHeaders`
 (X-Forwarded-* from the reverse proxy only).

@@ -33,7 +33,6 @@ class UpdateState(models.TextChoices):
 # Assigned to a device and not finished: what check-in serves.
 ACTIVE_STATES = (UpdateState.PENDING, UpdateState.DOWNLOADING, UpdateState.DOWNLOADED,
                  UpdateState.INSTALLING)
-IN_PROGRESS_STATES = ACTIVE_STATES
 FINAL_STATES = (UpdateState.SUCCEEDED, UpdateState.FAILED, UpdateState.ROLLED_BACK,
                 UpdateState.CANCELLED, UpdateState.SUPERSEDED)
 # What a device may report, and from which states (the agent may skip steps:

@@ -26,11 +26,11 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
 
-from devices import keys
 from devices.agent import manifest as mf
-from devices.models import Device, ServerKey
+from devices.models import Device
+from ota import keys
 from ota.choices import ACTIVE_STATES
-from ota.models import DeviceUpdate
+from ota.models import DeviceUpdate, ServerKey
 
 CACHE_KEY = "ota:checkin:{}"
 EMPTY_ETAG = '"none"'

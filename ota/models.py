@@ -252,3 +252,23 @@ class DeviceUpdate(models.Model):
 
     def can_report(self, state: str) -> bool:
         return self.state in REPORTABLE.get(state, ())
+
+
+class ServerKey(models.Model):
+    """The server's Ed25519 signing key (manifests). One active at a time."""
+
+    private_key_pem = models.TextField()
+    public_key_b64 = models.CharField(max_length=64)
+    fingerprint = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    active = models.BooleanField(default=True)
+
+    class Meta:
+        # Moved here from the devices app: the table keeps its first name.
+        db_table = "devices_serverkey"
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["active"], condition=models.Q(active=True),
+                                               name="one_active_server_key")]
+
+    def __str__(self) -> str:
+        return f"ed25519:{self.fingerprint[:16]}"

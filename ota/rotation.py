@@ -22,12 +22,11 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from devices import keys
 from devices.agent import manifest as mf
-from devices.models import Device, ServerKey
-from ota import manifests
+from devices.models import Device
+from ota import keys, manifests
 from ota.choices import ACTIVE_STATES
-from ota.models import DeviceUpdate
+from ota.models import DeviceUpdate, ServerKey
 
 
 class RotationError(Exception):

@@ -12,7 +12,7 @@ from datetime import datetime
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, F, Min, Q
+from django.db.models import Count, F, Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -55,7 +55,7 @@ class OtaError(Exception):
 
 
 # --- releases -------------------------------------------------------------------------
-def check_create_release(*, name: str, slot: str = "default", notes: str = "",
+def create_release(*, name: str, slot: str = "default", notes: str = "",
                          variants: list[dict], policy: dict | None = None,
                          default_variant: str | None = None, actor=None) -> Release:
     """Validate then create a release. `variants`: [{"name", "model_version" (pk or row),
@@ -550,8 +550,3 @@ def phase_progress(deployment: Deployment) -> list[dict]:
         entry["failed_pct"] = round(100 * entry["failed"] / total, 1)
         entry["active_pct"] = round(100 * entry["active"] / total, 1)
     return [table[k] for k in sorted(table)]
-
-
-def first_success(deployment: Deployment, phase: int):
-    return deployment.updates.filter(phase=phase, state=UpdateState.SUCCEEDED).aggregate(
-        t=Min("finished_at"))["t"]

@@ -47,11 +47,11 @@ def release_create(request):
     form = ReleaseForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
         try:
-            release = services.check_create_release(**form.service_kwargs(), actor=request.user)
+            release = services.create_release(**form.service_kwargs(), actor=request.user)
         except services.OtaError as exc:
             form.add_error(None, exc.message)
         else:
-            audit.note(request, "ota.release.create", release)
+            audit.note(request, "release.create", release)
             messages.success(request, _("Release created."))
             return redirect("ota:release-detail", release.pk)
     return render(request, "ota/release_form.html", {"form": form})
@@ -79,7 +79,7 @@ def deployment_create(request):
         except services.OtaError as exc:
             form.add_error(None, exc.message)
         else:
-            audit.note(request, "ota.deployment.start", deployment,
+            audit.note(request, "deployment.start", deployment,
                        devices=deployment.target_count)
             return redirect("ota:deployment-detail", deployment.pk)
     return render(request, "ota/deployment_form.html", {"form": form})
@@ -101,7 +101,7 @@ def deployment_preview(request):
             error = exc.message
     else:
         error = "; ".join(form.errors.get("phases", [])) or _("Fill in the phases.")
-    return render(request, "ota/_preview.html", {"preview": preview, "error": error})
+    return render(request, "ota/_deployment_preview.html", {"preview": preview, "error": error})
 
 
 def _deployment_context(deployment: Deployment) -> dict:
@@ -139,7 +139,7 @@ def deployment_action(request, pk: int, name: str):
     deployment = get_object_or_404(Deployment, pk=pk)
     if name not in ACTIONS:
         return redirect("ota:deployment-detail", pk)
-    audit.note(request, f"ota.deployment.{name}", deployment)
+    audit.note(request, f"deployment.{name}", deployment)
     try:
         if name == "rollback":
             back = services.rollback(deployment, actor=request.user)

@@ -55,7 +55,7 @@ class PushView(APIView):
         form.is_valid(raise_exception=True)
         data = form.validated_data
         try:
-            pushed = push.check_and_push(
+            pushed = push.push_model(
                 data["name"],
                 _upload(data["file"]),
                 calibration=_upload(data.get("calibration")),

@@ -1,4 +1,4 @@
-"""Serializers map fields and nothing else; validation lives in services (STYLE 3)."""
+"""Serializers map fields and nothing else; validation lives in services."""
 
 from __future__ import annotations
 

@@ -421,7 +421,8 @@ def auto(input_path: str | Path, *, calibration_path: str | Path | None,
          should_stop: Callable[[], bool] | None = None,
          recipes: tuple[str, ...] | list[str] | None = None, runs: int = 30,
          step_timeout_s: float = 600, memory_mb: int | None = 4096,
-         output_kinds: dict[str, str] | None = None) -> dict:
+         output_kinds: dict[str, str] | None = None,
+         overrides: dict[str, dict] | None = None) -> dict:
     """Search against ``kpis``; see the module docstring.
 
     ``recipes`` None searches the default recipes plus the quantizer grid and
@@ -429,7 +430,8 @@ def auto(input_path: str | Path, *, calibration_path: str | Path | None,
     ``evaluation_path`` (latency-only mode) inputs are generated, fidelity is
     reported as unknown and only latency/size KPIs can be met.
     ``output_kinds`` overrides the fidelity metric per output (see
-    ``evaluate.OUTPUT_KINDS``). Every step runs in its own sandboxed process
+    ``evaluate.OUTPUT_KINDS``); ``overrides`` maps a recipe to its options
+    (``run_recipe``'s overrides). Every step runs in its own sandboxed process
     (``step_timeout_s``, ``memory_mb``): a candidate that crashes or hangs is
     recorded as failed and the search goes on. The budget is checked between
     candidates.
@@ -458,6 +460,11 @@ def auto(input_path: str | Path, *, calibration_path: str | Path | None,
         calibration = calibration or generated
     plan = ([{"name": r, "recipe": r} for r in recipes] if recipes
             else _default_plan(calibration, out_dir))
+    for spec in plan:  # the user's options for a recipe apply to its grid points too
+        if (overrides or {}).get(spec["recipe"]) or (overrides or {}).get(spec["name"]):
+            spec["overrides"] = {**spec.get("overrides", {}),
+                                 **(overrides or {}).get(spec["recipe"], {}),
+                                 **(overrides or {}).get(spec["name"], {})}
     started = time.monotonic()
     total = len(plan) + 4
     s = _Search(input_path, out_dir, calibration=calibration, evaluation=evaluation,

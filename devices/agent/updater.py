@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from devices.agent import manifest as mf
+from devices.agent.buffer import Backoff
 from devices.agent.client import Client, Response, Unreachable
 from devices.agent.download import (
     BackgroundDownload,
@@ -53,10 +54,8 @@ PROGRESS = ("downloading", "downloaded", "installing")
 CHECKIN_MAX_BODY = 1024 * 1024  # one envelope is about 1 kB; a few slots fit many times
 
 
-class CheckInError(Exception):
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
+class CheckInError(Backoff):
+    """The check-in failed (unreachable, refused, or not JSON); `retry_after` as advised."""
 
 
 @dataclass

@@ -5,7 +5,14 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from devices.choices import LogLevel
-from devices.models import Alert, Device, DeviceGroup, EnrollmentToken, QueryGroup
+from devices.models import (
+    Alert,
+    Device,
+    DeviceGroup,
+    EnrollmentToken,
+    HardwareProfile,
+    QueryGroup,
+)
 
 
 class TagListField(serializers.ListField):
@@ -99,3 +106,11 @@ class EnrollResponseSerializer(serializers.Serializer):
     token = serializers.CharField(help_text="Device token: shown once")
     server_public_key = serializers.CharField(help_text="Ed25519, raw, base64")
     server_key_fingerprint = serializers.CharField()
+
+
+class HardwareProfileSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = HardwareProfile
+        fields = ["id", "slug", "name", "description", "arch", "intra_op_threads",
+                  "execution_provider", "ram_mb"]
+        read_only_fields = fields

@@ -9,5 +9,6 @@ router.register("groups", views.DeviceGroupViewSet, basename="devicegroup")
 router.register("query-groups", views.QueryGroupViewSet, basename="querygroup")
 router.register("enrollment-tokens", views.EnrollmentTokenViewSet, basename="enrollmenttoken")
 router.register("alerts", views.AlertViewSet, basename="alert")
+router.register("hardware-profiles", views.HardwareProfileViewSet, basename="hardwareprofile")
 
-urlpatterns = router.urls  # device routes: devices.api.device_urls
+urlpatterns = router.urls  # device routes: device_api.urls

@@ -1,9 +1,9 @@
-"""Operator API: devices, groups, query groups, enrollment tokens, alerts."""
+"""Operator API: devices, groups, query groups, enrollment tokens, alerts, hardware
+profiles."""
 
 from __future__ import annotations
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db.models import Q
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, viewsets
 from rest_framework.decorators import action
@@ -17,10 +17,19 @@ from devices.api.serializers import (
     DeviceSerializer,
     EnrollmentTokenCreatedSerializer,
     EnrollmentTokenSerializer,
+    HardwareProfileSerializer,
     LogLineSerializer,
     QueryGroupSerializer,
 )
-from devices.models import Alert, Device, DeviceGroup, EnrollmentToken, LogLine, QueryGroup
+from devices.models import (
+    Alert,
+    Device,
+    DeviceGroup,
+    EnrollmentToken,
+    HardwareProfile,
+    LogLine,
+    QueryGroup,
+)
 from fleet import audit
 from fleet.roles import Role
 
@@ -30,30 +39,6 @@ FILTERS = [OpenApiParameter(name, str, description=text) for name, text in [
     ("q", "search uid or name"), ("query", "query-group expression, e.g. hardware=rpi4"),
     ("query_group", "query group id"),
 ]]
-
-
-def filter_devices(queryset, params):
-    """The device filters shared by the API and the list page."""
-    if params.get("group"):
-        queryset = queryset.filter(group_id=params["group"]) if str(
-            params["group"]).isdigit() else queryset.filter(group__name=params["group"])
-    if params.get("tag"):
-        queryset = queryset.filter(tags__name=params["tag"])
-    if params.get("status"):
-        queryset = queryset.filter(status=params["status"])
-    if params.get("hardware"):
-        queryset = queryset.filter(hardware_profile__slug=params["hardware"])
-    if params.get("model_version"):
-        queryset = queryset.filter(model_version=params["model_version"])
-    if params.get("q"):
-        queryset = queryset.filter(Q(uid__icontains=params["q"]) | Q(name__icontains=params["q"]))
-    expression = params.get("query")
-    if params.get("query_group"):
-        group = QueryGroup.objects.filter(pk=params["query_group"]).first()
-        expression = group.query if group else "uid=__none__"
-    if expression:
-        queryset = query.filter_devices(queryset, expression)
-    return queryset
 
 
 @extend_schema(parameters=FILTERS)
@@ -72,7 +57,7 @@ class DeviceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         if self.action != "list":
             return queryset
         try:
-            return filter_devices(queryset, self.request.query_params)
+            return query.filter_by_params(queryset, self.request.query_params)
         except DjangoValidationError as exc:
             raise ValidationError({"query": exc.messages}) from None
 
@@ -149,11 +134,11 @@ class QueryGroupViewSet(viewsets.ModelViewSet):
 
     def perform_create(self, serializer):
         self._check(serializer.validated_data["query"])
-        audit.note(self.request, "querygroup.create", serializer.save())
+        audit.note(self.request, "query_group.create", serializer.save())
 
     def perform_update(self, serializer):
         self._check(serializer.validated_data.get("query", serializer.instance.query))
-        audit.note(self.request, "querygroup.update", serializer.save())
+        audit.note(self.request, "query_group.update", serializer.save())
 
     @staticmethod
     def _check(expression: str) -> None:
@@ -211,3 +196,9 @@ class AlertViewSet(viewsets.ReadOnlyModelViewSet):
         alerts = Alert.objects.select_related("device").order_by("-opened_at")
         state = self.request.query_params.get("state")
         return alerts.filter(state=state) if state else alerts
+
+
+class HardwareProfileViewSet(viewsets.ReadOnlyModelViewSet):
+    queryset = HardwareProfile.objects.order_by("name")
+    serializer_class = HardwareProfileSerializer
+    lookup_field = "slug"

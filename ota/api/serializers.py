@@ -1,4 +1,4 @@
-"""Field mapping only; every rule lives in ota.services (STYLE 3)."""
+"""Field mapping only; every rule lives in ota.services."""
 
 from __future__ import annotations
 

@@ -35,10 +35,10 @@ class ReleaseViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         data = s.ReleaseCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         try:
-            release = services.check_create_release(**data.validated_data, actor=request.user)
+            release = services.create_release(**data.validated_data, actor=request.user)
         except services.OtaError as exc:
             return refused(exc)
-        audit.note(request, "ota.release.create", release)
+        audit.note(request, "release.create", release)
         return Response(s.ReleaseSerializer(release).data, status=status.HTTP_201_CREATED)
 
 
@@ -68,7 +68,7 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
                                                    actor=request.user, **fields)
         except services.OtaError as exc:
             return refused(exc)
-        audit.note(request, "ota.deployment.start", deployment,
+        audit.note(request, "deployment.start", deployment,
                    devices=deployment.target_count, phases=deployment.phases)
         return Response(s.DeploymentSerializer(deployment).data, status=status.HTTP_201_CREATED)
 
@@ -85,7 +85,7 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
 
     def _act(self, request, name: str, done: bool):
         deployment = self.get_object()
-        audit.note(request, f"ota.deployment.{name}", deployment)
+        audit.note(request, f"deployment.{name}", deployment)
         if not done:
             return Response({"detail": f"Cannot {name} a {deployment.status} deployment.",
                              "code": "bad_state"}, status=409)
@@ -111,7 +111,7 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         try:
             done = services.approve(self.get_object(), actor=request.user)
         except services.OtaError as exc:
-            audit.note(request, "ota.deployment.approve", self.get_object(), refused=exc.code)
+            audit.note(request, "deployment.approve", self.get_object(), refused=exc.code)
             return refused(exc)
         return self._act(request, "approve", done)
 
@@ -128,7 +128,7 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
             back = services.rollback(deployment, actor=request.user)
         except services.OtaError as exc:
             return refused(exc)
-        audit.note(request, "ota.deployment.rollback", deployment, rollback=back.pk)
+        audit.note(request, "deployment.rollback", deployment, rollback=back.pk)
         return Response(s.DeploymentSerializer(back).data, status=status.HTTP_201_CREATED)
 
 

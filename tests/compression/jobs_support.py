@@ -29,11 +29,11 @@ class Demo:
 
 
 def load_demo(name: str = "digits-cnn") -> Demo:
-    model = services.do_create_model(name=name, task=ModelTask.CLASSIFICATION)
-    version = services.check_and_register_version(
+    model = services.create_model(name=name, task=ModelTask.CLASSIFICATION)
+    version = services.register_version(
         model, FIXTURES / "digits_cnn.onnx", original_filename="digits_cnn.onnx").version
     datasets = {
-        purpose: services.check_and_register_dataset(
+        purpose: services.register_dataset(
             FIXTURES / filename, name=f"digits-{purpose}", purpose=purpose,
             original_filename=filename, model=model)
         for purpose, filename in ((DatasetPurpose.CALIBRATION, "digits_calibration.npz"),

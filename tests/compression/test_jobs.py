@@ -12,7 +12,7 @@ from compression import jobs, runner
 from compression.choices import JobStatus
 from compression.models import Candidate, CompressionJob, ModelVersion
 from compression.progress import ProgressReporter
-from compression.services import check_and_register_dataset
+from compression.services import register_dataset
 from devices.models import HardwareProfile, LatencyBaseline
 from tests.compression.jobs_support import FAST_RECIPES, job_payload, load_demo
 from tests.conftest import stored_names
@@ -79,7 +79,7 @@ def test_start_run_and_read_a_job(operator_api, demo, settings, tmp_path,
 
 
 def test_duplicate_delivery_runs_once(demo):
-    job = jobs.check_and_create_job(demo.version, mode="recipes", recipes=["fp16"],
+    job = jobs.create_job(demo.version, mode="recipes", recipes=["fp16"],
                                     evaluation=demo.evaluation)
     assert runner.run_job(job.pk) == "succeeded"
     assert runner.run_job(job.pk) == "not-claimed"
@@ -88,7 +88,7 @@ def test_duplicate_delivery_runs_once(demo):
 
 
 def test_redelivery_after_a_dead_worker_finishes_once(demo):
-    job = jobs.check_and_create_job(demo.version, mode="recipes", recipes=["fp16", "optimize"],
+    job = jobs.create_job(demo.version, mode="recipes", recipes=["fp16", "optimize"],
                                     evaluation=demo.evaluation)
     assert runner.run_job(job.pk) == "succeeded"
     first = set(ModelVersion.objects.filter(parent=demo.version).values_list("pk", flat=True))
@@ -106,7 +106,7 @@ def test_redelivery_after_a_dead_worker_finishes_once(demo):
 
 def test_job_gives_up_after_max_attempts(demo, settings):
     settings.EDGEFLEET_JOB_MAX_ATTEMPTS = 2
-    job = jobs.check_and_create_job(demo.version, mode="recipes", recipes=["fp16"],
+    job = jobs.create_job(demo.version, mode="recipes", recipes=["fp16"],
                                     evaluation=demo.evaluation)
     CompressionJob.objects.filter(pk=job.pk).update(status=JobStatus.RUNNING, attempts=2,
                                                     worker_pid=2**22 + 7)
@@ -118,7 +118,7 @@ def test_job_gives_up_after_max_attempts(demo, settings):
 def test_job_killed_at_the_hard_limit_ends_as_timeout(demo, settings):
     from django.utils import timezone
 
-    job = jobs.check_and_create_job(demo.version, mode="recipes", recipes=["fp16"],
+    job = jobs.create_job(demo.version, mode="recipes", recipes=["fp16"],
                                     evaluation=demo.evaluation, enqueue=False)
     long_ago = timezone.now() - timezone.timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 5)
     CompressionJob.objects.filter(pk=job.pk).update(
@@ -130,7 +130,7 @@ def test_job_killed_at_the_hard_limit_ends_as_timeout(demo, settings):
 
 def test_engine_error_fails_the_job(demo, settings):
     settings.EDGEFLEET_JOB_TEST_HOOK = "fail"
-    job = jobs.check_and_create_job(demo.version, mode="recipes", recipes=["fp16"],
+    job = jobs.create_job(demo.version, mode="recipes", recipes=["fp16"],
                                     evaluation=demo.evaluation)
     assert runner.run_job(job.pk) == "failed"
     job.refresh_from_db()
@@ -149,7 +149,7 @@ def test_cancel_queued_job_never_starts(operator_api, demo, django_capture_on_co
 
 
 def test_running_job_sees_cancel_request(demo):
-    job = jobs.check_and_create_job(demo.version, mode="recipes", recipes=["fp16"],
+    job = jobs.create_job(demo.version, mode="recipes", recipes=["fp16"],
                                     evaluation=demo.evaluation)
     assert job.mark_running()
     reporter = ProgressReporter(job, cancel_check_s=0)
@@ -159,7 +159,7 @@ def test_running_job_sees_cancel_request(demo):
 
 
 def test_progress_reporter_throttles_writes(demo):
-    job = jobs.check_and_create_job(demo.version, mode="recipes", recipes=["fp16"],
+    job = jobs.create_job(demo.version, mode="recipes", recipes=["fp16"],
                                     evaluation=demo.evaluation)
     job.mark_running()
     now = [0.0]
@@ -225,10 +225,10 @@ def test_dataset_not_matching_the_model_is_refused(operator_api, demo, tmp_path,
                                                    django_capture_on_commit_callbacks):
     path = tmp_path / "other.npz"
     path.write_bytes(_npz(image=np.zeros((4, 1, 8, 8), "float32")).getvalue())
-    wrong_shape = check_and_register_dataset(path, name="small", purpose="evaluation",
+    wrong_shape = register_dataset(path, name="small", purpose="evaluation",
                                              original_filename="other.npz")
     path.write_bytes(_npz(x=np.zeros((4, 3), "float32")).getvalue())
-    wrong_name = check_and_register_dataset(path, name="x", purpose="evaluation",
+    wrong_name = register_dataset(path, name="x", purpose="evaluation",
                                             original_filename="other.npz")
     for dataset in (wrong_shape, wrong_name):
         response, _ = create(operator_api, job_payload(demo, evaluation=dataset.pk),
@@ -239,7 +239,7 @@ def test_dataset_not_matching_the_model_is_refused(operator_api, demo, tmp_path,
 
 
 def test_enqueue_failure_leaves_a_queued_row_for_the_sweeper(demo, settings, monkeypatch):
-    job = jobs.check_and_create_job(demo.version, mode="recipes", recipes=["fp16"],
+    job = jobs.create_job(demo.version, mode="recipes", recipes=["fp16"],
                                     evaluation=demo.evaluation)
     CompressionJob.objects.filter(pk=job.pk).update(enqueued_at=None)
     from django.utils import timezone
@@ -248,9 +248,10 @@ def test_enqueue_failure_leaves_a_queued_row_for_the_sweeper(demo, settings, mon
     sent = []
     from compression.tasks import run_compression_job
 
-    monkeypatch.setattr(run_compression_job, "delay", lambda pk: sent.append(pk))
+    monkeypatch.setattr(run_compression_job, "apply_async",
+                        lambda args, queue=None: sent.append((*args, queue)))
     assert jobs.requeue_stale_jobs(now=later) == [job.pk]
-    assert sent == [job.pk]
+    assert sent == [(job.pk, "compression")]  # no training recipe: the compression queue
     assert CompressionJob.objects.get(pk=job.pk).enqueued_at is not None
 
 
@@ -273,7 +274,7 @@ def test_job_pages(client, operator_user, viewer_user, demo, django_capture_on_c
     page = client.get(f"/models/jobs/{job.pk}/")
     assert b"hx-trigger" not in page.content and b'id="results"' in page.content
     assert b"pareto-chart" in page.content
-    status = client.get(f"/models/jobs/{job.pk}/status/", HTTP_HX_REQUEST="true")
+    status = client.get(f"/models/jobs/{job.pk}/live/", HTTP_HX_REQUEST="true")
     assert status["HX-Refresh"] == "true"
     chart = client.get(f"/models/jobs/{job.pk}/chart.json").json()
     assert {p["recipe"] for p in chart["points"]} == {"fp32", "fp16", "int8-static"}
@@ -312,7 +313,7 @@ def test_seed_demo_with_job_leaves_a_finished_job():
 def test_job_list_query_count_does_not_grow(operator_api, client, operator_user, demo,
                                             django_assert_max_num_queries):
     for _ in range(5):
-        job = jobs.check_and_create_job(demo.version, mode="recipes", recipes=["fp16"],
+        job = jobs.create_job(demo.version, mode="recipes", recipes=["fp16"],
                                         evaluation=demo.evaluation, enqueue=False)
         Candidate.objects.create(job=job, recipe="fp16", version=demo.version)
     with django_assert_max_num_queries(8):
@@ -323,7 +324,7 @@ def test_job_list_query_count_does_not_grow(operator_api, client, operator_user,
 
 
 def test_release_link_on_results(client, operator_user, demo):
-    job = jobs.check_and_create_job(demo.version, mode="recipes", recipes=["fp16"],
+    job = jobs.create_job(demo.version, mode="recipes", recipes=["fp16"],
                                     evaluation=demo.evaluation, enqueue=False)
     assert runner.run_job(job.pk) == "succeeded"
     client.force_login(operator_user)

@@ -102,7 +102,7 @@ def workers(tmp_path, env):
 
 
 def new_job(demo, recipes, **fields) -> CompressionJob:
-    # a row, not check_and_create_job: its on_commit would enqueue on the default broker
+    # a row, not create_job: its on_commit would enqueue on the default broker
     return CompressionJob.objects.create(
         source=demo.version, mode="recipes", recipes=recipes, calibration=demo.calibration,
         evaluation=demo.evaluation, time_budget_s=120, **fields)
@@ -247,8 +247,8 @@ def test_c5_broker_down_at_enqueue_keeps_the_job_and_the_sweeper_sends_it(env, b
     demo = load_demo()
     job = new_job(demo, ["fp16"])
     down = {**env, "CELERY_BROKER_URL": "redis://127.0.0.1:1/0"}  # nothing listens there
-    script = ("import django; django.setup(); from compression.jobs import do_enqueue; "
-              f"print(do_enqueue({job.pk}))")
+    script = ("import django; django.setup(); from compression.jobs import enqueue_job; "
+              f"print(enqueue_job({job.pk}))")
     out = subprocess.run([sys.executable, "-c", script], env=down, capture_output=True,
                          text=True, timeout=90, check=True).stdout.split()
     assert out[-1] == "False"

@@ -201,7 +201,7 @@ def test_a_version_still_validating_cannot_be_released_compressed_or_downloaded(
     from compression import jobs
 
     with pytest.raises(jobs.JobRejected) as refused:
-        jobs.check_and_create_job(ModelVersion.objects.get(pk=pk), mode="recipes",
+        jobs.create_job(ModelVersion.objects.get(pk=pk), mode="recipes",
                                   recipes=["fp16"], enqueue=False)
     assert refused.value.code == "source_not_ready" and refused.value.field == "source"
     assert operator_api.get(f"/api/v1/versions/{pk}/download/").status_code == 409

@@ -8,7 +8,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from devices.models import Device, DeviceCredential, EnrollmentToken, ServerKey
+from devices.models import Device, DeviceCredential, EnrollmentToken
+from ota.models import ServerKey
 from tests.devices.conftest import bearer
 
 pytestmark = pytest.mark.django_db
@@ -136,7 +137,7 @@ def test_enrollment_is_throttled(anon_api, enrollment, settings):
 def test_server_key_signs_and_verifies(db):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    from devices import keys
+    from ota import keys
 
     raw = base64.b64decode(keys.public_key_b64())
     signature = keys.sign(b"manifest")

@@ -20,7 +20,7 @@ def logged_in(user) -> Client:
 
 
 @pytest.mark.parametrize("path", ["/devices/", "/devices/widget/", "/devices/list/",
-                                  "/devices/d/cam-a/", "/devices/d/cam-a/metrics.json",
+                                  "/devices/d/cam-a/", "/devices/d/cam-a/chart.json",
                                   "/devices/d/cam-a/logs/"])
 def test_viewer_reads_pages(viewer_user, device_a, path):
     assert logged_in(viewer_user).get(path).status_code == 200
@@ -67,12 +67,12 @@ def test_detail_shows_inventory_logs_and_series(viewer_user, api_a, device_a):
     history = f"/deployments/device/{device_a[0].pk}/updates/".encode()
     assert history in page.content  # the OTA update history, loaded by htmx
     assert b"No updates yet." in client.get(history.decode()).content
-    series = client.get("/devices/d/cam-a/metrics.json?minutes=15").json()
+    series = client.get("/devices/d/cam-a/chart.json?minutes=15").json()
     assert sum(series["latency_p50"][i] is not None for i in range(len(series["labels"]))) >= 1
     logs = client.get("/devices/d/cam-a/logs/?level=error")
     assert logs.content.count(b"line ") == 3
     assert client.get("/devices/d/cam-a/logs/?level=debug").content.count(b"line ") == 0
-    assert client.get("/devices/d/cam-a/metrics.json?minutes=abc").status_code == 200
+    assert client.get("/devices/d/cam-a/chart.json?minutes=abc").status_code == 200
     assert client.get("/devices/d/nobody/").status_code == 404
     api_a.post("/api/v1/device/telemetry", {"batch": points(60, 61), "dropped": 7},
                format="json")

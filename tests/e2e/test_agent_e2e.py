@@ -45,8 +45,8 @@ def enrolled_state(live_server, token, root: Path) -> State:
 
 
 def test_cli_enrolls_and_reports_inventory_and_logs(live_server, enrollment_token, tmp_path):
-    from devices import keys
     from devices.models import Device, LogLine
+    from ota import keys
 
     state = enrolled_state(live_server, enrollment_token, tmp_path / "agent")
     device = Device.objects.get(uid=state.uid)
@@ -138,9 +138,10 @@ def test_agent_telemetry_over_mqtt(transactional_db, mqtt_url, tmp_path):
     import threading
     import uuid
 
-    from devices import keys, services
+    from devices import services
     from devices.models import TelemetryPoint
     from devices.mqtt import Bridge
+    from ota import keys
 
     _row, value = services.create_enrollment_token(name="mqtt")
     device, token = services.enroll(value, {"uid": f"mqtt-{uuid.uuid4().hex[:8]}"})

@@ -79,7 +79,7 @@ def enroll_agents(live_server, token, tmp_path, count: int) -> list[State]:
 def deploy(version, uids, admin_user, **kwargs):
     from ota import services
 
-    release = services.check_create_release(
+    release = services.create_release(
         name=f"{version.model.name} v{version.number}",
         variants=[{"name": "default", "model_version": version.pk}], actor=admin_user)
     return services.start_deployment(release, {"devices": uids}, actor=admin_user, **kwargs)

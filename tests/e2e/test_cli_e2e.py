@@ -346,7 +346,7 @@ def test_the_ci_token_cannot_deploy_fleet_wide(edgefleet, fleet):
     from ota.models import Deployment
     from tests.ota.conftest import make_version
 
-    release = services.check_create_release(
+    release = services.create_release(
         name="wide", variants=[{"model_version": make_version(seed=9).pk}]
     )
     wide = edgefleet("deploy", release.pk, "--group", "ci-canary", "--phases", "100")

@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 def test_idle_devices_follow_a_rotation(live_server, enrollment_token, admin_user,  # noqa: F811
                                         tmp_path):
-    from devices.models import ServerKey
+    from ota.models import ServerKey
 
     idle, busy = enroll_agents(live_server, enrollment_token, tmp_path, 2)
     run_all([idle, busy])  # nothing assigned: 204

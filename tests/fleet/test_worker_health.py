@@ -68,7 +68,7 @@ def test_jobs_page_shows_queue_depth_and_waiting_jobs(operator_client, heartbeat
     call_command("seed_demo")  # the demo model and its datasets, no job
     version = ModelVersion.objects.get()
     data = {d.purpose: d for d in Dataset.objects.all()}
-    jobs.check_and_create_job(
+    jobs.create_job(
         version,
         mode=JobMode.AUTO,
         kpis={},

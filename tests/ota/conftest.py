@@ -88,7 +88,7 @@ def fleet(enrollment, v1):
 def release(v2, operator_user):
     from ota import services
 
-    return services.check_create_release(name="digits v2", variants=[
+    return services.create_release(name="digits v2", variants=[
         {"name": "default", "model_version": v2.pk}], actor=operator_user)
 
 

@@ -133,7 +133,7 @@ def bearer_for(device, fleet):
 def test_new_deployment_supersedes_pending_update(fleet, release, operator_user, admin_user):
     first = start(release, fleet, admin_user, phases=(100,))
     v3 = make_version(seed=3)
-    newer = services.check_create_release(name="digits v3", variants=[
+    newer = services.create_release(name="digits v3", variants=[
         {"name": "default", "model_version": v3.pk}])
     second = start(newer, fleet, admin_user, phases=(100,))
     assert services.state_counts(first)["superseded"] == 10
@@ -215,7 +215,7 @@ def test_variant_per_hardware_profile_and_policy(enrollment, v1, v2, admin_user)
     from tests.ota.conftest import enroll
 
     int8 = make_version(seed=4)
-    release = services.check_create_release(name="multi", variants=[
+    release = services.create_release(name="multi", variants=[
         {"name": "fp32", "model_version": v2.pk},
         {"name": "fp32", "model_version": v2.pk, "hardware_profile": "rpi4"},
         {"name": "int8", "model_version": int8.pk, "hardware_profile": "rpi4"}],
@@ -233,14 +233,14 @@ def test_variant_per_hardware_profile_and_policy(enrollment, v1, v2, admin_user)
     assert [a["name"] for a in by_uid["gw"]["artifacts"]] == ["fp32"]
     assert by_uid["gw"]["policy"] == {"rules": [], "default": "fp32"}
     with pytest.raises(services.OtaError):
-        services.check_create_release(name="bad policy", variants=[
+        services.create_release(name="bad policy", variants=[
             {"name": "fp32", "model_version": v2.pk}],
             policy={"rules": [{"when": {"moon_phase": {"eq": 1}}, "use": "fp32"}]})
 
 
 def test_key_rotation_is_announced_in_manifests(fleet, release, admin_user):
-    from devices import keys
-    from devices.keys import _new_key
+    from ota import keys
+    from ota.keys import _new_key
 
     keys.active_key()
     upcoming = _new_key()

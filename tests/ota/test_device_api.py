@@ -38,7 +38,7 @@ def update_of(device):
 
 def test_checkin_200_then_304_and_verifies_with_agent_code(fleet, deployed,
                                                            django_assert_max_num_queries):
-    from devices import keys
+    from ota import keys
 
     device, token = fleet[0]
     client = bearer(token)
@@ -213,7 +213,7 @@ def test_checkin_throttled_with_retry_after(fleet, deployed, settings):
 def test_checkin_database_down_is_503_with_retry_after(fleet, deployed, monkeypatch):
     from django.db import OperationalError
 
-    from ota.api import checkin
+    from device_api import checkin
 
     def down(value):
         raise OperationalError("server closed the connection unexpectedly")
@@ -229,7 +229,7 @@ def test_checkin_database_down_is_503_with_retry_after(fleet, deployed, monkeypa
 def test_checkin_serves_every_slot(fleet, release, v1):
     from ota import services
 
-    other = services.check_create_release(name="classifier", slot="classifier", variants=[
+    other = services.create_release(name="classifier", slot="classifier", variants=[
         {"name": "default", "model_version": v1.pk}])
     admin = _admin()
     services.start_deployment(release, {"devices": [fleet[0][0].uid]}, actor=admin,

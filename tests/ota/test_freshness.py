@@ -23,7 +23,7 @@ def report(client, **body):
 
 
 def pinned():
-    from devices import keys
+    from ota import keys
 
     key = keys.active_key()
     return {mf.key_id(base64.b64decode(key.public_key_b64)): mf.load_public_key(
@@ -57,7 +57,7 @@ def test_every_answer_carries_a_statement_bound_to_device_etag_and_body(fleet, s
 
     from tests.ota.test_device_api import _admin
 
-    release = services.check_create_release(
+    release = services.create_release(
         name="r", variants=[{"name": "default", "model_version": make_version(seed=3).pk}],
         actor=_admin())
     services.start_deployment(release, {"devices": [device.uid]}, actor=_admin())

@@ -21,8 +21,8 @@ def trusted(key):
 
 
 def test_private_key_is_stored_encrypted_and_loads_back(db):
-    from devices import keys
-    from devices.models import ServerKey
+    from ota import keys
+    from ota.models import ServerKey
 
     active = keys.active_key()
     row = ServerKey.objects.get(pk=active.pk)
@@ -36,8 +36,8 @@ def test_private_key_is_stored_encrypted_and_loads_back(db):
 
 
 def test_rotation_announces_then_switches_and_re_signs(fleet, deployed, settings):  # noqa: F811
-    from devices import keys
-    from devices.models import ServerKey
+    from ota import keys
+    from ota.models import ServerKey
 
     device, token = fleet[0]
     client = bearer(token)
@@ -71,8 +71,8 @@ def test_keys_stored_in_clear_before_are_encrypted(db):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from devices import keys
-    from devices.models import ServerKey
+    from ota import keys
+    from ota.models import ServerKey
 
     def legacy(active):
         private = Ed25519PrivateKey.generate()

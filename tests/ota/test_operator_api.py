@@ -69,8 +69,8 @@ def test_deployment_actions(fleet, v2, operator_api):
     assert Deployment.objects.get(pk=pk).status == DeploymentStatus.ROLLED_BACK
     assert operator_api.post(f"/api/v1/deployments/{pk}/abort/").status_code == 409
     actions = set(AuditEntry.objects.values_list("action", flat=True))
-    assert {"ota.release.create", "ota.deployment.start", "ota.deployment.pause",
-            "ota.deployment.rollback"} <= actions
+    assert {"release.create", "deployment.start", "deployment.pause",
+            "deployment.rollback"} <= actions
 
 
 def test_preview_counts_devices_per_phase(fleet, viewer_api):

@@ -3,7 +3,7 @@
 A pass is a class with a ``name``, a ``Config`` dataclass whose fields are
 typed and documented (``field(metadata={"help": ...})``), and one function
 ``run(input_path, config, output_path) -> PassResult`` that reads a model file
-and writes another (STYLE item 4, after Olive's ``olive_pass.py``).
+and writes another (after Olive's ``olive_pass.py``).
 """
 
 from __future__ import annotations

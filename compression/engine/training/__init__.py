@@ -26,3 +26,7 @@ def available() -> bool:
 def require() -> None:
     if not available():
         raise TrainingUnavailable(f"This recipe trains the model and {EXTRA_HINT}.")
+
+
+# recipes that always train (pruning trains only when asked or when torch is present)
+TRAINING_PASSES: tuple[str, ...] = ("distill", "qat")

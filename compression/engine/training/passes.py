@@ -166,7 +166,8 @@ class DistillPass(Pass):
 
 @dataclass
 class QatConfig(TrainFields, PassConfig):
-    CHOICES = {"activation_type": ("quint8", "qint8")}
+    CHOICES = {"activation_type": ("quint8", "qint8"),
+               "calibrate_method": ("minmax", "entropy", "percentile")}
 
     epochs: int = field(default=5, metadata=doc("Fake-quantized training epochs."))
     lr: float = field(default=1e-4, metadata=doc("Adam learning rate (small: fine-tuning)."))
@@ -180,6 +181,11 @@ class QatConfig(TrainFields, PassConfig):
         metadata=doc(
             "Keep the input stem Conv (<= 4 input channels) in float, as int8-static does."
         ),
+    )
+    calibrate_method: str = field(
+        default="minmax",
+        metadata=doc("How the exporting quantizer sets activation ranges: minmax, entropy or "
+                     "percentile."),
     )
     calibration_samples: int = field(
         default=200,
@@ -297,6 +303,7 @@ class QatPass(Pass):
                 per_channel=config.per_channel,
                 activation_type=config.activation_type,
                 keep_stem_float=config.keep_stem_float,
+                calibrate_method=config.calibrate_method,
                 preprocess=False,
             )
             run_static(trained, static, output_path, notes=notes)

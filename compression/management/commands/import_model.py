@@ -21,11 +21,11 @@ class Command(BaseCommand):
     def handle(self, *args, path: Path, name: str, task: str, description: str, **options):
         if not path.is_file():
             raise CommandError(f"{path}: no such file")
-        model = MLModel.objects.filter(name=name).first() or services.do_create_model(
+        model = MLModel.objects.filter(name=name).first() or services.create_model(
             name=name, task=task, description=description
         )
         try:
-            result = services.check_and_register_version(
+            result = services.register_version(
                 model, path, original_filename=path.name, parent=model.latest_version()
             )
         except services.UploadRejected as exc:

@@ -30,18 +30,18 @@ class Command(BaseCommand):
         if not model_path.exists():
             self.stderr.write(f"{model_path} missing; run compression/fixtures/make_digits.py")
             return
-        model = services.do_create_model(
+        model = services.create_model(
             name=DEMO_NAME, task=ModelTask.CLASSIFICATION,
             description="Small CNN trained on scikit-learn's digits (32×32 grayscale, 10 classes).",
         )
-        version = services.check_and_register_version(
+        version = services.register_version(
             model, model_path, original_filename=model_path.name).version
         datasets = {}
         for purpose, filename in (
             (DatasetPurpose.CALIBRATION, "digits_calibration.npz"),
             (DatasetPurpose.EVALUATION, "digits_eval.npz"),
         ):
-            datasets[purpose] = services.check_and_register_dataset(
+            datasets[purpose] = services.register_dataset(
                 FIXTURES / filename, name=f"digits-{purpose}", purpose=purpose,
                 original_filename=filename, model=model,
             )
@@ -53,7 +53,7 @@ class Command(BaseCommand):
         """Run in this process (no worker needed yet); a few seconds on the digits CNN."""
         from devices.models import HardwareProfile
 
-        job = jobs.check_and_create_job(
+        job = jobs.create_job(
             version, mode=JobMode.AUTO, kpis={"max_latency_ms": 5, "max_accuracy_drop": 1},
             hardware_profile=HardwareProfile.objects.filter(slug="x86-gateway-1c").first(),
             calibration=datasets[DatasetPurpose.CALIBRATION],

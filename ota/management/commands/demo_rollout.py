@@ -61,10 +61,10 @@ class Command(BaseCommand):
         else:
             self.stderr.write("Demo devices did not enroll in time; no demo rollout.")
             return
-        release = services.check_create_release(
+        release = services.create_release(
             name=DEMO_RELEASE, notes="The demo job's chosen variant (make run).",
             variants=[{"name": "default", "model_version": version}])
-        services.check_create_release(
+        services.create_release(
             name=SLOW_RELEASE, notes="Runs 3× slower than its estimate on the simulated "
                                      "devices: deploy it to see the latency gate pause.",
             variants=[{"name": SLOW_VARIANT, "model_version": version}])

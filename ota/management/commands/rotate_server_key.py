@@ -8,9 +8,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from devices import keys
-from devices.models import ServerKey
-from ota import rotation
+from ota import keys, rotation
+from ota.models import ServerKey
 
 
 class Command(BaseCommand):

@@ -1,6 +1,6 @@
 """Compression benchmark: ``auto`` on the reference models and the zoo, one run, one table.
 
-    python -m benchmarks.compression [--threads 1] [--runs 30] [--only NAME ...] [--json OUT]
+    python -m benchmarks.engine [--threads 1] [--runs 30] [--only NAME ...] [--json OUT]
     make benchmark-compression
 
 Prints, per model x candidate: size ratio, p50 ratio to fp32 (timed

@@ -1,6 +1,6 @@
-"""Jobs API: start, list, inspect and cancel compression jobs; hardware profiles.
+"""Jobs API: start, list, inspect and cancel compression jobs.
 
-Serializers map fields; `compression.jobs.check_and_create_job` validates (STYLE 3).
+Serializers map fields; `compression.jobs.create_job` validates.
 """
 
 from __future__ import annotations
@@ -16,14 +16,6 @@ from compression.models import Candidate, CompressionJob, Dataset, ModelVersion
 from devices.models import HardwareProfile
 from fleet import audit
 from fleet.roles import Role
-
-
-class HardwareProfileSerializer(serializers.ModelSerializer):
-    class Meta:
-        model = HardwareProfile
-        fields = ["id", "slug", "name", "description", "arch", "intra_op_threads",
-                  "execution_provider", "ram_mb"]
-        read_only_fields = fields
 
 
 class CandidateSerializer(serializers.ModelSerializer):
@@ -47,6 +39,10 @@ class CompressionJobSerializer(serializers.ModelSerializer):
     kpis = serializers.DictField(required=False, default=dict,
                                  help_text="max_latency_ms, max_accuracy_drop (points), "
                                            "min_fidelity (0–1), max_size_mb")
+    options = serializers.DictField(
+        required=False, default=dict,
+        help_text="training recipes: training (auto: add qat), epochs, finetune_epochs, "
+                  "distill {ratio, student_version}")
     source = serializers.PrimaryKeyRelatedField(queryset=ModelVersion.objects.all())
     calibration = serializers.PrimaryKeyRelatedField(queryset=Dataset.objects.all(),
                                                      required=False, allow_null=True)
@@ -59,7 +55,8 @@ class CompressionJobSerializer(serializers.ModelSerializer):
     class Meta:
         model = CompressionJob
         fields = [
-            "id", "source", "mode", "recipes", "kpis", "hardware_profile", "calibration",
+            "id", "source", "mode", "recipes", "kpis", "options", "hardware_profile",
+            "calibration",
             "evaluation", "time_budget_s", "status", "progress", "current_step", "log", "error",
             "result", "cancel_requested", "attempts", "worker_host", "created_by", "created_at",
             "started_at", "finished_at", "candidates",
@@ -90,11 +87,12 @@ class CompressionJobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin,
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         try:
-            job = jobs.check_and_create_job(
+            job = jobs.create_job(
                 data["source"], mode=data["mode"], recipes=data["recipes"], kpis=data["kpis"],
                 hardware_profile=data.get("hardware_profile"),
                 calibration=data.get("calibration"), evaluation=data.get("evaluation"),
                 time_budget_s=data.get("time_budget_s", 600), actor=request.user,
+                options=data.get("options"),
             )
         except jobs.JobRejected as exc:
             audit.note(request, "job.create", data["source"], refused=exc.code)
@@ -110,15 +108,9 @@ class CompressionJobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin,
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
         job = self.get_object()
-        accepted = jobs.do_cancel(job)
+        accepted = jobs.cancel_job(job)
         audit.note(request, "job.cancel", job, accepted=accepted)
         if not accepted:
             return Response({"detail": "The job has already ended.", "code": "job_over",
                              "status": job.status}, status=status.HTTP_409_CONFLICT)
         return Response(self.get_serializer(job).data, status=status.HTTP_202_ACCEPTED)
-
-
-class HardwareProfileViewSet(viewsets.ReadOnlyModelViewSet):
-    queryset = HardwareProfile.objects.order_by("name")
-    serializer_class = HardwareProfileSerializer
-    lookup_field = "slug"

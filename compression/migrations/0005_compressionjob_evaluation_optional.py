@@ -4,7 +4,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("compression", "0003_version_status"),
+        ("compression", "0004_compressionjob_options"),
     ]
 
     operations = [

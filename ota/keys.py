@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
-from devices.models import ServerKey
+from ota.models import ServerKey
 
 _loaded: dict[str, Ed25519PrivateKey] = {}  # fingerprint -> decrypted key
 

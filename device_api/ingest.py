@@ -1,9 +1,9 @@
 """`POST /api/v1/device/telemetry` and `/api/v1/device/logs`: plain Django views.
 
 Every device posts here every few seconds, so, like the check-in
-(`ota.api.checkin`), these skip DRF: its request wrapping, content
+(`device_api.checkin`), these skip DRF: its request wrapping, content
 negotiation, throttle classes and response rendering cost more CPU than
-parsing and storing a batch (measured with benchmarks/fleet.py). The rules
+parsing and storing a batch (measured with benchmarks/simulated_fleet.py). The rules
 are the device API's: bearer device token only (`devices.auth`), per-device
 rate limit with Retry-After, 413 over the size limits, 503 + Retry-After when
 the process is saturated or a backing service fails (E4, S1), 400 with a
@@ -25,14 +25,14 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 from redis.exceptions import RedisError
 
-from devices import auth, services
-from devices.api.responses import (
+from device_api.toolkit import (
     bearer_token,
     refusal,
     token_refused,
     token_required,
     unavailable,
 )
+from devices import auth, services
 
 log = logging.getLogger(__name__)
 

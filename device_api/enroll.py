@@ -1,5 +1,5 @@
 """The device API's DRF views: enrollment and inventory (telemetry and logs are
-plain views in `devices.api.batch`, the check-in in `ota.api.checkin`).
+plain views in `device_api.ingest`, the check-in in `device_api.checkin`).
 
 Identity comes only from the bearer credential (`request.user.device`), never
 from the body or the path. Sessions and operator tokens are not accepted here.
@@ -19,12 +19,13 @@ from rest_framework.response import Response
 from rest_framework.throttling import AnonRateThrottle, SimpleRateThrottle
 from rest_framework.views import APIView
 
-from devices import keys, services
+from devices import services
 from devices.api.serializers import (
     EnrollRequestSerializer,
     EnrollResponseSerializer,
 )
 from devices.auth import DeviceTokenAuthentication, IsDevice
+from ota import keys
 
 log = logging.getLogger(__name__)
 

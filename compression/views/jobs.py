@@ -35,7 +35,7 @@ def _dataset_from_upload(form: JobForm, field: str, purpose: str, version, actor
     upload = form.cleaned_data.get(f"{field}_file")
     if upload is None:
         return form.cleaned_data.get(field)
-    return services.check_and_register_dataset(
+    return services.register_dataset(
         upload.temporary_file_path(), name=upload.name.rsplit(".", 1)[0], purpose=purpose,
         original_filename=upload.name, model=version.model, actor=actor)
 
@@ -51,10 +51,11 @@ def job_create(request, version_pk: int):
                                                version, request.user)
             evaluation = _dataset_from_upload(form, "evaluation", DatasetPurpose.EVALUATION,
                                               version, request.user)
-            job = jobs.check_and_create_job(
+            job = jobs.create_job(
                 version, mode=data["mode"], recipes=data["recipes"], kpis=form.kpis(),
                 hardware_profile=data["hardware_profile"], calibration=calibration,
-                evaluation=evaluation, time_budget_s=data["time_budget_s"], actor=request.user)
+                evaluation=evaluation, time_budget_s=data["time_budget_s"], actor=request.user,
+                options=form.options())
         except services.UploadRejected as exc:
             form.add_error(None, exc.message)
         except jobs.JobRejected as exc:
@@ -77,15 +78,17 @@ def _results(job: CompressionJob) -> list:
 @login_required
 def job_detail(request, pk: int):
     job = get_object_or_404(_job_queryset(), pk=pk)
+    candidates = _results(job)
     return render(request, "compression/job_detail.html", {
-        "job": job, "candidates": _results(job)})
+        "job": job, "candidates": candidates,
+        "has_training": any((c.metrics or {}).get("training") for c in candidates)})
 
 
 @login_required
-def job_status(request, pk: int):
+def job_live(request, pk: int):
     """The live part of the job page, polled by htmx while the job is queued or running."""
     job = get_object_or_404(_job_queryset(), pk=pk)
-    response = render(request, "compression/_job_status.html", {"job": job})
+    response = render(request, "compression/_job_live.html", {"job": job})
     if not job.is_live and request.headers.get("HX-Request"):
         response["HX-Refresh"] = "true"  # over: reload once to show results and chart
     return response
@@ -105,7 +108,9 @@ def job_chart(request, pk: int):
                        "size_mb": m.get("size_mb"), "pareto": c.on_pareto, "chosen": c.chosen,
                        "meets_kpis": c.meets_kpis})
     has_accuracy = any((c.metrics or {}).get("accuracy") is not None for c in _results(job))
-    return JsonResponse({"job": job.pk, "points": points,
+    training = [{"recipe": c.recipe, **curve} for c in _results(job)
+                for curve in (c.metrics or {}).get("training", [])]
+    return JsonResponse({"job": job.pk, "points": points, "training": training,
                          "quality": "accuracy" if has_accuracy else "fidelity",
                          "max_latency_ms": job.kpis.get("max_latency_ms")})
 
@@ -114,7 +119,7 @@ def job_chart(request, pk: int):
 @role_required(Role.OPERATOR)
 def job_cancel(request, pk: int):
     job = get_object_or_404(CompressionJob, pk=pk)
-    accepted = jobs.do_cancel(job)
+    accepted = jobs.cancel_job(job)
     audit.note(request, "job.cancel", job, accepted=accepted)
     if accepted:
         messages.success(request, _("Cancel requested."))

@@ -12,7 +12,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import gettext as _
 
 from compression import services, uploads
-from compression.api.views import artifact_response
+from compression.api.views.models import artifact_response
 from compression.choices import VersionStatus
 from compression.forms import DatasetUploadForm, ModelUploadForm, VersionUploadForm
 from compression.models import CompressionJob, Dataset, MLModel, ModelVersion
@@ -42,11 +42,11 @@ def model_upload(request):
         else:
             try:
                 with transaction.atomic():  # the model and its version row, nothing slow
-                    model = services.do_create_model(
+                    model = services.create_model(
                         name=data["name"], task=data["task"], description=data["description"],
                         owner=request.user,
                     )
-                    result = uploads.check_and_queue_version(
+                    result = uploads.queue_version(
                         model, staged, original_filename=data["file"].name, actor=request.user)
             finally:
                 uploads.release_staged(staged)
@@ -93,7 +93,7 @@ def version_upload(request, pk: int):
     if request.method == "POST" and form.is_valid():
         upload = form.cleaned_data["file"]
         try:
-            result = uploads.check_and_accept_upload(
+            result = uploads.accept_upload(
                 model, upload.temporary_file_path(), original_filename=upload.name,
                 actor=request.user, parent=model.latest_version(),
                 notes=form.cleaned_data["notes"],
@@ -115,7 +115,7 @@ def dataset_upload(request, pk: int):
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
-            dataset = services.check_and_register_dataset(
+            dataset = services.register_dataset(
                 data["file"].temporary_file_path(), name=data["name"], purpose=data["purpose"],
                 original_filename=data["file"].name, model=model, actor=request.user,
             )

@@ -1,7 +1,7 @@
 """The device update API: artifact download and status reports (check-in is
-the plain view in `ota.api.checkin`).
+the plain view in `device_api.checkin`).
 
-Identity comes only from the bearer credential (RELIABILITY A2).
+Identity comes only from the bearer credential (A2).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.response import Response
 
 from compression.models import ModelVersion
-from devices.api.device import DeviceView
+from device_api.enroll import DeviceView
 from ota import services
 from ota.choices import UpdateState
 from ota.models import DeviceUpdate

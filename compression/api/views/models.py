@@ -57,7 +57,7 @@ class MLModelViewSet(viewsets.ModelViewSet):
 
     def perform_create(self, serializer):
         try:
-            model = services.do_create_model(owner=self.request.user, **serializer.validated_data)
+            model = services.create_model(owner=self.request.user, **serializer.validated_data)
         except IntegrityError:
             raise ValidationError({"name": ["A model with this name already exists."]}) from None
         serializer.instance = model
@@ -110,7 +110,7 @@ class ModelVersionListView(APIView):
             if parent is None:
                 raise ValidationError({"parent": ["No such version."]})
         try:
-            result = uploads.check_and_accept_upload(
+            result = uploads.accept_upload(
                 model, upload.temporary_file_path(), original_filename=upload.name,
                 actor=request.user, parent=parent, notes=form.validated_data["notes"],
             )
@@ -175,7 +175,7 @@ class DatasetViewSet(
         data = serializer.validated_data
         upload = data["file"]
         try:
-            dataset = services.check_and_register_dataset(
+            dataset = services.register_dataset(
                 upload.temporary_file_path(), name=data["name"], purpose=data["purpose"],
                 original_filename=upload.name, model=data.get("model"), actor=request.user,
             )

@@ -19,7 +19,7 @@ Loopback only; the scratch database `edgefleet_fleetbench` is dropped and
 recreated and Redis db `--redis-db` (not 0) is flushed. Bounded in time: the
 simulator is killed `--duration-s` + 300 s after it starts.
 
-    .venv/bin/python benchmarks/fleet.py [--devices 10000] [--duration-s 600]
+    .venv/bin/python benchmarks/simulated_fleet.py [--devices 10000] [--duration-s 600]
         [--workers N] [--threads N] [--concurrency 8]
 """
 
@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
-# benchmarks/compression.py would shadow the `compression` app.
+# Run as a script: this checkout's packages (and `benchmarks`) come first on sys.path.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
@@ -99,8 +99,9 @@ def main() -> None:
     django.setup()
     from django.db import connection
 
-    from devices import keys, services
+    from devices import services
     from devices.models import Device, TelemetryPoint
+    from ota import keys
 
     _token, enrollment = services.create_enrollment_token(name="fleet benchmark",
                                                           max_uses=args.devices)

@@ -1,0 +1,163 @@
+"""Training-based compression benchmark (the ``train`` extra): one run, one table.
+
+- A reference model where post-training int8 loses accuracy: the digits CNN with
+  two output channels of conv2 and conv3 scaled ×S and their consumers' input
+  weights ÷S (identical in float, ReLU being positively homogeneous) — outlier
+  activations that quantize badly per tensor. fp32, PTQ int8 (int8-static),
+  QAT int8 with labels and with the teacher only; p50 at 1 thread.
+- Distillation on digits: student = the teacher with 50 % of its Conv channels,
+  trained with the teacher vs the same student trained on labels only.
+- Pruning with recovery on digits: prune-structured ratio 0.5 with its fine-tune.
+
+Training data: scikit-learn's bundled digits (the fixture's training split, with
+labels); evaluation: compression/fixtures/digits_eval.npz. Usage:
+
+    nice -n 10 .venv/bin/python benchmarks/training.py [--scale 200] [--runs 200]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
+import argparse  # noqa: E402 - after the sys.path fix above
+import tempfile  # noqa: E402 - after the sys.path fix above
+import time  # noqa: E402 - after the sys.path fix above
+
+import numpy as np  # noqa: E402 - after the sys.path fix above
+import onnx  # noqa: E402 - after the sys.path fix above
+from onnx import numpy_helper  # noqa: E402 - after the sys.path fix above
+
+from compression.engine.benchmark import benchmark  # noqa: E402
+from compression.engine.evaluate import evaluate  # noqa: E402
+from compression.engine.inspect import count_parameters  # noqa: E402
+from compression.engine.recipes import run_recipe  # noqa: E402
+
+FIX = _HERE.parent / "compression" / "fixtures"
+DIGITS, CAL, EVAL = FIX / "digits_cnn.onnx", FIX / "digits_calibration.npz", FIX / "digits_eval.npz"
+
+
+def make_outlier_model(path: Path, scale: float) -> None:
+    model = onnx.load(str(DIGITS))
+    inits = {t.name: t for t in model.graph.initializer}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+
+    def get(name):
+        return numpy_helper.to_array(inits[name]).copy()
+
+    def put(name, arr):
+        inits[name].CopyFrom(numpy_helper.from_array(arr.astype(np.float32), name))
+
+    for first, second in ((convs[1], convs[2]), (convs[2], convs[3])):
+        w, b, w2 = get(first.input[1]), get(first.input[2]), get(second.input[1])
+        channels = np.argsort(-np.abs(w).reshape(len(w), -1).sum(1))[:2]
+        w[channels] *= scale
+        b[channels] *= scale
+        w2[:, channels] /= scale
+        put(first.input[1], w)
+        put(first.input[2], b)
+        put(second.input[1], w2)
+    onnx.save(model, str(path))
+
+
+def make_train_npz(path: Path) -> None:
+    sys.path.insert(0, str(FIX))
+    from make_digits import load_images, split
+
+    x, y = load_images()
+    train, _ = split(len(x))
+    np.savez(path, image=x[train], labels=y[train])
+
+
+def acc(path) -> float:
+    return evaluate(path, EVAL)["accuracy"]["top1"]
+
+
+def p50(path, runs) -> float:
+    return benchmark(path, threads=1, runs=runs, warmup=10)["latency_ms"]["p50"]
+
+
+def conv_channels(path) -> int:
+    model = onnx.load(str(path))
+    inits = {t.name: t for t in model.graph.initializer}
+    return sum(inits[n.input[1]].dims[0] for n in model.graph.node if n.op_type == "Conv")
+
+
+def params(path) -> int:
+    return count_parameters(onnx.load(str(path)))
+
+
+def timed(recipe, src, out, **kw):
+    started = time.monotonic()
+    result = run_recipe(recipe, src, out, **kw)
+    return result, time.monotonic() - started
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scale", type=float, default=200.0)
+    ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--qat-epochs", type=int, default=8)
+    ap.add_argument("--distill-epochs", type=int, default=30)
+    args = ap.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="edgefleet-train-bench-") as tmp:
+        t = Path(tmp)
+        train = t / "train.npz"
+        make_train_npz(train)
+        ref = t / "outlier.onnx"
+        make_outlier_model(ref, args.scale)
+        common = {"calibration_path": CAL, "train_path": train, "eval_path": EVAL}
+        # --- QAT on the outlier model -------------------------------------------------
+        _, s_ptq = timed("int8-static", ref, t / "ptq.onnx", calibration_path=CAL)
+        q_l, s_ql = timed("qat", ref, t / "qat.onnx", **common,
+                          overrides={"epochs": args.qat_epochs})
+        _, s_qu = timed("qat", ref, t / "qat-nolabels.onnx", **common,
+                        overrides={"epochs": args.qat_epochs, "use_labels": False})
+        base_acc, base_p50 = acc(ref), p50(ref, args.runs)
+        for name, path, secs in ((f"fp32 (outlier ×{args.scale:g})", ref, 0.0),
+                                 ("PTQ int8 (int8-static)", t / "ptq.onnx", s_ptq),
+                                 ("QAT int8, labels", t / "qat.onnx", s_ql),
+                                 ("QAT int8, teacher only", t / "qat-nolabels.onnx", s_qu)):
+            a = acc(path)
+            rows.append([name, f"{a:.4f}", f"{(base_acc - a) * 100:+.2f}",
+                         f"{params(path) / params(ref):.2f}",
+                         f"{p50(path, args.runs) / base_p50:.2f}", f"{secs:.1f}"])
+        # --- distillation on digits ----------------------------------------------------
+        d_acc, d_p50 = acc(DIGITS), p50(DIGITS, args.runs)
+        rows.append(["digits fp32 (teacher)", f"{d_acc:.4f}", "+0.00", "1.00", "1.00", "0.0"])
+        for name, alpha in (("distill ratio 0.5 (teacher)", 0.7),
+                            ("same student, labels only", 0.0)):
+            out = t / f"distill-{alpha}.onnx"
+            _, secs = timed("distill", DIGITS, out, **common,
+                            overrides={"ratio": 0.5, "alpha": alpha,
+                                       "epochs": args.distill_epochs})
+            a = acc(out)
+            rows.append([name, f"{a:.4f}", f"{(d_acc - a) * 100:+.2f}",
+                         f"{params(out) / params(DIGITS):.2f}",
+                         f"{p50(out, args.runs) / d_p50:.2f}", f"{secs:.1f}"])
+        # --- pruning with recovery -----------------------------------------------------
+        for name, opts in (("prune-structured 0.5, no fine-tune", {"finetune_epochs": 0}),
+                           ("prune-structured 0.5 + fine-tune", {"finetune_epochs": 15})):
+            out = t / f"prune-{opts['finetune_epochs']}.onnx"
+            _, secs = timed("prune-structured", DIGITS, out, **common,
+                            overrides={"ratio": 0.5, **opts})
+            a = acc(out)
+            removed = 1 - conv_channels(out) / conv_channels(DIGITS)
+            rows.append([f"{name} ({removed:.0%} ch. removed)", f"{a:.4f}",
+                         f"{(d_acc - a) * 100:+.2f}", f"{params(out) / params(DIGITS):.2f}",
+                         f"{p50(out, args.runs) / d_p50:.2f}", f"{secs:.1f}"])
+    header = ["variant", "accuracy", "drop pt", "params ×", "p50 × (1 thr)", "wall s"]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, ["-" * w for w in widths], *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
+    print(f"fp32 p50 (1 thread): outlier model {base_p50:.3f} ms, digits {d_p50:.3f} ms; "
+          f"QAT labelled best epoch {q_l.steps[0]['metrics']['best_epoch']}")
+
+
+if __name__ == "__main__":
+    main()
