@@ -26,8 +26,8 @@ def _npz(**arrays) -> bytes:
 
 @pytest.fixture
 def audio_model():
-    model = services.do_create_model(name="kws", task="classification")
-    services.check_and_register_version(model, zoo.model_path("audio_kws_b1"),
+    model = services.create_model(name="kws", task="classification")
+    services.register_version(model, zoo.model_path("audio_kws_b1"),
                                         original_filename="audio_kws_b1.onnx")
     return model
 
@@ -45,7 +45,7 @@ def test_a_scalar_input_passes_the_upload_and_the_job_check(operator_api, audio_
     assert response.status_code == 201, response.content
     dataset = Dataset.objects.get(pk=response.json()["id"])
     assert dataset.sample_count == 2
-    job = jobs.check_and_create_job(audio_model.latest_version(), evaluation=dataset,
+    job = jobs.create_job(audio_model.latest_version(), evaluation=dataset,
                                     enqueue=False)
     assert job.status == JobStatus.QUEUED
 
@@ -65,14 +65,14 @@ def test_example_download_fits_the_contract(client, operator_user, audio_model, 
     assert response.status_code == 200
     path = tmp_path / "example.npz"
     path.write_bytes(response.content)
-    ds = services.check_and_register_dataset(path, name="ex", purpose="evaluation",
+    ds = services.register_dataset(path, name="ex", purpose="evaluation",
                                              original_filename="example.npz", model=audio_model)
     assert ds.sample_count == 4 and ds.has_labels
 
 
 def test_example_of_a_model_without_versions_is_404(client, operator_user):
     client.force_login(operator_user)
-    model = services.do_create_model(name="empty", task="classification")
+    model = services.create_model(name="empty", task="classification")
     assert client.get(f"/models/{model.pk}/datasets/example.npz").status_code == 404
 
 
@@ -83,7 +83,7 @@ def test_anonymous_cannot_download_the_example(client, audio_model):
 
 def test_latency_only_job_runs_and_kpi_missing_variants_are_not_offered(client, operator_user):
     demo = load_demo()
-    job = jobs.check_and_create_job(demo.version, mode="recipes",
+    job = jobs.create_job(demo.version, mode="recipes",
                                     recipes=["optimize", "int8-dynamic"],
                                     kpis={"max_size_mb": 0.5}, enqueue=False)
     assert job.evaluation is None
@@ -101,5 +101,5 @@ def test_latency_only_job_runs_and_kpi_missing_variants_are_not_offered(client, 
 def test_a_fidelity_kpi_without_evaluation_data_is_refused():
     demo = load_demo()
     with pytest.raises(jobs.JobRejected) as exc:
-        jobs.check_and_create_job(demo.version, kpis={"min_fidelity": 0.9}, enqueue=False)
+        jobs.create_job(demo.version, kpis={"min_fidelity": 0.9}, enqueue=False)
     assert exc.value.field == "evaluation"
