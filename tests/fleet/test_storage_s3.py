@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import boto3
 import pytest
-from django.core.files.uploadedfile import SimpleUploadedFile
 
 from compression.models import MLModel
 from tests.compression import bad_models
+from tests.compression.test_uploads import upload, validated
 from tests.conftest import tiny_model_bytes
 
 pytestmark = pytest.mark.django_db
@@ -52,9 +52,9 @@ def keys(client) -> set[str]:
 def test_upload_and_download_through_s3(s3_storage, operator_api, operator_user):
     model = MLModel.objects.create(name="s3-model", owner=operator_user)
     data = tiny_model_bytes(seed=42)
-    response = operator_api.post(f"/api/v1/models/{model.pk}/versions/",
-                                 {"file": SimpleUploadedFile("m.onnx", data)}, format="multipart")
-    assert response.status_code == 201, response.content
+    response = upload(operator_api, model, data)  # stored, then validated as the worker would
+    assert response.status_code == 202, response.content
+    assert validated(operator_api, response)["status"] == "ready"
     sha = response.json()["sha256"]
     assert f"models/{sha}.onnx" in keys(s3_storage)
     stored = s3_storage.get_object(Bucket="edgefleet-test", Key=f"models/{sha}.onnx")
@@ -66,10 +66,7 @@ def test_upload_and_download_through_s3(s3_storage, operator_api, operator_user)
 def test_refused_upload_leaves_bucket_clean(s3_storage, operator_api, operator_user):
     model = MLModel.objects.create(name="s3-bad", owner=operator_user)
     before = keys(s3_storage)
-    response = operator_api.post(
-        f"/api/v1/models/{model.pk}/versions/",
-        {"file": SimpleUploadedFile("m.onnx", bad_models.external_relative())},
-        format="multipart",
-    )
-    assert response.status_code == 400
-    assert keys(s3_storage) == before
+    response = upload(operator_api, model, bad_models.external_relative())
+    assert response.status_code == 202, response.content
+    assert validated(operator_api, response)["status"] == "rejected"
+    assert keys(s3_storage) == before  # the worker deletes what it refused
