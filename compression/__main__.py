@@ -5,6 +5,7 @@
     benchmark MODEL.onnx [--threads N] [--runs N] [--batch N]
     evaluate MODEL.onnx --data DATA.npz [--reference REF.onnx]
     auto IN.onnx --calibration CAL.npz --eval EVAL.npz [--max-latency-ms X] ... --out DIR
+    auto IN.onnx --latency-only --out DIR      (no data yet: generated inputs)
 
 ``--json`` prints JSON; errors exit 2 with one line (``--debug`` for the traceback).
 """
@@ -131,20 +132,30 @@ def cmd_auto(args) -> dict:
         if not args.json:
             print(f"[{fraction * 100:5.1f}%] {step}", file=sys.stderr)
 
-    r = auto(_need_file(args.model, "model"),
-             calibration_path=_need_file(args.calibration, "calibration dataset"),
-             evaluation_path=_need_file(args.eval, "evaluation dataset"), kpis=kpis,
-             threads=args.threads, budget_s=args.budget_s, out_dir=args.out, progress=progress)
+    if args.eval is None and not args.latency_only:
+        raise ValueError("give --eval DATA.npz, or --latency-only to time generated inputs "
+                         "(fidelity is then unknown)")
+    kinds = _parse_sets(args.output_kind)
+    # relative paths are the caller's: the sandboxed children run in their own directories
+    r = auto(Path(_need_file(args.model, "model")).resolve(),
+             calibration_path=args.calibration and Path(
+                 _need_file(args.calibration, "calibration dataset")).resolve(),
+             evaluation_path=args.eval and Path(
+                 _need_file(args.eval, "evaluation dataset")).resolve(), kpis=kpis,
+             threads=args.threads, budget_s=args.budget_s, out_dir=Path(args.out).resolve(),
+             progress=progress, output_kinds=kinds or None)
     if not args.json:
         rows = []
         for c in r["candidates"]:
             m = c["metrics"] or {}
             rows.append([c["recipe"], m.get("p50_ms"), m.get("p50_ratio"), m.get("size_ratio"),
-                         m.get("accuracy"), m.get("fidelity"),
-                         "yes" if c["meets_kpis"] else "; ".join(c["violations"])[:60],
+                         m.get("accuracy"), m.get("fidelity"), m.get("fidelity_metric"),
+                         "yes" if c["meets_kpis"] else c["verdict"][:60],
                          "*" if c["pareto"] else ""])
         print(_table(rows, ["recipe", "p50 ms", "p50 x", "size x", "accuracy", "fidelity",
-                            "meets KPIs", "pareto"]))
+                            "metric", "meets KPIs", "pareto"]))
+        print(f"measured on: {r['measurement'].get('shape')} "
+              f"({r['measurement'].get('shape_source')}), interleaved with fp32")
         print(f"chosen: {r['chosen']}  {r['reason']}")
         print(f"report: {Path(args.out) / 'report.json'}")
     return r
@@ -185,8 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("auto", parents=[common], help="search recipes against KPIs")
     p.add_argument("model")
-    p.add_argument("--calibration", required=True)
-    p.add_argument("--eval", required=True)
+    p.add_argument("--calibration", help="calibration .npz (int8 recipes need it)")
+    p.add_argument("--eval", help="evaluation .npz (fidelity/accuracy; latency shapes)")
+    p.add_argument("--latency-only", action="store_true",
+                   help="no data yet: time generated inputs; fidelity is reported as unknown")
+    p.add_argument("--output-kind", action="append", default=[], metavar="OUTPUT=KIND",
+                   help="override how an output is scored: classes, sequence, indices, boxes, "
+                        "regression, embedding")
     p.add_argument("--max-latency-ms", type=float)
     p.add_argument("--max-accuracy-drop", type=float, help="percentage points")
     p.add_argument("--min-fidelity", type=float, help="top-1 agreement (or cosine), 0..1")

@@ -1,7 +1,9 @@
 from django import forms
+from django.utils.text import format_lazy
 from django.utils.translation import gettext_lazy as _
 
 from compression.choices import JOB_KPIS, DatasetPurpose, JobMode, ModelTask
+from compression.engine.search import DEFAULT_QUALITY_FLOOR
 from compression.models import Dataset, MLModel
 from compression.workers import training_workers
 
@@ -51,7 +53,13 @@ class JobForm(forms.Form):
                     "default search set)."))
     max_latency_ms = forms.FloatField(label=JOB_KPIS["max_latency_ms"][0], required=False)
     max_accuracy_drop = forms.FloatField(label=JOB_KPIS["max_accuracy_drop"][0], required=False)
-    min_fidelity = forms.FloatField(label=JOB_KPIS["min_fidelity"][0], required=False)
+    min_fidelity = forms.FloatField(
+        label=JOB_KPIS["min_fidelity"][0], required=False,
+        help_text=format_lazy(
+            _("Agreement with the original on each output's task metric (top-1 class, "
+              "decoded sequence, exact index, box IoU or cosine). Left empty with no "
+              "accuracy KPI: the default quality floor {floor} applies."),
+            floor=DEFAULT_QUALITY_FLOOR))
     max_size_mb = forms.FloatField(label=JOB_KPIS["max_size_mb"][0], required=False)
     hardware_profile = forms.ModelChoiceField(
         label=_("Hardware profile"), queryset=None, required=False,
@@ -61,8 +69,10 @@ class JobForm(forms.Form):
                                          required=False)
     calibration_file = forms.FileField(label=_("…or upload calibration .npz"), required=False,
                                        widget=forms.ClearableFileInput(attrs={"accept": ".npz"}))
-    evaluation = forms.ModelChoiceField(label=_("Evaluation data"), queryset=None,
-                                        required=False)
+    evaluation = forms.ModelChoiceField(
+        label=_("Evaluation data"), queryset=None, required=False,
+        help_text=_("Latency is timed on its samples' own shapes. None: latency-only mode "
+                    "(generated inputs, fidelity unknown)."))
     evaluation_file = forms.FileField(label=_("…or upload evaluation .npz"), required=False,
                                       widget=forms.ClearableFileInput(attrs={"accept": ".npz"}))
     time_budget_s = forms.IntegerField(label=_("Time budget (s)"), initial=600, min_value=10,

@@ -17,7 +17,8 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from compression.choices import JOB_KPIS, DatasetPurpose, JobMode, JobStatus
-from compression.engine.errors import EngineError
+from compression.engine.datasets import check_contract
+from compression.engine.errors import DatasetError, EngineError
 from compression.engine.recipes import needs_calibration, resolve
 from compression.engine.search import SEARCH_RECIPES
 from compression.models import CompressionJob, Dataset, ModelVersion
@@ -88,22 +89,14 @@ def _check_kpis(kpis: dict | None) -> dict:
 
 
 def _check_dataset(dataset: Dataset | None, source: ModelVersion, field: str) -> None:
+    """The engine's dataset contract, the one the upload check applies too."""
     if dataset is None:
         return
-    for spec in source.inputs:
-        meta = dataset.arrays.get(spec["name"])
-        if meta is None:
-            raise JobRejected("dataset_mismatch", _(
-                "Dataset %(d)s has no array for model input %(i)r.")
-                % {"d": dataset.name, "i": spec["name"]}, field)
-        want, got = list(spec.get("shape") or []), list(meta.get("shape") or [])
-        fixed_ok = len(want) == len(got) and all(
-            not isinstance(w, int) or w <= 0 or w == g
-            for w, g in zip(want[1:], got[1:], strict=True))
-        if not fixed_ok:
-            raise JobRejected("dataset_mismatch", _(
-                "Dataset %(d)s: array %(i)r has shape %(g)s, the model expects %(w)s.")
-                % {"d": dataset.name, "i": spec["name"], "g": got, "w": want}, field)
+    try:
+        check_contract(dataset.arrays, source.inputs, name=dataset.name)
+    except DatasetError as exc:
+        raise JobRejected("dataset_mismatch", _("Dataset %(d)s does not fit the model: %(e)s")
+                          % {"d": dataset.name, "e": exc}, field) from None
 
 
 def _int_option(options: dict, key: str, low: int, high: int) -> None:
@@ -190,9 +183,10 @@ def create_job(source: ModelVersion, *, mode: str = JobMode.AUTO,
         # auto with the training extra: the default search plus the training recipes
         base = [r for r in (recipes or default_search_recipes()) if r != "qat"]
         recipes = [*base, "qat"]
-    if evaluation is None:
-        raise JobRejected("no_evaluation", _("An evaluation dataset is required: every variant "
-                                             "is scored on it."), "evaluation")
+    if evaluation is None and ({"min_fidelity", "max_accuracy_drop"} & set(kpis)):
+        raise JobRejected("no_evaluation", _("Fidelity and accuracy KPIs need an evaluation "
+                                             "dataset; without one the job is latency-only."),
+                          "evaluation")
     _check_dataset(evaluation, source, "evaluation")
     _check_dataset(calibration, source, "calibration")
     if calibration is not None and calibration.purpose != DatasetPurpose.CALIBRATION:
@@ -205,7 +199,7 @@ def create_job(source: ModelVersion, *, mode: str = JobMode.AUTO,
                               "calibration")
         # auto without calibration data: leave out what would need it
         recipes = [r for r in effective if not needs_calibration(r)]
-    if "max_accuracy_drop" in kpis and not evaluation.has_labels:
+    if "max_accuracy_drop" in kpis and not evaluation.has_labels:  # evaluation is set here
         raise JobRejected("no_labels", _("An accuracy KPI needs an evaluation dataset with "
                                          "labels."), "kpis")
     try:

@@ -190,8 +190,9 @@ class CompressionJob(models.Model):
     )
     calibration = models.ForeignKey(Dataset, null=True, blank=True, on_delete=models.PROTECT,
                                     related_name="+", verbose_name=_("calibration data"))
-    evaluation = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="+",
-                                   verbose_name=_("evaluation data"))
+    # none: latency-only (generated inputs, fidelity unknown)
+    evaluation = models.ForeignKey(Dataset, null=True, blank=True, on_delete=models.PROTECT,
+                                   related_name="+", verbose_name=_("evaluation data"))
     time_budget_s = models.PositiveIntegerField(_("time budget (s)"), default=600)
     # training recipes' settings: {"training": bool, "epochs": n, "finetune_epochs": n,
     # "distill": {"ratio": r, "student_version": id}}

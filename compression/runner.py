@@ -161,7 +161,8 @@ def _target(job: CompressionJob) -> tuple[int, str]:
 
 def _search(job: CompressionJob, workdir: Path, reporter: ProgressReporter) -> dict:
     source = _fetch(job.source.artifact, workdir / "source.onnx")
-    evaluation = _fetch(job.evaluation.artifact, workdir / "evaluation.npz")
+    evaluation = (_fetch(job.evaluation.artifact, workdir / "evaluation.npz")
+                  if job.evaluation else None)  # none: latency-only, generated inputs
     calibration = (_fetch(job.calibration.artifact, workdir / "calibration.npz")
                    if job.calibration else None)
     threads, provider = _target(job)
@@ -247,7 +248,9 @@ def _store_candidates(job: CompressionJob, report: dict, reporter: ProgressRepor
             Candidate.objects.filter(pk=row.pk).update(version=version)
         elif cand.get("path") and row.version_id is not None:  # an earlier attempt's
             version = row.version
-        elif cand.get("path"):
+        elif cand.get("path") and (job.recipes or cand.get("meets_kpis") or cand.get("pareto")):
+            # the default search builds many grid points: only those worth keeping become
+            # versions (asked for explicitly, meeting the KPIs, or on the Pareto front)
             reporter(i / max(1, len(results)), _("registering %(r)s") % {"r": cand["recipe"]})
             version = _register_variant(job, cand)
             Candidate.objects.filter(pk=row.pk).update(version=version)
@@ -280,6 +283,9 @@ def _summary(job: CompressionJob, report: dict) -> dict:
         "chosen": report.get("chosen"), "reason": report.get("reason", ""),
         "pareto": report.get("pareto", []), "skipped": report.get("skipped", []),
         "seconds": report.get("seconds"), "threads": report.get("threads"),
+        "measurement": report.get("measurement", {}),
+        "default_quality_floor": report.get("default_quality_floor"),
+        "latency_only": report.get("latency_only", False),
         "provider": report.get("provider"), "host": host_info(),
         "hardware_profile": job.hardware_profile.name if job.hardware_profile else None,
     }

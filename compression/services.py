@@ -235,18 +235,26 @@ def _npy_header(fh) -> tuple[tuple[int, ...], np.dtype]:
 
 
 def _check_arrays(arrays: dict[str, dict], model: MLModel | None) -> int:
-    counts = {name: (meta["shape"] or [0])[0] for name, meta in arrays.items()}
-    if len(set(counts.values())) != 1:
+    """The engine's dataset contract (the same one the job check applies)."""
+    from compression.engine.datasets import check_contract
+    from compression.engine.errors import DatasetError
+
+    latest = model.latest_version() if model is not None else None
+    if latest is not None:
+        try:
+            return check_contract(arrays, latest.inputs)["samples"]
+        except DatasetError as exc:
+            raise UploadRejected("bad_dataset", str(exc)) from None
+    # no model to check against: per-sample arrays must agree; 0-d arrays are fixed values
+    counts = {name: meta["shape"][0] for name, meta in arrays.items() if meta["shape"]}
+    if len(set(counts.values())) > 1:
         raise UploadRejected(
             "bad_dataset",
             _("Every array must have the same number of samples on axis 0; got %(c)s.")
             % {"c": counts},
         )
-    if model is not None and (latest := model.latest_version()) is not None:
-        missing = [i["name"] for i in latest.inputs if i["name"] not in arrays]
-        if missing:
-            raise UploadRejected(
-                "bad_dataset",
-                _("The dataset has no array for model input(s) %(m)s.") % {"m": ", ".join(missing)},
-            )
-    return next(iter(counts.values()))
+    labels = arrays.get("labels")
+    n = next(iter(counts.values()), 1)
+    if labels is not None and (labels["shape"] or [None])[0] != n:
+        raise UploadRejected("bad_dataset", _("'labels' must hold one class id per sample."))
+    return n

@@ -11,6 +11,7 @@ urlpatterns = [
     path("<int:pk>/", models.model_detail, name="model-detail"),
     path("<int:pk>/versions/", models.version_upload, name="version-upload"),
     path("<int:pk>/datasets/", models.dataset_upload, name="dataset-upload"),
+    path("<int:pk>/datasets/example.npz", models.dataset_example, name="dataset-example"),
     path("<int:pk>/versions/<int:number>/download/", models.version_download,
          name="version-download"),
     path("datasets/<int:pk>/download/", models.dataset_download, name="dataset-download"),

@@ -21,6 +21,22 @@ def _set_limits(memory_mb: int | None, cpu_s: int | None) -> None:
         resource.setrlimit(resource.RLIMIT_CPU, (int(cpu_s), int(cpu_s) + 1))
 
 
+def _die_with_parent() -> None:
+    """Linux: get SIGKILL when the parent dies, so a sandbox started inside a sandbox
+    (the fp16 load check) never outlives the one that started it."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the request took effect
+        os._exit(1)
+
+
 def _resolve(qualname: str):
     module_name, _, attr = qualname.partition(":")
     obj = importlib.import_module(module_name)
@@ -30,6 +46,7 @@ def _resolve(qualname: str):
 
 
 def main(payload: dict, result_path: str) -> None:
+    _die_with_parent()
     _set_limits(payload.get("memory_mb"), payload.get("cpu_s"))
     from compression.engine.errors import EngineError
 

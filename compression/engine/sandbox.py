@@ -108,6 +108,10 @@ def run_isolated(
             raise SandboxTimeout(
                 f"the isolated process did not finish within {timeout_s:g} s and was killed"
             ) from None
+        except BaseException:
+            # interrupted (a task's soft time limit, Ctrl-C): take the child down with us
+            _kill_group(proc)
+            raise
         if proc.returncode != 0 or not result_path.exists():
             tail = (stderr or b"").decode(errors="replace").strip().splitlines()[-1:]
             detail = f": {tail[0][:300]}" if tail else ""

@@ -7,6 +7,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.db import transaction
 from django.db.models import Count
+from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import gettext as _
 
@@ -124,6 +125,20 @@ def dataset_upload(request, pk: int):
             audit.note(request, "dataset.upload", dataset)
             messages.success(request, _("Dataset %(n)s stored.") % {"n": dataset.name})
     return redirect("compression:model-detail", pk=model.pk)
+
+
+@login_required
+def dataset_example(request, pk: int):
+    """A small valid .npz for the latest version's inputs (the dataset format, by example)."""
+    from compression.engine.datasets import example_npz
+
+    model = get_object_or_404(MLModel, pk=pk)
+    version = model.latest_version()
+    if version is None:
+        raise Http404(_("This model has no version yet."))
+    response = HttpResponse(example_npz(version.inputs), content_type="application/octet-stream")
+    response["Content-Disposition"] = f'attachment; filename="{model.pk}-example.npz"'
+    return response
 
 
 @login_required

@@ -210,7 +210,7 @@ def _npz(**arrays) -> io.BytesIO:
     ({"time_budget_s": 1}, "bad_budget"),
     ({"calibration": None}, "no_calibration"),
     ({"mode": "magic"}, "mode"),
-    ({"evaluation": None}, "evaluation"),
+    ({"evaluation": None, "kpis": {"min_fidelity": 0.9}}, "evaluation"),
 ])
 def test_malformed_job_requests_are_refused(operator_api, demo, change, code,
                                             django_capture_on_commit_callbacks):

@@ -102,3 +102,16 @@ def test_relative_paths_and_unknown_provider(tmp_path, cnn_path):
     proc = run("benchmark", "rel.onnx", "--provider", "NoSuchEP")
     # onnxruntime would fall back to CPU silently; we refuse instead
     assert proc.returncode == 2 and "'NoSuchEP' is not available" in proc.stderr
+
+
+def test_auto_with_relative_paths(tmp_path, cnn_path, cnn_data):
+    shutil.copy(cnn_path, tmp_path / "m.onnx")
+    shutil.copy(cnn_data, tmp_path / "d.npz")
+    proc = subprocess.run(
+        [sys.executable, "-m", "compression", "auto", "m.onnx", "--calibration", "d.npz",
+         "--eval", "d.npz", "--out", "out", "--budget-s", "1"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert proc.returncode == 0, proc.stderr
+    assert "measured on: x [1, 3, 16, 16] (data)" in proc.stdout
+    assert (tmp_path / "out" / "report.json").exists()

@@ -32,6 +32,7 @@ def test_registry_lists_every_pass():
     assert list_passes() == sorted([
         "prepare", "int8-dynamic", "int8-static", "mixed-precision", "fp16",
         "prune-unstructured", "prune-structured", "optimize", "distill", "qat",
+        "int8-nncf",
     ])
     with pytest.raises(PassConfigError, match="unknown pass"):
         get_pass("int4-magic")

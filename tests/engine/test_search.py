@@ -105,3 +105,28 @@ def test_a_crashing_candidate_is_recorded_and_the_search_goes_on(tmp_path, cnn_p
     fp16 = next(c for c in r["candidates"] if c["recipe"] == "fp16")
     assert "SIGSEGV" in fp16["error"] and not fp16["meets_kpis"]
     assert r["chosen"] in {"fp32", "optimize"}
+
+
+def test_auto_default_search_grid_floor_shapes_and_explanations(tmp_path, cnn_path, cnn_data):
+    r = auto(cnn_path, calibration_path=cnn_data, evaluation_path=cnn_data, kpis={},
+             out_dir=tmp_path / "auto", runs=10)
+    names = [c["recipe"] for c in r["candidates"]]
+    assert "int8-static[qop,u8,per-tensor]" in names and "int8-static" in names
+    assert r["default_quality_floor"] == 0.98 and r["kpis_applied"]["min_fidelity"] == 0.98
+    assert "default quality floor" in r["reason"]
+    assert r["measurement"]["shape_source"] == "data" and r["measurement"]["interleaved"]
+    assert r["measurement"]["shape"] == "x [1, 3, 16, 16]"
+    chosen = next(c for c in r["candidates"] if c["recipe"] == r["chosen"])
+    assert chosen["metrics"]["fidelity"] >= 0.98
+    assert all(c["verdict"] for c in r["candidates"])
+    if r["chosen"] == "fp32":
+        assert "Why no variant beats fp32" in r["reason"]
+
+
+def test_auto_latency_only_reports_fidelity_unknown(tmp_path, cnn_path):
+    r = auto(cnn_path, calibration_path=None, evaluation_path=None, kpis={},
+             out_dir=tmp_path / "auto", recipes=("optimize", "int8-static"), runs=10)
+    assert r["latency_only"] and r["default_quality_floor"] is None
+    assert all(c["metrics"]["fidelity"] is None for c in r["candidates"] if c["metrics"])
+    assert r["measurement"]["shape_source"] == "data"  # the generated inputs
+    assert "Latency-only" in r["reason"]

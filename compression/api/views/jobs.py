@@ -46,7 +46,8 @@ class CompressionJobSerializer(serializers.ModelSerializer):
     source = serializers.PrimaryKeyRelatedField(queryset=ModelVersion.objects.all())
     calibration = serializers.PrimaryKeyRelatedField(queryset=Dataset.objects.all(),
                                                      required=False, allow_null=True)
-    evaluation = serializers.PrimaryKeyRelatedField(queryset=Dataset.objects.all())
+    evaluation = serializers.PrimaryKeyRelatedField(  # none: latency-only
+        queryset=Dataset.objects.all(), required=False, allow_null=True)
     candidates = CandidateSerializer(many=True, read_only=True)
     created_by = serializers.CharField(source="created_by.username", read_only=True,
                                        default=None)
@@ -89,7 +90,7 @@ class CompressionJobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin,
             job = jobs.create_job(
                 data["source"], mode=data["mode"], recipes=data["recipes"], kpis=data["kpis"],
                 hardware_profile=data.get("hardware_profile"),
-                calibration=data.get("calibration"), evaluation=data["evaluation"],
+                calibration=data.get("calibration"), evaluation=data.get("evaluation"),
                 time_budget_s=data.get("time_budget_s", 600), actor=request.user,
                 options=data.get("options"),
             )

@@ -3,6 +3,7 @@
 from compression.engine.passes import (  # noqa: F401 - imported for their @register side effect
     fp16,
     mixed_precision,
+    nncf_quantize,
     optimize,
     prepare,
     prune,

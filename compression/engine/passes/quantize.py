@@ -149,6 +149,10 @@ class StaticConfig(PassConfig):
         default=False, metadata=doc("7-bit weights (older x86 CPUs without VNNI).")
     )
     preprocess: bool = field(default=True, metadata=doc("Run the prepare pass first."))
+    calibration_cache: str | None = field(
+        default=None,
+        metadata=doc("JSON file of calibrated tensor ranges: reused when it exists, written "
+                     "when not (the search calibrates once for all its variants)."))
     keep_stem_float: bool = field(
         default=True,
         metadata=doc(
@@ -212,24 +216,89 @@ def run_static(
         step = next((v for v in range(16, 8, -1) if reader.size % v), None)
         if step:
             extra["CalibMaxIntermediateOutputs"] = step
-    try:
-        quantize_static(
-            input_path,
-            str(output_path),
-            reader,
-            quant_format=QuantFormat.QDQ if config.quant_format == "qdq" else QuantFormat.QOperator,
-            op_types_to_quantize=config.op_types,
-            per_channel=config.per_channel,
-            reduce_range=config.reduce_range,
-            activation_type=_qtype(config.activation_type),
-            weight_type=_qtype(config.weight_type),
-            nodes_to_exclude=exclude or None,
-            calibrate_method=method,
-            extra_options=extra,
-            calibration_cache_path=calibration_cache,
-        )
-    except (ValueError, RuntimeError, KeyError) as exc:
-        raise PassRefused(f"Static quantization failed: {exc}") from None
+    quantize_static(
+        input_path,
+        str(output_path),
+        reader,
+        quant_format=QuantFormat.QDQ if config.quant_format == "qdq" else QuantFormat.QOperator,
+        op_types_to_quantize=config.op_types,
+        per_channel=config.per_channel,
+        reduce_range=config.reduce_range,
+        activation_type=_qtype(config.activation_type),
+        weight_type=_qtype(config.weight_type),
+        nodes_to_exclude=exclude or None,
+        calibrate_method=method,
+        extra_options=extra,
+        calibration_cache_path=calibration_cache,
+    )
+
+
+# op types onnxruntime's static quantizer handles best; the fallback when the full set fails
+CORE_OP_TYPES = ["Conv", "MatMul", "Gemm"]
+
+
+def fallback_strategies(config: StaticConfig, opset: int) -> list[tuple[str, dict]]:
+    """The strategies tried in order when onnxruntime's quantizer raises.
+
+    Each is (label, overrides on top of the user's config). Real exported
+    models trip the quantizer in many ways (shape inference, histogram
+    calibration on odd shapes, per-channel on old opsets, an op type it
+    mishandles); the next strategy usually gets around it.
+    """
+    out = [("as configured", {})]
+    if config.preprocess:
+        out.append(("without pre-processing",
+                    {"preprocess": False, **({"per_channel": False} if opset < 13 else {})}))
+    if config.calibrate_method != "minmax":
+        out.append(("MinMax calibration", {"calibrate_method": "minmax"}))
+    if config.per_channel:
+        out.append(("per-tensor weights", {"per_channel": False}))
+    if config.op_types != CORE_OP_TYPES:
+        out.append((f"only {'/'.join(CORE_OP_TYPES)} quantized",
+                    {"op_types": CORE_OP_TYPES, "per_channel": False,
+                     "calibrate_method": "minmax"}))
+    other = "qoperator" if config.quant_format == "qdq" else "qdq"
+    out.append((f"{other} format, {'/'.join(CORE_OP_TYPES)} only",
+                {"quant_format": other, "op_types": CORE_OP_TYPES, "per_channel": False,
+                 "calibrate_method": "minmax", "preprocess": False}))
+    return out
+
+
+def static_with_fallbacks(input_path, config: StaticConfig, output_path, *, notes: list[str],
+                          tmp: str, calibration_cache: str | None = None) -> StaticConfig:
+    """Quantize, trying ``fallback_strategies`` until one works; returns the config used.
+
+    Raises PassRefused listing every attempt when none does.
+    """
+    import dataclasses
+
+    opset = _util.default_opset(_util.load(input_path))
+    failures: list[str] = []
+    prepared: str | None = None
+    for i, (label, overrides) in enumerate(fallback_strategies(config, opset)):
+        cfg = dataclasses.replace(config, **overrides)
+        try:
+            if cfg.preprocess:
+                if prepared is None:
+                    prepared = maybe_preprocess(input_path, True, tmp, notes)
+                src = prepared
+            else:
+                src = str(input_path)
+            # a cache belongs to one source graph and calibration method
+            cache = calibration_cache if i == 0 else None
+            run_static(src, cfg, output_path, notes=notes, calibration_cache=cache)
+        except PassConfigError:
+            raise
+        except Exception as exc:  # the quantizer raises anything from ValueError to IndexError
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            failures.append(f"{label}: {type(exc).__name__}: {first}")
+            log.info("static quantization (%s) failed: %s", label, first)
+            continue
+        if failures:
+            notes.append("onnxruntime's quantizer failed " + "; ".join(failures)
+                         + f" - used: {label}")
+        return cfg
+    raise PassRefused("Static quantization failed with every strategy: " + "; ".join(failures))
 
 
 @register
@@ -242,12 +311,14 @@ class StaticInt8Pass(Pass):
     def run(self, input_path, config: StaticConfig, output_path) -> PassResult:
         notes: list[str] = []
         with tempfile.TemporaryDirectory(prefix="edgefleet-int8s-") as tmp:
-            src = maybe_preprocess(input_path, config.preprocess, tmp, notes)
-            run_static(src, config, output_path, notes=notes)
+            used = static_with_fallbacks(input_path, config, output_path, notes=notes, tmp=tmp,
+                                         calibration_cache=config.calibration_cache)
         metrics = {
             **_util.size_metrics(input_path, output_path),
             **quantized_node_count(output_path),
-            "calibrate_method": config.calibrate_method,
-            "per_channel": config.per_channel,
+            "calibrate_method": used.calibrate_method,
+            "per_channel": used.per_channel,
+            "quant_format": used.quant_format,
+            "activation_type": used.activation_type,
         }
         return PassResult(str(output_path), metrics, notes)
