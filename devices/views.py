@@ -83,6 +83,7 @@ def device_detail(request, uid: str):
         "alerts": device.alerts.order_by("-opened_at")[:10],
         "dropped": device.drop_reports.values("kind").annotate(total=Sum("count")),
         "tags": device.tags.all(), "models": (device.inventory or {}).get("models") or {},
+        "signals": metrics.field_signals(device),
         "chart_labels": {
             "p50": _("p50 latency (ms)"), "p95": _("p95 latency (ms)"),
             "throughput": _("throughput"), "memory": _("max memory (MB)"), "cpu": _("CPU %"),

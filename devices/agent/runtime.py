@@ -23,6 +23,7 @@ from pathlib import Path
 
 from . import __version__
 from . import manifest as mf
+from .drift import DriftMonitor
 from .energy import EnergyMeter, find_sensor
 from .state import State
 
@@ -219,6 +220,14 @@ class Active:
     inferences: int = 0
     errors: int = 0
     busy_s: float = 0.0
+    drift: DriftMonitor | None = None  # against the manifest's calibration statistics
+
+
+def _input_stats(pointer: dict, variant: str) -> dict:
+    for artifact in (pointer.get("manifest") or {}).get("artifacts") or []:
+        if artifact.get("name") == variant and isinstance(artifact.get("input_stats"), dict):
+            return artifact["input_stats"]
+    return {}
 
 
 class Runtime:
@@ -258,7 +267,8 @@ class Runtime:
             if current:
                 self.switches.append((slot, current.variant, variant))
             self.active[slot] = Active(slot, variant, str(info.get("model_version") or ""),
-                                       info["sha256"], pointer["version"], session)
+                                       info["sha256"], pointer["version"], session,
+                                       drift=DriftMonitor(_input_stats(pointer, variant)))
 
     def run_for(self, seconds: float, *, max_inferences: int | None = None) -> None:
         deadline = time.monotonic() + seconds
@@ -266,6 +276,8 @@ class Runtime:
         while self.active and time.monotonic() < deadline:
             for item in list(self.active.values()):
                 feeds = self.inputs.feeds(item.session)
+                if item.drift:
+                    item.drift.observe(feeds)
                 started = time.perf_counter()
                 try:
                     item.session.run(None, feeds)
@@ -306,6 +318,9 @@ class Runtime:
                           "latency_p95_ms": round(p95, 3) if p95 is not None else None,
                           "on_ac": local["on_ac"]},
             })
+            drift = item.drift.report() if item.drift else None
+            if drift:
+                out[-1]["extra"].update(drift)
             if energy:  # no sensor: no field (the UI says "no power sensor")
                 out[-1]["power_w"] = energy["avg_power_w"]
                 out[-1]["extra"].update(energy_mj=energy["energy_mj"],

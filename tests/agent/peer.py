@@ -82,13 +82,15 @@ class Peer:
 
     def manifest(self, artifacts: list[tuple[str, bytes]], *, version: int = 1,
                  device: str = DEVICE_UID, slot: str = "classifier", expires_in: int = 3600,
-                 key: Ed25519PrivateKey | None = None, **extra) -> dict:
+                 key: Ed25519PrivateKey | None = None, artifact_fields: dict | None = None,
+                 **extra) -> dict:
         now = datetime.now(UTC)
         items = []
         for index, (name, data) in enumerate(artifacts):
             sha = hashlib.sha256(data).hexdigest()
             items.append({"name": name, "model_version": index + 1, "sha256": sha,
-                          "size": len(data), "url": f"/api/v1/device/artifacts/{sha}"})
+                          "size": len(data), "url": f"/api/v1/device/artifacts/{sha}",
+                          **(artifact_fields or {})})
         payload = {
             "schema": 1, "device": device, "deployment": 11, "slot": slot, "version": version,
             "issued_at": mf.format_time(now),
