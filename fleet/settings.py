@@ -92,7 +92,7 @@ DEVICE_API_MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "fleet.middleware.ContentLengthMiddleware",
 ]
-DEVICE_API_URLCONF = "device_api.urls"  # the device handler matches only device routes
+DEVICE_API_URLCONF = "fleet.device_api.urls"  # the device handler matches only device routes
 
 ROOT_URLCONF = "fleet.urls"
 WSGI_APPLICATION = "fleet.wsgi.application"
@@ -298,7 +298,7 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "device_api.schema.add_plain_device_views",  # check-in, telemetry, logs
+        "fleet.device_api.schema.add_plain_device_views",  # check-in, telemetry, logs
     ],
 }
 

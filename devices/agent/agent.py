@@ -13,12 +13,12 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from devices.agent.buffer import Backoff, Buffer, Outbox
-from devices.agent.client import Client, Pacer, Response, Unreachable
-from devices.agent.download import DownloadLimits
-from devices.agent.runtime import Inputs, Runtime, hardware_facts
-from devices.agent.state import State
-from devices.agent.updater import STATUS_PATH, CheckInError, Updater
+from .buffer import Backoff, Buffer, Outbox
+from .client import Client, Pacer, Response, Unreachable
+from .download import DownloadLimits
+from .runtime import Inputs, Runtime, hardware_facts
+from .state import State
+from .updater import STATUS_PATH, CheckInError, Updater
 
 log = logging.getLogger("edgefleet.agent")
 
@@ -31,6 +31,8 @@ DEFAULTS = {
     "health_memory_mb": None,
     # slow retrieval: an attempt may last grace + missing bytes / minimum rate
     "download_min_rate_bps": 16 * 1024, "download_grace_s": 60,
+    # where /sys is read for power sensors (energy per inference)
+    "power_root": "/",
 }
 
 
@@ -66,14 +68,15 @@ class Agent:
         # Fail-safe first: no model runs before an interrupted install was undone.
         self.updater.recover()
         inputs = Inputs(self.settings["input_dir"]) if self.settings["input_dir"] else None
-        self.runtime = Runtime(state, inputs=inputs, threads=self.settings["threads"])
+        self.runtime = Runtime(state, inputs=inputs, threads=self.settings["threads"],
+                               power_root=self.settings["power_root"])
         self.pacer = Pacer(float(self.settings["poll_interval_s"]))
         self.next_poll = 0.0
         self.deliver_after = 0.0
         self.delivery_pacer = Pacer(1.0)
         self.publisher = None
         if self.settings["mqtt_url"]:
-            from devices.agent.mqtt import Publisher
+            from .mqtt import Publisher
 
             self.publisher = Publisher(self.settings["mqtt_url"], state.uid, state.token)
         self._handler = BufferHandler(self.outbox)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from devices.agent.client import Response, Unreachable
+from .client import Response, Unreachable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (

@@ -15,9 +15,9 @@ import signal
 import sys
 from datetime import UTC, datetime
 
-from devices.agent import __version__
-from devices.agent.client import Client, Unreachable
-from devices.agent.state import DEFAULT_DIR, State
+from . import __version__
+from .client import Client, Unreachable
+from .state import DEFAULT_DIR, State
 
 ENROLL_PATH = "/api/v1/device/enroll"
 
@@ -27,7 +27,7 @@ def state_dir(args) -> str:
 
 
 def enroll(args) -> int:
-    from devices.agent.runtime import hardware_facts
+    from .runtime import hardware_facts
 
     state = State(state_dir(args)).ensure()
     if state.enrolled and not args.force:
@@ -73,7 +73,7 @@ def enroll(args) -> int:
 
 
 def run(args) -> int:
-    from devices.agent.agent import Agent, load_settings
+    from .agent import Agent, load_settings
 
     state = State(state_dir(args)).ensure()
     if not state.enrolled:
@@ -95,7 +95,7 @@ def run(args) -> int:
 
 
 def status(args) -> int:
-    from devices.agent.freshness import Freshness
+    from .freshness import Freshness
 
     state = State(state_dir(args))
     freshness = Freshness(state)

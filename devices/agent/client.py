@@ -26,7 +26,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from devices.agent import __version__
+from . import __version__
 
 DEFAULT_TIMEOUT_S = 15.0
 USER_AGENT = f"edgefleet-agent/{__version__}"

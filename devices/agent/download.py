@@ -28,8 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from devices.agent.client import Client, Unreachable
-from devices.agent.testhooks import pause
+from .client import Client, Unreachable
+from .testhooks import pause
 
 CHUNK = 64 * 1024
 CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")

@@ -29,9 +29,9 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from devices.agent import manifest as mf
-from devices.agent.client import Response
-from devices.agent.state import State, read_json, write_json
+from . import manifest as mf
+from .client import Response
+from .state import State, read_json, write_json
 
 log = logging.getLogger("edgefleet.agent")
 

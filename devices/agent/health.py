@@ -96,7 +96,7 @@ def run_health_check(paths: list[str], *, timeout_s: float = 120.0,
     """Check models in a child process; None when all are healthy."""
     memory_mb = int(memory_mb or default_memory_mb())
     try:
-        proc = subprocess.run([sys.executable, "-m", "devices.agent.health",
+        proc = subprocess.run([sys.executable, "-m", f"{__package__}.health",
                                "--memory-mb", str(memory_mb), "--cpu-s",
                                str(int(timeout_s) + 1), *paths],
                               capture_output=True, text=True, timeout=timeout_s, check=False)

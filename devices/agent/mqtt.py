@@ -16,7 +16,7 @@ import threading
 import time
 from urllib.parse import unquote, urlparse
 
-from devices.agent.client import Response
+from .client import Response
 
 ACK_TIMEOUT_S = 10.0
 CODES = {"too_large": 413, "bad_batch": 400, "unauthorized": 401, "unavailable": 503}

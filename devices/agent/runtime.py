@@ -10,17 +10,21 @@ to run from those signals; the choice is reported with every telemetry point.
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devices.agent import __version__
-from devices.agent import manifest as mf
-from devices.agent.state import State
+from . import __version__
+from . import manifest as mf
+from .energy import EnergyMeter, find_sensor
+from .state import State
 
 THERMAL = Path("/sys/class/thermal")
 POWER = Path("/sys/class/power_supply")
@@ -122,18 +126,42 @@ def hardware_facts(hardware_profile: str | None = None) -> dict:
                   if line.startswith("MemTotal:")), None)
     if total:
         facts["ram_mb"] = total
-    try:
-        import onnxruntime as ort
-
-        facts["onnxruntime"] = ort.__version__
-        facts["execution_providers"] = list(ort.get_available_providers())
-    except ImportError:
-        pass
+    facts.update(onnxruntime_facts())
     with contextlib.suppress(OSError):
         facts["disk_free_mb"] = shutil.disk_usage("/").free // (1024 * 1024)
     if hardware_profile:
         facts["hardware_profile"] = hardware_profile
     return facts
+
+
+_ORT_PROBE = ("import json, onnxruntime as o; "
+              "print(json.dumps([o.__version__, o.get_available_providers()]))")
+
+
+@functools.cache
+def _probe_onnxruntime() -> tuple[str, tuple[str, ...]] | None:
+    try:
+        proc = subprocess.run([sys.executable, "-c", _ORT_PROBE], capture_output=True,
+                              text=True, timeout=120, check=False,
+                              env={**os.environ, "ORT_DISABLE_TELEMETRY": "1"})
+        version, providers = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+    return version, tuple(providers)
+
+
+def onnxruntime_facts() -> dict:
+    """onnxruntime's version and execution providers. An agent with no model loaded
+    does not load onnxruntime (some 30 MB resident) just to say this: a child
+    process asks once, unless this process has it already."""
+    ort = sys.modules.get("onnxruntime")
+    if ort is not None:
+        return {"onnxruntime": ort.__version__,
+                "execution_providers": list(ort.get_available_providers())}
+    probed = _probe_onnxruntime()
+    if probed is None:
+        return {}
+    return {"onnxruntime": probed[0], "execution_providers": list(probed[1])}
 
 
 def _cpu_model() -> str:
@@ -163,7 +191,7 @@ class Inputs:
         self._next = 0
 
     def feeds(self, session) -> dict:
-        from devices.agent.health import sample_inputs
+        from .health import sample_inputs
 
         if not self.files:
             return sample_inputs(session)
@@ -196,12 +224,16 @@ class Active:
 class Runtime:
     """One session per slot on its active variant; switches on policy."""
 
-    def __init__(self, state: State, *, inputs: Inputs | None = None, threads: int | None = None):
+    def __init__(self, state: State, *, inputs: Inputs | None = None, threads: int | None = None,
+                 power_root: str | Path = "/"):
         self.state = state
         self.inputs = inputs or Inputs()
         self.threads = threads
         self.active: dict[str, Active] = {}
         self.meter = ProcessMeter()
+        # Energy over each telemetry window, when the board has a power sensor.
+        self.energy = EnergyMeter(find_sensor(power_root))
+        self.energy.begin()
         self.last_cpu: float | None = None
         self.switches: list[tuple[str, str, str]] = []  # (slot, from, to)
 
@@ -220,7 +252,7 @@ class Runtime:
             current = self.active.get(slot)
             if current and current.sha256 == info["sha256"]:
                 continue
-            from devices.agent.health import open_session
+            from .health import open_session
 
             session = open_session(str(self.state.model_dir(slot) / info["path"]), self.threads)
             if current:
@@ -245,6 +277,7 @@ class Runtime:
                 item.inferences += 1
                 item.busy_s += elapsed
                 done += 1
+                self.energy.tick()
             if max_inferences is not None and done >= max_inferences:
                 break
         if not self.active:
@@ -255,6 +288,8 @@ class Runtime:
         process = self.meter.sample()
         self.last_cpu = process["cpu_pct"]
         local = signals(self.last_cpu)
+        energy = self.energy.end(sum(item.inferences for item in self.active.values()))
+        self.energy.begin()
         out = []
         for item in self.active.values():
             p50, p95 = percentile(item.latencies, 50), percentile(item.latencies, 95)
@@ -271,5 +306,9 @@ class Runtime:
                           "latency_p95_ms": round(p95, 3) if p95 is not None else None,
                           "on_ac": local["on_ac"]},
             })
+            if energy:  # no sensor: no field (the UI says "no power sensor")
+                out[-1]["power_w"] = energy["avg_power_w"]
+                out[-1]["extra"].update(energy_mj=energy["energy_mj"],
+                                        power_sensor=energy["sensor"])
             item.latencies, item.inferences, item.errors, item.busy_s = [], 0, 0, 0.0
         return out

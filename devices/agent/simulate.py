@@ -47,10 +47,10 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from devices.agent import __version__
-from devices.agent import manifest as mf
-from devices.agent.client import LeanClient, Pacer, Response, Unreachable
-from devices.agent.state import write_json
+from . import __version__
+from . import manifest as mf
+from .client import LeanClient, Pacer, Response, Unreachable
+from .state import write_json
 
 log = logging.getLogger("edgefleet.simulate")
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from devices.agent import manifest as mf
+from . import manifest as mf
 
 DEFAULT_DIR = "/var/lib/edgefleet-agent"
 

@@ -29,19 +29,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from devices.agent import manifest as mf
-from devices.agent.buffer import Backoff
-from devices.agent.client import Client, Response, Unreachable
-from devices.agent.download import (
+from . import manifest as mf
+from .buffer import Backoff
+from .client import Client, Response, Unreachable
+from .download import (
     BackgroundDownload,
     DownloadError,
     DownloadLimits,
     download,
     sha256_file,
 )
-from devices.agent.freshness import Freshness
-from devices.agent.state import State, fsync_dir
-from devices.agent.testhooks import pause
+from .freshness import Freshness
+from .state import State, fsync_dir
+from .testhooks import pause
 
 log = logging.getLogger("edgefleet.agent")
 
@@ -79,7 +79,7 @@ class Updater:
         self.client = client
         self.report = report or self._post_status
         if health_check is None:
-            from devices.agent.health import run_health_check
+            from .health import run_health_check
 
             def health_check(paths, _memory=health_memory_mb):
                 return run_health_check(paths, memory_mb=_memory)

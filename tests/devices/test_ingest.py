@@ -143,7 +143,7 @@ def test_per_device_throttle_answers_429_with_retry_after(api_a, api_b, settings
 
 def test_overload_answers_503_with_retry_after(api_a, settings, monkeypatch):
     """E4: past the in-flight cap the server sheds load instead of queueing."""
-    from device_api import ingest as device_api
+    from fleet.device_api import ingest as device_api
 
     settings.DEVICE_MAX_INFLIGHT_INGEST = 1
     monkeypatch.setattr(device_api.INFLIGHT, "current", 1)

@@ -22,7 +22,7 @@ from compression.engine.errors import Cancelled
 from compression.engine.passes import get_pass
 from compression.engine.recipes import run_recipe
 from compression.engine.training import hooks
-from tests.engine.conftest import make_cnn, make_dataset
+from tests.engine.conftest import make_cnn, make_dataset, make_mlp
 
 FIXTURES = Path(__file__).resolve().parents[2] / "compression" / "fixtures"
 DIGITS = str(FIXTURES / "digits_cnn.onnx")
@@ -125,6 +125,66 @@ def test_distill_uploaded_student_without_labels(tmp_path, cnn_path):
     assert gap1 < gap0 / 2  # the student moved towards the teacher with no label at all
     assert m["history"][m["best_epoch"]]["eval_loss"] < m["history"][0]["eval_loss"]
     assert any("uploaded" in n for n in result.steps[0]["notes"])
+
+
+@needs_torch
+def test_matmul_weights_are_trained_and_written_back(tmp_path):
+    from compression.engine.training import convert
+
+    teacher = make_mlp(tmp_path / "teacher.onnx", seed=0, dim=16, hidden=32)
+    student = make_mlp(tmp_path / "student.onnx", seed=3, dim=16, hidden=32)
+    module = convert.to_torch(student)
+    # every MatMul weight and its bias is a parameter, not a frozen constant
+    assert sorted(convert.initializer_targets(module, onnx.load(student)).values()) == [
+        ("b1", False),
+        ("b2", False),
+        ("w1", False),
+        ("w2", False),
+    ]
+    data = make_dataset(tmp_path / "d.npz", teacher, n=64, labels=False)
+    x = np.load(data)["x"]
+    gap0 = float(np.mean((_run(student, x) - _run(teacher, x)) ** 2))
+    out = tmp_path / "s.onnx"
+    run_recipe(
+        "distill",
+        teacher,
+        out,
+        calibration_path=data,
+        overrides={"student_path": student, "epochs": 20, "lr": 3e-3, "patience": 0},
+    )
+    gap1 = float(np.mean((_run(out, x) - _run(teacher, x)) ** 2))
+    assert gap1 < gap0 / 2
+    trained = {t.name for t in onnx.load(out).graph.initializer}
+    assert trained == {"w1", "b1", "w2", "b2"}  # same graph, new values
+
+
+@needs_torch
+def test_a_weight_read_by_two_matmuls_stays_one_tensor(tmp_path):
+    from compression.engine.training import convert
+
+    rng = np.random.default_rng(0)
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 4], rng.normal(0, 1, 16).tolist())
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["h"]),
+            helper.make_node("MatMul", ["h", "w"], ["y"]),
+        ],
+        "shared",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [w],
+    )
+    path = tmp_path / "shared.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    module = convert.to_torch(path)
+    assert len(list(module.parameters())) == 1
+    import torch
+
+    with torch.no_grad():
+        next(module.parameters()).mul_(2)
+    convert.write_back(module, path, tmp_path / "back.onnx")
+    back = onnx.numpy_helper.to_array(onnx.load(tmp_path / "back.onnx").graph.initializer[0])
+    np.testing.assert_allclose(back, 2 * onnx.numpy_helper.to_array(w), rtol=1e-6)
 
 
 @needs_torch

@@ -213,7 +213,7 @@ def test_checkin_throttled_with_retry_after(fleet, deployed, settings):
 def test_checkin_database_down_is_503_with_retry_after(fleet, deployed, monkeypatch):
     from django.db import OperationalError
 
-    from device_api import checkin
+    from fleet.device_api import checkin
 
     def down(value):
         raise OperationalError("server closed the connection unexpectedly")

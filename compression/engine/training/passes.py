@@ -235,7 +235,9 @@ def _qat_module(module, stem_modules: list[str], example, per_channel: bool, act
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return prepare_qat_fx(module.train(), mapping, example)
+        prepared = prepare_qat_fx(module.train(), mapping, example)
+    prepared.onnx_initializer_names = getattr(module, "onnx_initializer_names", {})
+    return prepared
 
 
 @register

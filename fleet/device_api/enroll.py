@@ -1,5 +1,5 @@
 """The device API's DRF views: enrollment and inventory (telemetry and logs are
-plain views in `device_api.ingest`, the check-in in `device_api.checkin`).
+plain views in `fleet.device_api.ingest`, the check-in in `fleet.device_api.checkin`).
 
 Identity comes only from the bearer credential (`request.user.device`), never
 from the body or the path. Sessions and operator tokens are not accepted here.

@@ -11,7 +11,7 @@ answer JSON, like every other device API refusal.
 from django.http import JsonResponse
 from django.urls import path
 
-from device_api import checkin, enroll, ingest, updates
+from fleet.device_api import checkin, enroll, ingest, updates
 
 PREFIX = "api/v1/device/"
 

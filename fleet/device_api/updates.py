@@ -1,5 +1,5 @@
 """The device update API: artifact download and status reports (check-in is
-the plain view in `device_api.checkin`).
+the plain view in `fleet.device_api.checkin`).
 
 Identity comes only from the bearer credential (A2).
 """
@@ -14,7 +14,7 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.response import Response
 
 from compression.models import ModelVersion
-from device_api.enroll import DeviceView
+from fleet.device_api.enroll import DeviceView
 from ota import services
 from ota.choices import UpdateState
 from ota.models import DeviceUpdate

@@ -1,7 +1,7 @@
 """OpenAPI for the device endpoints that are plain Django views (drf-spectacular
 sees only DRF views): check-in, telemetry, logs. A postprocessing hook adds them
 to the generated schema, written by hand from the wire format that
-`devices.ingest` and `device_api.checkin` implement (docs/manifest.md)."""
+`devices.ingest` and `fleet.device_api.checkin` implement (docs/manifest.md)."""
 
 from __future__ import annotations
 

@@ -24,16 +24,16 @@ from django.http import HttpResponse
 from django.views.decorators.http import require_GET
 from redis.exceptions import RedisError
 
-from device_api.toolkit import (
+from devices import authcache
+from devices.agent import manifest as mf
+from devices.auth import cached_request, count_in_cache, device_for_token, device_rate
+from fleet.device_api.toolkit import (
     bearer_token,
     refusal,
     token_refused,
     token_required,
     unavailable,
 )
-from devices import authcache
-from devices.agent import manifest as mf
-from devices.auth import cached_request, count_in_cache, device_for_token, device_rate
 from ota import manifests
 
 log = logging.getLogger(__name__)
