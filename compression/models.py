@@ -240,6 +240,16 @@ class CompressionJob(models.Model):
         end = self.finished_at or timezone.now()
         return round((end - self.started_at).total_seconds(), 1)
 
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds left, extrapolated from progress and capped by the time budget;
+        None until there is enough progress to extrapolate from."""
+        elapsed = self.duration_s
+        if not self.is_live or elapsed is None or (self.progress or 0) < 0.05:
+            return None
+        linear = elapsed * (1 - self.progress) / self.progress
+        return max(0.0, min(linear, self.time_budget_s - elapsed))
+
     # --- transitions -----------------------------------------------------------
     def _claimant_gone(self) -> bool:
         """The previous claimant is dead (same machine) or silent for too long."""

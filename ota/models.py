@@ -143,6 +143,11 @@ class Deployment(models.Model):
         return self.status in (DeploymentStatus.RUNNING, DeploymentStatus.SCHEDULED)
 
     @property
+    def polls(self) -> bool:
+        """The page keeps refreshing: paused deployments still have devices finishing."""
+        return self.is_live or self.status == DeploymentStatus.PAUSED
+
+    @property
     def can_pause(self) -> bool:
         return self.status in (DeploymentStatus.RUNNING, DeploymentStatus.SCHEDULED)
 

@@ -31,7 +31,7 @@ from ota.assignment import (
     variants_by_profile,
 )
 from ota.choices import ACTIVE_STATES, DeploymentKind, DeploymentStatus, UpdateState
-from ota.gates import GateConfig, GateError, Verdict, evaluate, phase_targets
+from ota.gates import GATE_FAILED, GateConfig, GateError, Verdict, evaluate, phase_targets
 from ota.models import (
     Deployment,
     DeviceUpdate,
@@ -394,7 +394,8 @@ def evaluate_deployment(deployment: Deployment, now: datetime | None = None) -> 
     phase_stats = stats.phase_stats(deployment, phase, now)
     decision = evaluate(deployment.gate_config(phase), phase_stats)
     report = {"phase": phase, "verdict": decision.verdict.value, "reasons": decision.reasons,
-              "values": decision.values, "thresholds": deployment.gate_config(phase).as_dict(),
+              "reason_codes": decision.codes, "values": decision.values,
+              "thresholds": deployment.gate_config(phase).as_dict(),
               "stats": stats.as_dict(phase_stats), "at": now.isoformat()}
     claim = Deployment.objects.filter(pk=deployment.pk, status=DeploymentStatus.RUNNING,
                                       step=seen, current_phase=phase)
@@ -403,8 +404,7 @@ def evaluate_deployment(deployment: Deployment, now: datetime | None = None) -> 
             claim.update(gate_report=report, evaluated_at=now)
             return "wait"
         if decision.verdict == Verdict.FAIL:
-            reason = _("Phase %(p)s gate failed: %(r)s") % {"p": phase + 1,
-                                                              "r": "; ".join(decision.reasons)}
+            reason = GATE_FAILED % {"p": phase + 1, "r": "; ".join(decision.reasons)}
             moved = claim.update(status=DeploymentStatus.PAUSED, pause_reason=reason,
                                  gate_report=report, evaluated_at=now, step=F("step") + 1)
             return "paused" if moved else "skipped"

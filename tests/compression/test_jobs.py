@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+from datetime import timedelta
 
 import numpy as np
 import pytest
 from django.core.files.storage import default_storage
+from django.utils import timezone
 
 from compression import jobs, runner
 from compression.choices import JobStatus
@@ -270,6 +272,13 @@ def test_job_pages(client, operator_user, viewer_user, demo, django_capture_on_c
     assert job.kpis == {"max_latency_ms": 50.0}
     live = client.get(f"/models/jobs/{job.pk}/")
     assert b'hx-trigger="every 1s"' in live.content
+    partial = client.get(f"/models/jobs/{job.pk}/live/").content.decode()
+    assert 'data-status="queued"' in partial and 'id="job-cancel"' in partial  # one partial
+    CompressionJob.objects.filter(pk=job.pk).update(
+        status="running", progress=0.5, started_at=timezone.now() - timedelta(seconds=30))
+    assert 'id="job-eta"' in client.get(f"/models/jobs/{job.pk}/live/").content.decode()
+    CompressionJob.objects.filter(pk=job.pk).update(status="queued", progress=0,
+                                                    started_at=None)
     assert runner.run_job(job.pk) == "succeeded"
     page = client.get(f"/models/jobs/{job.pk}/")
     assert b"hx-trigger" not in page.content and b'id="results"' in page.content

@@ -21,7 +21,7 @@ def logged_in(user) -> Client:
 
 @pytest.mark.parametrize("path", ["/devices/", "/devices/widget/", "/devices/list/",
                                   "/devices/d/cam-a/", "/devices/d/cam-a/chart.json",
-                                  "/devices/d/cam-a/logs/"])
+                                  "/devices/d/cam-a/logs/", "/devices/d/cam-a/live/"])
 def test_viewer_reads_pages(viewer_user, device_a, path):
     assert logged_in(viewer_user).get(path).status_code == 200
     assert Client().get(path).status_code == 302  # anonymous → login
@@ -64,9 +64,7 @@ def test_detail_shows_inventory_logs_and_series(viewer_user, api_a, device_a):
     client = logged_in(viewer_user)
     page = client.get("/devices/d/cam-a/")
     assert b"Cortex-A72" in page.content and b"digits:3" in page.content
-    history = f"/deployments/device/{device_a[0].pk}/updates/".encode()
-    assert history in page.content  # the OTA update history, loaded by htmx
-    assert b"No updates yet." in client.get(history.decode()).content
+    assert b"No updates yet." in page.content  # the OTA update history, in the live partial
     series = client.get("/devices/d/cam-a/chart.json?minutes=15").json()
     assert sum(series["latency_p50"][i] is not None for i in range(len(series["labels"]))) >= 1
     logs = client.get("/devices/d/cam-a/logs/?level=error")
@@ -113,3 +111,18 @@ def test_rollup_and_series_agree(api_a, device_a):
     assert metrics.rollup() >= 0
     series = metrics.series(device_a[0], 60)
     assert series["labels"]
+
+
+def test_live_partial_refreshes_until_revoked(viewer_user, admin_user, api_a, device_a):
+    """The device page's live part: status, inventory and history in one polled response."""
+    client = logged_in(viewer_user)
+    page = client.get("/devices/d/cam-a/").content.decode()
+    assert 'hx-get="/devices/d/cam-a/live/"' in page and 'hx-trigger="every 5s"' in page
+    api_a.put("/api/v1/device/inventory", {"models": {"default": {"model_version": "digits:4"}}},
+              format="json")
+    live = client.get("/devices/d/cam-a/live/").content.decode()
+    assert "digits:4" in live and 'id="device-status"' in live and "No updates yet." in live
+    logged_in(admin_user).post("/devices/d/cam-a/revoke/")
+    live = client.get("/devices/d/cam-a/live/").content.decode()
+    assert 'data-status="revoked"' in live and "hx-trigger" not in live
+    assert client.get("/devices/d/nobody/live/").status_code == 404

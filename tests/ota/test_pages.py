@@ -95,3 +95,48 @@ def test_gate_values_and_chart(client, viewer_user, deployment):
     assert 'id="pause-reason"' in page and "3.1× the estimate" in page
     chart = client.get(f"/deployments/{deployment.pk}/chart.json").json()
     assert chart["estimate"] == 10.0 and chart["limit"] == 15.0 and chart["p95"]
+
+
+def _live(client, deployment) -> str:
+    response = client.get(f"/deployments/{deployment.pk}/live/")
+    assert response.status_code == 200
+    return response.content.decode()
+
+
+def test_live_partial_tells_one_state(client, operator_user, deployment):
+    """Status, buttons, chart data and device rows come from one response, so they agree."""
+    client.force_login(operator_user)
+    running = _live(client, deployment)
+    assert 'data-status="running"' in running and 'id="action-pause"' in running
+    assert 'id="action-resume"' not in running and 'hx-trigger="every 2s"' in running
+    assert 'id="latency-data"' in running and 'id="device-updates"' in running
+    client.post(f"/deployments/{deployment.pk}/pause/", {"reason": "lunch"})
+    paused = _live(client, deployment)
+    assert 'id="action-resume"' in paused and 'id="action-pause"' not in paused
+    assert ">Paused<" in paused and "lunch" in paused
+    assert 'hx-trigger="every 2s"' in paused  # devices already updating still report
+    client.post(f"/deployments/{deployment.pk}/resume/")
+    deployment.refresh_from_db()
+    for update in deployment.updates.exclude(state="queued"):
+        finish(update)
+    rows = _live(client, deployment)
+    assert rows.count('data-state="succeeded"') == deployment.updates.filter(
+        state="succeeded").count() + 1  # the rows and the state-count badge
+    client.post(f"/deployments/{deployment.pk}/abort/")
+    over = _live(client, deployment)
+    assert ">Aborted<" in over and "hx-trigger" not in over and 'id="action-abort"' not in over
+
+
+def test_gate_reason_and_target_in_the_readers_language(client, viewer_user, deployment):
+    for update in deployment.updates.exclude(state="queued"):
+        finish(update)
+        telemetry(update.device, "digits:2", [30.0, 31.0, 29.0])
+    services.evaluate_deployments()
+    deployment.refresh_from_db()
+    assert deployment.gate_report["reason_codes"][0]["code"] == "latency_ratio"
+    client.force_login(viewer_user)
+    client.cookies["django_language"] = "zh-hans"
+    page = client.get(f"/deployments/{deployment.pk}/", HTTP_ACCEPT_LANGUAGE="zh-hans")
+    text = page.content.decode()
+    assert "on-device p95 latency" not in text and "3.1×" in text
+    assert "已暂停" in text or "暂停" in text
