@@ -32,8 +32,18 @@ from devices.models import (
 # Minutes recomputed by each rollup run: late points (buffered offline) land here.
 ROLLUP_LOOKBACK_MIN = 10
 LIVE_TAIL_MIN = 3
-SERIES = ("latency_p50", "latency_p95", "throughput_mean", "mem_max", "cpu_mean", "temp_max",
-          "battery_min", "power_mean", "inferences_sum", "errors_sum")
+SERIES = (
+    "latency_p50",
+    "latency_p95",
+    "throughput_mean",
+    "mem_max",
+    "cpu_mean",
+    "temp_max",
+    "battery_min",
+    "power_mean",
+    "inferences_sum",
+    "errors_sum",
+)
 DELETE_CHUNK = 50_000
 
 
@@ -68,12 +78,18 @@ def _aggregate(points) -> dict:
 
     latency = present("latency_ms")
     return {
-        "n": len(points), "model_version": points[-1].model_version,
-        "latency_p50": _percentile(latency, 0.5), "latency_p95": _percentile(latency, 0.95),
-        "throughput_mean": mean("throughput"), "mem_max": pick(max, "mem_mb"),
-        "cpu_mean": mean("cpu_pct"), "temp_max": pick(max, "temp_c"),
-        "battery_min": pick(min, "battery_pct"), "power_mean": mean("power_w"),
-        "inferences_sum": pick(sum, "inferences"), "errors_sum": pick(sum, "errors"),
+        "n": len(points),
+        "model_version": points[-1].model_version,
+        "latency_p50": _percentile(latency, 0.5),
+        "latency_p95": _percentile(latency, 0.95),
+        "throughput_mean": mean("throughput"),
+        "mem_max": pick(max, "mem_mb"),
+        "cpu_mean": mean("cpu_pct"),
+        "temp_max": pick(max, "temp_c"),
+        "battery_min": pick(min, "battery_pct"),
+        "power_mean": mean("power_w"),
+        "inferences_sum": pick(sum, "inferences"),
+        "errors_sum": pick(sum, "errors"),
     }
 
 
@@ -117,8 +133,9 @@ def rollup(start: datetime | None = None, end: datetime | None = None) -> int:
     rows = _python_rollups(TelemetryPoint.objects.filter(ts__gte=start, ts__lt=end))
     with transaction.atomic():
         for (device_id, minute), values in rows.items():
-            TelemetryRollup.objects.update_or_create(device_id=device_id, minute=minute,
-                                                     defaults=values)
+            TelemetryRollup.objects.update_or_create(
+                device_id=device_id, minute=minute, defaults=values
+            )
     return len(rows)
 
 
@@ -128,8 +145,10 @@ def series(device: Device, minutes: int) -> dict:
     start = floor_minute(now - timedelta(minutes=minutes))
     live_from = floor_minute(now - timedelta(minutes=LIVE_TAIL_MIN))
     by_minute = {
-        r["minute"]: r for r in TelemetryRollup.objects.filter(
-            device=device, minute__gte=start, minute__lt=live_from).values("minute", *SERIES)
+        r["minute"]: r
+        for r in TelemetryRollup.objects.filter(
+            device=device, minute__gte=start, minute__lt=live_from
+        ).values("minute", *SERIES)
     }
     tail = _python_rollups(TelemetryPoint.objects.filter(device=device, ts__gte=live_from))
     for (_device, minute), values in tail.items():
@@ -158,17 +177,23 @@ def detect_offline(now: datetime | None = None) -> int:
     marked = 0
     for group_id, seconds in thresholds.items():
         cutoff = now - timedelta(seconds=seconds)
-        stale = Device.objects.filter(status=DeviceStatus.ONLINE, group_id=group_id,
-                                      last_seen__lt=cutoff)
+        stale = Device.objects.filter(
+            status=DeviceStatus.ONLINE, group_id=group_id, last_seen__lt=cutoff
+        )
         ids = list(stale.values_list("pk", flat=True)[:10_000])
         if not ids:
             continue
         # Conditional on the status and the time: a device that spoke meanwhile stays online.
-        Device.objects.filter(pk__in=ids, status=DeviceStatus.ONLINE,
-                              last_seen__lt=cutoff).update(status=DeviceStatus.OFFLINE)
+        Device.objects.filter(pk__in=ids, status=DeviceStatus.ONLINE, last_seen__lt=cutoff).update(
+            status=DeviceStatus.OFFLINE
+        )
         for device_id in ids:
-            _open_alert(device_id, AlertKind.OFFLINE,
-                        f"No contact for more than {seconds} s", threshold_s=seconds)
+            _open_alert(
+                device_id,
+                AlertKind.OFFLINE,
+                f"No contact for more than {seconds} s",
+                threshold_s=seconds,
+            )
         marked += len(ids)
     return marked
 
@@ -177,20 +202,31 @@ def check_latency(window_min: int = 15) -> int:
     """Open an alert where measured p95 exceeds the version × profile estimate × factor."""
     factor = settings.LATENCY_ALERT_FACTOR
     since = timezone.now() - timedelta(minutes=window_min)
-    baselines = {(b.model_version, b.hardware_profile_id): b.p95_ms
-                 for b in LatencyBaseline.objects.all()}
+    baselines = {
+        (b.model_version, b.hardware_profile_id): b.p95_ms for b in LatencyBaseline.objects.all()
+    }
     if not baselines:
         return 0
-    measured = (TelemetryRollup.objects.filter(minute__gte=since, latency_p95__isnull=False)
-                .values("device_id", "model_version", "device__hardware_profile_id")
-                .annotate(p95=Max("latency_p95")))
+    measured = (
+        TelemetryRollup.objects.filter(minute__gte=since, latency_p95__isnull=False)
+        .values("device_id", "model_version", "device__hardware_profile_id")
+        .annotate(p95=Max("latency_p95"))
+    )
     opened = 0
     for row in measured:
         estimate = baselines.get((row["model_version"], row["device__hardware_profile_id"]))
-        if estimate and row["p95"] > estimate * factor and _open_alert(
-                row["device_id"], AlertKind.LATENCY,
+        if (
+            estimate
+            and row["p95"] > estimate * factor
+            and _open_alert(
+                row["device_id"],
+                AlertKind.LATENCY,
                 f"p95 {row['p95']:.1f} ms > {factor:g} × estimate {estimate:.1f} ms",
-                model_version=row["model_version"], p95_ms=row["p95"], estimate_ms=estimate):
+                model_version=row["model_version"],
+                p95_ms=row["p95"],
+                estimate_ms=estimate,
+            )
+        ):
             opened += 1
     return opened
 
@@ -200,8 +236,11 @@ def _delete_before(model, field: str, cutoff: datetime) -> int:
     """Delete in chunks so no single statement holds locks over millions of rows."""
     total = 0
     while True:
-        ids = list(model.objects.filter(**{f"{field}__lt": cutoff})
-                   .values_list("pk", flat=True)[:DELETE_CHUNK])
+        ids = list(
+            model.objects.filter(**{f"{field}__lt": cutoff}).values_list("pk", flat=True)[
+                :DELETE_CHUNK
+            ]
+        )
         if not ids:
             return total
         total += model.objects.filter(pk__in=ids).delete()[0]
@@ -210,9 +249,11 @@ def _delete_before(model, field: str, cutoff: datetime) -> int:
 def apply_retention(now: datetime | None = None) -> dict[str, int]:
     now = now or timezone.now()
     return {
-        "telemetry": _delete_before(TelemetryPoint, "ts",
-                                    now - timedelta(days=settings.TELEMETRY_RETENTION_DAYS)),
+        "telemetry": _delete_before(
+            TelemetryPoint, "ts", now - timedelta(days=settings.TELEMETRY_RETENTION_DAYS)
+        ),
         "logs": _delete_before(LogLine, "ts", now - timedelta(days=settings.LOG_RETENTION_DAYS)),
-        "rollups": _delete_before(TelemetryRollup, "minute",
-                                  now - timedelta(days=settings.ROLLUP_RETENTION_DAYS)),
+        "rollups": _delete_before(
+            TelemetryRollup, "minute", now - timedelta(days=settings.ROLLUP_RETENTION_DAYS)
+        ),
     }
