@@ -121,7 +121,8 @@ def _batch_operation(item: str, what: str) -> dict:
                                         "dropped": {
                                             "type": "integer",
                                             "minimum": 0,
-                                            "description": "Records the agent's buffer dropped before this",
+                                            "description": "Records the agent's buffer dropped"
+                                            " before this",
                                         },
                                     },
                                 },

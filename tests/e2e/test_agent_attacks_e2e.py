@@ -65,9 +65,9 @@ def other_url(envelope: dict) -> None:
 @pytest.mark.parametrize("change", [bump_size, other_url], ids=["size", "url"])
 def test_tampered_manifest_field_is_refused(
     proxy,
-    enrollment_token,
+    enrollment_token,  # noqa: F811
     admin_user,
-    tmp_path,  # noqa: F811
+    tmp_path,
     change,
 ):
     (state,), base = installed_base(proxy, enrollment_token, admin_user, tmp_path)
@@ -103,9 +103,9 @@ def longer(body: bytes) -> bytes:
 )
 def test_tampered_artifact_stream_is_refused(
     proxy,
-    enrollment_token,
+    enrollment_token,  # noqa: F811
     admin_user,
-    tmp_path,  # noqa: F811
+    tmp_path,
     change,
     code,
 ):
@@ -132,8 +132,8 @@ def log_messages(state) -> list[str]:
 
 def test_manifest_of_another_device_is_refused(
     proxy,
-    enrollment_token,
-    admin_user,  # noqa: F811
+    enrollment_token,  # noqa: F811
+    admin_user,
     tmp_path,
 ):
     (a, b), base = installed_base(proxy, enrollment_token, admin_user, tmp_path, count=2)
@@ -161,8 +161,8 @@ def test_manifest_of_another_device_is_refused(
 
 def test_replayed_older_manifest_is_refused(
     proxy,
-    enrollment_token,
-    admin_user,  # noqa: F811
+    enrollment_token,  # noqa: F811
+    admin_user,
     tmp_path,
 ):
     captured: list[bytes] = []

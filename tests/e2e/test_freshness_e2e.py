@@ -83,8 +83,8 @@ def test_unsigned_204_or_empty_list_does_not_cancel_the_update(
 
 def test_frozen_checkin_is_reported_as_stale_metadata(
     proxy,
-    enrollment_token,
-    admin_user,  # noqa: F811
+    enrollment_token,  # noqa: F811
+    admin_user,
     tmp_path,
     settings,
 ):
@@ -121,8 +121,8 @@ def test_frozen_checkin_is_reported_as_stale_metadata(
 
 def test_replayed_body_does_not_poison_the_etag(
     proxy,
-    enrollment_token,
-    admin_user,  # noqa: F811
+    enrollment_token,  # noqa: F811
+    admin_user,
     tmp_path,
 ):
     captured: list[bytes] = []
@@ -150,8 +150,11 @@ def test_replayed_body_does_not_poison_the_etag(
 
 
 def test_refusal_of_a_forged_manifest_is_attached_to_the_genuine_update(
-    proxy, enrollment_token, admin_user, tmp_path
-):  # noqa: F811
+    proxy,
+    enrollment_token,  # noqa: F811
+    admin_user,
+    tmp_path,
+):
     (state,), base = installed_base(proxy, enrollment_token, admin_user, tmp_path)
     attacker = Ed25519PrivateKey.generate()
 

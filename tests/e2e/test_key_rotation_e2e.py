@@ -25,8 +25,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 def test_idle_devices_follow_a_rotation(
     live_server,
-    enrollment_token,
-    admin_user,  # noqa: F811
+    enrollment_token,  # noqa: F811
+    admin_user,
     tmp_path,
 ):
     from ota.models import ServerKey
