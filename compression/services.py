@@ -278,3 +278,49 @@ def _check_arrays(arrays: dict[str, dict], model: MLModel | None) -> int:
     if labels is not None and (labels["shape"] or [None])[0] != n:
         raise UploadRejected("bad_dataset", _("'labels' must hold one class id per sample."))
     return n
+
+
+INPUT_STATS_MAX_SAMPLES = 1000
+
+
+def calibration_input_stats(version: ModelVersion) -> dict:
+    """Per input of `version`: the summary the agent compares its real inputs with
+    (`devices.agent.drift.summarize`), from the newest calibration dataset of the
+    model; {} without one. Computed once per (version, dataset) and kept in
+    `version.metrics["input_stats"]`."""
+    from django.core.files.storage import default_storage
+
+    from devices.agent import drift
+
+    dataset = (
+        Dataset.objects.filter(model_id=version.model_id, purpose=DatasetPurpose.CALIBRATION)
+        .order_by("-created_at")
+        .first()
+    )
+    if dataset is None:
+        return {}
+    kept = (version.metrics or {}).get("input_stats") or {}
+    if kept.get("dataset") == dataset.sha256:
+        return kept.get("inputs") or {}
+    names = [str(i.get("name")) for i in version.inputs or [] if isinstance(i, dict)]
+    inputs: dict[str, dict] = {}
+    try:
+        with (
+            default_storage.open(dataset.artifact, "rb") as fh,
+            np.load(fh, allow_pickle=False) as data,
+        ):
+            for name in names:
+                if name in data.files:
+                    summary = drift.summarize(data[name][:INPUT_STATS_MAX_SAMPLES])
+                    if summary:
+                        inputs[name] = summary
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        log.warning("input statistics of %s not computed: %s", version, exc)
+        return {}
+    metrics = {
+        **(version.metrics or {}),
+        "input_stats": {"dataset": dataset.sha256, "inputs": inputs},
+    }
+    ModelVersion.objects.filter(pk=version.pk).update(metrics=metrics)
+    version.metrics = metrics
+    return inputs

@@ -14,7 +14,9 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Max
+from django.db.models import FloatField, Max
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from devices import authcache
@@ -160,6 +162,29 @@ def series(device: Device, minutes: int) -> dict:
     }
 
 
+def field_signals(device: Device) -> dict | None:
+    """What the device's latest telemetry point says of energy and input drift."""
+    point = (
+        TelemetryPoint.objects.filter(device=device)
+        .order_by("-ts")
+        .values("ts", "power_w", "extra")
+        .first()
+    )
+    if point is None:
+        return None
+    extra = point["extra"] if isinstance(point["extra"], dict) else {}
+    return {
+        "ts": point["ts"],
+        "energy_mj": extra.get("energy_mj"),
+        "power_w": point["power_w"] if extra.get("energy_mj") is not None else None,
+        "power_sensor": extra.get("power_sensor"),
+        "drift_score": extra.get("drift_score"),
+        "drift_input": extra.get("drift_input"),
+        "drift_alert": extra.get("drift_score") is not None
+        and extra["drift_score"] > settings.DRIFT_ALERT_PSI,
+    }
+
+
 # --- alerts -------------------------------------------------------------------------------
 def _open_alert(device_id: int, kind: str, message: str, **detail) -> bool:
     if Alert.objects.filter(device_id=device_id, kind=kind, state=AlertState.OPEN).exists():
@@ -228,6 +253,47 @@ def check_latency(window_min: int = 15) -> int:
             )
         ):
             opened += 1
+    return opened
+
+
+def check_drift(window_min: int = 15) -> int:
+    """Open an alert where a device's input drift score passed the threshold lately;
+    resolve open ones whose device has reported scores, all below it, since."""
+    threshold = settings.DRIFT_ALERT_PSI
+    since = timezone.now() - timedelta(minutes=window_min)
+    recent = (
+        TelemetryPoint.objects.filter(ts__gte=since, extra__has_key="drift_score")
+        .values("device_id")
+        .annotate(worst=Max(Cast(KeyTextTransform("drift_score", "extra"), FloatField())))
+    )
+    opened = 0
+    for row in recent:
+        device_id, worst = row["device_id"], row["worst"]
+        if worst is not None and worst > threshold:
+            point = (
+                TelemetryPoint.objects.filter(
+                    device_id=device_id, ts__gte=since, extra__has_key="drift_score"
+                )
+                .order_by("-ts")
+                .values("model_version", "extra")
+                .first()
+            )
+            name = (point["extra"] or {}).get("drift_input") or "?"
+            if _open_alert(
+                device_id,
+                AlertKind.DRIFT,
+                f"input drift {worst:.2f} > {threshold:g} on input {name}"[:300],
+                score=worst,
+                threshold=threshold,
+                input=name,
+                model_version=point["model_version"],
+            ):
+                opened += 1
+        elif worst is not None:
+            for alert in Alert.objects.filter(
+                device_id=device_id, kind=AlertKind.DRIFT, state=AlertState.OPEN
+            ):
+                alert.resolve()
     return opened
 
 

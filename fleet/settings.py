@@ -326,6 +326,8 @@ LOG_RETENTION_DAYS = env_int("LOG_RETENTION_DAYS", 14, minimum=1)
 ROLLUP_RETENTION_DAYS = env_int("ROLLUP_RETENTION_DAYS", 90, minimum=1)
 # Alert when a device's p95 latency exceeds its version × profile estimate by this factor.
 LATENCY_ALERT_FACTOR = float(env_str("LATENCY_ALERT_FACTOR", "1.5"))
+# Alert when a device's input drift score (PSI against the calibration data) exceeds this.
+DRIFT_ALERT_PSI = float(env_str("DRIFT_ALERT_PSI", "0.25"))
 # MQTT bridge: empty = off. mqtt://user:pass@host:1883 (mqtts:// for TLS).
 MQTT_URL = env_str("MQTT_URL")
 MQTT_CLIENT_ID = env_str("MQTT_CLIENT_ID", "edgefleet-bridge")
@@ -337,6 +339,7 @@ CELERY_BEAT_SCHEDULE.update(
         "devices-offline": {"task": "devices.tasks.detect_offline", "schedule": 60.0},
         "devices-presence": {"task": "devices.tasks.flush_presence", "schedule": 15.0},
         "devices-latency": {"task": "devices.tasks.check_latency", "schedule": 300.0},
+        "devices-drift": {"task": "devices.tasks.check_drift", "schedule": 300.0},
         "devices-retention": {"task": "devices.tasks.apply_retention", "schedule": 3600.0},
     }
 )

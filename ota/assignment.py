@@ -147,6 +147,16 @@ def _estimate(model_version, device, cache: dict) -> float | None:
     return cache[key]
 
 
+def _input_stats(model_version, cache: dict) -> dict:
+    """The drift reference of a version (computed once, then one lookup per batch)."""
+    key = ("input_stats", model_version.pk)
+    if key not in cache:
+        from compression.services import calibration_input_stats
+
+        cache[key] = calibration_input_stats(model_version)
+    return cache[key]
+
+
 def _sign_update(
     update, deployment, table, signer, version: int, now, installed, estimates: dict | None = None
 ) -> None:
@@ -158,7 +168,13 @@ def _sign_update(
         update.previous_version = installed.get(current.get("sha256"))
     if table is None:  # a rollback: the one version this device had before
         artifacts, default, policy = (
-            [manifests.artifact_entry("rollback", update.model_version)],
+            [
+                manifests.artifact_entry(
+                    "rollback",
+                    update.model_version,
+                    input_stats=_input_stats(update.model_version, estimates),
+                )
+            ],
             "rollback",
             {},
         )
@@ -166,7 +182,10 @@ def _sign_update(
         chosen = pick_variants(table, device.hardware_profile_id)
         artifacts = [
             manifests.artifact_entry(
-                v.name, v.model_version, _estimate(v.model_version, device, estimates)
+                v.name,
+                v.model_version,
+                _estimate(v.model_version, device, estimates),
+                _input_stats(v.model_version, estimates),
             )
             for v in chosen
         ]

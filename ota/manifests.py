@@ -40,7 +40,9 @@ def artifact_path(sha256: str) -> str:
     return f"/api/v1/device/artifacts/{sha256}"
 
 
-def artifact_entry(name: str, model_version, estimate_p95_ms: float | None = None) -> dict:
+def artifact_entry(
+    name: str, model_version, estimate_p95_ms: float | None = None, input_stats: dict | None = None
+) -> dict:
     from ota.models import version_label
 
     entry = {
@@ -52,6 +54,8 @@ def artifact_entry(name: str, model_version, estimate_p95_ms: float | None = Non
     }
     if estimate_p95_ms:
         entry["estimate_p95_ms"] = round(float(estimate_p95_ms), 3)
+    if input_stats:  # calibration statistics per input: the agent's drift reference
+        entry["input_stats"] = input_stats
     return entry
 
 

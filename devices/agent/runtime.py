@@ -23,6 +23,7 @@ from pathlib import Path
 
 from . import __version__
 from . import manifest as mf
+from .drift import DriftMonitor
 from .energy import EnergyMeter, find_sensor
 from .state import State
 
@@ -248,6 +249,14 @@ class Active:
     inferences: int = 0
     errors: int = 0
     busy_s: float = 0.0
+    drift: DriftMonitor | None = None  # against the manifest's calibration statistics
+
+
+def _input_stats(pointer: dict, variant: str) -> dict:
+    for artifact in (pointer.get("manifest") or {}).get("artifacts") or []:
+        if artifact.get("name") == variant and isinstance(artifact.get("input_stats"), dict):
+            return artifact["input_stats"]
+    return {}
 
 
 class Runtime:
@@ -299,6 +308,7 @@ class Runtime:
                 info["sha256"],
                 pointer["version"],
                 session,
+                drift=DriftMonitor(_input_stats(pointer, variant)),
             )
 
     def run_for(self, seconds: float, *, max_inferences: int | None = None) -> None:
@@ -307,6 +317,8 @@ class Runtime:
         while self.active and time.monotonic() < deadline:
             for item in list(self.active.values()):
                 feeds = self.inputs.feeds(item.session)
+                if item.drift:
+                    item.drift.observe(feeds)
                 started = time.perf_counter()
                 try:
                     item.session.run(None, feeds)
@@ -357,6 +369,9 @@ class Runtime:
                     },
                 }
             )
+            drift = item.drift.report() if item.drift else None
+            if drift:
+                out[-1]["extra"].update(drift)
             if energy:  # no sensor: no field (the UI says "no power sensor")
                 out[-1]["power_w"] = energy["avg_power_w"]
                 out[-1]["extra"].update(

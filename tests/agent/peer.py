@@ -89,6 +89,7 @@ class Peer:
         slot: str = "classifier",
         expires_in: int = 3600,
         key: Ed25519PrivateKey | None = None,
+        artifact_fields: dict | None = None,
         **extra,
     ) -> dict:
         now = datetime.now(UTC)
@@ -102,6 +103,7 @@ class Peer:
                     "sha256": sha,
                     "size": len(data),
                     "url": f"/api/v1/device/artifacts/{sha}",
+                    **(artifact_fields or {}),
                 }
             )
         payload = {
