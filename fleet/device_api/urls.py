@@ -11,7 +11,7 @@ answer JSON, like every other device API refusal.
 from django.http import JsonResponse
 from django.urls import path
 
-from fleet.device_api import checkin, enroll, ingest, updates
+from fleet.device_api import benchmarks, checkin, enroll, ingest, updates
 
 PREFIX = "api/v1/device/"
 
@@ -23,6 +23,12 @@ urlpatterns = [
     path(f"{PREFIX}artifacts/<str:sha256>", updates.ArtifactView.as_view(), name="device-artifact"),
     path(f"{PREFIX}enroll", enroll.EnrollView.as_view(), name="device-enroll"),
     path(f"{PREFIX}inventory", enroll.InventoryView.as_view(), name="device-inventory"),
+    path(f"{PREFIX}benchmarks", benchmarks.BenchmarkListView.as_view(), name="device-benchmarks"),
+    path(
+        f"{PREFIX}benchmarks/<int:pk>/results",
+        benchmarks.BenchmarkResultView.as_view(),
+        name="device-benchmark-results",
+    ),
 ]
 
 
