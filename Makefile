@@ -40,7 +40,7 @@ test: venv
 
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check fleet compression devices ota tests benchmarks || true
+	$(VENV)/bin/ruff format --check .
 
 messages: venv
 	$(PY) manage.py makemessages -l zh_Hans --ignore '.venv/*' --ignore 'var/*'

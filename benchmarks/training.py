@@ -114,49 +114,89 @@ def main() -> None:
         common = {"calibration_path": CAL, "train_path": train, "eval_path": EVAL}
         # --- QAT on the outlier model -------------------------------------------------
         _, s_ptq = timed("int8-static", ref, t / "ptq.onnx", calibration_path=CAL)
-        q_l, s_ql = timed("qat", ref, t / "qat.onnx", **common,
-                          overrides={"epochs": args.qat_epochs})
-        _, s_qu = timed("qat", ref, t / "qat-nolabels.onnx", **common,
-                        overrides={"epochs": args.qat_epochs, "use_labels": False})
+        q_l, s_ql = timed(
+            "qat", ref, t / "qat.onnx", **common, overrides={"epochs": args.qat_epochs}
+        )
+        _, s_qu = timed(
+            "qat",
+            ref,
+            t / "qat-nolabels.onnx",
+            **common,
+            overrides={"epochs": args.qat_epochs, "use_labels": False},
+        )
         base_acc, base_p50 = acc(ref), p50(ref, args.runs)
-        for name, path, secs in ((f"fp32 (outlier ×{args.scale:g})", ref, 0.0),
-                                 ("PTQ int8 (int8-static)", t / "ptq.onnx", s_ptq),
-                                 ("QAT int8, labels", t / "qat.onnx", s_ql),
-                                 ("QAT int8, teacher only", t / "qat-nolabels.onnx", s_qu)):
+        for name, path, secs in (
+            (f"fp32 (outlier ×{args.scale:g})", ref, 0.0),
+            ("PTQ int8 (int8-static)", t / "ptq.onnx", s_ptq),
+            ("QAT int8, labels", t / "qat.onnx", s_ql),
+            ("QAT int8, teacher only", t / "qat-nolabels.onnx", s_qu),
+        ):
             a = acc(path)
-            rows.append([name, f"{a:.4f}", f"{(base_acc - a) * 100:+.2f}",
-                         f"{params(path) / params(ref):.2f}",
-                         f"{p50(path, args.runs) / base_p50:.2f}", f"{secs:.1f}"])
+            rows.append(
+                [
+                    name,
+                    f"{a:.4f}",
+                    f"{(base_acc - a) * 100:+.2f}",
+                    f"{params(path) / params(ref):.2f}",
+                    f"{p50(path, args.runs) / base_p50:.2f}",
+                    f"{secs:.1f}",
+                ]
+            )
         # --- distillation on digits ----------------------------------------------------
         d_acc, d_p50 = acc(DIGITS), p50(DIGITS, args.runs)
         rows.append(["digits fp32 (teacher)", f"{d_acc:.4f}", "+0.00", "1.00", "1.00", "0.0"])
-        for name, alpha in (("distill ratio 0.5 (teacher)", 0.7),
-                            ("same student, labels only", 0.0)):
+        for name, alpha in (
+            ("distill ratio 0.5 (teacher)", 0.7),
+            ("same student, labels only", 0.0),
+        ):
             out = t / f"distill-{alpha}.onnx"
-            _, secs = timed("distill", DIGITS, out, **common,
-                            overrides={"ratio": 0.5, "alpha": alpha,
-                                       "epochs": args.distill_epochs})
+            _, secs = timed(
+                "distill",
+                DIGITS,
+                out,
+                **common,
+                overrides={"ratio": 0.5, "alpha": alpha, "epochs": args.distill_epochs},
+            )
             a = acc(out)
-            rows.append([name, f"{a:.4f}", f"{(d_acc - a) * 100:+.2f}",
-                         f"{params(out) / params(DIGITS):.2f}",
-                         f"{p50(out, args.runs) / d_p50:.2f}", f"{secs:.1f}"])
+            rows.append(
+                [
+                    name,
+                    f"{a:.4f}",
+                    f"{(d_acc - a) * 100:+.2f}",
+                    f"{params(out) / params(DIGITS):.2f}",
+                    f"{p50(out, args.runs) / d_p50:.2f}",
+                    f"{secs:.1f}",
+                ]
+            )
         # --- pruning with recovery -----------------------------------------------------
-        for name, opts in (("prune-structured 0.5, no fine-tune", {"finetune_epochs": 0}),
-                           ("prune-structured 0.5 + fine-tune", {"finetune_epochs": 15})):
+        for name, opts in (
+            ("prune-structured 0.5, no fine-tune", {"finetune_epochs": 0}),
+            ("prune-structured 0.5 + fine-tune", {"finetune_epochs": 15}),
+        ):
             out = t / f"prune-{opts['finetune_epochs']}.onnx"
-            _, secs = timed("prune-structured", DIGITS, out, **common,
-                            overrides={"ratio": 0.5, **opts})
+            _, secs = timed(
+                "prune-structured", DIGITS, out, **common, overrides={"ratio": 0.5, **opts}
+            )
             a = acc(out)
             removed = 1 - conv_channels(out) / conv_channels(DIGITS)
-            rows.append([f"{name} ({removed:.0%} ch. removed)", f"{a:.4f}",
-                         f"{(d_acc - a) * 100:+.2f}", f"{params(out) / params(DIGITS):.2f}",
-                         f"{p50(out, args.runs) / d_p50:.2f}", f"{secs:.1f}"])
+            rows.append(
+                [
+                    f"{name} ({removed:.0%} ch. removed)",
+                    f"{a:.4f}",
+                    f"{(d_acc - a) * 100:+.2f}",
+                    f"{params(out) / params(DIGITS):.2f}",
+                    f"{p50(out, args.runs) / d_p50:.2f}",
+                    f"{secs:.1f}",
+                ]
+            )
     header = ["variant", "accuracy", "drop pt", "params ×", "p50 × (1 thr)", "wall s"]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, ["-" * w for w in widths], *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
-    print(f"fp32 p50 (1 thread): outlier model {base_p50:.3f} ms, digits {d_p50:.3f} ms; "
-          f"QAT labelled best epoch {q_l.steps[0]['metrics']['best_epoch']}")
+    print(
+        f"fp32 p50 (1 thread): outlier model {base_p50:.3f} ms, digits {d_p50:.3f} ms; "
+        f"QAT labelled best epoch {q_l.steps[0]['metrics']['best_epoch']}"
+    )
 
 
 if __name__ == "__main__":

@@ -104,6 +104,7 @@ def _live_context(device: Device) -> dict:
         "dropped": device.drop_reports.values("kind").annotate(total=Sum("count")),
         "models": (device.inventory or {}).get("models") or {},
         "updates": _update_history(device),
+        "signals": metrics.field_signals(device),
     }
 
 

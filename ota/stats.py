@@ -28,8 +28,9 @@ CONFIDENCE_KEYS = ("confidence", "top1_confidence", "confidence_mean")
 def estimate_p95(model_version, label: str, profile_id: int | None) -> float | None:
     """Benchmark p95 (ms) of a version on a profile, or None when never measured."""
     if profile_id is not None:
-        baseline = LatencyBaseline.objects.filter(model_version=label,
-                                                  hardware_profile_id=profile_id).first()
+        baseline = LatencyBaseline.objects.filter(
+            model_version=label, hardware_profile_id=profile_id
+        ).first()
         if baseline is not None:
             return baseline.p95_ms
     metrics = (model_version.metrics or {}) if model_version else {}
@@ -43,7 +44,8 @@ def estimate_p95(model_version, label: str, profile_id: int | None) -> float | N
 
 def phase_stats(deployment, phase: int, now: datetime) -> PhaseStats:
     updates = deployment.updates.filter(phase=phase).exclude(
-        state__in=[UpdateState.SUPERSEDED, UpdateState.CANCELLED])
+        state__in=[UpdateState.SUPERSEDED, UpdateState.CANCELLED]
+    )
     counts = {r["state"]: r["n"] for r in updates.values("state").annotate(n=Count("pk"))}
     first = updates.filter(state=UpdateState.SUCCEEDED).aggregate(t=Min("finished_at"))["t"]
     stats = PhaseStats(
@@ -60,25 +62,31 @@ def phase_stats(deployment, phase: int, now: datetime) -> PhaseStats:
 
 def _latency(stats: PhaseStats, updates) -> None:
     """Feed the worst (version, profile) group: the one furthest above its estimate."""
-    groups = (updates.filter(state=UpdateState.SUCCEEDED)
-              .values("model_label", "model_version", "device__hardware_profile")
-              .annotate(first=Min("assigned_at")).order_by())
+    groups = (
+        updates.filter(state=UpdateState.SUCCEEDED)
+        .values("model_label", "model_version", "device__hardware_profile")
+        .annotate(first=Min("assigned_at"))
+        .order_by()
+    )
     worst = None
     for group in groups:
         from compression.models import ModelVersion
 
         version = ModelVersion.objects.filter(pk=group["model_version"]).first()
-        estimate = estimate_p95(version, group["model_label"],
-                                group["device__hardware_profile"])
+        estimate = estimate_p95(version, group["model_label"], group["device__hardware_profile"])
         if not estimate:
             continue
-        devices = updates.filter(state=UpdateState.SUCCEEDED,
-                                 model_label=group["model_label"],
-                                 device__hardware_profile=group["device__hardware_profile"]
-                                 ).values("device_id")
+        devices = updates.filter(
+            state=UpdateState.SUCCEEDED,
+            model_label=group["model_label"],
+            device__hardware_profile=group["device__hardware_profile"],
+        ).values("device_id")
         points = TelemetryPoint.objects.filter(
-            device_id__in=devices, model_version=group["model_label"],
-            ts__gte=group["first"] - CLOCK_SKEW, latency_ms__isnull=False)
+            device_id__in=devices,
+            model_version=group["model_label"],
+            ts__gte=group["first"] - CLOCK_SKEW,
+            latency_ms__isnull=False,
+        )
         rows = list(points.order_by("-ts").values_list("latency_ms", flat=True)[:MAX_SAMPLES])
         value = p95(rows)
         ratio = (value / estimate) if value is not None else -1.0
@@ -94,13 +102,19 @@ def _latency(stats: PhaseStats, updates) -> None:
 def _confidence_of(extra) -> float | None:
     if not isinstance(extra, dict):
         return None
-    return next((float(extra[k]) for k in CONFIDENCE_KEYS
-                 if isinstance(extra.get(k), int | float)), None)
+    return next(
+        (float(extra[k]) for k in CONFIDENCE_KEYS if isinstance(extra.get(k), int | float)), None
+    )
 
 
 def _mean_confidence(points) -> float | None:
-    values = [v for v in map(_confidence_of, points.order_by("-ts").values_list(
-        "extra", flat=True)[:MAX_SAMPLES]) if v is not None]
+    values = [
+        v
+        for v in map(
+            _confidence_of, points.order_by("-ts").values_list("extra", flat=True)[:MAX_SAMPLES]
+        )
+        if v is not None
+    ]
     return sum(values) / len(values) if values else None
 
 
@@ -114,10 +128,12 @@ def _confidence(stats: PhaseStats, updates) -> None:
     devices = [r[0] for r in rows]
     first = min(r[3] for r in rows)
     points = TelemetryPoint.objects.filter(device_id__in=devices, extra__isnull=False)
-    stats.confidence_mean = _mean_confidence(points.filter(
-        model_version__in={r[1] for r in rows}, ts__gte=first - CLOCK_SKEW))
-    stats.baseline_confidence_mean = _mean_confidence(points.filter(
-        model_version__in={r[2] for r in rows}, ts__lt=first))
+    stats.confidence_mean = _mean_confidence(
+        points.filter(model_version__in={r[1] for r in rows}, ts__gte=first - CLOCK_SKEW)
+    )
+    stats.baseline_confidence_mean = _mean_confidence(
+        points.filter(model_version__in={r[2] for r in rows}, ts__lt=first)
+    )
 
 
 def as_dict(stats: PhaseStats) -> dict:
@@ -129,12 +145,14 @@ def latency_series(deployment, limit: int = 500) -> dict:
     updates = deployment.updates.filter(state=UpdateState.SUCCEEDED)
     labels = list(updates.values_list("model_label", flat=True).distinct()[:5])
     since = deployment.started_at
-    points = (TelemetryPoint.objects.filter(device_id__in=updates.values("device_id"),
-                                            model_version__in=labels, latency_ms__isnull=False)
-              .order_by("-ts"))
+    points = TelemetryPoint.objects.filter(
+        device_id__in=updates.values("device_id"),
+        model_version__in=labels,
+        latency_ms__isnull=False,
+    ).order_by("-ts")
     if since:
         points = points.filter(ts__gte=since)
-    rows = list(points.values_list("ts", "latency_ms")[:limit * 20])
+    rows = list(points.values_list("ts", "latency_ms")[: limit * 20])
     buckets: dict[str, list[float]] = {}
     for ts, value in rows:
         buckets.setdefault(ts.strftime("%Y-%m-%dT%H:%M:00Z"), []).append(value)
@@ -142,6 +160,9 @@ def latency_series(deployment, limit: int = 500) -> dict:
     report = deployment.gate_report or {}
     estimate = (report.get("stats") or {}).get("estimate_p95_ms")
     limit_ratio = (report.get("thresholds") or {}).get("max_latency_ratio")
-    return {"labels": minutes, "p95": [p95(buckets[m]) for m in minutes],
-            "estimate": estimate,
-            "limit": round(estimate * limit_ratio, 3) if estimate and limit_ratio else None}
+    return {
+        "labels": minutes,
+        "p95": [p95(buckets[m]) for m in minutes],
+        "estimate": estimate,
+        "limit": round(estimate * limit_ratio, 3) if estimate and limit_ratio else None,
+    }

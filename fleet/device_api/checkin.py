@@ -53,8 +53,9 @@ POLL_COUNTER = "ota:poll:"
 
 def _poll_redis(client, token: str, period: int) -> tuple[int, int, tuple | None]:
     """One Redis call (`authcache.REQUEST`); a credential not cached yet costs one query."""
-    result = cached_request(client, token, POLL_COUNTER, period,
-                            answer=manifests.CACHE_KEY.format(""))
+    result = cached_request(
+        client, token, POLL_COUNTER, period, answer=manifests.CACHE_KEY.format("")
+    )
     if result is None:
         raise Unknown
     device_pk, count, raw = result
@@ -91,8 +92,9 @@ def update(request):
         return unavailable("Service unavailable; retry later.")
     if count > limit:
         wait = period - int(time.time()) % period
-        return refusal(429, f"Too many check-ins; retry in {wait} s.", "throttled",
-                       Retry_After=str(wait))
+        return refusal(
+            429, f"Too many check-ins; retry in {wait} s.", "throttled", Retry_After=str(wait)
+        )
     try:
         answer = manifests.checkin_for(device_pk, cached=cached)
     except DatabaseError as exc:

@@ -71,8 +71,9 @@ def authenticate(request) -> auth.DevicePrincipal | JsonResponse:
     limit, period = auth.device_rate()
     if auth.count_request(principal, period) > limit:
         wait = period - int(time.time()) % period
-        return refusal(429, f"Too many requests; retry in {wait} s.", "throttled",
-                       Retry_After=str(wait))
+        return refusal(
+            429, f"Too many requests; retry in {wait} s.", "throttled", Retry_After=str(wait)
+        )
     return principal
 
 
@@ -100,8 +101,9 @@ def _ingest(request, service):
     # drops it at the end of the request.
     connection.health_check_done = True
     try:
-        result = service(principal.device_ref, batch, dropped=dropped,
-                         seen_noted=principal.seen_noted)
+        result = service(
+            principal.device_ref, batch, dropped=dropped, seen_noted=principal.seen_noted
+        )
     except services.DeviceError as exc:
         return refusal(exc.status, exc.message, exc.code)
     finally:

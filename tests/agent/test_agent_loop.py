@@ -14,8 +14,22 @@ from tests.agent.peer import DEVICE_UID
 
 def enroll(peer, tmp_path, capsys) -> State:
     root = tmp_path / "agent"
-    assert cli.main(["enroll", "--server", peer.url, "--token", "enroll-me",
-                     "--state-dir", str(root), "--name", "pi-1"]) == 0
+    assert (
+        cli.main(
+            [
+                "enroll",
+                "--server",
+                peer.url,
+                "--token",
+                "enroll-me",
+                "--state-dir",
+                str(root),
+                "--name",
+                "pi-1",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     return State(root)
 
@@ -28,14 +42,22 @@ def test_enroll_stores_credential_and_pinned_key(peer, tmp_path, capsys):
     sent = peer.enrollments[0]
     assert sent["token"] == "enroll-me" and sent["facts"]["name"] == "pi-1"
     facts = sent["facts"]
-    assert {"arch", "cpu", "cpu_count", "os", "agent_version", "onnxruntime",
-            "execution_providers"} <= set(facts)
+    assert {
+        "arch",
+        "cpu",
+        "cpu_count",
+        "os",
+        "agent_version",
+        "onnxruntime",
+        "execution_providers",
+    } <= set(facts)
     assert "CPUExecutionProvider" in facts["execution_providers"]
 
 
 def test_enroll_refused(peer, tmp_path, capsys):
-    code = cli.main(["enroll", "--server", peer.url, "--token", "wrong",
-                     "--state-dir", str(tmp_path / "a")])
+    code = cli.main(
+        ["enroll", "--server", peer.url, "--token", "wrong", "--state-dir", str(tmp_path / "a")]
+    )
     assert code == 1
     assert "refused" in capsys.readouterr().err
     assert not State(tmp_path / "a").enrolled
@@ -66,11 +88,20 @@ def test_policy_switches_variant(peer, tmp_path, capsys, good_model, monkeypatch
     small = good_model.replace(b"relu", b"rel8")
     peer.add_artifact(good_model)
     peer.add_artifact(small)
-    peer.offer(peer.manifest([("fp32", good_model), ("int8", small)], policy={
-        "rules": [{"when": {"battery_pct": {"lt": 20}}, "use": "int8"}], "default": "fp32"}))
+    peer.offer(
+        peer.manifest(
+            [("fp32", good_model), ("int8", small)],
+            policy={
+                "rules": [{"when": {"battery_pct": {"lt": 20}}, "use": "int8"}],
+                "default": "fp32",
+            },
+        )
+    )
     battery = {"value": 80.0}
-    monkeypatch.setattr("devices.agent.runtime.read_power", lambda root=None: {
-        "battery_pct": battery["value"], "on_ac": False, "power_w": 3.0})
+    monkeypatch.setattr(
+        "devices.agent.runtime.read_power",
+        lambda root=None: {"battery_pct": battery["value"], "on_ac": False, "power_w": 3.0},
+    )
     agent = Agent(state)
     try:
         agent.step(window_s=0.2, max_inferences=3)
@@ -135,8 +166,10 @@ def test_e5_agent_splits_oversize_batches(peer, tmp_path, capsys):
         agent.deliver(kinds=("telemetry",))
         seqs = sorted(p["seq"] for b in peer.telemetry for p in b["batch"])
         assert seqs == list(range(1, 41))
-        assert any(r["body"] and len(r["body"]["batch"]) > 8
-                   for r in peer.seen("POST", "/api/v1/device/telemetry"))
+        assert any(
+            r["body"] and len(r["body"]["batch"]) > 8
+            for r in peer.seen("POST", "/api/v1/device/telemetry")
+        )
     finally:
         agent.close()
 
@@ -178,8 +211,14 @@ def test_an_idle_agent_reports_onnxruntime_without_loading_it(peer, state):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    proc = subprocess.run([sys.executable, "-c", probe, str(state.root)], capture_output=True,
-                          text=True, timeout=180, cwd=root, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", probe, str(state.root)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=root,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) is False
     facts = peer.inventory[-1]
@@ -187,7 +226,8 @@ def test_an_idle_agent_reports_onnxruntime_without_loading_it(peer, state):
 
 
 def test_telemetry_carries_energy_per_inference_only_with_a_power_sensor(
-        peer, tmp_path, capsys, good_model):
+    peer, tmp_path, capsys, good_model
+):
     state = enroll(peer, tmp_path, capsys)
     peer.add_artifact(good_model)
     peer.offer(peer.manifest([("fp32", good_model)], version=1))

@@ -166,8 +166,10 @@ class DistillPass(Pass):
 
 @dataclass
 class QatConfig(TrainFields, PassConfig):
-    CHOICES = {"activation_type": ("quint8", "qint8"),
-               "calibrate_method": ("minmax", "entropy", "percentile")}
+    CHOICES = {
+        "activation_type": ("quint8", "qint8"),
+        "calibrate_method": ("minmax", "entropy", "percentile"),
+    }
 
     epochs: int = field(default=5, metadata=doc("Fake-quantized training epochs."))
     lr: float = field(default=1e-4, metadata=doc("Adam learning rate (small: fine-tuning)."))
@@ -184,8 +186,9 @@ class QatConfig(TrainFields, PassConfig):
     )
     calibrate_method: str = field(
         default="minmax",
-        metadata=doc("How the exporting quantizer sets activation ranges: minmax, entropy or "
-                     "percentile."),
+        metadata=doc(
+            "How the exporting quantizer sets activation ranges: minmax, entropy or percentile."
+        ),
     )
     calibration_samples: int = field(
         default=200,
