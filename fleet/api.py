@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from rest_framework.pagination import PageNumberPagination
+from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+
+from fleet.refusal import Refusal
 
 MAX_PAGE_SIZE = 200
 
@@ -14,6 +17,10 @@ class Pagination(PageNumberPagination):
 
 
 def exception_handler(exc, context):
+    """DRF's EXCEPTION_HANDLER: a service's `Refusal` becomes its answer here, and
+    nowhere else in the operator API; DRF's own errors get a `code` too."""
+    if isinstance(exc, Refusal):
+        return Response(exc.body(), status=exc.status, headers=exc.headers())
     response = drf_exception_handler(exc, context)
     if response is not None and isinstance(response.data, dict):
         code = getattr(exc, "default_code", None)

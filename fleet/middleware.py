@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import JsonResponse
 from django.utils.translation import gettext as _
 
@@ -24,6 +25,13 @@ class BodySizeLimitMiddleware:
             return too_large_response(limit, request)
         return response
 
+    def process_exception(self, request, exception):
+        """A form or JSON body over DATA_UPLOAD_MAX_MEMORY_SIZE (Django raises
+        RequestDataTooBig, which it would answer with an HTML 400): a JSON 413."""
+        if isinstance(exception, RequestDataTooBig):
+            return too_large_response(settings.DATA_UPLOAD_MAX_MEMORY_SIZE, request)
+        return None
+
 
 def too_large_response(limit: int, request=None) -> JsonResponse:
     mb = limit / (1024 * 1024)
@@ -39,18 +47,3 @@ def too_large_response(limit: int, request=None) -> JsonResponse:
     if not server.startswith("WSGIServer"):
         response["Connection"] = "close"
     return response
-
-
-class ContentLengthMiddleware:
-    """Content-Length on every complete response, as CommonMiddleware sets it in
-    the browser stack: the device API's lean stack (fleet/wsgi.py) would otherwise
-    answer in chunked encoding, extra bytes and writes for every device request."""
-
-    def __init__(self, get_response):
-        self.get_response = get_response
-
-    def __call__(self, request):
-        response = self.get_response(request)
-        if not response.streaming and not response.has_header("Content-Length"):
-            response.headers["Content-Length"] = str(len(response.content))
-        return response

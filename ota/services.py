@@ -20,6 +20,7 @@ from compression.models import ModelVersion
 from devices.agent.manifest import ManifestError, check_policy
 from devices.choices import DeviceStatus
 from devices.models import Device, DeviceGroup, HardwareProfile, QueryGroup
+from fleet.refusal import Refusal
 from fleet.roles import Role, has_role, role_of
 from ota import manifests, stats
 from ota.assignment import (
@@ -45,13 +46,8 @@ log = logging.getLogger(__name__)
 TARGET_KEYS = {"groups", "query_groups", "tags", "hardware_profiles", "devices"}
 
 
-class OtaError(Exception):
-    """A refused request: `code` for machines, `message` for people, HTTP `status`,
-    and the offending input `field` when there is one."""
-
-    def __init__(self, code: str, message: str, status: int = 400, field: str | None = None):
-        super().__init__(message)
-        self.code, self.message, self.status, self.field = code, message, status, field
+class OtaError(Refusal):
+    """A refused release, deployment or status report (`fleet.refusal`)."""
 
 
 # --- releases -------------------------------------------------------------------------
