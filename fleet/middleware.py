@@ -47,3 +47,18 @@ def too_large_response(limit: int, request=None) -> JsonResponse:
     if not server.startswith("WSGIServer"):
         response["Connection"] = "close"
     return response
+
+
+class QueryStringMiddleware:
+    """A NUL in the query string is a 400 here: PostgreSQL refuses NUL in any
+    string, so every list filter (`?uid=%00`) would otherwise be a 500."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        query = request.META.get("QUERY_STRING", "")
+        if "%00" in query or "\x00" in query:
+            return JsonResponse({"detail": _("Query parameters must not contain NUL characters."),
+                                 "code": "bad_query"}, status=400)
+        return self.get_response(request)

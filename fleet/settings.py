@@ -76,6 +76,7 @@ MIDDLEWARE = [
     # has no session, language, CSRF cookie or operator account.
     "fleet.device_api.routing.DeviceAPIMiddleware",
     "fleet.middleware.BodySizeLimitMiddleware",
+    "fleet.middleware.QueryStringMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -142,6 +143,7 @@ if REDIS_URL:
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
+            "KEY_PREFIX": env_str("CACHE_KEY_PREFIX", ""),  # benchmarks: a namespace per run
             "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
         }
     }

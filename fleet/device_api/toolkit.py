@@ -18,8 +18,9 @@ this order, what all of them share:
 7. the handler, `handler(request, **path_kwargs) -> HttpResponse`.
 
 Any `fleet.refusal.Refusal` raised by the handler or a service becomes its
-`{"detail", "code"[, "field"]}` answer here; a database or Redis failure is a
-503 + Retry-After (the agent keeps its data and retries). `doc=` describes the
+`{"detail", "code"[, "field"]}` answer here; input the database cannot store
+is a 400; a database or Redis failure is a 503 + Retry-After (the agent keeps
+its data and retries). `doc=` describes the
 endpoint in OpenAPI (`fleet.device_api.schema` reads it).
 """
 
@@ -32,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, DataError, connection
 from django.http import HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from redis.exceptions import RedisError
@@ -173,6 +174,11 @@ def endpoint(method: str, *, doc: Doc, device: bool = True, body: bool = False,
                 return _serve(request, kwargs)
             except Refusal as exc:
                 return refuse(exc)
+            except (DataError, UnicodeEncodeError) as exc:
+                # Input the database cannot store (a lone surrogate, a value out of
+                # range): the same request would fail again, so not a 503.
+                log.warning("device API: unstorable input: %s", exc)
+                return refuse(Refusal("bad_input", "The input cannot be stored.", 400))
             except (DatabaseError, RedisError) as exc:
                 log.error("device API: backing service unavailable: %s", exc)
                 connection.close_if_unusable_or_obsolete()
