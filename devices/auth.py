@@ -54,8 +54,14 @@ class DevicePrincipal:
     is_staff = False
     is_superuser = False
 
-    def __init__(self, device: Device | None = None, *, device_pk: int | None = None,
-                 request_count: int | None = None, cached=None):
+    def __init__(
+        self,
+        device: Device | None = None,
+        *,
+        device_pk: int | None = None,
+        request_count: int | None = None,
+        cached=None,
+    ):
         self._device = device
         self.cached = cached  # the value the same Redis call read (check-in answer)
         self.device_pk = device.pk if device is not None else device_pk
@@ -130,18 +136,21 @@ def authenticate_token(value, *, answer: str = "", client: str = "") -> DevicePr
     429 `Refusal` past it)."""
     client_redis = authcache.redis_client()
     if client_redis is not None:
-        result = cached_request(client_redis, value, RATE_COUNTER, device_rate()[1], answer,
-                                client=client)
+        result = cached_request(
+            client_redis, value, RATE_COUNTER, device_rate()[1], answer, client=client
+        )
         if result is None:
             return None
-        return DevicePrincipal(device_pk=result[0], request_count=result[1],
-                               cached=authcache.loads(result[2]))
+        return DevicePrincipal(
+            device_pk=result[0], request_count=result[1], cached=authcache.loads(result[2])
+        )
     device_pk = lookup(value, client)
     return None if device_pk is None else DevicePrincipal(device_pk=device_pk)
 
 
-def cached_request(client_redis, value: str, counter: str, period: int,
-                   answer: str = "", *, client: str = "") -> tuple[int, int, bytes | None] | None:
+def cached_request(
+    client_redis, value: str, counter: str, period: int, answer: str = "", *, client: str = ""
+) -> tuple[int, int, bytes | None] | None:
     """`authcache.request` for a token, asking the database (`lookup`) when the
     credential is not cached yet; None for an unknown or revoked token."""
     key = tokens.lookup_key(value)
@@ -157,8 +166,9 @@ def cached_request(client_redis, value: str, counter: str, period: int,
         device_pk = lookup(value, client)
         if device_pk is None:
             return None
-        result = authcache.confirmed(client_redis, prefix, wanted, device_pk, counter, period,
-                                     answer)
+        result = authcache.confirmed(
+            client_redis, prefix, wanted, device_pk, counter, period, answer
+        )
     return result
 
 
@@ -185,8 +195,12 @@ def lookup(value, client: str = "") -> int | None:
     seen = cache.get_many([negative, window]) if client else {negative: cache.get(negative)}
     if seen.get(window, 0) >= limit:
         wait = period - int(time.time()) % period
-        raise Refusal("throttled", f"Too many unknown device tokens; retry in {wait} s.",
-                      429, retry_after=wait)
+        raise Refusal(
+            "throttled",
+            f"Too many unknown device tokens; retry in {wait} s.",
+            429,
+            retry_after=wait,
+        )
     if seen.get(negative):
         _failed(client)
         return None

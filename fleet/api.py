@@ -41,5 +41,6 @@ def in_use(exc: ProtectedError | RestrictedError) -> Refusal:
     """Why a delete was refused: the kinds of rows that still point at it."""
     objects = exc.protected_objects if isinstance(exc, ProtectedError) else exc.restricted_objects
     kinds = sorted({str(obj._meta.verbose_name_plural) for obj in objects})
-    return Refusal("in_use", _("Cannot delete: still used by %(what)s.")
-                   % {"what": ", ".join(kinds)}, 409)
+    return Refusal(
+        "in_use", _("Cannot delete: still used by %(what)s.") % {"what": ", ".join(kinds)}, 409
+    )

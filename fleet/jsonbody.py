@@ -46,7 +46,7 @@ def _deeper_than(data, limit: int) -> bool:
         node, depth = pop()
         if depth > limit:
             return True
-        for value in (node.values() if type(node) is dict else node):
+        for value in node.values() if type(node) is dict else node:
             kind = type(value)
             if kind is dict or kind is list:
                 push((value, depth + 1))
@@ -68,5 +68,4 @@ class LimitedJSONParser(JSONParser):
 
 
 def too_large(limit: int) -> Refusal:
-    return Refusal("too_large", f"Request body is larger than the {limit / 2**20:g} MB limit.",
-                   413)
+    return Refusal("too_large", f"Request body is larger than the {limit / 2**20:g} MB limit.", 413)

@@ -22,8 +22,15 @@ class Refusal(Exception):
     input `field` when there is one, and `retry_after` seconds when trying again
     later can succeed (429, 503)."""
 
-    def __init__(self, code: str, message: str, status: int = 400, *,
-                 field: str | None = None, retry_after: int | None = None):
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        status: int = 400,
+        *,
+        field: str | None = None,
+        retry_after: int | None = None,
+    ):
         super().__init__(message)
         self.code, self.message, self.status = code, message, status
         self.field, self.retry_after = field, retry_after

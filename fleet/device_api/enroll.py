@@ -18,9 +18,15 @@ def enroll(request):
     data = request.data if isinstance(request.data, dict) else {}
     device, token = services.enroll(data.get("token"), data.get("facts") or {})
     key = keys.active_key()
-    return answer({"device_id": device.uid, "token": token,
-                   "server_public_key": key.public_key_b64,
-                   "server_key_fingerprint": key.fingerprint}, status=201)
+    return answer(
+        {
+            "device_id": device.uid,
+            "token": token,
+            "server_public_key": key.public_key_b64,
+            "server_key_fingerprint": key.fingerprint,
+        },
+        status=201,
+    )
 
 
 @endpoint("PUT", body=True, doc=INVENTORY_DOC)

@@ -27,10 +27,14 @@ def _ingest(request, service):
     # connection fails the insert instead (503, the agent retries) and Django
     # drops it at the end of the request.
     connection.health_check_done = True
-    result = service(request.device.device_ref, batch, dropped=dropped,
-                     seen_noted=request.device.seen_noted)
-    return answer(result.as_dict(), X_EdgeFleet_New=str(result.new),
-                  X_EdgeFleet_Duplicates=str(result.duplicates))
+    result = service(
+        request.device.device_ref, batch, dropped=dropped, seen_noted=request.device.seen_noted
+    )
+    return answer(
+        result.as_dict(),
+        X_EdgeFleet_New=str(result.new),
+        X_EdgeFleet_Duplicates=str(result.duplicates),
+    )
 
 
 @endpoint("POST", body=True, shed=INFLIGHT, doc=batch_doc("TelemetryPoint", "telemetry"))

@@ -153,8 +153,16 @@ def declared_length(request) -> int:
         raise Refusal("bad_request", "Invalid Content-Length header.") from None
 
 
-def endpoint(method: str, *, doc: Doc, device: bool = True, body: bool = False,
-             cached: str = "", rate: str = "enroll", shed: InflightLimit | None = None):
+def endpoint(
+    method: str,
+    *,
+    doc: Doc,
+    device: bool = True,
+    body: bool = False,
+    cached: str = "",
+    rate: str = "enroll",
+    shed: InflightLimit | None = None,
+):
     """Make `handler(request, **kwargs)` a device endpoint (see the module docstring).
 
     `device=False`: no token; limited per client address by the throttle `rate`.
@@ -166,8 +174,9 @@ def endpoint(method: str, *, doc: Doc, device: bool = True, body: bool = False,
         @functools.wraps(handler)
         def view(request, **kwargs):
             if request.method != method:
-                response = refuse(Refusal("method_not_allowed",
-                                          f'Method "{request.method}" not allowed.', 405))
+                response = refuse(
+                    Refusal("method_not_allowed", f'Method "{request.method}" not allowed.', 405)
+                )
                 response["Allow"] = method
                 return response
             try:

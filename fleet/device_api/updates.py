@@ -39,10 +39,11 @@ def artifact(request, sha256: str):
 
 
 def _assigned(device_pk: int, sha256: str) -> bool:
-    lists = (DeviceUpdate.objects.filter(device_id=device_pk)
-             .exclude(state__in=[UpdateState.QUEUED, UpdateState.CANCELLED,
-                                 UpdateState.SUPERSEDED])
-             .values_list("artifacts", flat=True))
+    lists = (
+        DeviceUpdate.objects.filter(device_id=device_pk)
+        .exclude(state__in=[UpdateState.QUEUED, UpdateState.CANCELLED, UpdateState.SUPERSEDED])
+        .values_list("artifacts", flat=True)
+    )
     return any(sha256 in (names or []) for names in lists)
 
 
@@ -52,8 +53,9 @@ def serve_range(request, name: str, size: int, sha256: str):
     if header and (match is None or match.groups() == ("", "")):
         match = None  # unparseable or multi-range: RFC 9110 says ignore, send it all
     if match is None:
-        response = FileResponse(default_storage.open(name, "rb"),
-                                content_type="application/octet-stream")
+        response = FileResponse(
+            default_storage.open(name, "rb"), content_type="application/octet-stream"
+        )
         response["Content-Length"] = str(size)
     else:
         first, last = match.groups()
@@ -65,8 +67,9 @@ def serve_range(request, name: str, size: int, sha256: str):
             response = HttpResponse(status=416)
             response["Content-Range"] = f"bytes */{size}"
             return _artifact_headers(response, sha256)
-        response = StreamingHttpResponse(_read(name, start, end - start + 1), status=206,
-                                         content_type="application/octet-stream")
+        response = StreamingHttpResponse(
+            _read(name, start, end - start + 1), status=206, content_type="application/octet-stream"
+        )
         response["Content-Range"] = f"bytes {start}-{end}/{size}"
         response["Content-Length"] = str(end - start + 1)
     return _artifact_headers(response, sha256)
@@ -93,6 +96,12 @@ def _read(name: str, start: int, length: int):
 @endpoint("POST", body=True, doc=STATUS_DOC)
 def status(request):
     update = services.report_status(request.device.device, request.data)
-    return answer({"deployment": update.deployment_id,
-                   "manifest_version": update.manifest_version, "slot": update.slot,
-                   "state": update.state, "attempts": update.attempts})
+    return answer(
+        {
+            "deployment": update.deployment_id,
+            "manifest_version": update.manifest_version,
+            "slot": update.slot,
+            "state": update.state,
+            "attempts": update.attempts,
+        }
+    )

@@ -15,11 +15,15 @@ from ota.api import serializers as s
 from ota.models import Deployment, DeviceUpdate, Release
 
 
-class ReleaseViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
-                     mixins.CreateModelMixin, viewsets.GenericViewSet):
+class ReleaseViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    viewsets.GenericViewSet,
+):
     queryset = Release.objects.prefetch_related(
-        "variants__model_version__model", "variants__hardware_profile").select_related(
-        "created_by")
+        "variants__model_version__model", "variants__hardware_profile"
+    ).select_related("created_by")
     serializer_class = s.ReleaseSerializer
     ci_actions = {"create"}
 
@@ -32,8 +36,12 @@ class ReleaseViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         return Response(s.ReleaseSerializer(release).data, status=status.HTTP_201_CREATED)
 
 
-class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
-                        mixins.CreateModelMixin, viewsets.GenericViewSet):
+class DeploymentViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    viewsets.GenericViewSet,
+):
     queryset = Deployment.objects.select_related("release", "created_by")
     serializer_class = s.DeploymentSerializer
     action_roles = {"preview": Role.VIEWER}
@@ -53,10 +61,16 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         release = Release.objects.filter(pk=fields.pop("release")).first()
         if release is None:
             return Response({"detail": "Unknown release.", "code": "bad_release"}, status=400)
-        deployment = services.start_deployment(release, fields.pop("target"),
-                                               actor=request.user, **fields)
-        audit.note(request, "deployment.start", deployment,
-                   devices=deployment.target_count, phases=deployment.phases)
+        deployment = services.start_deployment(
+            release, fields.pop("target"), actor=request.user, **fields
+        )
+        audit.note(
+            request,
+            "deployment.start",
+            deployment,
+            devices=deployment.target_count,
+            phases=deployment.phases,
+        )
         return Response(s.DeploymentSerializer(deployment).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=s.PreviewSerializer, responses={200: dict})
@@ -64,15 +78,18 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
     def preview(self, request):
         data = s.PreviewSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        return Response(services.preview(data.validated_data["target"],
-                                         data.validated_data["phases"]))
+        return Response(
+            services.preview(data.validated_data["target"], data.validated_data["phases"])
+        )
 
     def _act(self, request, name: str, done: bool):
         deployment = self.get_object()
         audit.note(request, f"deployment.{name}", deployment)
         if not done:
-            return Response({"detail": f"Cannot {name} a {deployment.status} deployment.",
-                             "code": "bad_state"}, status=409)
+            return Response(
+                {"detail": f"Cannot {name} a {deployment.status} deployment.", "code": "bad_state"},
+                status=409,
+            )
         deployment.refresh_from_db()
         return Response(s.DeploymentSerializer(deployment).data)
 
@@ -81,8 +98,9 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
     def pause(self, request, pk=None):
         data = s.PauseSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        return self._act(request, "pause",
-                         services.pause(self.get_object(), data.validated_data["reason"]))
+        return self._act(
+            request, "pause", services.pause(self.get_object(), data.validated_data["reason"])
+        )
 
     @extend_schema(request=None, responses={200: s.DeploymentSerializer})
     @action(detail=True, methods=["post"])
@@ -113,8 +131,9 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         return Response(s.DeploymentSerializer(back).data, status=status.HTTP_201_CREATED)
 
 
-class DeviceUpdateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
-                          viewsets.GenericViewSet):
+class DeviceUpdateViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+):
     queryset = DeviceUpdate.objects.select_related("device")
     serializer_class = s.DeviceUpdateSerializer
 

@@ -15,9 +15,13 @@ from tests.devices.conftest import bearer, log_lines, points
 pytestmark = pytest.mark.django_db
 TELEMETRY = "/api/v1/device/telemetry"
 LOGS = "/api/v1/device/logs"
-DEVICE_JSON_ENDPOINTS = [("post", TELEMETRY), ("post", LOGS), ("post", "/api/v1/device/enroll"),
-                         ("put", "/api/v1/device/inventory"),
-                         ("post", "/api/v1/device/update/status")]
+DEVICE_JSON_ENDPOINTS = [
+    ("post", TELEMETRY),
+    ("post", LOGS),
+    ("post", "/api/v1/device/enroll"),
+    ("put", "/api/v1/device/inventory"),
+    ("post", "/api/v1/device/update/status"),
+]
 
 
 def raw(client, path: str, body: bytes, method: str = "post", **extra):
@@ -34,11 +38,15 @@ def test_every_device_route_is_a_toolkit_endpoint_and_documented(viewer_api):
     assert len(urlpatterns) == 7
     assert all(hasattr(p.callback, "device_api") for p in urlpatterns)
     spec = viewer_api.get("/api/schema/?format=json").json()
-    for path, method in [("/api/v1/device/enroll", "post"), ("/api/v1/device/inventory", "put"),
-                         ("/api/v1/device/update", "get"), ("/api/v1/device/update/status",
-                                                            "post"),
-                         ("/api/v1/device/artifacts/{sha256}", "get"),
-                         ("/api/v1/device/telemetry", "post"), ("/api/v1/device/logs", "post")]:
+    for path, method in [
+        ("/api/v1/device/enroll", "post"),
+        ("/api/v1/device/inventory", "put"),
+        ("/api/v1/device/update", "get"),
+        ("/api/v1/device/update/status", "post"),
+        ("/api/v1/device/artifacts/{sha256}", "get"),
+        ("/api/v1/device/telemetry", "post"),
+        ("/api/v1/device/logs", "post"),
+    ]:
         operation = spec["paths"][path][method]
         assert {"429", "503"} <= set(operation["responses"]), path
     point = spec["components"]["schemas"]["TelemetryPoint"]["properties"]
@@ -85,7 +93,8 @@ def test_a_log_line_with_a_lone_surrogate_is_refused_the_rest_stored(api_a, devi
     lines = log_lines(1, 2)
     body = json.dumps({"batch": lines}).encode()[:-2]
     body += b', {"seq": 3, "boot_id": "boot-1", "ts": %d, "message": "bad \\udc80 byte"}]}' % (
-        int(lines[0]["ts"]))
+        int(lines[0]["ts"])
+    )
     response = raw(api_a, LOGS, body)
     assert response.status_code == 200, response.content
     assert [r["seq"] for r in response.json()["rejected"]] == [3]
@@ -169,12 +178,15 @@ def test_a_repeated_bad_token_costs_one_query(django_assert_num_queries):
 
 def test_guessing_is_limited_per_client_address(settings, api_a, django_assert_num_queries):
     rates = settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]
-    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {
-        **rates, "device_auth_failure": "3/min"}}
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {**rates, "device_auth_failure": "3/min"},
+    }
     assert api_a.get("/api/v1/device/update", REMOTE_ADDR="10.0.0.9").status_code == 204
     guesses = [bearer(f"efd_guess{n:04d}" + "0" * 32) for n in range(5)]
-    codes = [g.get("/api/v1/device/update", REMOTE_ADDR="10.0.0.9").status_code
-             for g in guesses[:3]]
+    codes = [
+        g.get("/api/v1/device/update", REMOTE_ADDR="10.0.0.9").status_code for g in guesses[:3]
+    ]
     assert codes == [401, 401, 401]
     with django_assert_num_queries(0):
         limited = guesses[3].get("/api/v1/device/update", REMOTE_ADDR="10.0.0.9")

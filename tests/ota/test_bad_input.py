@@ -10,9 +10,16 @@ from compression.models import MLModel
 
 pytestmark = pytest.mark.django_db
 
-LISTS = ["/api/v1/devices/?uid=%00", "/api/v1/devices/?q=a%00b", "/api/v1/devices/?tag=%00",
-         "/api/v1/device-updates/?state=%00", "/api/v1/deployments/?status=%00",
-         "/api/v1/alerts/?state=%00", "/devices/?q=%00", "/deployments/?status=%00"]
+LISTS = [
+    "/api/v1/devices/?uid=%00",
+    "/api/v1/devices/?q=a%00b",
+    "/api/v1/devices/?tag=%00",
+    "/api/v1/device-updates/?state=%00",
+    "/api/v1/deployments/?status=%00",
+    "/api/v1/alerts/?state=%00",
+    "/devices/?q=%00",
+    "/deployments/?status=%00",
+]
 
 
 @pytest.mark.parametrize("url", LISTS)
@@ -53,7 +60,9 @@ def test_deleting_a_model_a_release_uses_is_refused_in_the_admin(admin_client, r
     page = admin_client.get(url)
     assert page.status_code == 200 and b"protected" in page.content.lower()
     assert admin_client.post(url, {"post": "yes"}).status_code in {200, 403}
-    bulk = admin_client.post("/admin/compression/mlmodel/", {
-        "action": "delete_selected", "_selected_action": [model.pk], "post": "yes"})
+    bulk = admin_client.post(
+        "/admin/compression/mlmodel/",
+        {"action": "delete_selected", "_selected_action": [model.pk], "post": "yes"},
+    )
     assert bulk.status_code in {200, 302}
     assert MLModel.objects.filter(pk=model.pk).exists()

@@ -29,8 +29,14 @@ from fleet.roles import Role
 def version_artifact(version: ModelVersion):
     """The version's bytes, or 409 while it is validating / once rejected."""
     if not version.is_ready:
-        return Response({"detail": f"Version {version} is {version.status}.",
-                         "code": "not_ready", "status": version.status}, status=409)
+        return Response(
+            {
+                "detail": f"Version {version} is {version.status}.",
+                "code": "not_ready",
+                "status": version.status,
+            },
+            status=409,
+        )
     return artifact_response(version.artifact, version.download_name, version.sha256)
 
 
@@ -107,8 +113,12 @@ class ModelVersionListView(APIView):
                 raise ValidationError({"parent": ["No such version."]})
         try:
             result = uploads.accept_upload(
-                model, upload.temporary_file_path(), original_filename=upload.name,
-                actor=request.user, parent=parent, notes=form.validated_data["notes"],
+                model,
+                upload.temporary_file_path(),
+                original_filename=upload.name,
+                actor=request.user,
+                parent=parent,
+                notes=form.validated_data["notes"],
             )
         except services.UploadRejected as exc:
             audit.note(request, "version.upload", model, refused=exc.code)
@@ -117,8 +127,11 @@ class ModelVersionListView(APIView):
         data = ModelVersionSerializer(result.version, context={"request": request}).data
         if not result.created:
             return Response(data, status=status.HTTP_200_OK)
-        return Response(data, status=status.HTTP_202_ACCEPTED,
-                        headers={"Location": f"/api/v1/versions/{result.version.pk}/"})
+        return Response(
+            data,
+            status=status.HTTP_202_ACCEPTED,
+            headers={"Location": f"/api/v1/versions/{result.version.pk}/"},
+        )
 
 
 class ModelVersionDetailView(APIView):
@@ -131,8 +144,9 @@ class ModelVersionDetailView(APIView):
 class ModelVersionDownloadView(APIView):
     @extend_schema(responses={(200, "application/octet-stream"): bytes})
     def get(self, request, model_pk: int, number: int):
-        version = get_object_or_404(ModelVersion.objects.select_related("model"),
-                                    model_id=model_pk, number=number)
+        version = get_object_or_404(
+            ModelVersion.objects.select_related("model"), model_id=model_pk, number=number
+        )
         return version_artifact(version)
 
 
@@ -150,7 +164,9 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
 
 
 class DatasetViewSet(
-    mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
     viewsets.GenericViewSet,
 ):
     queryset = Dataset.objects.select_related("model")
@@ -171,8 +187,12 @@ class DatasetViewSet(
         data = serializer.validated_data
         upload = data["file"]
         dataset = services.register_dataset(
-            upload.temporary_file_path(), name=data["name"], purpose=data["purpose"],
-            original_filename=upload.name, model=data.get("model"), actor=request.user,
+            upload.temporary_file_path(),
+            name=data["name"],
+            purpose=data["purpose"],
+            original_filename=upload.name,
+            model=data.get("model"),
+            actor=request.user,
         )
         audit.note(request, "dataset.upload", dataset)
         return Response(self.get_serializer(dataset).data, status=status.HTTP_201_CREATED)
