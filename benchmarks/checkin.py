@@ -12,7 +12,8 @@ Python keep-alive load generator) drives 16 connections at each scenario:
   check-in 204  GET /api/v1/device/update       device with nothing assigned
 
 Target (issue 6): check-in ≥ 0.5 × bare throughput, p99 < 50 ms. Loopback only;
-a scratch database `edgefleet_bench_checkin` is dropped and recreated.
+a scratch database next to DATABASE_URL's and a key prefix in REDIS_URL's cache,
+both of this run only and removed at the end (`benchmarks._harness.Scratch`).
 
     .venv/bin/python benchmarks/checkin.py [--devices 100000] [--assigned 10000]
         [--seconds 10] [--connections 16] [--workers N] [--threads N]
@@ -48,7 +49,6 @@ from benchmarks import _harness as h  # noqa: E402
 
 ROOT = _HERE.parent
 PYTHON = sys.executable
-BENCH_DB = "edgefleet_bench_checkin"
 BARE_PATH = "/api/v1/bench/bare"
 CHECKIN_PATH = "/api/v1/device/update"
 
@@ -84,9 +84,7 @@ def serve(port: int, workers: int, threads: int) -> None:
     )
     patterns.insert(after + 1, path(BARE_PATH.lstrip("/"), bare))
     urls.urlpatterns = patterns
-    from django.core.wsgi import get_wsgi_application
-
-    application = get_wsgi_application()
+    from fleet.wsgi import application  # the production entry point
 
     class Server(BaseApplication):
         def load_config(self):
@@ -211,12 +209,13 @@ def deploy(uids: list[str]) -> tuple[float, int]:
 
 # CPU time of the web server, the PostgreSQL backends serving the scratch database,
 # Redis and wrk (other sessions may use the same PostgreSQL and Redis).
-CPU_ROLES = {
-    "web": lambda cmd: "--serve" in cmd and "checkin.py" in cmd,
-    "postgres": lambda cmd: cmd.startswith("postgres") and BENCH_DB in cmd,
-    "redis": lambda cmd: "redis-server" in cmd,
-    "wrk": lambda cmd: cmd.startswith("wrk"),
-}
+def cpu_roles(database: str) -> dict:
+    return {
+        "web": lambda cmd: "--serve" in cmd and "checkin.py" in cmd,
+        "postgres": lambda cmd: cmd.startswith("postgres") and database in cmd,
+        "redis": lambda cmd: "redis-server" in cmd,
+        "wrk": lambda cmd: cmd.startswith("wrk"),
+    }
 
 
 # --- load ------------------------------------------------------------------------------------
@@ -385,14 +384,23 @@ def main() -> None:
         serve(args.serve, args.workers, args.threads)
         return
 
-    db_url = h.recreate_database(BENCH_DB)
-    redis_url = h.redis_url(8)
+    scratch = h.Scratch("checkin")
+    try:
+        run_benchmark(args, scratch)
+    finally:
+        scratch.close()
+
+
+def run_benchmark(args, scratch) -> None:
+    from fleet import gunicorn as production
+
+    redis_url = scratch.redis_url
+    roles = cpu_roles(scratch.name)
     env = {
         **os.environ,
-        "DATABASE_URL": db_url,
+        **scratch.env(),
         "DEBUG": "0",
         "LOG_LEVEL": "WARNING",
-        **({"REDIS_URL": redis_url} if redis_url else {}),
         "THROTTLE_DEVICE": "1000000/min",
         "DJANGO_SETTINGS_MODULE": "fleet.settings",
     }
@@ -402,21 +410,12 @@ def main() -> None:
     import django
 
     django.setup()
-    from django.core.cache import cache
-
     from devices.models import Device
     from ota import manifests
 
     began = time.perf_counter()
     tokens = seed_devices(args.devices)
     seeded = time.perf_counter() - began
-    # The cache outlives the scratch database: drop answers an earlier run left
-    # under the same device ids.
-    all_pks = list(Device.objects.values_list("pk", flat=True))
-    for start in range(0, len(all_pks), 10_000):
-        cache.delete_many(
-            [manifests.CACHE_KEY.format(pk) for pk in all_pks[start : start + 10_000]]
-        )
     uids = sorted(tokens)
     assigned = uids[: args.assigned]
     assign_s, _deployment = deploy(assigned)
@@ -444,10 +443,10 @@ def main() -> None:
         for _ in range(args.rounds):
             row = []
             for _name, path, items in scenarios:
-                before = h.process_cpu_seconds(CPU_ROLES)
+                before = h.process_cpu_seconds(roles)
                 children = resource.getrusage(resource.RUSAGE_CHILDREN)
                 result = run(port, path, items, args.seconds, args.connections, 2)
-                used = h.cpu_delta(before, h.process_cpu_seconds(CPU_ROLES))
+                used = h.cpu_delta(before, h.process_cpu_seconds(roles))
                 done = resource.getrusage(resource.RUSAGE_CHILDREN)
                 # wrk exits before /proc can be read: its CPU is in our children's rusage.
                 used["wrk"] = done.ru_utime + done.ru_stime - children.ru_utime - children.ru_stime
@@ -483,7 +482,7 @@ def main() -> None:
 
     print(
         f"# EdgeFleet check-in benchmark · {os.cpu_count()} CPUs (shared by server, "
-        f"PostgreSQL and the load generator) · PostgreSQL {BENCH_DB} · cache {cache_backend}"
+        f"PostgreSQL and the load generator) · PostgreSQL {scratch.name} · cache {cache_backend}"
     )
     print(
         f"{args.devices:,} devices with credentials seeded in {seeded:.1f} s; "

@@ -21,6 +21,7 @@ from compression.models import ModelVersion
 from devices.agent.manifest import ManifestError, check_policy
 from devices.choices import DeviceStatus
 from devices.models import Device, DeviceGroup, HardwareProfile, QueryGroup
+from fleet.refusal import Refusal
 from fleet.roles import Role, has_role, role_of
 from ota import manifests, stats
 from ota.assignment import (
@@ -46,13 +47,8 @@ log = logging.getLogger(__name__)
 TARGET_KEYS = {"groups", "query_groups", "tags", "hardware_profiles", "devices"}
 
 
-class OtaError(Exception):
-    """A refused request: `code` for machines, `message` for people, HTTP `status`,
-    and the offending input `field` when there is one."""
-
-    def __init__(self, code: str, message: str, status: int = 400, field: str | None = None):
-        super().__init__(message)
-        self.code, self.message, self.status, self.field = code, message, status, field
+class OtaError(Refusal):
+    """A refused release, deployment or status report (`fleet.refusal`)."""
 
 
 # --- releases -------------------------------------------------------------------------
@@ -186,7 +182,7 @@ def clean_phases(phases, gates) -> tuple[list[float], list[dict]]:
         phases = [int(p) if p.is_integer() else p for p in phases]
         phase_targets(1, phases)
     except (TypeError, ValueError) as exc:
-        raise OtaError("bad_phases", str(exc), field="phases") from None
+        raise OtaError("bad_phases", _(str(exc)), field="phases") from None  # msgids in gates
     if isinstance(gates, dict) or gates is None:
         gates = [gates or {}] * len(phases)
     if not isinstance(gates, list) or len(gates) != len(phases):
@@ -214,11 +210,16 @@ def preview(target, phases) -> dict:
     phases, _gates = clean_phases(phases, None)
     total = resolve_target(target).count()
     fleet = Device.objects.exclude(status=DeviceStatus.REVOKED).count()
+    cumulative = phase_targets(total, phases)
+    # A phase whose share rounds to the devices already reached adds nobody: its gate
+    # would judge the previous phase again. The wizard says so before the start.
+    empty = [i + 1 for i in range(1, len(cumulative)) if cumulative[i] == cumulative[i - 1]]
     return {
         "total": total,
         "fleet": fleet,
         "phases": phases,
-        "cumulative": phase_targets(total, phases),
+        "empty_phases": empty,
+        "cumulative": cumulative,
         "fleet_percent": round(100 * total / fleet, 1) if fleet else 0.0,
     }
 
