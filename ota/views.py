@@ -225,6 +225,4 @@ def job_benchmarks(request, job_id: int):
     from ota import benchmarks
 
     versions = ModelVersion.objects.filter(candidates__job_id=job_id).distinct()
-    return render(
-        request, "ota/_job_benchmarks.html", {"rows": benchmarks.comparison(versions)}
-    )
+    return render(request, "ota/_job_benchmarks.html", {"rows": benchmarks.comparison(versions)})

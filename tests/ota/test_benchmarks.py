@@ -147,4 +147,4 @@ def test_openapi_describes_benchmarks(viewer_api):
     assert "/api/v1/benchmarks/" in schema["paths"]
     assert "post" in schema["paths"]["/api/v1/benchmarks/"]
     assert "/api/v1/device/benchmarks" in schema["paths"]
-    assert "/api/v1/device/benchmarks/{id}/results" in schema["paths"]
+    assert "/api/v1/device/benchmarks/{pk}/results" in schema["paths"]
