@@ -128,6 +128,44 @@ def run_child(
         return {"error": f"benchmark exited with {proc.returncode}: {proc.stderr.strip()[-300:]}"}
 
 
+def simulated_figures(latency_ms, inferences: int, rng) -> dict:
+    """What the simulator reports for one version: `inferences` draws (at most 2000)
+    of its noise model around the variant's estimate (`simulate.SimDevice.latency_ms`)."""
+    draws = [latency_ms() for _ in range(min(inferences, 2000))]
+    mean = sum(draws) / len(draws)
+    return {
+        "load_ms": round(rng.uniform(20, 80), 3),
+        "p50_ms": round(_percentile(draws, 50), 4),
+        "p95_ms": round(_percentile(draws, 95), 4),
+        "p99_ms": round(_percentile(draws, 99), 4),
+        "throughput": round(1000.0 / mean, 3) if mean > 0 else None,
+        "cpu_pct": round(rng.uniform(80, 100), 1),
+        "peak_rss_mb": round(rng.uniform(60, 90), 1),
+        "inferences": inferences,
+        "input": "simulated",
+    }
+
+
+def verify_request(envelope, *, trusted_keys: dict, device_uid: str, now: datetime) -> dict:
+    """The verified payload of a benchmark request; ManifestError on refusal."""
+    verified = mf.verify(
+        envelope,
+        trusted_keys=trusted_keys,
+        device_uid=device_uid,
+        last_version=0,
+        now=now,
+        schema=SCHEMA,
+    )
+    inferences = verified.payload.get("inferences")
+    if (
+        not isinstance(inferences, int)
+        or isinstance(inferences, bool)
+        or not (0 < inferences <= MAX_INFERENCES)
+    ):
+        raise mf.ManifestError("malformed", "inferences out of range")
+    return verified.payload
+
+
 class Benchmarks:
     """Fetch, verify, run and report the device's pending benchmark requests."""
 
@@ -162,21 +200,12 @@ class Benchmarks:
         payload = envelope.get("manifest") if isinstance(envelope, dict) else None
         number = payload.get("benchmark") if isinstance(payload, dict) else None
         try:
-            mf.verify(
+            verify_request(
                 envelope,
                 trusted_keys=self.state.trusted_keys(),
                 device_uid=self.state.uid,
-                last_version=0,
                 now=now,
-                schema=SCHEMA,
             )
-            inferences = payload.get("inferences")
-            if (
-                not isinstance(inferences, int)
-                or isinstance(inferences, bool)
-                or not (0 < inferences <= MAX_INFERENCES)
-            ):
-                raise mf.ManifestError("malformed", "inferences out of range")
         except mf.ManifestError as exc:
             log.warning("benchmark request %s refused: %s (%s)", number, exc.message, exc.code)
             if not isinstance(number, int) or isinstance(number, bool):
@@ -185,7 +214,7 @@ class Benchmarks:
                 number,
                 {"state": "refused", "error_code": exc.code, "error": exc.message, "results": []},
             )
-        results = [self._one(artifact, inferences) for artifact in payload["artifacts"]]
+        results = [self._one(a, payload["inferences"]) for a in payload["artifacts"]]
         return self._post(number, {"state": "done", "results": results})
 
     def _one(self, artifact: dict, inferences: int) -> dict:

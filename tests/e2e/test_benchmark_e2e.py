@@ -110,3 +110,68 @@ def test_three_versions_on_three_agents(live_server, admin_user, operator_api, c
     run = BenchmarkRun.objects.get(request_id=expired["id"])
     assert (run.state, run.error_code) == ("refused", "expired")
     assert all(active_sha(s) == active.sha256 for s in states)
+
+
+def test_the_simulator_answers_from_the_estimate(live_server, operator_api, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from devices import services as devices_services
+    from ota.models import BenchmarkResult
+    from tests.e2e.test_agent_ota_e2e import ROOT
+
+    token = devices_services.create_enrollment_token(name="sim-bench")[1]
+
+    def simulate(seconds: str) -> dict:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "devices.agent.simulate",
+                "--server",
+                live_server.url,
+                "--enrollment-token",
+                token,
+                "--devices",
+                "2",
+                "--uid-prefix",
+                "simb",
+                "--hardware-profile",
+                "rpi4",
+                "--poll-interval-s",
+                "1",
+                "--ramp-s",
+                "0.2",
+                "--benchmark-poll-s",
+                "1",
+                "--state-file",
+                str(tmp_path / "fleet.json"),
+                "--duration-s",
+                seconds,
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            cwd=ROOT,
+            timeout=120,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout[proc.stdout.index("{") :])
+
+    assert simulate("1.5")["enrolled"] == 2
+    version = stored_version("simbench", tiny_model_bytes(31), p95=40.0)
+    created = operator_api.post(
+        "/api/v1/benchmarks/",
+        {"versions": [version.pk], "target": {"hardware_profiles": ["rpi4"]}, "inferences": 500},
+        format="json",
+    )
+    assert created.status_code == 201, created.content
+    simulate("4")
+    rows = BenchmarkResult.objects.filter(run__request_id=created.json()["id"])
+    assert rows.count() == 2 and {r.state for r in rows} == {"succeeded"}
+    for row in rows:
+        # drawn around the estimate: p95 within the noise model of 40 ms
+        assert 25 < row.p95_ms < 60 and row.predicted_p95_ms == 40.0
