@@ -24,6 +24,15 @@ from tests.e2e.test_agent_ota_e2e import (
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
+@pytest.fixture(autouse=True)
+def _profiles(transactional_db):
+    import importlib
+
+    from django.apps import apps
+
+    importlib.import_module("devices.migrations.0002_seed_hardware_profiles").seed(apps, None)
+
+
 def test_three_versions_on_three_agents(live_server, admin_user, operator_api, client, tmp_path):
     from compression.models import Candidate, CompressionJob
     from devices import services as devices_services
@@ -161,7 +170,7 @@ def test_the_simulator_answers_from_the_estimate(live_server, operator_api, tmp_
         assert proc.returncode == 0, proc.stderr[-3000:]
         return json.loads(proc.stdout[proc.stdout.index("{") :])
 
-    assert simulate("1.5")["enrolled"] == 2
+    assert simulate("3")["enrolled"] == 2
     version = stored_version("simbench", tiny_model_bytes(31), p95=40.0)
     created = operator_api.post(
         "/api/v1/benchmarks/",
