@@ -203,6 +203,61 @@ def test_qat_exports_qdq_int8_that_runs_on_integer_kernels(tmp_path):
     assert _accuracy(out, DIGITS_EVAL) >= _accuracy(DIGITS, DIGITS_EVAL) - 0.02
 
 
+def _outlier_digits(path, scale: float = 200.0) -> str:
+    """The digits CNN with two channels of conv2 scaled up and conv3's inputs from them
+    scaled down: the same function in float, badly quantized per tensor."""
+    model = onnx.load(DIGITS)
+    inits = {t.name: t for t in model.graph.initializer}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    get = lambda n: onnx.numpy_helper.to_array(inits[n]).copy()  # noqa: E731
+    w, b, w2 = get(convs[1].input[1]), get(convs[1].input[2]), get(convs[2].input[1])
+    w[:2] *= scale
+    b[:2] *= scale
+    w2[:, :2] /= scale
+    for name, arr in ((convs[1].input[1], w), (convs[1].input[2], b), (convs[2].input[1], w2)):
+        inits[name].CopyFrom(onnx.numpy_helper.from_array(arr.astype(np.float32), name))
+    onnx.save(model, str(path))
+    return str(path)
+
+
+@needs_torch
+def test_qat_export_keeps_the_learned_scales(tmp_path):
+    src = _outlier_digits(tmp_path / "outlier.onnx")
+    runs = {}
+    for learned in (True, False):
+        result = run_recipe(
+            "qat",
+            src,
+            tmp_path / f"qat-{learned}.onnx",
+            calibration_path=DIGITS_CAL,
+            overrides={"epochs": 1, "max_samples": 120, "learned_ranges": learned},
+        )
+        runs[learned] = result.steps[0]["metrics"]
+    m = runs[True]
+    # every weight and activation quantizer found its ONNX tensor
+    assert m["learned_weight_scales"] == 4
+    assert m["learned_activation_ranges"] == m["activation_quantizers"] > 0
+    # so the int8 model computes what the fake-quantized module computed
+    assert m["export_agreement"] >= 0.99
+    assert m["export_max_error"] < runs[False]["export_max_error"]
+    assert "learned_weight_scales" not in runs[False]
+
+
+@needs_torch
+def test_qat_quantizers_are_shared_across_flatten_like_onnxruntime():
+    from compression.engine.training import convert
+    from compression.engine.training.passes import _qat_module
+
+    module = convert.to_torch(DIGITS)
+    import torch
+
+    nodes = convert._node_map(onnx.load(DIGITS))
+    qat = _qat_module(module, [], (torch.zeros(2, 1, 16, 16),), True, False, nodes)
+    flatten = next(n for n in qat.graph.nodes if n.target == "13/Flatten")
+    before, after = flatten.args[0], next(iter(flatten.users))
+    assert after.target == before.target  # one quantizer, as GlobalAveragePool -> Flatten in int8
+
+
 @needs_torch
 def test_prune_unstructured_recovery_keeps_the_zeros(tmp_path, cnn_path, data64):
     out = tmp_path / "p.onnx"

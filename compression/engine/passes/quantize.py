@@ -189,7 +189,10 @@ def run_static(
     *,
     notes: list[str],
     calibration_cache: str | None = None,
+    tensor_overrides: dict | None = None,
 ) -> None:
+    """``tensor_overrides``: onnxruntime ``TensorQuantOverrides`` (fixed scales that
+    calibration does not replace), e.g. the ones quantization-aware training learned."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
     from compression.engine.datasets import make_calibration_reader
@@ -219,6 +222,8 @@ def run_static(
         step = next((v for v in range(16, 8, -1) if reader.size % v), None)
         if step:
             extra["CalibMaxIntermediateOutputs"] = step
+    if tensor_overrides:
+        extra["TensorQuantOverrides"] = tensor_overrides
     quantize_static(
         input_path,
         str(output_path),
