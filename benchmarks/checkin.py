@@ -12,7 +12,8 @@ Python keep-alive load generator) drives 16 connections at each scenario:
   check-in 204  GET /api/v1/device/update       device with nothing assigned
 
 Target (issue 6): check-in ≥ 0.5 × bare throughput, p99 < 50 ms. Loopback only;
-a scratch database `edgefleet_bench_checkin` is dropped and recreated.
+a scratch database next to DATABASE_URL's and a key prefix in REDIS_URL's cache,
+both of this run only and removed at the end (`benchmarks._harness.Scratch`).
 
     .venv/bin/python benchmarks/checkin.py [--devices 100000] [--assigned 10000]
         [--seconds 10] [--connections 16] [--workers N] [--threads N]
@@ -48,7 +49,6 @@ from benchmarks import _harness as h  # noqa: E402
 
 ROOT = _HERE.parent
 PYTHON = sys.executable
-BENCH_DB = "edgefleet_bench_checkin"
 BARE_PATH = "/api/v1/bench/bare"
 CHECKIN_PATH = "/api/v1/device/update"
 
@@ -76,14 +76,15 @@ def serve(port: int, workers: int, threads: int) -> None:
     # Right after the include that holds the check-in URL: both pay the same URL
     # resolution (every api/v1 pattern before them is tried first).
     patterns = list(urlpatterns)
-    after = next(i for i, p in enumerate(patterns)
-                 if getattr(p, "urlconf_name", None).__class__.__name__ == "module"
-                 and p.urlconf_name.__name__ == "ota.api.urls")
+    after = next(
+        i
+        for i, p in enumerate(patterns)
+        if getattr(p, "urlconf_name", None).__class__.__name__ == "module"
+        and p.urlconf_name.__name__ == "ota.api.urls"
+    )
     patterns.insert(after + 1, path(BARE_PATH.lstrip("/"), bare))
     urls.urlpatterns = patterns
-    from django.core.wsgi import get_wsgi_application
-
-    application = get_wsgi_application()
+    from fleet.wsgi import application  # the production entry point
 
     class Server(BaseApplication):
         def load_config(self):
@@ -92,8 +93,15 @@ def serve(port: int, workers: int, threads: int) -> None:
 
             names = ("worker_class", "keepalive", "timeout", "backlog")
             config = {name: getattr(production, name) for name in names}
-            config.update({"bind": f"127.0.0.1:{port}", "workers": workers, "threads": threads,
-                           "loglevel": "warning", "preload_app": True})
+            config.update(
+                {
+                    "bind": f"127.0.0.1:{port}",
+                    "workers": workers,
+                    "threads": threads,
+                    "loglevel": "warning",
+                    "preload_app": True,
+                }
+            )
             for key, value in config.items():
                 self.cfg.set(key, value)
 
@@ -103,13 +111,24 @@ def serve(port: int, workers: int, threads: int) -> None:
     Server().run()
 
 
-
-
 def start_server(env: dict, port: int, workers: int, threads: int) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [PYTHON, str(Path(__file__).resolve()), "--serve", str(port), "--workers", str(workers),
-         "--threads", str(threads)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, start_new_session=True)
+        [
+            PYTHON,
+            str(Path(__file__).resolve()),
+            "--serve",
+            str(port),
+            "--workers",
+            str(workers),
+            "--threads",
+            str(threads),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     deadline = time.time() + 60
     while time.time() < deadline:
         try:
@@ -124,8 +143,6 @@ def start_server(env: dict, port: int, workers: int, threads: int) -> subprocess
     raise RuntimeError("server did not start: " + proc.stderr.read().decode()[-3000:])
 
 
-
-
 # --- data ----------------------------------------------------------------------------------
 
 
@@ -136,14 +153,17 @@ def seed_devices(n: int) -> dict[str, str]:
     from devices import tokens
 
     with connection.cursor() as cursor:
-        cursor.execute("""
+        cursor.execute(
+            """
             INSERT INTO devices_device (uid, name, hardware_profile_id, inventory, model_version,
                 agent_version, status, last_seen, created_at)
             SELECT 'dev-' || lpad(i::text, 6, '0'), '',
                    (SELECT min(id) FROM devices_hardwareprofile) + i %% 5,
                    '{"models": {"default": {"model_version": "digits:1"}}}'::jsonb,
                    'digits:1', '0.1.0', 'online', now(), now()
-            FROM generate_series(1, %s) i""", [n])
+            FROM generate_series(1, %s) i""",
+            [n],
+        )
         cursor.execute("SELECT id, uid FROM devices_device ORDER BY id")
         rows = cursor.fetchall()
         plain: dict[str, str] = {}
@@ -153,8 +173,10 @@ def seed_devices(n: int) -> dict[str, str]:
             plain[uid] = value
             buffer.write(f"{pk}\t{prefix}\t{digest}\tnow\n")
         buffer.seek(0)
-        cursor.copy_expert("COPY devices_devicecredential (device_id, prefix, token_hash, "
-                           "created_at) FROM STDIN", buffer)
+        cursor.copy_expert(
+            "COPY devices_devicecredential (device_id, prefix, token_hash, created_at) FROM STDIN",
+            buffer,
+        )
         cursor.execute("ANALYZE")
     return plain
 
@@ -168,28 +190,32 @@ def deploy(uids: list[str]) -> tuple[float, int]:
 
     model = MLModel.objects.create(name="digits")
     sha = hashlib.sha256(b"bench").hexdigest()
-    version = ModelVersion.objects.create(model=model, number=2, artifact=f"models/{sha}.onnx",
-                                          sha256=sha, size_bytes=123456,
-                                          metrics={"latency_ms": {"p95": 9.5}})
+    version = ModelVersion.objects.create(
+        model=model,
+        number=2,
+        artifact=f"models/{sha}.onnx",
+        sha256=sha,
+        size_bytes=123456,
+        metrics={"latency_ms": {"p95": 9.5}},
+    )
     admin = User.objects.create_superuser("bench-admin", password="x" * 16)
-    release = services.create_release(name="digits v2", variants=[
-        {"name": "fp32", "model_version": version.pk}], actor=admin)
+    release = services.create_release(
+        name="digits v2", variants=[{"name": "fp32", "model_version": version.pk}], actor=admin
+    )
     began = time.perf_counter()
-    deployment = services.start_deployment(release, {"devices": uids}, actor=admin,
-                                           phases=[100])
+    deployment = services.start_deployment(release, {"devices": uids}, actor=admin, phases=[100])
     return time.perf_counter() - began, deployment.pk
-
-
 
 
 # CPU time of the web server, the PostgreSQL backends serving the scratch database,
 # Redis and wrk (other sessions may use the same PostgreSQL and Redis).
-CPU_ROLES = {
-    "web": lambda cmd: "--serve" in cmd and "checkin.py" in cmd,
-    "postgres": lambda cmd: cmd.startswith("postgres") and BENCH_DB in cmd,
-    "redis": lambda cmd: "redis-server" in cmd,
-    "wrk": lambda cmd: cmd.startswith("wrk"),
-}
+def cpu_roles(database: str) -> dict:
+    return {
+        "web": lambda cmd: "--serve" in cmd and "checkin.py" in cmd,
+        "postgres": lambda cmd: cmd.startswith("postgres") and database in cmd,
+        "redis": lambda cmd: "redis-server" in cmd,
+        "wrk": lambda cmd: cmd.startswith("wrk"),
+    }
 
 
 # --- load ------------------------------------------------------------------------------------
@@ -228,18 +254,34 @@ end
 """
 
 
-def run_wrk(port: int, path: str, items: list[tuple[str, str]], seconds: int,
-            connections: int, threads: int) -> dict:
-    lua_items = ", ".join(f'{{"{t}", "{e.replace(chr(34), chr(92) + chr(34))}"}}'
-                          for t, e in items)
+def run_wrk(
+    port: int, path: str, items: list[tuple[str, str]], seconds: int, connections: int, threads: int
+) -> dict:
+    lua_items = ", ".join(f'{{"{t}", "{e.replace(chr(34), chr(92) + chr(34))}"}}' for t, e in items)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
         fh.write(LUA % {"items": lua_items, "path": path})
         script = fh.name
     try:
-        done = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d",
-                               f"{seconds}s", "--timeout", "10s", "-s", script,
-                               f"http://127.0.0.1:{port}{path}"], capture_output=True,
-                              text=True, timeout=seconds + 60, check=False)
+        done = subprocess.run(
+            [
+                "wrk",
+                "-t",
+                str(threads),
+                "-c",
+                str(connections),
+                "-d",
+                f"{seconds}s",
+                "--timeout",
+                "10s",
+                "-s",
+                script,
+                f"http://127.0.0.1:{port}{path}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
+            check=False,
+        )
         if done.returncode:
             raise RuntimeError(f"wrk failed: {done.stdout[-1000:]} {done.stderr[-2000:]}")
         out = done.stdout
@@ -250,8 +292,14 @@ def run_wrk(port: int, path: str, items: list[tuple[str, str]], seconds: int,
     return result
 
 
-def run_python(port: int, path: str, items: list[tuple[str, str]], seconds: int,
-               connections: int, _threads: int) -> dict:
+def run_python(
+    port: int,
+    path: str,
+    items: list[tuple[str, str]],
+    seconds: int,
+    connections: int,
+    _threads: int,
+) -> dict:
     """Fallback without wrk: keep-alive raw sockets, one thread per connection."""
     latencies: list[float] = []
     status: dict[str, int] = {}
@@ -293,10 +341,15 @@ def run_python(port: int, path: str, items: list[tuple[str, str]], seconds: int,
         thread.join()
     elapsed = time.time() - began
     ordered = sorted(latencies) or [0.0]
-    return {"requests": len(latencies), "seconds": elapsed, "rps": len(latencies) / elapsed,
-            "p50_ms": ordered[len(ordered) // 2] * 1000,
-            "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
-            "errors": 0, "status": status}
+    return {
+        "requests": len(latencies),
+        "seconds": elapsed,
+        "rps": len(latencies) / elapsed,
+        "p50_ms": ordered[len(ordered) // 2] * 1000,
+        "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
+        "errors": 0,
+        "status": status,
+    }
 
 
 def main() -> None:
@@ -305,53 +358,71 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--devices", type=int, default=100_000)
     parser.add_argument("--assigned", type=int, default=10_000)
-    parser.add_argument("--pollers", type=int, default=2000,
-                        help="distinct devices each scenario polls as")
+    parser.add_argument(
+        "--pollers", type=int, default=2000, help="distinct devices each scenario polls as"
+    )
     parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="interleaved rounds; medians are reported")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds; medians are reported"
+    )
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=production.workers,
-                        help="gunicorn workers (default: fleet/gunicorn.py's)")
-    parser.add_argument("--threads", type=int, default=production.threads,
-                        help="threads per gunicorn worker (default: fleet/gunicorn.py's)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=production.workers,
+        help="gunicorn workers (default: fleet/gunicorn.py's)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=production.threads,
+        help="threads per gunicorn worker (default: fleet/gunicorn.py's)",
+    )
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(args.serve, args.workers, args.threads)
         return
 
-    db_url = h.recreate_database(BENCH_DB)
-    redis_url = h.redis_url(8)
-    env = {**os.environ, "DATABASE_URL": db_url, "DEBUG": "0", "LOG_LEVEL": "WARNING",
-           **({"REDIS_URL": redis_url} if redis_url else {}),
-           "THROTTLE_DEVICE": "1000000/min", "DJANGO_SETTINGS_MODULE": "fleet.settings"}
+    scratch = h.Scratch("checkin")
+    try:
+        run_benchmark(args, scratch)
+    finally:
+        scratch.close()
+
+
+def run_benchmark(args, scratch) -> None:
+    from fleet import gunicorn as production
+
+    redis_url = scratch.redis_url
+    roles = cpu_roles(scratch.name)
+    env = {
+        **os.environ,
+        **scratch.env(),
+        "DEBUG": "0",
+        "LOG_LEVEL": "WARNING",
+        "THROTTLE_DEVICE": "1000000/min",
+        "DJANGO_SETTINGS_MODULE": "fleet.settings",
+    }
     env.pop("MQTT_URL", None)
     os.environ.update(env)
     subprocess.run([PYTHON, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
     import django
 
     django.setup()
-    from django.core.cache import cache
-
     from devices.models import Device
     from ota import manifests
 
     began = time.perf_counter()
     tokens = seed_devices(args.devices)
     seeded = time.perf_counter() - began
-    # The cache outlives the scratch database: drop answers an earlier run left
-    # under the same device ids.
-    all_pks = list(Device.objects.values_list("pk", flat=True))
-    for start in range(0, len(all_pks), 10_000):
-        cache.delete_many([manifests.CACHE_KEY.format(pk) for pk in all_pks[start:start + 10_000]])
     uids = sorted(tokens)
-    assigned = uids[:args.assigned]
+    assigned = uids[: args.assigned]
     assign_s, _deployment = deploy(assigned)
-    pks = dict(Device.objects.filter(uid__in=assigned[:args.pollers]).values_list("uid", "pk"))
+    pks = dict(Device.objects.filter(uid__in=assigned[: args.pollers]).values_list("uid", "pk"))
     etags = {uid: manifests.checkin_for(pk).etag for uid, pk in pks.items()}
     pollers = list(etags)
-    idle = uids[args.assigned:args.assigned + args.pollers]
+    idle = uids[args.assigned : args.assigned + args.pollers]
     cache_backend = f"Redis {redis_url}" if redis_url else "local memory (no Redis)"
 
     port = h.free_port()
@@ -372,16 +443,16 @@ def main() -> None:
         for _ in range(args.rounds):
             row = []
             for _name, path, items in scenarios:
-                before = h.process_cpu_seconds(CPU_ROLES)
+                before = h.process_cpu_seconds(roles)
                 children = resource.getrusage(resource.RUSAGE_CHILDREN)
                 result = run(port, path, items, args.seconds, args.connections, 2)
-                used = h.cpu_delta(before, h.process_cpu_seconds(CPU_ROLES))
+                used = h.cpu_delta(before, h.process_cpu_seconds(roles))
                 done = resource.getrusage(resource.RUSAGE_CHILDREN)
                 # wrk exits before /proc can be read: its CPU is in our children's rusage.
-                used["wrk"] = (done.ru_utime + done.ru_stime
-                               - children.ru_utime - children.ru_stime)
-                result["cpu_ms"] = {k: v * 1000 / max(result["requests"], 1)
-                                    for k, v in used.items()}
+                used["wrk"] = done.ru_utime + done.ru_stime - children.ru_utime - children.ru_stime
+                result["cpu_ms"] = {
+                    k: v * 1000 / max(result["requests"], 1) for k, v in used.items()
+                }
                 row.append(result)
             rounds.append(row)
     finally:
@@ -389,43 +460,67 @@ def main() -> None:
     results = []
     for index, (name, _path, _items) in enumerate(scenarios):
         runs = [r[index] for r in rounds]
-        results.append((name, {
-            "rps": statistics.median(r["rps"] for r in runs),
-            "ratio": statistics.median(r[index]["rps"] / r[0]["rps"] for r in rounds),
-            "p50_ms": statistics.median(r["p50_ms"] for r in runs),
-            "p99_ms": statistics.median(r["p99_ms"] for r in runs),
-            "cpu_ms": {k: statistics.median(r["cpu_ms"][k] for r in runs)
-                       for k in runs[0]["cpu_ms"]},
-            "status": {k: sum(r["status"].get(k, 0) for r in runs)
-                       for k in {k for r in runs for k in r["status"]}}}))
+        results.append(
+            (
+                name,
+                {
+                    "rps": statistics.median(r["rps"] for r in runs),
+                    "ratio": statistics.median(r[index]["rps"] / r[0]["rps"] for r in rounds),
+                    "p50_ms": statistics.median(r["p50_ms"] for r in runs),
+                    "p99_ms": statistics.median(r["p99_ms"] for r in runs),
+                    "cpu_ms": {
+                        k: statistics.median(r["cpu_ms"][k] for r in runs)
+                        for k in runs[0]["cpu_ms"]
+                    },
+                    "status": {
+                        k: sum(r["status"].get(k, 0) for r in runs)
+                        for k in {k for r in runs for k in r["status"]}
+                    },
+                },
+            )
+        )
 
-    print(f"# EdgeFleet check-in benchmark · {os.cpu_count()} CPUs (shared by server, "
-          f"PostgreSQL and the load generator) · PostgreSQL {BENCH_DB} · cache {cache_backend}")
-    print(f"{args.devices:,} devices with credentials seeded in {seeded:.1f} s; "
-          f"{len(assigned):,} manifests assigned and signed in {assign_s:.1f} s")
-    print(f"gunicorn {production.worker_class} {args.workers} workers × {args.threads} threads; "
-          f"{'wrk' if run is run_wrk else 'python load generator'}, {args.connections} "
-          f"connections, {args.rounds} interleaved rounds × {args.seconds} s per scenario "
-          f"(medians; × bare paired per round); {len(pollers):,} distinct devices polling")
-    print("\n| scenario | requests/s | × bare | p50 ms | p99 ms | CPU ms/request: web, "
-          "postgres, redis, wrk | × bare by CPU | statuses |")
+    print(
+        f"# EdgeFleet check-in benchmark · {os.cpu_count()} CPUs (shared by server, "
+        f"PostgreSQL and the load generator) · PostgreSQL {scratch.name} · cache {cache_backend}"
+    )
+    print(
+        f"{args.devices:,} devices with credentials seeded in {seeded:.1f} s; "
+        f"{len(assigned):,} manifests assigned and signed in {assign_s:.1f} s"
+    )
+    print(
+        f"gunicorn {production.worker_class} {args.workers} workers × {args.threads} threads; "
+        f"{'wrk' if run is run_wrk else 'python load generator'}, {args.connections} "
+        f"connections, {args.rounds} interleaved rounds × {args.seconds} s per scenario "
+        f"(medians; × bare paired per round); {len(pollers):,} distinct devices polling"
+    )
+    print(
+        "\n| scenario | requests/s | × bare | p50 ms | p99 ms | CPU ms/request: web, "
+        "postgres, redis, wrk | × bare by CPU | statuses |"
+    )
     print("|---|---:|---:|---:|---:|---|---:|---|")
     base_cpu = sum(results[0][1]["cpu_ms"].values())
     for name, r in results:
         statuses = ", ".join(f"{k}: {v}" for k, v in sorted(r["status"].items()))
         cpu = r["cpu_ms"]
-        print(f"| {name} | {r['rps']:,.0f} | {r['ratio']:.2f} | {r['p50_ms']:.1f} | "
-              f"{r['p99_ms']:.1f} | {cpu['web']:.3f}, {cpu['postgres']:.3f}, "
-              f"{cpu['redis']:.3f}, {cpu['wrk']:.3f} | {base_cpu / sum(cpu.values()):.2f} | "
-              f"{statuses} |")
+        print(
+            f"| {name} | {r['rps']:,.0f} | {r['ratio']:.2f} | {r['p50_ms']:.1f} | "
+            f"{r['p99_ms']:.1f} | {cpu['web']:.3f}, {cpu['postgres']:.3f}, "
+            f"{cpu['redis']:.3f}, {cpu['wrk']:.3f} | {base_cpu / sum(cpu.values()):.2f} | "
+            f"{statuses} |"
+        )
     checks = [r for name, r in results[1:]]
     ok = all(r["ratio"] >= 0.5 and r["p99_ms"] < 50 for r in checks)
-    print(f"\ntarget ≥ 0.50 × bare and p99 < 50 ms on every check-in path: "
-          f"{'MET' if ok else 'NOT MET'}")
-    print("'× bare by CPU': CPU time per request of everything measured (web, PostgreSQL, "
-          "Redis, wrk), bare ÷ check-in: the throughput ratio an otherwise idle machine "
-          "would show (PostgreSQL: only the backends of the scratch database; Redis: the whole "
-          "server, which other sessions may share).")
+    print(
+        f"\ntarget ≥ 0.50 × bare and p99 < 50 ms on every check-in path: "
+        f"{'MET' if ok else 'NOT MET'}"
+    )
+    print(
+        "'× bare by CPU': CPU time per request of everything measured (web, PostgreSQL, "
+        "Redis, wrk), bare ÷ check-in: the throughput ratio an otherwise idle machine "
+        "would show (PostgreSQL: only the backends of the scratch database; Redis: the whole "
+        "server, which other sessions may share)."
+    )
 
 
 if __name__ == "__main__":

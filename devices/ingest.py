@@ -33,6 +33,20 @@ class BadItem(ValueError):
     pass
 
 
+def storable(text: str) -> bool:
+    """Whether PostgreSQL can store `text`: no NUL, no lone surrogate (JSON's
+    "\\ud800" decodes to one; encoding it for the database would raise)."""
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class BadBatch(ValueError):
     pass
 
@@ -77,7 +91,7 @@ def _key(item) -> tuple[str, int]:
     seq, boot = item.get("seq"), item.get("boot_id")
     if type(seq) is not int or not 0 <= seq < 2**62:  # type(), not isinstance: no bools
         raise BadItem("seq must be a non-negative integer")
-    if type(boot) is not str or not 1 <= len(boot) <= 40 or "\x00" in boot:
+    if type(boot) is not str or not 1 <= len(boot) <= 40 or not storable(boot):
         raise BadItem("boot_id must be a string of 1-40 characters")
     return boot, seq
 
@@ -105,7 +119,7 @@ def _telemetry_row(item: dict, now: float) -> tuple:
     # The hot loop of ingestion (14 fields × 50k points/s): exact type checks
     # inline instead of a helper call per field.
     version = item.get("model_version") or ""
-    if type(version) is not str or len(version) > 120 or "\x00" in version:
+    if type(version) is not str or len(version) > 120 or not storable(version):
         raise BadItem("model_version must be a string of at most 120 characters")
     row = [_ts(item, now), version]
     get = item.get
@@ -132,11 +146,17 @@ def _telemetry_row(item: dict, now: float) -> tuple:
     if extra is not None:
         if not isinstance(extra, dict):
             raise BadItem("extra must be an object")
-        extra = json.dumps(extra, separators=(",", ":"))
+        try:
+            # allow_nan=False: NaN/Infinity are not JSON; PostgreSQL's jsonb refuses them.
+            extra = json.dumps(extra, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        except ValueError:
+            raise BadItem("extra must contain only finite numbers") from None
+        except RecursionError:
+            raise BadItem("extra is nested too deeply") from None
         if len(extra) > MAX_EXTRA:
             raise BadItem("extra is too large")
-        if "\\u0000" in extra:  # PostgreSQL jsonb refuses NUL
-            raise BadItem("extra must not contain NUL characters")
+        if "\\u0000" in extra or not storable(extra):  # jsonb refuses NUL, lone surrogates
+            raise BadItem("extra must not contain NUL characters or lone surrogates")
     row.append(extra)
     return tuple(row)
 
@@ -146,8 +166,8 @@ def _log_row(item: dict, now: float) -> tuple:
     if level not in LEVELS:
         raise BadItem(f"level must be one of {', '.join(sorted(LEVELS))}")
     message = item.get("message")
-    if not isinstance(message, str) or "\x00" in message:
-        raise BadItem("message must be a string without NUL characters")
+    if not isinstance(message, str) or not storable(message):
+        raise BadItem("message must be a string without NUL characters or lone surrogates")
     deployment = item.get("deployment")
     if deployment is not None and (isinstance(deployment, bool) or not isinstance(deployment, int)):
         raise BadItem("deployment must be an integer id")
@@ -167,11 +187,20 @@ class Table:
         return self.model._meta.db_table
 
 
-TELEMETRY = Table("telemetry", TelemetryPoint, ("ts", "model_version", *FLOATS, *INTS, "extra"),
-                  ("float8", "varchar", *("float8",) * len(FLOATS), *("int4",) * len(INTS),
-                   "jsonb"), _telemetry_row)
-LOGS = Table("logs", LogLine, ("ts", "level", "message", "deployment_id"),
-             ("float8", "varchar", "text", "int8"), _log_row)
+TELEMETRY = Table(
+    "telemetry",
+    TelemetryPoint,
+    ("ts", "model_version", *FLOATS, *INTS, "extra"),
+    ("float8", "varchar", *("float8",) * len(FLOATS), *("int4",) * len(INTS), "jsonb"),
+    _telemetry_row,
+)
+LOGS = Table(
+    "logs",
+    LogLine,
+    ("ts", "level", "message", "deployment_id"),
+    ("float8", "varchar", "text", "int8"),
+    _log_row,
+)
 
 
 def validate(table: Table, batch, *, max_items: int, now: float):
@@ -221,8 +250,10 @@ def _pg_array(values, text: bool) -> str:
     parses it with array_in, instead of planning a 500-element ARRAY[...]
     expression that psycopg2 would otherwise build value by value."""
     if text:
-        items = ("NULL" if v is None else
-                 '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
+        items = (
+            "NULL" if v is None else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            for v in values
+        )
     else:
         items = ("NULL" if v is None else repr(v) for v in values)
     return "{" + ",".join(items) + "}"
@@ -231,8 +262,10 @@ def _pg_array(values, text: bool) -> str:
 def _insert_pg(table: Table, device_id: int, keys, rows) -> int:
     types = ("varchar", "int8", *table.pg_types)
     values = [[k[0] for k in keys], [k[1] for k in keys], *zip(*rows, strict=True)]
-    params = [device_id, *(_pg_array(column, t in TEXT_TYPES)
-                           for column, t in zip(values, types, strict=True))]
+    params = [
+        device_id,
+        *(_pg_array(column, t in TEXT_TYPES) for column, t in zip(values, types, strict=True)),
+    ]
     with connection.cursor() as cursor:
         if settings.DEVICE_INGEST_PREPARED:
             cursor.execute(_prepared(cursor, table, types), params)
@@ -245,12 +278,16 @@ def _insert_sql(table: Table, device: str, arrays: list[str]) -> str:
     """The INSERT … SELECT FROM unnest(arrays); `device`/`arrays`: the placeholders."""
     names = ", ".join(table.columns)
     aliases = [f"c{i}" for i in range(len(table.columns))]
-    selects = ["to_timestamp(c0)" if name == "ts" else alias
-               for name, alias in zip(table.columns, aliases, strict=True)]
-    return (f"INSERT INTO {table.name} (device_id, boot_id, seq, {names}) "
-            f"SELECT {device}, b, s, {', '.join(selects)} "
-            f"FROM unnest({', '.join(arrays)}) AS u(b, s, {', '.join(aliases)}) "
-            "ON CONFLICT DO NOTHING")
+    selects = [
+        "to_timestamp(c0)" if name == "ts" else alias
+        for name, alias in zip(table.columns, aliases, strict=True)
+    ]
+    return (
+        f"INSERT INTO {table.name} (device_id, boot_id, seq, {names}) "
+        f"SELECT {device}, b, s, {', '.join(selects)} "
+        f"FROM unnest({', '.join(arrays)}) AS u(b, s, {', '.join(aliases)}) "
+        "ON CONFLICT DO NOTHING"
+    )
 
 
 def _prepared(cursor, table: Table, types) -> str:
@@ -263,8 +300,10 @@ def _prepared(cursor, table: Table, types) -> str:
     prepared = cursor.db.__dict__.setdefault("edgefleet_prepared", set())  # the wrapper
     if name not in prepared:
         arrays = [f"${i}::{t}[]" for i, t in enumerate(types, start=2)]
-        cursor.execute(f"PREPARE {name} (int8, {', '.join(t + '[]' for t in types)}) AS "
-                       + _insert_sql(table, "$1", arrays))
+        cursor.execute(
+            f"PREPARE {name} (int8, {', '.join(t + '[]' for t in types)}) AS "
+            + _insert_sql(table, "$1", arrays)
+        )
         prepared.add(name)
     return f"EXECUTE {name} ({', '.join(['%s'] * (len(types) + 1))})"
 
@@ -278,10 +317,14 @@ def _insert_generic(table: Table, device_id: int, keys, rows) -> int:
     adapt = connection.ops.adapt_datetimefield_value
     names = ", ".join(table.columns)
     marks = ", ".join(["%s"] * (3 + len(table.columns)))
-    sql = (f"INSERT INTO {table.name} (device_id, boot_id, seq, {names}) VALUES ({marks}) "
-           "ON CONFLICT DO NOTHING")
-    params = [(device_id, boot, seq, adapt(datetime.fromtimestamp(row[0], UTC)), *row[1:])
-              for (boot, seq), row in zip(keys, rows, strict=True)]
+    sql = (
+        f"INSERT INTO {table.name} (device_id, boot_id, seq, {names}) VALUES ({marks}) "
+        "ON CONFLICT DO NOTHING"
+    )
+    params = [
+        (device_id, boot, seq, adapt(datetime.fromtimestamp(row[0], UTC)), *row[1:])
+        for (boot, seq), row in zip(keys, rows, strict=True)
+    ]
     with connection.cursor() as cursor:
         cursor.executemany(sql, params)
         return cursor.rowcount

@@ -21,6 +21,8 @@ from django.db import DatabaseError, close_old_connections, connection
 
 from devices import services
 from devices.auth import authenticate_token
+from fleet import jsonbody
+from fleet.refusal import Refusal
 
 log = logging.getLogger(__name__)
 KINDS = {"telemetry": services.ingest_telemetry, "logs": services.ingest_logs}
@@ -33,9 +35,9 @@ def handle(topic: str, payload: bytes) -> tuple[str | None, dict]:
         return None, {"code": "bad_topic", "detail": "unexpected topic"}
     uid, kind = parts[1], parts[2]
     try:
-        envelope = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        return uid, {"code": "bad_batch", "detail": "payload is not JSON"}
+        envelope = jsonbody.loads(payload)
+    except Refusal as exc:
+        return uid, {"code": "bad_batch", "detail": f"payload: {exc.message}"}
     if not isinstance(envelope, dict):
         return uid, {"code": "bad_batch", "detail": "payload must be an object"}
     principal = authenticate_token(envelope.get("token"))
@@ -44,9 +46,12 @@ def handle(topic: str, payload: bytes) -> tuple[str | None, dict]:
         log.warning("mqtt: refused message on %s", topic)
         return uid, {"code": "unauthorized", "detail": "unknown, revoked or foreign token"}
     try:
-        result = KINDS[kind](principal.device, envelope.get("batch"),
-                             dropped=envelope.get("dropped", 0),
-                             seen_noted=principal.seen_noted)
+        result = KINDS[kind](
+            principal.device,
+            envelope.get("batch"),
+            dropped=envelope.get("dropped", 0),
+            seen_noted=principal.seen_noted,
+        )
     except services.DeviceError as exc:
         return uid, {"code": exc.code, "detail": exc.message}
     return uid, result.as_dict()
@@ -55,8 +60,15 @@ def handle(topic: str, payload: bytes) -> tuple[str | None, dict]:
 class Bridge:
     """One paho client; `run()` blocks, `stop()` ends it from another thread."""
 
-    def __init__(self, url: str, *, client_id: str = "edgefleet-bridge",
-                 shared_group: str = "", acks: bool = True, persistent: bool = True):
+    def __init__(
+        self,
+        url: str,
+        *,
+        client_id: str = "edgefleet-bridge",
+        shared_group: str = "",
+        acks: bool = True,
+        persistent: bool = True,
+    ):
         parsed = urlparse(url)
         if parsed.scheme not in {"mqtt", "mqtts"}:
             raise ValueError(f"MQTT_URL must be mqtt:// or mqtts://, not {url!r}")
@@ -67,12 +79,14 @@ class Bridge:
         self.topics = [(f"{prefix}edgefleet/+/{kind}", 1) for kind in KINDS]
         # A persistent session: QoS 1 messages published while the bridge is
         # down wait in the broker and arrive when it reconnects.
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  clean_session=not persistent,
-                                  protocol=mqtt.MQTTv311)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=not persistent,
+            protocol=mqtt.MQTTv311,
+        )
         if parsed.username:
-            self.client.username_pw_set(unquote(parsed.username),
-                                        unquote(parsed.password or ""))
+            self.client.username_pw_set(unquote(parsed.username), unquote(parsed.password or ""))
         if parsed.scheme == "mqtts":
             self.client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
@@ -87,8 +101,12 @@ class Bridge:
             log.error("mqtt: connect refused: %s", reason_code)
             return
         client.subscribe(self.topics)
-        log.info("mqtt bridge connected to %s:%s, subscribed %s", self.host, self.port,
-                 [t for t, _q in self.topics])
+        log.info(
+            "mqtt bridge connected to %s:%s, subscribed %s",
+            self.host,
+            self.port,
+            [t for t, _q in self.topics],
+        )
 
     def _on_message(self, client, userdata, message):
         close_old_connections()

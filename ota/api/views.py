@@ -15,18 +15,15 @@ from ota.api import serializers as s
 from ota.models import Deployment, DeviceUpdate, Release
 
 
-def refused(exc: services.OtaError) -> Response:
-    body = {"detail": exc.message, "code": exc.code}
-    if exc.field:
-        body["field"] = exc.field
-    return Response(body, status=exc.status)
-
-
-class ReleaseViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
-                     mixins.CreateModelMixin, viewsets.GenericViewSet):
+class ReleaseViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    viewsets.GenericViewSet,
+):
     queryset = Release.objects.prefetch_related(
-        "variants__model_version__model", "variants__hardware_profile").select_related(
-        "created_by")
+        "variants__model_version__model", "variants__hardware_profile"
+    ).select_related("created_by")
     serializer_class = s.ReleaseSerializer
     ci_actions = {"create"}
 
@@ -34,16 +31,17 @@ class ReleaseViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
     def create(self, request):
         data = s.ReleaseCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        try:
-            release = services.create_release(**data.validated_data, actor=request.user)
-        except services.OtaError as exc:
-            return refused(exc)
+        release = services.create_release(**data.validated_data, actor=request.user)
         audit.note(request, "release.create", release)
         return Response(s.ReleaseSerializer(release).data, status=status.HTTP_201_CREATED)
 
 
-class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
-                        mixins.CreateModelMixin, viewsets.GenericViewSet):
+class DeploymentViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    viewsets.GenericViewSet,
+):
     queryset = Deployment.objects.select_related("release", "created_by")
     serializer_class = s.DeploymentSerializer
     action_roles = {"preview": Role.VIEWER}
@@ -63,13 +61,16 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         release = Release.objects.filter(pk=fields.pop("release")).first()
         if release is None:
             return Response({"detail": "Unknown release.", "code": "bad_release"}, status=400)
-        try:
-            deployment = services.start_deployment(release, fields.pop("target"),
-                                                   actor=request.user, **fields)
-        except services.OtaError as exc:
-            return refused(exc)
-        audit.note(request, "deployment.start", deployment,
-                   devices=deployment.target_count, phases=deployment.phases)
+        deployment = services.start_deployment(
+            release, fields.pop("target"), actor=request.user, **fields
+        )
+        audit.note(
+            request,
+            "deployment.start",
+            deployment,
+            devices=deployment.target_count,
+            phases=deployment.phases,
+        )
         return Response(s.DeploymentSerializer(deployment).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=s.PreviewSerializer, responses={200: dict})
@@ -77,18 +78,18 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
     def preview(self, request):
         data = s.PreviewSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        try:
-            return Response(services.preview(data.validated_data["target"],
-                                             data.validated_data["phases"]))
-        except services.OtaError as exc:
-            return refused(exc)
+        return Response(
+            services.preview(data.validated_data["target"], data.validated_data["phases"])
+        )
 
     def _act(self, request, name: str, done: bool):
         deployment = self.get_object()
         audit.note(request, f"deployment.{name}", deployment)
         if not done:
-            return Response({"detail": f"Cannot {name} a {deployment.status} deployment.",
-                             "code": "bad_state"}, status=409)
+            return Response(
+                {"detail": f"Cannot {name} a {deployment.status} deployment.", "code": "bad_state"},
+                status=409,
+            )
         deployment.refresh_from_db()
         return Response(s.DeploymentSerializer(deployment).data)
 
@@ -97,8 +98,9 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
     def pause(self, request, pk=None):
         data = s.PauseSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        return self._act(request, "pause",
-                         services.pause(self.get_object(), data.validated_data["reason"]))
+        return self._act(
+            request, "pause", services.pause(self.get_object(), data.validated_data["reason"])
+        )
 
     @extend_schema(request=None, responses={200: s.DeploymentSerializer})
     @action(detail=True, methods=["post"])
@@ -112,7 +114,7 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
             done = services.approve(self.get_object(), actor=request.user)
         except services.OtaError as exc:
             audit.note(request, "deployment.approve", self.get_object(), refused=exc.code)
-            return refused(exc)
+            raise
         return self._act(request, "approve", done)
 
     @extend_schema(request=None, responses={200: s.DeploymentSerializer})
@@ -124,16 +126,14 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
     @action(detail=True, methods=["post"])
     def rollback(self, request, pk=None):
         deployment = self.get_object()
-        try:
-            back = services.rollback(deployment, actor=request.user)
-        except services.OtaError as exc:
-            return refused(exc)
+        back = services.rollback(deployment, actor=request.user)
         audit.note(request, "deployment.rollback", deployment, rollback=back.pk)
         return Response(s.DeploymentSerializer(back).data, status=status.HTTP_201_CREATED)
 
 
-class DeviceUpdateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
-                          viewsets.GenericViewSet):
+class DeviceUpdateViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+):
     queryset = DeviceUpdate.objects.select_related("device")
     serializer_class = s.DeviceUpdateSerializer
 

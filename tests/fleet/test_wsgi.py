@@ -16,11 +16,21 @@ def call():
     from fleet.wsgi import application
 
     def run(method: str, path: str, body: bytes = b"", **headers):
-        environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": "",
-                   "SERVER_NAME": "testserver", "SERVER_PORT": "80", "wsgi.url_scheme": "http",
-                   "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.input": io.BytesIO(body),
-                   "wsgi.errors": sys.stderr, "CONTENT_LENGTH": str(len(body)),
-                   "CONTENT_TYPE": "application/json", "REMOTE_ADDR": "127.0.0.1", **headers}
+        environ = {
+            "REQUEST_METHOD": method,
+            "PATH_INFO": path,
+            "QUERY_STRING": "",
+            "SERVER_NAME": "testserver",
+            "SERVER_PORT": "80",
+            "wsgi.url_scheme": "http",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "wsgi.input": io.BytesIO(body),
+            "wsgi.errors": sys.stderr,
+            "CONTENT_LENGTH": str(len(body)),
+            "CONTENT_TYPE": "application/json",
+            "REMOTE_ADDR": "127.0.0.1",
+            **headers,
+        }
         answer = {}
 
         def start_response(status, response_headers, exc_info=None):
@@ -58,8 +68,15 @@ def test_other_paths_keep_the_full_stack(call):
     assert answer["status"] == 200
     assert answer["headers"]["x-frame-options"] == "DENY"
     assert "csrftoken" in answer["headers"].get("set-cookie", "")
-    assert call("POST", "/accounts/login/", b"username=a&password=b",
-                CONTENT_TYPE="application/x-www-form-urlencoded")["status"] == 403  # CSRF
+    assert (
+        call(
+            "POST",
+            "/accounts/login/",
+            b"username=a&password=b",
+            CONTENT_TYPE="application/x-www-form-urlencoded",
+        )["status"]
+        == 403
+    )  # CSRF
 
 
 @pytest.mark.django_db
@@ -70,9 +87,11 @@ def test_device_handler_matches_only_device_routes(call):
     assert missing["status"] == 404 and missing["headers"]["content-type"] == "application/json"
     assert json.loads(missing["body"])["code"] == "not_found"
     # The root URLconf still has every device route, under the same names.
-    for name, path in [("device-telemetry", "/api/v1/device/telemetry"),
-                       ("device-update", "/api/v1/device/update"),
-                       ("device-enroll", "/api/v1/device/enroll")]:
+    for name, path in [
+        ("device-telemetry", "/api/v1/device/telemetry"),
+        ("device-update", "/api/v1/device/update"),
+        ("device-enroll", "/api/v1/device/enroll"),
+    ]:
         assert reverse(name) == path and resolve(path).url_name == name
     assert reverse("device-artifact", args=["a" * 64]) == f"/api/v1/device/artifacts/{'a' * 64}"
     assert call("POST", "/api/v1/device/logs", b"{}")["status"] == 401  # routed, then refused

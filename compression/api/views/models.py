@@ -26,15 +26,17 @@ from fleet import audit
 from fleet.roles import Role
 
 
-def rejected(exc: services.UploadRejected) -> Response:
-    return Response({"detail": exc.message, "code": exc.code}, status=exc.status)
-
-
 def version_artifact(version: ModelVersion):
     """The version's bytes, or 409 while it is validating / once rejected."""
     if not version.is_ready:
-        return Response({"detail": f"Version {version} is {version.status}.",
-                         "code": "not_ready", "status": version.status}, status=409)
+        return Response(
+            {
+                "detail": f"Version {version} is {version.status}.",
+                "code": "not_ready",
+                "status": version.status,
+            },
+            status=409,
+        )
     return artifact_response(version.artifact, version.download_name, version.sha256)
 
 
@@ -111,18 +113,25 @@ class ModelVersionListView(APIView):
                 raise ValidationError({"parent": ["No such version."]})
         try:
             result = uploads.accept_upload(
-                model, upload.temporary_file_path(), original_filename=upload.name,
-                actor=request.user, parent=parent, notes=form.validated_data["notes"],
+                model,
+                upload.temporary_file_path(),
+                original_filename=upload.name,
+                actor=request.user,
+                parent=parent,
+                notes=form.validated_data["notes"],
             )
         except services.UploadRejected as exc:
             audit.note(request, "version.upload", model, refused=exc.code)
-            return rejected(exc)
+            raise
         audit.note(request, "version.upload", result.version, created=result.created)
         data = ModelVersionSerializer(result.version, context={"request": request}).data
         if not result.created:
             return Response(data, status=status.HTTP_200_OK)
-        return Response(data, status=status.HTTP_202_ACCEPTED,
-                        headers={"Location": f"/api/v1/versions/{result.version.pk}/"})
+        return Response(
+            data,
+            status=status.HTTP_202_ACCEPTED,
+            headers={"Location": f"/api/v1/versions/{result.version.pk}/"},
+        )
 
 
 class ModelVersionDetailView(APIView):
@@ -135,8 +144,9 @@ class ModelVersionDetailView(APIView):
 class ModelVersionDownloadView(APIView):
     @extend_schema(responses={(200, "application/octet-stream"): bytes})
     def get(self, request, model_pk: int, number: int):
-        version = get_object_or_404(ModelVersion.objects.select_related("model"),
-                                    model_id=model_pk, number=number)
+        version = get_object_or_404(
+            ModelVersion.objects.select_related("model"), model_id=model_pk, number=number
+        )
         return version_artifact(version)
 
 
@@ -154,7 +164,9 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
 
 
 class DatasetViewSet(
-    mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
     viewsets.GenericViewSet,
 ):
     queryset = Dataset.objects.select_related("model")
@@ -174,13 +186,14 @@ class DatasetViewSet(
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         upload = data["file"]
-        try:
-            dataset = services.register_dataset(
-                upload.temporary_file_path(), name=data["name"], purpose=data["purpose"],
-                original_filename=upload.name, model=data.get("model"), actor=request.user,
-            )
-        except services.UploadRejected as exc:
-            return rejected(exc)
+        dataset = services.register_dataset(
+            upload.temporary_file_path(),
+            name=data["name"],
+            purpose=data["purpose"],
+            original_filename=upload.name,
+            model=data.get("model"),
+            actor=request.user,
+        )
         audit.note(request, "dataset.upload", dataset)
         return Response(self.get_serializer(dataset).data, status=status.HTTP_201_CREATED)
 
