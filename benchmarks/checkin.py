@@ -12,7 +12,8 @@ Python keep-alive load generator) drives 16 connections at each scenario:
   check-in 204  GET /api/v1/device/update       device with nothing assigned
 
 Target (issue 6): check-in ≥ 0.5 × bare throughput, p99 < 50 ms. Loopback only;
-a scratch database `edgefleet_bench_checkin` is dropped and recreated.
+a scratch database next to DATABASE_URL's and a key prefix in REDIS_URL's cache,
+both of this run only and removed at the end (`benchmarks._harness.Scratch`).
 
     .venv/bin/python benchmarks/checkin.py [--devices 100000] [--assigned 10000]
         [--seconds 10] [--connections 16] [--workers N] [--threads N]
@@ -48,7 +49,6 @@ from benchmarks import _harness as h  # noqa: E402
 
 ROOT = _HERE.parent
 PYTHON = sys.executable
-BENCH_DB = "edgefleet_bench_checkin"
 BARE_PATH = "/api/v1/bench/bare"
 CHECKIN_PATH = "/api/v1/device/update"
 
@@ -84,9 +84,7 @@ def serve(port: int, workers: int, threads: int) -> None:
     )
     patterns.insert(after + 1, path(BARE_PATH.lstrip("/"), bare))
     urls.urlpatterns = patterns
-    from django.core.wsgi import get_wsgi_application
-
-    application = get_wsgi_application()
+    from fleet.wsgi import application  # the production entry point
 
     class Server(BaseApplication):
         def load_config(self):
@@ -211,12 +209,13 @@ def deploy(uids: list[str]) -> tuple[float, int]:
 
 # CPU time of the web server, the PostgreSQL backends serving the scratch database,
 # Redis and wrk (other sessions may use the same PostgreSQL and Redis).
-CPU_ROLES = {
-    "web": lambda cmd: "--serve" in cmd and "checkin.py" in cmd,
-    "postgres": lambda cmd: cmd.startswith("postgres") and BENCH_DB in cmd,
-    "redis": lambda cmd: "redis-server" in cmd,
-    "wrk": lambda cmd: cmd.startswith("wrk"),
-}
+def cpu_roles(database: str) -> dict:
+    return {
+        "web": lambda cmd: "--serve" in cmd and "checkin.py" in cmd,
+        "postgres": lambda cmd: cmd.startswith("postgres") and database in cmd,
+        "redis": lambda cmd: "redis-server" in cmd,
+        "wrk": lambda cmd: cmd.startswith("wrk"),
+    }
 
 
 # --- load ------------------------------------------------------------------------------------
@@ -301,14 +300,23 @@ def run_python(
     connections: int,
     _threads: int,
 ) -> dict:
-    """Fallback without wrk: keep-alive raw sockets, one thread per connection."""
+    """Fallback without wrk: raw sockets, one thread per connection, kept alive
+    unless the server closes it (gunicorn's sync workers answer `Connection:
+    close`: the next request opens a new one, as wrk does)."""
     latencies: list[float] = []
     status: dict[str, int] = {}
+    errors = [0]
     lock = threading.Lock()
     deadline = time.time() + seconds
 
+    def receive(sock) -> bytes:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("server closed the connection")
+        return chunk
+
     def worker():
-        sock, local, buffer = None, [], b""
+        sock, local, buffer, failed = None, [], b"", 0
         codes: dict[str, int] = {}
         while time.time() < deadline:
             token, etag = random.choice(items)
@@ -316,21 +324,36 @@ def run_python(
             head += f"Authorization: Bearer {token}\r\n" if token else ""
             head += f"If-None-Match: {etag}\r\n" if etag else ""
             began = time.perf_counter()
-            if sock is None:
-                sock, buffer = socket.create_connection(("127.0.0.1", port), timeout=10), b""
-            sock.sendall((head + "\r\n").encode())
-            while b"\r\n\r\n" not in buffer:
-                buffer += sock.recv(65536)
-            header, buffer = buffer.split(b"\r\n\r\n", 1)
-            length = int((re.search(rb"(?i)content-length:\s*(\d+)", header) or [0, b"0"])[1])
-            while len(buffer) < length:
-                buffer += sock.recv(65536)
-            buffer = buffer[length:]
+            try:
+                if sock is None:
+                    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+                    buffer = b""
+                sock.sendall((head + "\r\n").encode())
+                while b"\r\n\r\n" not in buffer:
+                    buffer += receive(sock)
+                header, buffer = buffer.split(b"\r\n\r\n", 1)
+                found = re.search(rb"(?i)content-length:\s*(\d+)", header)
+                length = int(found[1]) if found else 0
+                while len(buffer) < length:
+                    buffer += receive(sock)
+                buffer = buffer[length:]
+            except OSError:
+                failed += 1
+                if sock is not None:
+                    sock.close()
+                sock = None
+                continue
             local.append(time.perf_counter() - began)
             code = header.split(b" ", 2)[1].decode()
             codes[code] = codes.get(code, 0) + 1
+            if re.search(rb"(?i)\r\nconnection:\s*close", header):
+                sock.close()
+                sock = None
+        if sock is not None:
+            sock.close()
         with lock:
             latencies.extend(local)
+            errors[0] += failed
             for code, n in codes.items():
                 status[code] = status.get(code, 0) + n
 
@@ -348,7 +371,7 @@ def run_python(
         "rps": len(latencies) / elapsed,
         "p50_ms": ordered[len(ordered) // 2] * 1000,
         "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
-        "errors": 0,
+        "errors": errors[0],
         "status": status,
     }
 
@@ -385,14 +408,23 @@ def main() -> None:
         serve(args.serve, args.workers, args.threads)
         return
 
-    db_url = h.recreate_database(BENCH_DB)
-    redis_url = h.redis_url(8)
+    scratch = h.Scratch("checkin")
+    try:
+        run_benchmark(args, scratch)
+    finally:
+        scratch.close()
+
+
+def run_benchmark(args, scratch) -> None:
+    from fleet import gunicorn as production
+
+    redis_url = scratch.redis_url
+    roles = cpu_roles(scratch.name)
     env = {
         **os.environ,
-        "DATABASE_URL": db_url,
+        **scratch.env(),
         "DEBUG": "0",
         "LOG_LEVEL": "WARNING",
-        **({"REDIS_URL": redis_url} if redis_url else {}),
         "THROTTLE_DEVICE": "1000000/min",
         "DJANGO_SETTINGS_MODULE": "fleet.settings",
     }
@@ -402,21 +434,12 @@ def main() -> None:
     import django
 
     django.setup()
-    from django.core.cache import cache
-
     from devices.models import Device
     from ota import manifests
 
     began = time.perf_counter()
     tokens = seed_devices(args.devices)
     seeded = time.perf_counter() - began
-    # The cache outlives the scratch database: drop answers an earlier run left
-    # under the same device ids.
-    all_pks = list(Device.objects.values_list("pk", flat=True))
-    for start in range(0, len(all_pks), 10_000):
-        cache.delete_many(
-            [manifests.CACHE_KEY.format(pk) for pk in all_pks[start : start + 10_000]]
-        )
     uids = sorted(tokens)
     assigned = uids[: args.assigned]
     assign_s, _deployment = deploy(assigned)
@@ -444,10 +467,10 @@ def main() -> None:
         for _ in range(args.rounds):
             row = []
             for _name, path, items in scenarios:
-                before = h.process_cpu_seconds(CPU_ROLES)
+                before = h.process_cpu_seconds(roles)
                 children = resource.getrusage(resource.RUSAGE_CHILDREN)
                 result = run(port, path, items, args.seconds, args.connections, 2)
-                used = h.cpu_delta(before, h.process_cpu_seconds(CPU_ROLES))
+                used = h.cpu_delta(before, h.process_cpu_seconds(roles))
                 done = resource.getrusage(resource.RUSAGE_CHILDREN)
                 # wrk exits before /proc can be read: its CPU is in our children's rusage.
                 used["wrk"] = done.ru_utime + done.ru_stime - children.ru_utime - children.ru_stime
@@ -483,7 +506,7 @@ def main() -> None:
 
     print(
         f"# EdgeFleet check-in benchmark · {os.cpu_count()} CPUs (shared by server, "
-        f"PostgreSQL and the load generator) · PostgreSQL {BENCH_DB} · cache {cache_backend}"
+        f"PostgreSQL and the load generator) · PostgreSQL {scratch.name} · cache {cache_backend}"
     )
     print(
         f"{args.devices:,} devices with credentials seeded in {seeded:.1f} s; "
