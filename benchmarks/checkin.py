@@ -14,8 +14,14 @@ Python keep-alive load generator) drives 16 connections at each scenario:
 Target (issue 6): check-in ≥ 0.5 × bare throughput, p99 < 50 ms. Loopback only;
 a scratch database `edgefleet_bench_checkin` is dropped and recreated.
 
+`--metrics compare` runs a second, identical server with METRICS_ENABLED=0 and
+interleaves every check-in scenario on both: the cost of the Prometheus
+counting (fleet/prometheus.py, multiprocess mode as under gunicorn in production)
+as paired ratios of throughput and web CPU per request (target ≤ 5 %).
+
     .venv/bin/python benchmarks/checkin.py [--devices 100000] [--assigned 10000]
         [--seconds 10] [--connections 16] [--workers N] [--threads N]
+        [--metrics on|off|compare]
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ from benchmarks import _harness as h  # noqa: E402
 
 ROOT = _HERE.parent
 PYTHON = sys.executable
-BENCH_DB = "edgefleet_bench_checkin"
+BENCH_DB = os.environ.get("BENCH_DB", "edgefleet_bench_checkin")  # per user on a shared server
 BARE_PATH = "/api/v1/bench/bare"
 CHECKIN_PATH = "/api/v1/device/update"
 
@@ -81,9 +87,9 @@ def serve(port: int, workers: int, threads: int) -> None:
                  and p.urlconf_name.__name__ == "ota.api.urls")
     patterns.insert(after + 1, path(BARE_PATH.lstrip("/"), bare))
     urls.urlpatterns = patterns
-    from django.core.wsgi import get_wsgi_application
-
-    application = get_wsgi_application()
+    # fleet.wsgi as in production: device paths through the lean device handler
+    # (with its Prometheus counting unless METRICS_ENABLED=0), the rest the full stack.
+    from fleet.wsgi import application
 
     class Server(BaseApplication):
         def load_config(self):
@@ -252,7 +258,8 @@ def run_wrk(port: int, path: str, items: list[tuple[str, str]], seconds: int,
 
 def run_python(port: int, path: str, items: list[tuple[str, str]], seconds: int,
                connections: int, _threads: int) -> dict:
-    """Fallback without wrk: keep-alive raw sockets, one thread per connection."""
+    """Fallback without wrk: raw sockets, one thread per connection, kept alive while
+    the server allows it (sync workers close after each answer: then a new one)."""
     latencies: list[float] = []
     status: dict[str, int] = {}
     lock = threading.Lock()
@@ -271,12 +278,25 @@ def run_python(port: int, path: str, items: list[tuple[str, str]], seconds: int,
                 sock, buffer = socket.create_connection(("127.0.0.1", port), timeout=10), b""
             sock.sendall((head + "\r\n").encode())
             while b"\r\n\r\n" not in buffer:
-                buffer += sock.recv(65536)
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                buffer += chunk
+            if b"\r\n\r\n" not in buffer:  # closed before answering: reconnect, resend
+                sock.close()
+                sock = None
+                continue
             header, buffer = buffer.split(b"\r\n\r\n", 1)
             length = int((re.search(rb"(?i)content-length:\s*(\d+)", header) or [0, b"0"])[1])
             while len(buffer) < length:
-                buffer += sock.recv(65536)
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                buffer += chunk
             buffer = buffer[length:]
+            if re.search(rb"(?i)\r\nconnection:\s*close", header):
+                sock.close()
+                sock = None
             local.append(time.perf_counter() - began)
             code = header.split(b" ", 2)[1].decode()
             codes[code] = codes.get(code, 0) + 1
@@ -315,6 +335,8 @@ def main() -> None:
                         help="gunicorn workers (default: fleet/gunicorn.py's)")
     parser.add_argument("--threads", type=int, default=production.threads,
                         help="threads per gunicorn worker (default: fleet/gunicorn.py's)")
+    parser.add_argument("--metrics", choices=["on", "off", "compare"], default="on",
+                        help="Prometheus counting on the server (compare: both, interleaved)")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -354,28 +376,40 @@ def main() -> None:
     idle = uids[args.assigned:args.assigned + args.pollers]
     cache_backend = f"Redis {redis_url}" if redis_url else "local memory (no Redis)"
 
-    port = h.free_port()
-    server = start_server(env, port, args.workers, args.threads)
+    variants = ["on", "off"] if args.metrics == "compare" else [args.metrics]
+    servers, ports = [], {}
+    for variant in variants:
+        ports[variant] = h.free_port()
+        prom_dir = tempfile.mkdtemp(prefix=f"edgefleet-bench-prom-{variant}-")
+        servers.append(start_server(
+            {**env, "METRICS_ENABLED": "1" if variant == "on" else "0",
+             "PROMETHEUS_MULTIPROC_DIR": prom_dir}, ports[variant], args.workers, args.threads))
     run = run_wrk if shutil.which("wrk") else run_python
-    scenarios = [
-        ("bare Django JSON view", BARE_PATH, [("", "")]),
+    checkins = [
         ("check-in 304 (ETag match)", CHECKIN_PATH, [(tokens[u], etags[u]) for u in pollers]),
         ("check-in 200 (signed manifest)", CHECKIN_PATH, [(tokens[u], "") for u in pollers]),
         ("check-in 204 (nothing assigned)", CHECKIN_PATH, [(tokens[u], "") for u in idle]),
     ]
+    label = (lambda name, v: f"{name} · metrics {v}") if len(variants) > 1 else \
+        (lambda name, v: name)
+    scenarios = [("bare Django JSON view", BARE_PATH, [("", "")], ports[variants[0]])]
+    scenarios += [(label(name, v), path, items, ports[v])
+                  for name, path, items in checkins for v in variants]
     # The machine may be shared: scenarios are interleaved round by round and each
     # check-in figure is divided by the bare figure of its own round (paired ratio).
     rounds: list[list[dict]] = []
     try:
-        for _name, path, items in scenarios:
+        for _name, path, items, port in scenarios:
             run(port, path, items, 2, args.connections, 2)  # warm up: connections, caches
         for _ in range(args.rounds):
             row = []
-            for _name, path, items in scenarios:
-                before = h.process_cpu_seconds(CPU_ROLES)
+            for _name, path, items, port in scenarios:
+                # this scenario's server only (with --metrics compare two are running)
+                roles = {**CPU_ROLES, "web": lambda cmd, p=port: f"--serve {p} " in cmd}
+                before = h.process_cpu_seconds(roles)
                 children = resource.getrusage(resource.RUSAGE_CHILDREN)
                 result = run(port, path, items, args.seconds, args.connections, 2)
-                used = h.cpu_delta(before, h.process_cpu_seconds(CPU_ROLES))
+                used = h.cpu_delta(before, h.process_cpu_seconds(roles))
                 done = resource.getrusage(resource.RUSAGE_CHILDREN)
                 # wrk exits before /proc can be read: its CPU is in our children's rusage.
                 used["wrk"] = (done.ru_utime + done.ru_stime
@@ -385,9 +419,10 @@ def main() -> None:
                 row.append(result)
             rounds.append(row)
     finally:
-        h.stop(server)
+        for server in servers:
+            h.stop(server)
     results = []
-    for index, (name, _path, _items) in enumerate(scenarios):
+    for index, (name, _path, _items, _port) in enumerate(scenarios):
         runs = [r[index] for r in rounds]
         results.append((name, {
             "rps": statistics.median(r["rps"] for r in runs),
@@ -426,6 +461,24 @@ def main() -> None:
           "Redis, wrk), bare ÷ check-in: the throughput ratio an otherwise idle machine "
           "would show (PostgreSQL: only the backends of the scratch database; Redis: the whole "
           "server, which other sessions may share).")
+    if len(variants) > 1:
+        print_metrics_cost(scenarios, rounds)
+
+
+def print_metrics_cost(scenarios, rounds) -> None:
+    """Paired per round: each check-in scenario with metrics on against off."""
+    print("\n| Prometheus counting | requests/s on ÷ off | web CPU ms/request on ÷ off |")
+    print("|---|---:|---:|")
+    names = [s[0] for s in scenarios]
+    for index, name in enumerate(names):
+        if not name.endswith("· metrics on"):
+            continue
+        off = names.index(name.replace("metrics on", "metrics off"))
+        rps = statistics.median(r[index]["rps"] / r[off]["rps"] for r in rounds)
+        cpu = statistics.median(r[index]["cpu_ms"]["web"] / r[off]["cpu_ms"]["web"]
+                                for r in rounds)
+        print(f"| {name.removesuffix(' · metrics on')} | {rps:.3f} | {cpu:.3f} |")
+    print("target: web CPU per request on ÷ off ≤ 1.05 (medians of paired rounds)")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from django.db import DatabaseError, close_old_connections, connection
 
 from devices import services
 from devices.auth import authenticate_token
+from fleet import prometheus
 
 log = logging.getLogger(__name__)
 KINDS = {"telemetry": services.ingest_telemetry, "logs": services.ingest_logs}
@@ -104,6 +105,9 @@ class Bridge:
             log.exception("mqtt: failed to handle message on %s", message.topic)
             uid, answer = None, {}
         self.handled += 1
+        prometheus.MQTT_MESSAGES.labels(
+            message.topic.rsplit("/", 1)[-1],
+            "ok" if "accepted" in answer else "refused" if answer.get("code") else "error").inc()
         if self.acks and uid:
             kind = message.topic.rsplit("/", 1)[-1]
             client.publish(f"edgefleet/{uid}/ack/{kind}", json.dumps(answer), qos=0)

@@ -20,6 +20,7 @@ from compression.models import ModelVersion
 from devices.agent.manifest import ManifestError, check_policy
 from devices.choices import DeviceStatus
 from devices.models import Device, DeviceGroup, HardwareProfile, QueryGroup
+from fleet import prometheus
 from fleet.roles import Role, has_role, role_of
 from ota import manifests, stats
 from ota.assignment import (
@@ -371,6 +372,7 @@ def evaluate_deployments(now: datetime | None = None) -> dict[int, str]:
             "release"):
         outcome[deployment.pk] = _isolated(deployment, lambda d: evaluate_deployment(d, now))
     refresh_manifests(now)
+    prometheus.count_gate_decisions(outcome)
     return outcome
 
 
