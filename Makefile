@@ -9,7 +9,7 @@ SIM_DEVICES ?= 5
 SIM_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test lint fmt venv clean messages locale benchmark-compression cli-wheel
+.PHONY: run test lint fmt venv clean messages locale benchmark-compression cli-wheel agent-wheel
 
 # `make venv` also builds the translation catalogs (.mo) from the committed .po.
 venv: $(VENV)/.installed
@@ -40,7 +40,7 @@ test: venv
 
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check fleet compression devices ota tests benchmarks || true
+	$(VENV)/bin/ruff format --check .
 
 messages: venv
 	$(PY) manage.py makemessages -l zh_Hans --ignore '.venv/*' --ignore 'var/*'
@@ -56,6 +56,14 @@ cli-wheel: venv
 	  $(PY) -m pip wheel -q --no-deps -w dist $$tmp/src; \
 	  status=$$?; rm -rf $$tmp; exit $$status
 	@ls dist/edgefleet_cli-*.whl
+
+# The device agent as its own wheel (onnxruntime, numpy, cryptography; [mqtt] extra),
+# built from a copy of devices/agent: dist/edgefleet_agent-*.whl
+agent-wheel: venv
+	@tmp=$$(mktemp -d) && cp -r devices/agent $$tmp/src && rm -rf $$tmp/src/__pycache__ && \
+	  $(PY) -m pip wheel -q --no-deps -w dist $$tmp/src; \
+	  status=$$?; rm -rf $$tmp; exit $$status
+	@ls dist/edgefleet_agent-*.whl
 
 clean:
 	rm -rf var .pytest_cache .ruff_cache

@@ -57,16 +57,36 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_gunicorn(env: dict, port: int, workers: int, threads: int = 1,
-                   timeout_s: float = 60) -> subprocess.Popen:
+def start_gunicorn(
+    env: dict, port: int, workers: int, threads: int = 1, timeout_s: float = 60
+) -> subprocess.Popen:
     """gunicorn with the production settings (fleet/gunicorn.py) serving fleet.wsgi
     on 127.0.0.1:port, in its own process group."""
     proc = subprocess.Popen(
-        [PYTHON, "-m", "gunicorn", "-c", "python:fleet.gunicorn", "fleet.wsgi",
-         "-b", f"127.0.0.1:{port}", "-w", str(workers), "--threads", str(threads),
-         "--log-level", "warning", "--backlog", "4096"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        start_new_session=True)
+        [
+            PYTHON,
+            "-m",
+            "gunicorn",
+            "-c",
+            "python:fleet.gunicorn",
+            "fleet.wsgi",
+            "-b",
+            f"127.0.0.1:{port}",
+            "-w",
+            str(workers),
+            "--threads",
+            str(threads),
+            "--log-level",
+            "warning",
+            "--backlog",
+            "4096",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         try:
@@ -121,8 +141,10 @@ def process_cpu_seconds(roles: dict[str, object]) -> dict[str, dict[int, float]]
 def cpu_delta(before: dict, after: dict) -> dict[str, float]:
     """CPU seconds per role between two `process_cpu_seconds` snapshots, counting
     processes alive at the second one (new ones in full)."""
-    return {role: sum(used - before[role].get(pid, 0.0) for pid, used in pids.items())
-            for role, pids in after.items()}
+    return {
+        role: sum(used - before[role].get(pid, 0.0) for pid, used in pids.items())
+        for role, pids in after.items()
+    }
 
 
 def machine_cpu_seconds() -> float:

@@ -82,9 +82,12 @@ def serve(port: int, workers: int, threads: int) -> None:
     # Right after the include that holds the check-in URL: both pay the same URL
     # resolution (every api/v1 pattern before them is tried first).
     patterns = list(urlpatterns)
-    after = next(i for i, p in enumerate(patterns)
-                 if getattr(p, "urlconf_name", None).__class__.__name__ == "module"
-                 and p.urlconf_name.__name__ == "ota.api.urls")
+    after = next(
+        i
+        for i, p in enumerate(patterns)
+        if getattr(p, "urlconf_name", None).__class__.__name__ == "module"
+        and p.urlconf_name.__name__ == "ota.api.urls"
+    )
     patterns.insert(after + 1, path(BARE_PATH.lstrip("/"), bare))
     urls.urlpatterns = patterns
     # fleet.wsgi as in production: device paths through the lean device handler
@@ -98,8 +101,15 @@ def serve(port: int, workers: int, threads: int) -> None:
 
             names = ("worker_class", "keepalive", "timeout", "backlog")
             config = {name: getattr(production, name) for name in names}
-            config.update({"bind": f"127.0.0.1:{port}", "workers": workers, "threads": threads,
-                           "loglevel": "warning", "preload_app": True})
+            config.update(
+                {
+                    "bind": f"127.0.0.1:{port}",
+                    "workers": workers,
+                    "threads": threads,
+                    "loglevel": "warning",
+                    "preload_app": True,
+                }
+            )
             for key, value in config.items():
                 self.cfg.set(key, value)
 
@@ -109,13 +119,24 @@ def serve(port: int, workers: int, threads: int) -> None:
     Server().run()
 
 
-
-
 def start_server(env: dict, port: int, workers: int, threads: int) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [PYTHON, str(Path(__file__).resolve()), "--serve", str(port), "--workers", str(workers),
-         "--threads", str(threads)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, start_new_session=True)
+        [
+            PYTHON,
+            str(Path(__file__).resolve()),
+            "--serve",
+            str(port),
+            "--workers",
+            str(workers),
+            "--threads",
+            str(threads),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     deadline = time.time() + 60
     while time.time() < deadline:
         try:
@@ -130,8 +151,6 @@ def start_server(env: dict, port: int, workers: int, threads: int) -> subprocess
     raise RuntimeError("server did not start: " + proc.stderr.read().decode()[-3000:])
 
 
-
-
 # --- data ----------------------------------------------------------------------------------
 
 
@@ -142,14 +161,17 @@ def seed_devices(n: int) -> dict[str, str]:
     from devices import tokens
 
     with connection.cursor() as cursor:
-        cursor.execute("""
+        cursor.execute(
+            """
             INSERT INTO devices_device (uid, name, hardware_profile_id, inventory, model_version,
                 agent_version, status, last_seen, created_at)
             SELECT 'dev-' || lpad(i::text, 6, '0'), '',
                    (SELECT min(id) FROM devices_hardwareprofile) + i %% 5,
                    '{"models": {"default": {"model_version": "digits:1"}}}'::jsonb,
                    'digits:1', '0.1.0', 'online', now(), now()
-            FROM generate_series(1, %s) i""", [n])
+            FROM generate_series(1, %s) i""",
+            [n],
+        )
         cursor.execute("SELECT id, uid FROM devices_device ORDER BY id")
         rows = cursor.fetchall()
         plain: dict[str, str] = {}
@@ -159,8 +181,10 @@ def seed_devices(n: int) -> dict[str, str]:
             plain[uid] = value
             buffer.write(f"{pk}\t{prefix}\t{digest}\tnow\n")
         buffer.seek(0)
-        cursor.copy_expert("COPY devices_devicecredential (device_id, prefix, token_hash, "
-                           "created_at) FROM STDIN", buffer)
+        cursor.copy_expert(
+            "COPY devices_devicecredential (device_id, prefix, token_hash, created_at) FROM STDIN",
+            buffer,
+        )
         cursor.execute("ANALYZE")
     return plain
 
@@ -174,18 +198,21 @@ def deploy(uids: list[str]) -> tuple[float, int]:
 
     model = MLModel.objects.create(name="digits")
     sha = hashlib.sha256(b"bench").hexdigest()
-    version = ModelVersion.objects.create(model=model, number=2, artifact=f"models/{sha}.onnx",
-                                          sha256=sha, size_bytes=123456,
-                                          metrics={"latency_ms": {"p95": 9.5}})
+    version = ModelVersion.objects.create(
+        model=model,
+        number=2,
+        artifact=f"models/{sha}.onnx",
+        sha256=sha,
+        size_bytes=123456,
+        metrics={"latency_ms": {"p95": 9.5}},
+    )
     admin = User.objects.create_superuser("bench-admin", password="x" * 16)
-    release = services.create_release(name="digits v2", variants=[
-        {"name": "fp32", "model_version": version.pk}], actor=admin)
+    release = services.create_release(
+        name="digits v2", variants=[{"name": "fp32", "model_version": version.pk}], actor=admin
+    )
     began = time.perf_counter()
-    deployment = services.start_deployment(release, {"devices": uids}, actor=admin,
-                                           phases=[100])
+    deployment = services.start_deployment(release, {"devices": uids}, actor=admin, phases=[100])
     return time.perf_counter() - began, deployment.pk
-
-
 
 
 # CPU time of the web server, the PostgreSQL backends serving the scratch database,
@@ -234,18 +261,34 @@ end
 """
 
 
-def run_wrk(port: int, path: str, items: list[tuple[str, str]], seconds: int,
-            connections: int, threads: int) -> dict:
-    lua_items = ", ".join(f'{{"{t}", "{e.replace(chr(34), chr(92) + chr(34))}"}}'
-                          for t, e in items)
+def run_wrk(
+    port: int, path: str, items: list[tuple[str, str]], seconds: int, connections: int, threads: int
+) -> dict:
+    lua_items = ", ".join(f'{{"{t}", "{e.replace(chr(34), chr(92) + chr(34))}"}}' for t, e in items)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
         fh.write(LUA % {"items": lua_items, "path": path})
         script = fh.name
     try:
-        done = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d",
-                               f"{seconds}s", "--timeout", "10s", "-s", script,
-                               f"http://127.0.0.1:{port}{path}"], capture_output=True,
-                              text=True, timeout=seconds + 60, check=False)
+        done = subprocess.run(
+            [
+                "wrk",
+                "-t",
+                str(threads),
+                "-c",
+                str(connections),
+                "-d",
+                f"{seconds}s",
+                "--timeout",
+                "10s",
+                "-s",
+                script,
+                f"http://127.0.0.1:{port}{path}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
+            check=False,
+        )
         if done.returncode:
             raise RuntimeError(f"wrk failed: {done.stdout[-1000:]} {done.stderr[-2000:]}")
         out = done.stdout
@@ -256,8 +299,14 @@ def run_wrk(port: int, path: str, items: list[tuple[str, str]], seconds: int,
     return result
 
 
-def run_python(port: int, path: str, items: list[tuple[str, str]], seconds: int,
-               connections: int, _threads: int) -> dict:
+def run_python(
+    port: int,
+    path: str,
+    items: list[tuple[str, str]],
+    seconds: int,
+    connections: int,
+    _threads: int,
+) -> dict:
     """Fallback without wrk: raw sockets, one thread per connection, kept alive while
     the server allows it (sync workers close after each answer: then a new one)."""
     latencies: list[float] = []
@@ -313,10 +362,15 @@ def run_python(port: int, path: str, items: list[tuple[str, str]], seconds: int,
         thread.join()
     elapsed = time.time() - began
     ordered = sorted(latencies) or [0.0]
-    return {"requests": len(latencies), "seconds": elapsed, "rps": len(latencies) / elapsed,
-            "p50_ms": ordered[len(ordered) // 2] * 1000,
-            "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
-            "errors": 0, "status": status}
+    return {
+        "requests": len(latencies),
+        "seconds": elapsed,
+        "rps": len(latencies) / elapsed,
+        "p50_ms": ordered[len(ordered) // 2] * 1000,
+        "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
+        "errors": 0,
+        "status": status,
+    }
 
 
 def main() -> None:
@@ -325,18 +379,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--devices", type=int, default=100_000)
     parser.add_argument("--assigned", type=int, default=10_000)
-    parser.add_argument("--pollers", type=int, default=2000,
-                        help="distinct devices each scenario polls as")
+    parser.add_argument(
+        "--pollers", type=int, default=2000, help="distinct devices each scenario polls as"
+    )
     parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="interleaved rounds; medians are reported")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds; medians are reported"
+    )
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=production.workers,
-                        help="gunicorn workers (default: fleet/gunicorn.py's)")
-    parser.add_argument("--threads", type=int, default=production.threads,
-                        help="threads per gunicorn worker (default: fleet/gunicorn.py's)")
-    parser.add_argument("--metrics", choices=["on", "off", "compare"], default="on",
-                        help="Prometheus counting on the server (compare: both, interleaved)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=production.workers,
+        help="gunicorn workers (default: fleet/gunicorn.py's)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=production.threads,
+        help="threads per gunicorn worker (default: fleet/gunicorn.py's)",
+    )
+    parser.add_argument(
+        "--metrics",
+        choices=["on", "off", "compare"],
+        default="on",
+        help="Prometheus counting on the server (compare: both, interleaved)",
+    )
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -345,9 +413,15 @@ def main() -> None:
 
     db_url = h.recreate_database(BENCH_DB)
     redis_url = h.redis_url(8)
-    env = {**os.environ, "DATABASE_URL": db_url, "DEBUG": "0", "LOG_LEVEL": "WARNING",
-           **({"REDIS_URL": redis_url} if redis_url else {}),
-           "THROTTLE_DEVICE": "1000000/min", "DJANGO_SETTINGS_MODULE": "fleet.settings"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "DEBUG": "0",
+        "LOG_LEVEL": "WARNING",
+        **({"REDIS_URL": redis_url} if redis_url else {}),
+        "THROTTLE_DEVICE": "1000000/min",
+        "DJANGO_SETTINGS_MODULE": "fleet.settings",
+    }
     env.pop("MQTT_URL", None)
     os.environ.update(env)
     subprocess.run([PYTHON, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
@@ -366,14 +440,16 @@ def main() -> None:
     # under the same device ids.
     all_pks = list(Device.objects.values_list("pk", flat=True))
     for start in range(0, len(all_pks), 10_000):
-        cache.delete_many([manifests.CACHE_KEY.format(pk) for pk in all_pks[start:start + 10_000]])
+        cache.delete_many(
+            [manifests.CACHE_KEY.format(pk) for pk in all_pks[start : start + 10_000]]
+        )
     uids = sorted(tokens)
-    assigned = uids[:args.assigned]
+    assigned = uids[: args.assigned]
     assign_s, _deployment = deploy(assigned)
-    pks = dict(Device.objects.filter(uid__in=assigned[:args.pollers]).values_list("uid", "pk"))
+    pks = dict(Device.objects.filter(uid__in=assigned[: args.pollers]).values_list("uid", "pk"))
     etags = {uid: manifests.checkin_for(pk).etag for uid, pk in pks.items()}
     pollers = list(etags)
-    idle = uids[args.assigned:args.assigned + args.pollers]
+    idle = uids[args.assigned : args.assigned + args.pollers]
     cache_backend = f"Redis {redis_url}" if redis_url else "local memory (no Redis)"
 
     variants = ["on", "off"] if args.metrics == "compare" else [args.metrics]
@@ -381,20 +457,31 @@ def main() -> None:
     for variant in variants:
         ports[variant] = h.free_port()
         prom_dir = tempfile.mkdtemp(prefix=f"edgefleet-bench-prom-{variant}-")
-        servers.append(start_server(
-            {**env, "METRICS_ENABLED": "1" if variant == "on" else "0",
-             "PROMETHEUS_MULTIPROC_DIR": prom_dir}, ports[variant], args.workers, args.threads))
+        servers.append(
+            start_server(
+                {
+                    **env,
+                    "METRICS_ENABLED": "1" if variant == "on" else "0",
+                    "PROMETHEUS_MULTIPROC_DIR": prom_dir,
+                },
+                ports[variant],
+                args.workers,
+                args.threads,
+            )
+        )
     run = run_wrk if shutil.which("wrk") else run_python
     checkins = [
         ("check-in 304 (ETag match)", CHECKIN_PATH, [(tokens[u], etags[u]) for u in pollers]),
         ("check-in 200 (signed manifest)", CHECKIN_PATH, [(tokens[u], "") for u in pollers]),
         ("check-in 204 (nothing assigned)", CHECKIN_PATH, [(tokens[u], "") for u in idle]),
     ]
-    label = (lambda name, v: f"{name} · metrics {v}") if len(variants) > 1 else \
-        (lambda name, v: name)
+    label = (
+        (lambda name, v: f"{name} · metrics {v}") if len(variants) > 1 else (lambda name, v: name)
+    )
     scenarios = [("bare Django JSON view", BARE_PATH, [("", "")], ports[variants[0]])]
-    scenarios += [(label(name, v), path, items, ports[v])
-                  for name, path, items in checkins for v in variants]
+    scenarios += [
+        (label(name, v), path, items, ports[v]) for name, path, items in checkins for v in variants
+    ]
     # The machine may be shared: scenarios are interleaved round by round and each
     # check-in figure is divided by the bare figure of its own round (paired ratio).
     rounds: list[list[dict]] = []
@@ -412,10 +499,10 @@ def main() -> None:
                 used = h.cpu_delta(before, h.process_cpu_seconds(roles))
                 done = resource.getrusage(resource.RUSAGE_CHILDREN)
                 # wrk exits before /proc can be read: its CPU is in our children's rusage.
-                used["wrk"] = (done.ru_utime + done.ru_stime
-                               - children.ru_utime - children.ru_stime)
-                result["cpu_ms"] = {k: v * 1000 / max(result["requests"], 1)
-                                    for k, v in used.items()}
+                used["wrk"] = done.ru_utime + done.ru_stime - children.ru_utime - children.ru_stime
+                result["cpu_ms"] = {
+                    k: v * 1000 / max(result["requests"], 1) for k, v in used.items()
+                }
                 row.append(result)
             rounds.append(row)
     finally:
@@ -424,43 +511,67 @@ def main() -> None:
     results = []
     for index, (name, _path, _items, _port) in enumerate(scenarios):
         runs = [r[index] for r in rounds]
-        results.append((name, {
-            "rps": statistics.median(r["rps"] for r in runs),
-            "ratio": statistics.median(r[index]["rps"] / r[0]["rps"] for r in rounds),
-            "p50_ms": statistics.median(r["p50_ms"] for r in runs),
-            "p99_ms": statistics.median(r["p99_ms"] for r in runs),
-            "cpu_ms": {k: statistics.median(r["cpu_ms"][k] for r in runs)
-                       for k in runs[0]["cpu_ms"]},
-            "status": {k: sum(r["status"].get(k, 0) for r in runs)
-                       for k in {k for r in runs for k in r["status"]}}}))
+        results.append(
+            (
+                name,
+                {
+                    "rps": statistics.median(r["rps"] for r in runs),
+                    "ratio": statistics.median(r[index]["rps"] / r[0]["rps"] for r in rounds),
+                    "p50_ms": statistics.median(r["p50_ms"] for r in runs),
+                    "p99_ms": statistics.median(r["p99_ms"] for r in runs),
+                    "cpu_ms": {
+                        k: statistics.median(r["cpu_ms"][k] for r in runs)
+                        for k in runs[0]["cpu_ms"]
+                    },
+                    "status": {
+                        k: sum(r["status"].get(k, 0) for r in runs)
+                        for k in {k for r in runs for k in r["status"]}
+                    },
+                },
+            )
+        )
 
-    print(f"# EdgeFleet check-in benchmark · {os.cpu_count()} CPUs (shared by server, "
-          f"PostgreSQL and the load generator) · PostgreSQL {BENCH_DB} · cache {cache_backend}")
-    print(f"{args.devices:,} devices with credentials seeded in {seeded:.1f} s; "
-          f"{len(assigned):,} manifests assigned and signed in {assign_s:.1f} s")
-    print(f"gunicorn {production.worker_class} {args.workers} workers × {args.threads} threads; "
-          f"{'wrk' if run is run_wrk else 'python load generator'}, {args.connections} "
-          f"connections, {args.rounds} interleaved rounds × {args.seconds} s per scenario "
-          f"(medians; × bare paired per round); {len(pollers):,} distinct devices polling")
-    print("\n| scenario | requests/s | × bare | p50 ms | p99 ms | CPU ms/request: web, "
-          "postgres, redis, wrk | × bare by CPU | statuses |")
+    print(
+        f"# EdgeFleet check-in benchmark · {os.cpu_count()} CPUs (shared by server, "
+        f"PostgreSQL and the load generator) · PostgreSQL {BENCH_DB} · cache {cache_backend}"
+    )
+    print(
+        f"{args.devices:,} devices with credentials seeded in {seeded:.1f} s; "
+        f"{len(assigned):,} manifests assigned and signed in {assign_s:.1f} s"
+    )
+    print(
+        f"gunicorn {production.worker_class} {args.workers} workers × {args.threads} threads; "
+        f"{'wrk' if run is run_wrk else 'python load generator'}, {args.connections} "
+        f"connections, {args.rounds} interleaved rounds × {args.seconds} s per scenario "
+        f"(medians; × bare paired per round); {len(pollers):,} distinct devices polling"
+    )
+    print(
+        "\n| scenario | requests/s | × bare | p50 ms | p99 ms | CPU ms/request: web, "
+        "postgres, redis, wrk | × bare by CPU | statuses |"
+    )
     print("|---|---:|---:|---:|---:|---|---:|---|")
     base_cpu = sum(results[0][1]["cpu_ms"].values())
     for name, r in results:
         statuses = ", ".join(f"{k}: {v}" for k, v in sorted(r["status"].items()))
         cpu = r["cpu_ms"]
-        print(f"| {name} | {r['rps']:,.0f} | {r['ratio']:.2f} | {r['p50_ms']:.1f} | "
-              f"{r['p99_ms']:.1f} | {cpu['web']:.3f}, {cpu['postgres']:.3f}, "
-              f"{cpu['redis']:.3f}, {cpu['wrk']:.3f} | {base_cpu / sum(cpu.values()):.2f} | "
-              f"{statuses} |")
+        print(
+            f"| {name} | {r['rps']:,.0f} | {r['ratio']:.2f} | {r['p50_ms']:.1f} | "
+            f"{r['p99_ms']:.1f} | {cpu['web']:.3f}, {cpu['postgres']:.3f}, "
+            f"{cpu['redis']:.3f}, {cpu['wrk']:.3f} | {base_cpu / sum(cpu.values()):.2f} | "
+            f"{statuses} |"
+        )
     checks = [r for name, r in results[1:]]
     ok = all(r["ratio"] >= 0.5 and r["p99_ms"] < 50 for r in checks)
-    print(f"\ntarget ≥ 0.50 × bare and p99 < 50 ms on every check-in path: "
-          f"{'MET' if ok else 'NOT MET'}")
-    print("'× bare by CPU': CPU time per request of everything measured (web, PostgreSQL, "
-          "Redis, wrk), bare ÷ check-in: the throughput ratio an otherwise idle machine "
-          "would show (PostgreSQL: only the backends of the scratch database; Redis: the whole "
-          "server, which other sessions may share).")
+    print(
+        f"\ntarget ≥ 0.50 × bare and p99 < 50 ms on every check-in path: "
+        f"{'MET' if ok else 'NOT MET'}"
+    )
+    print(
+        "'× bare by CPU': CPU time per request of everything measured (web, PostgreSQL, "
+        "Redis, wrk), bare ÷ check-in: the throughput ratio an otherwise idle machine "
+        "would show (PostgreSQL: only the backends of the scratch database; Redis: the whole "
+        "server, which other sessions may share)."
+    )
     if len(variants) > 1:
         print_metrics_cost(scenarios, rounds)
 
@@ -475,8 +586,7 @@ def print_metrics_cost(scenarios, rounds) -> None:
             continue
         off = names.index(name.replace("metrics on", "metrics off"))
         rps = statistics.median(r[index]["rps"] / r[off]["rps"] for r in rounds)
-        cpu = statistics.median(r[index]["cpu_ms"]["web"] / r[off]["cpu_ms"]["web"]
-                                for r in rounds)
+        cpu = statistics.median(r[index]["cpu_ms"]["web"] / r[off]["cpu_ms"]["web"] for r in rounds)
         print(f"| {name.removesuffix(' · metrics on')} | {rps:.3f} | {cpu:.3f} |")
     print("target: web CPU per request on ÷ off ≤ 1.05 (medians of paired rounds)")
 

@@ -42,9 +42,15 @@ def cache_dir() -> Path:
 
 
 def models(only: list[str] | None) -> list[dict]:
-    out = [{"name": "digits-cnn", "model": FIXTURES / "digits_cnn.onnx",
-            "cal": FIXTURES / "digits_calibration.npz", "eval": FIXTURES / "digits_eval.npz",
-            "kpis": {"max_accuracy_drop": 0.5}}]
+    out = [
+        {
+            "name": "digits-cnn",
+            "model": FIXTURES / "digits_cnn.onnx",
+            "cal": FIXTURES / "digits_calibration.npz",
+            "eval": FIXTURES / "digits_eval.npz",
+            "kpis": {"max_accuracy_drop": 0.5},
+        }
+    ]
     if not only or "mobilenetv2" in only:
         m, c, e = make_mobilenet.ensure_data(cache_dir())
         out.append({"name": "mobilenetv2", "model": m, "cal": c, "eval": e, "kpis": {}})
@@ -63,17 +69,26 @@ def fmt(value, spec=".3f") -> str:
 
 def table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    out = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths, strict=True)),
-           "  ".join("-" * w for w in widths)]
+    out = [
+        "  ".join(str(c).ljust(w) for c, w in zip(header, widths, strict=True)),
+        "  ".join("-" * w for w in widths),
+    ]
     out += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     return "\n".join(out)
 
 
 def run_model(ref: dict, *, threads: int, runs: int, workdir: Path) -> dict:
     started = time.monotonic()
-    report = auto(ref["model"], calibration_path=ref["cal"], evaluation_path=ref["eval"],
-                  kpis=ref["kpis"], threads=threads, budget_s=900, out_dir=workdir / ref["name"],
-                  runs=runs)
+    report = auto(
+        ref["model"],
+        calibration_path=ref["cal"],
+        evaluation_path=ref["eval"],
+        kpis=ref["kpis"],
+        threads=threads,
+        budget_s=900,
+        out_dir=workdir / ref["name"],
+        runs=runs,
+    )
     report["wall_s"] = round(time.monotonic() - started, 1)
     return report
 
@@ -84,20 +99,38 @@ def by_name(report: dict, recipe: str) -> dict | None:
 
 def grid_side_by_side(report: dict, *, threads: int, data: Path) -> dict | None:
     """auto's choice vs the grid's fastest point vs fp32, interleaved in one process."""
-    grid = [c for c in report["candidates"] if c["recipe"].startswith(GRID_PREFIX)
-            and c.get("metrics") and c["recipe"].count("[") <= 1
-            and "entropy" not in c["recipe"] and c["base_recipe"] == "int8-static"]
+    grid = [
+        c
+        for c in report["candidates"]
+        if c["recipe"].startswith(GRID_PREFIX)
+        and c.get("metrics")
+        and c["recipe"].count("[") <= 1
+        and "entropy" not in c["recipe"]
+        and c["base_recipe"] == "int8-static"
+    ]
     if not grid or not report["chosen"]:
         return None
     best = min(grid, key=lambda c: c["metrics"]["p50_ratio"])
     paths = {"fp32": by_name(report, "fp32")["path"], "grid-best": best["path"]}
     if report["chosen"] != best["recipe"]:
         paths["auto"] = by_name(report, report["chosen"])["path"]
-    r = compare(paths, reference="fp32", threads=threads, data_path=data, runs=20,
-                min_rounds=9, max_rounds=9)
+    r = compare(
+        paths,
+        reference="fp32",
+        threads=threads,
+        data_path=data,
+        runs=20,
+        min_rounds=9,
+        max_rounds=9,
+    )
     auto_ratio = r["models"].get("auto", r["models"]["grid-best"])["ratio"]
-    return {"grid_best": best["recipe"], "grid_best_ratio": r["models"]["grid-best"]["ratio"],
-            "auto": report["chosen"], "auto_ratio": auto_ratio, "rounds": r["rounds"]}
+    return {
+        "grid_best": best["recipe"],
+        "grid_best_ratio": r["models"]["grid-best"]["ratio"],
+        "auto": report["chosen"],
+        "auto_ratio": auto_ratio,
+        "rounds": r["rounds"],
+    }
 
 
 def print_table(reports: dict) -> None:
@@ -105,22 +138,57 @@ def print_table(reports: dict) -> None:
     for name, r in reports.items():
         for c in r["candidates"]:
             m = c["metrics"] or {}
-            rows.append([name, c["recipe"], fmt(m.get("size_ratio")), fmt(m.get("p50_ratio")),
-                         fmt(m.get("fidelity"), ".4f"), (m.get("fidelity_metric") or "-"),
-                         ("*" if c["recipe"] == r["chosen"] else "") + c["verdict"][:70]])
-    print(table(rows, ["model", "candidate", "size x", "p50 x", "fidelity", "metric",
-                       "verdict (* chosen)"]))
+            rows.append(
+                [
+                    name,
+                    c["recipe"],
+                    fmt(m.get("size_ratio")),
+                    fmt(m.get("p50_ratio")),
+                    fmt(m.get("fidelity"), ".4f"),
+                    (m.get("fidelity_metric") or "-"),
+                    ("*" if c["recipe"] == r["chosen"] else "") + c["verdict"][:70],
+                ]
+            )
+    print(
+        table(
+            rows,
+            ["model", "candidate", "size x", "p50 x", "fidelity", "metric", "verdict (* chosen)"],
+        )
+    )
     print()
     rows = []
     for name, r in reports.items():
         c = by_name(r, r["chosen"]) if r["chosen"] else None
         m = (c or {}).get("metrics") or {}
-        rows.append([name, r["chosen"] or "none", fmt(m.get("size_ratio")),
-                     fmt(m.get("p50_ratio")), fmt(m.get("fidelity"), ".4f"),
-                     m.get("fidelity_metric") or "-", r["measurement"].get("shape", "-"),
-                     f"{r['wall_s']:.1f}", str(len(r["candidates"]))])
-    print(table(rows, ["model", "auto chose", "size x", "p50 x", "fidelity", "metric",
-                       "timed on", "wall s", "candidates"]))
+        rows.append(
+            [
+                name,
+                r["chosen"] or "none",
+                fmt(m.get("size_ratio")),
+                fmt(m.get("p50_ratio")),
+                fmt(m.get("fidelity"), ".4f"),
+                m.get("fidelity_metric") or "-",
+                r["measurement"].get("shape", "-"),
+                f"{r['wall_s']:.1f}",
+                str(len(r["candidates"])),
+            ]
+        )
+    print(
+        table(
+            rows,
+            [
+                "model",
+                "auto chose",
+                "size x",
+                "p50 x",
+                "fidelity",
+                "metric",
+                "timed on",
+                "wall s",
+                "candidates",
+            ],
+        )
+    )
     print()
 
 
@@ -128,37 +196,70 @@ def targets(reports: dict, side: dict | None) -> list[tuple[str, bool, str]]:
     out = []
     for name, r in reports.items():
         crashed = [c["recipe"] for c in r["candidates"] if not c.get("verdict")]
-        out.append((f"{name}: auto finished, every candidate explained", not crashed,
-                    f"{len(r['candidates'])} candidates"))
+        out.append(
+            (
+                f"{name}: auto finished, every candidate explained",
+                not crashed,
+                f"{len(r['candidates'])} candidates",
+            )
+        )
     for name, floor in TRAINED.items():
         if name not in reports:
             continue
         r = reports[name]
-        good = [c for c in r["candidates"] if c.get("metrics") and c["recipe"] != "fp32"
-                and (c["metrics"].get("fidelity") or 0) >= floor
-                and c["metrics"]["p50_ratio"] <= 0.85]
+        good = [
+            c
+            for c in r["candidates"]
+            if c.get("metrics")
+            and c["recipe"] != "fp32"
+            and (c["metrics"].get("fidelity") or 0) >= floor
+            and c["metrics"]["p50_ratio"] <= 0.85
+        ]
         why = "" if good else " - " + r["reason"][:300]
-        out.append((f"{name}: a variant with fidelity >= {floor} at <= 0.85x p50 (or why not)",
-                    bool(good) or "Why no variant" in r["reason"] or r["chosen"] is not None,
-                    ", ".join(c["recipe"] for c in good[:3]) + why))
+        out.append(
+            (
+                f"{name}: a variant with fidelity >= {floor} at <= 0.85x p50 (or why not)",
+                bool(good) or "Why no variant" in r["reason"] or r["chosen"] is not None,
+                ", ".join(c["recipe"] for c in good[:3]) + why,
+            )
+        )
     if "digits-cnn" in reports:
         d = by_name(reports["digits-cnn"], "int8-static")
         m = (d or {}).get("metrics") or {}
-        out.append(("digits int8-static size <= 0.28x", (m.get("size_ratio") or 9) <= 0.28,
-                    fmt(m.get("size_ratio"))))
+        out.append(
+            (
+                "digits int8-static size <= 0.28x",
+                (m.get("size_ratio") or 9) <= 0.28,
+                fmt(m.get("size_ratio")),
+            )
+        )
         drop = m.get("accuracy_drop_pt")
-        out.append(("digits int8-static accuracy drop <= 0.5 pt",
-                    drop is not None and drop <= 0.5, f"{fmt(drop, '.2f')} pt"))
+        out.append(
+            (
+                "digits int8-static accuracy drop <= 0.5 pt",
+                drop is not None and drop <= 0.5,
+                f"{fmt(drop, '.2f')} pt",
+            )
+        )
     if side:
-        out.append(("mobilenetv2: auto's choice at least as fast as the grid's best point",
-                    side["auto_ratio"] <= side["grid_best_ratio"] * 1.02,
-                    f"auto {side['auto']} {side['auto_ratio']:.3f}x vs grid best "
-                    f"{side['grid_best']} {side['grid_best_ratio']:.3f}x "
-                    f"(interleaved, {side['rounds']} rounds)"))
+        out.append(
+            (
+                "mobilenetv2: auto's choice at least as fast as the grid's best point",
+                side["auto_ratio"] <= side["grid_best_ratio"] * 1.02,
+                f"auto {side['auto']} {side['auto_ratio']:.3f}x vs grid best "
+                f"{side['grid_best']} {side['grid_best_ratio']:.3f}x "
+                f"(interleaved, {side['rounds']} rounds)",
+            )
+        )
     if "mobilenetv2" in reports:
         wall = reports["mobilenetv2"]["wall_s"]
-        out.append(("mobilenetv2: auto faster than Olive's full search (45 s, 2 cores)",
-                    wall < 45, f"{wall:.1f} s"))
+        out.append(
+            (
+                "mobilenetv2: auto faster than Olive's full search (45 s, 2 cores)",
+                wall < 45,
+                f"{wall:.1f} s",
+            )
+        )
     return out
 
 
@@ -171,31 +272,46 @@ def main() -> int:
     args = parser.parse_args()
     host = host_info()
     load_before = os.getloadavg()
-    print(f"host: {host['cpu_model']}, {host['cores']} cores, ISA {' '.join(host['isa'])}; "
-          f"onnxruntime {host['onnxruntime']}; threads {args.threads}; runs {args.runs}; "
-          f"load average {load_before[0]:.2f} / {load_before[1]:.2f} (1 / 5 min)\n")
+    print(
+        f"host: {host['cpu_model']}, {host['cores']} cores, ISA {' '.join(host['isa'])}; "
+        f"onnxruntime {host['onnxruntime']}; threads {args.threads}; runs {args.runs}; "
+        f"load average {load_before[0]:.2f} / {load_before[1]:.2f} (1 / 5 min)\n"
+    )
     reports = {}
     side = None
     with tempfile.TemporaryDirectory(prefix="edgefleet-bench-") as tmp:
         for ref in models(args.only):
             print(f"... {ref['name']}", flush=True)
-            reports[ref["name"]] = run_model(ref, threads=args.threads, runs=args.runs,
-                                             workdir=Path(tmp))
+            reports[ref["name"]] = run_model(
+                ref, threads=args.threads, runs=args.runs, workdir=Path(tmp)
+            )
             if ref["name"] == "mobilenetv2":
-                side = grid_side_by_side(reports["mobilenetv2"], threads=args.threads,
-                                         data=ref["eval"])
+                side = grid_side_by_side(
+                    reports["mobilenetv2"], threads=args.threads, data=ref["eval"]
+                )
         print()
         print_table(reports)
     results = targets(reports, side)
     for label, ok, detail in results:
         print(f"{'PASS' if ok else 'FAIL'}  {label}: {detail}")
     load_after = os.getloadavg()
-    print(f"\nload average after: {load_after[0]:.2f} / {load_after[1]:.2f} (1 / 5 min) on "
-          f"{host['cores']} cores")
+    print(
+        f"\nload average after: {load_after[0]:.2f} / {load_after[1]:.2f} (1 / 5 min) on "
+        f"{host['cores']} cores"
+    )
     if args.json:
-        args.json.write_text(json.dumps({"host": host, "reports": reports, "side_by_side": side,
-                                         "load": [load_before, load_after]}, indent=2,
-                                        default=str))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "host": host,
+                    "reports": reports,
+                    "side_by_side": side,
+                    "load": [load_before, load_after],
+                },
+                indent=2,
+                default=str,
+            )
+        )
     return 0 if all(ok for _, ok, _ in results) else 1
 
 

@@ -47,20 +47,29 @@ MQTT_URL = os.environ.get("BENCH_MQTT_URL", "mqtt://127.0.0.1:1883")
 BATCH = 500
 
 
-
-
-
-
 def make_batches(boot: str, n_points: int, resend_every: int) -> tuple[list[bytes], int]:
     """JSON bodies (built before timing starts) and how many are resends."""
     now = time.time()
     bodies, resends = [], 0
     for start in range(0, n_points, BATCH):
-        batch = [{"seq": seq, "boot_id": boot, "ts": now - (n_points - seq) * 0.001,
-                  "model_version": "digits:3", "latency_ms": 8.0 + seq % 13, "throughput": 110.5,
-                  "mem_mb": 180.0, "cpu_pct": 41.0, "temp_c": 55.0, "battery_pct": 77.0,
-                  "power_w": 3.2, "inferences": 12, "errors": 0}
-                 for seq in range(start, min(start + BATCH, n_points))]
+        batch = [
+            {
+                "seq": seq,
+                "boot_id": boot,
+                "ts": now - (n_points - seq) * 0.001,
+                "model_version": "digits:3",
+                "latency_ms": 8.0 + seq % 13,
+                "throughput": 110.5,
+                "mem_mb": 180.0,
+                "cpu_pct": 41.0,
+                "temp_c": 55.0,
+                "battery_pct": 77.0,
+                "power_w": 3.2,
+                "inferences": 12,
+                "errors": 0,
+            }
+            for seq in range(start, min(start + BATCH, n_points))
+        ]
         bodies.append(json.dumps({"batch": batch}).encode())
         if resend_every and len(bodies) % resend_every == 0:
             bodies.append(bodies[-1])  # the same batch again: must not be counted twice
@@ -88,8 +97,9 @@ class RawHTTP:
             self._fill()
         head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
         lines = head.decode("latin-1").split("\r\n")
-        headers = {k.lower(): v.strip() for k, _sep, v in
-                   (line.partition(":") for line in lines[1:])}
+        headers = {
+            k.lower(): v.strip() for k, _sep, v in (line.partition(":") for line in lines[1:])
+        }
         length = int(headers.get("content-length", 0))
         while len(self.buffer) < length:
             self._fill()
@@ -111,9 +121,10 @@ class RawHTTP:
 
 
 def post_request(path: str, token: str, body: bytes) -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-            ).encode() + body
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
 
 
 def _post_all(port: int, token: str, bodies: list[bytes], out: list) -> None:
@@ -142,28 +153,31 @@ def _post_all(port: int, token: str, bodies: list[bytes], out: list) -> None:
 
 
 def _http_client(port, devices, n_points, resend_every, start_at, queue) -> None:
-    work = [(token, *make_batches(f"boot-{uid}", n_points, resend_every))
-            for uid, token in devices]
+    work = [(token, *make_batches(f"boot-{uid}", n_points, resend_every)) for uid, token in devices]
     while time.time() < start_at:
         time.sleep(0.001)
     began, cpu0 = time.time(), time.process_time()
     out: list = []
-    threads = [threading.Thread(target=_post_all, args=(port, token, bodies, out))
-               for token, bodies, _resends in work]
+    threads = [
+        threading.Thread(target=_post_all, args=(port, token, bodies, out))
+        for token, bodies, _resends in work
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    queue.put({"began": began, "ended": time.time(), "cpu": time.process_time() - cpu0,
-               "new": sum(o[0] for o in out),
-               "duplicates": sum(o[1] for o in out), "retries": sum(o[2] for o in out),
-               "resent": sum(w[2] for w in work), "requests": sum(len(w[1]) for w in work)})
-
-
-
-
-
-
+    queue.put(
+        {
+            "began": began,
+            "ended": time.time(),
+            "cpu": time.process_time() - cpu0,
+            "new": sum(o[0] for o in out),
+            "duplicates": sum(o[1] for o in out),
+            "retries": sum(o[2] for o in out),
+            "resent": sum(w[2] for w in work),
+            "requests": sum(len(w[1]) for w in work),
+        }
+    )
 
 
 # CPU time by role (PostgreSQL: every backend; the scratch database is the only busy one).
@@ -183,12 +197,16 @@ def bench_http(env, devices, args) -> dict:
     port = h.free_port()
     server = h.start_gunicorn(env, port, args.workers, args.threads)
     per_device = args.points // len(devices)
-    chunks = [devices[i::args.clients] for i in range(args.clients)]
+    chunks = [devices[i :: args.clients] for i in range(args.clients)]
     queue: multiprocessing.Queue = multiprocessing.Queue()
     start_at = time.time() + 3 + len(devices) * per_device / 400_000  # time to build bodies
     connection.close()
-    procs = [multiprocessing.Process(target=_http_client, args=(
-        port, chunk, per_device, args.resend_every, start_at, queue)) for chunk in chunks]
+    procs = [
+        multiprocessing.Process(
+            target=_http_client, args=(port, chunk, per_device, args.resend_every, start_at, queue)
+        )
+        for chunk in chunks
+    ]
     try:
         for proc in procs:
             proc.start()
@@ -204,15 +222,19 @@ def bench_http(env, devices, args) -> dict:
     seconds = max(r["ended"] for r in results) - min(r["began"] for r in results)
     unique = per_device * len(devices)
     stored = TelemetryPoint.objects.filter(device__uid__startswith="http-").count()
-    return {"unique": unique, "stored": stored, "seconds": seconds,
-            "points_per_s": unique / seconds,
-            "new": sum(r["new"] for r in results),
-            "duplicates": sum(r["duplicates"] for r in results),
-            "resent_batches": sum(r["resent"] for r in results),
-            "requests": sum(r["requests"] for r in results),
-            "retries": sum(r["retries"] for r in results),
-            "cpu": h.cpu_delta(cpu_before, cpu_after),
-            "client_cpu": sum(r["cpu"] for r in results)}
+    return {
+        "unique": unique,
+        "stored": stored,
+        "seconds": seconds,
+        "points_per_s": unique / seconds,
+        "new": sum(r["new"] for r in results),
+        "duplicates": sum(r["duplicates"] for r in results),
+        "resent_batches": sum(r["resent"] for r in results),
+        "requests": sum(r["requests"] for r in results),
+        "retries": sum(r["retries"] for r in results),
+        "cpu": h.cpu_delta(cpu_before, cpu_after),
+        "client_cpu": sum(r["cpu"] for r in results),
+    }
 
 
 def bench_copy(n_rows: int) -> dict:
@@ -226,15 +248,32 @@ def bench_copy(n_rows: int) -> dict:
     buffer = io.StringIO()
     for seq in range(n_rows):
         ts = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now - (n_rows - seq) * 0.001))
-        buffer.write(f"{device.pk}\tb\t{seq}\t{ts}+00\tdigits:3\t{8.0 + seq % 13}\t110.5\t180"
-                     "\t41\t55\t77\t3.2\t12\t0\n")
+        buffer.write(
+            f"{device.pk}\tb\t{seq}\t{ts}+00\tdigits:3\t{8.0 + seq % 13}\t110.5\t180"
+            "\t41\t55\t77\t3.2\t12\t0\n"
+        )
     buffer.seek(0)
-    columns = ("device_id", "boot_id", "seq", "ts", "model_version", "latency_ms", "throughput",
-               "mem_mb", "cpu_pct", "temp_c", "battery_pct", "power_w", "inferences", "errors")
+    columns = (
+        "device_id",
+        "boot_id",
+        "seq",
+        "ts",
+        "model_version",
+        "latency_ms",
+        "throughput",
+        "mem_mb",
+        "cpu_pct",
+        "temp_c",
+        "battery_pct",
+        "power_w",
+        "inferences",
+        "errors",
+    )
     began = time.perf_counter()
     with connection.cursor() as cursor:
         cursor.cursor.copy_expert(
-            f"COPY {TelemetryPoint._meta.db_table} ({', '.join(columns)}) FROM STDIN", buffer)
+            f"COPY {TelemetryPoint._meta.db_table} ({', '.join(columns)}) FROM STDIN", buffer
+        )
     seconds = time.perf_counter() - began
     return {"rows": n_rows, "seconds": seconds, "rows_per_s": n_rows / seconds}
 
@@ -258,8 +297,11 @@ def _mqtt_publisher(devices, n_points, start_at, queue) -> None:
     while time.time() < start_at:
         time.sleep(0.001)
     began = time.time()
-    infos = [client.publish(f"edgefleet/{uid}/telemetry", envelope, qos=1)
-             for uid, envelopes in work for envelope in envelopes]
+    infos = [
+        client.publish(f"edgefleet/{uid}/telemetry", envelope, qos=1)
+        for uid, envelopes in work
+        for envelope in envelopes
+    ]
     for info in infos:
         info.wait_for_publish(300)
     client.loop_stop()
@@ -273,17 +315,23 @@ def bench_mqtt(env, devices, n_points_total: int) -> dict:
     from devices.models import TelemetryPoint
 
     bridge_env = {**env, "MQTT_URL": MQTT_URL, "MQTT_CLIENT_ID": f"bench-bridge-{os.getpid()}"}
-    bridge = subprocess.Popen([PYTHON, "manage.py", "mqtt_bridge", "--no-acks"], cwd=ROOT,
-                              env=bridge_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              start_new_session=True)
+    bridge = subprocess.Popen(
+        [PYTHON, "manage.py", "mqtt_bridge", "--no-acks"],
+        cwd=ROOT,
+        env=bridge_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     time.sleep(3)  # connect and subscribe
     per_device = n_points_total // len(devices)
     expected = per_device * len(devices)
     queue: multiprocessing.Queue = multiprocessing.Queue()
     start_at = time.time() + 2 + expected / 400_000
     connection.close()
-    publisher = multiprocessing.Process(target=_mqtt_publisher,
-                                        args=(devices, per_device, start_at, queue))
+    publisher = multiprocessing.Process(
+        target=_mqtt_publisher, args=(devices, per_device, start_at, queue)
+    )
     publisher.start()
     try:
         result = queue.get(timeout=900)
@@ -299,8 +347,12 @@ def bench_mqtt(env, devices, n_points_total: int) -> dict:
     finally:
         h.stop(bridge)
     seconds = ended - result["began"]
-    return {"expected": expected, "stored": stored, "seconds": seconds,
-            "points_per_s": stored / seconds}
+    return {
+        "expected": expected,
+        "stored": stored,
+        "seconds": seconds,
+        "points_per_s": stored / seconds,
+    }
 
 
 # --- pages --------------------------------------------------------------------------------
@@ -311,9 +363,12 @@ def seed_fleet(n_devices: int, n_rows: int) -> dict:
 
     began = time.perf_counter()
     with connection.cursor() as cursor:
-        cursor.execute("INSERT INTO devices_devicegroup (name, description, created_at) "
-                       "SELECT 'group-' || g, '', now() FROM generate_series(1, 20) g")
-        cursor.execute("""
+        cursor.execute(
+            "INSERT INTO devices_devicegroup (name, description, created_at) "
+            "SELECT 'group-' || g, '', now() FROM generate_series(1, 20) g"
+        )
+        cursor.execute(
+            """
             INSERT INTO devices_device (uid, name, group_id, hardware_profile_id, inventory,
                 model_version, agent_version, status, last_seen, created_at)
             SELECT 'fleet-' || lpad(i::text, 6, '0'), '',
@@ -323,17 +378,22 @@ def seed_fleet(n_devices: int, n_rows: int) -> dict:
                    'digits:' || (i %% 4 + 1), '0.1.0',
                    CASE WHEN i %% 10 = 0 THEN 'offline' ELSE 'online' END,
                    now() - (i %% 600) * interval '1 second', now()
-            FROM generate_series(1, %s) i""", [n_devices])
+            FROM generate_series(1, %s) i""",
+            [n_devices],
+        )
         per_device = 10_000
         n_series = max(1, n_rows // per_device)
-        cursor.execute("""
+        cursor.execute(
+            """
             INSERT INTO devices_telemetrypoint (device_id, boot_id, seq, ts, model_version,
                 latency_ms, throughput, mem_mb, cpu_pct, temp_c, battery_pct, power_w,
                 inferences, errors)
             SELECT d.id, 'b', s, now() - (%s - s) * interval '1 second', 'digits:3',
                    8 + s %% 13, 100, 180, 40, 55, 77, 3, 10, 0
             FROM (SELECT id FROM devices_device WHERE uid LIKE 'fleet-%%' ORDER BY id LIMIT %s) d,
-                 generate_series(1, %s) s""", [per_device, n_series, per_device])
+                 generate_series(1, %s) s""",
+            [per_device, n_series, per_device],
+        )
         cursor.execute("ANALYZE")
     detail_uid = Device.objects.filter(uid__startswith="fleet-").order_by("pk").first().uid
     from django.utils import timezone
@@ -341,8 +401,11 @@ def seed_fleet(n_devices: int, n_rows: int) -> dict:
     from devices import metrics
 
     metrics.rollup(start=metrics.floor_minute(timezone.now()) - timedelta(hours=3))
-    return {"seconds": time.perf_counter() - began, "detail_uid": detail_uid,
-            "telemetry_rows": n_series * per_device}
+    return {
+        "seconds": time.perf_counter() - began,
+        "detail_uid": detail_uid,
+        "telemetry_rows": n_series * per_device,
+    }
 
 
 def time_pages(detail_uid: str, runs: int = 7) -> list[tuple[str, float, float]]:
@@ -377,8 +440,10 @@ def enroll_devices(prefix: str, count: int) -> list[tuple[str, str]]:
     from devices import services
 
     _token, value = services.create_enrollment_token(name=f"bench {prefix}")
-    return [(uid, services.enroll(value, {"uid": uid})[1])
-            for uid in (f"{prefix}-{i:03d}" for i in range(count))]
+    return [
+        (uid, services.enroll(value, {"uid": uid})[1])
+        for uid in (f"{prefix}-{i:03d}" for i in range(count))
+    ]
 
 
 def main() -> None:
@@ -388,12 +453,21 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=2, help="client processes")
     from fleet import gunicorn as production
 
-    parser.add_argument("--workers", type=int, default=production.workers,
-                        help="gunicorn workers (default: fleet/gunicorn.py's)")
-    parser.add_argument("--threads", type=int, default=production.threads,
-                        help="threads per gunicorn worker (default: fleet/gunicorn.py's)")
-    parser.add_argument("--resend-every", type=int, default=10,
-                        help="resend every Nth batch (0: none)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=production.workers,
+        help="gunicorn workers (default: fleet/gunicorn.py's)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=production.threads,
+        help="threads per gunicorn worker (default: fleet/gunicorn.py's)",
+    )
+    parser.add_argument(
+        "--resend-every", type=int, default=10, help="resend every Nth batch (0: none)"
+    )
     parser.add_argument("--mqtt-points", type=int, default=400_000)
     parser.add_argument("--mqtt-devices", type=int, default=8)
     parser.add_argument("--page-devices", type=int, default=100_000)
@@ -404,10 +478,16 @@ def main() -> None:
 
     db_url = h.recreate_database(BENCH_DB)
     redis_url = h.redis_url(9)
-    env = {**os.environ, "DATABASE_URL": db_url, "DEBUG": "0", "LOG_LEVEL": "WARNING",
-           **({"REDIS_URL": redis_url} if redis_url else {}),
-           "THROTTLE_DEVICE": "1000000/min", "DEVICE_MAX_INFLIGHT_INGEST": "64",
-           "DJANGO_SETTINGS_MODULE": "fleet.settings"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "DEBUG": "0",
+        "LOG_LEVEL": "WARNING",
+        **({"REDIS_URL": redis_url} if redis_url else {}),
+        "THROTTLE_DEVICE": "1000000/min",
+        "DEVICE_MAX_INFLIGHT_INGEST": "64",
+        "DJANGO_SETTINGS_MODULE": "fleet.settings",
+    }
     env.pop("MQTT_URL", None)
     os.environ.update(env)
     subprocess.run([PYTHON, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
@@ -415,58 +495,85 @@ def main() -> None:
 
     django.setup()
 
-    print(f"# EdgeFleet ingest benchmark · {os.cpu_count()} CPUs · PostgreSQL {BENCH_DB} · "
-          f"cache {redis_url or 'local memory (no Redis)'}")
+    print(
+        f"# EdgeFleet ingest benchmark · {os.cpu_count()} CPUs · PostgreSQL {BENCH_DB} · "
+        f"cache {redis_url or 'local memory (no Redis)'}"
+    )
     http_devices = enroll_devices("http", args.devices)
     result = bench_http(env, http_devices, args)
     exact = result["stored"] == result["unique"]
-    print(f"\nHTTP: {args.devices} devices, batches of {BATCH}, gunicorn {args.workers} "
-          f"workers × {args.threads} threads, {args.clients} client processes")
-    print(f"  requests {result['requests']} (resent batches {result['resent_batches']}, "
-          f"429/503 retries {result['retries']})")
-    print(f"  unique points {result['unique']:,}  stored {result['stored']:,}  "
-          f"new {result['new']:,}  duplicates answered {result['duplicates']:,}  "
-          f"→ {'EXACT' if exact else 'MISMATCH'}")
+    print(
+        f"\nHTTP: {args.devices} devices, batches of {BATCH}, gunicorn {args.workers} "
+        f"workers × {args.threads} threads, {args.clients} client processes"
+    )
+    print(
+        f"  requests {result['requests']} (resent batches {result['resent_batches']}, "
+        f"429/503 retries {result['retries']})"
+    )
+    print(
+        f"  unique points {result['unique']:,}  stored {result['stored']:,}  "
+        f"new {result['new']:,}  duplicates answered {result['duplicates']:,}  "
+        f"→ {'EXACT' if exact else 'MISMATCH'}"
+    )
     print(f"  {result['points_per_s']:,.0f} points/s  ({result['seconds']:.2f} s)")
     cpu = result["cpu"]
-    print(f"  CPU seconds: web {cpu['web']:.1f}, postgres {cpu['postgres']:.1f}, "
-          f"load clients {result['client_cpu']:.1f} (wall {result['seconds']:.1f} × "
-          f"{os.cpu_count()} cores); web CPU per 1000 points "
-          f"{cpu['web'] * 1000 / result['unique'] * 1000:.1f} ms")
+    print(
+        f"  CPU seconds: web {cpu['web']:.1f}, postgres {cpu['postgres']:.1f}, "
+        f"load clients {result['client_cpu']:.1f} (wall {result['seconds']:.1f} × "
+        f"{os.cpu_count()} cores); web CPU per 1000 points "
+        f"{cpu['web'] * 1000 / result['unique'] * 1000:.1f} ms"
+    )
     # Other processes may share the machine: what web + database + clients
     # needed per point, scaled to all cores, is the capacity of an idle machine.
     spent = cpu["web"] + cpu["postgres"] + result["client_cpu"]
     if spent:
-        print(f"  CPU-bound capacity on {os.cpu_count()} idle cores: "
-              f"{result['unique'] / spent * os.cpu_count():,.0f} points/s")
+        print(
+            f"  CPU-bound capacity on {os.cpu_count()} idle cores: "
+            f"{result['unique'] / spent * os.cpu_count():,.0f} points/s"
+        )
     copy = bench_copy(result["unique"])
     ratio = result["points_per_s"] / copy["rows_per_s"]
-    print(f"COPY ceiling: {copy['rows_per_s']:,.0f} rows/s ({copy['rows']:,} rows, "
-          f"{copy['seconds']:.2f} s) · HTTP/COPY = {ratio:.2f}")
+    print(
+        f"COPY ceiling: {copy['rows_per_s']:,.0f} rows/s ({copy['rows']:,} rows, "
+        f"{copy['seconds']:.2f} s) · HTTP/COPY = {ratio:.2f}"
+    )
 
-    summary = [("HTTP ingest ≥ 50,000 points/s, exact counts", f"{result['points_per_s']:,.0f}/s",
-                result["points_per_s"] >= 50_000 and exact)]
+    summary = [
+        (
+            "HTTP ingest ≥ 50,000 points/s, exact counts",
+            f"{result['points_per_s']:,.0f}/s",
+            result["points_per_s"] >= 50_000 and exact,
+        )
+    ]
     if not args.skip_mqtt:
         mqtt_devices = enroll_devices("mqtt", args.mqtt_devices)
         mqtt = bench_mqtt(env, mqtt_devices, args.mqtt_points)
         print(f"\nMQTT: {args.mqtt_devices} devices → Mosquitto → bridge → PostgreSQL")
-        print(f"  expected {mqtt['expected']:,}  stored {mqtt['stored']:,}  "
-              f"{mqtt['points_per_s']:,.0f} points/s ({mqtt['seconds']:.2f} s)")
-        summary.append(("MQTT ingest ≥ 20,000 points/s", f"{mqtt['points_per_s']:,.0f}/s",
-                        mqtt["points_per_s"] >= 20_000 and mqtt["stored"] == mqtt["expected"]))
+        print(
+            f"  expected {mqtt['expected']:,}  stored {mqtt['stored']:,}  "
+            f"{mqtt['points_per_s']:,.0f} points/s ({mqtt['seconds']:.2f} s)"
+        )
+        summary.append(
+            (
+                "MQTT ingest ≥ 20,000 points/s",
+                f"{mqtt['points_per_s']:,.0f}/s",
+                mqtt["points_per_s"] >= 20_000 and mqtt["stored"] == mqtt["expected"],
+            )
+        )
     if not args.skip_pages:
         seeded = seed_fleet(args.page_devices, args.page_rows)
         from devices.models import Device, TelemetryPoint
 
-        print(f"\nPages: {Device.objects.count():,} devices, "
-              f"{TelemetryPoint.objects.count():,} telemetry rows "
-              f"(seeded in {seeded['seconds']:.0f} s); server time, median / max of 7, ms")
+        print(
+            f"\nPages: {Device.objects.count():,} devices, "
+            f"{TelemetryPoint.objects.count():,} telemetry rows "
+            f"(seeded in {seeded['seconds']:.0f} s); server time, median / max of 7, ms"
+        )
         worst = 0.0
         for name, median, worst_run in time_pages(seeded["detail_uid"]):
             print(f"  {name:<28} {median:8.1f} {worst_run:8.1f}")
             worst = max(worst, median)
-        summary.append(("dashboard pages < 300 ms (median)", f"worst {worst:.0f} ms",
-                        worst < 300))
+        summary.append(("dashboard pages < 300 ms (median)", f"worst {worst:.0f} ms", worst < 300))
     print("\nTargets:")
     for name, value, ok in summary:
         print(f"  {'PASS' if ok else 'FAIL'}  {name:<45} {value}")

@@ -30,8 +30,12 @@ def main() -> int:
     parser.add_argument("--recipes", default="", help="comma-separated; default DEFAULT_RECIPES")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="edgefleet-bench-jobs-"))
-    os.environ.update(EDGEFLEET_VAR_DIR=str(root), DATABASE_URL=f"sqlite:///{root}/db.sqlite3",
-                      MEDIA_ROOT=str(root / "media"), DJANGO_SETTINGS_MODULE="fleet.settings")
+    os.environ.update(
+        EDGEFLEET_VAR_DIR=str(root),
+        DATABASE_URL=f"sqlite:///{root}/db.sqlite3",
+        MEDIA_ROOT=str(root / "media"),
+        DJANGO_SETTINGS_MODULE="fleet.settings",
+    )
     import django
 
     django.setup()
@@ -47,31 +51,47 @@ def main() -> int:
     model_path, cal_path, eval_path = ensure_data(root / "data")
     model = services.create_model(name="mobilenetv2", task=ModelTask.CLASSIFICATION)
     version = services.register_version(
-        model, model_path, original_filename="mobilenetv2.onnx").version
-    cal = services.register_dataset(cal_path, name="cal", purpose="calibration",
-                                              original_filename="cal.npz", model=model)
-    ev = services.register_dataset(eval_path, name="eval", purpose="evaluation",
-                                             original_filename="eval.npz", model=model)
+        model, model_path, original_filename="mobilenetv2.onnx"
+    ).version
+    cal = services.register_dataset(
+        cal_path, name="cal", purpose="calibration", original_filename="cal.npz", model=model
+    )
+    ev = services.register_dataset(
+        eval_path, name="eval", purpose="evaluation", original_filename="eval.npz", model=model
+    )
     profile = HardwareProfile.objects.get(slug=args.profile)
     recipes = [r for r in args.recipes.split(",") if r] or list(DEFAULT_RECIPES)
-    job = jobs.create_job(version, mode=JobMode.RECIPES, recipes=recipes,
-                                    hardware_profile=profile, calibration=cal, evaluation=ev,
-                                    time_budget_s=1800, enqueue=False)
+    job = jobs.create_job(
+        version,
+        mode=JobMode.RECIPES,
+        recipes=recipes,
+        hardware_profile=profile,
+        calibration=cal,
+        evaluation=ev,
+        time_budget_s=1800,
+        enqueue=False,
+    )
     started = time.monotonic()
     outcome = runner.run_job(job.pk)
     wall = time.monotonic() - started
     job.refresh_from_db()
-    print(f"model {version.size_bytes / 1e6:.1f} MB, {version.parameters} params; "
-          f"profile {profile.slug} ({job.result.get('threads')} thread(s)); {os.cpu_count()} cores")
+    print(
+        f"model {version.size_bytes / 1e6:.1f} MB, {version.parameters} params; "
+        f"profile {profile.slug} ({job.result.get('threads')} thread(s)); {os.cpu_count()} cores"
+    )
     print(f"{'recipe':<22} {'p50 ms':>9} {'p50 x':>7} {'size x':>7} {'fidelity':>9}  error")
     for c in job.candidates.order_by("pk"):
         m = c.metrics or {}
-        print(f"{c.recipe:<22} {m.get('p50_ms', float('nan')):>9.2f} "
-              f"{m.get('p50_ratio', float('nan')):>7.2f} {m.get('size_ratio', float('nan')):>7.2f} "
-              f"{m.get('fidelity') if m.get('fidelity') is not None else float('nan'):>9.4f}  "
-              f"{c.error[:60]}")
-    print(f"job {outcome}: {len(recipes)} recipes + fp32 measured and registered in {wall:.1f} s "
-          f"wall (engine search {job.result.get('seconds')} s); target < 180 s")
+        print(
+            f"{c.recipe:<22} {m.get('p50_ms', float('nan')):>9.2f} "
+            f"{m.get('p50_ratio', float('nan')):>7.2f} {m.get('size_ratio', float('nan')):>7.2f} "
+            f"{m.get('fidelity') if m.get('fidelity') is not None else float('nan'):>9.4f}  "
+            f"{c.error[:60]}"
+        )
+    print(
+        f"job {outcome}: {len(recipes)} recipes + fp32 measured and registered in {wall:.1f} s "
+        f"wall (engine search {job.result.get('seconds')} s); target < 180 s"
+    )
     return 0 if outcome == "succeeded" and wall < 180 else 1
 
 

@@ -51,8 +51,14 @@ ENDPOINTS = ("enroll", "checkin", "telemetry", "logs", "status")
 def failures(stats: dict) -> dict[str, int]:
     """Counters of the simulator summary that mean a request failed."""
     ok = {"checkin_200", "checkin_204", "checkin_304"}
-    return {k: v for k, v in stats.items() if isinstance(v, int) and v and k not in ok and (
-        k.startswith(("checkin_", "enroll_", "report_")) or k == "step_errors")}
+    return {
+        k: v
+        for k, v in stats.items()
+        if isinstance(v, int)
+        and v
+        and k not in ok
+        and (k.startswith(("checkin_", "enroll_", "report_")) or k == "step_errors")
+    }
 
 
 def main() -> None:
@@ -63,16 +69,25 @@ def main() -> None:
     parser.add_argument("--duration-s", type=float, default=600)
     parser.add_argument("--poll-interval-s", type=float, default=30)
     parser.add_argument("--telemetry-interval-s", type=float, default=10)
-    parser.add_argument("--workers", type=int, default=production.workers,
-                        help="gunicorn workers (default: fleet/gunicorn.py's)")
-    parser.add_argument("--threads", type=int, default=production.threads,
-                        help="threads per gunicorn worker (default: fleet/gunicorn.py's)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=production.workers,
+        help="gunicorn workers (default: fleet/gunicorn.py's)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=production.threads,
+        help="threads per gunicorn worker (default: fleet/gunicorn.py's)",
+    )
     # Few simulator threads: they share one GIL, and with 16-32 the latency they
     # measured was mostly their own queueing (10k devices, 120 s: p99 59 ms with
     # 32, 26 ms with 16, 14 ms with 8, the same ~1,150 requests/s from 8 and 16).
     parser.add_argument("--concurrency", type=int, default=8, help="simulator worker threads")
-    parser.add_argument("--ramp-s", type=float, default=10,
-                        help="spread the devices' first steps over this")
+    parser.add_argument(
+        "--ramp-s", type=float, default=10, help="spread the devices' first steps over this"
+    )
     parser.add_argument("--timeout-s", type=float, default=15, help="per request, as the agent")
     parser.add_argument("--redis-db", type=int, default=7)
     args = parser.parse_args()
@@ -85,15 +100,23 @@ def main() -> None:
 
     redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5).flushdb()
     db_url = h.recreate_database(BENCH_DB)
-    env = {**os.environ, "DATABASE_URL": db_url, "REDIS_URL": redis_url,
-           "CELERY_BROKER_URL": redis_url, "DEBUG": "0", "LOG_LEVEL": "WARNING",
-           "THROTTLE_DEVICE": "1000000/min", "DEVICE_MAX_INFLIGHT_INGEST": "64",
-           "OTA_POLL_INTERVAL_S": str(round(args.poll_interval_s)),
-           "DJANGO_SETTINGS_MODULE": "fleet.settings"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "REDIS_URL": redis_url,
+        "CELERY_BROKER_URL": redis_url,
+        "DEBUG": "0",
+        "LOG_LEVEL": "WARNING",
+        "THROTTLE_DEVICE": "1000000/min",
+        "DEVICE_MAX_INFLIGHT_INGEST": "64",
+        "OTA_POLL_INTERVAL_S": str(round(args.poll_interval_s)),
+        "DJANGO_SETTINGS_MODULE": "fleet.settings",
+    }
     env.pop("MQTT_URL", None)
     os.environ.update(env)
-    subprocess.run([h.PYTHON, "manage.py", "migrate", "-v", "0"], cwd=h.ROOT, env=env,
-                   check=True, timeout=600)
+    subprocess.run(
+        [h.PYTHON, "manage.py", "migrate", "-v", "0"], cwd=h.ROOT, env=env, check=True, timeout=600
+    )
     import django
 
     django.setup()
@@ -103,8 +126,9 @@ def main() -> None:
     from devices.models import Device, TelemetryPoint
     from ota import keys
 
-    _token, enrollment = services.create_enrollment_token(name="fleet benchmark",
-                                                          max_uses=args.devices)
+    _token, enrollment = services.create_enrollment_token(
+        name="fleet benchmark", max_uses=args.devices
+    )
     state = Path(tempfile.mkdtemp(prefix="fleetbench-")) / "fleet.json"
     enroll_began = time.perf_counter()
     server_key = keys.active_key().public_key_b64
@@ -118,25 +142,59 @@ def main() -> None:
 
     port = h.free_port()
     server = h.start_gunicorn(env, port, args.workers, args.threads)
-    roles = {"web (gunicorn)": lambda c: "gunicorn" in c and f"127.0.0.1:{port}" in c,
-             "simulator": lambda c: "devices.agent.simulate" in c,
-             # Backends that exit before the second snapshot (connections recycled
-             # after DB_CONN_MAX_AGE) are not counted: a lower bound.
-             "postgres (lower bound)": lambda c: c.startswith("postgres"),
-             "redis": lambda c: "redis-server" in c}
-    command = [h.PYTHON, "-m", "devices.agent.simulate", "--server", f"http://127.0.0.1:{port}",
-               "--enrollment-token", enrollment, "--devices", str(args.devices),
-               "--duration-s", str(args.duration_s), "--poll-interval-s",
-               str(args.poll_interval_s), "--telemetry-interval-s", str(args.telemetry_interval_s),
-               "--concurrency", str(args.concurrency), "--ramp-s", str(ramp_s),
-               "--timeout-s", str(args.timeout_s), "--uid-prefix", UID_PREFIX,
-               "--preinstalled", "factory:1", "--state-file", str(state)]
-    cpu_before, busy_before, began = h.process_cpu_seconds(roles), h.machine_cpu_seconds(), \
-        time.time()
+    roles = {
+        "web (gunicorn)": lambda c: "gunicorn" in c and f"127.0.0.1:{port}" in c,
+        "simulator": lambda c: "devices.agent.simulate" in c,
+        # Backends that exit before the second snapshot (connections recycled
+        # after DB_CONN_MAX_AGE) are not counted: a lower bound.
+        "postgres (lower bound)": lambda c: c.startswith("postgres"),
+        "redis": lambda c: "redis-server" in c,
+    }
+    command = [
+        h.PYTHON,
+        "-m",
+        "devices.agent.simulate",
+        "--server",
+        f"http://127.0.0.1:{port}",
+        "--enrollment-token",
+        enrollment,
+        "--devices",
+        str(args.devices),
+        "--duration-s",
+        str(args.duration_s),
+        "--poll-interval-s",
+        str(args.poll_interval_s),
+        "--telemetry-interval-s",
+        str(args.telemetry_interval_s),
+        "--concurrency",
+        str(args.concurrency),
+        "--ramp-s",
+        str(ramp_s),
+        "--timeout-s",
+        str(args.timeout_s),
+        "--uid-prefix",
+        UID_PREFIX,
+        "--preinstalled",
+        "factory:1",
+        "--state-file",
+        str(state),
+    ]
+    cpu_before, busy_before, began = (
+        h.process_cpu_seconds(roles),
+        h.machine_cpu_seconds(),
+        time.time(),
+    )
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
-        done = subprocess.run(command, cwd=h.ROOT, env=env, capture_output=True, text=True,
-                              timeout=args.duration_s + 300, check=False)
+        done = subprocess.run(
+            command,
+            cwd=h.ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=args.duration_s + 300,
+            check=False,
+        )
     finally:
         wall = time.time() - began
         cpu_after, busy_after = h.process_cpu_seconds(roles), h.machine_cpu_seconds()
@@ -152,58 +210,79 @@ def main() -> None:
     latency = stats.get("latency", {})
     cpu = h.cpu_delta(cpu_before, cpu_after)
     # The simulator has exited by the second snapshot: its CPU comes from rusage.
-    cpu["simulator"] = (children_after.ru_utime + children_after.ru_stime
-                        - children_before.ru_utime - children_before.ru_stime)
+    cpu["simulator"] = (
+        children_after.ru_utime
+        + children_after.ru_stime
+        - children_before.ru_utime
+        - children_before.ru_stime
+    )
     cores = os.cpu_count()
 
-    print(f"# EdgeFleet fleet benchmark · {cores} CPUs shared by server, PostgreSQL, Redis, "
-          f"the simulator and anything else running · PostgreSQL {BENCH_DB} · Redis db "
-          f"{args.redis_db}")
-    print(f"{args.devices:,} simulated devices ({registered:,} registered, enrolled "
-          f"beforehand in {enroll_s:.0f} s), poll every {args.poll_interval_s:g} s, telemetry "
-          f"every {args.telemetry_interval_s:g} s, {args.duration_s:g} s (wall "
-          f"{wall:.0f} s, first steps spread over {ramp_s:g} s); gunicorn "
-          f"{production.worker_class} {args.workers} workers × {args.threads} threads; "
-          f"simulator {args.concurrency} threads, new connection per request, as the agent")
-    nominal = {"checkin": args.devices * args.duration_s / (args.poll_interval_s * 1.1),
-               "telemetry": args.devices * args.duration_s / args.telemetry_interval_s}
-    print("\n| endpoint | requests | requests/s | nominal/s | p50 ms | p95 ms | p99 ms "
-          "| max ms |")
+    print(
+        f"# EdgeFleet fleet benchmark · {cores} CPUs shared by server, PostgreSQL, Redis, "
+        f"the simulator and anything else running · PostgreSQL {BENCH_DB} · Redis db "
+        f"{args.redis_db}"
+    )
+    print(
+        f"{args.devices:,} simulated devices ({registered:,} registered, enrolled "
+        f"beforehand in {enroll_s:.0f} s), poll every {args.poll_interval_s:g} s, telemetry "
+        f"every {args.telemetry_interval_s:g} s, {args.duration_s:g} s (wall "
+        f"{wall:.0f} s, first steps spread over {ramp_s:g} s); gunicorn "
+        f"{production.worker_class} {args.workers} workers × {args.threads} threads; "
+        f"simulator {args.concurrency} threads, new connection per request, as the agent"
+    )
+    nominal = {
+        "checkin": args.devices * args.duration_s / (args.poll_interval_s * 1.1),
+        "telemetry": args.devices * args.duration_s / args.telemetry_interval_s,
+    }
+    print("\n| endpoint | requests | requests/s | nominal/s | p50 ms | p95 ms | p99 ms | max ms |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name in ENDPOINTS:
         row = latency.get(name)
         if not row:
             continue
         expected = nominal.get(name)
-        print(f"| {name} | {row['count']:,} | {row['count'] / wall:,.1f} | "
-              f"{f'{expected / args.duration_s:,.1f}' if expected else '–'} | "
-              f"{row['p50_ms']:.1f} | {row['p95_ms']:.1f} | {row['p99_ms']:.1f} | "
-              f"{row['max_ms']:.1f} |")
+        print(
+            f"| {name} | {row['count']:,} | {row['count'] / wall:,.1f} | "
+            f"{f'{expected / args.duration_s:,.1f}' if expected else '–'} | "
+            f"{row['p50_ms']:.1f} | {row['p95_ms']:.1f} | {row['p99_ms']:.1f} | "
+            f"{row['max_ms']:.1f} |"
+        )
     lag = stats.get("schedule_lag") or {}
     if lag.get("count"):
-        print(f"\nschedule lag (a device's step started after it was due, the simulator's own "
-              f"queueing): p50 {lag['p50_ms']:.1f} ms, p95 {lag['p95_ms']:.1f}, p99 "
-              f"{lag['p99_ms']:.1f}, max {lag['max_ms']:.1f}; telemetry ticks missed "
-              f"{stats.get('telemetry_ticks_missed', 0):,}")
+        print(
+            f"\nschedule lag (a device's step started after it was due, the simulator's own "
+            f"queueing): p50 {lag['p50_ms']:.1f} ms, p95 {lag['p95_ms']:.1f}, p99 "
+            f"{lag['p99_ms']:.1f}, max {lag['max_ms']:.1f}; telemetry ticks missed "
+            f"{stats.get('telemetry_ticks_missed', 0):,}"
+        )
     statuses = {k: v for k, v in stats.items() if k.startswith("checkin_")}
     print(f"\ncheck-in statuses: {json.dumps(statuses)}")
     print(f"failed requests: {sum(failed.values())} {json.dumps(failed) if failed else ''}")
-    print(f"telemetry points sent {sent:,} · rows stored {stored:,} → "
-          f"{'EQUAL' if sent == stored else 'MISMATCH'}")
+    print(
+        f"telemetry points sent {sent:,} · rows stored {stored:,} → "
+        f"{'EQUAL' if sent == stored else 'MISMATCH'}"
+    )
     busy = busy_after - busy_before
-    print(f"\nCPU seconds over {wall:.0f} s wall ({cores} cores = {wall * cores:.0f} "
-          f"core-seconds): " + ", ".join(f"{k} {v:.0f} ({v / wall * 100:.0f} % of one core)"
-                                         for k, v in cpu.items())
-          + f"; whole machine busy {busy:.0f} ({busy / (wall * cores) * 100:.0f} %)")
+    print(
+        f"\nCPU seconds over {wall:.0f} s wall ({cores} cores = {wall * cores:.0f} "
+        f"core-seconds): "
+        + ", ".join(f"{k} {v:.0f} ({v / wall * 100:.0f} % of one core)" for k, v in cpu.items())
+        + f"; whole machine busy {busy:.0f} ({busy / (wall * cores) * 100:.0f} %)"
+    )
     requests = sum(row["count"] for row in latency.values())
     if requests:
-        print(f"web CPU per request: {cpu['web (gunicorn)'] * 1000 / requests:.2f} ms "
-              f"({requests:,} requests)")
+        print(
+            f"web CPU per request: {cpu['web (gunicorn)'] * 1000 / requests:.2f} ms "
+            f"({requests:,} requests)"
+        )
     p99 = latency.get("checkin", {}).get("p99_ms", float("inf"))
     ok = not failed and sent == stored and sent > 0
-    print(f"\ntargets: zero failed requests, points stored = points sent: "
-          f"{'MET' if ok else 'NOT MET'}; check-in p99 {p99:.1f} ms "
-          f"({'<' if p99 < 50 else '≥'} 50 ms, the issue 6 target)")
+    print(
+        f"\ntargets: zero failed requests, points stored = points sent: "
+        f"{'MET' if ok else 'NOT MET'}; check-in p99 {p99:.1f} ms "
+        f"({'<' if p99 < 50 else '≥'} 50 ms, the issue 6 target)"
+    )
 
 
 if __name__ == "__main__":

@@ -11,10 +11,12 @@ from compression.workers import training_workers
 class ModelUploadForm(forms.Form):
     name = forms.CharField(label=_("Name"), max_length=120)
     task = forms.ChoiceField(label=_("Task"), choices=ModelTask.choices)
-    description = forms.CharField(label=_("Description"), required=False, widget=forms.Textarea(
-        attrs={"rows": 2}))
-    file = forms.FileField(label=_("ONNX file"), widget=forms.ClearableFileInput(
-        attrs={"accept": ".onnx"}))
+    description = forms.CharField(
+        label=_("Description"), required=False, widget=forms.Textarea(attrs={"rows": 2})
+    )
+    file = forms.FileField(
+        label=_("ONNX file"), widget=forms.ClearableFileInput(attrs={"accept": ".onnx"})
+    )
 
     def clean_name(self):
         name = self.cleaned_data["name"].strip()
@@ -24,16 +26,18 @@ class ModelUploadForm(forms.Form):
 
 
 class VersionUploadForm(forms.Form):
-    file = forms.FileField(label=_("ONNX file"), widget=forms.ClearableFileInput(
-        attrs={"accept": ".onnx"}))
+    file = forms.FileField(
+        label=_("ONNX file"), widget=forms.ClearableFileInput(attrs={"accept": ".onnx"})
+    )
     notes = forms.CharField(label=_("Notes"), required=False)
 
 
 class DatasetUploadForm(forms.Form):
     name = forms.CharField(label=_("Name"), max_length=120)
     purpose = forms.ChoiceField(label=_("Purpose"), choices=DatasetPurpose.choices)
-    file = forms.FileField(label=_(".npz file"), widget=forms.ClearableFileInput(
-        attrs={"accept": ".npz"}))
+    file = forms.FileField(
+        label=_(".npz file"), widget=forms.ClearableFileInput(attrs={"accept": ".npz"})
+    )
 
 
 def _recipe_choices():
@@ -45,51 +49,92 @@ def _recipe_choices():
 class JobForm(forms.Form):
     """Start a compression job from a version; choices are limited to that model's data."""
 
-    mode = forms.ChoiceField(label=_("Mode"), choices=JobMode.choices, initial=JobMode.AUTO,
-                             widget=forms.RadioSelect)
+    mode = forms.ChoiceField(
+        label=_("Mode"), choices=JobMode.choices, initial=JobMode.AUTO, widget=forms.RadioSelect
+    )
     recipes = forms.MultipleChoiceField(
-        label=_("Recipes"), required=False, widget=forms.CheckboxSelectMultiple,
-        help_text=_("Explicit mode runs these; auto mode searches them (none ticked: the "
-                    "default search set)."))
+        label=_("Recipes"),
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text=_(
+            "Explicit mode runs these; auto mode searches them (none ticked: the "
+            "default search set)."
+        ),
+    )
     max_latency_ms = forms.FloatField(label=JOB_KPIS["max_latency_ms"][0], required=False)
     max_accuracy_drop = forms.FloatField(label=JOB_KPIS["max_accuracy_drop"][0], required=False)
     min_fidelity = forms.FloatField(
-        label=JOB_KPIS["min_fidelity"][0], required=False,
+        label=JOB_KPIS["min_fidelity"][0],
+        required=False,
         help_text=format_lazy(
-            _("Agreement with the original on each output's task metric (top-1 class, "
-              "decoded sequence, exact index, box IoU or cosine). Left empty with no "
-              "accuracy KPI: the default quality floor {floor} applies."),
-            floor=DEFAULT_QUALITY_FLOOR))
+            _(
+                "Agreement with the original on each output's task metric (top-1 class, "
+                "decoded sequence, exact index, box IoU or cosine). Left empty with no "
+                "accuracy KPI: the default quality floor {floor} applies."
+            ),
+            floor=DEFAULT_QUALITY_FLOOR,
+        ),
+    )
     max_size_mb = forms.FloatField(label=JOB_KPIS["max_size_mb"][0], required=False)
     hardware_profile = forms.ModelChoiceField(
-        label=_("Hardware profile"), queryset=None, required=False,
-        help_text=_("Latency is measured on this server with the profile's thread count: an "
-                    "estimate for the device."))
-    calibration = forms.ModelChoiceField(label=_("Calibration data"), queryset=None,
-                                         required=False)
-    calibration_file = forms.FileField(label=_("…or upload calibration .npz"), required=False,
-                                       widget=forms.ClearableFileInput(attrs={"accept": ".npz"}))
+        label=_("Hardware profile"),
+        queryset=None,
+        required=False,
+        help_text=_(
+            "Latency is measured on this server with the profile's thread count: an "
+            "estimate for the device."
+        ),
+    )
+    calibration = forms.ModelChoiceField(label=_("Calibration data"), queryset=None, required=False)
+    calibration_file = forms.FileField(
+        label=_("…or upload calibration .npz"),
+        required=False,
+        widget=forms.ClearableFileInput(attrs={"accept": ".npz"}),
+    )
     evaluation = forms.ModelChoiceField(
-        label=_("Evaluation data"), queryset=None, required=False,
-        help_text=_("Latency is timed on its samples' own shapes. None: latency-only mode "
-                    "(generated inputs, fidelity unknown)."))
-    evaluation_file = forms.FileField(label=_("…or upload evaluation .npz"), required=False,
-                                      widget=forms.ClearableFileInput(attrs={"accept": ".npz"}))
-    time_budget_s = forms.IntegerField(label=_("Time budget (s)"), initial=600, min_value=10,
-                                       max_value=6 * 3600)
+        label=_("Evaluation data"),
+        queryset=None,
+        required=False,
+        help_text=_(
+            "Latency is timed on its samples' own shapes. None: latency-only mode "
+            "(generated inputs, fidelity unknown)."
+        ),
+    )
+    evaluation_file = forms.FileField(
+        label=_("…or upload evaluation .npz"),
+        required=False,
+        widget=forms.ClearableFileInput(attrs={"accept": ".npz"}),
+    )
+    time_budget_s = forms.IntegerField(
+        label=_("Time budget (s)"), initial=600, min_value=10, max_value=6 * 3600
+    )
     training = forms.BooleanField(
-        label=_("Auto: also train (QAT; pruning is fine-tuned)"), required=False,
-        help_text=_("Training recipes run on a worker with the training extra (PyTorch)."))
-    epochs = forms.IntegerField(label=_("Training epochs (distill, QAT)"), required=False,
-                                min_value=1, max_value=200)
+        label=_("Auto: also train (QAT; pruning is fine-tuned)"),
+        required=False,
+        help_text=_("Training recipes run on a worker with the training extra (PyTorch)."),
+    )
+    epochs = forms.IntegerField(
+        label=_("Training epochs (distill, QAT)"), required=False, min_value=1, max_value=200
+    )
     finetune_epochs = forms.IntegerField(
-        label=_("Pruning fine-tune epochs"), required=False, min_value=0, max_value=200,
-        help_text=_("0 turns the recovery fine-tune off; empty: the default."))
+        label=_("Pruning fine-tune epochs"),
+        required=False,
+        min_value=0,
+        max_value=200,
+        help_text=_("0 turns the recovery fine-tune off; empty: the default."),
+    )
     distill_student = forms.ModelChoiceField(
-        label=_("Distillation student"), queryset=None, required=False,
-        empty_label=_("a pruned copy of this version"))
-    distill_ratio = forms.FloatField(label=_("Student channel ratio removed (0–1)"),
-                                     required=False, min_value=0.05, max_value=0.95)
+        label=_("Distillation student"),
+        queryset=None,
+        required=False,
+        empty_label=_("a pruned copy of this version"),
+    )
+    distill_ratio = forms.FloatField(
+        label=_("Student channel ratio removed (0–1)"),
+        required=False,
+        min_value=0.05,
+        max_value=0.95,
+    )
 
     def __init__(self, *args, model: MLModel, **kwargs):
         from devices.models import HardwareProfile
@@ -101,8 +146,7 @@ class JobForm(forms.Form):
         self.fields["training"].initial = bool(self.training_workers)
         self.fields["hardware_profile"].queryset = HardwareProfile.objects.order_by("name")
         datasets = Dataset.objects.filter(model=model)
-        self.fields["calibration"].queryset = datasets.filter(
-            purpose=DatasetPurpose.CALIBRATION)
+        self.fields["calibration"].queryset = datasets.filter(purpose=DatasetPurpose.CALIBRATION)
         self.fields["evaluation"].queryset = datasets.filter(purpose=DatasetPurpose.EVALUATION)
         for name in ("calibration", "evaluation"):
             first = self.fields[name].queryset.first()
@@ -111,12 +155,16 @@ class JobForm(forms.Form):
 
     def options(self) -> dict:
         data = self.cleaned_data
-        distill = {"ratio": data.get("distill_ratio"),
-                   "student_version": data["distill_student"].pk
-                   if data.get("distill_student") else None}
-        return {"training": bool(data.get("training")), "epochs": data.get("epochs"),
-                "finetune_epochs": data.get("finetune_epochs"),
-                "distill": {k: v for k, v in distill.items() if v is not None}}
+        distill = {
+            "ratio": data.get("distill_ratio"),
+            "student_version": data["distill_student"].pk if data.get("distill_student") else None,
+        }
+        return {
+            "training": bool(data.get("training")),
+            "epochs": data.get("epochs"),
+            "finetune_epochs": data.get("finetune_epochs"),
+            "distill": {k: v for k, v in distill.items() if v is not None},
+        }
 
     def kpis(self) -> dict:
         return {k: self.cleaned_data[k] for k in JOB_KPIS if self.cleaned_data.get(k) is not None}

@@ -53,13 +53,15 @@ def _check_recipes(mode: str, recipes: list[str] | None) -> list[str]:
         try:
             resolve(recipe)
         except EngineError:
-            raise JobRejected("unknown_recipe", _("Unknown recipe %(r)r.") % {"r": recipe},
-                              "recipes") from None
+            raise JobRejected(
+                "unknown_recipe", _("Unknown recipe %(r)r.") % {"r": recipe}, "recipes"
+            ) from None
     if len(set(recipes)) != len(recipes):
         raise JobRejected("duplicate_recipe", _("A recipe is listed twice."), "recipes")
     if "fp32" in recipes:
-        raise JobRejected("unknown_recipe", _("fp32 is the original; it is always measured."),
-                          "recipes")
+        raise JobRejected(
+            "unknown_recipe", _("fp32 is the original; it is always measured."), "recipes"
+        )
     return recipes
 
 
@@ -73,17 +75,28 @@ def _check_kpis(kpis: dict | None) -> dict:
         if value is None or value == "":
             continue
         if name not in JOB_KPIS:
-            raise JobRejected("bad_kpi", _("Unknown KPI %(k)r; known: %(known)s.")
-                              % {"k": name, "known": ", ".join(JOB_KPIS)}, "kpis")
+            raise JobRejected(
+                "bad_kpi",
+                _("Unknown KPI %(k)r; known: %(known)s.")
+                % {"k": name, "known": ", ".join(JOB_KPIS)},
+                "kpis",
+            )
         label, low, high = JOB_KPIS[name]
         try:
             number = float(value)
         except (TypeError, ValueError):
             number = math.nan
-        if isinstance(value, bool) or not math.isfinite(number) or number <= low or (
-                high is not None and number > high):
-            raise JobRejected("bad_kpi", _("%(label)s: %(v)r is out of range.")
-                              % {"label": label, "v": value}, "kpis")
+        if (
+            isinstance(value, bool)
+            or not math.isfinite(number)
+            or number <= low
+            or (high is not None and number > high)
+        ):
+            raise JobRejected(
+                "bad_kpi",
+                _("%(label)s: %(v)r is out of range.") % {"label": label, "v": value},
+                "kpis",
+            )
         clean[name] = number
     return clean
 
@@ -95,8 +108,11 @@ def _check_dataset(dataset: Dataset | None, source: ModelVersion, field: str) ->
     try:
         check_contract(dataset.arrays, source.inputs, name=dataset.name)
     except DatasetError as exc:
-        raise JobRejected("dataset_mismatch", _("Dataset %(d)s does not fit the model: %(e)s")
-                          % {"d": dataset.name, "e": exc}, field) from None
+        raise JobRejected(
+            "dataset_mismatch",
+            _("Dataset %(d)s does not fit the model: %(e)s") % {"d": dataset.name, "e": exc},
+            field,
+        ) from None
 
 
 def _int_option(options: dict, key: str, low: int, high: int) -> None:
@@ -109,8 +125,12 @@ def _int_option(options: dict, key: str, low: int, high: int) -> None:
     except (TypeError, ValueError):
         number = low - 1
     if isinstance(value, bool) or not low <= number <= high or str(number) != str(value).strip():
-        raise JobRejected("bad_option", _("%(k)s must be a whole number from %(a)s to %(b)s.")
-                          % {"k": key, "a": low, "b": high}, key)
+        raise JobRejected(
+            "bad_option",
+            _("%(k)s must be a whole number from %(a)s to %(b)s.")
+            % {"k": key, "a": low, "b": high},
+            key,
+        )
     options[key] = number
 
 
@@ -122,8 +142,9 @@ def _check_options(options: dict | None, source: ModelVersion) -> dict:
         raise JobRejected("bad_option", _("Options must be an object."), "options")
     unknown = sorted(set(options) - {"training", "epochs", "finetune_epochs", "distill"})
     if unknown:
-        raise JobRejected("bad_option", _("Unknown option(s): %(o)s.")
-                          % {"o": ", ".join(unknown)}, "options")
+        raise JobRejected(
+            "bad_option", _("Unknown option(s): %(o)s.") % {"o": ", ".join(unknown)}, "options"
+        )
     clean = dict(options)
     clean["training"] = bool(clean.get("training", False))
     _int_option(clean, "epochs", 1, 200)
@@ -138,16 +159,21 @@ def _check_options(options: dict | None, source: ModelVersion) -> dict:
         except (TypeError, ValueError):
             ratio = math.nan
         if isinstance(distill["ratio"], bool) or not 0 < ratio < 1:
-            raise JobRejected("bad_option", _("The student ratio must be between 0 and 1."),
-                              "distill_ratio")
+            raise JobRejected(
+                "bad_option", _("The student ratio must be between 0 and 1."), "distill_ratio"
+            )
         distill["ratio"] = ratio
     if "student_version" in distill:
         student = ModelVersion.objects.filter(
             pk=distill["student_version"] if str(distill["student_version"]).isdigit() else -1,
-            model=source.model).first()
+            model=source.model,
+        ).first()
         if student is None or student.pk == source.pk:
-            raise JobRejected("bad_option", _("The student must be another version of this "
-                                              "model."), "distill_student")
+            raise JobRejected(
+                "bad_option",
+                _("The student must be another version of this model."),
+                "distill_student",
+            )
         distill["student_version"] = student.pk
     clean["distill"] = distill
     return clean
@@ -160,20 +186,31 @@ def needs_training(recipes: list[str]) -> bool:
     return any(name in TRAINING_PASSES for r in recipes for name in resolve(r))
 
 
-def create_job(source: ModelVersion, *, mode: str = JobMode.AUTO,
-                         recipes: list[str] | None = None, kpis: dict | None = None,
-                         hardware_profile=None, calibration: Dataset | None = None,
-                         evaluation: Dataset | None = None, time_budget_s: int = 600,
-                         actor=None, enqueue: bool = True,
-                         options: dict | None = None) -> CompressionJob:
+def create_job(
+    source: ModelVersion,
+    *,
+    mode: str = JobMode.AUTO,
+    recipes: list[str] | None = None,
+    kpis: dict | None = None,
+    hardware_profile=None,
+    calibration: Dataset | None = None,
+    evaluation: Dataset | None = None,
+    time_budget_s: int = 600,
+    actor=None,
+    enqueue: bool = True,
+    options: dict | None = None,
+) -> CompressionJob:
     """Validate a job request, store it queued and enqueue it once the row is committed.
 
     `enqueue=False` is for callers that run the job themselves (`seed_demo`).
     """
     if not source.is_ready:
-        raise JobRejected("source_not_ready", _("Version %(v)s is %(s)s; only validated "
-                                                "versions can be compressed.")
-                          % {"v": source, "s": source.get_status_display()}, "source")
+        raise JobRejected(
+            "source_not_ready",
+            _("Version %(v)s is %(s)s; only validated versions can be compressed.")
+            % {"v": source, "s": source.get_status_display()},
+            "source",
+        )
     if mode not in JobMode.values:
         raise JobRejected("bad_mode", _("Unknown mode %(m)r.") % {"m": mode}, "mode")
     recipes = _check_recipes(mode, recipes)
@@ -184,36 +221,57 @@ def create_job(source: ModelVersion, *, mode: str = JobMode.AUTO,
         base = [r for r in (recipes or default_search_recipes()) if r != "qat"]
         recipes = [*base, "qat"]
     if evaluation is None and ({"min_fidelity", "max_accuracy_drop"} & set(kpis)):
-        raise JobRejected("no_evaluation", _("Fidelity and accuracy KPIs need an evaluation "
-                                             "dataset; without one the job is latency-only."),
-                          "evaluation")
+        raise JobRejected(
+            "no_evaluation",
+            _(
+                "Fidelity and accuracy KPIs need an evaluation "
+                "dataset; without one the job is latency-only."
+            ),
+            "evaluation",
+        )
     _check_dataset(evaluation, source, "evaluation")
     _check_dataset(calibration, source, "calibration")
     if calibration is not None and calibration.purpose != DatasetPurpose.CALIBRATION:
-        raise JobRejected("dataset_mismatch", _("%(d)s is not a calibration dataset.")
-                          % {"d": calibration.name}, "calibration")
+        raise JobRejected(
+            "dataset_mismatch",
+            _("%(d)s is not a calibration dataset.") % {"d": calibration.name},
+            "calibration",
+        )
     effective = recipes or default_search_recipes()
     if calibration is None and any(needs_calibration(r) for r in effective):
         if mode == JobMode.RECIPES:
-            raise JobRejected("no_calibration", _("These recipes need a calibration dataset."),
-                              "calibration")
+            raise JobRejected(
+                "no_calibration", _("These recipes need a calibration dataset."), "calibration"
+            )
         # auto without calibration data: leave out what would need it
         recipes = [r for r in effective if not needs_calibration(r)]
     if "max_accuracy_drop" in kpis and not evaluation.has_labels:  # evaluation is set here
-        raise JobRejected("no_labels", _("An accuracy KPI needs an evaluation dataset with "
-                                         "labels."), "kpis")
+        raise JobRejected(
+            "no_labels", _("An accuracy KPI needs an evaluation dataset with labels."), "kpis"
+        )
     try:
         budget = int(time_budget_s)
     except (TypeError, ValueError):
         budget = -1
     if not MIN_BUDGET_S <= budget <= MAX_BUDGET_S:
-        raise JobRejected("bad_budget", _("The time budget must be between %(a)s and %(b)s s.")
-                          % {"a": MIN_BUDGET_S, "b": MAX_BUDGET_S}, "time_budget_s")
+        raise JobRejected(
+            "bad_budget",
+            _("The time budget must be between %(a)s and %(b)s s.")
+            % {"a": MIN_BUDGET_S, "b": MAX_BUDGET_S},
+            "time_budget_s",
+        )
     with transaction.atomic():
         job = CompressionJob.objects.create(
-            source=source, mode=mode, recipes=recipes, kpis=kpis,
-            hardware_profile=hardware_profile, calibration=calibration, evaluation=evaluation,
-            time_budget_s=budget, created_by=actor, options=options,
+            source=source,
+            mode=mode,
+            recipes=recipes,
+            kpis=kpis,
+            hardware_profile=hardware_profile,
+            calibration=calibration,
+            evaluation=evaluation,
+            time_budget_s=budget,
+            created_by=actor,
+            options=options,
         )
         if enqueue:
             transaction.on_commit(lambda: enqueue_job(job.pk))
@@ -229,13 +287,13 @@ def enqueue_job(job_id: int) -> bool:
     from compression.tasks import run_compression_job
 
     job = CompressionJob.objects.filter(pk=job_id).only("recipes").first()
-    queue = Queue.TRAINING if job is not None and needs_training(job.recipes) else \
-        Queue.COMPRESSION
+    queue = Queue.TRAINING if job is not None and needs_training(job.recipes) else Queue.COMPRESSION
     try:
         run_compression_job.apply_async((job_id,), queue=queue)
     except Exception as exc:  # kombu/redis raise many types; none may lose the row
-        log.warning("job %s not enqueued (%s: %s); the sweeper retries", job_id,
-                    type(exc).__name__, exc)
+        log.warning(
+            "job %s not enqueued (%s: %s); the sweeper retries", job_id, type(exc).__name__, exc
+        )
         return False
     CompressionJob.objects.filter(pk=job_id).update(enqueued_at=timezone.now())
     return True
@@ -250,11 +308,15 @@ def requeue_stale_jobs(*, now=None) -> list[int]:
     """Re-send jobs whose message was lost: never enqueued, or owned by a silent worker."""
     now = now or timezone.now()
     never_sent = CompressionJob.objects.filter(
-        status=JobStatus.QUEUED, enqueued_at__isnull=True,
-        created_at__lt=now - timedelta(seconds=30))
+        status=JobStatus.QUEUED,
+        enqueued_at__isnull=True,
+        created_at__lt=now - timedelta(seconds=30),
+    )
     silent = CompressionJob.objects.filter(
         status=JobStatus.RUNNING,
-        heartbeat_at__lt=now - timedelta(seconds=settings.EDGEFLEET_JOB_STALE_S))
-    ids = sorted(set(never_sent.values_list("pk", flat=True)) |
-                 set(silent.values_list("pk", flat=True)))
+        heartbeat_at__lt=now - timedelta(seconds=settings.EDGEFLEET_JOB_STALE_S),
+    )
+    ids = sorted(
+        set(never_sent.values_list("pk", flat=True)) | set(silent.values_list("pk", flat=True))
+    )
     return [pk for pk in ids if enqueue_job(pk)]

@@ -22,7 +22,10 @@ class MLModel(models.Model):
     )
     description = models.TextField(_("description"), blank=True)
     owner = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
         related_name="ml_models",
     )
     created_at = models.DateTimeField(auto_now_add=True)
@@ -65,8 +68,13 @@ class ModelVersion(models.Model):
     metrics = models.JSONField(default=dict, blank=True)
     # Uploads are validated on a worker; only `ready` versions can be released,
     # compressed or downloaded. A rejected one keeps its row with the reason.
-    status = models.CharField(_("status"), max_length=16, choices=VersionStatus.choices,
-                              default=VersionStatus.READY, db_index=True)
+    status = models.CharField(
+        _("status"),
+        max_length=16,
+        choices=VersionStatus.choices,
+        default=VersionStatus.READY,
+        db_index=True,
+    )
     error_code = models.CharField(max_length=40, blank=True)
     error = models.TextField(blank=True)
     created_by = models.ForeignKey(
@@ -92,14 +100,16 @@ class ModelVersion(models.Model):
     def mark_ready(self, **described) -> bool:
         """validating → ready with what validation found; False if already decided."""
         moved = ModelVersion.objects.filter(pk=self.pk, status=VersionStatus.VALIDATING).update(
-            status=VersionStatus.READY, **described)
+            status=VersionStatus.READY, **described
+        )
         self.refresh_from_db()
         return bool(moved)
 
     def mark_rejected(self, code: str, message: str) -> bool:
         """validating → rejected with the reason; False if already decided."""
         moved = ModelVersion.objects.filter(pk=self.pk, status=VersionStatus.VALIDATING).update(
-            status=VersionStatus.REJECTED, error_code=code[:40], error=message[:4000])
+            status=VersionStatus.REJECTED, error_code=code[:40], error=message[:4000]
+        )
         self.refresh_from_db()
         return bool(moved)
 
@@ -178,28 +188,52 @@ class CompressionJob(models.Model):
     (a redelivered message, a duplicate) can never both own the job.
     """
 
-    source = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="jobs",
-                               verbose_name=_("source version"))
-    mode = models.CharField(_("mode"), max_length=10, choices=JobMode.choices,
-                            default=JobMode.AUTO)
+    source = models.ForeignKey(
+        ModelVersion,
+        on_delete=models.PROTECT,
+        related_name="jobs",
+        verbose_name=_("source version"),
+    )
+    mode = models.CharField(_("mode"), max_length=10, choices=JobMode.choices, default=JobMode.AUTO)
     recipes = models.JSONField(_("recipes"), default=list, blank=True)
     kpis = models.JSONField(_("KPIs"), default=dict, blank=True)
     hardware_profile = models.ForeignKey(
-        "devices.HardwareProfile", null=True, blank=True, on_delete=models.SET_NULL,
-        related_name="compression_jobs", verbose_name=_("hardware profile"),
+        "devices.HardwareProfile",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="compression_jobs",
+        verbose_name=_("hardware profile"),
     )
-    calibration = models.ForeignKey(Dataset, null=True, blank=True, on_delete=models.PROTECT,
-                                    related_name="+", verbose_name=_("calibration data"))
+    calibration = models.ForeignKey(
+        Dataset,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        verbose_name=_("calibration data"),
+    )
     # none: latency-only (generated inputs, fidelity unknown)
-    evaluation = models.ForeignKey(Dataset, null=True, blank=True, on_delete=models.PROTECT,
-                                   related_name="+", verbose_name=_("evaluation data"))
+    evaluation = models.ForeignKey(
+        Dataset,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        verbose_name=_("evaluation data"),
+    )
     time_budget_s = models.PositiveIntegerField(_("time budget (s)"), default=600)
     # training recipes' settings: {"training": bool, "epochs": n, "finetune_epochs": n,
     # "distill": {"ratio": r, "student_version": id}}
     options = models.JSONField(_("options"), default=dict, blank=True)
 
-    status = models.CharField(_("status"), max_length=10, choices=JobStatus.choices,
-                              default=JobStatus.QUEUED, db_index=True)
+    status = models.CharField(
+        _("status"),
+        max_length=10,
+        choices=JobStatus.choices,
+        default=JobStatus.QUEUED,
+        db_index=True,
+    )
     progress = models.FloatField(_("progress"), default=0.0)  # 0..1
     current_step = models.CharField(_("current step"), max_length=200, blank=True)
     log = models.JSONField(default=list, blank=True)  # last LOG_LINES_KEPT lines
@@ -209,8 +243,9 @@ class CompressionJob(models.Model):
     attempts = models.PositiveSmallIntegerField(default=0)
     worker_host = models.CharField(_("worker host"), max_length=255, blank=True)
     worker_pid = models.PositiveIntegerField(null=True, blank=True)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
-                                   on_delete=models.SET_NULL, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     enqueued_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -240,6 +275,16 @@ class CompressionJob(models.Model):
         end = self.finished_at or timezone.now()
         return round((end - self.started_at).total_seconds(), 1)
 
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds left, extrapolated from progress and capped by the time budget;
+        None until there is enough progress to extrapolate from."""
+        elapsed = self.duration_s
+        if not self.is_live or elapsed is None or (self.progress or 0) < 0.05:
+            return None
+        linear = elapsed * (1 - self.progress) / self.progress
+        return max(0.0, min(linear, self.time_budget_s - elapsed))
+
     # --- transitions -----------------------------------------------------------
     def _claimant_gone(self) -> bool:
         """The previous claimant is dead (same machine) or silent for too long."""
@@ -260,9 +305,13 @@ class CompressionJob(models.Model):
         not a duplicate. A duplicate message for a live or finished job loses.
         """
         now = timezone.now()
-        owned = {"status": JobStatus.RUNNING, "attempts": F("attempts") + 1,
-                 "worker_host": socket.gethostname(), "worker_pid": os.getpid(),
-                 "heartbeat_at": now}
+        owned = {
+            "status": JobStatus.RUNNING,
+            "attempts": F("attempts") + 1,
+            "worker_host": socket.gethostname(),
+            "worker_pid": os.getpid(),
+            "heartbeat_at": now,
+        }
         queued = Q(status=JobStatus.QUEUED, cancel_requested=False)
         if CompressionJob.objects.filter(queued, pk=self.pk).update(started_at=now, **owned):
             self.refresh_from_db()
@@ -272,8 +321,11 @@ class CompressionJob(models.Model):
             return False
         # Take over only from the exact claimant we judged gone (no race with a third worker).
         claimed = CompressionJob.objects.filter(
-            pk=self.pk, status=JobStatus.RUNNING, worker_pid=self.worker_pid,
-            worker_host=self.worker_host, attempts=self.attempts,
+            pk=self.pk,
+            status=JobStatus.RUNNING,
+            worker_pid=self.worker_pid,
+            worker_host=self.worker_host,
+            attempts=self.attempts,
         ).update(**owned)
         self.refresh_from_db()
         return bool(claimed)
@@ -287,8 +339,9 @@ class CompressionJob(models.Model):
         return bool(done)
 
     def mark_succeeded(self, result: dict) -> bool:
-        return self._finish(JobStatus.SUCCEEDED, result=result, progress=1.0,
-                            current_step=str(_("done")), error="")
+        return self._finish(
+            JobStatus.SUCCEEDED, result=result, progress=1.0, current_step=str(_("done")), error=""
+        )
 
     def mark_failed(self, error: str) -> bool:
         return self._finish(JobStatus.FAILED, error=error[:4000])
@@ -299,20 +352,25 @@ class CompressionJob(models.Model):
     def request_cancel(self) -> bool:
         """A queued job is cancelled at once; a running one is asked to stop. False if over."""
         if CompressionJob.objects.filter(pk=self.pk, status=JobStatus.QUEUED).update(
-            status=JobStatus.CANCELLED, cancel_requested=True, finished_at=timezone.now(),
+            status=JobStatus.CANCELLED,
+            cancel_requested=True,
+            finished_at=timezone.now(),
             current_step=str(_("cancelled")),
         ):
             self.refresh_from_db()
             return True
         updated = CompressionJob.objects.filter(pk=self.pk, status=JobStatus.RUNNING).update(
-            cancel_requested=True)
+            cancel_requested=True
+        )
         self.refresh_from_db()
         return bool(updated)
 
     def report(self, *, progress: float, step: str, log: list[str]) -> None:
         """Progress written by the owner only (the ProgressReporter throttles the calls)."""
         CompressionJob.objects.filter(pk=self.pk, status=JobStatus.RUNNING).update(
-            progress=progress, current_step=step[:200], log=log[-LOG_LINES_KEPT:],
+            progress=progress,
+            current_step=step[:200],
+            log=log[-LOG_LINES_KEPT:],
             heartbeat_at=timezone.now(),
         )
 
@@ -331,8 +389,9 @@ class Candidate(models.Model):
     meets_kpis = models.BooleanField(default=False)
     on_pareto = models.BooleanField(default=False)
     chosen = models.BooleanField(default=False)
-    version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL,
-                                related_name="candidates")
+    version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="candidates"
+    )
 
     class Meta:
         ordering = ["job", "pk"]

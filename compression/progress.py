@@ -20,9 +20,15 @@ log = logging.getLogger(__name__)
 
 
 class ProgressReporter:
-    def __init__(self, job: CompressionJob, *, min_interval_s: float = 0.5,
-                 cancel_check_s: float = 1.0, scale: tuple[float, float] = (0.0, 1.0),
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        job: CompressionJob,
+        *,
+        min_interval_s: float = 0.5,
+        cancel_check_s: float = 1.0,
+        scale: tuple[float, float] = (0.0, 1.0),
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.job = job
         self.min_interval_s = min_interval_s
         self.cancel_check_s = cancel_check_s

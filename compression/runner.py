@@ -53,15 +53,25 @@ def job_dir(job_id: int) -> Path:
 
 def run_job(job_id: int) -> str:
     """Claim and run a job; return what happened (for logs and tests)."""
-    job = CompressionJob.objects.filter(pk=job_id).select_related(
-        "source__model", "hardware_profile", "calibration", "evaluation", "created_by").first()
+    job = (
+        CompressionJob.objects.filter(pk=job_id)
+        .select_related(
+            "source__model", "hardware_profile", "calibration", "evaluation", "created_by"
+        )
+        .first()
+    )
     if job is None:
         return "gone"
     if _give_up_if_exhausted(job):
         return "gave-up"
     if not job.mark_running():
-        log.info("job %s not claimed (status %s, owner %s/%s)", job.pk, job.status,
-                 job.worker_host, job.worker_pid)
+        log.info(
+            "job %s not claimed (status %s, owner %s/%s)",
+            job.pk,
+            job.status,
+            job.worker_host,
+            job.worker_pid,
+        )
         return "not-claimed"
     workdir = job_dir(job.pk)
     shutil.rmtree(workdir, ignore_errors=True)  # leftovers of a killed attempt
@@ -79,8 +89,9 @@ def run_job(job_id: int) -> str:
         return "cancelled"
     except SoftTimeLimitExceeded:
         _kill_sandboxes()
-        job.mark_failed(_("timeout: the job ran past its time limit of %(s)s s")
-                        % {"s": _soft_limit()})
+        job.mark_failed(
+            _("timeout: the job ran past its time limit of %(s)s s") % {"s": _soft_limit()}
+        )
         return "timeout"
     except TRANSIENT_ERRORS:
         _release(job)
@@ -123,10 +134,13 @@ def _give_up_if_exhausted(job: CompressionJob) -> bool:
     hard_limit = timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT)
     if job.started_at is not None and timezone.now() - job.started_at > hard_limit:
         error = _("timeout: killed at the hard time limit of %(s)s s") % {
-            "s": settings.CELERY_TASK_TIME_LIMIT}
+            "s": settings.CELERY_TASK_TIME_LIMIT
+        }
     elif job.attempts >= settings.EDGEFLEET_JOB_MAX_ATTEMPTS:
-        error = _("crashed: the worker died %(n)s times while running this job "
-                  "(last on %(h)s)") % {"n": job.attempts, "h": job.worker_host}
+        error = _("crashed: the worker died %(n)s times while running this job (last on %(h)s)") % {
+            "n": job.attempts,
+            "h": job.worker_host,
+        }
     else:
         return False
     if job.mark_failed(error):
@@ -137,8 +151,9 @@ def _give_up_if_exhausted(job: CompressionJob) -> bool:
 def _release(job: CompressionJob) -> None:
     """Hand a job back to the queue before a transient-error retry (best effort)."""
     try:
-        CompressionJob.objects.filter(pk=job.pk, status=JobStatus.RUNNING,
-                                      worker_pid=os.getpid()).update(status=JobStatus.QUEUED)
+        CompressionJob.objects.filter(
+            pk=job.pk, status=JobStatus.RUNNING, worker_pid=os.getpid()
+        ).update(status=JobStatus.QUEUED)
     except DatabaseError:
         log.warning("job %s could not be released; the stale-job sweeper will", job.pk)
 
@@ -161,21 +176,32 @@ def _target(job: CompressionJob) -> tuple[int, str]:
 
 def _search(job: CompressionJob, workdir: Path, reporter: ProgressReporter) -> dict:
     source = _fetch(job.source.artifact, workdir / "source.onnx")
-    evaluation = (_fetch(job.evaluation.artifact, workdir / "evaluation.npz")
-                  if job.evaluation else None)  # none: latency-only, generated inputs
-    calibration = (_fetch(job.calibration.artifact, workdir / "calibration.npz")
-                   if job.calibration else None)
+    evaluation = (
+        _fetch(job.evaluation.artifact, workdir / "evaluation.npz") if job.evaluation else None
+    )  # none: latency-only, generated inputs
+    calibration = (
+        _fetch(job.calibration.artifact, workdir / "calibration.npz") if job.calibration else None
+    )
     threads, provider = _target(job)
-    reporter.note(_("measuring with %(t)s thread(s) on %(p)s (server-side estimate)")
-                  % {"t": threads, "p": provider})
+    reporter.note(
+        _("measuring with %(t)s thread(s) on %(p)s (server-side estimate)")
+        % {"t": threads, "p": provider}
+    )
     kpis = {**job.kpis, "threads": threads, "provider": provider}
     overrides = _overrides(job, workdir)
     with training_relay.relay(job, workdir, reporter):
         return search.auto(
-            source, calibration_path=calibration, evaluation_path=evaluation, kpis=kpis,
-            threads=threads, budget_s=job.time_budget_s, out_dir=workdir / "out",
-            progress=_with_test_hook(job, reporter), should_stop=reporter.should_stop,
-            recipes=job.recipes or jobs.default_search_recipes(), overrides=overrides,
+            source,
+            calibration_path=calibration,
+            evaluation_path=evaluation,
+            kpis=kpis,
+            threads=threads,
+            budget_s=job.time_budget_s,
+            out_dir=workdir / "out",
+            progress=_with_test_hook(job, reporter),
+            should_stop=reporter.should_stop,
+            recipes=job.recipes or jobs.default_search_recipes(),
+            overrides=overrides,
         )
 
 
@@ -192,8 +218,9 @@ def _overrides(job: CompressionJob, workdir: Path) -> dict[str, dict]:
                 opts["distill.ratio"] = distill["ratio"]
             if distill.get("student_version"):
                 student = ModelVersion.objects.get(pk=distill["student_version"])
-                opts["distill.student_path"] = str(_fetch(student.artifact,
-                                                          workdir / "student.onnx"))
+                opts["distill.student_path"] = str(
+                    _fetch(student.artifact, workdir / "student.onnx")
+                )
         for name in names:
             if name in ("distill", "qat") and options.get("epochs"):
                 opts[f"{name}.epochs"] = options["epochs"]
@@ -231,10 +258,13 @@ def _store_candidates(job: CompressionJob, report: dict, reporter: ProgressRepor
     results = report["candidates"]
     for i, cand in enumerate(results):
         row, _created = Candidate.objects.update_or_create(
-            job=job, recipe=cand["recipe"],
+            job=job,
+            recipe=cand["recipe"],
             defaults={
-                "metrics": {**(cand.get("metrics") or {}),
-                            **training_relay.curves(cand.get("steps") or [])},
+                "metrics": {
+                    **(cand.get("metrics") or {}),
+                    **training_relay.curves(cand.get("steps") or []),
+                },
                 "error": cand.get("error") or "",
                 "violations": cand.get("violations") or [],
                 "meets_kpis": bool(cand.get("meets_kpis")),
@@ -262,16 +292,27 @@ def _store_candidates(job: CompressionJob, report: dict, reporter: ProgressRepor
 def _register_variant(job: CompressionJob, cand: dict) -> ModelVersion:
     source = job.source
     existing = ModelVersion.objects.filter(
-        model=source.model, recipe__job=job.pk, recipe__name=cand["recipe"]).first()
+        model=source.model, recipe__job=job.pk, recipe__name=cand["recipe"]
+    ).first()
     if existing is not None:  # registered by an earlier attempt of this job
         return existing
-    steps = [{**s, "config": {k: v for k, v in s.get("config", {}).items()
-                              if not k.endswith("_path")}} for s in cand.get("steps") or []]
-    recipe = {"name": cand["recipe"], "job": job.pk, "steps": steps,
-              "hardware_profile": job.hardware_profile.slug if job.hardware_profile else None}
+    steps = [
+        {**s, "config": {k: v for k, v in s.get("config", {}).items() if not k.endswith("_path")}}
+        for s in cand.get("steps") or []
+    ]
+    recipe = {
+        "name": cand["recipe"],
+        "job": job.pk,
+        "steps": steps,
+        "hardware_profile": job.hardware_profile.slug if job.hardware_profile else None,
+    }
     registered = services.register_version(
-        source.model, cand["path"], original_filename=f"{cand['recipe']}.onnx",
-        actor=job.created_by, parent=source, recipe=recipe,
+        source.model,
+        cand["path"],
+        original_filename=f"{cand['recipe']}.onnx",
+        actor=job.created_by,
+        parent=source,
+        recipe=recipe,
         metrics={**cand["metrics"], "estimate_for": recipe["hardware_profile"]},
         notes=_("Derived by compression job %(j)s.") % {"j": job.pk},
     )
@@ -280,12 +321,16 @@ def _register_variant(job: CompressionJob, cand: dict) -> ModelVersion:
 
 def _summary(job: CompressionJob, report: dict) -> dict:
     return {
-        "chosen": report.get("chosen"), "reason": report.get("reason", ""),
-        "pareto": report.get("pareto", []), "skipped": report.get("skipped", []),
-        "seconds": report.get("seconds"), "threads": report.get("threads"),
+        "chosen": report.get("chosen"),
+        "reason": report.get("reason", ""),
+        "pareto": report.get("pareto", []),
+        "skipped": report.get("skipped", []),
+        "seconds": report.get("seconds"),
+        "threads": report.get("threads"),
         "measurement": report.get("measurement", {}),
         "default_quality_floor": report.get("default_quality_floor"),
         "latency_only": report.get("latency_only", False),
-        "provider": report.get("provider"), "host": host_info(),
+        "provider": report.get("provider"),
+        "host": host_info(),
         "hardware_profile": job.hardware_profile.name if job.hardware_profile else None,
     }

@@ -92,9 +92,17 @@ def register_version(
         wrote = storage.put_file(path, name)
         try:
             version = _insert_version(
-                model, name=name, sha256=sha256, size=size,
-                original_filename=original_filename, actor=actor, parent=parent,
-                recipe=recipe, metrics=metrics, notes=notes, described=described(info),
+                model,
+                name=name,
+                sha256=sha256,
+                size=size,
+                original_filename=original_filename,
+                actor=actor,
+                parent=parent,
+                recipe=recipe,
+                metrics=metrics,
+                notes=notes,
+                described=described(info),
             )
         except Exception:
             if wrote and not _artifact_in_use(name):
@@ -130,10 +138,14 @@ def _validate(path: Path, test_crash: str | None = None) -> dict:
 def described(info: dict) -> dict:
     """ModelVersion fields from the validator's description of the model."""
     return {
-        "ir_version": info.get("ir_version"), "opsets": info.get("opsets") or {},
-        "producer": (info.get("producer") or "")[:200], "inputs": info.get("inputs") or [],
-        "outputs": info.get("outputs") or [], "parameters": info.get("parameters") or 0,
-        "flops": info.get("flops"), "op_histogram": info.get("op_histogram") or {},
+        "ir_version": info.get("ir_version"),
+        "opsets": info.get("opsets") or {},
+        "producer": (info.get("producer") or "")[:200],
+        "inputs": info.get("inputs") or [],
+        "outputs": info.get("outputs") or [],
+        "parameters": info.get("parameters") or 0,
+        "flops": info.get("flops"),
+        "op_histogram": info.get("op_histogram") or {},
     }
 
 
@@ -160,8 +172,9 @@ def _insert_version(model: MLModel, **fields) -> ModelVersion:
 
 def _artifact_in_use(name: str) -> bool:
     """A version that is not rejected still needs these bytes."""
-    return ModelVersion.objects.filter(artifact=name).exclude(
-        status=VersionStatus.REJECTED).exists()
+    return (
+        ModelVersion.objects.filter(artifact=name).exclude(status=VersionStatus.REJECTED).exists()
+    )
 
 
 def register_dataset(
@@ -186,9 +199,16 @@ def register_dataset(
         wrote = storage.put_file(path, storage_name)
         try:
             return Dataset.objects.create(
-                name=name, purpose=purpose, model=model, artifact=storage_name,
-                sha256=sha256, size_bytes=size, sample_count=samples, arrays=arrays,
-                has_labels="labels" in arrays, created_by=actor,
+                name=name,
+                purpose=purpose,
+                model=model,
+                artifact=storage_name,
+                sha256=sha256,
+                size_bytes=size,
+                sample_count=samples,
+                arrays=arrays,
+                has_labels="labels" in arrays,
+                created_by=actor,
             )
         except Exception:
             if wrote and not Dataset.objects.filter(artifact=storage_name).exists():
@@ -210,8 +230,8 @@ def read_npz_headers(path: str | Path) -> dict[str, dict]:
                     shape, dtype = _npy_header(fh)
                 if dtype.hasobject:
                     raise UploadRejected(
-                        "bad_dataset", _("Array %(a)s holds Python objects; refused.")
-                        % {"a": info.filename},
+                        "bad_dataset",
+                        _("Array %(a)s holds Python objects; refused.") % {"a": info.filename},
                     )
                 arrays[info.filename[:-4]] = {"dtype": str(dtype), "shape": list(shape)}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
@@ -258,3 +278,49 @@ def _check_arrays(arrays: dict[str, dict], model: MLModel | None) -> int:
     if labels is not None and (labels["shape"] or [None])[0] != n:
         raise UploadRejected("bad_dataset", _("'labels' must hold one class id per sample."))
     return n
+
+
+INPUT_STATS_MAX_SAMPLES = 1000
+
+
+def calibration_input_stats(version: ModelVersion) -> dict:
+    """Per input of `version`: the summary the agent compares its real inputs with
+    (`devices.agent.drift.summarize`), from the newest calibration dataset of the
+    model; {} without one. Computed once per (version, dataset) and kept in
+    `version.metrics["input_stats"]`."""
+    from django.core.files.storage import default_storage
+
+    from devices.agent import drift
+
+    dataset = (
+        Dataset.objects.filter(model_id=version.model_id, purpose=DatasetPurpose.CALIBRATION)
+        .order_by("-created_at")
+        .first()
+    )
+    if dataset is None:
+        return {}
+    kept = (version.metrics or {}).get("input_stats") or {}
+    if kept.get("dataset") == dataset.sha256:
+        return kept.get("inputs") or {}
+    names = [str(i.get("name")) for i in version.inputs or [] if isinstance(i, dict)]
+    inputs: dict[str, dict] = {}
+    try:
+        with (
+            default_storage.open(dataset.artifact, "rb") as fh,
+            np.load(fh, allow_pickle=False) as data,
+        ):
+            for name in names:
+                if name in data.files:
+                    summary = drift.summarize(data[name][:INPUT_STATS_MAX_SAMPLES])
+                    if summary:
+                        inputs[name] = summary
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        log.warning("input statistics of %s not computed: %s", version, exc)
+        return {}
+    metrics = {
+        **(version.metrics or {}),
+        "input_stats": {"dataset": dataset.sha256, "inputs": inputs},
+    }
+    ModelVersion.objects.filter(pk=version.pk).update(metrics=metrics)
+    version.metrics = metrics
+    return inputs

@@ -14,9 +14,13 @@ from compression import jobs, runner, uploads
 
 
 @shared_task(
-    acks_late=True, reject_on_worker_lost=True,
-    autoretry_for=runner.TRANSIENT_ERRORS, retry_backoff=5, retry_backoff_max=120,
-    retry_jitter=True, max_retries=5,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=runner.TRANSIENT_ERRORS,
+    retry_backoff=5,
+    retry_backoff_max=120,
+    retry_jitter=True,
+    max_retries=5,
 )
 def run_compression_job(job_id: int) -> str:
     return runner.run_job(job_id)
@@ -28,8 +32,12 @@ def requeue_stale_jobs() -> list[int]:
 
 
 @shared_task(
-    acks_late=True, reject_on_worker_lost=True,
-    autoretry_for=(OSError,), retry_backoff=5, retry_backoff_max=120, retry_jitter=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(OSError,),
+    retry_backoff=5,
+    retry_backoff_max=120,
+    retry_jitter=True,
     max_retries=5,
 )
 def validate_model_version(version_id: int) -> str:

@@ -12,8 +12,9 @@ urlpatterns = [
     path("<int:pk>/versions/", models.version_upload, name="version-upload"),
     path("<int:pk>/datasets/", models.dataset_upload, name="dataset-upload"),
     path("<int:pk>/datasets/example.npz", models.dataset_example, name="dataset-example"),
-    path("<int:pk>/versions/<int:number>/download/", models.version_download,
-         name="version-download"),
+    path(
+        "<int:pk>/versions/<int:number>/download/", models.version_download, name="version-download"
+    ),
     path("datasets/<int:pk>/download/", models.dataset_download, name="dataset-download"),
     path("jobs/", jobs.job_list, name="job-list"),
     path("versions/<int:version_pk>/compress/", jobs.job_create, name="job-create"),

@@ -15,10 +15,17 @@ class DevicesConfig(AppConfig):
 
         # Whatever path revokes or deletes a credential (admin, shell, cascade),
         # the cached copy dies with it.
-        post_save.connect(authcache.on_credential_saved, sender=DeviceCredential,
-                          dispatch_uid="devauth-credential-saved")
-        post_delete.connect(authcache.on_credential_deleted, sender=DeviceCredential,
-                            dispatch_uid="devauth-credential-deleted")
-        post_save.connect(authcache.on_device_saved, sender=Device,
-                          dispatch_uid="devauth-device-saved")
+        post_save.connect(
+            authcache.on_credential_saved,
+            sender=DeviceCredential,
+            dispatch_uid="devauth-credential-saved",
+        )
+        post_delete.connect(
+            authcache.on_credential_deleted,
+            sender=DeviceCredential,
+            dispatch_uid="devauth-credential-deleted",
+        )
+        post_save.connect(
+            authcache.on_device_saved, sender=Device, dispatch_uid="devauth-device-saved"
+        )
         connection_created.connect(ingest.forget_prepared, dispatch_uid="ingest-prepared")

@@ -50,8 +50,14 @@ class DevicePrincipal:
     is_staff = False
     is_superuser = False
 
-    def __init__(self, device: Device | None = None, credential: DeviceCredential | None = None,
-                 *, device_pk: int | None = None, request_count: int | None = None):
+    def __init__(
+        self,
+        device: Device | None = None,
+        credential: DeviceCredential | None = None,
+        *,
+        device_pk: int | None = None,
+        request_count: int | None = None,
+    ):
         self._device = device
         self.credential = credential
         self.device_pk = device.pk if device is not None else device_pk
@@ -124,8 +130,11 @@ def authenticate_token(value: str) -> DevicePrincipal | None:
     client = authcache.redis_client()
     if client is not None:
         result = cached_request(client, value, RATE_COUNTER, device_rate()[1])
-        return None if result is None else DevicePrincipal(device_pk=result[0],
-                                                           request_count=result[1])
+        return (
+            None
+            if result is None
+            else DevicePrincipal(device_pk=result[0], request_count=result[1])
+        )
     queryset = DeviceCredential.objects.select_related("device").filter(revoked_at__isnull=True)
     credential = tokens.find(queryset, value)
     if credential is None or credential.device.status == DeviceStatus.REVOKED:
@@ -133,8 +142,9 @@ def authenticate_token(value: str) -> DevicePrincipal | None:
     return DevicePrincipal(credential.device, credential)
 
 
-def cached_request(client, value: str, counter: str, period: int,
-                   answer: str = "") -> tuple[int, int, bytes | None] | None:
+def cached_request(
+    client, value: str, counter: str, period: int, answer: str = ""
+) -> tuple[int, int, bytes | None] | None:
     """`authcache.request` for a token, asking the database (`device_for_token`)
     when the credential is not cached yet; None for an unknown or revoked token."""
     key = tokens.lookup_key(value)
@@ -214,5 +224,8 @@ class DeviceTokenScheme(OpenApiAuthenticationExtension):
     name = "deviceToken"
 
     def get_security_definition(self, auto_schema):
-        return {"type": "http", "scheme": "bearer",
-                "description": "Device token issued once by POST /api/v1/device/enroll"}
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "Device token issued once by POST /api/v1/device/enroll",
+        }

@@ -61,8 +61,12 @@ def remember(prefix: str, token_hash: str, device_pk: int) -> None:
     """Cache a credential the database just confirmed (never over a tombstone)."""
     client = redis_client()
     if client is not None:
-        client.set(credential_key(prefix), f"{token_hash}:{device_pk}", nx=True,
-                   ex=settings.DEVICE_AUTH_CACHE_S)
+        client.set(
+            credential_key(prefix),
+            f"{token_hash}:{device_pk}",
+            nx=True,
+            ex=settings.DEVICE_AUTH_CACHE_S,
+        )
 
 
 def forget(prefixes) -> None:
@@ -123,8 +127,9 @@ def _script(client, source: str):
     return script
 
 
-def request(client, prefix: str, token_hash: str, counter: str, period: int,
-            answer: str = "") -> tuple[int, int, bytes | None] | int:
+def request(
+    client, prefix: str, token_hash: str, counter: str, period: int, answer: str = ""
+) -> tuple[int, int, bytes | None] | int:
     """(device pk, requests in this window, raw cached answer), or MISS / REVOKED.
 
     `counter`: the rate counter's name before `<pk>:<window>`; `answer`: the name of
@@ -132,15 +137,30 @@ def request(client, prefix: str, token_hash: str, counter: str, period: int,
     now = time.time()
     result = _script(client, REQUEST)(
         keys=[credential_key(prefix), make_key(SEEN)],
-        args=[TOMBSTONE, token_hash, make_key(counter), int(now // period), period + 1,
-              int(now), make_key(answer) if answer else ""])
+        args=[
+            TOMBSTONE,
+            token_hash,
+            make_key(counter),
+            int(now // period),
+            period + 1,
+            int(now),
+            make_key(answer) if answer else "",
+        ],
+    )
     if result[0] in (MISS, REVOKED):
         return result[0]
     return int(result[0]), int(result[1]), result[2] or None
 
 
-def confirmed(client, prefix: str, token_hash: str, device_pk: int, counter: str, period: int,
-              answer: str = "") -> tuple[int, int, bytes | None]:
+def confirmed(
+    client,
+    prefix: str,
+    token_hash: str,
+    device_pk: int,
+    counter: str,
+    period: int,
+    answer: str = "",
+) -> tuple[int, int, bytes | None]:
     """After a database hit: cache the credential, then count and read as `request`."""
     remember(prefix, token_hash, device_pk)
     now = time.time()
@@ -165,8 +185,9 @@ def on_credential_deleted(sender, instance, **kwargs) -> None:
 
 
 def on_device_saved(sender, instance, update_fields=None, **kwargs) -> None:
-    if instance.status == DeviceStatus.REVOKED and (update_fields is None
-                                                    or "status" in update_fields):
+    if instance.status == DeviceStatus.REVOKED and (
+        update_fields is None or "status" in update_fields
+    ):
         forget(instance.credentials.values_list("prefix", flat=True))
 
 
@@ -191,19 +212,26 @@ def _mark_seen(seen: dict[int, float]) -> int:
     buckets: dict[int, list[int]] = defaultdict(list)
     for pk, ts in seen.items():
         buckets[int(min(ts, now)) // SEEN_BUCKET_S * SEEN_BUCKET_S].append(pk)
-    woke = list(Device.objects.filter(pk__in=list(seen), status=DeviceStatus.OFFLINE)
-                .values_list("pk", flat=True))
+    woke = list(
+        Device.objects.filter(pk__in=list(seen), status=DeviceStatus.OFFLINE).values_list(
+            "pk", flat=True
+        )
+    )
     for second, pks in buckets.items():
         moment = datetime.fromtimestamp(second, UTC)
         # As `services.touch_last_seen`: an online device is rewritten at most every
         # DEVICE_LAST_SEEN_WRITE_S, and last_seen never moves backwards.
         stale = moment - timedelta(seconds=settings.DEVICE_LAST_SEEN_WRITE_S)
-        due = (Q(last_seen__isnull=True) | Q(last_seen__lt=stale)
-               | (Q(last_seen__lt=moment) & ~Q(status=DeviceStatus.ONLINE)))
+        due = (
+            Q(last_seen__isnull=True)
+            | Q(last_seen__lt=stale)
+            | (Q(last_seen__lt=moment) & ~Q(status=DeviceStatus.ONLINE))
+        )
         Device.objects.filter(due, pk__in=pks).exclude(status=DeviceStatus.REVOKED).update(
-            last_seen=moment, status=DeviceStatus.ONLINE)
+            last_seen=moment, status=DeviceStatus.ONLINE
+        )
     if woke:
-        Alert.objects.filter(device_id__in=woke, kind=AlertKind.OFFLINE,
-                             state=AlertState.OPEN).update(
-            state=AlertState.RESOLVED, resolved_at=datetime.now(UTC))
+        Alert.objects.filter(
+            device_id__in=woke, kind=AlertKind.OFFLINE, state=AlertState.OPEN
+        ).update(state=AlertState.RESOLVED, resolved_at=datetime.now(UTC))
     return len(seen)

@@ -32,6 +32,7 @@ class LogLevel(models.TextChoices):
 class AlertKind(models.TextChoices):
     OFFLINE = "offline", _("Device offline")
     LATENCY = "latency", _("Latency above estimate")
+    DRIFT = "drift", _("Input drift")
 
 
 class AlertState(models.TextChoices):

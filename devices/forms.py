@@ -19,15 +19,20 @@ class EnrollmentTokenForm(forms.Form):
     group = forms.ModelChoiceField(DeviceGroup.objects.all(), label=_("Group"), required=False)
     tags = forms.CharField(label=_("Tags"), required=False, help_text=_("Space or comma separated"))
     max_uses = forms.IntegerField(label=_("Max uses"), min_value=1, required=False)
-    expires_in_days = forms.IntegerField(label=_("Expires in (days)"), min_value=1,
-                                         max_value=3650, required=False, initial=30)
+    expires_in_days = forms.IntegerField(
+        label=_("Expires in (days)"), min_value=1, max_value=3650, required=False, initial=30
+    )
 
     def service_kwargs(self) -> dict:
         data = self.cleaned_data
         days = data.get("expires_in_days")
-        return {"name": data["name"], "group": data.get("group"),
-                "tags": split_tags(data.get("tags") or ""), "max_uses": data.get("max_uses"),
-                "expires_at": timezone.now() + timedelta(days=days) if days else None}
+        return {
+            "name": data["name"],
+            "group": data.get("group"),
+            "tags": split_tags(data.get("tags") or ""),
+            "max_uses": data.get("max_uses"),
+            "expires_at": timezone.now() + timedelta(days=days) if days else None,
+        }
 
 
 class DeviceEditForm(forms.Form):
@@ -43,13 +48,19 @@ class GroupForm(forms.ModelForm):
 
 class DeviceFilterForm(forms.Form):
     q = forms.CharField(label=_("Search"), required=False)
-    status = forms.ChoiceField(label=_("Status"), required=False,
-                               choices=[("", _("any status")), *DeviceStatus.choices])
-    group = forms.ModelChoiceField(DeviceGroup.objects.all(), label=_("Group"), required=False,
-                                   empty_label=_("any group"))
-    hardware = forms.ModelChoiceField(HardwareProfile.objects.all(), label=_("Hardware"),
-                                      required=False, to_field_name="slug",
-                                      empty_label=_("any hardware"))
+    status = forms.ChoiceField(
+        label=_("Status"), required=False, choices=[("", _("any status")), *DeviceStatus.choices]
+    )
+    group = forms.ModelChoiceField(
+        DeviceGroup.objects.all(), label=_("Group"), required=False, empty_label=_("any group")
+    )
+    hardware = forms.ModelChoiceField(
+        HardwareProfile.objects.all(),
+        label=_("Hardware"),
+        required=False,
+        to_field_name="slug",
+        empty_label=_("any hardware"),
+    )
     tag = forms.CharField(label=_("Tag"), required=False)
     model_version = forms.CharField(label=_("Model version"), required=False)
 

@@ -167,11 +167,20 @@ class Table:
         return self.model._meta.db_table
 
 
-TELEMETRY = Table("telemetry", TelemetryPoint, ("ts", "model_version", *FLOATS, *INTS, "extra"),
-                  ("float8", "varchar", *("float8",) * len(FLOATS), *("int4",) * len(INTS),
-                   "jsonb"), _telemetry_row)
-LOGS = Table("logs", LogLine, ("ts", "level", "message", "deployment_id"),
-             ("float8", "varchar", "text", "int8"), _log_row)
+TELEMETRY = Table(
+    "telemetry",
+    TelemetryPoint,
+    ("ts", "model_version", *FLOATS, *INTS, "extra"),
+    ("float8", "varchar", *("float8",) * len(FLOATS), *("int4",) * len(INTS), "jsonb"),
+    _telemetry_row,
+)
+LOGS = Table(
+    "logs",
+    LogLine,
+    ("ts", "level", "message", "deployment_id"),
+    ("float8", "varchar", "text", "int8"),
+    _log_row,
+)
 
 
 def validate(table: Table, batch, *, max_items: int, now: float):
@@ -221,8 +230,10 @@ def _pg_array(values, text: bool) -> str:
     parses it with array_in, instead of planning a 500-element ARRAY[...]
     expression that psycopg2 would otherwise build value by value."""
     if text:
-        items = ("NULL" if v is None else
-                 '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
+        items = (
+            "NULL" if v is None else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            for v in values
+        )
     else:
         items = ("NULL" if v is None else repr(v) for v in values)
     return "{" + ",".join(items) + "}"
@@ -231,8 +242,10 @@ def _pg_array(values, text: bool) -> str:
 def _insert_pg(table: Table, device_id: int, keys, rows) -> int:
     types = ("varchar", "int8", *table.pg_types)
     values = [[k[0] for k in keys], [k[1] for k in keys], *zip(*rows, strict=True)]
-    params = [device_id, *(_pg_array(column, t in TEXT_TYPES)
-                           for column, t in zip(values, types, strict=True))]
+    params = [
+        device_id,
+        *(_pg_array(column, t in TEXT_TYPES) for column, t in zip(values, types, strict=True)),
+    ]
     with connection.cursor() as cursor:
         if settings.DEVICE_INGEST_PREPARED:
             cursor.execute(_prepared(cursor, table, types), params)
@@ -245,12 +258,16 @@ def _insert_sql(table: Table, device: str, arrays: list[str]) -> str:
     """The INSERT … SELECT FROM unnest(arrays); `device`/`arrays`: the placeholders."""
     names = ", ".join(table.columns)
     aliases = [f"c{i}" for i in range(len(table.columns))]
-    selects = ["to_timestamp(c0)" if name == "ts" else alias
-               for name, alias in zip(table.columns, aliases, strict=True)]
-    return (f"INSERT INTO {table.name} (device_id, boot_id, seq, {names}) "
-            f"SELECT {device}, b, s, {', '.join(selects)} "
-            f"FROM unnest({', '.join(arrays)}) AS u(b, s, {', '.join(aliases)}) "
-            "ON CONFLICT DO NOTHING")
+    selects = [
+        "to_timestamp(c0)" if name == "ts" else alias
+        for name, alias in zip(table.columns, aliases, strict=True)
+    ]
+    return (
+        f"INSERT INTO {table.name} (device_id, boot_id, seq, {names}) "
+        f"SELECT {device}, b, s, {', '.join(selects)} "
+        f"FROM unnest({', '.join(arrays)}) AS u(b, s, {', '.join(aliases)}) "
+        "ON CONFLICT DO NOTHING"
+    )
 
 
 def _prepared(cursor, table: Table, types) -> str:
@@ -263,8 +280,10 @@ def _prepared(cursor, table: Table, types) -> str:
     prepared = cursor.db.__dict__.setdefault("edgefleet_prepared", set())  # the wrapper
     if name not in prepared:
         arrays = [f"${i}::{t}[]" for i, t in enumerate(types, start=2)]
-        cursor.execute(f"PREPARE {name} (int8, {', '.join(t + '[]' for t in types)}) AS "
-                       + _insert_sql(table, "$1", arrays))
+        cursor.execute(
+            f"PREPARE {name} (int8, {', '.join(t + '[]' for t in types)}) AS "
+            + _insert_sql(table, "$1", arrays)
+        )
         prepared.add(name)
     return f"EXECUTE {name} ({', '.join(['%s'] * (len(types) + 1))})"
 
@@ -278,10 +297,14 @@ def _insert_generic(table: Table, device_id: int, keys, rows) -> int:
     adapt = connection.ops.adapt_datetimefield_value
     names = ", ".join(table.columns)
     marks = ", ".join(["%s"] * (3 + len(table.columns)))
-    sql = (f"INSERT INTO {table.name} (device_id, boot_id, seq, {names}) VALUES ({marks}) "
-           "ON CONFLICT DO NOTHING")
-    params = [(device_id, boot, seq, adapt(datetime.fromtimestamp(row[0], UTC)), *row[1:])
-              for (boot, seq), row in zip(keys, rows, strict=True)]
+    sql = (
+        f"INSERT INTO {table.name} (device_id, boot_id, seq, {names}) VALUES ({marks}) "
+        "ON CONFLICT DO NOTHING"
+    )
+    params = [
+        (device_id, boot, seq, adapt(datetime.fromtimestamp(row[0], UTC)), *row[1:])
+        for (boot, seq), row in zip(keys, rows, strict=True)
+    ]
     with connection.cursor() as cursor:
         cursor.executemany(sql, params)
         return cursor.rowcount

@@ -14,7 +14,9 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Max
+from django.db.models import FloatField, Max
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from devices import authcache, partitions
@@ -32,8 +34,18 @@ from devices.models import (
 # Minutes recomputed by each rollup run: late points (buffered offline) land here.
 ROLLUP_LOOKBACK_MIN = 10
 LIVE_TAIL_MIN = 3
-SERIES = ("latency_p50", "latency_p95", "throughput_mean", "mem_max", "cpu_mean", "temp_max",
-          "battery_min", "power_mean", "inferences_sum", "errors_sum")
+SERIES = (
+    "latency_p50",
+    "latency_p95",
+    "throughput_mean",
+    "mem_max",
+    "cpu_mean",
+    "temp_max",
+    "battery_min",
+    "power_mean",
+    "inferences_sum",
+    "errors_sum",
+)
 DELETE_CHUNK = 50_000
 
 
@@ -68,12 +80,18 @@ def _aggregate(points) -> dict:
 
     latency = present("latency_ms")
     return {
-        "n": len(points), "model_version": points[-1].model_version,
-        "latency_p50": _percentile(latency, 0.5), "latency_p95": _percentile(latency, 0.95),
-        "throughput_mean": mean("throughput"), "mem_max": pick(max, "mem_mb"),
-        "cpu_mean": mean("cpu_pct"), "temp_max": pick(max, "temp_c"),
-        "battery_min": pick(min, "battery_pct"), "power_mean": mean("power_w"),
-        "inferences_sum": pick(sum, "inferences"), "errors_sum": pick(sum, "errors"),
+        "n": len(points),
+        "model_version": points[-1].model_version,
+        "latency_p50": _percentile(latency, 0.5),
+        "latency_p95": _percentile(latency, 0.95),
+        "throughput_mean": mean("throughput"),
+        "mem_max": pick(max, "mem_mb"),
+        "cpu_mean": mean("cpu_pct"),
+        "temp_max": pick(max, "temp_c"),
+        "battery_min": pick(min, "battery_pct"),
+        "power_mean": mean("power_w"),
+        "inferences_sum": pick(sum, "inferences"),
+        "errors_sum": pick(sum, "errors"),
     }
 
 
@@ -117,8 +135,9 @@ def rollup(start: datetime | None = None, end: datetime | None = None) -> int:
     rows = _python_rollups(TelemetryPoint.objects.filter(ts__gte=start, ts__lt=end))
     with transaction.atomic():
         for (device_id, minute), values in rows.items():
-            TelemetryRollup.objects.update_or_create(device_id=device_id, minute=minute,
-                                                     defaults=values)
+            TelemetryRollup.objects.update_or_create(
+                device_id=device_id, minute=minute, defaults=values
+            )
     return len(rows)
 
 
@@ -128,8 +147,10 @@ def series(device: Device, minutes: int) -> dict:
     start = floor_minute(now - timedelta(minutes=minutes))
     live_from = floor_minute(now - timedelta(minutes=LIVE_TAIL_MIN))
     by_minute = {
-        r["minute"]: r for r in TelemetryRollup.objects.filter(
-            device=device, minute__gte=start, minute__lt=live_from).values("minute", *SERIES)
+        r["minute"]: r
+        for r in TelemetryRollup.objects.filter(
+            device=device, minute__gte=start, minute__lt=live_from
+        ).values("minute", *SERIES)
     }
     tail = _python_rollups(TelemetryPoint.objects.filter(device=device, ts__gte=live_from))
     for (_device, minute), values in tail.items():
@@ -138,6 +159,29 @@ def series(device: Device, minutes: int) -> dict:
     return {
         "labels": [row["minute"].isoformat() for row in ordered],
         **{name: [row[name] for row in ordered] for name in SERIES},
+    }
+
+
+def field_signals(device: Device) -> dict | None:
+    """What the device's latest telemetry point says of energy and input drift."""
+    point = (
+        TelemetryPoint.objects.filter(device=device)
+        .order_by("-ts")
+        .values("ts", "power_w", "extra")
+        .first()
+    )
+    if point is None:
+        return None
+    extra = point["extra"] if isinstance(point["extra"], dict) else {}
+    return {
+        "ts": point["ts"],
+        "energy_mj": extra.get("energy_mj"),
+        "power_w": point["power_w"] if extra.get("energy_mj") is not None else None,
+        "power_sensor": extra.get("power_sensor"),
+        "drift_score": extra.get("drift_score"),
+        "drift_input": extra.get("drift_input"),
+        "drift_alert": extra.get("drift_score") is not None
+        and extra["drift_score"] > settings.DRIFT_ALERT_PSI,
     }
 
 
@@ -158,17 +202,23 @@ def detect_offline(now: datetime | None = None) -> int:
     marked = 0
     for group_id, seconds in thresholds.items():
         cutoff = now - timedelta(seconds=seconds)
-        stale = Device.objects.filter(status=DeviceStatus.ONLINE, group_id=group_id,
-                                      last_seen__lt=cutoff)
+        stale = Device.objects.filter(
+            status=DeviceStatus.ONLINE, group_id=group_id, last_seen__lt=cutoff
+        )
         ids = list(stale.values_list("pk", flat=True)[:10_000])
         if not ids:
             continue
         # Conditional on the status and the time: a device that spoke meanwhile stays online.
-        Device.objects.filter(pk__in=ids, status=DeviceStatus.ONLINE,
-                              last_seen__lt=cutoff).update(status=DeviceStatus.OFFLINE)
+        Device.objects.filter(pk__in=ids, status=DeviceStatus.ONLINE, last_seen__lt=cutoff).update(
+            status=DeviceStatus.OFFLINE
+        )
         for device_id in ids:
-            _open_alert(device_id, AlertKind.OFFLINE,
-                        f"No contact for more than {seconds} s", threshold_s=seconds)
+            _open_alert(
+                device_id,
+                AlertKind.OFFLINE,
+                f"No contact for more than {seconds} s",
+                threshold_s=seconds,
+            )
         marked += len(ids)
     return marked
 
@@ -177,21 +227,73 @@ def check_latency(window_min: int = 15) -> int:
     """Open an alert where measured p95 exceeds the version × profile estimate × factor."""
     factor = settings.LATENCY_ALERT_FACTOR
     since = timezone.now() - timedelta(minutes=window_min)
-    baselines = {(b.model_version, b.hardware_profile_id): b.p95_ms
-                 for b in LatencyBaseline.objects.all()}
+    baselines = {
+        (b.model_version, b.hardware_profile_id): b.p95_ms for b in LatencyBaseline.objects.all()
+    }
     if not baselines:
         return 0
-    measured = (TelemetryRollup.objects.filter(minute__gte=since, latency_p95__isnull=False)
-                .values("device_id", "model_version", "device__hardware_profile_id")
-                .annotate(p95=Max("latency_p95")))
+    measured = (
+        TelemetryRollup.objects.filter(minute__gte=since, latency_p95__isnull=False)
+        .values("device_id", "model_version", "device__hardware_profile_id")
+        .annotate(p95=Max("latency_p95"))
+    )
     opened = 0
     for row in measured:
         estimate = baselines.get((row["model_version"], row["device__hardware_profile_id"]))
-        if estimate and row["p95"] > estimate * factor and _open_alert(
-                row["device_id"], AlertKind.LATENCY,
+        if (
+            estimate
+            and row["p95"] > estimate * factor
+            and _open_alert(
+                row["device_id"],
+                AlertKind.LATENCY,
                 f"p95 {row['p95']:.1f} ms > {factor:g} × estimate {estimate:.1f} ms",
-                model_version=row["model_version"], p95_ms=row["p95"], estimate_ms=estimate):
+                model_version=row["model_version"],
+                p95_ms=row["p95"],
+                estimate_ms=estimate,
+            )
+        ):
             opened += 1
+    return opened
+
+
+def check_drift(window_min: int = 15) -> int:
+    """Open an alert where a device's input drift score passed the threshold lately;
+    resolve open ones whose device has reported scores, all below it, since."""
+    threshold = settings.DRIFT_ALERT_PSI
+    since = timezone.now() - timedelta(minutes=window_min)
+    recent = (
+        TelemetryPoint.objects.filter(ts__gte=since, extra__has_key="drift_score")
+        .values("device_id")
+        .annotate(worst=Max(Cast(KeyTextTransform("drift_score", "extra"), FloatField())))
+    )
+    opened = 0
+    for row in recent:
+        device_id, worst = row["device_id"], row["worst"]
+        if worst is not None and worst > threshold:
+            point = (
+                TelemetryPoint.objects.filter(
+                    device_id=device_id, ts__gte=since, extra__has_key="drift_score"
+                )
+                .order_by("-ts")
+                .values("model_version", "extra")
+                .first()
+            )
+            name = (point["extra"] or {}).get("drift_input") or "?"
+            if _open_alert(
+                device_id,
+                AlertKind.DRIFT,
+                f"input drift {worst:.2f} > {threshold:g} on input {name}"[:300],
+                score=worst,
+                threshold=threshold,
+                input=name,
+                model_version=point["model_version"],
+            ):
+                opened += 1
+        elif worst is not None:
+            for alert in Alert.objects.filter(
+                device_id=device_id, kind=AlertKind.DRIFT, state=AlertState.OPEN
+            ):
+                alert.resolve()
     return opened
 
 
@@ -200,8 +302,11 @@ def _delete_before(model, field: str, cutoff: datetime) -> int:
     """Delete in chunks so no single statement holds locks over millions of rows."""
     total = 0
     while True:
-        ids = list(model.objects.filter(**{f"{field}__lt": cutoff})
-                   .values_list("pk", flat=True)[:DELETE_CHUNK])
+        ids = list(
+            model.objects.filter(**{f"{field}__lt": cutoff}).values_list("pk", flat=True)[
+                :DELETE_CHUNK
+            ]
+        )
         if not ids:
             return total
         total += model.objects.filter(pk__in=ids).delete()[0]
@@ -218,9 +323,11 @@ def _expire_raw(model, cutoff: datetime) -> int:
 def apply_retention(now: datetime | None = None) -> dict[str, int]:
     now = now or timezone.now()
     return {
-        "telemetry": _expire_raw(TelemetryPoint,
-                                 now - timedelta(days=settings.TELEMETRY_RETENTION_DAYS)),
+        "telemetry": _expire_raw(
+            TelemetryPoint, now - timedelta(days=settings.TELEMETRY_RETENTION_DAYS)
+        ),
         "logs": _expire_raw(LogLine, now - timedelta(days=settings.LOG_RETENTION_DAYS)),
-        "rollups": _delete_before(TelemetryRollup, "minute",
-                                  now - timedelta(days=settings.ROLLUP_RETENTION_DAYS)),
+        "rollups": _delete_before(
+            TelemetryRollup, "minute", now - timedelta(days=settings.ROLLUP_RETENTION_DAYS)
+        ),
     }

@@ -21,11 +21,14 @@ class HardwareProfile(models.Model):
     slug = models.SlugField(unique=True)
     name = models.CharField(_("name"), max_length=120)
     description = models.TextField(_("description"), blank=True)
-    arch = models.CharField(_("architecture"), max_length=20, choices=Arch.choices,
-                            default=Arch.AARCH64)
+    arch = models.CharField(
+        _("architecture"), max_length=20, choices=Arch.choices, default=Arch.AARCH64
+    )
     intra_op_threads = models.PositiveSmallIntegerField(_("intra-op threads"), default=1)
     execution_provider = models.CharField(
-        _("execution provider"), max_length=40, choices=ExecutionProvider.choices,
+        _("execution provider"),
+        max_length=40,
+        choices=ExecutionProvider.choices,
         default=ExecutionProvider.CPU,
     )
     ram_mb = models.PositiveIntegerField(_("RAM (MB)"), default=1024)
@@ -104,25 +107,41 @@ class QueryGroup(models.Model):
 class Device(models.Model):
     uid = models.CharField(_("device id"), max_length=64, unique=True)
     name = models.CharField(_("name"), max_length=120, blank=True)
-    group = models.ForeignKey(DeviceGroup, null=True, blank=True, on_delete=models.SET_NULL,
-                              related_name="devices", verbose_name=_("group"))
+    group = models.ForeignKey(
+        DeviceGroup,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="devices",
+        verbose_name=_("group"),
+    )
     tags = models.ManyToManyField(Tag, blank=True, related_name="devices", verbose_name=_("tags"))
-    hardware_profile = models.ForeignKey(HardwareProfile, null=True, blank=True,
-                                         on_delete=models.SET_NULL, related_name="devices",
-                                         verbose_name=_("hardware profile"))
+    hardware_profile = models.ForeignKey(
+        HardwareProfile,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="devices",
+        verbose_name=_("hardware profile"),
+    )
     # arch, cpu, ram_mb, os, onnxruntime, execution_providers, agent_version,
     # models: {slot: {"model_version": ..., "sha256": ...}}
     inventory = models.JSONField(_("inventory"), default=dict, blank=True)
     # Denormalized from the inventory's "default" slot so the fleet can be
     # filtered and counted by it with an index, at 100k devices.
-    model_version = models.CharField(_("model version"), max_length=120, blank=True,
-                                     db_index=True)
+    model_version = models.CharField(_("model version"), max_length=120, blank=True, db_index=True)
     agent_version = models.CharField(_("agent version"), max_length=40, blank=True)
-    status = models.CharField(_("status"), max_length=16, choices=DeviceStatus.choices,
-                              default=DeviceStatus.ONLINE, db_index=True)
+    status = models.CharField(
+        _("status"),
+        max_length=16,
+        choices=DeviceStatus.choices,
+        default=DeviceStatus.ONLINE,
+        db_index=True,
+    )
     last_seen = models.DateTimeField(_("last seen"), null=True, blank=True, db_index=True)
-    enrolled_with = models.ForeignKey("EnrollmentToken", null=True, blank=True,
-                                      on_delete=models.SET_NULL, related_name="devices")
+    enrolled_with = models.ForeignKey(
+        "EnrollmentToken", null=True, blank=True, on_delete=models.SET_NULL, related_name="devices"
+    )
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
 
     class Meta:
@@ -148,15 +167,23 @@ class EnrollmentToken(models.Model):
     name = models.CharField(_("name"), max_length=120)
     prefix = models.CharField(max_length=16, db_index=True)
     token_hash = models.CharField(max_length=64, unique=True)
-    group = models.ForeignKey(DeviceGroup, null=True, blank=True, on_delete=models.SET_NULL,
-                              related_name="enrollment_tokens", verbose_name=_("group"))
-    tags = models.ManyToManyField(Tag, blank=True, related_name="enrollment_tokens",
-                                  verbose_name=_("tags"))
+    group = models.ForeignKey(
+        DeviceGroup,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="enrollment_tokens",
+        verbose_name=_("group"),
+    )
+    tags = models.ManyToManyField(
+        Tag, blank=True, related_name="enrollment_tokens", verbose_name=_("tags")
+    )
     expires_at = models.DateTimeField(_("expires"), null=True, blank=True)
     max_uses = models.PositiveIntegerField(_("max uses"), null=True, blank=True)
     uses = models.PositiveIntegerField(_("uses"), default=0)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
-                                   on_delete=models.SET_NULL, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     revoked_at = models.DateTimeField(_("revoked"), null=True, blank=True)
 
@@ -205,7 +232,7 @@ class TelemetryPoint(models.Model):
     Rows are written only by `devices.ingest` (one multi-row INSERT … ON CONFLICT
     DO NOTHING per batch); `(device, boot_id, seq, ts)` makes a resent point a
     no-op (the agent resends a record unchanged). On PostgreSQL the table is
-    partitioned by day (`devices.partitions`, migration 0008): the unique key
+    partitioned by day (`devices.partitions`, migration 0009): the unique key
     must hold the partition key `ts`; a BRIN index on `ts` serves time scans.
     """
 
@@ -213,8 +240,9 @@ class TelemetryPoint(models.Model):
     # the device for each of 500 rows per batch) cost ~30 % of insert CPU.
     # Devices are revoked, not deleted, while they report; deleting one still
     # removes its rows through Django's cascade, and retention sweeps the rest.
-    device = models.ForeignKey(Device, on_delete=models.CASCADE, db_index=False,
-                               db_constraint=False, related_name="+")
+    device = models.ForeignKey(
+        Device, on_delete=models.CASCADE, db_index=False, db_constraint=False, related_name="+"
+    )
     boot_id = models.CharField(max_length=40)
     seq = models.BigIntegerField()
     ts = models.DateTimeField()
@@ -231,8 +259,11 @@ class TelemetryPoint(models.Model):
     extra = models.JSONField(null=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["device", "boot_id", "seq", "ts"],
-                                               name="telemetry_device_boot_seq")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["device", "boot_id", "seq", "ts"], name="telemetry_device_boot_seq"
+            )
+        ]
         indexes = [models.Index(fields=["device", "ts"], name="telemetry_device_ts")]
 
     def __str__(self) -> str:
@@ -241,8 +272,9 @@ class TelemetryPoint(models.Model):
 
 class LogLine(models.Model):
     # No database FK constraint, for the same reason as TelemetryPoint.device.
-    device = models.ForeignKey(Device, on_delete=models.CASCADE, db_index=False,
-                               db_constraint=False, related_name="+")
+    device = models.ForeignKey(
+        Device, on_delete=models.CASCADE, db_index=False, db_constraint=False, related_name="+"
+    )
     boot_id = models.CharField(max_length=40)
     seq = models.BigIntegerField()
     ts = models.DateTimeField()
@@ -252,8 +284,11 @@ class LogLine(models.Model):
     deployment_id = models.BigIntegerField(null=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["device", "boot_id", "seq", "ts"],
-                                               name="log_device_boot_seq")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["device", "boot_id", "seq", "ts"], name="log_device_boot_seq"
+            )
+        ]
         indexes = [models.Index(fields=["device", "ts"], name="log_device_ts")]
 
     def __str__(self) -> str:
@@ -263,8 +298,7 @@ class LogLine(models.Model):
 class TelemetryRollup(models.Model):
     """Per device and minute: what dashboards read instead of raw points."""
 
-    device = models.ForeignKey(Device, on_delete=models.CASCADE, db_index=False,
-                               related_name="+")
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, db_index=False, related_name="+")
     minute = models.DateTimeField()
     n = models.IntegerField()
     model_version = models.CharField(max_length=120, blank=True)
@@ -280,8 +314,9 @@ class TelemetryRollup(models.Model):
     errors_sum = models.BigIntegerField(null=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["device", "minute"],
-                                               name="rollup_device_minute")]
+        constraints = [
+            models.UniqueConstraint(fields=["device", "minute"], name="rollup_device_minute")
+        ]
 
     def __str__(self) -> str:
         return f"{self.device_id}@{self.minute:%Y-%m-%d %H:%M}"
@@ -302,8 +337,11 @@ class DropReport(models.Model):
     reported_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["device", "kind", "boot_id", "first_seq"],
-                                               name="drop_report_batch")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["device", "kind", "boot_id", "first_seq"], name="drop_report_batch"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.device_id}: {self.count} {self.kind} dropped"
@@ -317,14 +355,18 @@ class LatencyBaseline(models.Model):
     """
 
     model_version = models.CharField(max_length=120)
-    hardware_profile = models.ForeignKey(HardwareProfile, on_delete=models.CASCADE,
-                                         related_name="+")
+    hardware_profile = models.ForeignKey(
+        HardwareProfile, on_delete=models.CASCADE, related_name="+"
+    )
     p95_ms = models.FloatField()
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["model_version", "hardware_profile"],
-                                               name="baseline_version_profile")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["model_version", "hardware_profile"], name="baseline_version_profile"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.model_version} on {self.hardware_profile_id}: {self.p95_ms} ms"
@@ -333,8 +375,9 @@ class LatencyBaseline(models.Model):
 class Alert(models.Model):
     device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="alerts")
     kind = models.CharField(max_length=16, choices=AlertKind.choices)
-    state = models.CharField(max_length=16, choices=AlertState.choices,
-                             default=AlertState.OPEN, db_index=True)
+    state = models.CharField(
+        max_length=16, choices=AlertState.choices, default=AlertState.OPEN, db_index=True
+    )
     message = models.CharField(max_length=300)
     detail = models.JSONField(default=dict, blank=True)
     opened_at = models.DateTimeField(default=timezone.now)
@@ -342,9 +385,13 @@ class Alert(models.Model):
 
     class Meta:
         ordering = ["-opened_at"]
-        constraints = [models.UniqueConstraint(
-            fields=["device", "kind"], condition=models.Q(state=AlertState.OPEN),
-            name="one_open_alert_per_kind")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["device", "kind"],
+                condition=models.Q(state=AlertState.OPEN),
+                name="one_open_alert_per_kind",
+            )
+        ]
 
     def __str__(self) -> str:
         return self.message

@@ -45,9 +45,12 @@ def handle(topic: str, payload: bytes) -> tuple[str | None, dict]:
         log.warning("mqtt: refused message on %s", topic)
         return uid, {"code": "unauthorized", "detail": "unknown, revoked or foreign token"}
     try:
-        result = KINDS[kind](principal.device, envelope.get("batch"),
-                             dropped=envelope.get("dropped", 0),
-                             seen_noted=principal.seen_noted)
+        result = KINDS[kind](
+            principal.device,
+            envelope.get("batch"),
+            dropped=envelope.get("dropped", 0),
+            seen_noted=principal.seen_noted,
+        )
     except services.DeviceError as exc:
         return uid, {"code": exc.code, "detail": exc.message}
     return uid, result.as_dict()
@@ -56,8 +59,15 @@ def handle(topic: str, payload: bytes) -> tuple[str | None, dict]:
 class Bridge:
     """One paho client; `run()` blocks, `stop()` ends it from another thread."""
 
-    def __init__(self, url: str, *, client_id: str = "edgefleet-bridge",
-                 shared_group: str = "", acks: bool = True, persistent: bool = True):
+    def __init__(
+        self,
+        url: str,
+        *,
+        client_id: str = "edgefleet-bridge",
+        shared_group: str = "",
+        acks: bool = True,
+        persistent: bool = True,
+    ):
         parsed = urlparse(url)
         if parsed.scheme not in {"mqtt", "mqtts"}:
             raise ValueError(f"MQTT_URL must be mqtt:// or mqtts://, not {url!r}")
@@ -68,12 +78,14 @@ class Bridge:
         self.topics = [(f"{prefix}edgefleet/+/{kind}", 1) for kind in KINDS]
         # A persistent session: QoS 1 messages published while the bridge is
         # down wait in the broker and arrive when it reconnects.
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  clean_session=not persistent,
-                                  protocol=mqtt.MQTTv311)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=not persistent,
+            protocol=mqtt.MQTTv311,
+        )
         if parsed.username:
-            self.client.username_pw_set(unquote(parsed.username),
-                                        unquote(parsed.password or ""))
+            self.client.username_pw_set(unquote(parsed.username), unquote(parsed.password or ""))
         if parsed.scheme == "mqtts":
             self.client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
@@ -88,8 +100,12 @@ class Bridge:
             log.error("mqtt: connect refused: %s", reason_code)
             return
         client.subscribe(self.topics)
-        log.info("mqtt bridge connected to %s:%s, subscribed %s", self.host, self.port,
-                 [t for t, _q in self.topics])
+        log.info(
+            "mqtt bridge connected to %s:%s, subscribed %s",
+            self.host,
+            self.port,
+            [t for t, _q in self.topics],
+        )
 
     def _on_message(self, client, userdata, message):
         close_old_connections()
@@ -107,7 +123,8 @@ class Bridge:
         self.handled += 1
         prometheus.MQTT_MESSAGES.labels(
             message.topic.rsplit("/", 1)[-1],
-            "ok" if "accepted" in answer else "refused" if answer.get("code") else "error").inc()
+            "ok" if "accepted" in answer else "refused" if answer.get("code") else "error",
+        ).inc()
         if self.acks and uid:
             kind = message.topic.rsplit("/", 1)[-1]
             client.publish(f"edgefleet/{uid}/ack/{kind}", json.dumps(answer), qos=0)

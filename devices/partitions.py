@@ -4,7 +4,7 @@ On PostgreSQL `devices_telemetrypoint` and `devices_logline` are partitioned by
 range of `ts`, one partition per UTC day (`<table>_pYYYYMMDD`) plus a default
 partition that catches any row no daily partition covers (a point from a
 device whose clock was far behind, or a day the create-ahead task missed), so
-an insert never fails for want of a partition. Migration 0008 converts the
+an insert never fails for want of a partition. Migration 0009 converts the
 tables; SQLite keeps the plain tables and none of this runs there.
 
 - `ensure_partitions` (beat task, hourly) creates today's partition and the
@@ -76,10 +76,15 @@ def daily_partitions(table: str) -> dict[date, str]:
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-            "WHERE i.inhparent = to_regclass(%s)", [table])
+            "WHERE i.inhparent = to_regclass(%s)",
+            [table],
+        )
         names = [row[0] for row in cursor.fetchall()]
-    return {datetime.strptime(n.removeprefix(prefix), "%Y%m%d").date(): n
-            for n in names if n.startswith(prefix)}
+    return {
+        datetime.strptime(n.removeprefix(prefix), "%Y%m%d").date(): n
+        for n in names
+        if n.startswith(prefix)
+    }
 
 
 def _create(cursor, table: str, day: date) -> bool:
@@ -95,15 +100,20 @@ def _create(cursor, table: str, day: date) -> bool:
     # an insert must not slip one in meanwhile: lock it first, then move the rows.
     cursor.execute(f"LOCK TABLE {default} IN ACCESS EXCLUSIVE MODE")
     cursor.execute(f"CREATE TABLE {name} (LIKE {table} INCLUDING DEFAULTS)")
-    cursor.execute(f"WITH moved AS (DELETE FROM {default} WHERE ts >= %s AND ts < %s "
-                   f"RETURNING *) INSERT INTO {name} SELECT * FROM moved", [low, high])
-    cursor.execute(f"ALTER TABLE {table} ATTACH PARTITION {name} "
-                   f"FOR VALUES FROM (%s) TO (%s)", [low, high])
+    cursor.execute(
+        f"WITH moved AS (DELETE FROM {default} WHERE ts >= %s AND ts < %s "
+        f"RETURNING *) INSERT INTO {name} SELECT * FROM moved",
+        [low, high],
+    )
+    cursor.execute(
+        f"ALTER TABLE {table} ATTACH PARTITION {name} FOR VALUES FROM (%s) TO (%s)", [low, high]
+    )
     return True
 
 
-def ensure_partitions(now: datetime | None = None, *, ahead: int | None = None,
-                      back: int = 0) -> list[str]:
+def ensure_partitions(
+    now: datetime | None = None, *, ahead: int | None = None, back: int = 0
+) -> list[str]:
     """Create the daily partitions from `back` days ago to `ahead` days ahead of
     `now` (UTC) on both tables; returns the names created."""
     if connection.vendor != "postgresql":
@@ -148,7 +158,7 @@ def drop_before(table: str, cutoff: datetime) -> int:
     return removed
 
 
-# --- the conversion, run once by migration 0008 ------------------------------------------
+# --- the conversion, run once by migration 0009 ------------------------------------------
 def partition_table(cursor, table: str, *, back_days: int, ahead_days: int) -> None:
     """Turn the plain `table` into a partitioned one with the same rows, ids and
     columns: a new partitioned parent, daily partitions from `back_days` ago (or
@@ -157,16 +167,21 @@ def partition_table(cursor, table: str, *, back_days: int, ahead_days: int) -> N
     old = f"{table}_unpartitioned"
     cursor.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
     cursor.execute(f"ALTER TABLE {table} RENAME TO {old}")
-    cursor.execute("SELECT indexrelid::regclass::text FROM pg_index "
-                   "WHERE indrelid = to_regclass(%s)", [old])
+    cursor.execute(
+        "SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = to_regclass(%s)", [old]
+    )
     for (index,) in cursor.fetchall():  # index names are per schema: free them
         cursor.execute(f'ALTER INDEX "{index}" RENAME TO "{index[:50]}_unpartitioned"')
-    cursor.execute(f"CREATE TABLE {table} (LIKE {old} INCLUDING DEFAULTS INCLUDING IDENTITY) "
-                   "PARTITION BY RANGE (ts)")
+    cursor.execute(
+        f"CREATE TABLE {table} (LIKE {old} INCLUDING DEFAULTS INCLUDING IDENTITY) "
+        "PARTITION BY RANGE (ts)"
+    )
     kind = "telemetry" if table == TABLES["telemetry"] else "log"
     cursor.execute(f"ALTER TABLE {table} ADD PRIMARY KEY (id, ts)")
-    cursor.execute(f"ALTER TABLE {table} ADD CONSTRAINT {kind}_device_boot_seq "
-                   "UNIQUE (device_id, boot_id, seq, ts)")
+    cursor.execute(
+        f"ALTER TABLE {table} ADD CONSTRAINT {kind}_device_boot_seq "
+        "UNIQUE (device_id, boot_id, seq, ts)"
+    )
     cursor.execute(f"CREATE INDEX {kind}_device_ts ON {table} (device_id, ts)")
     cursor.execute(f"CREATE INDEX {kind}_ts_brin ON {table} USING brin (ts)")
     cursor.execute(f"CREATE TABLE {default_name(table)} PARTITION OF {table} DEFAULT")
@@ -179,12 +194,18 @@ def partition_table(cursor, table: str, *, back_days: int, ahead_days: int) -> N
     day = first
     while day <= today + timedelta(days=ahead_days):
         low, high = _bounds(day)
-        cursor.execute(f"CREATE TABLE {name_for(table, day)} PARTITION OF {table} "
-                       f"FOR VALUES FROM (%s) TO (%s)", [low, high])
+        cursor.execute(
+            f"CREATE TABLE {name_for(table, day)} PARTITION OF {table} "
+            f"FOR VALUES FROM (%s) TO (%s)",
+            [low, high],
+        )
         day += timedelta(days=1)
     cursor.execute(f"INSERT INTO {table} OVERRIDING SYSTEM VALUE SELECT * FROM {old}")
-    cursor.execute(f"SELECT setval(pg_get_serial_sequence(%s, 'id'), "
-                   f"(SELECT coalesce(max(id), 0) + 1 FROM {old}), false)", [table])
+    cursor.execute(
+        f"SELECT setval(pg_get_serial_sequence(%s, 'id'), "
+        f"(SELECT coalesce(max(id), 0) + 1 FROM {old}), false)",
+        [table],
+    )
     cursor.execute(f"DROP TABLE {old}")
 
 
@@ -193,16 +214,25 @@ def unpartition_table(cursor, table: str) -> None:
     kind = "telemetry" if table == TABLES["telemetry"] else "log"
     old = f"{table}_partitioned"
     cursor.execute(f"ALTER TABLE {table} RENAME TO {old}")
-    for index in (f"{kind}_device_boot_seq", f"{kind}_device_ts", f"{kind}_ts_brin",
-                  f"{table}_pkey"):
+    for index in (
+        f"{kind}_device_boot_seq",
+        f"{kind}_device_ts",
+        f"{kind}_ts_brin",
+        f"{table}_pkey",
+    ):
         cursor.execute(f"ALTER INDEX {index} RENAME TO {index}_partitioned")
     cursor.execute(f"CREATE TABLE {table} (LIKE {old} INCLUDING DEFAULTS INCLUDING IDENTITY)")
     cursor.execute(f"INSERT INTO {table} OVERRIDING SYSTEM VALUE SELECT * FROM {old}")
     cursor.execute(f"ALTER TABLE {table} ADD PRIMARY KEY (id)")
-    cursor.execute(f"ALTER TABLE {table} ADD CONSTRAINT {kind}_device_boot_seq "
-                   "UNIQUE (device_id, boot_id, seq, ts)")
+    cursor.execute(
+        f"ALTER TABLE {table} ADD CONSTRAINT {kind}_device_boot_seq "
+        "UNIQUE (device_id, boot_id, seq, ts)"
+    )
     cursor.execute(f"CREATE INDEX {kind}_device_ts ON {table} (device_id, ts)")
     cursor.execute(f"CREATE INDEX {kind}_ts_brin ON {table} USING brin (ts)")
-    cursor.execute(f"SELECT setval(pg_get_serial_sequence(%s, 'id'), "
-                   f"(SELECT coalesce(max(id), 0) + 1 FROM {old}), false)", [table])
+    cursor.execute(
+        f"SELECT setval(pg_get_serial_sequence(%s, 'id'), "
+        f"(SELECT coalesce(max(id), 0) + 1 FROM {old}), false)",
+        [table],
+    )
     cursor.execute(f"DROP TABLE {old}")

@@ -32,7 +32,9 @@ def parse(query: str) -> list[tuple[str, bool, str]]:
         if not match or match.group(1) not in FIELDS:
             raise ValidationError(
                 _("Cannot read %(term)r: use field=value joined by 'and'; fields: %(fields)s")
-                % {"term": part, "fields": ", ".join(FIELDS)}, code="bad_query")
+                % {"term": part, "fields": ", ".join(FIELDS)},
+                code="bad_query",
+            )
         terms.append((match.group(1), match.group(2) == "!=", match.group(3).strip("'\"")))
     return terms
 
@@ -51,8 +53,11 @@ def filter_by_query(queryset, query: str):
 def filter_by_params(queryset, params):
     """The device list filters (query-string names) shared by the API and the list page."""
     if params.get("group"):
-        queryset = queryset.filter(group_id=params["group"]) if str(
-            params["group"]).isdigit() else queryset.filter(group__name=params["group"])
+        queryset = (
+            queryset.filter(group_id=params["group"])
+            if str(params["group"]).isdigit()
+            else queryset.filter(group__name=params["group"])
+        )
     if params.get("tag"):
         queryset = queryset.filter(tags__name=params["tag"])
     if params.get("status"):

@@ -28,6 +28,11 @@ def check_latency() -> int:
 
 
 @shared_task(ignore_result=True)
+def check_drift() -> int:
+    return metrics.check_drift()
+
+
+@shared_task(ignore_result=True)
 def apply_retention() -> dict:
     return metrics.apply_retention()
 

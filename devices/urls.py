@@ -12,6 +12,7 @@ urlpatterns = [
     path("enrollment/<int:pk>/revoke/", views.enrollment_revoke, name="enrollment-revoke"),
     path("groups/new/", views.group_create, name="group-create"),
     path("d/<str:uid>/", views.device_detail, name="device-detail"),
+    path("d/<str:uid>/live/", views.device_live, name="device-live"),
     path("d/<str:uid>/chart.json", views.device_chart, name="device-chart"),
     path("d/<str:uid>/logs/", views.device_logs, name="device-logs"),
     path("d/<str:uid>/edit/", views.device_edit, name="device-edit"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.apps import apps
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
@@ -10,6 +11,7 @@ from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
 from devices import metrics, services
@@ -27,8 +29,13 @@ from devices.query import filter_by_params
 from fleet import audit
 from fleet.roles import Role, role_required
 
-WINDOWS = [(15, _("15 min")), (60, _("1 hour")), (360, _("6 hours")), (1440, _("24 hours")),
-           (10080, _("7 days"))]
+WINDOWS = [
+    (15, gettext_lazy("15 min")),
+    (60, gettext_lazy("1 hour")),
+    (360, gettext_lazy("6 hours")),
+    (1440, gettext_lazy("24 hours")),
+    (10080, gettext_lazy("7 days")),
+]
 
 
 def _counts(field: str, limit: int = 12) -> list[dict]:
@@ -64,31 +71,80 @@ def device_list(request):
     form = DeviceFilterForm(request.GET or None)
     devices = filter_by_params(
         Device.objects.select_related("group", "hardware_profile").order_by("uid"),
-        form.params() if request.GET else {})
+        form.params() if request.GET else {},
+    )
     page = Paginator(devices, 50).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
-    return render(request, "devices/list.html", {"form": form, "page": page,
-                                                 "query": query.urlencode()})
+    return render(
+        request, "devices/list.html", {"form": form, "page": page, "query": query.urlencode()}
+    )
+
+
+def _update_history(device: Device):
+    """The device's update rows when the rollout app is installed (it depends on this one,
+    not the other way round), else None."""
+    if not apps.is_installed("ota"):
+        return None
+    from ota.models import DeviceUpdate
+
+    return (
+        DeviceUpdate.objects.filter(device=device)
+        .select_related("deployment__release")
+        .order_by("-pk")[:50]
+    )
+
+
+def _live_context(device: Device) -> dict:
+    """What the device page's live partial shows, read in one request so its parts agree."""
+    return {
+        "device": device,
+        "tags": device.tags.all(),
+        "alerts": device.alerts.order_by("-opened_at")[:10],
+        "dropped": device.drop_reports.values("kind").annotate(total=Sum("count")),
+        "models": (device.inventory or {}).get("models") or {},
+        "updates": _update_history(device),
+        "signals": metrics.field_signals(device),
+    }
+
+
+def _device(uid: str) -> Device:
+    return get_object_or_404(
+        Device.objects.select_related("group", "hardware_profile", "enrolled_with"), uid=uid
+    )
 
 
 @login_required
 def device_detail(request, uid: str):
-    device = get_object_or_404(
-        Device.objects.select_related("group", "hardware_profile", "enrolled_with"), uid=uid)
-    edit_form = DeviceEditForm(initial={
-        "group": device.group, "tags": " ".join(t.name for t in device.tags.all())})
-    return render(request, "devices/detail.html", {
-        "device": device, "edit_form": edit_form, "windows": WINDOWS, "levels": LOG_LEVELS,
-        "alerts": device.alerts.order_by("-opened_at")[:10],
-        "dropped": device.drop_reports.values("kind").annotate(total=Sum("count")),
-        "tags": device.tags.all(), "models": (device.inventory or {}).get("models") or {},
-        "chart_labels": {
-            "p50": _("p50 latency (ms)"), "p95": _("p95 latency (ms)"),
-            "throughput": _("throughput"), "memory": _("max memory (MB)"), "cpu": _("CPU %"),
-            "temperature": _("max temperature (°C)"), "battery": _("min battery %"),
+    device = _device(uid)
+    edit_form = DeviceEditForm(
+        initial={"group": device.group, "tags": " ".join(t.name for t in device.tags.all())}
+    )
+    return render(
+        request,
+        "devices/detail.html",
+        {
+            **_live_context(device),
+            "edit_form": edit_form,
+            "windows": WINDOWS,
+            "levels": LOG_LEVELS,
+            "chart_labels": {
+                "p50": _("p50 latency (ms)"),
+                "p95": _("p95 latency (ms)"),
+                "throughput": _("throughput"),
+                "memory": _("max memory (MB)"),
+                "cpu": _("CPU %"),
+                "temperature": _("max temperature (°C)"),
+                "battery": _("min battery %"),
+            },
         },
-    })
+    )
+
+
+@login_required
+def device_live(request, uid: str):
+    """htmx: the live partial of the device page, polled while the device is enrolled."""
+    return render(request, "devices/_device_live.html", _live_context(_device(uid)))
 
 
 @login_required
@@ -136,8 +192,9 @@ def device_revoke(request, uid: str):
     device = get_object_or_404(Device, uid=uid)
     services.revoke_device(device)
     audit.note(request, "device.revoke", device)
-    messages.success(request, _("Device %(uid)s revoked: its token no longer works.")
-                     % {"uid": device.uid})
+    messages.success(
+        request, _("Device %(uid)s revoked: its token no longer works.") % {"uid": device.uid}
+    )
     return redirect("devices:device-detail", uid=uid)
 
 
@@ -147,19 +204,30 @@ def enrollment(request):
     created = None
     if request.method == "POST" and form.is_valid():
         try:
-            token, value = services.create_enrollment_token(actor=request.user,
-                                                            **form.service_kwargs())
+            token, value = services.create_enrollment_token(
+                actor=request.user, **form.service_kwargs()
+            )
         except services.DeviceError as exc:
             form.add_error("tags", exc.message)
         else:
             audit.note(request, "enrollment_token.create", token)
             created = {"token": token, "value": value}
             form = EnrollmentTokenForm()
-    tokens = EnrollmentToken.objects.select_related("group", "created_by").prefetch_related(
-        "tags")[:100]
-    return render(request, "devices/enrollment.html", {
-        "form": form, "tokens": tokens, "created": created, "group_form": GroupForm(),
-        "groups": DeviceGroup.objects.annotate(n=Count("devices")), "now": timezone.now()})
+    tokens = EnrollmentToken.objects.select_related("group", "created_by").prefetch_related("tags")[
+        :100
+    ]
+    return render(
+        request,
+        "devices/enrollment.html",
+        {
+            "form": form,
+            "tokens": tokens,
+            "created": created,
+            "group_form": GroupForm(),
+            "groups": DeviceGroup.objects.annotate(n=Count("devices")),
+            "now": timezone.now(),
+        },
+    )
 
 
 @require_POST
@@ -180,6 +248,9 @@ def group_create(request):
         audit.note(request, "group.create", form.save())
         messages.success(request, _("Group created."))
     else:
-        messages.error(request, _("Could not create the group: %(e)s")
-                       % {"e": "; ".join(e for errs in form.errors.values() for e in errs)})
+        messages.error(
+            request,
+            _("Could not create the group: %(e)s")
+            % {"e": "; ".join(e for errs in form.errors.values() for e in errs)},
+        )
     return redirect("devices:enrollment")

@@ -40,8 +40,14 @@ def commands(args) -> dict[str, list[str]]:
     worker = ["-m", "celery", "-A", "fleet", "worker", "-B", "-Q", worker_queues(),
               "--loglevel", "INFO"]  # fmt: skip
     cmds = {
-        "worker": [py, *worker, "--concurrency", str(args.concurrency),
-                   "-s", str(var / "celerybeat-schedule")],
+        "worker": [
+            py,
+            *worker,
+            "--concurrency",
+            str(args.concurrency),
+            "-s",
+            str(var / "celerybeat-schedule"),
+        ],
         "web": [py, "manage.py", "runserver", f"{args.host}:{args.port}", "--noreload"],
     }
     if args.devices > 0 and args.token:
@@ -121,8 +127,7 @@ def run(args) -> int:
         tmp.replace(pid_file)
     code = 0
     while not stopping:
-        ended = [n for n, c in children.items()
-                 if c.poll() is not None and n not in ONE_SHOT]
+        ended = [n for n, c in children.items() if c.poll() is not None and n not in ONE_SHOT]
         if ended:
             print(f"devrun: {', '.join(ended)} exited; stopping the rest", flush=True)
             code = 1
@@ -143,10 +148,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--devices", type=int, default=5)
     p.add_argument("--token", default="", help="enrollment token of the demo group")
     p.add_argument("--preinstalled", default="digits-cnn:1")
-    p.add_argument("--base-latency-ms", type=float, default=0.08,
-                   help="latency of the preinstalled (factory) model on the simulated devices")
-    p.add_argument("--hardware-profile", default="x86-gateway-1c",
-                   help="the simulated devices' profile (the demo job measures on this one)")
+    p.add_argument(
+        "--base-latency-ms",
+        type=float,
+        default=0.08,
+        help="latency of the preinstalled (factory) model on the simulated devices",
+    )
+    p.add_argument(
+        "--hardware-profile",
+        default="x86-gateway-1c",
+        help="the simulated devices' profile (the demo job measures on this one)",
+    )
     p.add_argument("--concurrency", type=int, default=2)
     p.add_argument(
         "--grace-s",

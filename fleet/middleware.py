@@ -35,7 +35,7 @@ def too_large_response(limit: int, request=None) -> JsonResponse:
     # Do not read the rest of a huge body: close the connection. Django's development
     # server (wsgiref) refuses hop-by-hop headers from the app (a bare 500 instead of
     # this 413) and closes an unread request by itself.
-    server = (request.META.get("SERVER_SOFTWARE", "") if request is not None else "")
+    server = request.META.get("SERVER_SOFTWARE", "") if request is not None else ""
     if not server.startswith("WSGIServer"):
         response["Connection"] = "close"
     return response

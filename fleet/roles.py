@@ -123,8 +123,11 @@ def sync_role_permissions(sender=None, **kwargs) -> None:
         if p.content_type.app_label in OPERATED_APPS
         and p.codename.split("_", 1)[0] in {"add", "change"}
     ]
-    ci = viewer + [p for p in perms if p.content_type.app_label in ("compression", "ota")
-                   and p.codename.startswith("add_")]
+    ci = viewer + [
+        p
+        for p in perms
+        if p.content_type.app_label in ("compression", "ota") and p.codename.startswith("add_")
+    ]
     groups[Role.VIEWER].permissions.set(viewer)
     groups[Role.CI].permissions.set(ci)
     groups[Role.OPERATOR].permissions.set(operator)

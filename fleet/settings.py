@@ -92,7 +92,7 @@ DEVICE_API_MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "fleet.middleware.ContentLengthMiddleware",
 ]
-DEVICE_API_URLCONF = "device_api.urls"  # the device handler matches only device routes
+DEVICE_API_URLCONF = "fleet.device_api.urls"  # the device handler matches only device routes
 
 ROOT_URLCONF = "fleet.urls"
 WSGI_APPLICATION = "fleet.wsgi.application"
@@ -191,8 +191,10 @@ CELERY_TASK_ROUTES = {
 }
 # Periodic tasks, by app; each app adds its own entries here.
 CELERY_BEAT_SCHEDULE: dict[str, dict] = {
-    "fleet-worker-heartbeat": {"task": "fleet.tasks.worker_heartbeat",
-                               "schedule": float(WORKER_HEARTBEAT_S)},
+    "fleet-worker-heartbeat": {
+        "task": "fleet.tasks.worker_heartbeat",
+        "schedule": float(WORKER_HEARTBEAT_S),
+    },
     # Re-enqueue jobs whose message was lost (broker down at enqueue, worker
     # machine gone with a filesystem broker); the claim makes a duplicate harmless.
     "compression-requeue-stale-jobs": {
@@ -298,7 +300,7 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "device_api.schema.add_plain_device_views",  # check-in, telemetry, logs
+        "fleet.device_api.schema.add_plain_device_views",  # check-in, telemetry, logs
     ],
 }
 
@@ -327,19 +329,24 @@ ROLLUP_RETENTION_DAYS = env_int("ROLLUP_RETENTION_DAYS", 90, minimum=1)
 TELEMETRY_PARTITIONS_AHEAD_DAYS = env_int("TELEMETRY_PARTITIONS_AHEAD_DAYS", 3, minimum=1)
 # Alert when a device's p95 latency exceeds its version × profile estimate by this factor.
 LATENCY_ALERT_FACTOR = float(env_str("LATENCY_ALERT_FACTOR", "1.5"))
+# Alert when a device's input drift score (PSI against the calibration data) exceeds this.
+DRIFT_ALERT_PSI = float(env_str("DRIFT_ALERT_PSI", "0.25"))
 # MQTT bridge: empty = off. mqtt://user:pass@host:1883 (mqtts:// for TLS).
 MQTT_URL = env_str("MQTT_URL")
 MQTT_CLIENT_ID = env_str("MQTT_CLIENT_ID", "edgefleet-bridge")
 # Non-empty: subscribe as $share/<group>/… so several bridges split the load.
 MQTT_SHARED_GROUP = env_str("MQTT_SHARED_GROUP")
-CELERY_BEAT_SCHEDULE.update({
-    "devices-rollup": {"task": "devices.tasks.rollup_telemetry", "schedule": 60.0},
-    "devices-offline": {"task": "devices.tasks.detect_offline", "schedule": 60.0},
-    "devices-presence": {"task": "devices.tasks.flush_presence", "schedule": 15.0},
-    "devices-latency": {"task": "devices.tasks.check_latency", "schedule": 300.0},
-    "devices-retention": {"task": "devices.tasks.apply_retention", "schedule": 3600.0},
-    "devices-partitions": {"task": "devices.tasks.create_partitions", "schedule": 3600.0},
-})
+CELERY_BEAT_SCHEDULE.update(
+    {
+        "devices-rollup": {"task": "devices.tasks.rollup_telemetry", "schedule": 60.0},
+        "devices-offline": {"task": "devices.tasks.detect_offline", "schedule": 60.0},
+        "devices-presence": {"task": "devices.tasks.flush_presence", "schedule": 15.0},
+        "devices-latency": {"task": "devices.tasks.check_latency", "schedule": 300.0},
+        "devices-drift": {"task": "devices.tasks.check_drift", "schedule": 300.0},
+        "devices-retention": {"task": "devices.tasks.apply_retention", "schedule": 3600.0},
+        "devices-partitions": {"task": "devices.tasks.create_partitions", "schedule": 3600.0},
+    }
+)
 
 # --- ota -------------------------------------------------------------------------
 # A single-phase deployment to more than this % of the fleet needs the admin role.
@@ -363,7 +370,9 @@ OTA_KEY_OVERLAP_H = env_int("OTA_KEY_OVERLAP_H", 168, minimum=0)
 # How often the gate task judges running deployments (seconds).
 OTA_GATE_INTERVAL_S = env_int("OTA_GATE_INTERVAL_S", 30, minimum=5)
 CELERY_BEAT_SCHEDULE["ota-evaluate-deployments"] = {
-    "task": "ota.tasks.evaluate_deployments", "schedule": float(OTA_GATE_INTERVAL_S)}
+    "task": "ota.tasks.evaluate_deployments",
+    "schedule": float(OTA_GATE_INTERVAL_S),
+}
 
 # --- metrics (fleet/prometheus.py) ---------------------------------------------------
 # Count device requests, ingested records, ... (off only to measure what counting costs).

@@ -8,7 +8,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from fleet import me, prometheus, views
 
 urlpatterns = [
-    path("", include("device_api.urls")),  # the device API: most requests by far
+    path("", include("fleet.device_api.urls")),  # the device API: most requests by far
     path("", views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
     path("metrics", prometheus.metrics_view, name="metrics"),

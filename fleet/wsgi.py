@@ -25,8 +25,9 @@ class DeviceAPIRouter:
         self.default, self.device, self.prefix = default, device, prefix
 
     def __call__(self, environ, start_response):
-        handler = self.device if environ.get("PATH_INFO", "").startswith(self.prefix) \
-            else self.default
+        handler = (
+            self.device if environ.get("PATH_INFO", "").startswith(self.prefix) else self.default
+        )
         return handler(environ, start_response)
 
 

@@ -31,18 +31,30 @@ class UpdateState(models.TextChoices):
 
 
 # Assigned to a device and not finished: what check-in serves.
-ACTIVE_STATES = (UpdateState.PENDING, UpdateState.DOWNLOADING, UpdateState.DOWNLOADED,
-                 UpdateState.INSTALLING)
-FINAL_STATES = (UpdateState.SUCCEEDED, UpdateState.FAILED, UpdateState.ROLLED_BACK,
-                UpdateState.CANCELLED, UpdateState.SUPERSEDED)
+ACTIVE_STATES = (
+    UpdateState.PENDING,
+    UpdateState.DOWNLOADING,
+    UpdateState.DOWNLOADED,
+    UpdateState.INSTALLING,
+)
+FINAL_STATES = (
+    UpdateState.SUCCEEDED,
+    UpdateState.FAILED,
+    UpdateState.ROLLED_BACK,
+    UpdateState.CANCELLED,
+    UpdateState.SUPERSEDED,
+)
 # What a device may report, and from which states (the agent may skip steps:
 # a cached artifact goes straight to installing; a refused manifest straight to failed).
 REPORTABLE = {
     UpdateState.DOWNLOADING: {UpdateState.PENDING, UpdateState.DOWNLOADING},
-    UpdateState.DOWNLOADED: {UpdateState.PENDING, UpdateState.DOWNLOADING,
-                             UpdateState.DOWNLOADED},
-    UpdateState.INSTALLING: {UpdateState.PENDING, UpdateState.DOWNLOADING,
-                             UpdateState.DOWNLOADED, UpdateState.INSTALLING},
+    UpdateState.DOWNLOADED: {UpdateState.PENDING, UpdateState.DOWNLOADING, UpdateState.DOWNLOADED},
+    UpdateState.INSTALLING: {
+        UpdateState.PENDING,
+        UpdateState.DOWNLOADING,
+        UpdateState.DOWNLOADED,
+        UpdateState.INSTALLING,
+    },
     UpdateState.SUCCEEDED: {*ACTIVE_STATES, UpdateState.SUCCEEDED},
     UpdateState.FAILED: {*ACTIVE_STATES, UpdateState.FAILED},
     UpdateState.ROLLED_BACK: {*ACTIVE_STATES, UpdateState.ROLLED_BACK},

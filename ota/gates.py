@@ -11,6 +11,10 @@ import math
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 
+# Marks the reason texts for translation without importing Django's machinery at call time:
+# the pages render `GateDecision.codes` in the reader's language (ota/display.py).
+from django.utils.translation import gettext_noop
+
 
 class Verdict(StrEnum):
     PASS = "pass"
@@ -28,9 +32,12 @@ class GateError(ValueError):
 
 # field -> (kind, may be None); bool is refused where a number is expected
 _FIELD_TYPES = {
-    "max_failure_rate": ("number", False), "min_successful": ("integer", False),
-    "max_latency_ratio": ("number", True), "max_confidence_drop": ("number", True),
-    "min_soak_s": ("integer", False), "min_latency_samples": ("integer", False),
+    "max_failure_rate": ("number", False),
+    "min_successful": ("integer", False),
+    "max_latency_ratio": ("number", True),
+    "max_confidence_drop": ("number", True),
+    "min_soak_s": ("integer", False),
+    "min_latency_samples": ("integer", False),
 }
 
 
@@ -46,20 +53,21 @@ def _check_type(name: str, value, spec: tuple[str, bool]) -> None:
         ok = math.isfinite(value)
     if not ok:
         article = "an integer" if kind == "integer" else "a finite number"
-        raise GateError(name, f"{name} must be {article}{' or null' if nullable else ''}, "
-                              f"not {value!r}"[:200])
+        raise GateError(
+            name, f"{name} must be {article}{' or null' if nullable else ''}, not {value!r}"[:200]
+        )
 
 
 @dataclass(frozen=True)
 class GateConfig:
     """Thresholds of one phase. `None` switches a check off."""
 
-    max_failure_rate: float = 0.2          # failed / (succeeded + failed)
-    min_successful: int = 1                # devices that must have succeeded
+    max_failure_rate: float = 0.2  # failed / (succeeded + failed)
+    min_successful: int = 1  # devices that must have succeeded
     max_latency_ratio: float | None = 1.5  # on-device p95 ≤ k × benchmark estimate
     max_confidence_drop: float | None = None  # mean top-1 confidence vs previous version
-    min_soak_s: int = 0                    # time since the phase's first success
-    min_latency_samples: int = 3           # telemetry points before latency is judged
+    min_soak_s: int = 0  # time since the phase's first success
+    min_latency_samples: int = 3  # telemetry points before latency is judged
 
     @classmethod
     def from_dict(cls, data: dict | None) -> GateConfig:
@@ -70,8 +78,9 @@ class GateConfig:
         data = dict(data or {})
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
-            raise GateError(sorted(unknown)[0],
-                            f"unknown gate settings: {', '.join(sorted(unknown))}")
+            raise GateError(
+                sorted(unknown)[0], f"unknown gate settings: {', '.join(sorted(unknown))}"
+            )
         for name, value in data.items():
             _check_type(name, value, _FIELD_TYPES[name])
             if _FIELD_TYPES[name][0] == "integer" and value is not None:
@@ -94,7 +103,7 @@ class GateConfig:
 class PhaseStats:
     targeted: int
     succeeded: int = 0
-    failed: int = 0          # failed + rolled back (the device refused or reverted)
+    failed: int = 0  # failed + rolled back (the device refused or reverted)
     in_progress: int = 0
     p95_latency_ms: float | None = None
     latency_samples: int = 0
@@ -109,55 +118,102 @@ class GateDecision:
     verdict: Verdict
     reasons: list[str] = field(default_factory=list)
     values: dict = field(default_factory=dict)
+    # The same reasons as {"code", "params"}: what a page translates (`reasons` is English).
+    codes: list[dict] = field(default_factory=list)
+
+
+GATE_FAILED = gettext_noop("Phase %(p)s gate failed: %(r)s")  # stored in English, shown translated
+REASONS = {
+    "failure_rate": gettext_noop(
+        "install failure rate %(rate)s > %(limit)s (%(failed)s of %(finished)s devices)"
+    ),
+    "latency_waiting": gettext_noop("waiting for on-device latency telemetry"),
+    "latency_ratio": gettext_noop(
+        "on-device p95 latency %(p95)s ms is %(ratio)s× the estimate "
+        "%(estimate)s ms (limit %(limit)s×)"
+    ),
+    "confidence_waiting": gettext_noop("waiting for confidence telemetry"),
+    "confidence_drop": gettext_noop("mean confidence dropped by %(drop)s (limit %(limit)s)"),
+    "too_few_succeeded": gettext_noop("%(succeeded)s of %(needed)s devices succeeded"),
+    "still_updating": gettext_noop("%(n)s devices still updating"),
+    "soaking": gettext_noop("soaking %(elapsed)s/%(needed)s s"),
+    "passed": gettext_noop("all gates passed"),
+}
+
+
+class _Reasons:
+    """Collects reasons as codes with pre-formatted params, and their English text."""
+
+    def __init__(self):
+        self.codes: list[dict] = []
+
+    def add(self, code: str, **params) -> None:
+        self.codes.append({"code": code, "params": params})
+
+    def __bool__(self) -> bool:
+        return bool(self.codes)
+
+    def decision(self, verdict: Verdict, values: dict) -> GateDecision:
+        return GateDecision(
+            verdict, [REASONS[c["code"]] % c["params"] for c in self.codes], values, self.codes
+        )
 
 
 def evaluate(config: GateConfig, stats: PhaseStats) -> GateDecision:
     """Fail fast on evidence of harm; pass only when every check has enough evidence."""
     values: dict = {}
-    failures: list[str] = []
-    waits: list[str] = []
+    failures, waits = _Reasons(), _Reasons()
     finished = stats.succeeded + stats.failed
     rate = stats.failed / finished if finished else 0.0
     values["failure_rate"] = round(rate, 4)
     if finished and rate > config.max_failure_rate and stats.failed >= 1:
-        failures.append(
-            f"install failure rate {rate:.0%} > {config.max_failure_rate:.0%} "
-            f"({stats.failed} of {finished} devices)"
+        failures.add(
+            "failure_rate",
+            rate=f"{rate:.0%}",
+            limit=f"{config.max_failure_rate:.0%}",
+            failed=stats.failed,
+            finished=finished,
         )
     if config.max_latency_ratio is not None and stats.estimate_p95_ms:
         values["estimate_p95_ms"] = stats.estimate_p95_ms
         values["p95_latency_ms"] = stats.p95_latency_ms
         if stats.latency_samples < config.min_latency_samples or stats.p95_latency_ms is None:
-            waits.append("waiting for on-device latency telemetry")
+            waits.add("latency_waiting")
         else:
             ratio = stats.p95_latency_ms / stats.estimate_p95_ms
             values["latency_ratio"] = round(ratio, 3)
             if ratio > config.max_latency_ratio:
-                failures.append(
-                    f"on-device p95 latency {stats.p95_latency_ms:.1f} ms is {ratio:.1f}× the "
-                    f"estimate {stats.estimate_p95_ms:.1f} ms (limit {config.max_latency_ratio}×)"
+                failures.add(
+                    "latency_ratio",
+                    p95=f"{stats.p95_latency_ms:.1f}",
+                    ratio=f"{ratio:.1f}",
+                    estimate=f"{stats.estimate_p95_ms:.1f}",
+                    limit=config.max_latency_ratio,
                 )
     if config.max_confidence_drop is not None and stats.baseline_confidence_mean is not None:
         if stats.confidence_mean is None:
-            waits.append("waiting for confidence telemetry")
+            waits.add("confidence_waiting")
         else:
             drop = stats.baseline_confidence_mean - stats.confidence_mean
             values["confidence_drop"] = round(drop, 4)
             if drop > config.max_confidence_drop:
-                failures.append(f"mean confidence dropped by {drop:.3f} "
-                                f"(limit {config.max_confidence_drop})")
+                failures.add(
+                    "confidence_drop", drop=f"{drop:.3f}", limit=config.max_confidence_drop
+                )
     if failures:
-        return GateDecision(Verdict.FAIL, failures, values)
+        return failures.decision(Verdict.FAIL, values)
     needed = min(config.min_successful, stats.targeted)
     if stats.succeeded < needed:
-        waits.append(f"{stats.succeeded} of {needed} devices succeeded")
+        waits.add("too_few_succeeded", succeeded=stats.succeeded, needed=needed)
     if stats.in_progress:
-        waits.append(f"{stats.in_progress} devices still updating")
+        waits.add("still_updating", n=stats.in_progress)
     if stats.soak_elapsed_s < config.min_soak_s:
-        waits.append(f"soaking {stats.soak_elapsed_s:.0f}/{config.min_soak_s} s")
+        waits.add("soaking", elapsed=f"{stats.soak_elapsed_s:.0f}", needed=config.min_soak_s)
     if waits:
-        return GateDecision(Verdict.WAIT, waits, values)
-    return GateDecision(Verdict.PASS, ["all gates passed"], values)
+        return waits.decision(Verdict.WAIT, values)
+    passed = _Reasons()
+    passed.add("passed")
+    return passed.decision(Verdict.PASS, values)
 
 
 def phase_targets(total: int, percents: list[float]) -> list[int]:

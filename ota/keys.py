@@ -22,9 +22,12 @@ _loaded: dict[str, Ed25519PrivateKey] = {}  # fingerprint -> decrypted key
 
 def encrypt_pem(private: Ed25519PrivateKey, passphrase: bytes | None = None) -> str:
     return private.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
         serialization.BestAvailableEncryption(
-            passphrase or settings.SERVER_KEY_PASSPHRASE.encode())).decode()
+            passphrase or settings.SERVER_KEY_PASSPHRASE.encode()
+        ),
+    ).decode()
 
 
 def is_encrypted(pem: str) -> bool:
@@ -33,8 +36,9 @@ def is_encrypted(pem: str) -> bool:
 
 def load_pem(pem: str, passphrase: bytes | None = None) -> Ed25519PrivateKey:
     """A stored key: encrypted PKCS#8, or a plaintext one written before encryption."""
-    password = (passphrase or settings.SERVER_KEY_PASSPHRASE.encode()) \
-        if is_encrypted(pem) else None
+    password = (
+        (passphrase or settings.SERVER_KEY_PASSPHRASE.encode()) if is_encrypted(pem) else None
+    )
     loaded = serialization.load_pem_private_key(pem.encode(), password=password)
     assert isinstance(loaded, Ed25519PrivateKey)
     return loaded
@@ -42,11 +46,15 @@ def load_pem(pem: str, passphrase: bytes | None = None) -> Ed25519PrivateKey:
 
 def _new_key(*, active: bool = True) -> ServerKey:
     private = Ed25519PrivateKey.generate()
-    raw = private.public_key().public_bytes(serialization.Encoding.Raw,
-                                            serialization.PublicFormat.Raw)
-    return ServerKey(private_key_pem=encrypt_pem(private), active=active,
-                     public_key_b64=base64.b64encode(raw).decode(),
-                     fingerprint=hashlib.sha256(raw).hexdigest())
+    raw = private.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    return ServerKey(
+        private_key_pem=encrypt_pem(private),
+        active=active,
+        public_key_b64=base64.b64encode(raw).decode(),
+        fingerprint=hashlib.sha256(raw).hexdigest(),
+    )
 
 
 new_key = _new_key
@@ -90,8 +98,11 @@ def encrypt_stored(key: ServerKey) -> bool:
         return False
     key.private_key_pem = encrypt_pem(load_pem(plain))
     # conditional: two processes migrating the same row write one ciphertext
-    return bool(ServerKey.objects.filter(pk=key.pk, private_key_pem=plain)
-                .update(private_key_pem=key.private_key_pem))
+    return bool(
+        ServerKey.objects.filter(pk=key.pk, private_key_pem=plain).update(
+            private_key_pem=key.private_key_pem
+        )
+    )
 
 
 def sign(data: bytes, key: ServerKey | None = None) -> bytes:

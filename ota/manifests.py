@@ -40,22 +40,33 @@ def artifact_path(sha256: str) -> str:
     return f"/api/v1/device/artifacts/{sha256}"
 
 
-def artifact_entry(name: str, model_version, estimate_p95_ms: float | None = None) -> dict:
+def artifact_entry(
+    name: str, model_version, estimate_p95_ms: float | None = None, input_stats: dict | None = None
+) -> dict:
     from ota.models import version_label
 
-    entry = {"name": name, "model_version": version_label(model_version),
-             "sha256": model_version.sha256, "size": int(model_version.size_bytes),
-             "url": artifact_path(model_version.sha256)}
+    entry = {
+        "name": name,
+        "model_version": version_label(model_version),
+        "sha256": model_version.sha256,
+        "size": int(model_version.size_bytes),
+        "url": artifact_path(model_version.sha256),
+    }
     if estimate_p95_ms:
         entry["estimate_p95_ms"] = round(float(estimate_p95_ms), 3)
+    if input_stats:  # calibration statistics per input: the agent's drift reference
+        entry["input_stats"] = input_stats
     return entry
 
 
 def announced_key(active: ServerKey) -> dict | None:
     """Key rotation (U6): the newest inactive key created after the active one is the
     next key; every manifest signed by the current key announces it until it becomes active."""
-    nxt = (ServerKey.objects.filter(active=False, created_at__gt=active.created_at)
-           .order_by("-created_at").first())
+    nxt = (
+        ServerKey.objects.filter(active=False, created_at__gt=active.created_at)
+        .order_by("-created_at")
+        .first()
+    )
     if nxt is None:
         return None
     raw = base64.b64decode(nxt.public_key_b64)
@@ -75,11 +86,23 @@ class Signer:
     def now(cls, moment: datetime) -> Signer:
         active = keys.active_key()
         ttl = timedelta(hours=settings.OTA_MANIFEST_TTL_H)
-        return cls(keys.private_key(active), announced_key(active), mf.format_time(moment),
-                   mf.format_time(moment + ttl))
+        return cls(
+            keys.private_key(active),
+            announced_key(active),
+            mf.format_time(moment),
+            mf.format_time(moment + ttl),
+        )
 
-    def envelope(self, *, device_uid: str, deployment, version: int, artifacts: list[dict],
-                 default: str, policy: dict) -> dict:
+    def envelope(
+        self,
+        *,
+        device_uid: str,
+        deployment,
+        version: int,
+        artifacts: list[dict],
+        default: str,
+        policy: dict,
+    ) -> dict:
         payload = {
             "schema": mf.SCHEMA,
             "device": device_uid,
@@ -132,17 +155,22 @@ def checkin_for(device_pk: int, *, cached: tuple | None = None) -> CheckIn:
     hit = cached if cached is not None else cache.get(key)
     if hit is not None and len(hit) == 4 and hit[3] > time.time():
         return CheckIn(*hit)
-    rows = (DeviceUpdate.objects.filter(device_id=device_pk, state__in=ACTIVE_STATES,
-                                        envelope__isnull=False)
-            .order_by("slot", "-manifest_version").values_list("slot", "envelope"))
+    rows = (
+        DeviceUpdate.objects.filter(
+            device_id=device_pk, state__in=ACTIVE_STATES, envelope__isnull=False
+        )
+        .order_by("slot", "-manifest_version")
+        .values_list("slot", "envelope")
+    )
     newest: dict[str, dict] = {}
     for slot, envelope in rows:
         newest.setdefault(slot, envelope)
     answer = render(list(newest.values()))
     uid = Device.objects.filter(pk=device_pk).values_list("uid", flat=True).first()
     answer = with_statement(answer, str(uid or ""), list(newest.values()))
-    cache.set(key, (answer.etag, answer.body, answer.statement, answer.fresh_until),
-              cache_seconds())
+    cache.set(
+        key, (answer.etag, answer.body, answer.statement, answer.fresh_until), cache_seconds()
+    )
     return answer
 
 
@@ -162,10 +190,14 @@ def with_statement(answer: CheckIn, device_uid: str, envelopes: list[dict]) -> C
     moment = datetime.fromtimestamp(now, UTC)
     active = keys.active_key()
     payload = {
-        "schema": mf.SCHEMA, "type": "timestamp", "device": device_uid, "etag": answer.etag,
+        "schema": mf.SCHEMA,
+        "type": "timestamp",
+        "device": device_uid,
+        "etag": answer.etag,
         "body_sha256": hashlib.sha256(answer.body).hexdigest() if answer.body else None,
-        "updates": {(e["manifest"].get("slot") or "default"): e["manifest"]["version"]
-                    for e in envelopes},
+        "updates": {
+            (e["manifest"].get("slot") or "default"): e["manifest"]["version"] for e in envelopes
+        },
         "issued_at": mf.format_time(moment),
         "expires_at": mf.format_time(moment + timedelta(seconds=ttl)),
         "next_key": announced_key(active),

@@ -39,8 +39,9 @@ class Release(models.Model):
     # Name of the variant to run when no policy rule matches.
     default_variant = models.SlugField(_("default variant"), max_length=40, default="default")
     policy = models.JSONField(_("switching policy"), default=dict, blank=True)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
-                                   on_delete=models.SET_NULL, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -65,19 +66,24 @@ class ReleaseVariant(models.Model):
 
     release = models.ForeignKey(Release, on_delete=models.CASCADE, related_name="variants")
     name = models.SlugField(_("name"), max_length=40, default="default")
-    model_version = models.ForeignKey("compression.ModelVersion", on_delete=models.PROTECT,
-                                      related_name="release_variants")
-    hardware_profile = models.ForeignKey("devices.HardwareProfile", null=True, blank=True,
-                                         on_delete=models.PROTECT, related_name="+")
+    model_version = models.ForeignKey(
+        "compression.ModelVersion", on_delete=models.PROTECT, related_name="release_variants"
+    )
+    hardware_profile = models.ForeignKey(
+        "devices.HardwareProfile", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
 
     class Meta:
         ordering = ["release", "hardware_profile", "name"]
         constraints = [
-            models.UniqueConstraint(fields=["release", "hardware_profile", "name"],
-                                    name="ota_variant_unique"),
-            models.UniqueConstraint(fields=["release", "name"],
-                                    condition=Q(hardware_profile__isnull=True),
-                                    name="ota_generic_variant_unique"),
+            models.UniqueConstraint(
+                fields=["release", "hardware_profile", "name"], name="ota_variant_unique"
+            ),
+            models.UniqueConstraint(
+                fields=["release", "name"],
+                condition=Q(hardware_profile__isnull=True),
+                name="ota_generic_variant_unique",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -86,16 +92,21 @@ class ReleaseVariant(models.Model):
 
 class Deployment(models.Model):
     release = models.ForeignKey(Release, on_delete=models.PROTECT, related_name="deployments")
-    kind = models.CharField(max_length=16, choices=DeploymentKind.choices,
-                            default=DeploymentKind.RELEASE)
+    kind = models.CharField(
+        max_length=16, choices=DeploymentKind.choices, default=DeploymentKind.RELEASE
+    )
     slot = models.SlugField(max_length=64)
     # {"groups": [id], "query_groups": [id], "tags": [name], "hardware_profiles": [slug],
     #  "devices": [uid]}: a device matching any entry is targeted.
     target = models.JSONField(default=dict, blank=True)
-    phases = models.JSONField(default=list)        # cumulative percents, last = 100
-    gates = models.JSONField(default=list)         # one GateConfig dict per phase
-    status = models.CharField(max_length=16, choices=DeploymentStatus.choices,
-                              default=DeploymentStatus.DRAFT, db_index=True)
+    phases = models.JSONField(default=list)  # cumulative percents, last = 100
+    gates = models.JSONField(default=list)  # one GateConfig dict per phase
+    status = models.CharField(
+        max_length=16,
+        choices=DeploymentStatus.choices,
+        default=DeploymentStatus.DRAFT,
+        db_index=True,
+    )
     current_phase = models.IntegerField(default=-1)
     pause_reason = models.TextField(blank=True)
     gate_report = models.JSONField(default=dict, blank=True)  # last evaluation
@@ -105,12 +116,14 @@ class Deployment(models.Model):
     ungated_count = models.IntegerField(default=0)
     scheduled_at = models.DateTimeField(null=True, blank=True)
     install_window = models.JSONField(null=True, blank=True)  # {"start": "HH:MM", "end": ...}
-    rollback_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL,
-                                    related_name="rollbacks")
+    rollback_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="rollbacks"
+    )
     # Bumped by every status or phase change: a claim names the step it saw.
     step = models.IntegerField(default=0)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
-                                   on_delete=models.SET_NULL, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     phase_started_at = models.DateTimeField(null=True, blank=True)
@@ -143,6 +156,11 @@ class Deployment(models.Model):
         return self.status in (DeploymentStatus.RUNNING, DeploymentStatus.SCHEDULED)
 
     @property
+    def polls(self) -> bool:
+        """The page keeps refreshing: paused deployments still have devices finishing."""
+        return self.is_live or self.status == DeploymentStatus.PAUSED
+
+    @property
     def can_pause(self) -> bool:
         return self.status in (DeploymentStatus.RUNNING, DeploymentStatus.SCHEDULED)
 
@@ -152,47 +170,74 @@ class Deployment(models.Model):
 
     @property
     def can_abort(self) -> bool:
-        return self.status in (DeploymentStatus.RUNNING, DeploymentStatus.PAUSED,
-                               DeploymentStatus.SCHEDULED, DeploymentStatus.DRAFT)
+        return self.status in (
+            DeploymentStatus.RUNNING,
+            DeploymentStatus.PAUSED,
+            DeploymentStatus.SCHEDULED,
+            DeploymentStatus.DRAFT,
+        )
 
     @property
     def can_roll_back(self) -> bool:
         return self.kind == DeploymentKind.RELEASE and self.status in (
-            DeploymentStatus.RUNNING, DeploymentStatus.PAUSED, DeploymentStatus.COMPLETED,
-            DeploymentStatus.ABORTED)
+            DeploymentStatus.RUNNING,
+            DeploymentStatus.PAUSED,
+            DeploymentStatus.COMPLETED,
+            DeploymentStatus.ABORTED,
+        )
 
     # --- state transitions: each a conditional UPDATE; False when another actor won ----
     def _move(self, to: str, sources, **fields) -> bool:
         moved = Deployment.objects.filter(pk=self.pk, status__in=list(sources)).update(
-            status=to, step=F("step") + 1, **fields)
+            status=to, step=F("step") + 1, **fields
+        )
         if moved:
             self.refresh_from_db()
         return bool(moved)
 
     def pause(self, reason: str) -> bool:
-        return self._move(DeploymentStatus.PAUSED,
-                          [DeploymentStatus.RUNNING, DeploymentStatus.SCHEDULED],
-                          pause_reason=reason[:2000])
+        return self._move(
+            DeploymentStatus.PAUSED,
+            [DeploymentStatus.RUNNING, DeploymentStatus.SCHEDULED],
+            pause_reason=reason[:2000],
+        )
 
     def resume(self) -> bool:
-        return self._move(DeploymentStatus.RUNNING, [DeploymentStatus.PAUSED], pause_reason="",
-                          phase_started_at=timezone.now())
+        return self._move(
+            DeploymentStatus.RUNNING,
+            [DeploymentStatus.PAUSED],
+            pause_reason="",
+            phase_started_at=timezone.now(),
+        )
 
     def abort(self) -> bool:
-        return self._move(DeploymentStatus.ABORTED,
-                          [DeploymentStatus.RUNNING, DeploymentStatus.PAUSED,
-                           DeploymentStatus.SCHEDULED, DeploymentStatus.DRAFT],
-                          finished_at=timezone.now())
+        return self._move(
+            DeploymentStatus.ABORTED,
+            [
+                DeploymentStatus.RUNNING,
+                DeploymentStatus.PAUSED,
+                DeploymentStatus.SCHEDULED,
+                DeploymentStatus.DRAFT,
+            ],
+            finished_at=timezone.now(),
+        )
 
     def complete(self) -> bool:
-        return self._move(DeploymentStatus.COMPLETED, [DeploymentStatus.RUNNING],
-                          finished_at=timezone.now())
+        return self._move(
+            DeploymentStatus.COMPLETED, [DeploymentStatus.RUNNING], finished_at=timezone.now()
+        )
 
     def mark_rolled_back(self) -> bool:
-        return self._move(DeploymentStatus.ROLLED_BACK,
-                          [DeploymentStatus.RUNNING, DeploymentStatus.PAUSED,
-                           DeploymentStatus.COMPLETED, DeploymentStatus.ABORTED],
-                          finished_at=timezone.now())
+        return self._move(
+            DeploymentStatus.ROLLED_BACK,
+            [
+                DeploymentStatus.RUNNING,
+                DeploymentStatus.PAUSED,
+                DeploymentStatus.COMPLETED,
+                DeploymentStatus.ABORTED,
+            ],
+            finished_at=timezone.now(),
+        )
 
 
 class ManifestSequence(models.Model):
@@ -207,18 +252,28 @@ class ManifestSequence(models.Model):
 
 class DeviceUpdate(models.Model):
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="updates")
-    device = models.ForeignKey("devices.Device", on_delete=models.CASCADE,
-                               related_name="ota_updates")
+    device = models.ForeignKey(
+        "devices.Device", on_delete=models.CASCADE, related_name="ota_updates"
+    )
     slot = models.SlugField(max_length=64)
     phase = models.IntegerField(default=0)
-    state = models.CharField(max_length=16, choices=UpdateState.choices,
-                             default=UpdateState.QUEUED)
+    state = models.CharField(max_length=16, choices=UpdateState.choices, default=UpdateState.QUEUED)
     manifest_version = models.BigIntegerField(null=True, blank=True)
-    model_version = models.ForeignKey("compression.ModelVersion", null=True, blank=True,
-                                      on_delete=models.SET_NULL, related_name="+")
+    model_version = models.ForeignKey(
+        "compression.ModelVersion",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
     model_label = models.CharField(max_length=120, blank=True)
-    previous_version = models.ForeignKey("compression.ModelVersion", null=True, blank=True,
-                                         on_delete=models.SET_NULL, related_name="+")
+    previous_version = models.ForeignKey(
+        "compression.ModelVersion",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
     previous_label = models.CharField(max_length=120, blank=True)
     envelope = models.JSONField(null=True, blank=True)  # signed once, served as is
     artifacts = models.JSONField(default=list, blank=True)  # sha256s the device may fetch
@@ -232,8 +287,11 @@ class DeviceUpdate(models.Model):
 
     class Meta:
         ordering = ["-pk"]
-        constraints = [models.UniqueConstraint(fields=["deployment", "device"],
-                                               name="ota_update_once_per_deployment")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["deployment", "device"], name="ota_update_once_per_deployment"
+            )
+        ]
         indexes = [
             models.Index(fields=["device", "slot", "state"], name="ota_update_device_state"),
             models.Index(fields=["deployment", "phase", "state"], name="ota_update_phase_state"),
@@ -267,8 +325,11 @@ class ServerKey(models.Model):
         # Moved here from the devices app: the table keeps its first name.
         db_table = "devices_serverkey"
         ordering = ["-created_at"]
-        constraints = [models.UniqueConstraint(fields=["active"], condition=models.Q(active=True),
-                                               name="one_active_server_key")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["active"], condition=models.Q(active=True), name="one_active_server_key"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"ed25519:{self.fingerprint[:16]}"

@@ -35,8 +35,12 @@ class RotationError(Exception):
 
 def next_key() -> ServerKey | None:
     active = keys.active_key()
-    return (ServerKey.objects.filter(active=False, created_at__gt=active.created_at)
-            .exclude(private_key_pem="").order_by("-created_at").first())
+    return (
+        ServerKey.objects.filter(active=False, created_at__gt=active.created_at)
+        .exclude(private_key_pem="")
+        .order_by("-created_at")
+        .first()
+    )
 
 
 def prepare_next_key() -> ServerKey:
@@ -58,9 +62,11 @@ def activate_next_key(*, force: bool = False, now=None) -> ServerKey:
         raise RotationError("no next key prepared: run `rotate_server_key prepare` first")
     overlap = timedelta(hours=settings.OTA_KEY_OVERLAP_H)
     if not force and now - nxt.created_at < overlap:
-        raise RotationError(f"the next key is announced since {nxt.created_at:%Y-%m-%d %H:%M} "
-                            f"UTC; the overlap ends at {nxt.created_at + overlap:%Y-%m-%d %H:%M}"
-                            " UTC (--force to switch earlier)")
+        raise RotationError(
+            f"the next key is announced since {nxt.created_at:%Y-%m-%d %H:%M} "
+            f"UTC; the overlap ends at {nxt.created_at + overlap:%Y-%m-%d %H:%M}"
+            " UTC (--force to switch earlier)"
+        )
     with transaction.atomic():
         old = keys.active_key()
         ServerKey.objects.filter(pk=old.pk).update(active=False, private_key_pem="")
@@ -76,11 +82,18 @@ def _resign(key: ServerKey, now) -> int:
     private = keys.private_key(key)
     issued = mf.format_time(now)
     expires = mf.format_time(now + timedelta(hours=settings.OTA_MANIFEST_TTL_H))
-    updates = list(DeviceUpdate.objects.select_for_update()
-                   .filter(state__in=ACTIVE_STATES, envelope__isnull=False))
+    updates = list(
+        DeviceUpdate.objects.select_for_update().filter(
+            state__in=ACTIVE_STATES, envelope__isnull=False
+        )
+    )
     for update in updates:
-        payload = {**update.envelope["manifest"], "issued_at": issued, "expires_at": expires,
-                   "next_key": None}
+        payload = {
+            **update.envelope["manifest"],
+            "issued_at": issued,
+            "expires_at": expires,
+            "next_key": None,
+        }
         update.envelope = mf.sign(payload, private)
     DeviceUpdate.objects.bulk_update(updates, ["envelope"], batch_size=500)
     return len(updates)
@@ -91,4 +104,4 @@ def forget_all() -> None:
     current key state."""
     pks = list(Device.objects.values_list("pk", flat=True))
     for start in range(0, len(pks), 5000):
-        manifests.forget(pks[start:start + 5000])
+        manifests.forget(pks[start : start + 5000])

@@ -32,7 +32,7 @@ from ota.assignment import (
     variants_by_profile,
 )
 from ota.choices import ACTIVE_STATES, DeploymentKind, DeploymentStatus, UpdateState
-from ota.gates import GateConfig, GateError, Verdict, evaluate, phase_targets
+from ota.gates import GATE_FAILED, GateConfig, GateError, Verdict, evaluate, phase_targets
 from ota.models import (
     Deployment,
     DeviceUpdate,
@@ -56,9 +56,16 @@ class OtaError(Exception):
 
 
 # --- releases -------------------------------------------------------------------------
-def create_release(*, name: str, slot: str = "default", notes: str = "",
-                         variants: list[dict], policy: dict | None = None,
-                         default_variant: str | None = None, actor=None) -> Release:
+def create_release(
+    *,
+    name: str,
+    slot: str = "default",
+    notes: str = "",
+    variants: list[dict],
+    policy: dict | None = None,
+    default_variant: str | None = None,
+    actor=None,
+) -> Release:
     """Validate then create a release. `variants`: [{"name", "model_version" (pk or row),
     "hardware_profile" (slug, pk, row or None)}]."""
     if not name or Release.objects.filter(name=name).exists():
@@ -74,8 +81,9 @@ def create_release(*, name: str, slot: str = "default", notes: str = "",
         vname = str(item.get("name") or "default")
         key = (vname, profile.pk if profile else None)
         if key in seen:
-            raise OtaError("bad_variant", _("Variant %(n)s is listed twice for one profile.")
-                           % {"n": vname})
+            raise OtaError(
+                "bad_variant", _("Variant %(n)s is listed twice for one profile.") % {"n": vname}
+            )
         seen.add(key)
         rows.append(ReleaseVariant(name=vname, model_version=version, hardware_profile=profile))
     names = {r.name for r in rows}
@@ -88,9 +96,13 @@ def create_release(*, name: str, slot: str = "default", notes: str = "",
         raise OtaError("bad_policy", exc.message) from None
     with transaction.atomic():
         release = Release.objects.create(
-            name=name[:120], slot=slot or "default", notes=notes, policy=policy or {},
-            default_variant=default_variant, created_by=actor if getattr(actor, "pk", None)
-            else None)
+            name=name[:120],
+            slot=slot or "default",
+            notes=notes,
+            policy=policy or {},
+            default_variant=default_variant,
+            created_by=actor if getattr(actor, "pk", None) else None,
+        )
         for row in rows:
             row.release = release
         ReleaseVariant.objects.bulk_create(rows)
@@ -102,12 +114,16 @@ def _model_version(value) -> ModelVersion:
         try:
             value = ModelVersion.objects.select_related("model").get(pk=int(value))
         except (TypeError, ValueError, ModelVersion.DoesNotExist):
-            raise OtaError("bad_model_version", _("Unknown model version %(v)r.") % {"v": value}
-                           ) from None
+            raise OtaError(
+                "bad_model_version", _("Unknown model version %(v)r.") % {"v": value}
+            ) from None
     if not value.is_ready:
-        raise OtaError("version_not_ready", _("Model version %(v)s is %(s)s; only validated "
-                                              "versions can be released.")
-                       % {"v": value, "s": value.get_status_display()}, field="variants")
+        raise OtaError(
+            "version_not_ready",
+            _("Model version %(v)s is %(s)s; only validated versions can be released.")
+            % {"v": value, "s": value.get_status_display()},
+            field="variants",
+        )
     return value
 
 
@@ -117,18 +133,20 @@ def _hardware_profile(value) -> HardwareProfile | None:
     if isinstance(value, HardwareProfile):
         return value
     found = HardwareProfile.objects.filter(
-        Q(slug=str(value)) | Q(pk=int(value) if str(value).isdigit() else None)).first()
+        Q(slug=str(value)) | Q(pk=int(value) if str(value).isdigit() else None)
+    ).first()
     if found is None:
-        raise OtaError("bad_hardware_profile", _("Unknown hardware profile %(v)r.")
-                       % {"v": value})
+        raise OtaError("bad_hardware_profile", _("Unknown hardware profile %(v)r.") % {"v": value})
     return found
 
 
 # --- targets --------------------------------------------------------------------------
 def clean_target(target) -> dict:
     if not isinstance(target, dict) or not target or set(target) - TARGET_KEYS:
-        raise OtaError("bad_target", _("Target: an object with any of %(k)s.")
-                       % {"k": ", ".join(sorted(TARGET_KEYS))})
+        raise OtaError(
+            "bad_target",
+            _("Target: an object with any of %(k)s.") % {"k": ", ".join(sorted(TARGET_KEYS))},
+        )
     cleaned = {}
     for key, values in target.items():
         if not isinstance(values, list) or not all(isinstance(v, str | int) for v in values):
@@ -146,10 +164,12 @@ def resolve_target(target: dict):
     if target.get("groups"):
         ids = DeviceGroup.objects.filter(
             Q(pk__in=[v for v in target["groups"] if str(v).isdigit()])
-            | Q(name__in=[str(v) for v in target["groups"]])).values("pk")
+            | Q(name__in=[str(v) for v in target["groups"]])
+        ).values("pk")
         query |= Q(group__in=ids)
-    for qg in QueryGroup.objects.filter(pk__in=[int(v) for v in target.get("query_groups", [])
-                                                if str(v).isdigit()]):
+    for qg in QueryGroup.objects.filter(
+        pk__in=[int(v) for v in target.get("query_groups", []) if str(v).isdigit()]
+    ):
         query |= Q(pk__in=qg.devices().values("pk"))
     if target.get("tags"):
         query |= Q(pk__in=Device.objects.filter(tags__name__in=target["tags"]).values("pk"))
@@ -170,15 +190,21 @@ def clean_phases(phases, gates) -> tuple[list[float], list[dict]]:
     if isinstance(gates, dict) or gates is None:
         gates = [gates or {}] * len(phases)
     if not isinstance(gates, list) or len(gates) != len(phases):
-        raise OtaError("bad_phases", _("Give one gate configuration per phase (or one for "
-                                       "all)."), field="gates")
+        raise OtaError(
+            "bad_phases",
+            _("Give one gate configuration per phase (or one for all)."),
+            field="gates",
+        )
     cleaned = []
     for index, gate in enumerate(gates):
         try:
             cleaned.append(GateConfig.from_dict(gate).as_dict())
         except GateError as exc:
-            raise OtaError("bad_gates", _("Phase %(p)s gate: %(e)s") % {"p": index + 1, "e": exc},
-                           field=f"gates[{index}].{exc.field}") from None
+            raise OtaError(
+                "bad_gates",
+                _("Phase %(p)s gate: %(e)s") % {"p": index + 1, "e": exc},
+                field=f"gates[{index}].{exc.field}",
+            ) from None
     return phases, cleaned
 
 
@@ -188,9 +214,13 @@ def preview(target, phases) -> dict:
     phases, _gates = clean_phases(phases, None)
     total = resolve_target(target).count()
     fleet = Device.objects.exclude(status=DeviceStatus.REVOKED).count()
-    return {"total": total, "fleet": fleet, "phases": phases,
-            "cumulative": phase_targets(total, phases),
-            "fleet_percent": round(100 * total / fleet, 1) if fleet else 0.0}
+    return {
+        "total": total,
+        "fleet": fleet,
+        "phases": phases,
+        "cumulative": phase_targets(total, phases),
+        "fleet_percent": round(100 * total / fleet, 1) if fleet else 0.0,
+    }
 
 
 # --- deployments ----------------------------------------------------------------------
@@ -204,9 +234,15 @@ def check_ungated_reach(devices: int, actor) -> None:
     fleet = Device.objects.exclude(status=DeviceStatus.REVOKED).count()
     limit = settings.OTA_MAX_UNPHASED_PERCENT
     if 100 * devices > limit * fleet:
-        raise OtaError("needs_admin", _("Reaching more than %(p)s %% of the fleet without a "
-                                        "passing gate needs the admin role.") % {"p": limit},
-                       403)
+        raise OtaError(
+            "needs_admin",
+            _(
+                "Reaching more than %(p)s %% of the fleet without a "
+                "passing gate needs the admin role."
+            )
+            % {"p": limit},
+            403,
+        )
 
 
 def clean_window(window) -> dict | None:
@@ -214,8 +250,11 @@ def clean_window(window) -> dict | None:
         return None
     import re
 
-    if (not isinstance(window, dict) or set(window) != {"start", "end"} or not all(
-            re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", str(window[k])) for k in window)):
+    if (
+        not isinstance(window, dict)
+        or set(window) != {"start", "end"}
+        or not all(re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", str(window[k])) for k in window)
+    ):
         raise OtaError("bad_window", _('Install window: {"start": "HH:MM", "end": "HH:MM"} UTC.'))
     return {"start": window["start"], "end": window["end"]}
 
@@ -225,19 +264,38 @@ def check_ci_canary(phases: list, gates: list[dict]) -> None:
     the first a small canary, the install-failure gate no looser than the default."""
     limit = settings.OTA_CI_MAX_CANARY_PERCENT
     if len(phases) < 2 or phases[0] > limit:
-        raise OtaError("needs_operator", _("A CI token deploys in phases starting with a "
-                                           "canary of at most %(p)s %%; ask an operator for "
-                                           "anything wider.") % {"p": limit}, 403)
+        raise OtaError(
+            "needs_operator",
+            _(
+                "A CI token deploys in phases starting with a "
+                "canary of at most %(p)s %%; ask an operator for "
+                "anything wider."
+            )
+            % {"p": limit},
+            403,
+        )
     default = GateConfig()
-    if any(g["max_failure_rate"] > default.max_failure_rate or g["min_successful"] < 1
-           for g in gates):
-        raise OtaError("needs_operator", _("A CI token cannot loosen the install-failure "
-                                           "gate; ask an operator."), 403)
+    if any(
+        g["max_failure_rate"] > default.max_failure_rate or g["min_successful"] < 1 for g in gates
+    ):
+        raise OtaError(
+            "needs_operator",
+            _("A CI token cannot loosen the install-failure gate; ask an operator."),
+            403,
+        )
 
 
-def start_deployment(release: Release, target, *, actor, phases=None, gates=None,
-                     scheduled_at: datetime | None = None, install_window=None,
-                     now: datetime | None = None) -> Deployment:
+def start_deployment(
+    release: Release,
+    target,
+    *,
+    actor,
+    phases=None,
+    gates=None,
+    scheduled_at: datetime | None = None,
+    install_window=None,
+    now: datetime | None = None,
+) -> Deployment:
     """Validate, create the deployment and its queued device updates, start phase 0
     (or wait for `scheduled_at`)."""
     now = now or timezone.now()
@@ -254,10 +312,17 @@ def start_deployment(release: Release, target, *, actor, phases=None, gates=None
     table = variants_by_profile(release)
     with transaction.atomic():
         deployment = Deployment.objects.create(
-            release=release, slot=release.slot, target=target, phases=phases, gates=gates,
-            target_count=len(devices), ungated_count=counts[0], scheduled_at=scheduled_at,
+            release=release,
+            slot=release.slot,
+            target=target,
+            phases=phases,
+            gates=gates,
+            target_count=len(devices),
+            ungated_count=counts[0],
+            scheduled_at=scheduled_at,
             install_window=window,
-            created_by=actor if getattr(actor, "pk", None) else None)
+            created_by=actor if getattr(actor, "pk", None) else None,
+        )
         rng = random.Random(deployment.pk)  # canaries spread over the fleet, reproducibly
         rng.shuffle(devices)
         _queue_updates(deployment, devices, counts, table)
@@ -275,30 +340,44 @@ def _queue_updates(deployment, devices: list[int], counts: list[int], table) -> 
         while index >= counts[phase]:
             phase += 1
         chosen = pick_variants(table, profiles.get(device_pk))
-        main = next((v for v in chosen if v.name == deployment.release.default_variant),
-                    chosen[0] if chosen else None)
-        rows.append(DeviceUpdate(
-            deployment=deployment, device_id=device_pk, slot=deployment.slot, phase=phase,
-            model_version=main.model_version if main else None,
-            model_label=version_label(main.model_version) if main else ""))
+        main = next(
+            (v for v in chosen if v.name == deployment.release.default_variant),
+            chosen[0] if chosen else None,
+        )
+        rows.append(
+            DeviceUpdate(
+                deployment=deployment,
+                device_id=device_pk,
+                slot=deployment.slot,
+                phase=phase,
+                model_version=main.model_version if main else None,
+                model_label=version_label(main.model_version) if main else "",
+            )
+        )
     DeviceUpdate.objects.bulk_create(rows, batch_size=CHUNK)
 
 
 def begin(deployment: Deployment, now: datetime) -> bool:
     """Precondition: draft or scheduled. Running, phase 0 assigned."""
-    if not deployment._move(DeploymentStatus.RUNNING,
-                            [DeploymentStatus.DRAFT, DeploymentStatus.SCHEDULED],
-                            started_at=now, phase_started_at=now, current_phase=0):
+    if not deployment._move(
+        DeploymentStatus.RUNNING,
+        [DeploymentStatus.DRAFT, DeploymentStatus.SCHEDULED],
+        started_at=now,
+        phase_started_at=now,
+        current_phase=0,
+    ):
         return False
     assign_phase(deployment, 0, now)
     return True
 
 
 def _cancel_unfinished(deployment: Deployment, now) -> None:
-    pks = list(deployment.updates.filter(state__in=SUPERSEDABLE)
-               .values_list("device_id", flat=True))
-    deployment.updates.filter(state__in=SUPERSEDABLE).update(state=UpdateState.CANCELLED,
-                                                             finished_at=now)
+    pks = list(
+        deployment.updates.filter(state__in=SUPERSEDABLE).values_list("device_id", flat=True)
+    )
+    deployment.updates.filter(state__in=SUPERSEDABLE).update(
+        state=UpdateState.CANCELLED, finished_at=now
+    )
     manifests.forget(pks)
 
 
@@ -326,31 +405,49 @@ def rollback(deployment: Deployment, *, actor, now: datetime | None = None) -> D
     if not deployment.can_roll_back:
         raise OtaError("bad_state", _("This deployment cannot be rolled back."), 409)
     with transaction.atomic():
-        touched = list(deployment.updates.filter(
-            state__in=[*ACTIVE_STATES, UpdateState.SUCCEEDED],
-            previous_version__isnull=False).values("device_id", "previous_version_id",
-                                                   "previous_label"))
+        touched = list(
+            deployment.updates.filter(
+                state__in=[*ACTIVE_STATES, UpdateState.SUCCEEDED], previous_version__isnull=False
+            ).values("device_id", "previous_version_id", "previous_label")
+        )
         skipped = deployment.updates.filter(
-            state__in=[*ACTIVE_STATES, UpdateState.SUCCEEDED],
-            previous_version__isnull=True).count()
+            state__in=[*ACTIVE_STATES, UpdateState.SUCCEEDED], previous_version__isnull=True
+        ).count()
         if not deployment.mark_rolled_back():
             raise OtaError("bad_state", _("This deployment cannot be rolled back."), 409)
         _cancel_unfinished(deployment, now)
         back = Deployment.objects.create(
-            release=deployment.release, kind=DeploymentKind.ROLLBACK, slot=deployment.slot,
-            target={"devices": []}, phases=[100],
-            gates=[GateConfig(max_failure_rate=1.0, min_successful=0,
-                              max_latency_ratio=None).as_dict()],
-            target_count=len(touched), rollback_of=deployment,
+            release=deployment.release,
+            kind=DeploymentKind.ROLLBACK,
+            slot=deployment.slot,
+            target={"devices": []},
+            phases=[100],
+            gates=[
+                GateConfig(max_failure_rate=1.0, min_successful=0, max_latency_ratio=None).as_dict()
+            ],
+            target_count=len(touched),
+            rollback_of=deployment,
             gate_report={"skipped_without_previous_version": skipped},
-            created_by=actor if getattr(actor, "pk", None) else None)
+            created_by=actor if getattr(actor, "pk", None) else None,
+        )
         versions = ModelVersion.objects.select_related("model").in_bulk(
-            {t["previous_version_id"] for t in touched})
-        DeviceUpdate.objects.bulk_create([DeviceUpdate(
-            deployment=back, device_id=t["device_id"], slot=back.slot, phase=0,
-            model_version=versions[t["previous_version_id"]],
-            model_label=version_label(versions[t["previous_version_id"]]),
-            previous_label="") for t in touched], batch_size=CHUNK)
+            {t["previous_version_id"] for t in touched}
+        )
+        DeviceUpdate.objects.bulk_create(
+            [
+                DeviceUpdate(
+                    deployment=back,
+                    device_id=t["device_id"],
+                    slot=back.slot,
+                    phase=0,
+                    model_version=versions[t["previous_version_id"]],
+                    model_label=version_label(versions[t["previous_version_id"]]),
+                    previous_label="",
+                )
+                for t in touched
+            ],
+            batch_size=CHUNK,
+        )
         begin(back, now)
     back.refresh_from_db()
     return back
@@ -364,12 +461,15 @@ def evaluate_deployments(now: datetime | None = None) -> dict[int, str]:
     re-signing, which keeps pending manifests from expiring) still run."""
     now = now or timezone.now()
     outcome = {}
-    for deployment in Deployment.objects.filter(status=DeploymentStatus.SCHEDULED,
-                                                scheduled_at__lte=now):
-        outcome[deployment.pk] = _isolated(deployment, lambda d: "started" if begin(d, now)
-                                           else "skipped")
+    for deployment in Deployment.objects.filter(
+        status=DeploymentStatus.SCHEDULED, scheduled_at__lte=now
+    ):
+        outcome[deployment.pk] = _isolated(
+            deployment, lambda d: "started" if begin(d, now) else "skipped"
+        )
     for deployment in Deployment.objects.filter(status=DeploymentStatus.RUNNING).select_related(
-            "release"):
+        "release"
+    ):
         outcome[deployment.pk] = _isolated(deployment, lambda d: evaluate_deployment(d, now))
     refresh_manifests(now)
     prometheus.count_gate_decisions(outcome)
@@ -382,9 +482,13 @@ def _isolated(deployment: Deployment, judge) -> str:
             return judge(deployment)
     except Exception as exc:  # one deployment's fault must not stop the others
         log.exception("gate evaluation of deployment %s failed", deployment.pk)
-        Deployment.objects.filter(pk=deployment.pk).update(gate_report={
-            "verdict": "error", "reasons": [f"{type(exc).__name__}: {exc}"[:500]],
-            "at": timezone.now().isoformat()})
+        Deployment.objects.filter(pk=deployment.pk).update(
+            gate_report={
+                "verdict": "error",
+                "reasons": [f"{type(exc).__name__}: {exc}"[:500]],
+                "at": timezone.now().isoformat(),
+            }
+        )
         return "error"
 
 
@@ -395,27 +499,49 @@ def evaluate_deployment(deployment: Deployment, now: datetime | None = None) -> 
     phase, seen = deployment.current_phase, deployment.step
     phase_stats = stats.phase_stats(deployment, phase, now)
     decision = evaluate(deployment.gate_config(phase), phase_stats)
-    report = {"phase": phase, "verdict": decision.verdict.value, "reasons": decision.reasons,
-              "values": decision.values, "thresholds": deployment.gate_config(phase).as_dict(),
-              "stats": stats.as_dict(phase_stats), "at": now.isoformat()}
-    claim = Deployment.objects.filter(pk=deployment.pk, status=DeploymentStatus.RUNNING,
-                                      step=seen, current_phase=phase)
+    report = {
+        "phase": phase,
+        "verdict": decision.verdict.value,
+        "reasons": decision.reasons,
+        "reason_codes": decision.codes,
+        "values": decision.values,
+        "thresholds": deployment.gate_config(phase).as_dict(),
+        "stats": stats.as_dict(phase_stats),
+        "at": now.isoformat(),
+    }
+    claim = Deployment.objects.filter(
+        pk=deployment.pk, status=DeploymentStatus.RUNNING, step=seen, current_phase=phase
+    )
     with transaction.atomic():
         if decision.verdict == Verdict.WAIT:
             claim.update(gate_report=report, evaluated_at=now)
             return "wait"
         if decision.verdict == Verdict.FAIL:
-            reason = _("Phase %(p)s gate failed: %(r)s") % {"p": phase + 1,
-                                                              "r": "; ".join(decision.reasons)}
-            moved = claim.update(status=DeploymentStatus.PAUSED, pause_reason=reason,
-                                 gate_report=report, evaluated_at=now, step=F("step") + 1)
+            reason = GATE_FAILED % {"p": phase + 1, "r": "; ".join(decision.reasons)}
+            moved = claim.update(
+                status=DeploymentStatus.PAUSED,
+                pause_reason=reason,
+                gate_report=report,
+                evaluated_at=now,
+                step=F("step") + 1,
+            )
             return "paused" if moved else "skipped"
         if phase + 1 >= len(deployment.phases):
-            moved = claim.update(status=DeploymentStatus.COMPLETED, finished_at=now,
-                                 gate_report=report, evaluated_at=now, step=F("step") + 1)
+            moved = claim.update(
+                status=DeploymentStatus.COMPLETED,
+                finished_at=now,
+                gate_report=report,
+                evaluated_at=now,
+                step=F("step") + 1,
+            )
             return "completed" if moved else "skipped"
-        moved = claim.update(current_phase=phase + 1, phase_started_at=now, gate_report=report,
-                             evaluated_at=now, step=F("step") + 1)
+        moved = claim.update(
+            current_phase=phase + 1,
+            phase_started_at=now,
+            gate_report=report,
+            evaluated_at=now,
+            step=F("step") + 1,
+        )
         if not moved:
             return "skipped"
         assign_phase(deployment, phase + 1, now)
@@ -429,20 +555,32 @@ def approve(deployment: Deployment, *, actor, now: datetime | None = None) -> bo
     now = now or timezone.now()
     phase = deployment.current_phase
     if phase + 1 >= len(deployment.phases) or deployment.status not in (
-            DeploymentStatus.RUNNING, DeploymentStatus.PAUSED):
+        DeploymentStatus.RUNNING,
+        DeploymentStatus.PAUSED,
+    ):
         return False
     ungated = deployment.ungated_count
-    passed = evaluate(deployment.gate_config(phase),
-                      stats.phase_stats(deployment, phase, now)).verdict == Verdict.PASS
+    passed = (
+        evaluate(deployment.gate_config(phase), stats.phase_stats(deployment, phase, now)).verdict
+        == Verdict.PASS
+    )
     if not passed:
         ungated += deployment.updates.filter(phase=phase + 1).count()
         check_ungated_reach(ungated, actor)
     with transaction.atomic():
         moved = Deployment.objects.filter(
-            pk=deployment.pk, status__in=[DeploymentStatus.RUNNING, DeploymentStatus.PAUSED],
-            step=deployment.step, current_phase=phase).update(
-            status=DeploymentStatus.RUNNING, current_phase=phase + 1, phase_started_at=now,
-            pause_reason="", step=F("step") + 1, ungated_count=ungated)
+            pk=deployment.pk,
+            status__in=[DeploymentStatus.RUNNING, DeploymentStatus.PAUSED],
+            step=deployment.step,
+            current_phase=phase,
+        ).update(
+            status=DeploymentStatus.RUNNING,
+            current_phase=phase + 1,
+            phase_started_at=now,
+            pause_reason="",
+            step=F("step") + 1,
+            ungated_count=ungated,
+        )
         if moved:
             assign_phase(deployment, phase + 1, now)
     deployment.refresh_from_db()
@@ -451,16 +589,18 @@ def approve(deployment: Deployment, *, actor, now: datetime | None = None) -> bo
 
 # --- device reports ---------------------------------------------------------------------
 # What an agent reports when it refuses a manifest before trusting any of it.
-REFUSAL_CODES = {"bad_signature", "wrong_device", "rollback", "expired", "malformed",
-                 "bad_policy"}
+REFUSAL_CODES = {"bad_signature", "wrong_device", "rollback", "expired", "malformed", "bad_policy"}
 
 
 def _refused_update(device: Device, data: dict) -> DeviceUpdate | None:
     """The update a refusal belongs to: the device's current assignment (in the slot the
     report names, or its only one). Nothing of a refused manifest is trusted — a forged
     one names any deployment and version — so neither picks the row."""
-    active = list(DeviceUpdate.objects.select_for_update()
-                  .filter(device=device, state__in=ACTIVE_STATES).order_by("-manifest_version"))
+    active = list(
+        DeviceUpdate.objects.select_for_update()
+        .filter(device=device, state__in=ACTIVE_STATES)
+        .order_by("-manifest_version")
+    )
     in_slot = [u for u in active if u.slot == str(data.get("slot") or "")]
     if in_slot:
         return in_slot[0]
@@ -479,8 +619,7 @@ def report_status(device: Device, data) -> DeviceUpdate:
     if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
         raise OtaError("bad_version", _("manifest_version must be an integer."))
     deployment = data.get("deployment")
-    if deployment is not None and (not isinstance(deployment, int) or isinstance(deployment,
-                                                                                  bool)):
+    if deployment is not None and (not isinstance(deployment, int) or isinstance(deployment, bool)):
         raise OtaError("bad_deployment", _("deployment must be an integer or null."))
     if data.get("slot") is not None and not isinstance(data["slot"], str):
         raise OtaError("bad_slot", _("slot must be a string."))
@@ -497,16 +636,22 @@ def report_status(device: Device, data) -> DeviceUpdate:
     now = timezone.now()
     with transaction.atomic():
         update = None if refused else updates.select_for_update().first()
-        if refused or (update is None and state == UpdateState.FAILED
-                       and str(data.get("error_code") or "") in REFUSAL_CODES):
+        if refused or (
+            update is None
+            and state == UpdateState.FAILED
+            and str(data.get("error_code") or "") in REFUSAL_CODES
+        ):
             update = _refused_update(device, data)  # (the second case: older agents)
         if update is None:
             raise OtaError("not_found", _("No such update for this device."), 404)
         if update.state == state and update.is_final:
             return update  # a resent final report: same answer
         if not update.can_report(state):
-            raise OtaError("illegal_transition", _("Cannot go from %(a)s to %(b)s.")
-                           % {"a": update.state, "b": state}, 409)
+            raise OtaError(
+                "illegal_transition",
+                _("Cannot go from %(a)s to %(b)s.") % {"a": update.state, "b": state},
+                409,
+            )
         if state == UpdateState.DOWNLOADING and update.state != UpdateState.DOWNLOADING:
             update.attempts += 1
             update.started_at = update.started_at or now
@@ -516,8 +661,17 @@ def report_status(device: Device, data) -> DeviceUpdate:
             update.error_code = str(data.get("error_code") or "")[:40]
         if update.is_final:
             update.finished_at = now
-        update.save(update_fields=["state", "attempts", "started_at", "finished_at", "error",
-                                   "error_code", "updated_at"])
+        update.save(
+            update_fields=[
+                "state",
+                "attempts",
+                "started_at",
+                "finished_at",
+                "error",
+                "error_code",
+                "updated_at",
+            ]
+        )
         if update.is_final:
             manifests.forget([device.pk])
     return update
@@ -533,17 +687,38 @@ def state_counts(deployment: Deployment) -> dict[str, int]:
 def phase_progress(deployment: Deployment) -> list[dict]:
     """Per phase: devices, finished, succeeded, failed (progress bars)."""
     rows = deployment.updates.values("phase", "state").annotate(n=Count("pk"))
-    table: dict[int, dict] = {i: {"phase": i + 1, "percent": p, "devices": 0, "succeeded": 0,
-                                  "failed": 0, "active": 0, "queued": 0}
-                              for i, p in enumerate(deployment.phases)}
+    table: dict[int, dict] = {
+        i: {
+            "phase": i + 1,
+            "percent": p,
+            "devices": 0,
+            "succeeded": 0,
+            "failed": 0,
+            "active": 0,
+            "queued": 0,
+        }
+        for i, p in enumerate(deployment.phases)
+    }
     for row in rows:
-        entry = table.setdefault(row["phase"], {"phase": row["phase"] + 1, "percent": None,
-                                                "devices": 0, "succeeded": 0, "failed": 0,
-                                                "active": 0, "queued": 0})
+        entry = table.setdefault(
+            row["phase"],
+            {
+                "phase": row["phase"] + 1,
+                "percent": None,
+                "devices": 0,
+                "succeeded": 0,
+                "failed": 0,
+                "active": 0,
+                "queued": 0,
+            },
+        )
         entry["devices"] += row["n"]
-        key = {UpdateState.SUCCEEDED: "succeeded", UpdateState.FAILED: "failed",
-               UpdateState.ROLLED_BACK: "failed", UpdateState.QUEUED: "queued"}.get(
-            row["state"], "active" if row["state"] in ACTIVE_STATES else None)
+        key = {
+            UpdateState.SUCCEEDED: "succeeded",
+            UpdateState.FAILED: "failed",
+            UpdateState.ROLLED_BACK: "failed",
+            UpdateState.QUEUED: "queued",
+        }.get(row["state"], "active" if row["state"] in ACTIVE_STATES else None)
         if key:
             entry[key] += row["n"]
     for entry in table.values():

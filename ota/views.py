@@ -14,7 +14,7 @@ from django.views.decorators.http import require_POST
 from devices.models import Device
 from fleet import audit
 from fleet.roles import Role, role_required
-from ota import services, stats
+from ota import display, services, stats
 from ota.choices import DeploymentStatus
 from ota.forms import DeploymentForm, ReleaseForm
 from ota.models import Deployment, DeviceUpdate, Release
@@ -31,12 +31,18 @@ def index(request):
 
 @login_required
 def widget(request):
-    live = Deployment.objects.filter(status__in=[DeploymentStatus.RUNNING,
-                                                 DeploymentStatus.PAUSED,
-                                                 DeploymentStatus.SCHEDULED])
-    return render(request, "ota/widget.html", {
-        "live": live.select_related("release")[:5], "live_count": live.count(),
-        "paused_count": live.filter(status=DeploymentStatus.PAUSED).count()})
+    live = Deployment.objects.filter(
+        status__in=[DeploymentStatus.RUNNING, DeploymentStatus.PAUSED, DeploymentStatus.SCHEDULED]
+    )
+    return render(
+        request,
+        "ota/widget.html",
+        {
+            "live": live.select_related("release")[:5],
+            "live_count": live.count(),
+            "paused_count": live.filter(status=DeploymentStatus.PAUSED).count(),
+        },
+    )
 
 
 @role_required(Role.OPERATOR)
@@ -59,10 +65,17 @@ def release_create(request):
 
 @login_required
 def release_detail(request, pk: int):
-    release = get_object_or_404(Release.objects.prefetch_related(
-        "variants__model_version__model", "variants__hardware_profile"), pk=pk)
-    return render(request, "ota/release_detail.html", {
-        "release": release, "deployments": release.deployments.all()[:50]})
+    release = get_object_or_404(
+        Release.objects.prefetch_related(
+            "variants__model_version__model", "variants__hardware_profile"
+        ),
+        pk=pk,
+    )
+    return render(
+        request,
+        "ota/release_detail.html",
+        {"release": release, "deployments": release.deployments.all()[:50]},
+    )
 
 
 @role_required(Role.OPERATOR)
@@ -72,15 +85,18 @@ def deployment_create(request):
     if request.method == "POST" and form.is_valid():
         try:
             deployment = services.start_deployment(
-                form.cleaned_data["release"], form.target(), actor=request.user,
-                phases=form.cleaned_data["phases"], gates=form.gates(),
+                form.cleaned_data["release"],
+                form.target(),
+                actor=request.user,
+                phases=form.cleaned_data["phases"],
+                gates=form.gates(),
                 scheduled_at=form.cleaned_data.get("scheduled_at"),
-                install_window=form.window())
+                install_window=form.window(),
+            )
         except services.OtaError as exc:
             form.add_error(None, exc.message)
         else:
-            audit.note(request, "deployment.start", deployment,
-                       devices=deployment.target_count)
+            audit.note(request, "deployment.start", deployment, devices=deployment.target_count)
             return redirect("ota:deployment-detail", deployment.pk)
     return render(request, "ota/deployment_form.html", {"form": form})
 
@@ -104,27 +120,44 @@ def deployment_preview(request):
     return render(request, "ota/_deployment_preview.html", {"preview": preview, "error": error})
 
 
-def _deployment_context(deployment: Deployment) -> dict:
-    return {"deployment": deployment, "progress": services.phase_progress(deployment),
-            "counts": services.state_counts(deployment),
-            "report": deployment.gate_report or {}}
+def _live_context(request, deployment: Deployment) -> dict:
+    """Everything the live partial shows, read together so its parts agree."""
+    report = deployment.gate_report or {}
+    updates = Paginator(deployment.updates.select_related("device").order_by("phase", "pk"), 50)
+    return {
+        "deployment": deployment,
+        "progress": services.phase_progress(deployment),
+        "counts": display.state_counts(services.state_counts(deployment)),
+        "report": report,
+        "verdict": display.VERDICTS.get(report.get("verdict"), ""),
+        "gate_reasons": display.gate_reasons(report),
+        "pause_reason": display.pause_text(deployment),
+        "chart": stats.latency_series(deployment),
+        "page": updates.get_page(request.GET.get("page")),
+    }
 
 
 @login_required
 def deployment_detail(request, pk: int):
-    deployment = get_object_or_404(Deployment.objects.select_related("release", "rollback_of"),
-                                   pk=pk)
-    updates = Paginator(deployment.updates.select_related("device").order_by("phase", "pk"), 50)
-    page = updates.get_page(request.GET.get("page"))
-    return render(request, "ota/deployment_detail.html", {
-        **_deployment_context(deployment), "page": page,
-        "rollbacks": deployment.rollbacks.all()})
+    deployment = get_object_or_404(
+        Deployment.objects.select_related("release", "rollback_of"), pk=pk
+    )
+    return render(
+        request,
+        "ota/deployment_detail.html",
+        {
+            **_live_context(request, deployment),
+            "target": display.target_rows(deployment.target),
+            "rollbacks": deployment.rollbacks.all(),
+        },
+    )
 
 
 @login_required
 def deployment_live(request, pk: int):
+    """htmx: the live partial of the deployment page, polled while it can change."""
     deployment = get_object_or_404(Deployment, pk=pk)
-    return render(request, "ota/_deployment_live.html", _deployment_context(deployment))
+    return render(request, "ota/_deployment_live.html", _live_context(request, deployment))
 
 
 @login_required
@@ -145,18 +178,24 @@ def deployment_action(request, pk: int, name: str):
             back = services.rollback(deployment, actor=request.user)
             messages.success(request, _("Rollback started."))
             return redirect("ota:deployment-detail", back.pk)
-        done = {"pause": lambda: services.pause(
-                    deployment, request.POST.get("reason") or _("paused by %(u)s")
-                    % {"u": request.user.get_username()}),
-                "resume": lambda: services.resume(deployment),
-                "approve": lambda: services.approve(deployment, actor=request.user),
-                "abort": lambda: services.abort(deployment)}[name]()
+        done = {
+            "pause": lambda: services.pause(
+                deployment,
+                request.POST.get("reason")
+                or _("paused by %(u)s") % {"u": request.user.get_username()},
+            ),
+            "resume": lambda: services.resume(deployment),
+            "approve": lambda: services.approve(deployment, actor=request.user),
+            "abort": lambda: services.abort(deployment),
+        }[name]()
     except services.OtaError as exc:
         messages.error(request, exc.message)
         return redirect("ota:deployment-detail", pk)
     if not done:
-        messages.error(request, _("Nothing to do: the deployment is %(s)s.")
-                       % {"s": deployment.get_status_display()})
+        messages.error(
+            request,
+            _("Nothing to do: the deployment is %(s)s.") % {"s": deployment.get_status_display()},
+        )
     return redirect("ota:deployment-detail", pk)
 
 
@@ -164,6 +203,9 @@ def deployment_action(request, pk: int, name: str):
 def device_updates(request, device_pk: int):
     """htmx partial: one device's update history (linked from the device page)."""
     device = get_object_or_404(Device, pk=device_pk)
-    updates = (DeviceUpdate.objects.filter(device=device)
-               .select_related("deployment__release").order_by("-pk")[:50])
+    updates = (
+        DeviceUpdate.objects.filter(device=device)
+        .select_related("deployment__release")
+        .order_by("-pk")[:50]
+    )
     return render(request, "ota/_device_updates.html", {"device": device, "updates": updates})

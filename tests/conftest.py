@@ -23,6 +23,7 @@ def pytest_configure(config):
 
     compile_catalogs()
 
+
 REQUIRE_SERVICES = os.environ.get("EDGEFLEET_REQUIRE_SERVICES", "") in {"1", "true", "yes"}
 FIXTURES = Path(__file__).resolve().parent.parent / "compression" / "fixtures"
 
@@ -95,8 +96,10 @@ def _isolated_local_storage(settings, tmp_path, monkeypatch):
         prefix = f"t-{uuid.uuid4().hex[:12]}"
         monkeypatch.setenv("AWS_LOCATION", prefix)
         options = {**settings.STORAGES["default"]["OPTIONS"], "location": prefix}
-        settings.STORAGES = {**settings.STORAGES,
-                             "default": {**settings.STORAGES["default"], "OPTIONS": options}}
+        settings.STORAGES = {
+            **settings.STORAGES,
+            "default": {**settings.STORAGES["default"], "OPTIONS": options},
+        }
     if settings.STORAGES["default"]["BACKEND"].endswith("FileSystemStorage"):
         media = tmp_path / "media"
         settings.STORAGES = {
@@ -211,8 +214,9 @@ def tiny_model_bytes(seed: int = 0, *, hidden: int = 8, opset: int = 17) -> byte
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
         initializer=[w1, w2],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
-                              producer_name="edgefleet-tests")
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="edgefleet-tests"
+    )
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model.SerializeToString()

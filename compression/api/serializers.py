@@ -17,17 +17,43 @@ class ModelVersionSerializer(serializers.ModelSerializer):
     class Meta:
         model = ModelVersion
         fields = [
-            "id", "model", "model_name", "number", "parent", "parent_number", "recipe", "notes",
-            "sha256", "size_bytes", "ir_version", "opsets", "producer", "inputs", "outputs",
-            "parameters", "flops", "op_histogram", "metrics", "original_filename",
-            "created_by", "created_at", "download_url", "status", "error_code", "error",
+            "id",
+            "model",
+            "model_name",
+            "number",
+            "parent",
+            "parent_number",
+            "recipe",
+            "notes",
+            "sha256",
+            "size_bytes",
+            "ir_version",
+            "opsets",
+            "producer",
+            "inputs",
+            "outputs",
+            "parameters",
+            "flops",
+            "op_histogram",
+            "metrics",
+            "original_filename",
+            "created_by",
+            "created_at",
+            "download_url",
+            "status",
+            "error_code",
+            "error",
         ]
         read_only_fields = fields
         extra_kwargs = {
-            "status": {"help_text": "`validating` until a worker has checked the upload, then "
-                                    "`ready` (usable) or `rejected` (see `error_code`, `error`)."},
-            "error_code": {"help_text": "Why a version was rejected, as a slug (`external_data`, "
-                                        "`inference_memory`, …); empty otherwise."},
+            "status": {
+                "help_text": "`validating` until a worker has checked the upload, then "
+                "`ready` (usable) or `rejected` (see `error_code`, `error`)."
+            },
+            "error_code": {
+                "help_text": "Why a version was rejected, as a slug (`external_data`, "
+                "`inference_memory`, …); empty otherwise."
+            },
             "error": {"help_text": "Why a version was rejected, for people; empty otherwise."},
         }
 
@@ -39,8 +65,9 @@ class ModelVersionSerializer(serializers.ModelSerializer):
 
 class VersionUploadSerializer(serializers.Serializer):
     # Empty files reach the service, which refuses them with the uniform `empty` code.
-    file = serializers.FileField(allow_empty_file=True,
-                                 help_text="An ONNX model (.onnx), no external data.")
+    file = serializers.FileField(
+        allow_empty_file=True, help_text="An ONNX model (.onnx), no external data."
+    )
     parent = serializers.IntegerField(required=False, help_text="Id of the parent version.")
     notes = serializers.CharField(required=False, allow_blank=True, default="")
 
@@ -54,8 +81,14 @@ class MLModelSerializer(serializers.ModelSerializer):
     class Meta:
         model = MLModel
         fields = [
-            "id", "name", "task", "description", "owner", "created_at",
-            "version_count", "latest_version",
+            "id",
+            "name",
+            "task",
+            "description",
+            "owner",
+            "created_at",
+            "version_count",
+            "latest_version",
         ]
         read_only_fields = ["id", "owner", "created_at", "version_count", "latest_version"]
 
@@ -71,9 +104,24 @@ class DatasetSerializer(serializers.ModelSerializer):
     class Meta:
         model = Dataset
         fields = [
-            "id", "name", "purpose", "model", "file", "sha256", "size_bytes", "sample_count",
-            "arrays", "has_labels", "created_at",
+            "id",
+            "name",
+            "purpose",
+            "model",
+            "file",
+            "sha256",
+            "size_bytes",
+            "sample_count",
+            "arrays",
+            "has_labels",
+            "created_at",
         ]
         read_only_fields = [
-            "id", "sha256", "size_bytes", "sample_count", "arrays", "has_labels", "created_at",
+            "id",
+            "sha256",
+            "size_bytes",
+            "sample_count",
+            "arrays",
+            "has_labels",
+            "created_at",
         ]

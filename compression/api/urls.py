@@ -12,11 +12,20 @@ router.register("jobs", jobs.CompressionJobViewSet, basename="compressionjob")
 
 urlpatterns = [
     path("push/", push.PushView.as_view(), name="push"),
-    path("models/<int:model_pk>/versions/", models.ModelVersionListView.as_view(),
-         name="model-versions"),
-    path("models/<int:model_pk>/versions/<int:number>/", models.ModelVersionDetailView.as_view(),
-         name="model-version-detail"),
-    path("models/<int:model_pk>/versions/<int:number>/download/",
-         models.ModelVersionDownloadView.as_view(), name="model-version-download"),
+    path(
+        "models/<int:model_pk>/versions/",
+        models.ModelVersionListView.as_view(),
+        name="model-versions",
+    ),
+    path(
+        "models/<int:model_pk>/versions/<int:number>/",
+        models.ModelVersionDetailView.as_view(),
+        name="model-version-detail",
+    ),
+    path(
+        "models/<int:model_pk>/versions/<int:number>/download/",
+        models.ModelVersionDownloadView.as_view(),
+        name="model-version-download",
+    ),
     *router.urls,
 ]

@@ -55,18 +55,27 @@ def main(payload: dict, result_path: str) -> None:
         value = func(*payload["args"], **payload["kwargs"])
         result = {"ok": True, "value": value}
     except EngineError as exc:
-        result = {"ok": False, "error": {"class": type(exc).__name__, "args": exc.to_args(),
-                                         "message": str(exc)}}
+        result = {
+            "ok": False,
+            "error": {"class": type(exc).__name__, "args": exc.to_args(), "message": str(exc)},
+        }
     except MemoryError:
         # an allocation refused by RLIMIT_AS: report it as a crash-class outcome
-        result = {"ok": False, "error": {"class": "SandboxCrashed",
-                                         "args": ["the isolated process ran out of memory"],
-                                         "message": "out of memory"}}
+        result = {
+            "ok": False,
+            "error": {
+                "class": "SandboxCrashed",
+                "args": ["the isolated process ran out of memory"],
+                "message": "out of memory",
+            },
+        }
     except Exception as exc:
         # anything else crosses back as RemoteError with its type name and message
         traceback.print_exc()
-        result = {"ok": False, "error": {"class": type(exc).__name__, "args": [],
-                                         "message": str(exc)[:2000]}}
+        result = {
+            "ok": False,
+            "error": {"class": type(exc).__name__, "args": [], "message": str(exc)[:2000]},
+        }
     tmp = result_path + ".tmp"
     with open(tmp, "w") as fh:
         json.dump(result, fh)

@@ -23,9 +23,29 @@ from compression.engine.passes._util import file_size, gzip_size
 from compression.engine.sandbox import run_isolated
 
 # ISA features that decide which kernels onnxruntime can use
-_ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni",
-              "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_int8", "amx_bf16", "neon", "asimd",
-              "asimddp", "fphp", "asimdhp", "sve", "i8mm", "bf16")
+_ISA_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_int8",
+    "amx_bf16",
+    "neon",
+    "asimd",
+    "asimddp",
+    "fphp",
+    "asimdhp",
+    "sve",
+    "i8mm",
+    "bf16",
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -85,8 +105,9 @@ def _feeds(sess, batch: int, dim_values: dict[str, int]) -> dict:
 
 
 def _dynamic_batch(sess) -> bool:
-    return all(not (isinstance(i.shape[0], int) and i.shape[0] > 0)
-               for i in sess.get_inputs() if i.shape)
+    return all(
+        not (isinstance(i.shape[0], int) and i.shape[0] > 0) for i in sess.get_inputs() if i.shape
+    )
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -99,8 +120,10 @@ def _session(model_path: str, threads: int, provider: str):
     available = ort.get_available_providers()
     if provider not in available:
         # onnxruntime would silently fall back to CPU and the numbers would lie
-        raise EngineError(f"Execution provider {provider!r} is not available here; "
-                          f"available: {', '.join(available)}.")
+        raise EngineError(
+            f"Execution provider {provider!r} is not available here; "
+            f"available: {', '.join(available)}."
+        )
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -123,9 +146,17 @@ def _shapes(feeds: dict) -> dict[str, list[int]]:
     return {k: list(np.shape(v)) for k, v in feeds.items()}
 
 
-def measure(model_path: str, threads: int, runs: int, warmup: int, batch_sizes: list[int],
-            provider: str, extra_batch: int | None, dim_values: dict,
-            data_path: str | None = None) -> dict:
+def measure(
+    model_path: str,
+    threads: int,
+    runs: int,
+    warmup: int,
+    batch_sizes: list[int],
+    provider: str,
+    extra_batch: int | None,
+    dim_values: dict,
+    data_path: str | None = None,
+) -> dict:
     """The part that runs inside the sandbox child."""
     rss_base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     started = time.perf_counter()
@@ -158,9 +189,12 @@ def measure(model_path: str, threads: int, runs: int, warmup: int, batch_sizes: 
         if b == sizes[0]:
             latency = {
                 "batch": b,
-                "p50": round(_percentile(times, 50), 4), "p90": round(_percentile(times, 90), 4),
-                "p95": round(_percentile(times, 95), 4), "p99": round(_percentile(times, 99), 4),
-                "mean": round(statistics.fmean(times), 4), "min": round(min(times), 4),
+                "p50": round(_percentile(times, 50), 4),
+                "p90": round(_percentile(times, 90), 4),
+                "p95": round(_percentile(times, 95), 4),
+                "p99": round(_percentile(times, 99), 4),
+                "mean": round(statistics.fmean(times), 4),
+                "min": round(min(times), 4),
                 "runs": n,
             }
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -177,11 +211,20 @@ def measure(model_path: str, threads: int, runs: int, warmup: int, batch_sizes: 
     }
 
 
-def benchmark(model_path: str | Path, *, threads: int = 1, runs: int = 50, warmup: int = 5,
-              batch_sizes: tuple[int, ...] = (1,), provider: str = "CPUExecutionProvider",
-              timeout_s: float = 300, memory_mb: int | None = 4096,
-              extra_batch: int | None = 8, dim_values: dict[str, int] | None = None,
-              data_path: str | Path | None = None) -> dict:
+def benchmark(
+    model_path: str | Path,
+    *,
+    threads: int = 1,
+    runs: int = 50,
+    warmup: int = 5,
+    batch_sizes: tuple[int, ...] = (1,),
+    provider: str = "CPUExecutionProvider",
+    timeout_s: float = 300,
+    memory_mb: int | None = 4096,
+    extra_batch: int | None = 8,
+    dim_values: dict[str, int] | None = None,
+    data_path: str | Path | None = None,
+) -> dict:
     """Measure ``model_path`` in a fresh subprocess; see module docstring.
 
     With ``data_path`` latency is measured on the dataset's own samples (their
@@ -194,19 +237,30 @@ def benchmark(model_path: str | Path, *, threads: int = 1, runs: int = 50, warmu
     model_path = str(Path(model_path).resolve())  # the child runs in its own directory
     data = str(Path(data_path).resolve()) if data_path else None
     result = run_isolated(
-        measure, model_path, threads, runs, warmup, list(batch_sizes), provider, extra_batch,
-        dict(dim_values or {}), data,
-        timeout_s=timeout_s, memory_mb=memory_mb,
+        measure,
+        model_path,
+        threads,
+        runs,
+        warmup,
+        list(batch_sizes),
+        provider,
+        extra_batch,
+        dict(dim_values or {}),
+        data,
+        timeout_s=timeout_s,
+        memory_mb=memory_mb,
         cpu_s=int(timeout_s * max(1, threads)) + 5,
         env={"OMP_NUM_THREADS": str(threads)},
     )
-    result.update({
-        "threads": threads,
-        "provider": provider,
-        "size_bytes": file_size(model_path),
-        "gzip_bytes": gzip_size(model_path),
-        "host": host_info(),
-    })
+    result.update(
+        {
+            "threads": threads,
+            "provider": provider,
+            "size_bytes": file_size(model_path),
+            "gzip_bytes": gzip_size(model_path),
+            "host": host_info(),
+        }
+    )
     return result
 
 
@@ -214,9 +268,19 @@ def _median(values: list[float]) -> float:
     return float(np.median(np.asarray(values))) if values else float("nan")
 
 
-def interleaved(paths: dict[str, str], reference: str, threads: int, provider: str,
-                data_path: str | None, runs: int, warmup: int, min_rounds: int,
-                max_rounds: int, contenders: list[str] | None, dim_values: dict) -> dict:
+def interleaved(
+    paths: dict[str, str],
+    reference: str,
+    threads: int,
+    provider: str,
+    data_path: str | None,
+    runs: int,
+    warmup: int,
+    min_rounds: int,
+    max_rounds: int,
+    contenders: list[str] | None,
+    dim_values: dict,
+) -> dict:
     """The sandbox child of ``compare``: every model in one process, timed in turns."""
     import psutil
 
@@ -239,7 +303,7 @@ def interleaved(paths: dict[str, str], reference: str, threads: int, provider: s
     stable = False
     for r in range(max_rounds):
         # rotate the order: no model always runs first (cold caches) or right after another
-        order = labels[r % len(labels):] + labels[: r % len(labels)]
+        order = labels[r % len(labels) :] + labels[: r % len(labels)]
         for label in order:
             sess, times = sessions[label], []
             for _ in range(runs):
@@ -249,8 +313,10 @@ def interleaved(paths: dict[str, str], reference: str, threads: int, provider: s
             rounds[label].append(_median(times))
             every[label].extend(times)
         if contenders and r + 1 >= min_rounds:
-            ratio = {k: _median([a / b for a, b in zip(rounds[k], rounds[reference],
-                                                       strict=True)]) for k in contenders}
+            ratio = {
+                k: _median([a / b for a, b in zip(rounds[k], rounds[reference], strict=True)])
+                for k in contenders
+            }
             leaders.append(min(ratio, key=ratio.get))
             if len(leaders) >= 3 and len(set(leaders[-3:])) == 1:
                 stable = True
@@ -266,18 +332,36 @@ def interleaved(paths: dict[str, str], reference: str, threads: int, provider: s
             "ratio": round(_median(ratios), 4),
             "ratio_low": round(float(np.percentile(ratios, 25)), 4),
             "ratio_high": round(float(np.percentile(ratios, 75)), 4),
-            "load_ms": load_ms[label], "rss_mb": rss[label],
+            "load_ms": load_ms[label],
+            "rss_mb": rss[label],
         }
-    return {"models": out, "rounds": len(rounds[reference]), "runs_per_round": runs,
-            "stable": stable if contenders else None, "leaders": leaders,
-            "input_shapes": _shapes(feeds), "shape_source": "data" if data_path else "synthetic"}
+    return {
+        "models": out,
+        "rounds": len(rounds[reference]),
+        "runs_per_round": runs,
+        "stable": stable if contenders else None,
+        "leaders": leaders,
+        "input_shapes": _shapes(feeds),
+        "shape_source": "data" if data_path else "synthetic",
+    }
 
 
-def compare(paths: dict[str, str | Path], *, reference: str, threads: int = 1,
-            provider: str = "CPUExecutionProvider", data_path: str | Path | None = None,
-            runs: int = 10, warmup: int = 3, min_rounds: int = 5, max_rounds: int = 5,
-            contenders: list[str] | None = None, dim_values: dict[str, int] | None = None,
-            timeout_s: float = 600, memory_mb: int | None = 4096) -> dict:
+def compare(
+    paths: dict[str, str | Path],
+    *,
+    reference: str,
+    threads: int = 1,
+    provider: str = "CPUExecutionProvider",
+    data_path: str | Path | None = None,
+    runs: int = 10,
+    warmup: int = 3,
+    min_rounds: int = 5,
+    max_rounds: int = 5,
+    contenders: list[str] | None = None,
+    dim_values: dict[str, int] | None = None,
+    timeout_s: float = 600,
+    memory_mb: int | None = 4096,
+) -> dict:
     """Time ``paths`` interleaved with ``reference`` in one process; decide on ratios.
 
     Each round runs every model ``runs`` times in a rotating order and keeps its
@@ -290,7 +374,20 @@ def compare(paths: dict[str, str | Path], *, reference: str, threads: int = 1,
     resolved = {k: str(Path(v).resolve()) for k, v in paths.items()}
     data = str(Path(data_path).resolve()) if data_path else None
     return run_isolated(
-        interleaved, resolved, reference, threads, provider, data, runs, warmup, min_rounds,
-        max_rounds, contenders, dict(dim_values or {}),
-        timeout_s=timeout_s, memory_mb=memory_mb,
-        cpu_s=int(timeout_s * max(1, threads)) + 5, env={"OMP_NUM_THREADS": str(threads)})
+        interleaved,
+        resolved,
+        reference,
+        threads,
+        provider,
+        data,
+        runs,
+        warmup,
+        min_rounds,
+        max_rounds,
+        contenders,
+        dict(dim_values or {}),
+        timeout_s=timeout_s,
+        memory_mb=memory_mb,
+        cpu_s=int(timeout_s * max(1, threads)) + 5,
+        env={"OMP_NUM_THREADS": str(threads)},
+    )

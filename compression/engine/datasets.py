@@ -19,9 +19,14 @@ from compression.engine.inspect import graph_inputs
 LABELS_KEY = "labels"
 
 _ONNX_TO_NP = {
-    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
-    "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_,
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
 }
 
 
@@ -37,8 +42,9 @@ def model_input_specs(model_path: str | Path) -> list[InputSpec]:
     specs = []
     for v in graph_inputs(model):
         tt = v.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                for d in tt.shape.dim]
+        dims = [
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim
+        ]
         specs.append(InputSpec(v.name, onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type), dims))
     return specs
 
@@ -53,8 +59,7 @@ def fixed_batch(specs: list[InputSpec]) -> int | None:
     return min(dims) if dims else None
 
 
-def check_contract(arrays: dict[str, dict], inputs: list[dict], *, name: str = "dataset"
-                   ) -> dict:
+def check_contract(arrays: dict[str, dict], inputs: list[dict], *, name: str = "dataset") -> dict:
     """The one dataset contract, shared by the upload check and the job check.
 
     ``arrays``: ``{array name: {"shape": [...], "dtype": str}}`` (read from npz
@@ -76,7 +81,8 @@ def check_contract(arrays: dict[str, dict], inputs: list[dict], *, name: str = "
         extra = sorted(set(arrays) - {i["name"] for i in inputs} - {LABELS_KEY})
         raise DatasetError(
             f"Dataset {name!r} has no array for model input(s) {missing}; it holds "
-            f"{extra or 'no other arrays'}. Arrays must be named after the model inputs.")
+            f"{extra or 'no other arrays'}. Arrays must be named after the model inputs."
+        )
     roles: dict[str, str] = {}
     counts: dict[str, int] = {}
     candidates_fixed: list[str] = []
@@ -92,17 +98,20 @@ def check_contract(arrays: dict[str, dict], inputs: list[dict], *, name: str = "
             else:
                 raise DatasetError(
                     f"Array {label!r} has shape {got}; the model input is a scalar: give one "
-                    f"value per sample (shape [N]) or a single value (shape []).")
+                    f"value per sample (shape [N]) or a single value (shape [])."
+                )
             continue
         if len(got) != len(want):
             raise DatasetError(
                 f"Array {label!r} has shape {got} but the model input expects rank "
-                f"{len(want)} {want} (samples first).")
+                f"{len(want)} {want} (samples first)."
+            )
         for axis, (g, w) in enumerate(zip(got, want, strict=True)):
             if axis > 0 and _fixed(w) and g != w:
                 raise DatasetError(
                     f"Array {label!r} has shape {got} but the model input expects {want}: "
-                    f"axis {axis} differs.")
+                    f"axis {axis} differs."
+                )
         if all(_fixed(w) for w in want) and got == want:
             candidates_fixed.append(label)
         roles[label], counts[label] = "per-sample", got[0]
@@ -117,8 +126,8 @@ def check_contract(arrays: dict[str, dict], inputs: list[dict], *, name: str = "
     sizes = set(counts.values())
     if len(sizes) > 1:
         raise DatasetError(
-            f"Every per-sample array must hold the same number of samples on axis 0; got "
-            f"{counts}.")
+            f"Every per-sample array must hold the same number of samples on axis 0; got {counts}."
+        )
     n = next(iter(sizes)) if sizes else 1
     if n == 0:
         raise DatasetError(f"Dataset {name!r} holds no samples.")
@@ -128,8 +137,8 @@ def check_contract(arrays: dict[str, dict], inputs: list[dict], *, name: str = "
         kind = np.dtype(labels.get("dtype", "int64")).kind
         if len(shape) != 1 or shape[0] != n or kind not in "iu":
             raise DatasetError(
-                f"'labels' must be {n} integer class ids (got {labels.get('dtype')} "
-                f"{shape}).")
+                f"'labels' must be {n} integer class ids (got {labels.get('dtype')} {shape})."
+            )
     for spec in inputs:
         dtype = spec.get("dtype")
         have = arrays[spec["name"]].get("dtype")
@@ -140,8 +149,8 @@ def check_contract(arrays: dict[str, dict], inputs: list[dict], *, name: str = "
                 ok = False
             if not ok:
                 raise DatasetError(
-                    f"Array {spec['name']!r} has dtype {have} but the model input expects "
-                    f"{dtype}.")
+                    f"Array {spec['name']!r} has dtype {have} but the model input expects {dtype}."
+                )
     return {"samples": int(n), "roles": roles}
 
 
@@ -177,8 +186,10 @@ class Dataset:
             stop = min(start + size, n)
             if self.batch is not None and stop - start != self.batch:
                 break
-            feed = {k: np.asarray(v[start]) if k in self.scalars else v[start:stop]
-                    for k, v in self.inputs.items()}
+            feed = {
+                k: np.asarray(v[start]) if k in self.scalars else v[start:stop]
+                for k, v in self.inputs.items()
+            }
             feed.update(self.fixed)
             yield feed
 
@@ -188,8 +199,13 @@ class Dataset:
         return {k: list(np.shape(v)) for k, v in feed.items()}
 
 
-def load_dataset(path: str | Path, model_path: str | Path, *, require_labels: bool = False,
-                 max_samples: int | None = None) -> Dataset:
+def load_dataset(
+    path: str | Path,
+    model_path: str | Path,
+    *,
+    require_labels: bool = False,
+    max_samples: int | None = None,
+) -> Dataset:
     """Load ``path`` and check it against the inputs of ``model_path`` (``check_contract``).
 
     Raises ``DatasetError`` with a sentence naming the first mismatch.
@@ -236,8 +252,14 @@ def load_dataset(path: str | Path, model_path: str | Path, *, require_labels: bo
     return Dataset(inputs, labels, fixed, fixed_batch(per_sample_specs), frozenset(scalars))
 
 
-def random_dataset(model_path: str | Path, path: str | Path, *, samples: int = 16,
-                   dim_values: dict[str, int] | None = None, seed: int = 0) -> str:
+def random_dataset(
+    model_path: str | Path,
+    path: str | Path,
+    *,
+    samples: int = 16,
+    dim_values: dict[str, int] | None = None,
+    seed: int = 0,
+) -> str:
     """Write generated inputs for every model input (latency-only mode: no data yet).
 
     Dynamic dims take ``dim_values[name]`` or 1 for the batch axis, 32 elsewhere;
@@ -247,11 +269,13 @@ def random_dataset(model_path: str | Path, path: str | Path, *, samples: int = 1
     arrays = {}
     for spec in model_input_specs(model_path):
         if not spec.shape:
-            arrays[spec.name] = np.zeros((), spec.dtype) + (1 if np.dtype(spec.dtype).kind
-                                                             in "iu" else 0)
+            arrays[spec.name] = np.zeros((), spec.dtype) + (
+                1 if np.dtype(spec.dtype).kind in "iu" else 0
+            )
             continue
-        shape = [samples] + [d if _fixed(d) else int((dim_values or {}).get(str(d), 32))
-                             for d in spec.shape[1:]]
+        shape = [samples] + [
+            d if _fixed(d) else int((dim_values or {}).get(str(d), 32)) for d in spec.shape[1:]
+        ]
         if np.dtype(spec.dtype).kind == "f":
             arrays[spec.name] = rng.normal(0, 1, shape).astype(spec.dtype)
         else:
@@ -260,8 +284,9 @@ def random_dataset(model_path: str | Path, path: str | Path, *, samples: int = 1
     return str(path)
 
 
-def make_calibration_reader(dataset_path: str | Path, model_path: str | Path, *,
-                            max_samples: int = 200):
+def make_calibration_reader(
+    dataset_path: str | Path, model_path: str | Path, *, max_samples: int = 200
+):
     """An onnxruntime ``CalibrationDataReader`` over at most ``max_samples`` samples.
 
     Samples are fed one at a time (or in the model's own fixed batch, which
@@ -305,8 +330,9 @@ def example_npz(inputs: list[dict], *, samples: int = 4, dim_default: int = 8) -
         shape = [samples] + [d if _fixed(d) else dim_default for d in dims[1:]]
         if not dims:
             shape = [samples]
-        arrays[spec["name"]] = (rng.normal(0, 1, shape) if dtype.kind == "f"
-                                else np.zeros(shape)).astype(dtype)
+        arrays[spec["name"]] = (
+            rng.normal(0, 1, shape) if dtype.kind == "f" else np.zeros(shape)
+        ).astype(dtype)
     arrays[LABELS_KEY] = np.zeros(samples, np.int64)
     buf = io.BytesIO()
     np.savez(buf, **arrays)

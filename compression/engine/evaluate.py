@@ -24,8 +24,9 @@ def _session(path: str | Path, threads: int):
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def predict(model_path: str | Path, dataset: Dataset, *, batch_size: int = 32,
-            threads: int = 1) -> dict[str, np.ndarray]:
+def predict(
+    model_path: str | Path, dataset: Dataset, *, batch_size: int = 32, threads: int = 1
+) -> dict[str, np.ndarray]:
     """Run the dataset through the model in its own batch size (fixed batch stays fixed)."""
     sess = _session(model_path, threads)
     names = [o.name for o in sess.get_outputs()]
@@ -38,8 +39,12 @@ def predict(model_path: str | Path, dataset: Dataset, *, batch_size: int = 32,
 
 
 def _is_classifier(arr: np.ndarray, n: int) -> bool:
-    return arr.ndim == 2 and arr.shape[0] == n and arr.shape[1] > 1 \
+    return (
+        arr.ndim == 2
+        and arr.shape[0] == n
+        and arr.shape[1] > 1
         and np.issubdtype(arr.dtype, np.floating)
+    )
 
 
 def accuracy(scores: np.ndarray, labels: np.ndarray) -> dict:
@@ -54,12 +59,12 @@ def accuracy(scores: np.ndarray, labels: np.ndarray) -> dict:
 
 # output kinds and the metric each is scored with (what the user sees of that output)
 OUTPUT_KINDS = {
-    "classes": "top1_agreement",      # [N, C] class scores: same top-1 class
+    "classes": "top1_agreement",  # [N, C] class scores: same top-1 class
     "sequence": "sequence_agreement",  # [N, T, C] per-step scores (CTC): same greedy-decoded string
-    "indices": "exact_agreement",     # integer outputs (ArgMax, ids): identical per sample
-    "boxes": "box_iou_agreement",     # [N, K, 4] boxes: IoU >= 0.9 with the reference box
-    "regression": "relative_error",   # one value per sample: 1 - normalised RMSE
-    "embedding": "cosine",            # features, hidden states, anything else: cosine similarity
+    "indices": "exact_agreement",  # integer outputs (ArgMax, ids): identical per sample
+    "boxes": "box_iou_agreement",  # [N, K, 4] boxes: IoU >= 0.9 with the reference box
+    "regression": "relative_error",  # one value per sample: 1 - normalised RMSE
+    "embedding": "cosine",  # features, hidden states, anything else: cosine similarity
 }
 _PROB_OPS = {"Softmax", "LogSoftmax"}
 
@@ -86,8 +91,7 @@ def output_kinds(model_path: str | Path) -> dict[str, str]:
         elif rank == 3 and (op_type in _PROB_OPS or "logit" in name or "prob" in name):
             kinds[out.name] = "sequence"
         elif rank == 2 and last != 1 and (last > 1 or last == 0):
-            kinds[out.name] = "embedding" if ("embed" in name or "feature" in name) \
-                else "classes"
+            kinds[out.name] = "embedding" if ("embed" in name or "feature" in name) else "classes"
         elif rank is not None and (rank <= 1 or (rank == 2 and last == 1)):
             kinds[out.name] = "regression"
         else:
@@ -145,8 +149,7 @@ def fidelity(ref: np.ndarray, got: np.ndarray, kind: str | None = None) -> dict:
     if kind == "classes" and ref.ndim >= 2:
         value = float(np.mean(ref.reshape(n, -1).argmax(1) == got.reshape(n, -1).argmax(1)))
     elif kind == "sequence" and ref.ndim == 3:
-        value = float(np.mean([a == b for a, b in zip(_greedy(ref), _greedy(got),
-                                                       strict=True)]))
+        value = float(np.mean([a == b for a, b in zip(_greedy(ref), _greedy(got), strict=True)]))
     elif kind == "indices":
         value = float(np.mean(np.all(r == g, axis=1)))
     elif kind == "boxes" and ref.shape[-1] == 4:
@@ -162,10 +165,16 @@ def fidelity(ref: np.ndarray, got: np.ndarray, kind: str | None = None) -> dict:
     return out
 
 
-def evaluate(model_path: str | Path, dataset_path: str | Path, *,
-             reference_path: str | Path | None = None, batch_size: int = 32,
-             threads: int = 1, max_samples: int | None = None,
-             kinds: dict[str, str] | None = None) -> dict:
+def evaluate(
+    model_path: str | Path,
+    dataset_path: str | Path,
+    *,
+    reference_path: str | Path | None = None,
+    batch_size: int = 32,
+    threads: int = 1,
+    max_samples: int | None = None,
+    kinds: dict[str, str] | None = None,
+) -> dict:
     """Score ``model_path`` on ``dataset_path``.
 
     ``accuracy`` (top1/top5) uses the first classifier-shaped output and the
@@ -185,11 +194,13 @@ def evaluate(model_path: str | Path, dataset_path: str | Path, *,
         guessed = output_kinds(reference_path)
         unknown = set((kinds or {}).values()) - set(OUTPUT_KINDS)
         if unknown:
-            raise DatasetError(f"unknown output kind(s) {sorted(unknown)}; known: "
-                               f"{', '.join(OUTPUT_KINDS)}")
+            raise DatasetError(
+                f"unknown output kind(s) {sorted(unknown)}; known: {', '.join(OUTPUT_KINDS)}"
+            )
         chosen = {**guessed, **{k: v for k, v in (kinds or {}).items() if k in guessed}}
-        result["fidelity"] = {n: fidelity(ref[n], outputs[n], chosen.get(n))
-                              for n in outputs if n in ref}
+        result["fidelity"] = {
+            n: fidelity(ref[n], outputs[n], chosen.get(n)) for n in outputs if n in ref
+        }
         missing = sorted(set(ref) - set(outputs))
         if missing:
             result["missing_outputs"] = missing

@@ -56,6 +56,7 @@ def quantizer_grid(cache_dir: str | None = None) -> list[dict]:
         if cache_dir:
             method = point.get("calibrate_method", "minmax")
             overrides["calibration_cache"] = f"{cache_dir}/calibration-{method}.json"
-        out.append({"name": "int8-static" + suffix(point), "recipe": "int8-static",
-                    "overrides": overrides})
+        out.append(
+            {"name": "int8-static" + suffix(point), "recipe": "int8-static", "overrides": overrides}
+        )
     return out

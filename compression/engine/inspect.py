@@ -14,8 +14,16 @@ import onnx
 from onnx import TensorProto, helper
 
 # ops whose cost is dominated by a multiply-accumulate over a reduction axis
-_MAC_OPS = {"Conv", "ConvInteger", "QLinearConv", "MatMul", "MatMulInteger", "QLinearMatMul",
-            "Gemm", "ConvTranspose"}
+_MAC_OPS = {
+    "Conv",
+    "ConvInteger",
+    "QLinearConv",
+    "MatMul",
+    "MatMulInteger",
+    "QLinearMatMul",
+    "Gemm",
+    "ConvTranspose",
+}
 
 
 def dtype_name(elem_type: int) -> str:

@@ -22,7 +22,12 @@ from compression.engine.passes._util import strip_unused_opsets
 
 # the default set a compression job measures (DESIGN: "all default recipes")
 DEFAULT_RECIPES: tuple[str, ...] = (
-    "prepare", "optimize", "int8-dynamic", "int8-static", "mixed-precision", "fp16",
+    "prepare",
+    "optimize",
+    "int8-dynamic",
+    "int8-static",
+    "mixed-precision",
+    "fp16",
     "prune-unstructured",
 )
 
@@ -95,15 +100,23 @@ def _split_overrides(names: tuple[str, ...], overrides: dict) -> list[dict]:
         if not applied:
             unused.append(key)
     if unused:
-        raise PassConfigError(f"option(s) {sorted(unused)} do not apply to any pass of "
-                              f"{'+'.join(names)}")
+        raise PassConfigError(
+            f"option(s) {sorted(unused)} do not apply to any pass of {'+'.join(names)}"
+        )
     return per_pass
 
 
-def run_recipe(recipe: str, input_path: str | Path, output_path: str | Path, *,
-               calibration_path: str | Path | None = None, overrides: dict | None = None,
-               workdir: str | Path | None = None, train_path: str | Path | None = None,
-               eval_path: str | Path | None = None) -> RecipeResult:
+def run_recipe(
+    recipe: str,
+    input_path: str | Path,
+    output_path: str | Path,
+    *,
+    calibration_path: str | Path | None = None,
+    overrides: dict | None = None,
+    workdir: str | Path | None = None,
+    train_path: str | Path | None = None,
+    eval_path: str | Path | None = None,
+) -> RecipeResult:
     """Apply ``recipe`` to ``input_path`` and write the final model to ``output_path``.
 
     ``calibration_path``, ``train_path`` and ``eval_path`` reach every pass whose
@@ -116,8 +129,11 @@ def run_recipe(recipe: str, input_path: str | Path, output_path: str | Path, *,
     for name, opts in zip(names, per_pass, strict=True):
         p = get_pass(name)
         fields = {f.name for f in dataclasses.fields(p.Config)}
-        for key, value in (("calibration_path", calibration_path), ("train_path", train_path),
-                           ("eval_path", eval_path)):
+        for key, value in (
+            ("calibration_path", calibration_path),
+            ("train_path", train_path),
+            ("eval_path", eval_path),
+        ):
             if value and key in fields and key not in opts:
                 opts = {**opts, key: str(value)}
         configs.append(p.make_config(opts))  # validate every config before any work
@@ -128,8 +144,14 @@ def run_recipe(recipe: str, input_path: str | Path, output_path: str | Path, *,
         for i, (name, config) in enumerate(zip(names, configs, strict=True)):
             step_out = Path(tmp) / f"step{i}-{name}.onnx"
             step = get_pass(name).run(current, config, step_out)
-            result.steps.append({"pass": name, "config": config.to_dict(),
-                                 "metrics": step.metrics, "notes": step.notes})
+            result.steps.append(
+                {
+                    "pass": name,
+                    "config": config.to_dict(),
+                    "metrics": step.metrics,
+                    "notes": step.notes,
+                }
+            )
             current = step.output_path
         Path(output_path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(current, output_path)

@@ -40,10 +40,19 @@ from compression.engine.recipes import DEFAULT_RECIPES, run_recipe
 from compression.engine.sandbox import run_isolated
 
 # qat only where the train extra is installed; the prune passes then fine-tune themselves
-SEARCH_RECIPES: tuple[str, ...] = (*DEFAULT_RECIPES, "prune-structured+int8-static",
-                                   *(("qat",) if training.available() else ()))
-KPI_KEYS = {"max_latency_ms", "max_accuracy_drop", "min_fidelity", "max_size_mb",
-            "threads", "provider"}
+SEARCH_RECIPES: tuple[str, ...] = (
+    *DEFAULT_RECIPES,
+    "prune-structured+int8-static",
+    *(("qat",) if training.available() else ()),
+)
+KPI_KEYS = {
+    "max_latency_ms",
+    "max_accuracy_drop",
+    "min_fidelity",
+    "max_size_mb",
+    "threads",
+    "provider",
+}
 # with no fidelity/accuracy KPI a variant must still agree with fp32 this well (task metric)
 DEFAULT_QUALITY_FLOOR = 0.98
 # candidates whose p50 ratio is within this factor of the fastest compete on size instead
@@ -84,8 +93,10 @@ def _violations(m: dict, kpis: dict) -> list[str]:
         if m.get("fidelity") is None:
             out.append("fidelity unknown")
         elif m["fidelity"] < kpis["min_fidelity"]:
-            out.append(f"fidelity {m['fidelity']:.4f} < {kpis['min_fidelity']} "
-                       f"({m.get('fidelity_metric') or 'cosine'})")
+            out.append(
+                f"fidelity {m['fidelity']:.4f} < {kpis['min_fidelity']} "
+                f"({m.get('fidelity_metric') or 'cosine'})"
+            )
     return out
 
 
@@ -115,27 +126,36 @@ def _choose(cands: list[dict]) -> tuple[str | None, str]:
         if not measured:
             return None, "No candidate could be measured."
         closest = min(measured, key=lambda c: len(c["violations"]))
-        return None, ("No candidate meets the KPIs; closest is "
-                      f"{closest['recipe']} ({'; '.join(closest['violations'])}). "
-                      "See the Pareto front for the best trade-offs.")
+        return None, (
+            "No candidate meets the KPIs; closest is "
+            f"{closest['recipe']} ({'; '.join(closest['violations'])}). "
+            "See the Pareto front for the best trade-offs."
+        )
     fastest = min(meeting, key=lambda c: c["metrics"]["p50_ratio"])
     limit = fastest["metrics"]["p50_ratio"] * _LATENCY_TIE
-    band = [c for c in meeting if c["metrics"]["p50_ratio"] <= limit
-            and (c["recipe"] == "fp32" or c["metrics"]["p50_ratio"] <= 1.0)]
+    band = [
+        c
+        for c in meeting
+        if c["metrics"]["p50_ratio"] <= limit
+        and (c["recipe"] == "fp32" or c["metrics"]["p50_ratio"] <= 1.0)
+    ]
     chosen = min(band or [fastest], key=lambda c: c["metrics"]["size_bytes"])
     fp32 = next((c for c in band if c["recipe"] == "fp32"), None)
     if fp32 is not None and chosen["metrics"]["size_bytes"] > 0.95 * fp32["metrics"]["size_bytes"]:
         chosen = fp32  # within the noise of fp32 and hardly smaller: not worth a new version
         m = chosen["metrics"]
-        return "fp32", ("No variant is faster than fp32 beyond the measurement noise "
-                        f"({round((_LATENCY_TIE - 1) * 100)} %) or clearly smaller; "
-                        "the original stays the best choice.")
+        return "fp32", (
+            "No variant is faster than fp32 beyond the measurement noise "
+            f"({round((_LATENCY_TIE - 1) * 100)} %) or clearly smaller; "
+            "the original stays the best choice."
+        )
     m = chosen["metrics"]
     return chosen["recipe"], (
         f"{chosen['recipe']} meets every KPI and is the fastest "
         f"(p50 {m['p50_ms']:.3f} ms, {m['p50_ratio']:.2f}x fp32 latency measured interleaved, "
         f"{m['size_ratio']:.2f}x size; smaller wins among ties within "
-        f"{round((_LATENCY_TIE - 1) * 100)} %).")
+        f"{round((_LATENCY_TIE - 1) * 100)} %)."
+    )
 
 
 def _verdict(c: dict, chosen: str | None, best_ratio: float | None) -> str:
@@ -157,17 +177,29 @@ def _verdict(c: dict, chosen: str | None, best_ratio: float | None) -> str:
     return f"ties on latency ({m['p50_ratio']:.2f}x) but is larger"
 
 
-def compress_to_json(recipe: str, input_path: str, output_path: str,
-                     calibration_path: str | None, workdir: str,
-                     overrides: dict | None = None) -> list[dict]:
+def compress_to_json(
+    recipe: str,
+    input_path: str,
+    output_path: str,
+    calibration_path: str | None,
+    workdir: str,
+    overrides: dict | None = None,
+) -> list[dict]:
     """``run_recipe`` for the sandbox child: returns the JSON-able step records."""
-    result = run_recipe(recipe, input_path, output_path, calibration_path=calibration_path,
-                        workdir=workdir, overrides=overrides)
+    result = run_recipe(
+        recipe,
+        input_path,
+        output_path,
+        calibration_path=calibration_path,
+        workdir=workdir,
+        overrides=overrides,
+    )
     return json.loads(json.dumps(result.steps, default=str))
 
 
-def build_many(specs: list[dict], input_path: str, calibration_path: str | None,
-               workdir: str) -> dict:
+def build_many(
+    specs: list[dict], input_path: str, calibration_path: str | None, workdir: str
+) -> dict:
     """Build several candidates in one child (one interpreter start instead of one each).
 
     int8-static points (``spec["grid"]``) quantize one prepared graph: the
@@ -187,13 +219,24 @@ def build_many(specs: list[dict], input_path: str, calibration_path: str | None,
                     prepared = str(Path(workdir) / "prepared-for-grid.onnx")
                     prep = get_pass("prepare")
                     prep_notes = prep.run(input_path, prep.make_config({}), prepared).notes
-                steps = compress_to_json(spec["recipe"], prepared, spec["output"],
-                                         calibration_path, workdir,
-                                         {**spec.get("overrides", {}), "preprocess": False})
+                steps = compress_to_json(
+                    spec["recipe"],
+                    prepared,
+                    spec["output"],
+                    calibration_path,
+                    workdir,
+                    {**spec.get("overrides", {}), "preprocess": False},
+                )
                 steps[0]["notes"] = [f"prepare: {n}" for n in prep_notes] + steps[0]["notes"]
             else:
-                steps = compress_to_json(spec["recipe"], input_path, spec["output"],
-                                         calibration_path, workdir, spec.get("overrides"))
+                steps = compress_to_json(
+                    spec["recipe"],
+                    input_path,
+                    spec["output"],
+                    calibration_path,
+                    workdir,
+                    spec.get("overrides"),
+                )
             out[spec["name"]] = {"steps": steps}
         except EngineError as exc:
             out[spec["name"]] = {"error": f"{type(exc).__name__}: {exc}"}
@@ -202,14 +245,16 @@ def build_many(specs: list[dict], input_path: str, calibration_path: str | None,
     return out
 
 
-def evaluate_many(paths: dict[str, str], data: str, reference: str, threads: int,
-                  kinds: dict | None) -> dict:
+def evaluate_many(
+    paths: dict[str, str], data: str, reference: str, threads: int, kinds: dict | None
+) -> dict:
     """Evaluate several variants in one child (the reference runs once per call)."""
     out = {}
     for label, path in paths.items():
         try:
-            out[label] = {"ok": evaluate(path, data, reference_path=reference, threads=threads,
-                                         kinds=kinds)}
+            out[label] = {
+                "ok": evaluate(path, data, reference_path=reference, threads=threads, kinds=kinds)
+            }
         except EngineError as exc:
             out[label] = {"error": f"{type(exc).__name__}: {exc}"}
         except Exception as exc:  # onnxruntime refusing to run a variant
@@ -218,10 +263,23 @@ def evaluate_many(paths: dict[str, str], data: str, reference: str, threads: int
 
 
 class _Search:
-    def __init__(self, input_path: Path, out_dir: Path, *, calibration: str | None,
-                 evaluation: str | None, kpis: dict, threads: int, provider: str, runs: int,
-                 step_timeout_s: float, memory_mb: int | None, kinds: dict | None,
-                 progress, should_stop):
+    def __init__(
+        self,
+        input_path: Path,
+        out_dir: Path,
+        *,
+        calibration: str | None,
+        evaluation: str | None,
+        kpis: dict,
+        threads: int,
+        provider: str,
+        runs: int,
+        step_timeout_s: float,
+        memory_mb: int | None,
+        kinds: dict | None,
+        progress,
+        should_stop,
+    ):
         self.input_path, self.out_dir = input_path, out_dir
         self.calibration, self.evaluation = calibration, evaluation
         self.kpis, self.threads, self.provider, self.runs = kpis, threads, provider, runs
@@ -239,14 +297,25 @@ class _Search:
 
     def build(self, spec: dict) -> dict:
         path = self.out_dir / f"{search_grid.slug(spec['name'])}.onnx"
-        cand = {"recipe": spec["name"], "base_recipe": spec["recipe"],
-                "overrides": spec.get("overrides") or {}, "path": None, "metrics": None}
+        cand = {
+            "recipe": spec["name"],
+            "base_recipe": spec["recipe"],
+            "overrides": spec.get("overrides") or {},
+            "path": None,
+            "metrics": None,
+        }
         try:
             cand["steps"] = run_isolated(
-                compress_to_json, spec["recipe"], str(self.input_path), str(path),
-                self.calibration, str(self.out_dir), *([cand["overrides"]]
-                                                       if cand["overrides"] else []),
-                timeout_s=self.step_timeout_s, memory_mb=self.memory_mb)
+                compress_to_json,
+                spec["recipe"],
+                str(self.input_path),
+                str(path),
+                self.calibration,
+                str(self.out_dir),
+                *([cand["overrides"]] if cand["overrides"] else []),
+                timeout_s=self.step_timeout_s,
+                memory_mb=self.memory_mb,
+            )
             cand["path"] = str(path)
         except Cancelled:
             raise
@@ -260,9 +329,15 @@ class _Search:
         for spec in specs:
             spec["output"] = str(self.out_dir / f"{search_grid.slug(spec['name'])}.onnx")
         try:
-            results = run_isolated(build_many, specs, str(self.input_path), self.calibration,
-                                   str(self.out_dir), timeout_s=self.step_timeout_s * 3,
-                                   memory_mb=self.memory_mb)
+            results = run_isolated(
+                build_many,
+                specs,
+                str(self.input_path),
+                self.calibration,
+                str(self.out_dir),
+                timeout_s=self.step_timeout_s * 3,
+                memory_mb=self.memory_mb,
+            )
         except Cancelled:
             raise
         except EngineError:
@@ -271,8 +346,13 @@ class _Search:
             return
         for spec in specs:
             res = results.get(spec["name"], {"error": "not built"})
-            cand = {"recipe": spec["name"], "base_recipe": spec["recipe"],
-                    "overrides": spec.get("overrides") or {}, "path": None, "metrics": None}
+            cand = {
+                "recipe": spec["name"],
+                "base_recipe": spec["recipe"],
+                "overrides": spec.get("overrides") or {},
+                "path": None,
+                "metrics": None,
+            }
             if "error" in res:
                 cand["error"] = res["error"]
             else:
@@ -283,12 +363,13 @@ class _Search:
         """Interleaved timing against fp32; writes p50 ratio and friends into each metrics."""
         fp32 = self.candidates[0]
         todo = [c for c in cands if c.get("path") and c is not fp32]
-        chunks = [todo[i:i + _CHUNK] for i in range(0, len(todo), _CHUNK)] or [[]]
+        chunks = [todo[i : i + _CHUNK] for i in range(0, len(todo), _CHUNK)] or [[]]
         for chunk in chunks:
             paths = {"fp32": fp32["path"], **{c["recipe"]: c["path"] for c in chunk}}
             try:
-                r = self._compare(paths, contenders=[c["recipe"] for c in chunk]
-                                  if contenders else None)
+                r = self._compare(
+                    paths, contenders=[c["recipe"] for c in chunk] if contenders else None
+                )
             except EngineError as exc:
                 if len(chunk) <= 1:
                     for c in chunk:
@@ -297,14 +378,17 @@ class _Search:
                 for c in chunk:  # one variant crashed the timing child: time them alone
                     self.time([c], contenders=contenders)
                 continue
-            self.timing = {k: r[k] for k in ("input_shapes", "shape_source", "rounds",
-                                             "runs_per_round", "stable")}
+            self.timing = {
+                k: r[k]
+                for k in ("input_shapes", "shape_source", "rounds", "runs_per_round", "stable")
+            }
             base = r["models"]["fp32"]
             if fp32.get("metrics") is None or not cands or cands[0] is fp32:
                 fp32["metrics"] = self._metrics(fp32, base, base)
             for c in chunk:
-                c["metrics"] = self._metrics(c, r["models"][c["recipe"]], fp32["metrics"],
-                                             old=c.get("metrics"))
+                c["metrics"] = self._metrics(
+                    c, r["models"][c["recipe"]], fp32["metrics"], old=c.get("metrics")
+                )
                 c["timing"] = {"rounds": r["rounds"], "stable": r["stable"]}
 
     def _compare(self, paths: dict, contenders: list[str] | None) -> dict:
@@ -312,13 +396,31 @@ class _Search:
 
         runs = max(5, self.runs // 3)
         if contenders:
-            return compare(paths, reference="fp32", threads=self.threads,
-                           provider=self.provider, data_path=self.shape_data, runs=runs * 2,
-                           min_rounds=5, max_rounds=15, contenders=contenders,
-                           timeout_s=self.step_timeout_s, memory_mb=self.memory_mb)
-        return compare(paths, reference="fp32", threads=self.threads, provider=self.provider,
-                       data_path=self.shape_data, runs=runs, min_rounds=3, max_rounds=3,
-                       timeout_s=self.step_timeout_s, memory_mb=self.memory_mb)
+            return compare(
+                paths,
+                reference="fp32",
+                threads=self.threads,
+                provider=self.provider,
+                data_path=self.shape_data,
+                runs=runs * 2,
+                min_rounds=5,
+                max_rounds=15,
+                contenders=contenders,
+                timeout_s=self.step_timeout_s,
+                memory_mb=self.memory_mb,
+            )
+        return compare(
+            paths,
+            reference="fp32",
+            threads=self.threads,
+            provider=self.provider,
+            data_path=self.shape_data,
+            runs=runs,
+            min_rounds=3,
+            max_rounds=3,
+            timeout_s=self.step_timeout_s,
+            memory_mb=self.memory_mb,
+        )
 
     def _metrics(self, cand: dict, t: dict, base: dict, old: dict | None = None) -> dict:
         from compression.engine.passes._util import file_size, gzip_size
@@ -328,16 +430,20 @@ class _Search:
         ratio = 1.0 if base is t else t["ratio"]
         p50 = round(base_p50 * ratio, 4)
         m = dict(old or {})
-        m.update({
-            "size_bytes": size, "size_mb": round(size / 1e6, 4), "gzip_bytes": gzip_size(
-                cand["path"]),
-            "p50_ms": p50, "p95_ms": round(p50 * t["p95_ms"] / t["p50_ms"], 4)
-            if t.get("p50_ms") else p50,
-            "p50_ratio": ratio, "p50_ratio_iqr": [t.get("ratio_low", ratio),
-                                                  t.get("ratio_high", ratio)],
-            "throughput_ips": {"1": round(1000 / p50, 3) if p50 else None},
-            "peak_rss_mb": t.get("rss_mb"), "load_ms": t.get("load_ms"),
-        })
+        m.update(
+            {
+                "size_bytes": size,
+                "size_mb": round(size / 1e6, 4),
+                "gzip_bytes": gzip_size(cand["path"]),
+                "p50_ms": p50,
+                "p95_ms": round(p50 * t["p95_ms"] / t["p50_ms"], 4) if t.get("p50_ms") else p50,
+                "p50_ratio": ratio,
+                "p50_ratio_iqr": [t.get("ratio_low", ratio), t.get("ratio_high", ratio)],
+                "throughput_ips": {"1": round(1000 / p50, 3) if p50 else None},
+                "peak_rss_mb": t.get("rss_mb"),
+                "load_ms": t.get("load_ms"),
+            }
+        )
         m.setdefault("accuracy", None)
         m.setdefault("fidelity", None)
         fp32_size = base.get("size_bytes", size)
@@ -352,9 +458,16 @@ class _Search:
         if not paths:
             return
         try:
-            results = run_isolated(evaluate_many, paths, self.evaluation, str(self.input_path),
-                                   self.threads, self.kinds, timeout_s=self.step_timeout_s,
-                                   memory_mb=self.memory_mb)
+            results = run_isolated(
+                evaluate_many,
+                paths,
+                self.evaluation,
+                str(self.input_path),
+                self.threads,
+                self.kinds,
+                timeout_s=self.step_timeout_s,
+                memory_mb=self.memory_mb,
+            )
         except EngineError:
             if len(paths) == 1:
                 raise
@@ -374,10 +487,17 @@ class _Search:
                 continue
             acc, fid, metric = _quality(res["ok"])
             c["evaluated"] = True
-            c["metrics"].update({"accuracy": acc, "fidelity": fid, "fidelity_metric": metric,
-                                 "outputs": {k: {x: v.get(x) for x in ("kind", "metric",
-                                                                        "fidelity", "cosine")}
-                                             for k, v in res["ok"].get("fidelity", {}).items()}})
+            c["metrics"].update(
+                {
+                    "accuracy": acc,
+                    "fidelity": fid,
+                    "fidelity_metric": metric,
+                    "outputs": {
+                        k: {x: v.get(x) for x in ("kind", "metric", "fidelity", "cosine")}
+                        for k, v in res["ok"].get("fidelity", {}).items()
+                    },
+                }
+            )
             if acc is not None and fp32.get("accuracy") is not None:
                 c["metrics"]["accuracy_drop_pt"] = round((fp32["accuracy"] - acc) * 100, 4)
 
@@ -414,15 +534,24 @@ def _default_plan(calibration: str | None, out_dir: Path) -> list[dict]:
     return plan
 
 
-def auto(input_path: str | Path, *, calibration_path: str | Path | None,
-         evaluation_path: str | Path | None, kpis: dict, threads: int = 1,
-         budget_s: float = 600, out_dir: str | Path,
-         progress: Callable[[float, str], None] | None = None,
-         should_stop: Callable[[], bool] | None = None,
-         recipes: tuple[str, ...] | list[str] | None = None, runs: int = 30,
-         step_timeout_s: float = 600, memory_mb: int | None = 4096,
-         output_kinds: dict[str, str] | None = None,
-         overrides: dict[str, dict] | None = None) -> dict:
+def auto(
+    input_path: str | Path,
+    *,
+    calibration_path: str | Path | None,
+    evaluation_path: str | Path | None,
+    kpis: dict,
+    threads: int = 1,
+    budget_s: float = 600,
+    out_dir: str | Path,
+    progress: Callable[[float, str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    recipes: tuple[str, ...] | list[str] | None = None,
+    runs: int = 30,
+    step_timeout_s: float = 600,
+    memory_mb: int | None = 4096,
+    output_kinds: dict[str, str] | None = None,
+    overrides: dict[str, dict] | None = None,
+) -> dict:
     """Search against ``kpis``; see the module docstring.
 
     ``recipes`` None searches the default recipes plus the quantizer grid and
@@ -458,26 +587,50 @@ def auto(input_path: str | Path, *, calibration_path: str | Path | None,
 
         generated = random_dataset(input_path, out_dir / "generated_inputs.npz")
         calibration = calibration or generated
-    plan = ([{"name": r, "recipe": r} for r in recipes] if recipes
-            else _default_plan(calibration, out_dir))
+    plan = (
+        [{"name": r, "recipe": r} for r in recipes]
+        if recipes
+        else _default_plan(calibration, out_dir)
+    )
     for spec in plan:  # the user's options for a recipe apply to its grid points too
         if (overrides or {}).get(spec["recipe"]) or (overrides or {}).get(spec["name"]):
-            spec["overrides"] = {**spec.get("overrides", {}),
-                                 **(overrides or {}).get(spec["recipe"], {}),
-                                 **(overrides or {}).get(spec["name"], {})}
+            spec["overrides"] = {
+                **spec.get("overrides", {}),
+                **(overrides or {}).get(spec["recipe"], {}),
+                **(overrides or {}).get(spec["name"], {}),
+            }
     started = time.monotonic()
     total = len(plan) + 4
-    s = _Search(input_path, out_dir, calibration=calibration, evaluation=evaluation,
-                kpis=applied, threads=threads, provider=provider, runs=runs,
-                step_timeout_s=step_timeout_s, memory_mb=memory_mb, kinds=output_kinds,
-                progress=progress, should_stop=should_stop)
+    s = _Search(
+        input_path,
+        out_dir,
+        calibration=calibration,
+        evaluation=evaluation,
+        kpis=applied,
+        threads=threads,
+        provider=provider,
+        runs=runs,
+        step_timeout_s=step_timeout_s,
+        memory_mb=memory_mb,
+        kinds=output_kinds,
+        progress=progress,
+        should_stop=should_stop,
+    )
     if generated:
         s.shape_data = generated
     s.step(0, "fp32: measure")
     original = out_dir / "fp32.onnx"
     shutil.copyfile(input_path, original)
-    s.candidates.append({"recipe": "fp32", "base_recipe": "fp32", "overrides": {},
-                         "path": str(original), "metrics": None, "steps": []})
+    s.candidates.append(
+        {
+            "recipe": "fp32",
+            "base_recipe": "fp32",
+            "overrides": {},
+            "path": str(original),
+            "metrics": None,
+            "steps": [],
+        }
+    )
     skipped: list[str] = []
     stages: dict[str, float] = {}
     mark = time.monotonic()
@@ -524,24 +677,40 @@ def auto(input_path: str | Path, *, calibration_path: str | Path | None,
     for c in s.candidates:
         c["verdict"] = _verdict(c, chosen, best)
     if chosen in (None, "fp32"):
-        why = "; ".join(f"{c['recipe']}: {c['verdict']}" for c in s.candidates
-                        if c["recipe"] != "fp32")
+        why = "; ".join(
+            f"{c['recipe']}: {c['verdict']}" for c in s.candidates if c["recipe"] != "fp32"
+        )
         reason += f" Why no variant beats fp32: {why}."
     if default_floor is not None:
-        reason += (f" No fidelity or accuracy KPI was set: the default quality floor "
-                   f"(fidelity >= {default_floor}) applied.")
+        reason += (
+            f" No fidelity or accuracy KPI was set: the default quality floor "
+            f"(fidelity >= {default_floor}) applied."
+        )
     if generated:
         reason += " Latency-only mode: inputs were generated, fidelity is unknown."
     if skipped:
         reason += f" Budget of {budget_s:g} s reached; not tried: {', '.join(skipped)}."
     shapes = s.timing.get("input_shapes", {})
-    report = {"kpis": kpis, "kpis_applied": applied, "default_quality_floor": default_floor,
-              "latency_only": bool(generated), "threads": threads, "provider": provider,
-              "measurement": {**s.timing, "interleaved": True,
-                              "shape": ", ".join(f"{k} {v}" for k, v in shapes.items())},
-              "candidates": s.candidates, "pareto": front, "chosen": chosen, "reason": reason,
-              "skipped": skipped, "seconds": round(time.monotonic() - started, 2),
-              "stage_seconds": {k: round(v, 2) for k, v in stages.items()}}
+    report = {
+        "kpis": kpis,
+        "kpis_applied": applied,
+        "default_quality_floor": default_floor,
+        "latency_only": bool(generated),
+        "threads": threads,
+        "provider": provider,
+        "measurement": {
+            **s.timing,
+            "interleaved": True,
+            "shape": ", ".join(f"{k} {v}" for k, v in shapes.items()),
+        },
+        "candidates": s.candidates,
+        "pareto": front,
+        "chosen": chosen,
+        "reason": reason,
+        "skipped": skipped,
+        "seconds": round(time.monotonic() - started, 2),
+        "stage_seconds": {k: round(v, 2) for k, v in stages.items()},
+    }
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
     if progress is not None:
         progress(1.0, "done")
@@ -551,8 +720,9 @@ def auto(input_path: str | Path, *, calibration_path: str | Path | None,
 def _evaluate_what_can_win(s: _Search) -> None:
     """Evaluate fp32 and the candidates in order of speed, skipping those that cannot win."""
     fp32 = s.candidates[0]
-    timed = sorted((c for c in s.candidates[1:] if c.get("metrics")),
-                   key=lambda c: c["metrics"]["p50_ratio"])
+    timed = sorted(
+        (c for c in s.candidates[1:] if c.get("metrics")), key=lambda c: c["metrics"]["p50_ratio"]
+    )
     if not s.evaluation:
         return
     s.evaluate([fp32])
@@ -572,12 +742,20 @@ def _evaluate_what_can_win(s: _Search) -> None:
         if timing_misses:
             c["skip_reason"] = "not evaluated: misses a latency/size KPI already"
             continue
-        beaten = next((w for w in winners if w["metrics"]["p50_ratio"] * _SKIP_MARGIN
-                       < c["metrics"]["p50_ratio"] and w["metrics"]["size_bytes"]
-                       <= c["metrics"]["size_bytes"]), None)
+        beaten = next(
+            (
+                w
+                for w in winners
+                if w["metrics"]["p50_ratio"] * _SKIP_MARGIN < c["metrics"]["p50_ratio"]
+                and w["metrics"]["size_bytes"] <= c["metrics"]["size_bytes"]
+            ),
+            None,
+        )
         if beaten is not None:
-            c["skip_reason"] = (f"not evaluated: cannot win (slower and not smaller than "
-                                f"{beaten['recipe']}, which meets every KPI)")
+            c["skip_reason"] = (
+                f"not evaluated: cannot win (slower and not smaller than "
+                f"{beaten['recipe']}, which meets every KPI)"
+            )
             continue
         if c["metrics"]["p50_ratio"] > 1.0 and c["metrics"]["size_ratio"] >= 1.0:
             c["skip_reason"] = "not evaluated: neither faster nor smaller than fp32"
@@ -590,20 +768,29 @@ def _evaluate_what_can_win(s: _Search) -> None:
 
 def _refine(s: _Search, total: int, plan: list[dict]) -> None:
     """Mixed precision on the fastest int8 point that misses the quality floor only."""
-    int8 = [c for c in s.candidates if c.get("evaluated") and c["base_recipe"] in (
-        "int8-static",) and c["metrics"]["p50_ratio"] < 1.0]
+    int8 = [
+        c
+        for c in s.candidates
+        if c.get("evaluated")
+        and c["base_recipe"] in ("int8-static",)
+        and c["metrics"]["p50_ratio"] < 1.0
+    ]
     if not int8:
         return
     ok = [c for c in int8 if not _violations(c["metrics"], s.kpis)]
     fastest = min(int8, key=lambda c: c["metrics"]["p50_ratio"])
     if ok and min(ok, key=lambda c: c["metrics"]["p50_ratio"]) is fastest:
         return  # the fastest int8 point already meets every KPI
-    overrides = {k: v for k, v in fastest["overrides"].items()
-                 if k not in ("calibration_cache",)}
+    overrides = {k: v for k, v in fastest["overrides"].items() if k not in ("calibration_cache",)}
     name = "mixed-precision" + (search_grid.suffix(overrides) if overrides else "")
     s.step((len(plan) + 2.5) / total, f"{name}: sensitivity-guided exclusion")
-    cand = s.build({"name": name, "recipe": "mixed-precision",
-                    "overrides": {**overrides, "target_cosine": 0.9995}})
+    cand = s.build(
+        {
+            "name": name,
+            "recipe": "mixed-precision",
+            "overrides": {**overrides, "target_cosine": 0.9995},
+        }
+    )
     if cand.get("path"):
         s.time([cand])
         s.evaluate([cand])
@@ -614,8 +801,10 @@ def _remeasure_finalists(s: _Search, fraction: float) -> None:
     if not meeting:
         return
     best = min(c["metrics"]["p50_ratio"] for c in meeting)
-    finalists = sorted((c for c in meeting if c["metrics"]["p50_ratio"] <= best * _FINALIST_BAND),
-                       key=lambda c: c["metrics"]["p50_ratio"])[:_MAX_FINALISTS]
+    finalists = sorted(
+        (c for c in meeting if c["metrics"]["p50_ratio"] <= best * _FINALIST_BAND),
+        key=lambda c: c["metrics"]["p50_ratio"],
+    )[:_MAX_FINALISTS]
     s.step(fraction, "re-measuring the finalists")
     s.time(finalists, contenders=True)
     for c in finalists:

@@ -211,8 +211,7 @@ def _misbehave(mode: str) -> None:
             hog.append(bytearray(64 * 1024 * 1024))
 
 
-def check_in_child(path: str, test_crash: str | None = None,
-                   memory_mb: int | None = None) -> dict:
+def check_in_child(path: str, test_crash: str | None = None, memory_mb: int | None = None) -> dict:
     """The parsing/executing half of ``validate_model``; runs in the sandbox."""
     if test_crash:
         _misbehave(test_crash)
@@ -254,9 +253,14 @@ def check_in_child(path: str, test_crash: str | None = None,
 # The device agent's post-install health check feeds the same kind of input
 # (devices/agent/health.py): what passes here is what a device will run first.
 _SAMPLE_DTYPES = {
-    "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
-    "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8",
-    "tensor(uint8)": "uint8", "tensor(bool)": "bool",
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool",
 }
 _OUT_OF_MEMORY = re.compile(r"alloc|out of memory|MemoryError|bad_alloc", re.IGNORECASE)
 
@@ -294,8 +298,7 @@ def _bounded_inference(session, memory_mb: int | None) -> None:
     try:
         session.run(None, feeds)
     except MemoryError:
-        raise ModelRejected("inference_memory", _memory_message(memory_mb, "MemoryError")
-                            ) from None
+        raise ModelRejected("inference_memory", _memory_message(memory_mb, "MemoryError")) from None
     except Exception as exc:  # onnxruntime's own error types
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if _OUT_OF_MEMORY.search(str(exc)):
@@ -308,8 +311,10 @@ def _bounded_inference(session, memory_mb: int | None) -> None:
 
 def _memory_message(memory_mb: int | None, detail: str) -> str:
     limit = f"the {memory_mb} MB limit" if memory_mb else "the memory limit"
-    return (f"Running the model on a sample input needs more memory than {limit} "
-            f"(a tensor is too large to allocate: {detail}); it was refused.")
+    return (
+        f"Running the model on a sample input needs more memory than {limit} "
+        f"(a tensor is too large to allocate: {detail}); it was refused."
+    )
 
 
 def _open_session(path: str):

@@ -21,7 +21,8 @@ from fleet.roles import Role, role_required
 
 def _job_queryset():
     return CompressionJob.objects.select_related(
-        "source__model", "hardware_profile", "calibration", "evaluation", "created_by")
+        "source__model", "hardware_profile", "calibration", "evaluation", "created_by"
+    )
 
 
 @login_required
@@ -36,8 +37,13 @@ def _dataset_from_upload(form: JobForm, field: str, purpose: str, version, actor
     if upload is None:
         return form.cleaned_data.get(field)
     return services.register_dataset(
-        upload.temporary_file_path(), name=upload.name.rsplit(".", 1)[0], purpose=purpose,
-        original_filename=upload.name, model=version.model, actor=actor)
+        upload.temporary_file_path(),
+        name=upload.name.rsplit(".", 1)[0],
+        purpose=purpose,
+        original_filename=upload.name,
+        model=version.model,
+        actor=actor,
+    )
 
 
 @role_required(Role.OPERATOR)
@@ -47,15 +53,24 @@ def job_create(request, version_pk: int):
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
-            calibration = _dataset_from_upload(form, "calibration", DatasetPurpose.CALIBRATION,
-                                               version, request.user)
-            evaluation = _dataset_from_upload(form, "evaluation", DatasetPurpose.EVALUATION,
-                                              version, request.user)
+            calibration = _dataset_from_upload(
+                form, "calibration", DatasetPurpose.CALIBRATION, version, request.user
+            )
+            evaluation = _dataset_from_upload(
+                form, "evaluation", DatasetPurpose.EVALUATION, version, request.user
+            )
             job = jobs.create_job(
-                version, mode=data["mode"], recipes=data["recipes"], kpis=form.kpis(),
-                hardware_profile=data["hardware_profile"], calibration=calibration,
-                evaluation=evaluation, time_budget_s=data["time_budget_s"], actor=request.user,
-                options=form.options())
+                version,
+                mode=data["mode"],
+                recipes=data["recipes"],
+                kpis=form.kpis(),
+                hardware_profile=data["hardware_profile"],
+                calibration=calibration,
+                evaluation=evaluation,
+                time_budget_s=data["time_budget_s"],
+                actor=request.user,
+                options=form.options(),
+            )
         except services.UploadRejected as exc:
             form.add_error(None, exc.message)
         except jobs.JobRejected as exc:
@@ -67,8 +82,9 @@ def job_create(request, version_pk: int):
             messages.success(request, _("Compression job %(id)s queued.") % {"id": job.pk})
             return redirect("compression:job-detail", pk=job.pk)
     status = 400 if request.method == "POST" else 200
-    return render(request, "compression/job_form.html", {"form": form, "version": version},
-                  status=status)
+    return render(
+        request, "compression/job_form.html", {"form": form, "version": version}, status=status
+    )
 
 
 def _results(job: CompressionJob) -> list:
@@ -79,9 +95,15 @@ def _results(job: CompressionJob) -> list:
 def job_detail(request, pk: int):
     job = get_object_or_404(_job_queryset(), pk=pk)
     candidates = _results(job)
-    return render(request, "compression/job_detail.html", {
-        "job": job, "candidates": candidates,
-        "has_training": any((c.metrics or {}).get("training") for c in candidates)})
+    return render(
+        request,
+        "compression/job_detail.html",
+        {
+            "job": job,
+            "candidates": candidates,
+            "has_training": any((c.metrics or {}).get("training") for c in candidates),
+        },
+    )
 
 
 @login_required
@@ -104,15 +126,32 @@ def job_chart(request, pk: int):
         if "p50_ms" not in m:
             continue
         quality = m.get("accuracy") if m.get("accuracy") is not None else m.get("fidelity")
-        points.append({"recipe": c.recipe, "p50_ms": m["p50_ms"], "quality": quality,
-                       "size_mb": m.get("size_mb"), "pareto": c.on_pareto, "chosen": c.chosen,
-                       "meets_kpis": c.meets_kpis})
+        points.append(
+            {
+                "recipe": c.recipe,
+                "p50_ms": m["p50_ms"],
+                "quality": quality,
+                "size_mb": m.get("size_mb"),
+                "pareto": c.on_pareto,
+                "chosen": c.chosen,
+                "meets_kpis": c.meets_kpis,
+            }
+        )
     has_accuracy = any((c.metrics or {}).get("accuracy") is not None for c in _results(job))
-    training = [{"recipe": c.recipe, **curve} for c in _results(job)
-                for curve in (c.metrics or {}).get("training", [])]
-    return JsonResponse({"job": job.pk, "points": points, "training": training,
-                         "quality": "accuracy" if has_accuracy else "fidelity",
-                         "max_latency_ms": job.kpis.get("max_latency_ms")})
+    training = [
+        {"recipe": c.recipe, **curve}
+        for c in _results(job)
+        for curve in (c.metrics or {}).get("training", [])
+    ]
+    return JsonResponse(
+        {
+            "job": job.pk,
+            "points": points,
+            "training": training,
+            "quality": "accuracy" if has_accuracy else "fidelity",
+            "max_latency_ms": job.kpis.get("max_latency_ms"),
+        }
+    )
 
 
 @require_POST

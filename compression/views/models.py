@@ -34,8 +34,9 @@ def model_upload(request):
         data = form.cleaned_data
         try:
             # storage write first, outside any transaction; validation on a worker
-            staged = uploads.stage_model_upload(data["file"].temporary_file_path(),
-                                                data["file"].name)
+            staged = uploads.stage_model_upload(
+                data["file"].temporary_file_path(), data["file"].name
+            )
         except services.UploadRejected as exc:
             form.add_error("file", exc.message)
             audit.note(request, "model.upload", None, refused=exc.code)
@@ -43,19 +44,27 @@ def model_upload(request):
             try:
                 with transaction.atomic():  # the model and its version row, nothing slow
                     model = services.create_model(
-                        name=data["name"], task=data["task"], description=data["description"],
+                        name=data["name"],
+                        task=data["task"],
+                        description=data["description"],
                         owner=request.user,
                     )
                     result = uploads.queue_version(
-                        model, staged, original_filename=data["file"].name, actor=request.user)
+                        model, staged, original_filename=data["file"].name, actor=request.user
+                    )
             finally:
                 uploads.release_staged(staged)
             audit.note(request, "model.upload", result.version)
-            messages.success(request, _("Model %(name)s uploaded; it is being validated.")
-                             % {"name": model.name})
+            messages.success(
+                request, _("Model %(name)s uploaded; it is being validated.") % {"name": model.name}
+            )
             return redirect("compression:model-detail", pk=model.pk)
-    return render(request, "compression/model_upload.html", {"form": form}, status=(
-        400 if request.method == "POST" else 200))
+    return render(
+        request,
+        "compression/model_upload.html",
+        {"form": form},
+        status=(400 if request.method == "POST" else 200),
+    )
 
 
 @login_required
@@ -69,12 +78,22 @@ def model_detail(request, pk: int):
     selected = versions[-1] if versions else None
     if (number := request.GET.get("v")) and number.isdigit():
         selected = next((v for v in versions if v.number == int(number)), selected)
-    return render(request, "compression/model_detail.html", {
-        "model": model, "versions": versions, "tree": tree, "selected": selected,
-        "version_form": VersionUploadForm(), "datasets": model.datasets.all()[:20],
-        "dataset_form": DatasetUploadForm(),
-        "jobs": CompressionJob.objects.filter(source__model=model).select_related("source")[:10],
-    })
+    return render(
+        request,
+        "compression/model_detail.html",
+        {
+            "model": model,
+            "versions": versions,
+            "tree": tree,
+            "selected": selected,
+            "version_form": VersionUploadForm(),
+            "datasets": model.datasets.all()[:20],
+            "dataset_form": DatasetUploadForm(),
+            "jobs": CompressionJob.objects.filter(source__model=model).select_related("source")[
+                :10
+            ],
+        },
+    )
 
 
 def _flatten_tree(children, parent_id, depth) -> list[tuple[int, ModelVersion]]:
@@ -94,8 +113,11 @@ def version_upload(request, pk: int):
         upload = form.cleaned_data["file"]
         try:
             result = uploads.accept_upload(
-                model, upload.temporary_file_path(), original_filename=upload.name,
-                actor=request.user, parent=model.latest_version(),
+                model,
+                upload.temporary_file_path(),
+                original_filename=upload.name,
+                actor=request.user,
+                parent=model.latest_version(),
                 notes=form.cleaned_data["notes"],
             )
         except services.UploadRejected as exc:
@@ -103,8 +125,10 @@ def version_upload(request, pk: int):
             audit.note(request, "version.upload", model, refused=exc.code)
         else:
             audit.note(request, "version.upload", result.version)
-            messages.success(request, _("Version %(n)s stored; it is being validated.")
-                             % {"n": result.version.number})
+            messages.success(
+                request,
+                _("Version %(n)s stored; it is being validated.") % {"n": result.version.number},
+            )
     return redirect("compression:model-detail", pk=model.pk)
 
 
@@ -116,8 +140,12 @@ def dataset_upload(request, pk: int):
         data = form.cleaned_data
         try:
             dataset = services.register_dataset(
-                data["file"].temporary_file_path(), name=data["name"], purpose=data["purpose"],
-                original_filename=data["file"].name, model=model, actor=request.user,
+                data["file"].temporary_file_path(),
+                name=data["name"],
+                purpose=data["purpose"],
+                original_filename=data["file"].name,
+                model=model,
+                actor=request.user,
             )
         except services.UploadRejected as exc:
             messages.error(request, exc.message)
@@ -143,8 +171,12 @@ def dataset_example(request, pk: int):
 
 @login_required
 def version_download(request, pk: int, number: int):
-    version = get_object_or_404(ModelVersion.objects.select_related("model"),
-                                model_id=pk, number=number, status=VersionStatus.READY)
+    version = get_object_or_404(
+        ModelVersion.objects.select_related("model"),
+        model_id=pk,
+        number=number,
+        status=VersionStatus.READY,
+    )
     return artifact_response(version.artifact, version.download_name, version.sha256)
 
 
@@ -158,9 +190,13 @@ def dataset_download(request, pk: int):
 def widget(request):
     """Home-page card: registry counts and the latest versions."""
     latest = ModelVersion.objects.select_related("model").order_by("-created_at")[:5]
-    return render(request, "compression/widget.html", {
-        "model_count": MLModel.objects.count(),
-        "version_count": ModelVersion.objects.count(),
-        "latest": latest,
-        "recent_jobs": CompressionJob.objects.select_related("source__model")[:5],
-    })
+    return render(
+        request,
+        "compression/widget.html",
+        {
+            "model_count": MLModel.objects.count(),
+            "version_count": ModelVersion.objects.count(),
+            "latest": latest,
+            "recent_jobs": CompressionJob.objects.select_related("source__model")[:5],
+        },
+    )

@@ -13,24 +13,33 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from devices.agent.buffer import Backoff, Buffer, Outbox
-from devices.agent.client import Client, Pacer, Response, Unreachable
-from devices.agent.download import DownloadLimits
-from devices.agent.runtime import Inputs, Runtime, hardware_facts
-from devices.agent.state import State
-from devices.agent.updater import STATUS_PATH, CheckInError, Updater
+from .buffer import Backoff, Buffer, Outbox
+from .client import Client, Pacer, Response, Unreachable
+from .download import DownloadLimits
+from .runtime import Inputs, Runtime, hardware_facts
+from .state import State
+from .updater import STATUS_PATH, CheckInError, Updater
 
 log = logging.getLogger("edgefleet.agent")
 
 DEFAULTS = {
-    "poll_interval_s": 30, "telemetry_interval_s": 10, "timeout_s": 15,
+    "poll_interval_s": 30,
+    "telemetry_interval_s": 10,
+    "timeout_s": 15,
     "buffer_cap": {"telemetry": 10_000, "logs": 10_000, "status": 1_000},
-    "batch_size": 500, "input_dir": None, "threads": None, "mqtt_url": None,
-    "log_level": "INFO", "hardware_profile": None,
+    "batch_size": 500,
+    "input_dir": None,
+    "threads": None,
+    "mqtt_url": None,
+    "log_level": "INFO",
+    "hardware_profile": None,
     # health check child: address-space limit (default: half the RAM)
     "health_memory_mb": None,
     # slow retrieval: an attempt may last grace + missing bytes / minimum rate
-    "download_min_rate_bps": 16 * 1024, "download_grace_s": 60,
+    "download_min_rate_bps": 16 * 1024,
+    "download_grace_s": 60,
+    # where /sys is read for power sensors (energy per inference)
+    "power_root": "/",
 }
 
 
@@ -43,8 +52,14 @@ class BufferHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.outbox.add("logs", {"ts": record.created, "level": record.levelname.lower(),
-                                     "message": self.format(record)[:8000]})
+            self.outbox.add(
+                "logs",
+                {
+                    "ts": record.created,
+                    "level": record.levelname.lower(),
+                    "message": self.format(record)[:8000],
+                },
+            )
         except Exception:  # logging must never take the agent down
             self.handleError(record)
 
@@ -59,21 +74,32 @@ class Agent:
         caps = dict(self.settings["buffer_cap"])
         self.buffer = Buffer(state.root / "buffer.sqlite3", caps=caps)
         self.outbox = Outbox(self.buffer, self.boot_id)
-        limits = DownloadLimits(float(self.settings["download_min_rate_bps"]),
-                                float(self.settings["download_grace_s"]))
-        self.updater = Updater(state, self.client, report=self.report_status, limits=limits,
-                               health_memory_mb=self.settings["health_memory_mb"])
+        limits = DownloadLimits(
+            float(self.settings["download_min_rate_bps"]), float(self.settings["download_grace_s"])
+        )
+        self.updater = Updater(
+            state,
+            self.client,
+            report=self.report_status,
+            limits=limits,
+            health_memory_mb=self.settings["health_memory_mb"],
+        )
         # Fail-safe first: no model runs before an interrupted install was undone.
         self.updater.recover()
         inputs = Inputs(self.settings["input_dir"]) if self.settings["input_dir"] else None
-        self.runtime = Runtime(state, inputs=inputs, threads=self.settings["threads"])
+        self.runtime = Runtime(
+            state,
+            inputs=inputs,
+            threads=self.settings["threads"],
+            power_root=self.settings["power_root"],
+        )
         self.pacer = Pacer(float(self.settings["poll_interval_s"]))
         self.next_poll = 0.0
         self.deliver_after = 0.0
         self.delivery_pacer = Pacer(1.0)
         self.publisher = None
         if self.settings["mqtt_url"]:
-            from devices.agent.mqtt import Publisher
+            from .mqtt import Publisher
 
             self.publisher = Publisher(self.settings["mqtt_url"], state.uid, state.token)
         self._handler = BufferHandler(self.outbox)
@@ -101,23 +127,29 @@ class Agent:
         return self.client.post("/api/v1/device/telemetry", batch)
 
     def _send_logs(self, boot_id, items, dropped) -> Response:
-        return self.client.post("/api/v1/device/logs",
-                                {"boot_id": boot_id, "batch": items, "dropped": dropped})
+        return self.client.post(
+            "/api/v1/device/logs", {"boot_id": boot_id, "batch": items, "dropped": dropped}
+        )
 
     def deliver(self, kinds=("status", "telemetry", "logs")) -> None:
         if time.monotonic() < self.deliver_after:
             return
-        senders = {"status": (self._send_status, 1), "telemetry": (self._send_telemetry,
-                   int(self.settings["batch_size"])),
-                   "logs": (self._send_logs, int(self.settings["batch_size"]))}
+        senders = {
+            "status": (self._send_status, 1),
+            "telemetry": (self._send_telemetry, int(self.settings["batch_size"])),
+            "logs": (self._send_logs, int(self.settings["batch_size"])),
+        }
         try:
             for kind in kinds:
                 send, size = senders[kind]
                 result = self.buffer.flush(kind, send, batch_size=size)
                 if result.dropped_reported:
                     # The server stores log lines, not the `dropped` field: say it there too.
-                    log.warning("offline buffer dropped the %d oldest %s records",
-                                result.dropped_reported, kind)
+                    log.warning(
+                        "offline buffer dropped the %d oldest %s records",
+                        result.dropped_reported,
+                        kind,
+                    )
         except Backoff as exc:
             delay = self.delivery_pacer.failure(exc.retry_after)
             self.deliver_after = time.monotonic() + delay
@@ -131,15 +163,17 @@ class Agent:
             pointer = self.state.pointer(slot)
             if pointer:
                 variant = pointer["variants"][pointer["active"]]
-                models[slot] = {"model_version": str(variant.get("model_version") or ""),
-                                "sha256": variant["sha256"], "variant": pointer["active"],
-                                "manifest_version": pointer["version"]}
+                models[slot] = {
+                    "model_version": str(variant.get("model_version") or ""),
+                    "sha256": variant["sha256"],
+                    "variant": pointer["active"],
+                    "manifest_version": pointer["version"],
+                }
         facts["models"] = models
         try:
             response = self.client.request("PUT", "/api/v1/device/inventory", json_body=facts)
             if response.status >= 400:
-                log.warning("inventory refused: HTTP %s %s", response.status,
-                            response.body[:200])
+                log.warning("inventory refused: HTTP %s %s", response.status, response.body[:200])
         except Unreachable as exc:
             log.info("inventory not sent: %s", exc)
 
@@ -153,8 +187,9 @@ class Agent:
             self.next_poll = time.monotonic() + delay
             return
         # The configured interval is a floor; the server may only ask for slower polls.
-        self.pacer.advise(max(result.poll_interval_s or 0.0,
-                              float(self.settings["poll_interval_s"])))
+        self.pacer.advise(
+            max(result.poll_interval_s or 0.0, float(self.settings["poll_interval_s"]))
+        )
         self.next_poll = time.monotonic() + self.pacer.success()
         if result.outcome in {"succeeded", "rolled_back", "failed"}:
             self.send_inventory()

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from devices.agent.client import Response, Unreachable
+from .client import Response, Unreachable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -52,15 +52,17 @@ class FlushResult:
 
 
 class Buffer:
-    def __init__(self, path: str | Path, caps: dict[str, int] | None = None,
-                 default_cap: int = 10_000):
+    def __init__(
+        self, path: str | Path, caps: dict[str, int] | None = None, default_cap: int = 10_000
+    ):
         self.path = Path(path)
         self.caps = caps or {}
         self.default_cap = default_cap
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=10, check_same_thread=False,
-                                   isolation_level=None)
+        self._db = sqlite3.connect(
+            self.path, timeout=10, check_same_thread=False, isolation_level=None
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
@@ -75,17 +77,23 @@ class Buffer:
 
     def add(self, kind: str, boot_id: str, seq: int, body: dict) -> None:
         with self._lock, self._tx():
-            self._db.execute("INSERT INTO records (kind, boot_id, seq, body) VALUES (?,?,?,?)",
-                             (kind, boot_id, seq, json.dumps(body, separators=(",", ":"))))
+            self._db.execute(
+                "INSERT INTO records (kind, boot_id, seq, body) VALUES (?,?,?,?)",
+                (kind, boot_id, seq, json.dumps(body, separators=(",", ":"))),
+            )
             count = self.count(kind)
             excess = count - self.cap(kind)
             if excess > 0:
                 self._db.execute(
                     "DELETE FROM records WHERE id IN (SELECT id FROM records WHERE kind=? "
-                    "ORDER BY id LIMIT ?)", (kind, excess))
+                    "ORDER BY id LIMIT ?)",
+                    (kind, excess),
+                )
                 self._db.execute(
                     "INSERT INTO dropped (kind, count) VALUES (?, ?) ON CONFLICT(kind) "
-                    "DO UPDATE SET count = count + excluded.count", (kind, excess))
+                    "DO UPDATE SET count = count + excluded.count",
+                    (kind, excess),
+                )
 
     @contextlib.contextmanager
     def _tx(self):
@@ -98,8 +106,7 @@ class Buffer:
         self._db.execute("COMMIT")
 
     def count(self, kind: str) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM records WHERE kind=?",
-                                (kind,)).fetchone()[0]
+        return self._db.execute("SELECT COUNT(*) FROM records WHERE kind=?", (kind,)).fetchone()[0]
 
     def dropped(self, kind: str) -> int:
         row = self._db.execute("SELECT count FROM dropped WHERE kind=?", (kind,)).fetchone()
@@ -107,13 +114,15 @@ class Buffer:
 
     def oldest(self, kind: str, limit: int) -> list[tuple[int, str, dict]]:
         """(id, boot_id, body) of the oldest records of one boot, at most `limit`."""
-        first = self._db.execute("SELECT boot_id FROM records WHERE kind=? ORDER BY id LIMIT 1",
-                                 (kind,)).fetchone()
+        first = self._db.execute(
+            "SELECT boot_id FROM records WHERE kind=? ORDER BY id LIMIT 1", (kind,)
+        ).fetchone()
         if first is None:
             return []
         rows = self._db.execute(
-            "SELECT id, boot_id, body FROM records WHERE kind=? AND boot_id=? ORDER BY id "
-            "LIMIT ?", (kind, first[0], limit)).fetchall()
+            "SELECT id, boot_id, body FROM records WHERE kind=? AND boot_id=? ORDER BY id LIMIT ?",
+            (kind, first[0], limit),
+        ).fetchall()
         return [(rid, boot, json.loads(body)) for rid, boot, body in rows]
 
     def _delivered(self, kind: str, ids: list[int], dropped_reported: int) -> None:
@@ -126,11 +135,18 @@ class Buffer:
             # never reset: more may have been dropped since the batch left.
             correction = dropped_reported + (len(ids) - deleted)
             if correction:
-                self._db.execute("UPDATE dropped SET count = MAX(0, count - ?) WHERE kind=?",
-                                 (correction, kind))
+                self._db.execute(
+                    "UPDATE dropped SET count = MAX(0, count - ?) WHERE kind=?", (correction, kind)
+                )
 
-    def flush(self, kind: str, send: Callable[[str, list[dict], int], Response], *,
-              batch_size: int = 500, max_batches: int = 100) -> FlushResult:
+    def flush(
+        self,
+        kind: str,
+        send: Callable[[str, list[dict], int], Response],
+        *,
+        batch_size: int = 500,
+        max_batches: int = 100,
+    ) -> FlushResult:
         """Deliver buffered records with `send(boot_id, items, dropped) -> Response`.
 
         Raises `Backoff` when the server says slow down or cannot be reached; what
@@ -162,15 +178,19 @@ class Buffer:
             self._send(kind, rows[:half], send, result)
             self._send(kind, rows[half:], send, result)
         elif response.status in {400, 413, 422} or (
-                kind == "status" and response.status in {404, 409, 410}):
+            kind == "status" and response.status in {404, 409, 410}
+        ):
             # Refused for good (a bad record; a status report the server has moved
             # past): drop it and count it, or it would block the queue forever.
             with self._lock, self._tx():
-                self._db.executemany("DELETE FROM records WHERE id=?",
-                                     [(rid,) for rid, _, _ in rows])
+                self._db.executemany(
+                    "DELETE FROM records WHERE id=?", [(rid,) for rid, _, _ in rows]
+                )
                 self._db.execute(
                     "INSERT INTO dropped (kind, count) VALUES (?, ?) ON CONFLICT(kind) "
-                    "DO UPDATE SET count = count + excluded.count", (kind, len(rows)))
+                    "DO UPDATE SET count = count + excluded.count",
+                    (kind, len(rows)),
+                )
         else:
             raise Backoff(f"{kind}: HTTP {response.status}", response.retry_after)
 

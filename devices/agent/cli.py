@@ -1,8 +1,8 @@
 """`edgefleet-agent`: enroll this device, run the agent, show its state.
 
-    edgefleet-agent enroll --server https://fleet.example.com --token ENROLLMENT_TOKEN
-    edgefleet-agent run [--once]
-    edgefleet-agent status
+edgefleet-agent enroll --server https://fleet.example.com --token ENROLLMENT_TOKEN
+edgefleet-agent run [--once]
+edgefleet-agent status
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import signal
 import sys
 from datetime import UTC, datetime
 
-from devices.agent import __version__
-from devices.agent.client import Client, Unreachable
-from devices.agent.state import DEFAULT_DIR, State
+from . import __version__
+from .client import Client, Unreachable
+from .state import DEFAULT_DIR, State
 
 ENROLL_PATH = "/api/v1/device/enroll"
 
@@ -27,7 +27,7 @@ def state_dir(args) -> str:
 
 
 def enroll(args) -> int:
-    from devices.agent.runtime import hardware_facts
+    from .runtime import hardware_facts
 
     state = State(state_dir(args)).ensure()
     if state.enrolled and not args.force:
@@ -48,8 +48,9 @@ def enroll(args) -> int:
         print(f"cannot reach {args.server}: {exc}", file=sys.stderr)
         return 2
     if response.status not in (200, 201):
-        print(f"enrollment refused: HTTP {response.status} {response.body[:300]!r}",
-              file=sys.stderr)
+        print(
+            f"enrollment refused: HTTP {response.status} {response.body[:300]!r}", file=sys.stderr
+        )
         return 1
     try:
         answer = response.json() or {}
@@ -66,22 +67,30 @@ def enroll(args) -> int:
         return 1
     state.save_credential(str(uid), token)
     state.pin_key(public)
-    state.save_config({**state.config, "server": args.server.rstrip("/"), "uid": str(uid),
-                       "enrolled_key_id": answer.get("key_id")})
+    state.save_config(
+        {
+            **state.config,
+            "server": args.server.rstrip("/"),
+            "uid": str(uid),
+            "enrolled_key_id": answer.get("key_id"),
+        }
+    )
     print(json.dumps({"uid": uid, "state_dir": str(state.root)}))
     return 0
 
 
 def run(args) -> int:
-    from devices.agent.agent import Agent, load_settings
+    from .agent import Agent, load_settings
 
     state = State(state_dir(args)).ensure()
     if not state.enrolled:
         print("not enrolled: run `edgefleet-agent enroll` first", file=sys.stderr)
         return 1
     settings = load_settings(args.config)
-    logging.basicConfig(level=settings.get("log_level", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.get("log_level", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     agent = Agent(state, settings)
     # systemd stops with SIGTERM: leave through `finally` (any stage is crash-safe anyway).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -95,7 +104,7 @@ def run(args) -> int:
 
 
 def status(args) -> int:
-    from devices.agent.freshness import Freshness
+    from .freshness import Freshness
 
     state = State(state_dir(args))
     freshness = Freshness(state)
@@ -104,25 +113,40 @@ def status(args) -> int:
         pointer = state.pointer(name) or {}
         slot = state.slot(name)
         slots[name] = {
-            "active": pointer.get("active"), "version": pointer.get("version"),
+            "active": pointer.get("active"),
+            "version": pointer.get("version"),
             "sha256": ((pointer.get("variants") or {}).get(pointer.get("active")) or {}).get(
-                "sha256"),
+                "sha256"
+            ),
             "previous_version": (pointer.get("previous") or {}).get("version"),
-            "trusted_version": slot.get("trusted_version"), "result": slot.get("result"),
+            "trusted_version": slot.get("trusted_version"),
+            "result": slot.get("result"),
             "pending_version": (slot.get("pending") or {}).get("version"),
         }
-    print(json.dumps({"uid": state.uid, "server": state.config.get("server"),
-                      "enrolled": state.enrolled, "agent_version": __version__,
-                      "keys": [k["key_id"] for k in state.pinned_keys()], "slots": slots,
-                      "metadata": {"fresh_until": freshness.record.get("expires_at"),
-                                   "stale_s": freshness.stale_s(datetime.now(UTC))}},
-                     indent=2))
+    print(
+        json.dumps(
+            {
+                "uid": state.uid,
+                "server": state.config.get("server"),
+                "enrolled": state.enrolled,
+                "agent_version": __version__,
+                "keys": [k["key_id"] for k in state.pinned_keys()],
+                "slots": slots,
+                "metadata": {
+                    "fresh_until": freshness.record.get("expires_at"),
+                    "stale_s": freshness.stale_s(datetime.now(UTC)),
+                },
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
 def parser() -> argparse.ArgumentParser:
-    main_parser = argparse.ArgumentParser(prog="edgefleet-agent",
-                                          description="EdgeFleet device agent")
+    main_parser = argparse.ArgumentParser(
+        prog="edgefleet-agent", description="EdgeFleet device agent"
+    )
     main_parser.add_argument("--version", action="version", version=__version__)
     sub = main_parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("enroll", help="enroll this device with an enrollment token")

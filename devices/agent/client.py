@@ -26,7 +26,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from devices.agent import __version__
+from . import __version__
 
 DEFAULT_TIMEOUT_S = 15.0
 USER_AGENT = f"edgefleet-agent/{__version__}"
@@ -103,23 +103,31 @@ class _NoErrors(urllib.request.HTTPErrorProcessor):
 
 
 class Client:
-    def __init__(self, server: str, token: str | None = None, *,
-                 timeout: float = DEFAULT_TIMEOUT_S):
+    def __init__(
+        self, server: str, token: str | None = None, *, timeout: float = DEFAULT_TIMEOUT_S
+    ):
         self.server = server.rstrip("/")
         self.token = token
         self.timeout = timeout
         # No ProxyHandler: the agent talks to its configured server only (N1).
-        self._opener = urllib.request.build_opener(
-            urllib.request.ProxyHandler({}), _NoErrors())
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoErrors())
 
     def url(self, path_or_url: str) -> str:
         if urllib.parse.urlsplit(path_or_url).scheme:
             return path_or_url
         return self.server + "/" + path_or_url.lstrip("/")
 
-    def request(self, method: str, path: str, *, json_body=None, headers: dict | None = None,
-                stream: bool = False, timeout: float | None = None,
-                max_body: int = MAX_BODY) -> Response:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body=None,
+        headers: dict | None = None,
+        stream: bool = False,
+        timeout: float | None = None,
+        max_body: int = MAX_BODY,
+    ) -> Response:
         data = None
         request = urllib.request.Request(self.url(path), method=method)
         request.add_header("User-Agent", USER_AGENT)
@@ -135,8 +143,11 @@ class Client:
         try:
             raw = self._opener.open(request, data=data, timeout=timeout or self.timeout)
         except urllib.error.HTTPError as exc:  # a redirect loop or an unfollowable one
-            return Response(exc.code, {k.lower(): v for k, v in exc.headers.items()},
-                            _read_quietly(exc, max_body))
+            return Response(
+                exc.code,
+                {k.lower(): v for k, v in exc.headers.items()},
+                _read_quietly(exc, max_body),
+            )
         except (TimeoutError, urllib.error.URLError, OSError) as exc:
             raise Unreachable(f"{method} {path}: {exc}") from exc
         response = Response(raw.status, {k.lower(): v for k, v in raw.headers.items()})
@@ -144,9 +155,13 @@ class Client:
             response.raw = raw
             return response
         try:
-            response.body = read_bounded(raw, response.header("content-length"), max_body,
-                                         f"{method} {path}",
-                                         deadline=time.monotonic() + (timeout or self.timeout))
+            response.body = read_bounded(
+                raw,
+                response.header("content-length"),
+                max_body,
+                f"{method} {path}",
+                deadline=time.monotonic() + (timeout or self.timeout),
+            )
         except OSError as exc:
             raise Unreachable(f"{method} {path}: {exc}") from exc
         finally:
@@ -174,16 +189,39 @@ class LeanClient(Client):
         self._host = parts.netloc
         self._base = parts.path.rstrip("/")
 
-    def request(self, method: str, path: str, *, json_body=None, headers: dict | None = None,
-                stream: bool = False, timeout: float | None = None,
-                max_body: int = MAX_BODY) -> Response:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body=None,
+        headers: dict | None = None,
+        stream: bool = False,
+        timeout: float | None = None,
+        max_body: int = MAX_BODY,
+    ) -> Response:
         if stream or not self._plain or urllib.parse.urlsplit(path).scheme:
-            return super().request(method, path, json_body=json_body, headers=headers,
-                                   stream=stream, timeout=timeout, max_body=max_body)
-        body = b"" if json_body is None else json.dumps(
-            json_body, separators=(",", ":")).encode("utf-8")
-        lines = [f"{method} {self._base}/{path.lstrip('/')} HTTP/1.1", f"Host: {self._host}",
-                 f"User-Agent: {USER_AGENT}", "Accept: application/json", "Connection: close"]
+            return super().request(
+                method,
+                path,
+                json_body=json_body,
+                headers=headers,
+                stream=stream,
+                timeout=timeout,
+                max_body=max_body,
+            )
+        body = (
+            b""
+            if json_body is None
+            else json.dumps(json_body, separators=(",", ":")).encode("utf-8")
+        )
+        lines = [
+            f"{method} {self._base}/{path.lstrip('/')} HTTP/1.1",
+            f"Host: {self._host}",
+            f"User-Agent: {USER_AGENT}",
+            "Accept: application/json",
+            "Connection: close",
+        ]
         if self.token:
             lines.append(f"Authorization: Bearer {self.token}")
         if json_body is not None:
@@ -195,26 +233,33 @@ class LeanClient(Client):
         try:
             if self._family is None:
                 family, _, _, _, address = socket.getaddrinfo(
-                    *self._address, type=socket.SOCK_STREAM)[0]
+                    *self._address, type=socket.SOCK_STREAM
+                )[0]
                 self._family, self._address = family, address
-            raw = _exchange(self._family, self._address, message, timeout or self.timeout,
-                            max_body)
+            raw = _exchange(self._family, self._address, message, timeout or self.timeout, max_body)
             response = _parse(raw, max_body)
         except TooLarge as exc:
             raise TooLarge(f"{method} {path}: {exc}") from exc
         except (OSError, ValueError, IndexError) as exc:
             raise Unreachable(f"{method} {path}: {exc}") from exc
         if response.status in {301, 302, 303, 307, 308}:
-            return super().request(method, path, json_body=json_body, headers=headers,
-                                   timeout=timeout, max_body=max_body)
+            return super().request(
+                method,
+                path,
+                json_body=json_body,
+                headers=headers,
+                timeout=timeout,
+                max_body=max_body,
+            )
         return response
 
 
 HEAD_LIMIT = 64 * 1024  # status line and headers
 
 
-def _exchange(family, address: tuple, message: bytes, timeout: float,
-              max_body: int = MAX_BODY) -> bytes:
+def _exchange(
+    family, address: tuple, message: bytes, timeout: float, max_body: int = MAX_BODY
+) -> bytes:
     """Send `message`, read the answer: to its Content-Length if it has one, else to EOF;
     never more than the head limit plus `max_body` (`TooLarge`)."""
     with socket.socket(family, socket.SOCK_STREAM) as sock:
@@ -245,8 +290,10 @@ def _exchange(family, address: tuple, message: bytes, timeout: float,
                     wanted = head_size
                 elif length is not None and b"transfer-encoding: chunked" not in head:
                     if int(length.group(1)) > max_body:
-                        raise TooLarge(f"answer announces {int(length.group(1))} bytes, "
-                                       f"at most {max_body} expected")
+                        raise TooLarge(
+                            f"answer announces {int(length.group(1))} bytes, "
+                            f"at most {max_body} expected"
+                        )
                     wanted = head_size + int(length.group(1))
             if head_size is not None and size - head_size > max_body + 4096:
                 # chunked framing adds a little; the body is checked again once parsed
@@ -267,7 +314,7 @@ def _parse(raw: bytes, max_body: int = MAX_BODY) -> Response:
         if len(body) > max_body:
             raise TooLarge(f"answer longer than the {max_body} bytes expected")
     elif "content-length" in headers:
-        body = body[:int(headers["content-length"])]
+        body = body[: int(headers["content-length"])]
     return Response(status, headers, body)
 
 
@@ -278,17 +325,19 @@ def _unchunk(data: bytes) -> bytes:
         size = int(data[position:end].split(b";")[0], 16)
         if size == 0:
             return b"".join(out)
-        out.append(data[end + 2:end + 2 + size])
+        out.append(data[end + 2 : end + 2 + size])
         position = end + 2 + size + 2
 
 
-def read_bounded(stream, announced, max_body: int, what: str = "answer",
-                 deadline: float | None = None) -> bytes:
+def read_bounded(
+    stream, announced, max_body: int, what: str = "answer", deadline: float | None = None
+) -> bytes:
     """Read a whole body, refusing (`TooLarge`) past `max_body` without buffering more,
     and (`TimeoutError`) when it is not complete by `deadline` (a trickled answer)."""
     if announced is not None and str(announced).strip().isdigit() and int(announced) > max_body:
-        raise TooLarge(f"{what}: answer announces {int(announced)} bytes, "
-                       f"at most {max_body} expected")
+        raise TooLarge(
+            f"{what}: answer announces {int(announced)} bytes, at most {max_body} expected"
+        )
     parts, size = [], 0
     read = getattr(stream, "read1", stream.read)  # what arrived, not a full chunk
     while True:
@@ -318,8 +367,15 @@ class Pacer:
     cap, but never less than the advised interval nor the server's `Retry-After`.
     """
 
-    def __init__(self, interval_s: float = 30.0, *, base_s: float = 1.0, cap_s: float = 900.0,
-                 jitter: float = 0.2, rng: random.Random | None = None):
+    def __init__(
+        self,
+        interval_s: float = 30.0,
+        *,
+        base_s: float = 1.0,
+        cap_s: float = 900.0,
+        jitter: float = 0.2,
+        rng: random.Random | None = None,
+    ):
         self.interval_s = interval_s
         self.base_s = base_s
         self.cap_s = cap_s

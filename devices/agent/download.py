@@ -28,8 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from devices.agent.client import Client, Unreachable
-from devices.agent.testhooks import pause
+from .client import Client, Unreachable
+from .testhooks import pause
 
 CHUNK = 64 * 1024
 CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
@@ -63,8 +63,12 @@ class BackgroundDownload:
         self.key = key
         self._result: dict | None = None
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(work, payload), daemon=True,
-                                        name=f"download-{payload.get('slot')}")
+        self._thread = threading.Thread(
+            target=self._run,
+            args=(work, payload),
+            daemon=True,
+            name=f"download-{payload.get('slot')}",
+        )
         self._thread.start()
 
     def _run(self, work, payload) -> None:
@@ -96,9 +100,17 @@ def _discard(part: Path) -> None:
         part.unlink()
 
 
-def download(client: Client, url: str, part: Path, *, size: int, sha256: str,
-             timeout: float | None = None, on_progress=None,
-             limits: DownloadLimits | None = None) -> Path:
+def download(
+    client: Client,
+    url: str,
+    part: Path,
+    *,
+    size: int,
+    sha256: str,
+    timeout: float | None = None,
+    on_progress=None,
+    limits: DownloadLimits | None = None,
+) -> Path:
     """Fetch `url` into `part` until it holds exactly `size` bytes with `sha256`."""
     limits = limits or DownloadLimits()
     part.parent.mkdir(parents=True, exist_ok=True)
@@ -110,11 +122,13 @@ def download(client: Client, url: str, part: Path, *, size: int, sha256: str,
             have = 0
         resumed = have > 0
         deadline = time.monotonic() + limits.deadline_s(size - have)
-        if have < size and _fetch(client, url, part, have, size, timeout,
-                                  on_progress, deadline) == "restart":
-                _discard(part)
-                restarted = True
-                continue
+        if (
+            have < size
+            and _fetch(client, url, part, have, size, timeout, on_progress, deadline) == "restart"
+        ):
+            _discard(part)
+            restarted = True
+            continue
         pause("verify")
         if sha256_file(part) == sha256:
             return part
@@ -123,12 +137,14 @@ def download(client: Client, url: str, part: Path, *, size: int, sha256: str,
             raise DownloadError("hash_mismatch", "artifact sha256 does not match the manifest")
         # A resumed file may hold bytes a power cut never wrote: one fresh try.
         restarted = True
-    raise DownloadError("bad_range", "server kept answering with a wrong Content-Range",
-                        transient=True)
+    raise DownloadError(
+        "bad_range", "server kept answering with a wrong Content-Range", transient=True
+    )
 
 
-def _fetch(client, url, part: Path, have: int, size: int, timeout, on_progress,
-           deadline: float) -> str:
+def _fetch(
+    client, url, part: Path, have: int, size: int, timeout, on_progress, deadline: float
+) -> str:
     headers = {"Range": f"bytes={have}-"} if have else {}
     try:
         response = client.request("GET", url, headers=headers, stream=True, timeout=timeout)
@@ -139,29 +155,36 @@ def _fetch(client, url, part: Path, have: int, size: int, timeout, on_progress,
             return "restart"
         if response.status == 206 and have:
             match = CONTENT_RANGE.match(response.header("content-range") or "")
-            if (not match or int(match.group(1)) != have or match.group(3) != str(size)):
+            if not match or int(match.group(1)) != have or match.group(3) != str(size):
                 return "restart"
             mode = "ab"
         elif response.status == 200:
             have, mode = 0, "wb"  # the server ignored Range: start over
         elif response.status in {401, 403, 404, 410}:
-            raise DownloadError(f"http_{response.status}",
-                                f"artifact download refused: HTTP {response.status}")
+            raise DownloadError(
+                f"http_{response.status}", f"artifact download refused: HTTP {response.status}"
+            )
         else:
-            raise DownloadError(f"http_{response.status}",
-                                f"artifact download: HTTP {response.status}", transient=True)
+            raise DownloadError(
+                f"http_{response.status}",
+                f"artifact download: HTTP {response.status}",
+                transient=True,
+            )
         length = response.header("content-length")
         if length is not None and length.isdigit() and have + int(length) > size:
-            raise DownloadError("too_long", f"server announces {have + int(length)} bytes, "
-                                f"the manifest signed {size}")
+            raise DownloadError(
+                "too_long",
+                f"server announces {have + int(length)} bytes, the manifest signed {size}",
+            )
         _copy(response.raw, part, mode, have, size, on_progress, deadline)
     finally:
         response.close()
     return "done"
 
 
-def _copy(stream, part: Path, mode: str, have: int, size: int, on_progress,
-          deadline: float) -> None:
+def _copy(
+    stream, part: Path, mode: str, have: int, size: int, on_progress, deadline: float
+) -> None:
     written = have
     # read1: whatever one receive brings, so the deadline is looked at while data trickles
     read = getattr(stream, "read1", stream.read)
@@ -172,9 +195,13 @@ def _copy(stream, part: Path, mode: str, have: int, size: int, on_progress,
                 if time.monotonic() > deadline:
                     handle.flush()
                     os.fsync(handle.fileno())
-                    raise DownloadError("too_slow", f"download slower than the minimum rate: "
-                                        f"{written - have} bytes this attempt, {written} of "
-                                        f"{size} in all", transient=True)
+                    raise DownloadError(
+                        "too_slow",
+                        f"download slower than the minimum rate: "
+                        f"{written - have} bytes this attempt, {written} of "
+                        f"{size} in all",
+                        transient=True,
+                    )
                 chunk = read(min(CHUNK, size - written))
                 if not chunk:
                     break
@@ -186,12 +213,15 @@ def _copy(stream, part: Path, mode: str, have: int, size: int, on_progress,
             handle.flush()
             os.fsync(handle.fileno())
         if written < size:
-            raise DownloadError("short", f"stream ended at {written} of {size} bytes",
-                                transient=True)
+            raise DownloadError(
+                "short", f"stream ended at {written} of {size} bytes", transient=True
+            )
         if stream.read(1):
             _discard(part)
-            raise DownloadError("too_long", f"artifact stream is longer than the signed "
-                                f"{size} bytes")
+            raise DownloadError(
+                "too_long", f"artifact stream is longer than the signed {size} bytes"
+            )
     except OSError as exc:  # includes socket timeouts and resets
-        raise DownloadError("interrupted", f"download interrupted at {written} bytes: {exc}",
-                            transient=True) from exc
+        raise DownloadError(
+            "interrupted", f"download interrupted at {written} bytes: {exc}", transient=True
+        ) from exc

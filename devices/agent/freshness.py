@@ -29,9 +29,9 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from devices.agent import manifest as mf
-from devices.agent.client import Response
-from devices.agent.state import State, read_json, write_json
+from . import manifest as mf
+from .client import Response
+from .state import State, read_json, write_json
 
 log = logging.getLogger("edgefleet.agent")
 
@@ -69,21 +69,28 @@ class Freshness:
         return read_json(self.path, {}) or {}
 
     # --- accepting ------------------------------------------------------------------------
-    def check(self, response: Response, started: datetime, sent_etag: str | None
-              ) -> Statement | None:
+    def check(
+        self, response: Response, started: datetime, sent_etag: str | None
+    ) -> Statement | None:
         """The answer's statement when it verifies and binds this answer, else None."""
         try:
             payload, kid = mf.verify_statement(
-                response.header(mf.TIMESTAMP_HEADER), trusted_keys=self.state.trusted_keys(),
-                device_uid=self.state.uid or "", now=started)
+                response.header(mf.TIMESTAMP_HEADER),
+                trusted_keys=self.state.trusted_keys(),
+                device_uid=self.state.uid or "",
+                now=started,
+            )
         except mf.ManifestError as exc:
             self._missing(started, exc.message)
             return None
         statement = Statement(payload, kid)
         record = self.record
         problem = self._unbound(statement, response, sent_etag, record)
-        if not problem and record.get("issued_at") and (
-                statement.issued_at < mf.parse_time(record["issued_at"])):
+        if (
+            not problem
+            and record.get("issued_at")
+            and (statement.issued_at < mf.parse_time(record["issued_at"]))
+        ):
             problem = "older than the last accepted one (replayed)"
         if problem:
             self._missing(started, f"signed timestamp ignored: {problem}")
@@ -95,11 +102,20 @@ class Freshness:
         crash before that asks again without If-None-Match."""
         payload = statement.payload
         before = self.record
-        write_json(self.path, {"issued_at": payload["issued_at"],
-                               "expires_at": payload["expires_at"], "etag": payload.get("etag"),
-                               "body_sha256": payload.get("body_sha256")})
-        if self._told_at is not None or before.get("missing_since") or (
-                before.get("expires_at") and before["expires_at"] < payload["issued_at"]):
+        write_json(
+            self.path,
+            {
+                "issued_at": payload["issued_at"],
+                "expires_at": payload["expires_at"],
+                "etag": payload.get("etag"),
+                "body_sha256": payload.get("body_sha256"),
+            },
+        )
+        if (
+            self._told_at is not None
+            or before.get("missing_since")
+            or (before.get("expires_at") and before["expires_at"] < payload["issued_at"])
+        ):
             log.info("fresh signed metadata again (issued %s)", payload["issued_at"])
         self._told_at = None
 
@@ -150,10 +166,14 @@ class Freshness:
             return
         self._told_at = clock
         record = self.record
-        log.warning("no fresh signed metadata from the server for %.0f s (last statement "
-                    "issued %s, expired %s)%s: check-in answers may be frozen or replayed",
-                    stale, record.get("issued_at") or "never",
-                    record.get("expires_at") or "-", f"; {why}" if why else "")
+        log.warning(
+            "no fresh signed metadata from the server for %.0f s (last statement "
+            "issued %s, expired %s)%s: check-in answers may be frozen or replayed",
+            stale,
+            record.get("issued_at") or "never",
+            record.get("expires_at") or "-",
+            f"; {why}" if why else "",
+        )
 
     def forget_etag(self) -> None:
         """The kept ETag is not vouched for any more: ask for the full answer next time."""

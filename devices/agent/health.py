@@ -22,9 +22,14 @@ from pathlib import Path
 os.environ["ORT_DISABLE_TELEMETRY"] = "1"  # before onnxruntime loads (N1)
 
 DTYPES = {
-    "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
-    "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8",
-    "tensor(uint8)": "uint8", "tensor(bool)": "bool",
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool",
 }
 
 
@@ -52,8 +57,7 @@ def open_session(path: str, threads: int | None = None):
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
-    return ort.InferenceSession(path, sess_options=options,
-                                providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def check_outputs(session, outputs) -> str | None:
@@ -91,15 +95,28 @@ def default_memory_mb() -> int:
     return max(512, int(ram_mb) // 2)
 
 
-def run_health_check(paths: list[str], *, timeout_s: float = 120.0,
-                     memory_mb: int | None = None) -> str | None:
+def run_health_check(
+    paths: list[str], *, timeout_s: float = 120.0, memory_mb: int | None = None
+) -> str | None:
     """Check models in a child process; None when all are healthy."""
     memory_mb = int(memory_mb or default_memory_mb())
     try:
-        proc = subprocess.run([sys.executable, "-m", "devices.agent.health",
-                               "--memory-mb", str(memory_mb), "--cpu-s",
-                               str(int(timeout_s) + 1), *paths],
-                              capture_output=True, text=True, timeout=timeout_s, check=False)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                f"{__package__}.health",
+                "--memory-mb",
+                str(memory_mb),
+                "--cpu-s",
+                str(int(timeout_s) + 1),
+                *paths,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         return f"health check timed out after {timeout_s:.0f} s"
     if proc.returncode == 0:

@@ -31,8 +31,9 @@ class ManifestError(Exception):
 
 
 def canonical(payload: dict) -> bytes:
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=False).encode("utf-8")
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8"
+    )
 
 
 def b64(data: bytes) -> str:
@@ -99,8 +100,9 @@ def verify(
     if key is None:
         raise ManifestError("bad_signature", "manifest signed by an unknown key")
     try:
-        key.verify(base64.b64decode(envelope.get("signature", ""), validate=True),
-                   canonical(payload))
+        key.verify(
+            base64.b64decode(envelope.get("signature", ""), validate=True), canonical(payload)
+        )
     except (InvalidSignature, ValueError, TypeError):
         raise ManifestError("bad_signature", "signature does not verify") from None
     if payload.get("schema") != SCHEMA:
@@ -171,8 +173,11 @@ def _holds(value, condition: dict) -> bool:
     if value is None:
         return False
     checks = {
-        "lt": lambda a, b: a < b, "le": lambda a, b: a <= b, "gt": lambda a, b: a > b,
-        "ge": lambda a, b: a >= b, "eq": lambda a, b: a == b,
+        "lt": lambda a, b: a < b,
+        "le": lambda a, b: a <= b,
+        "gt": lambda a, b: a > b,
+        "ge": lambda a, b: a >= b,
+        "eq": lambda a, b: a == b,
     }
     try:
         return all(checks[op](value, target) for op, target in condition.items())
@@ -187,13 +192,17 @@ STATEMENT_MAX = 8 * 1024  # bytes of the header value
 
 def sign_statement(payload: dict, private_key: Ed25519PrivateKey) -> str:
     """The `X-Signed-Timestamp` header value: base64 of the canonical signed envelope."""
-    envelope = {"statement": payload, "signature": b64(private_key.sign(canonical(payload))),
-                "key_id": key_id(raw_public_key(private_key.public_key()))}
+    envelope = {
+        "statement": payload,
+        "signature": b64(private_key.sign(canonical(payload))),
+        "key_id": key_id(raw_public_key(private_key.public_key())),
+    }
     return b64(canonical(envelope))
 
 
-def verify_statement(value: str | None, *, trusted_keys: dict[str, Ed25519PublicKey],
-                     device_uid: str, now: datetime) -> tuple[dict, str]:
+def verify_statement(
+    value: str | None, *, trusted_keys: dict[str, Ed25519PublicKey], device_uid: str, now: datetime
+) -> tuple[dict, str]:
     """(payload, key id) of a timestamp statement; ManifestError when it must be ignored."""
     if not value:
         raise ManifestError("no_timestamp", "answer carries no signed timestamp")
@@ -211,8 +220,9 @@ def verify_statement(value: str | None, *, trusted_keys: dict[str, Ed25519Public
     if key is None:
         raise ManifestError("bad_signature", "timestamp signed by an unknown key")
     try:
-        key.verify(base64.b64decode(envelope.get("signature", ""), validate=True),
-                   canonical(payload))
+        key.verify(
+            base64.b64decode(envelope.get("signature", ""), validate=True), canonical(payload)
+        )
     except (InvalidSignature, ValueError, TypeError):
         raise ManifestError("bad_signature", "timestamp signature does not verify") from None
     if payload.get("schema") != SCHEMA or payload.get("type") != "timestamp":

@@ -16,7 +16,7 @@ import threading
 import time
 from urllib.parse import unquote, urlparse
 
-from devices.agent.client import Response
+from .client import Response
 
 ACK_TIMEOUT_S = 10.0
 CODES = {"too_large": 413, "bad_batch": 400, "unauthorized": 401, "unavailable": 503}
@@ -27,9 +27,15 @@ def topic(uid: str, kind: str) -> str:
 
 
 def payload(token: str, batch: dict) -> bytes:
-    return json.dumps({"token": token, "batch": batch["batch"],
-                       "boot_id": batch["boot_id"], "dropped": batch.get("dropped", 0)},
-                      separators=(",", ":")).encode("utf-8")
+    return json.dumps(
+        {
+            "token": token,
+            "batch": batch["batch"],
+            "boot_id": batch["boot_id"],
+            "dropped": batch.get("dropped", 0),
+        },
+        separators=(",", ":"),
+    ).encode("utf-8")
 
 
 def answer_status(answer: dict, boot_id: str, seqs: list[int]) -> int | None:
@@ -57,15 +63,17 @@ class Publisher:
             self.client.tls_set()
         self.ready = threading.Event()  # subscribed to our acks: publishing makes sense
         self.client.on_connect = lambda client, *a: client.subscribe(
-            f"edgefleet/{uid}/ack/+", qos=1)
+            f"edgefleet/{uid}/ack/+", qos=1
+        )
         self.client.on_subscribe = lambda *a: self.ready.set()
         self.client.on_disconnect = lambda *a: self.ready.clear()
-        self.client.on_message = lambda client, userdata, message: self.acks.put(
-            message.payload)
+        self.client.on_message = lambda client, userdata, message: self.acks.put(message.payload)
         self.client.reconnect_delay_set(min_delay=1, max_delay=60)
-        self.client.connect_async(parsed.hostname or "127.0.0.1",
-                                  parsed.port or (8883 if parsed.scheme == "mqtts" else 1883),
-                                  keepalive=60)
+        self.client.connect_async(
+            parsed.hostname or "127.0.0.1",
+            parsed.port or (8883 if parsed.scheme == "mqtts" else 1883),
+            keepalive=60,
+        )
         self.client.loop_start()
 
     def publish(self, kind: str, batch: dict) -> Response:

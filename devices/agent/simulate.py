@@ -47,10 +47,10 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from devices.agent import __version__
-from devices.agent import manifest as mf
-from devices.agent.client import LeanClient, Pacer, Response, Unreachable
-from devices.agent.state import write_json
+from . import __version__
+from . import manifest as mf
+from .client import LeanClient, Pacer, Response, Unreachable
+from .state import write_json
 
 log = logging.getLogger("edgefleet.simulate")
 
@@ -65,8 +65,7 @@ class Stats:
         self.counts = collections.Counter()
         # endpoint -> Counter of latencies in 0.1 ms steps: exact percentiles to
         # 0.1 ms in bounded memory, however long the fleet runs.
-        self.latency: dict[str, collections.Counter] = collections.defaultdict(
-            collections.Counter)
+        self.latency: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
         # How late steps started after they were due (the simulator's own queueing):
         # latency measured from a late start would hide it (coordinated omission).
         self.lag: collections.Counter = collections.Counter()
@@ -151,10 +150,15 @@ class SimDevice:
         self.next_telemetry = time.monotonic() + self.rng.uniform(0, options.telemetry_interval_s)
         if options.preinstalled:
             # A factory-installed model: telemetry flows before any deployment.
-            factory = {"name": "factory", "sha256": "", "size": 0,
-                       "model_version": options.preinstalled}
-            self.installed["default"] = {"payload": {"version": 0, "default": "factory",
-                                                     "artifacts": [factory]}}
+            factory = {
+                "name": "factory",
+                "sha256": "",
+                "size": 0,
+                "model_version": options.preinstalled,
+            }
+            self.installed["default"] = {
+                "payload": {"version": 0, "default": "factory", "artifacts": [factory]}
+            }
             self.first_variants = {"factory"}
         # What a restarted device still has: its slots, its manifest versions.
         self.installed.update(saved.get("installed") or {})
@@ -166,9 +170,13 @@ class SimDevice:
 
     def _client(self) -> LeanClient:
         if "flapping-network" in self.faults:
-            return FlakyClient(self.options.server, self.token, timeout=self.options.timeout_s,
-                               period_s=self.options.flap_period_s,
-                               phase=self.rng.uniform(0, self.options.flap_period_s))
+            return FlakyClient(
+                self.options.server,
+                self.token,
+                timeout=self.options.timeout_s,
+                period_s=self.options.flap_period_s,
+                phase=self.rng.uniform(0, self.options.flap_period_s),
+            )
         return LeanClient(self.options.server, self.token, timeout=self.options.timeout_s)
 
     # --- one scheduling step ----------------------------------------------------------------
@@ -206,24 +214,37 @@ class SimDevice:
 
     def facts(self) -> dict:
         """Inventory as the real agent reports it: what runs in each slot, the profile."""
-        facts = {"arch": "aarch64", "cpu": "Simulated Cortex-A72", "cpu_count": 4,
-                 "ram_mb": 4096, "os": "Linux-simulated", "python": "3.11",
-                 "onnxruntime": "simulated", "execution_providers": ["CPUExecutionProvider"],
-                 "agent_version": f"{__version__}-sim", "models": {}}
+        facts = {
+            "arch": "aarch64",
+            "cpu": "Simulated Cortex-A72",
+            "cpu_count": 4,
+            "ram_mb": 4096,
+            "os": "Linux-simulated",
+            "python": "3.11",
+            "onnxruntime": "simulated",
+            "execution_providers": ["CPUExecutionProvider"],
+            "agent_version": f"{__version__}-sim",
+            "models": {},
+        }
         for slot, installed in self.installed.items():
             payload = installed["payload"]
-            artifact = next((a for a in payload["artifacts"]
-                             if a["name"] == payload.get("default")), payload["artifacts"][0])
-            facts["models"][slot] = {"model_version": str(artifact.get("model_version") or ""),
-                                     "sha256": artifact.get("sha256") or ""}
+            artifact = next(
+                (a for a in payload["artifacts"] if a["name"] == payload.get("default")),
+                payload["artifacts"][0],
+            )
+            facts["models"][slot] = {
+                "model_version": str(artifact.get("model_version") or ""),
+                "sha256": artifact.get("sha256") or "",
+            }
         if self.options.hardware_profile:
             facts["hardware_profile"] = self.options.hardware_profile
         return facts
 
     def send_inventory(self) -> None:
         try:
-            response = self.client.request("PUT", "/api/v1/device/inventory",
-                                           json_body=self.facts())
+            response = self.client.request(
+                "PUT", "/api/v1/device/inventory", json_body=self.facts()
+            )
         except Unreachable:
             self.stats.add("inventory_unreachable")
             return
@@ -235,10 +256,14 @@ class SimDevice:
             facts["uid"] = f"{self.options.uid_prefix}-{self.index:05d}"
         facts["name"] = f"simulated {self.index}"
         began = time.perf_counter()
-        response = self.client.post("/api/v1/device/enroll",
-                                    {"token": self.options.enrollment_token,
-                                     "enrollment_token": self.options.enrollment_token,
-                                     "facts": facts})
+        response = self.client.post(
+            "/api/v1/device/enroll",
+            {
+                "token": self.options.enrollment_token,
+                "enrollment_token": self.options.enrollment_token,
+                "facts": facts,
+            },
+        )
         self.stats.timed("enroll", began)
         if response.status not in (200, 201):
             self.stats.add(f"enroll_http_{response.status}")
@@ -289,9 +314,13 @@ class SimDevice:
         payload = envelope.get("manifest") or {}
         slot = str(payload.get("slot") or "default")
         try:
-            verified = mf.verify(envelope, trusted_keys=self.trusted_keys(),
-                                 device_uid=self.uid, last_version=self.trusted.get(slot, 0),
-                                 now=started)
+            verified = mf.verify(
+                envelope,
+                trusted_keys=self.trusted_keys(),
+                device_uid=self.uid,
+                last_version=self.trusted.get(slot, 0),
+                now=started,
+            )
         except mf.ManifestError as exc:
             self.status(payload, "failed", exc.message, exc.code)
             self.stats.add(f"manifest_refused_{exc.code}")
@@ -315,8 +344,10 @@ class SimDevice:
         if "failed-health-check" in self.faults:
             state = "rolled_back" if slot in self.installed else "failed"
             self.status(payload, state, "health check failed: simulated fault", "health_check")
-            self.log("error", f"slot {slot}: version {payload['version']} failed its health "
-                     "check; rolled back")
+            self.log(
+                "error",
+                f"slot {slot}: version {payload['version']} failed its health check; rolled back",
+            )
             self.stats.add(f"update_{state}")
             return
         if slot not in self.installed:
@@ -333,8 +364,9 @@ class SimDevice:
     def fetch(self, artifact: dict) -> tuple[str, str] | None:
         """Download and hash an artifact in memory, bounded by its signed size."""
         try:
-            response = self.client.request("GET", artifact["url"], stream=True,
-                                           timeout=self.options.timeout_s * 4)
+            response = self.client.request(
+                "GET", artifact["url"], stream=True, timeout=self.options.timeout_s * 4
+            )
         except Unreachable as exc:
             return "unreachable", str(exc)
         try:
@@ -363,10 +395,19 @@ class SimDevice:
     # --- reporting ---------------------------------------------------------------------------
     def status(self, payload: dict, state: str, error: str = "", code: str = "") -> None:
         deployment = payload.get("deployment")
-        self.outbox.append(("status", {
-            "deployment": deployment if isinstance(deployment, int) else None,
-            "manifest_version": payload.get("version"), "slot": payload.get("slot"),
-            "state": state, "error": error, "error_code": code}))
+        self.outbox.append(
+            (
+                "status",
+                {
+                    "deployment": deployment if isinstance(deployment, int) else None,
+                    "manifest_version": payload.get("version"),
+                    "slot": payload.get("slot"),
+                    "state": state,
+                    "error": error,
+                    "error_code": code,
+                },
+            )
+        )
 
     def log(self, level: str, message: str) -> None:
         self._queue("logs", {"ts": time.time(), "level": level, "message": message})
@@ -390,8 +431,10 @@ class SimDevice:
         factor = 2.0 if "slow-device" in self.faults else 1.0
         bad = self.options.bad_variant
         if "bad-variant" in self.faults and (
-                artifact["name"] == bad or artifact["sha256"] == bad
-                or (not bad and artifact["name"] not in self.first_variants)):
+            artifact["name"] == bad
+            or artifact["sha256"] == bad
+            or (not bad and artifact["name"] not in self.first_variants)
+        ):
             factor *= 3.0
         return float(base) * factor * math.exp(self.rng.gauss(0, 0.1))
 
@@ -400,21 +443,35 @@ class SimDevice:
             self.battery = self.battery - 0.5 if self.battery > 5 else 100.0
         for slot, installed in self.installed.items():
             payload = installed["payload"]
-            variant = mf.choose_variant(payload, {"battery_pct": self.battery,
-                                                  "on_ac": self.battery is None})
+            variant = mf.choose_variant(
+                payload, {"battery_pct": self.battery, "on_ac": self.battery is None}
+            )
             artifact = next(a for a in payload["artifacts"] if a["name"] == variant)
             latency = self.latency_ms(artifact)
             interval = self.options.telemetry_interval_s
-            self._queue("telemetry", {
-                "ts": time.time(), "model_version": str(artifact.get("model_version") or ""),
-                "latency_ms": round(latency, 3), "throughput": round(1000.0 / latency, 2),
-                "mem_mb": round(40 + artifact["size"] / 1e6 * 1.5, 1),
-                "cpu_pct": round(self.rng.uniform(20, 70), 1),
-                "temp_c": round(self.rng.uniform(45, 65), 1), "battery_pct": self.battery,
-                "power_w": round(self.rng.uniform(2.5, 5.5), 2),
-                "inferences": int(interval * 1000.0 / latency), "errors": 0,
-                "extra": {"slot": slot, "variant": variant, "sha256": artifact["sha256"],
-                          "simulated": True, "latency_p95_ms": round(latency * 1.3, 3)}})
+            self._queue(
+                "telemetry",
+                {
+                    "ts": time.time(),
+                    "model_version": str(artifact.get("model_version") or ""),
+                    "latency_ms": round(latency, 3),
+                    "throughput": round(1000.0 / latency, 2),
+                    "mem_mb": round(40 + artifact["size"] / 1e6 * 1.5, 1),
+                    "cpu_pct": round(self.rng.uniform(20, 70), 1),
+                    "temp_c": round(self.rng.uniform(45, 65), 1),
+                    "battery_pct": self.battery,
+                    "power_w": round(self.rng.uniform(2.5, 5.5), 2),
+                    "inferences": int(interval * 1000.0 / latency),
+                    "errors": 0,
+                    "extra": {
+                        "slot": slot,
+                        "variant": variant,
+                        "sha256": artifact["sha256"],
+                        "simulated": True,
+                        "latency_p95_ms": round(latency * 1.3, 3),
+                    },
+                },
+            )
         if self.rng.random() < self.options.telemetry_interval_s / HEARTBEAT_LOG_S:
             self.log("info", f"heartbeat: {len(self.installed)} slot(s) active")
         self.flush()
@@ -427,8 +484,12 @@ class SimDevice:
                 batch = [self.outbox[0][1]]
                 path, body = "/api/v1/device/update/status", batch[0]
             else:
-                batch = [item for _, item in itertools.takewhile(
-                    lambda entry, k=kind: entry[0] == k, self.outbox)][:500]
+                batch = [
+                    item
+                    for _, item in itertools.takewhile(
+                        lambda entry, k=kind: entry[0] == k, self.outbox
+                    )
+                ][:500]
                 path = f"/api/v1/device/{kind}"
                 body = {"boot_id": self.boot_id, "batch": batch, "dropped": self.dropped}
             began = time.perf_counter()
@@ -450,9 +511,14 @@ class SimDevice:
                 self.outbox.popleft()
 
     def saved(self) -> dict:
-        return {"uid": self.uid, "token": self.token, "keys": self.keys,
-                "installed": self.installed, "trusted": self.trusted,
-                "first_variants": sorted(self.first_variants)}
+        return {
+            "uid": self.uid,
+            "token": self.token,
+            "keys": self.keys,
+            "installed": self.installed,
+            "trusted": self.trusted,
+            "first_variants": sorted(self.first_variants),
+        }
 
 
 class Fleet:
@@ -467,8 +533,9 @@ class Fleet:
                 saved = json.loads(Path(options.state_file).read_text()).get("devices", {})
             except ValueError:
                 log.warning("state file %s unreadable; enrolling afresh", options.state_file)
-        self.devices = [SimDevice(i, options, self.stats, saved.get(str(i)))
-                        for i in range(options.devices)]
+        self.devices = [
+            SimDevice(i, options, self.stats, saved.get(str(i))) for i in range(options.devices)
+        ]
         self._save_lock = threading.Lock()
         for device in self.devices:
             device.on_enrolled = self.save
@@ -480,8 +547,11 @@ class Fleet:
             with self._save_lock:
                 for _attempt in range(3):  # another device's thread may change its slots
                     try:
-                        devices = {str(d.index): json.loads(json.dumps(d.saved()))
-                                   for d in self.devices if d.token}
+                        devices = {
+                            str(d.index): json.loads(json.dumps(d.saved()))
+                            for d in self.devices
+                            if d.token
+                        }
                         break
                     except RuntimeError:
                         continue
@@ -496,8 +566,10 @@ class Fleet:
         through another, so only the scheduler touches the heap (no lock: popping
         under a lock the workers also took was a fifth of the simulator's time)."""
         deadline = time.monotonic() + self.options.duration_s if self.options.duration_s else None
-        heap = [(time.monotonic() + d.rng.uniform(0, self.options.ramp_s), d.index)
-                for d in self.devices]
+        heap = [
+            (time.monotonic() + d.rng.uniform(0, self.options.ramp_s), d.index)
+            for d in self.devices
+        ]
         heapq.heapify(heap)
         ready: queue.SimpleQueue = queue.SimpleQueue()
         returned: queue.SimpleQueue = queue.SimpleQueue()
@@ -515,8 +587,10 @@ class Fleet:
                     due = time.monotonic() + self.options.poll_interval_s
                 returned.put((due, index))
 
-        workers = [threading.Thread(target=work, name=f"sim-{n}", daemon=True)
-                   for n in range(self.options.concurrency)]
+        workers = [
+            threading.Thread(target=work, name=f"sim-{n}", daemon=True)
+            for n in range(self.options.concurrency)
+        ]
         for thread in workers:
             thread.start()
         try:
@@ -539,16 +613,20 @@ class Fleet:
         for thread in workers:
             thread.join()
         self.save()
-        return {"devices": len(self.devices),
-                   "enrolled": sum(1 for d in self.devices if d.token),
-                   "faulty": sum(1 for d in self.devices if d.faults), **self.stats.as_dict(),
-                   "latency": self.stats.latency_summary(),
-                   "schedule_lag": self.stats.lag_summary()}
+        return {
+            "devices": len(self.devices),
+            "enrolled": sum(1 for d in self.devices if d.token),
+            "faulty": sum(1 for d in self.devices if d.faults),
+            **self.stats.as_dict(),
+            "latency": self.stats.latency_summary(),
+            "schedule_lag": self.stats.lag_summary(),
+        }
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m devices.agent.simulate",
-                                description="Run many simulated EdgeFleet devices.")
+    p = argparse.ArgumentParser(
+        prog="python -m devices.agent.simulate", description="Run many simulated EdgeFleet devices."
+    )
     p.add_argument("--server", required=True)
     p.add_argument("--enrollment-token", required=True)
     p.add_argument("--devices", type=int, default=5)
@@ -563,9 +641,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--base-latency-ms", type=float, default=25)
     p.add_argument("--hardware-profile", help="hardware profile slug sent at enrollment")
     p.add_argument("--uid-prefix", help="ask for uids PREFIX-00000…; default: server picks")
-    p.add_argument("--preinstalled", metavar="MODEL_VERSION",
-                   help="devices start with this model version installed (factory image), "
-                        "so they report telemetry before any deployment")
+    p.add_argument(
+        "--preinstalled",
+        metavar="MODEL_VERSION",
+        help="devices start with this model version installed (factory image), "
+        "so they report telemetry before any deployment",
+    )
     p.add_argument("--state-file", help="keep credentials here to reuse devices across runs")
     p.add_argument("--buffer-cap", type=int, default=1000)
     p.add_argument("--concurrency", type=int, default=16)

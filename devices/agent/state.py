@@ -27,7 +27,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from devices.agent import manifest as mf
+from . import manifest as mf
 
 DEFAULT_DIR = "/var/lib/edgefleet-agent"
 
@@ -125,7 +125,7 @@ class State:
         keys = self.pinned_keys()
         ids = [k["key_id"] for k in keys]
         if kid in ids and ids.index(kid) > 0:
-            write_json(self.root / "keys.json", {"keys": keys[ids.index(kid):]})
+            write_json(self.root / "keys.json", {"keys": keys[ids.index(kid) :]})
 
     def trusted_keys(self) -> dict:
         """key id -> public key; also under the full sha256 fingerprint, which some

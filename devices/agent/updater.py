@@ -29,19 +29,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from devices.agent import manifest as mf
-from devices.agent.buffer import Backoff
-from devices.agent.client import Client, Response, Unreachable
-from devices.agent.download import (
+from . import manifest as mf
+from .buffer import Backoff
+from .client import Client, Response, Unreachable
+from .download import (
     BackgroundDownload,
     DownloadError,
     DownloadLimits,
     download,
     sha256_file,
 )
-from devices.agent.freshness import Freshness
-from devices.agent.state import State, fsync_dir
-from devices.agent.testhooks import pause
+from .freshness import Freshness
+from .state import State, fsync_dir
+from .testhooks import pause
 
 log = logging.getLogger("edgefleet.agent")
 
@@ -70,19 +70,27 @@ def _now() -> datetime:
 
 
 class Updater:
-    def __init__(self, state: State, client: Client, *,
-                 report: Callable[[dict], None] | None = None,
-                 health_check: Callable[[list[str]], str | None] | None = None,
-                 now: Callable[[], datetime] = _now, background: bool = False,
-                 limits: DownloadLimits | None = None, health_memory_mb: int | None = None):
+    def __init__(
+        self,
+        state: State,
+        client: Client,
+        *,
+        report: Callable[[dict], None] | None = None,
+        health_check: Callable[[list[str]], str | None] | None = None,
+        now: Callable[[], datetime] = _now,
+        background: bool = False,
+        limits: DownloadLimits | None = None,
+        health_memory_mb: int | None = None,
+    ):
         self.state = state
         self.client = client
         self.report = report or self._post_status
         if health_check is None:
-            from devices.agent.health import run_health_check
+            from .health import run_health_check
 
             def health_check(paths, _memory=health_memory_mb):
                 return run_health_check(paths, memory_mb=_memory)
+
         self.health_check = health_check
         self.now = now
         self.freshness = Freshness(state)
@@ -98,8 +106,9 @@ class Updater:
         sent_etag = self.freshness.record.get("etag")
         headers = {"If-None-Match": sent_etag} if sent_etag else {}
         try:
-            response = self.client.request("GET", UPDATE_PATH, headers=headers,
-                                           max_body=CHECKIN_MAX_BODY)
+            response = self.client.request(
+                "GET", UPDATE_PATH, headers=headers, max_body=CHECKIN_MAX_BODY
+            )
         except Unreachable as exc:
             # Offline: an install interrupted after its download can still finish (U7).
             self._offline(started)
@@ -118,18 +127,23 @@ class Updater:
             # Unsigned by themselves: a pending manifest goes on unless a statement withdrew it.
             outcome = self.resume_pending(started)
             self._commit(statement)
-            return CheckIn(outcome or ("no_update" if response.status == 204
-                                       else "not_modified"), interval)
+            return CheckIn(
+                outcome or ("no_update" if response.status == 204 else "not_modified"), interval
+            )
         try:
             body = response.json()
         except ValueError as exc:
             raise CheckInError("check-in: body is not JSON") from exc
-        envelopes = body.get("manifests") if isinstance(body, dict) and "manifests" in body \
-            else [body]
+        envelopes = (
+            body.get("manifests") if isinstance(body, dict) and "manifests" in body else [body]
+        )
         envelopes = envelopes if isinstance(envelopes, list) else []
         outcomes = [self.handle(envelope, started) for envelope in envelopes]
-        named = {str(((e or {}).get("manifest") or {}).get("slot") or "default")
-                 for e in envelopes if isinstance(e, dict)}
+        named = {
+            str(((e or {}).get("manifest") or {}).get("slot") or "default")
+            for e in envelopes
+            if isinstance(e, dict)
+        }
         resumed = self.resume_pending(started, skip=named)
         self._commit(statement)
         interval = interval or _payload_interval(envelopes)
@@ -152,8 +166,11 @@ class Updater:
         for name in self.state.slot_names():
             slot = self.state.slot(name)
             pending = slot.get("pending")
-            if (name in statement.updates or not pending
-                    or slot.get("done_version") == pending.get("version")):
+            if (
+                name in statement.updates
+                or not pending
+                or slot.get("done_version") == pending.get("version")
+            ):
                 continue
             try:
                 if statement.issued_at < mf.parse_time(str(pending.get("issued_at"))):
@@ -164,8 +181,9 @@ class Updater:
             self._jobs.pop(name, None)  # its thread ends by its deadline; outcome dropped
             for artifact in pending.get("artifacts") or []:
                 self.state.download_path(artifact["sha256"]).unlink(missing_ok=True)
-            self.state.update_slot(name, pending=None, done_version=pending.get("version"),
-                                   result="withdrawn")
+            self.state.update_slot(
+                name, pending=None, done_version=pending.get("version"), result="withdrawn"
+            )
 
     def handle(self, envelope: dict, started: datetime) -> str:
         payload = envelope.get("manifest") if isinstance(envelope, dict) else None
@@ -173,9 +191,13 @@ class Updater:
         slot_name = str(payload.get("slot") or "default")
         slot = self.state.slot(slot_name)
         try:
-            verified = mf.verify(envelope, trusted_keys=self.state.trusted_keys(),
-                                 device_uid=self.state.uid or "",
-                                 last_version=int(slot.get("trusted_version", 0)), now=started)
+            verified = mf.verify(
+                envelope,
+                trusted_keys=self.state.trusted_keys(),
+                device_uid=self.state.uid or "",
+                last_version=int(slot.get("trusted_version", 0)),
+                now=started,
+            )
         except mf.ManifestError as exc:
             log.warning("manifest refused (%s): %s", exc.code, exc.message)
             # Nothing in a refused manifest can be trusted, its deployment id least of
@@ -183,14 +205,19 @@ class Updater:
             self._send(payload, "failed", exc.message, exc.code, slot=slot_name, refused=True)
             return "refused"
         payload = {**verified.payload, "slot": slot_name}  # a manifest without slot: "default"
-        self._rotate_keys(self.state.key_for(str(envelope.get("key_id", ""))),
-                          payload.get("next_key"))
+        self._rotate_keys(
+            self.state.key_for(str(envelope.get("key_id", ""))), payload.get("next_key")
+        )
         if verified.no_op:
             if slot.get("done_version") == payload["version"]:
                 return "no_op"
         else:
-            self.state.update_slot(slot_name, trusted_version=payload["version"], pending=payload,
-                                   received_at=mf.format_time(started))
+            self.state.update_slot(
+                slot_name,
+                trusted_version=payload["version"],
+                pending=payload,
+                received_at=mf.format_time(started),
+            )
         return self.apply(payload)
 
     def _rotate_keys(self, used: str | None, announced) -> None:
@@ -209,8 +236,9 @@ class Updater:
                 return
             log.info("server key %s pinned as the next key", kid)
             if announced.get("key_id") and announced["key_id"] != kid:
-                log.warning("announced key id %s differs from the key's own %s",
-                            announced["key_id"], kid)
+                log.warning(
+                    "announced key id %s differs from the key's own %s", announced["key_id"], kid
+                )
 
     def recover(self) -> None:
         """Before anything else after a start: a slot whose active model is not a
@@ -223,13 +251,18 @@ class Updater:
             pending = slot.get("pending") or {}
             if not pointer or pointer.get("verified"):
                 continue
-            if pointer.get("version") != pending.get("version") or \
-                    slot.get("done_version") == pointer.get("version"):
+            if pointer.get("version") != pending.get("version") or slot.get(
+                "done_version"
+            ) == pointer.get("version"):
                 continue  # an install that finished (written before `verified` existed)
             previous = pointer.get("previous")
-            log.warning("slot %s: the health check of manifest %s did not complete; back to "
-                        "%s before anything else", name, pointer.get("version"),
-                        f"manifest {previous.get('version')}" if previous else "no model")
+            log.warning(
+                "slot %s: the health check of manifest %s did not complete; back to "
+                "%s before anything else",
+                name,
+                pointer.get("version"),
+                f"manifest {previous.get('version')}" if previous else "no model",
+            )
             self.state.set_pointer(name, previous)
 
     def resume_pending(self, started: datetime, skip: set[str] = frozenset()) -> str | None:
@@ -248,10 +281,10 @@ class Updater:
                 expired = True
             if expired:
                 self._jobs.pop(name, None)
-                self._send(pending, "failed", "manifest expired before it was installed",
-                           "expired")
-                self.state.update_slot(name, done_version=pending["version"], result="expired",
-                                       pending=None)
+                self._send(pending, "failed", "manifest expired before it was installed", "expired")
+                self.state.update_slot(
+                    name, done_version=pending["version"], result="expired", pending=None
+                )
                 continue
             outcome = self.apply(pending)
         return outcome
@@ -290,17 +323,18 @@ class Updater:
             if source != target:
                 source.replace(target)
                 fsync_dir(model_dir)
-            variants[artifact["name"]] = {"sha256": artifact["sha256"],
-                                          "model_version": artifact.get("model_version"),
-                                          "path": target.name}
+            variants[artifact["name"]] = {
+                "sha256": artifact["sha256"],
+                "model_version": artifact.get("model_version"),
+                "path": target.name,
+            }
         old = self.state.pointer(slot)
         if not (old and old.get("version") == payload["version"] and old.get("verified")):
             # Fail-safe: the pointer only ever names a model that passed its health
             # check. A crash before the switch leaves the old model active; the
             # check runs again on restart (it is idempotent).
             pause("health")
-            problem = self.health_check([str(model_dir / v["path"])
-                                         for v in variants.values()])
+            problem = self.health_check([str(model_dir / v["path"]) for v in variants.values()])
             if problem is not None:
                 state = "rolled_back" if old else "failed"
                 self._send(payload, state, f"health check failed: {problem}", "health_check")
@@ -308,10 +342,18 @@ class Updater:
                 self._collect(slot)
                 return state
             pause("switch")
-            self.state.set_pointer(slot, {
-                "version": payload["version"], "deployment": payload.get("deployment"),
-                "manifest": payload, "variants": variants, "verified": True,
-                "active": mf.choose_variant(payload, {}), "previous": _strip(old)})
+            self.state.set_pointer(
+                slot,
+                {
+                    "version": payload["version"],
+                    "deployment": payload.get("deployment"),
+                    "manifest": payload,
+                    "variants": variants,
+                    "verified": True,
+                    "active": mf.choose_variant(payload, {}),
+                    "previous": _strip(old),
+                },
+            )
         self._send(payload, "succeeded")
         self._finish(payload, "succeeded")
         self._collect(slot)
@@ -338,8 +380,10 @@ class Updater:
         return job.result()
 
     def _download_all(self, payload: dict) -> dict:
-        return {artifact["name"]: self._fetch(payload["slot"], artifact)
-                for artifact in payload["artifacts"]}
+        return {
+            artifact["name"]: self._fetch(payload["slot"], artifact)
+            for artifact in payload["artifacts"]
+        }
 
     def _fetch(self, slot: str, artifact: dict):
         target = self.state.model_dir(slot) / f"{artifact['sha256']}.onnx"
@@ -348,19 +392,27 @@ class Updater:
                 return target
             target.unlink()
         url = artifact.get("url") or ARTIFACT_PATH.format(sha256=artifact["sha256"])
-        return download(self.client, url, self.state.download_path(artifact["sha256"]),
-                        size=artifact["size"], sha256=artifact["sha256"], limits=self.limits)
+        return download(
+            self.client,
+            url,
+            self.state.download_path(artifact["sha256"]),
+            size=artifact["size"],
+            sha256=artifact["sha256"],
+            limits=self.limits,
+        )
 
     def _finish(self, payload: dict, result: str) -> None:
-        self.state.update_slot(payload["slot"], done_version=payload["version"], result=result,
-                               pending=None)
+        self.state.update_slot(
+            payload["slot"], done_version=payload["version"], result=result, pending=None
+        )
 
     def _collect(self, slot: str) -> None:
         """Keep the files of the current and previous pointers; drop the rest."""
         pointer = self.state.pointer(slot) or {}
         keep = {v["path"] for v in (pointer.get("variants") or {}).values()}
-        keep |= {v["path"] for v in ((pointer.get("previous") or {}).get("variants")
-                                     or {}).values()}
+        keep |= {
+            v["path"] for v in ((pointer.get("previous") or {}).get("variants") or {}).values()
+        }
         for path in self.state.model_dir(slot).glob("*.onnx"):
             if path.name not in keep:
                 with contextlib.suppress(FileNotFoundError):
@@ -370,14 +422,25 @@ class Updater:
                 part.unlink(missing_ok=True)
 
     # --- status reports ------------------------------------------------------------------
-    def _send(self, payload: dict, state: str, error: str = "", code: str = "",
-              slot: str | None = None, refused: bool = False) -> None:
+    def _send(
+        self,
+        payload: dict,
+        state: str,
+        error: str = "",
+        code: str = "",
+        slot: str | None = None,
+        refused: bool = False,
+    ) -> None:
         deployment = payload.get("deployment")
         version = payload.get("version")
-        report = {"deployment": deployment if isinstance(deployment, int) else None,
-                  "manifest_version": version if isinstance(version, int) else None,
-                  "slot": slot or payload.get("slot"), "state": state,
-                  "error": error[:1000], "error_code": code}
+        report = {
+            "deployment": deployment if isinstance(deployment, int) else None,
+            "manifest_version": version if isinstance(version, int) else None,
+            "slot": slot or payload.get("slot"),
+            "state": state,
+            "error": error[:1000],
+            "error_code": code,
+        }
         if refused:
             report["refused_manifest"] = True
         slot_name = str(report["slot"] or "default")
@@ -387,13 +450,15 @@ class Updater:
             # it would be an illegal transition (downloading after installing).
             seen = self.state.slot(slot_name).get("reported") or {}
             if seen.get("version") == report["manifest_version"] and (
-                    PROGRESS.index(state) <= PROGRESS.index(seen.get("state"))):
+                PROGRESS.index(state) <= PROGRESS.index(seen.get("state"))
+            ):
                 return
         log.info("update %s", {k: v for k, v in report.items() if v not in ("", None)})
         self.report(report)
         if progress:
-            self.state.update_slot(slot_name, reported={"version": report["manifest_version"],
-                                                        "state": state})
+            self.state.update_slot(
+                slot_name, reported={"version": report["manifest_version"], "state": state}
+            )
 
     def _post_status(self, report: dict) -> None:
         with contextlib.suppress(Unreachable):
@@ -434,10 +499,10 @@ def in_window(window, moment: datetime) -> bool:
     if not window:
         return True
     try:
-        start, end = (int(h) * 60 + int(m) for h, m in
-                      (str(window[k]).split(":") for k in ("start", "end")))
+        start, end = (
+            int(h) * 60 + int(m) for h, m in (str(window[k]).split(":") for k in ("start", "end"))
+        )
     except (KeyError, ValueError, TypeError):
         return True
     minute = moment.astimezone(UTC).hour * 60 + moment.astimezone(UTC).minute
     return start <= minute < end if start <= end else minute >= start or minute < end
-

@@ -25,18 +25,38 @@ class TagListField(serializers.ListField):
 
 
 class DeviceSerializer(serializers.ModelSerializer):
-    group = serializers.PrimaryKeyRelatedField(queryset=DeviceGroup.objects.all(),
-                                               allow_null=True, required=False)
+    group = serializers.PrimaryKeyRelatedField(
+        queryset=DeviceGroup.objects.all(), allow_null=True, required=False
+    )
     group_name = serializers.CharField(source="group.name", read_only=True, default=None)
     tags = TagListField(required=False)
     hardware_profile = serializers.SlugRelatedField(slug_field="slug", read_only=True)
 
     class Meta:
         model = Device
-        fields = ["uid", "name", "group", "group_name", "tags", "hardware_profile", "inventory",
-                  "model_version", "agent_version", "status", "last_seen", "created_at"]
-        read_only_fields = ["uid", "inventory", "model_version", "agent_version", "status",
-                            "last_seen", "created_at"]
+        fields = [
+            "uid",
+            "name",
+            "group",
+            "group_name",
+            "tags",
+            "hardware_profile",
+            "inventory",
+            "model_version",
+            "agent_version",
+            "status",
+            "last_seen",
+            "created_at",
+        ]
+        read_only_fields = [
+            "uid",
+            "inventory",
+            "model_version",
+            "agent_version",
+            "status",
+            "last_seen",
+            "created_at",
+        ]
 
 
 class DeviceGroupSerializer(serializers.ModelSerializer):
@@ -55,15 +75,28 @@ class QueryGroupSerializer(serializers.ModelSerializer):
 
 class EnrollmentTokenSerializer(serializers.ModelSerializer):
     tags = TagListField(required=False)
-    group = serializers.PrimaryKeyRelatedField(queryset=DeviceGroup.objects.all(),
-                                               allow_null=True, required=False)
+    group = serializers.PrimaryKeyRelatedField(
+        queryset=DeviceGroup.objects.all(), allow_null=True, required=False
+    )
     created_by = serializers.StringRelatedField()
     is_usable = serializers.BooleanField(read_only=True)
 
     class Meta:
         model = EnrollmentToken
-        fields = ["id", "name", "prefix", "group", "tags", "expires_at", "max_uses", "uses",
-                  "is_usable", "created_by", "created_at", "revoked_at"]
+        fields = [
+            "id",
+            "name",
+            "prefix",
+            "group",
+            "tags",
+            "expires_at",
+            "max_uses",
+            "uses",
+            "is_usable",
+            "created_by",
+            "created_at",
+            "revoked_at",
+        ]
         read_only_fields = ["id", "prefix", "uses", "created_by", "created_at", "revoked_at"]
 
 
@@ -79,8 +112,7 @@ class AlertSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Alert
-        fields = ["id", "device", "kind", "state", "message", "detail", "opened_at",
-                  "resolved_at"]
+        fields = ["id", "device", "kind", "state", "message", "detail", "opened_at", "resolved_at"]
         read_only_fields = fields
 
 
@@ -97,8 +129,10 @@ class LogLineSerializer(serializers.Serializer):
 class EnrollRequestSerializer(serializers.Serializer):
     token = serializers.CharField(help_text="Enrollment token")
     facts = serializers.DictField(
-        required=False, help_text="uid?, name?, hardware_profile (slug), arch, cpu, ram_mb, os, "
-        "onnxruntime, execution_providers, agent_version, models {slot: {model_version}}")
+        required=False,
+        help_text="uid?, name?, hardware_profile (slug), arch, cpu, ram_mb, os, "
+        "onnxruntime, execution_providers, agent_version, models {slot: {model_version}}",
+    )
 
 
 class EnrollResponseSerializer(serializers.Serializer):
@@ -111,6 +145,14 @@ class EnrollResponseSerializer(serializers.Serializer):
 class HardwareProfileSerializer(serializers.ModelSerializer):
     class Meta:
         model = HardwareProfile
-        fields = ["id", "slug", "name", "description", "arch", "intra_op_threads",
-                  "execution_provider", "ram_mb"]
+        fields = [
+            "id",
+            "slug",
+            "name",
+            "description",
+            "arch",
+            "intra_op_threads",
+            "execution_provider",
+            "ram_mb",
+        ]
         read_only_fields = fields

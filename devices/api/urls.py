@@ -11,4 +11,4 @@ router.register("enrollment-tokens", views.EnrollmentTokenViewSet, basename="enr
 router.register("alerts", views.AlertViewSet, basename="alert")
 router.register("hardware-profiles", views.HardwareProfileViewSet, basename="hardwareprofile")
 
-urlpatterns = router.urls  # device routes: device_api.urls
+urlpatterns = router.urls  # device routes: fleet.device_api.urls

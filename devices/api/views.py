@@ -33,17 +33,28 @@ from devices.models import (
 from fleet import audit
 from fleet.roles import Role
 
-FILTERS = [OpenApiParameter(name, str, description=text) for name, text in [
-    ("group", "group id"), ("tag", "tag name"), ("status", "online / offline / revoked"),
-    ("hardware", "hardware profile slug"), ("model_version", "installed model version"),
-    ("q", "search uid or name"), ("query", "query-group expression, e.g. hardware=rpi4"),
-    ("query_group", "query group id"),
-]]
+FILTERS = [
+    OpenApiParameter(name, str, description=text)
+    for name, text in [
+        ("group", "group id"),
+        ("tag", "tag name"),
+        ("status", "online / offline / revoked"),
+        ("hardware", "hardware profile slug"),
+        ("model_version", "installed model version"),
+        ("q", "search uid or name"),
+        ("query", "query-group expression, e.g. hardware=rpi4"),
+        ("query_group", "query group id"),
+    ]
+]
 
 
 @extend_schema(parameters=FILTERS)
-class DeviceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
-                    mixins.UpdateModelMixin, viewsets.GenericViewSet):
+class DeviceViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.UpdateModelMixin,
+    viewsets.GenericViewSet,
+):
     serializer_class = DeviceSerializer
     lookup_field = "uid"
     lookup_value_regex = r"[A-Za-z0-9._:-]+"
@@ -52,8 +63,11 @@ class DeviceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
     http_method_names = ["get", "patch", "post", "head", "options"]
 
     def get_queryset(self):
-        queryset = Device.objects.select_related("group", "hardware_profile").prefetch_related(
-            "tags").order_by("uid")
+        queryset = (
+            Device.objects.select_related("group", "hardware_profile")
+            .prefetch_related("tags")
+            .order_by("uid")
+        )
         if self.action != "list":
             return queryset
         try:
@@ -84,15 +98,17 @@ class DeviceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         audit.note(request, "device.revoke", device, credentials=count)
         return Response(self.get_serializer(device).data)
 
-    @extend_schema(parameters=[OpenApiParameter("minutes", int)],
-                   responses={200: {"type": "object"}})
+    @extend_schema(
+        parameters=[OpenApiParameter("minutes", int)], responses={200: {"type": "object"}}
+    )
     @action(detail=True, methods=["get"])
     def telemetry(self, request, uid=None):
         minutes = _int_param(request, "minutes", 60, 1, 7 * 24 * 60)
         return Response(metrics.series(self.get_object(), minutes))
 
-    @extend_schema(parameters=[OpenApiParameter("level", str)],
-                   responses={200: LogLineSerializer(many=True)})
+    @extend_schema(
+        parameters=[OpenApiParameter("level", str)], responses={200: LogLineSerializer(many=True)}
+    )
     @action(detail=True, methods=["get"])
     def logs(self, request, uid=None):
         lines = LogLine.objects.filter(device=self.get_object()).order_by("-ts", "-seq")
@@ -150,14 +166,23 @@ class QueryGroupViewSet(viewsets.ModelViewSet):
     @extend_schema(responses={200: DeviceSerializer(many=True)})
     @action(detail=True, methods=["get"])
     def devices(self, request, pk=None):
-        devices = self.get_object().devices().select_related(
-            "group", "hardware_profile").prefetch_related("tags").order_by("uid")
+        devices = (
+            self.get_object()
+            .devices()
+            .select_related("group", "hardware_profile")
+            .prefetch_related("tags")
+            .order_by("uid")
+        )
         page = self.paginate_queryset(devices)
         return self.get_paginated_response(DeviceSerializer(page, many=True).data)
 
 
-class EnrollmentTokenViewSet(mixins.CreateModelMixin, mixins.ListModelMixin,
-                             mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+class EnrollmentTokenViewSet(
+    mixins.CreateModelMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
+):
     """Admins only: an enrollment token lets anything that holds it join the fleet."""
 
     serializer_class = EnrollmentTokenSerializer
@@ -172,8 +197,9 @@ class EnrollmentTokenViewSet(mixins.CreateModelMixin, mixins.ListModelMixin,
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         try:
-            token, value = services.create_enrollment_token(actor=request.user,
-                                                            **serializer.validated_data)
+            token, value = services.create_enrollment_token(
+                actor=request.user, **serializer.validated_data
+            )
         except services.DeviceError as exc:
             raise ValidationError({"tags": [exc.message]}) from None
         audit.note(request, "enrollment_token.create", token)

@@ -31,8 +31,17 @@ class ReleaseSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Release
-        fields = ["id", "name", "slot", "notes", "default_variant", "policy", "variants",
-                  "created_by", "created_at"]
+        fields = [
+            "id",
+            "name",
+            "slot",
+            "notes",
+            "default_variant",
+            "policy",
+            "variants",
+            "created_by",
+            "created_at",
+        ]
         read_only_fields = fields
 
 
@@ -51,10 +60,30 @@ class DeploymentSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Deployment
-        fields = ["id", "release", "release_name", "kind", "slot", "target", "phases", "gates",
-                  "status", "current_phase", "pause_reason", "gate_report", "target_count",
-                  "scheduled_at", "install_window", "rollback_of", "created_by", "created_at",
-                  "started_at", "phase_started_at", "finished_at", "evaluated_at"]
+        fields = [
+            "id",
+            "release",
+            "release_name",
+            "kind",
+            "slot",
+            "target",
+            "phases",
+            "gates",
+            "status",
+            "current_phase",
+            "pause_reason",
+            "gate_report",
+            "target_count",
+            "scheduled_at",
+            "install_window",
+            "rollback_of",
+            "created_by",
+            "created_at",
+            "started_at",
+            "phase_started_at",
+            "finished_at",
+            "evaluated_at",
+        ]
         read_only_fields = fields
 
 
@@ -81,7 +110,22 @@ class DeviceUpdateSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = DeviceUpdate
-        fields = ["id", "deployment", "device", "slot", "phase", "state", "manifest_version",
-                  "model_label", "previous_label", "attempts", "error", "error_code",
-                  "assigned_at", "started_at", "finished_at", "updated_at"]
+        fields = [
+            "id",
+            "deployment",
+            "device",
+            "slot",
+            "phase",
+            "state",
+            "manifest_version",
+            "model_label",
+            "previous_label",
+            "attempts",
+            "error",
+            "error_code",
+            "assigned_at",
+            "started_at",
+            "finished_at",
+            "updated_at",
+        ]
         read_only_fields = fields

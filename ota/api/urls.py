@@ -8,4 +8,4 @@ router.register("releases", views.ReleaseViewSet, basename="release")
 router.register("deployments", views.DeploymentViewSet, basename="deployment")
 router.register("device-updates", views.DeviceUpdateViewSet, basename="deviceupdate")
 
-urlpatterns = router.urls  # device routes: device_api.urls
+urlpatterns = router.urls  # device routes: fleet.device_api.urls

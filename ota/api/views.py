@@ -22,11 +22,15 @@ def refused(exc: services.OtaError) -> Response:
     return Response(body, status=exc.status)
 
 
-class ReleaseViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
-                     mixins.CreateModelMixin, viewsets.GenericViewSet):
+class ReleaseViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    viewsets.GenericViewSet,
+):
     queryset = Release.objects.prefetch_related(
-        "variants__model_version__model", "variants__hardware_profile").select_related(
-        "created_by")
+        "variants__model_version__model", "variants__hardware_profile"
+    ).select_related("created_by")
     serializer_class = s.ReleaseSerializer
     ci_actions = {"create"}
 
@@ -42,8 +46,12 @@ class ReleaseViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         return Response(s.ReleaseSerializer(release).data, status=status.HTTP_201_CREATED)
 
 
-class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
-                        mixins.CreateModelMixin, viewsets.GenericViewSet):
+class DeploymentViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    viewsets.GenericViewSet,
+):
     queryset = Deployment.objects.select_related("release", "created_by")
     serializer_class = s.DeploymentSerializer
     action_roles = {"preview": Role.VIEWER}
@@ -64,12 +72,18 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         if release is None:
             return Response({"detail": "Unknown release.", "code": "bad_release"}, status=400)
         try:
-            deployment = services.start_deployment(release, fields.pop("target"),
-                                                   actor=request.user, **fields)
+            deployment = services.start_deployment(
+                release, fields.pop("target"), actor=request.user, **fields
+            )
         except services.OtaError as exc:
             return refused(exc)
-        audit.note(request, "deployment.start", deployment,
-                   devices=deployment.target_count, phases=deployment.phases)
+        audit.note(
+            request,
+            "deployment.start",
+            deployment,
+            devices=deployment.target_count,
+            phases=deployment.phases,
+        )
         return Response(s.DeploymentSerializer(deployment).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=s.PreviewSerializer, responses={200: dict})
@@ -78,8 +92,9 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         data = s.PreviewSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         try:
-            return Response(services.preview(data.validated_data["target"],
-                                             data.validated_data["phases"]))
+            return Response(
+                services.preview(data.validated_data["target"], data.validated_data["phases"])
+            )
         except services.OtaError as exc:
             return refused(exc)
 
@@ -87,8 +102,10 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         deployment = self.get_object()
         audit.note(request, f"deployment.{name}", deployment)
         if not done:
-            return Response({"detail": f"Cannot {name} a {deployment.status} deployment.",
-                             "code": "bad_state"}, status=409)
+            return Response(
+                {"detail": f"Cannot {name} a {deployment.status} deployment.", "code": "bad_state"},
+                status=409,
+            )
         deployment.refresh_from_db()
         return Response(s.DeploymentSerializer(deployment).data)
 
@@ -97,8 +114,9 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
     def pause(self, request, pk=None):
         data = s.PauseSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        return self._act(request, "pause",
-                         services.pause(self.get_object(), data.validated_data["reason"]))
+        return self._act(
+            request, "pause", services.pause(self.get_object(), data.validated_data["reason"])
+        )
 
     @extend_schema(request=None, responses={200: s.DeploymentSerializer})
     @action(detail=True, methods=["post"])
@@ -132,8 +150,9 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         return Response(s.DeploymentSerializer(back).data, status=status.HTTP_201_CREATED)
 
 
-class DeviceUpdateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
-                          viewsets.GenericViewSet):
+class DeviceUpdateViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+):
     queryset = DeviceUpdate.objects.select_related("device")
     serializer_class = s.DeviceUpdateSerializer
 

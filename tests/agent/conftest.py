@@ -17,10 +17,12 @@ def tiny_model(*, nan: bool = False) -> bytes:
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
     if nan:
         one = helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])
-        nodes = [helper.make_node("Abs", ["x"], ["a"]),
-                 helper.make_node("Add", ["a", "one"], ["b"]),
-                 helper.make_node("Neg", ["b"], ["c"]),
-                 helper.make_node("Sqrt", ["c"], ["y"])]
+        nodes = [
+            helper.make_node("Abs", ["x"], ["a"]),
+            helper.make_node("Add", ["a", "one"], ["b"]),
+            helper.make_node("Neg", ["b"], ["c"]),
+            helper.make_node("Sqrt", ["c"], ["y"]),
+        ]
         graph = helper.make_graph(nodes, "nan", [x], [y], [one])
     else:
         graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu", [x], [y])

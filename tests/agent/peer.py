@@ -80,21 +80,46 @@ class Peer:
         self.faults[sha] = fault
         return sha
 
-    def manifest(self, artifacts: list[tuple[str, bytes]], *, version: int = 1,
-                 device: str = DEVICE_UID, slot: str = "classifier", expires_in: int = 3600,
-                 key: Ed25519PrivateKey | None = None, **extra) -> dict:
+    def manifest(
+        self,
+        artifacts: list[tuple[str, bytes]],
+        *,
+        version: int = 1,
+        device: str = DEVICE_UID,
+        slot: str = "classifier",
+        expires_in: int = 3600,
+        key: Ed25519PrivateKey | None = None,
+        artifact_fields: dict | None = None,
+        **extra,
+    ) -> dict:
         now = datetime.now(UTC)
         items = []
         for index, (name, data) in enumerate(artifacts):
             sha = hashlib.sha256(data).hexdigest()
-            items.append({"name": name, "model_version": index + 1, "sha256": sha,
-                          "size": len(data), "url": f"/api/v1/device/artifacts/{sha}"})
+            items.append(
+                {
+                    "name": name,
+                    "model_version": index + 1,
+                    "sha256": sha,
+                    "size": len(data),
+                    "url": f"/api/v1/device/artifacts/{sha}",
+                    **(artifact_fields or {}),
+                }
+            )
         payload = {
-            "schema": 1, "device": device, "deployment": 11, "slot": slot, "version": version,
+            "schema": 1,
+            "device": device,
+            "deployment": 11,
+            "slot": slot,
+            "version": version,
             "issued_at": mf.format_time(now),
             "expires_at": mf.format_time(now + timedelta(seconds=expires_in)),
-            "artifacts": items, "default": artifacts[0][0], "policy": {},
-            "poll_interval_s": self.poll_interval_s, "install_window": None, "next_key": None,
+            "artifacts": items,
+            "default": artifacts[0][0],
+            "policy": {},
+            "poll_interval_s": self.poll_interval_s,
+            "install_window": None,
+            "next_key": None,
         }
         payload.update(extra)
         return mf.sign(payload, key or self.key)
@@ -102,15 +127,29 @@ class Peer:
     def timestamp(self, etag: str | None, data: bytes | None, body) -> str:
         """The `X-Signed-Timestamp` value for an answer with this ETag and body."""
         now = datetime.now(UTC)
-        envelopes = (body.get("manifests", []) if isinstance(body, dict) and "manifests" in body
-                     else [body] if body else [])
-        updates = {e["manifest"].get("slot") or "default": e["manifest"]["version"]
-                   for e in envelopes if isinstance(e, dict) and "manifest" in e}
-        payload = {"schema": 1, "type": "timestamp", "device": DEVICE_UID, "etag": etag,
-                   "body_sha256": hashlib.sha256(data).hexdigest() if data else None,
-                   "updates": updates, "issued_at": mf.format_time(now),
-                   "expires_at": mf.format_time(now + timedelta(seconds=self.timestamp_ttl_s)),
-                   "next_key": self.next_key}
+        envelopes = (
+            body.get("manifests", [])
+            if isinstance(body, dict) and "manifests" in body
+            else [body]
+            if body
+            else []
+        )
+        updates = {
+            e["manifest"].get("slot") or "default": e["manifest"]["version"]
+            for e in envelopes
+            if isinstance(e, dict) and "manifest" in e
+        }
+        payload = {
+            "schema": 1,
+            "type": "timestamp",
+            "device": DEVICE_UID,
+            "etag": etag,
+            "body_sha256": hashlib.sha256(data).hexdigest() if data else None,
+            "updates": updates,
+            "issued_at": mf.format_time(now),
+            "expires_at": mf.format_time(now + timedelta(seconds=self.timestamp_ttl_s)),
+            "next_key": self.next_key,
+        }
         return mf.sign_statement(payload, self.timestamp_key or self.key)
 
     def offer(self, envelope: dict | None) -> None:
@@ -129,13 +168,22 @@ def _handler(peer: Peer):
 
         def _record(self, body=None):
             with peer.lock:
-                peer.requests.append({"method": self.command, "path": self.path,
-                                      "headers": {k.lower(): v for k, v in self.headers.items()},
-                                      "body": body, "t": time.monotonic()})
+                peer.requests.append(
+                    {
+                        "method": self.command,
+                        "path": self.path,
+                        "headers": {k.lower(): v for k, v in self.headers.items()},
+                        "body": body,
+                        "t": time.monotonic(),
+                    }
+                )
 
         def _send(self, status: int, body=None, headers: dict | None = None):
-            data = b"" if body is None else (body if isinstance(body, bytes)
-                                              else json.dumps(body).encode())
+            data = (
+                b""
+                if body is None
+                else (body if isinstance(body, bytes) else json.dumps(body).encode())
+            )
             self.send_response(status)
             for name, value in (headers or {}).items():
                 self.send_header(name, value)
@@ -171,8 +219,9 @@ def _handler(peer: Peer):
                 if not self._authorized():
                     return None
                 if peer.overload:
-                    return self._send(429, {"code": "throttled"},
-                                      {"Retry-After": str(peer.overload.pop(0))})
+                    return self._send(
+                        429, {"code": "throttled"}, {"Retry-After": str(peer.overload.pop(0))}
+                    )
                 status, body, headers = peer.update
                 headers = {**headers, "X-Poll-Interval": str(peer.poll_interval_s)}
                 data = json.dumps(body).encode() if body is not None else None
@@ -234,7 +283,7 @@ def _handler(peer: Peer):
             self.end_headers()
             if fault == "slow":
                 for offset in range(0, len(body), 1024):
-                    self.wfile.write(body[offset:offset + 1024])
+                    self.wfile.write(body[offset : offset + 1024])
                     self.wfile.flush()
                     time.sleep(0.01)
             elif fault == "trickle":  # slow retrieval: 1000 bytes every 0.25 s
@@ -242,14 +291,14 @@ def _handler(peer: Peer):
                     for offset in range(0, len(body), 1000):
                         if peer.faults.get(sha) != "trickle":
                             break  # the test ended the attack: hang up
-                        self.wfile.write(body[offset:offset + 1000])
+                        self.wfile.write(body[offset : offset + 1000])
                         self.wfile.flush()
                         time.sleep(0.25)
                 except OSError:
                     pass
                 self.close_connection = True
             elif fault == "cut":  # half the bytes, then the connection drops
-                self.wfile.write(body[:len(body) // 2])
+                self.wfile.write(body[: len(body) // 2])
                 self.wfile.flush()
                 self.close_connection = True
             else:
@@ -266,15 +315,21 @@ def _handler(peer: Peer):
                 if body.get("token") != "enroll-me":
                     return self._send(403, {"code": "bad_enrollment_token"})
                 raw = mf.raw_public_key(peer.key.public_key())
-                return self._send(201, {"device_id": DEVICE_UID, "token": DEVICE_TOKEN,
-                                        "server_public_key": peer.public_b64,
-                                        "server_key_fingerprint": hashlib.sha256(
-                                            raw).hexdigest()})
+                return self._send(
+                    201,
+                    {
+                        "device_id": DEVICE_UID,
+                        "token": DEVICE_TOKEN,
+                        "server_public_key": peer.public_b64,
+                        "server_key_fingerprint": hashlib.sha256(raw).hexdigest(),
+                    },
+                )
             if not self._authorized():
                 return None
             if peer.overload:
-                return self._send(429, {"code": "throttled"},
-                                  {"Retry-After": str(peer.overload.pop(0))})
+                return self._send(
+                    429, {"code": "throttled"}, {"Retry-After": str(peer.overload.pop(0))}
+                )
             if self.path == "/api/v1/device/update/status":
                 peer.statuses.append(body)
                 return self._send(200, {"ok": True})

@@ -57,8 +57,11 @@ class Counting:
 @pytest.fixture(params=["no-length", "announced"])
 def endless(request):
     head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-    head += b"Connection: close\r\n\r\n" if request.param == "no-length" else \
-        b"Content-Length: 400000000\r\n\r\n"
+    head += (
+        b"Connection: close\r\n\r\n"
+        if request.param == "no-length"
+        else b"Content-Length: 400000000\r\n\r\n"
+    )
     server = Counting(head)
     yield server
     server.close()
@@ -71,8 +74,9 @@ def assert_stopped_early(server):
 
 def test_checkin_answer_is_capped(endless, state):
     state.update_config(server=endless.url)
-    updater = Updater(state, Client(endless.url, DEVICE_TOKEN, timeout=10),
-                      health_check=lambda paths: None)
+    updater = Updater(
+        state, Client(endless.url, DEVICE_TOKEN, timeout=10), health_check=lambda paths: None
+    )
     with pytest.raises(CheckInError, match="expected"):
         updater.check_in()
     assert_stopped_early(endless)
@@ -87,8 +91,9 @@ def test_status_answer_is_capped(endless, client_class):
 
 
 def test_enrollment_answer_is_capped(endless, tmp_path, capsys):
-    code = cli.main(["enroll", "--server", endless.url, "--token", "t", "--state-dir",
-                     str(tmp_path / "s")])
+    code = cli.main(
+        ["enroll", "--server", endless.url, "--token", "t", "--state-dir", str(tmp_path / "s")]
+    )
     assert code != 0
     assert "expected" in capsys.readouterr().err
     assert_stopped_early(endless)
@@ -105,8 +110,9 @@ def test_deeply_nested_json_is_a_refusal_not_a_crash(peer, state, client):
             response.body = nested
             return response
 
-    updater = Updater(state, Raw(peer.url, DEVICE_TOKEN, timeout=5),
-                      health_check=lambda paths: None)
+    updater = Updater(
+        state, Raw(peer.url, DEVICE_TOKEN, timeout=5), health_check=lambda paths: None
+    )
     with pytest.raises(CheckInError, match="not JSON"):
         updater.check_in()
 
@@ -119,8 +125,10 @@ class Trickle(Counting):
         with conn:
             conn.recv(65536)
             try:
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                             b"Content-Length: 1000\r\n\r\n")
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: 1000\r\n\r\n"
+                )
                 for _ in range(1000):
                     conn.sendall(b" ")
                     self.sent += 1

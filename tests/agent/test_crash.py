@@ -26,9 +26,13 @@ def agent(state: State, *, pause: str | None = None, marker: Path | None = None)
     if pause:
         env["EDGEFLEET_AGENT_TEST_PAUSE"] = pause
         env["EDGEFLEET_AGENT_TEST_MARKER"] = str(marker)
-    return subprocess.Popen([sys.executable, "-m", "devices.agent", "run", "--once",
-                             "--state-dir", str(state.root)], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "devices.agent", "run", "--once", "--state-dir", str(state.root)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def run_until_paused(state: State, pause: str, marker: Path) -> None:
@@ -119,8 +123,9 @@ def test_kill_during_install_converges(peer, state, installed_v1, tmp_path, stag
     assert len(peer.seen("GET", "/api/v1/device/artifacts")) == 1
 
 
-def test_kill_during_health_check_of_a_bad_model_rolls_back(peer, state, installed_v1,
-                                                           nan_model, tmp_path):
+def test_kill_during_health_check_of_a_bad_model_rolls_back(
+    peer, state, installed_v1, nan_model, tmp_path
+):
     peer.add_artifact(nan_model)
     peer.offer(peer.manifest([("fp32", nan_model)], version=2))
     run_until_paused(state, "health", tmp_path / "marker")
@@ -131,20 +136,24 @@ def test_kill_during_health_check_of_a_bad_model_rolls_back(peer, state, install
     assert peer.statuses[-1]["state"] == "rolled_back"
 
 
-def test_restart_never_reports_a_state_the_server_has_passed(peer, state, installed_v1,
-                                                             tmp_path):
+def test_restart_never_reports_a_state_the_server_has_passed(peer, state, installed_v1, tmp_path):
     new = installed_v1.replace(b"relu", b"rel2")
     peer.add_artifact(new)
     peer.offer(peer.manifest([("fp32", new)], version=2))
     run_until_paused(state, "health", tmp_path / "marker")
     run_to_end(state)
     # A server state machine refuses downloading after installing (409): never sent.
-    assert [s["state"] for s in peer.statuses] == ["downloading", "downloaded", "installing",
-                                                  "succeeded"]
+    assert [s["state"] for s in peer.statuses] == [
+        "downloading",
+        "downloaded",
+        "installing",
+        "succeeded",
+    ]
 
 
 def test_kill_during_health_check_then_expiry_never_leaves_the_unverified_model(
-        peer, state, installed_v1, nan_model, tmp_path):
+    peer, state, installed_v1, nan_model, tmp_path
+):
     """Crash during the health check, manifest expires, restart: the verified model runs,
     the server hears `failed: expired`, and nothing unverified is active at any point."""
     peer.add_artifact(nan_model)

@@ -21,9 +21,11 @@ def bomb_model(n: int = 8192) -> bytes:
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
     shape = helper.make_tensor("shape", TensorProto.INT64, [2], [n, n])
     value = helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])
-    nodes = [helper.make_node("ConstantOfShape", ["shape"], ["big"], value=value),
-             helper.make_node("ReduceMax", ["big"], ["m"], keepdims=0),
-             helper.make_node("Mul", ["x", "m"], ["y"])]
+    nodes = [
+        helper.make_node("ConstantOfShape", ["shape"], ["big"], value=value),
+        helper.make_node("ReduceMax", ["big"], ["m"], keepdims=0),
+        helper.make_node("Mul", ["x", "m"], ["y"]),
+    ]
     graph = helper.make_graph(nodes, "bomb", [x], [y], [shape])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -31,8 +33,9 @@ def bomb_model(n: int = 8192) -> bytes:
 
 
 @pytest.mark.slow
-def test_inference_memory_bomb_fails_the_health_check_under_the_limit(peer, state, client,
-                                                                     good_model):
+def test_inference_memory_bomb_fails_the_health_check_under_the_limit(
+    peer, state, client, good_model
+):
     peer.add_artifact(good_model)
     peer.offer(peer.manifest([("fp32", good_model)], version=1))
     updater = Updater(state, client, health_memory_mb=320)  # the real check, in a child
@@ -46,8 +49,9 @@ def test_inference_memory_bomb_fails_the_health_check_under_the_limit(peer, stat
     assert "alloc" in peer.statuses[-1]["error"].lower()
 
 
-def test_an_unverified_pointer_left_by_an_older_agent_is_undone_first(peer, state, client,
-                                                                      good_model, nan_model):
+def test_an_unverified_pointer_left_by_an_older_agent_is_undone_first(
+    peer, state, client, good_model, nan_model
+):
     """An agent that switched before its health check and then died leaves the new
     pointer active; the next start puts the verified one back before anything runs."""
     peer.add_artifact(good_model)
@@ -58,25 +62,33 @@ def test_an_unverified_pointer_left_by_an_older_agent_is_undone_first(peer, stat
     (state.model_dir("classifier") / f"{sha}.onnx").write_bytes(nan_model)
     payload = {**v1["manifest"], "version": 2}
     state.update_slot("classifier", pending=payload, trusted_version=2)
-    state.set_pointer("classifier", {"version": 2, "manifest": payload, "active": "fp32",
-                                     "variants": {"fp32": {"sha256": sha,
-                                                           "path": f"{sha}.onnx"}},
-                                     "previous": {k: v for k, v in v1.items()
-                                                  if k != "previous"}})
+    state.set_pointer(
+        "classifier",
+        {
+            "version": 2,
+            "manifest": payload,
+            "active": "fp32",
+            "variants": {"fp32": {"sha256": sha, "path": f"{sha}.onnx"}},
+            "previous": {k: v for k, v in v1.items() if k != "previous"},
+        },
+    )
     Updater(state, client).recover()
     assert active_bytes(state) == good_model
 
 
 @pytest.mark.slow
-def test_slow_retrieval_neither_stalls_the_agent_nor_lasts_forever(peer, state, good_model,
-                                                                  caplog):
+def test_slow_retrieval_neither_stalls_the_agent_nor_lasts_forever(peer, state, good_model, caplog):
     import onnx
 
     peer.poll_interval_s = 1
     peer.add_artifact(good_model)
     peer.offer(peer.manifest([("fp32", good_model)], version=1))
-    settings = {"poll_interval_s": 1, "telemetry_interval_s": 0.2,
-                "download_min_rate_bps": 20_000, "download_grace_s": 1}
+    settings = {
+        "poll_interval_s": 1,
+        "telemetry_interval_s": 0.2,
+        "download_min_rate_bps": 20_000,
+        "download_grace_s": 1,
+    }
     agent = Agent(state, settings)
     try:
         agent.updater.background = True
@@ -103,8 +115,10 @@ def test_slow_retrieval_neither_stalls_the_agent_nor_lasts_forever(peer, state, 
         assert active_bytes(state) == good_model
         # The attacker leaves: the download resumes where it stopped.
         peer.faults[sha] = "good"
-        while state.slot("classifier").get("result") != "succeeded" or \
-                state.slot("classifier").get("done_version") != 2:
+        while (
+            state.slot("classifier").get("result") != "succeeded"
+            or state.slot("classifier").get("done_version") != 2
+        ):
             agent.step(window_s=0.1, max_inferences=5)
             assert time.monotonic() - start < 90
         ranges = [r["headers"].get("range") for r in peer.seen("GET", "/api/v1/device/artif")]

@@ -34,8 +34,9 @@ def pending_v2(peer, state, client, good_model):
     return new, sha
 
 
-def test_unsigned_204_or_empty_list_does_not_cancel_a_pending_update(peer, state, client,
-                                                                     good_model):
+def test_unsigned_204_or_empty_list_does_not_cancel_a_pending_update(
+    peer, state, client, good_model
+):
     new, sha = pending_v2(peer, state, client, good_model)
     genuine = peer.update
     peer.timestamps = False  # the man in the middle cannot sign
@@ -55,8 +56,9 @@ def test_unsigned_204_or_empty_list_does_not_cancel_a_pending_update(peer, state
     assert states(peer)[-1] == "succeeded"
 
 
-def test_genuine_statement_replayed_over_a_forged_body_withdraws_nothing(peer, state, client,
-                                                                        good_model):
+def test_genuine_statement_replayed_over_a_forged_body_withdraws_nothing(
+    peer, state, client, good_model
+):
     _new, _sha = pending_v2(peer, state, client, good_model)
     # A statement from the genuine server vouches for its own body, not for {"manifests": []}.
     genuine = peer.timestamp('"x"', b"{}", {})
@@ -69,11 +71,20 @@ def test_genuine_statement_replayed_over_a_forged_body_withdraws_nothing(peer, s
 def test_statement_older_than_the_manifest_withdraws_nothing(peer, state, client, good_model):
     pending_v2(peer, state, client, good_model)
     past = datetime.now(UTC) - timedelta(minutes=5)
-    old = mf.sign_statement({"schema": 1, "type": "timestamp", "device": DEVICE_UID,
-                             "etag": None, "body_sha256": None, "updates": {},
-                             "issued_at": mf.format_time(past),
-                             "expires_at": mf.format_time(past + timedelta(hours=1)),
-                             "next_key": None}, peer.key)
+    old = mf.sign_statement(
+        {
+            "schema": 1,
+            "type": "timestamp",
+            "device": DEVICE_UID,
+            "etag": None,
+            "body_sha256": None,
+            "updates": {},
+            "issued_at": mf.format_time(past),
+            "expires_at": mf.format_time(past + timedelta(hours=1)),
+            "next_key": None,
+        },
+        peer.key,
+    )
     peer.timestamps = False
     peer.update = (204, None, {mf.TIMESTAMP_HEADER: old})
     make_updater(state, client).check_in()
@@ -97,8 +108,7 @@ def test_forged_or_foreign_statements_are_ignored(peer, state, client, good_mode
     assert state.slot("classifier")["pending"]["version"] == 2
 
 
-def test_etag_is_kept_only_with_the_body_the_statement_vouches_for(peer, state, client,
-                                                                   good_model):
+def test_etag_is_kept_only_with_the_body_the_statement_vouches_for(peer, state, client, good_model):
     peer.add_artifact(good_model)
     first = peer.manifest([("fp32", good_model)], version=1)
     peer.offer(first)

@@ -27,11 +27,23 @@ print(json.dumps({"modules": names, "forbidden": forbidden,
 
 def test_agent_modules_load_no_django_or_project_code():
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert {"devices.agent.cli", "devices.agent.updater", "devices.agent.simulate",
-            "devices.agent.buffer", "devices.agent.runtime"} <= set(result["modules"])
+    assert {
+        "devices.agent.cli",
+        "devices.agent.updater",
+        "devices.agent.simulate",
+        "devices.agent.buffer",
+        "devices.agent.runtime",
+    } <= set(result["modules"])
     assert result["forbidden"] == []
     assert result["ort_telemetry"] == "1"

@@ -38,7 +38,7 @@ class Handler(BaseHTTPRequestHandler):
             self.send_response(200)
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
-            self.wfile.write(b"5\r\n{\"a\":\r\n3\r\n 1}\r\n0\r\n\r\n")
+            self.wfile.write(b'5\r\n{"a":\r\n3\r\n 1}\r\n0\r\n\r\n')
             return None
         if self.path == "/moved":
             return self._answer(302, headers=[("Location", "/api/v1/device/update")])
@@ -47,8 +47,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         Handler.seen.append(("POST", self.path, dict(self.headers), body))
-        self._answer(200, json.dumps({"echo": json.loads(body)}).encode(),
-                     headers=[("X-EdgeFleet-New", "1")])
+        self._answer(
+            200, json.dumps({"echo": json.loads(body)}).encode(), headers=[("X-EdgeFleet-New", "1")]
+        )
 
 
 @pytest.fixture
@@ -65,8 +66,11 @@ def server():
 def test_get_204_and_304_with_headers(server):
     client = LeanClient(server, "tok-1")
     first = client.request("GET", "/api/v1/device/update")
-    assert (first.status, first.header("etag"), first.header("X-Poll-Interval")) == \
-        (204, '"none"', "30")
+    assert (first.status, first.header("etag"), first.header("X-Poll-Interval")) == (
+        204,
+        '"none"',
+        "30",
+    )
     again = client.request("GET", "api/v1/device/update", headers={"If-None-Match": '"e1"'})
     assert again.status == 304 and again.body == b""
     assert Handler.seen[1][:2] == ("GET", "/api/v1/device/update")
@@ -76,8 +80,9 @@ def test_get_204_and_304_with_headers(server):
 
 
 def test_post_json_round_trip(server):
-    response = LeanClient(server + "/", "tok").post("/api/v1/device/telemetry",
-                                                   {"batch": [{"seq": 1, "m": "ü"}]})
+    response = LeanClient(server + "/", "tok").post(
+        "/api/v1/device/telemetry", {"batch": [{"seq": 1, "m": "ü"}]}
+    )
     assert response.status == 200
     assert response.json() == {"echo": {"batch": [{"seq": 1, "m": "ü"}]}}
     assert response.header("x-edgefleet-new") == "1"

@@ -15,16 +15,25 @@ SHA = "ab" * 32
 
 def payload(**overrides) -> dict:
     base = {
-        "schema": 1, "device": "dev-a", "deployment": 7, "slot": "classifier", "version": 5,
-        "issued_at": mf.format_time(NOW), "expires_at": mf.format_time(NOW + timedelta(hours=1)),
+        "schema": 1,
+        "device": "dev-a",
+        "deployment": 7,
+        "slot": "classifier",
+        "version": 5,
+        "issued_at": mf.format_time(NOW),
+        "expires_at": mf.format_time(NOW + timedelta(hours=1)),
         "artifacts": [
             {"name": "fp32", "model_version": 1, "sha256": SHA, "size": 10, "url": "/a/1"},
             {"name": "int8", "model_version": 2, "sha256": "cd" * 32, "size": 5, "url": "/a/2"},
         ],
         "default": "fp32",
-        "policy": {"rules": [{"when": {"battery_pct": {"lt": 20}}, "use": "int8"}],
-                   "default": "fp32"},
-        "poll_interval_s": 30, "install_window": None, "next_key": None,
+        "policy": {
+            "rules": [{"when": {"battery_pct": {"lt": 20}}, "use": "int8"}],
+            "default": "fp32",
+        },
+        "poll_interval_s": 30,
+        "install_window": None,
+        "next_key": None,
     }
     base.update(overrides)
     return base
@@ -41,8 +50,9 @@ def trusted(key):
 
 
 def verify(envelope, key, *, device="dev-a", last=4, now=NOW):
-    return mf.verify(envelope, trusted_keys=trusted(key), device_uid=device,
-                     last_version=last, now=now)
+    return mf.verify(
+        envelope, trusted_keys=trusted(key), device_uid=device, last_version=last, now=now
+    )
 
 
 def test_round_trip(key):
@@ -59,9 +69,14 @@ def test_signature_from_another_key_refused(key):
     assert err.value.code == "bad_signature"
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("version", 99), ("device", "dev-b"), ("expires_at", "2099-01-01T00:00:00Z"),
-])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("version", 99),
+        ("device", "dev-b"),
+        ("expires_at", "2099-01-01T00:00:00Z"),
+    ],
+)
 def test_tampered_field_refused(key, field, value):
     envelope = mf.sign(payload(), key)
     envelope["manifest"][field] = value
@@ -109,13 +124,16 @@ def test_policy_choice():
     assert mf.choose_variant(p, {}) == "fp32"  # unreadable signal: rule does not match
 
 
-@pytest.mark.parametrize("policy", [
-    {"rules": [{"when": {"moon_phase": {"lt": 1}}, "use": "int8"}]},
-    {"rules": [{"when": {"battery_pct": {"approx": 1}}, "use": "int8"}]},
-    {"rules": [{"when": {"battery_pct": {"lt": 1}}, "use": "int4"}]},
-    {"rules": [{"when": {}, "use": "int8"}]},
-    {"rules": "all"},
-])
+@pytest.mark.parametrize(
+    "policy",
+    [
+        {"rules": [{"when": {"moon_phase": {"lt": 1}}, "use": "int8"}]},
+        {"rules": [{"when": {"battery_pct": {"approx": 1}}, "use": "int8"}]},
+        {"rules": [{"when": {"battery_pct": {"lt": 1}}, "use": "int4"}]},
+        {"rules": [{"when": {}, "use": "int8"}]},
+        {"rules": "all"},
+    ],
+)
 def test_bad_policies(policy):
     with pytest.raises(mf.ManifestError) as err:
         mf.check_policy(policy, {"fp32", "int8"})

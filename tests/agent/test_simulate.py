@@ -10,10 +10,27 @@ from devices.agent import simulate
 
 
 def options(peer, tmp_path, *extra):
-    return simulate.parser().parse_args([
-        "--server", peer.url, "--enrollment-token", "enroll-me", "--devices", "4",
-        "--duration-s", "2.5", "--poll-interval-s", "0.5", "--telemetry-interval-s", "0.4",
-        "--ramp-s", "0.2", "--state-file", str(tmp_path / "fleet.json"), *extra])
+    return simulate.parser().parse_args(
+        [
+            "--server",
+            peer.url,
+            "--enrollment-token",
+            "enroll-me",
+            "--devices",
+            "4",
+            "--duration-s",
+            "2.5",
+            "--poll-interval-s",
+            "0.5",
+            "--telemetry-interval-s",
+            "0.4",
+            "--ramp-s",
+            "0.2",
+            "--state-file",
+            str(tmp_path / "fleet.json"),
+            *extra,
+        ]
+    )
 
 
 def test_simulated_fleet_installs_and_reports(peer, tmp_path, good_model):
@@ -55,8 +72,9 @@ def test_bad_variant_is_three_times_slower(peer, tmp_path, good_model):
 
 
 def test_flapping_network_backs_off(peer, tmp_path):
-    opts = options(peer, tmp_path, "--fault", "flapping-network", "--flap-period-s", "0.3",
-                   "--duration-s", "2")
+    opts = options(
+        peer, tmp_path, "--fault", "flapping-network", "--flap-period-s", "0.3", "--duration-s", "2"
+    )
     summary = simulate.Fleet(opts).run()
     assert summary.get("checkin_unreachable", 0) + summary.get("enroll_unreachable", 0) > 0
     # Backoff: never faster than the advised interval (0.5 s) per device.
@@ -76,11 +94,20 @@ def test_refuses_manifest_for_another_device(peer, tmp_path, good_model):
 def test_telemetry_keeps_the_device_clock_and_counts_missed_ticks(peer, tmp_path):
     from tests.agent.peer import DEVICE_TOKEN, DEVICE_UID
 
-    opts = options(peer, tmp_path, "--telemetry-interval-s", "10", "--poll-interval-s", "30",
-                   "--preinstalled", "factory:1")
+    opts = options(
+        peer,
+        tmp_path,
+        "--telemetry-interval-s",
+        "10",
+        "--poll-interval-s",
+        "30",
+        "--preinstalled",
+        "factory:1",
+    )
     stats = simulate.Stats()
-    device = simulate.SimDevice(0, opts, stats, {"uid": DEVICE_UID, "token": DEVICE_TOKEN,
-                                                 "keys": [peer.public_b64]})
+    device = simulate.SimDevice(
+        0, opts, stats, {"uid": DEVICE_UID, "token": DEVICE_TOKEN, "keys": [peer.public_b64]}
+    )
     now = simulate.time.monotonic()
     device.next_poll = now + 100
     device.next_telemetry = now - 1.0  # due a second ago: the simulator ran it late
@@ -101,8 +128,17 @@ def test_summary_reports_how_late_steps_started(peer, tmp_path):
 
 
 def _device(*extra):
-    opts = simulate.parser().parse_args(["--server", "http://127.0.0.1:9", "--enrollment-token",
-                                         "t", "--preinstalled", "m:1", *extra])
+    opts = simulate.parser().parse_args(
+        [
+            "--server",
+            "http://127.0.0.1:9",
+            "--enrollment-token",
+            "t",
+            "--preinstalled",
+            "m:1",
+            *extra,
+        ]
+    )
     return simulate.SimDevice(0, opts, simulate.Stats())
 
 
@@ -121,11 +157,22 @@ def test_inventory_reports_preinstalled_version_profile_and_restored_slots():
     facts = device.facts()
     assert facts["models"]["default"]["model_version"] == "m:1"
     assert facts["hardware_profile"] == "x86-gateway-1c"
-    installed = {"default": {"payload": {"version": 3, "default": "int8", "artifacts": [
-        {"name": "int8", "sha256": "b" * 64, "size": 1, "model_version": "m:5"}]}}}
-    restored = simulate.SimDevice(0, device.options, simulate.Stats(), {
-        "uid": "u", "token": "tok", "keys": [], "installed": installed,
-        "trusted": {"default": 3}})
-    assert restored.facts()["models"]["default"] == {"model_version": "m:5",
-                                                     "sha256": "b" * 64}
+    installed = {
+        "default": {
+            "payload": {
+                "version": 3,
+                "default": "int8",
+                "artifacts": [
+                    {"name": "int8", "sha256": "b" * 64, "size": 1, "model_version": "m:5"}
+                ],
+            }
+        }
+    }
+    restored = simulate.SimDevice(
+        0,
+        device.options,
+        simulate.Stats(),
+        {"uid": "u", "token": "tok", "keys": [], "installed": installed, "trusted": {"default": 3}},
+    )
+    assert restored.facts()["models"]["default"] == {"model_version": "m:5", "sha256": "b" * 64}
     assert restored.trusted == {"default": 3} and restored.inventory_due

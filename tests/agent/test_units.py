@@ -68,8 +68,10 @@ def test_pacer_never_faster_than_advised_and_grows():
 
 
 def test_pacer_full_jitter_spreads_devices():
-    delays = {round(Pacer(0.001, base_s=1, cap_s=600, rng=random.Random(seed)).failure(), 3)
-              for seed in range(50)}
+    delays = {
+        round(Pacer(0.001, base_s=1, cap_s=600, rng=random.Random(seed)).failure(), 3)
+        for seed in range(50)
+    }
     assert len(delays) > 40  # not a thundering herd
 
 
@@ -226,9 +228,15 @@ def test_runtime_runs_inputs_from_a_folder(tmp_path, good_model):
     sha = "a" * 64
     (model_dir / f"{sha}.onnx").write_bytes(good_model)
     payload = {"default": "fp32", "policy": {}}
-    state.set_pointer("classifier", {"version": 1, "manifest": payload, "active": "fp32",
-                                     "variants": {"fp32": {"sha256": sha, "model_version": 3,
-                                                           "path": f"{sha}.onnx"}}})
+    state.set_pointer(
+        "classifier",
+        {
+            "version": 1,
+            "manifest": payload,
+            "active": "fp32",
+            "variants": {"fp32": {"sha256": sha, "model_version": 3, "path": f"{sha}.onnx"}},
+        },
+    )
     samples = tmp_path / "inputs"
     samples.mkdir()
     np.save(samples / "a.npy", np.ones((1, 4), dtype=np.float32))

@@ -39,8 +39,7 @@ def test_install_happy_path(peer, state, client, good_model):
     assert active_bytes(state) == good_model
     assert states(peer) == ["downloading", "downloaded", "installing", "succeeded"]
     assert peer.statuses[0]["deployment"] == 11 and peer.statuses[0]["manifest_version"] == 1
-    assert all(r["headers"]["authorization"] == "Bearer edf_device_token_1"
-               for r in peer.requests)
+    assert all(r["headers"]["authorization"] == "Bearer edf_device_token_1" for r in peer.requests)
     assert state.slot("classifier")["trusted_version"] == 1
     assert not list((state.root / "downloads").iterdir())
 
@@ -93,8 +92,9 @@ def test_u1_unknown_key_refused(peer, state, client, good_model):
 
 
 def test_u2_older_version_refused_equal_is_noop(peer, state, client, good_model):
-    _refused(peer, state, client, good_model, peer.manifest([("fp32", b"x")], version=2),
-             "rollback")
+    _refused(
+        peer, state, client, good_model, peer.manifest([("fp32", b"x")], version=2), "rollback"
+    )
     peer.statuses.clear()
     peer.offer(peer.manifest([("fp32", good_model)], version=3))
     assert make_updater(state, client).check_in().outcome == "no_op"
@@ -102,17 +102,30 @@ def test_u2_older_version_refused_equal_is_noop(peer, state, client, good_model)
 
 
 def test_u3_expired_refused(peer, state, client, good_model):
-    _refused(peer, state, client, good_model,
-             peer.manifest([("fp32", b"x")], version=4, expires_in=-1), "expired")
+    _refused(
+        peer,
+        state,
+        client,
+        good_model,
+        peer.manifest([("fp32", b"x")], version=4, expires_in=-1),
+        "expired",
+    )
 
 
 def test_u5_other_device_refused(peer, state, client, good_model):
-    _refused(peer, state, client, good_model,
-             peer.manifest([("fp32", b"x")], version=4, device="dev-other"), "wrong_device")
+    _refused(
+        peer,
+        state,
+        client,
+        good_model,
+        peer.manifest([("fp32", b"x")], version=4, device="dev-other"),
+        "wrong_device",
+    )
 
 
-@pytest.mark.parametrize("fault,code", [("tamper", "hash_mismatch"), ("longer", "too_long"),
-                                        ("endless", "too_long")])
+@pytest.mark.parametrize(
+    "fault,code", [("tamper", "hash_mismatch"), ("longer", "too_long"), ("endless", "too_long")]
+)
 def test_u4_artifact_faults_not_installed(peer, state, client, good_model, fault, code):
     install(peer, state, client, good_model, version=1)
     new = good_model.replace(b"relu", b"rel2")
@@ -192,15 +205,22 @@ def test_u6_key_rotation(peer, state, client, good_model):
     new_key = Ed25519PrivateKey.generate()
     new_b64 = mf.b64(mf.raw_public_key(new_key.public_key()))
     # A key announced by a manifest signed with an unknown key is not pinned.
-    rogue = peer.manifest([("fp32", good_model)], version=1, key=Ed25519PrivateKey.generate(),
-                          next_key={"public_key": new_b64, "key_id": "x"})
+    rogue = peer.manifest(
+        [("fp32", good_model)],
+        version=1,
+        key=Ed25519PrivateKey.generate(),
+        next_key={"public_key": new_b64, "key_id": "x"},
+    )
     peer.offer(rogue)
     make_updater(state, client).check_in()
     assert len(state.pinned_keys()) == 1
     # Announced by the current key: pinned; then manifests signed by it verify.
     peer.add_artifact(good_model)
-    peer.offer(peer.manifest([("fp32", good_model)], version=1,
-                             next_key={"public_key": new_b64, "key_id": "y"}))
+    peer.offer(
+        peer.manifest(
+            [("fp32", good_model)], version=1, next_key={"public_key": new_b64, "key_id": "y"}
+        )
+    )
     assert make_updater(state, client).check_in().outcome == "succeeded"
     assert len(state.pinned_keys()) == 2
     second = good_model.replace(b"relu", b"rel2")
@@ -240,8 +260,9 @@ def test_install_window_downloads_now_installs_later(peer, state, client, good_m
     from datetime import UTC, datetime
 
     peer.add_artifact(good_model)
-    peer.offer(peer.manifest([("fp32", good_model)], install_window={"start": "02:00",
-                                                                     "end": "03:00"}))
+    peer.offer(
+        peer.manifest([("fp32", good_model)], install_window={"start": "02:00", "end": "03:00"})
+    )
     clock = {"now": datetime(2026, 11, 28, 12, 0, tzinfo=UTC)}
     updater = Updater(state, client, health_check=lambda p: OK, now=lambda: clock["now"])
     assert updater.check_in().outcome == "waiting_window"

@@ -23,15 +23,37 @@ def test_enroll_report_and_see_the_chart(page, live_server, login, admin_user, t
     assert token.startswith("efe_")
 
     api = f"{live_server.url}/api/v1/device"
-    enrolled = requests.post(f"{api}/enroll", json={"token": token, "facts": {
-        "uid": "browser-cam", "arch": "aarch64", "cpu": "Cortex-A72",
-        "models": {"default": {"model_version": "digits:1"}}}}, timeout=10)
+    enrolled = requests.post(
+        f"{api}/enroll",
+        json={
+            "token": token,
+            "facts": {
+                "uid": "browser-cam",
+                "arch": "aarch64",
+                "cpu": "Cortex-A72",
+                "models": {"default": {"model_version": "digits:1"}},
+            },
+        },
+        timeout=10,
+    )
     assert enrolled.status_code == 201, enrolled.text
     headers = {"Authorization": f"Bearer {enrolled.json()['token']}"}
     now = time.time()
-    batch = [{"seq": i, "boot_id": "b1", "ts": now - 120 + i, "latency_ms": 20 + i % 5,
-              "throughput": 40.0, "mem_mb": 200.0, "cpu_pct": 35.0, "temp_c": 51.5,
-              "battery_pct": 80.0, "model_version": "digits:1"} for i in range(120)]
+    batch = [
+        {
+            "seq": i,
+            "boot_id": "b1",
+            "ts": now - 120 + i,
+            "latency_ms": 20 + i % 5,
+            "throughput": 40.0,
+            "mem_mb": 200.0,
+            "cpu_pct": 35.0,
+            "temp_c": 51.5,
+            "battery_pct": 80.0,
+            "model_version": "digits:1",
+        }
+        for i in range(120)
+    ]
     posted = requests.post(f"{api}/telemetry", json={"batch": batch}, headers=headers, timeout=10)
     assert posted.status_code == 200 and posted.json()["count"] == 120
 
@@ -46,5 +68,6 @@ def test_enroll_report_and_see_the_chart(page, live_server, login, admin_user, t
     assert 51.5 in temps
     assert "Cortex-A72" in page.inner_text("#inventory")
     assert "lab" in page.inner_text("#device-tags")
-    page.screenshot(path=os.environ.get("EDGEFLEET_SCREENSHOT", str(tmp_path / "device.png")),
-                    full_page=True)
+    page.screenshot(
+        path=os.environ.get("EDGEFLEET_SCREENSHOT", str(tmp_path / "device.png")), full_page=True
+    )

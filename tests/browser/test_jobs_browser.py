@@ -19,8 +19,12 @@ from compression.models import CompressionJob
 from devices.models import HardwareProfile
 from tests.compression.jobs_support import WorkerPool, database_url, load_demo
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(240),
-              pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.timeout(240),
+    pytest.mark.django_db(transaction=True),
+]
 
 
 @pytest.fixture
@@ -28,13 +32,19 @@ def worker(tmp_path, settings):
     # Local storage: the worker shares this test's media directory. On S3 the
     # "location" option is a key prefix (inherited through AWS_LOCATION), not a path.
     default = settings.STORAGES["default"]
-    media = (Path(default["OPTIONS"]["location"])
-             if default["BACKEND"].endswith("FileSystemStorage") else tmp_path / "media")
+    media = (
+        Path(default["OPTIONS"]["location"])
+        if default["BACKEND"].endswith("FileSystemStorage")
+        else tmp_path / "media"
+    )
     media.mkdir(parents=True, exist_ok=True)
     settings.EDGEFLEET_JOB_DIR = tmp_path / "jobs"
     env = {
-        **os.environ, "DATABASE_URL": database_url(), "MEDIA_ROOT": str(media),
-        "EDGEFLEET_JOB_DIR": str(tmp_path / "jobs"), "DJANGO_SETTINGS_MODULE": "fleet.settings",
+        **os.environ,
+        "DATABASE_URL": database_url(),
+        "MEDIA_ROOT": str(media),
+        "EDGEFLEET_JOB_DIR": str(tmp_path / "jobs"),
+        "DJANGO_SETTINGS_MODULE": "fleet.settings",
         # same broker as this process (the live server enqueues through it)
         "EDGEFLEET_VAR_DIR": str(django_settings.VAR_DIR),
         "CELERY_BROKER_URL": django_settings.CELERY_BROKER_URL,
@@ -51,11 +61,13 @@ def worker(tmp_path, settings):
     pool.stop_all()
 
 
-def test_start_auto_job_watch_it_and_download_the_choice(page, live_server, login, operator_user,
-                                                         worker, tmp_path):
+def test_start_auto_job_watch_it_and_download_the_choice(
+    page, live_server, login, operator_user, worker, tmp_path
+):
     demo = load_demo()
     profile, _ = HardwareProfile.objects.get_or_create(
-        slug="x86-gateway-1c", defaults={"name": "x86 gateway, 1 core", "arch": "x86_64"})
+        slug="x86-gateway-1c", defaults={"name": "x86 gateway, 1 core", "arch": "x86_64"}
+    )
     login(operator_user, "pw-oscar-operator")
     page.goto(f"{live_server.url}/models/{demo.version.model_id}/")
     page.click("text=Compress…")
@@ -86,7 +98,8 @@ def test_start_auto_job_watch_it_and_download_the_choice(page, live_server, logi
 
     page.wait_for_selector("#pareto-chart[data-ready='1']")
     points = page.evaluate(
-        "document.getElementById('pareto-chart').chart.data.datasets.map(d => d.data.length)")
+        "document.getElementById('pareto-chart').chart.data.datasets.map(d => d.data.length)"
+    )
     assert sum(points) == job.candidates.exclude(metrics={}).count() and points[0] == 1
     assert page.query_selector("#job-live[hx-trigger]") is None  # no polling once done
 
@@ -99,5 +112,6 @@ def test_start_auto_job_watch_it_and_download_the_choice(page, live_server, logi
     info.value.save_as(path)
     assert hashlib.sha256(path.read_bytes()).hexdigest() == chosen.version.sha256
     assert chosen.version.parent_id == demo.version.pk
-    page.screenshot(path=os.environ.get("EDGEFLEET_SCREENSHOT", str(tmp_path / "job.png")),
-                    full_page=True)
+    page.screenshot(
+        path=os.environ.get("EDGEFLEET_SCREENSHOT", str(tmp_path / "job.png")), full_page=True
+    )

@@ -21,8 +21,9 @@ def _seed_profiles():
     importlib.import_module("devices.migrations.0002_seed_hardware_profiles").seed(apps, None)
 
 
-def test_release_wizard_gate_pause_and_rollback(page, live_server, login, operator_user,
-                                                admin_user, tmp_path):
+def test_release_wizard_gate_pause_and_rollback(
+    page, live_server, login, operator_user, admin_user, tmp_path
+):
     from devices import services as fleet
     from ota import services
     from ota.models import Deployment
@@ -30,13 +31,19 @@ def test_release_wizard_gate_pause_and_rollback(page, live_server, login, operat
 
     _seed_profiles()
     v1, v2 = make_version(seed=1, p95=10.0), make_version(seed=2, p95=10.0)
-    _token_row, enroll_token = fleet.create_enrollment_token(name="b", actor=admin_user,
-                                                             tags=["cam"])
+    _token_row, enroll_token = fleet.create_enrollment_token(
+        name="b", actor=admin_user, tags=["cam"]
+    )
     tokens = {}
     for i in range(10):
-        device, token = fleet.enroll(enroll_token, {
-            "uid": f"cam-{i}", "hardware_profile": "rpi4",
-            "models": {"default": {"model_version": "digits:1", "sha256": v1.sha256}}})
+        device, token = fleet.enroll(
+            enroll_token,
+            {
+                "uid": f"cam-{i}",
+                "hardware_profile": "rpi4",
+                "models": {"default": {"model_version": "digits:1", "sha256": v1.sha256}},
+            },
+        )
         tokens[device.uid] = token
 
     login(operator_user, "pw-oscar-operator")
@@ -50,7 +57,8 @@ def test_release_wizard_gate_pause_and_rollback(page, live_server, login, operat
     page.wait_for_selector("#preview-phases")
     page.wait_for_function(  # the preview follows the form (debounced): phase 1 = 20 % = 2
         "document.querySelector('#preview-phases tbody tr:first-child')?.innerText"
-        ".replace(/\\s+/g, ' ').trim() === '1 20 2'")
+        ".replace(/\\s+/g, ' ').trim() === '1 20 2'"
+    )
     assert "10" in page.inner_text("#preview-total")
     page.click("#start-deployment")
     page.wait_for_selector("#deployment-status[data-status=running]")
@@ -64,14 +72,23 @@ def test_release_wizard_gate_pause_and_rollback(page, live_server, login, operat
         headers = {"Authorization": f"Bearer {tokens[update.device.uid]}"}
         manifest = requests.get(f"{api}/update", headers=headers, timeout=10).json()["manifest"]
         for state in ("downloading", "downloaded", "installing", "succeeded"):
-            sent = requests.post(f"{api}/update/status", headers=headers, timeout=10, json={
-                "deployment": manifest["deployment"], "manifest_version": manifest["version"],
-                "slot": manifest["slot"], "state": state})
+            sent = requests.post(
+                f"{api}/update/status",
+                headers=headers,
+                timeout=10,
+                json={
+                    "deployment": manifest["deployment"],
+                    "manifest_version": manifest["version"],
+                    "slot": manifest["slot"],
+                    "state": state,
+                },
+            )
             assert sent.status_code == 200, sent.text
         telemetry(update.device, "digits:2", [30.0, 32.0, 31.0, 29.0])
     # The live partial polls while the deployment runs: progress shows up by itself.
     page.wait_for_function(
-        "document.querySelector('#state-counts [data-state=succeeded]') !== null")
+        "document.querySelector('#state-counts [data-state=succeeded]') !== null"
+    )
     assert services.evaluate_deployments()[deployment.pk] == "paused"  # the beat task's body
     page.reload()
     reason = page.inner_text("#pause-reason")
@@ -82,8 +99,10 @@ def test_release_wizard_gate_pause_and_rollback(page, live_server, login, operat
     limit = page.evaluate("Chart.getChart('latency-chart').data.datasets[2].data[0]")
     assert limit == 15.0
     assert page.locator("#device-updates tbody tr").count() == 10
-    page.screenshot(path=os.environ.get("EDGEFLEET_SCREENSHOT",
-                                        str(tmp_path / "deployment.png")), full_page=True)
+    page.screenshot(
+        path=os.environ.get("EDGEFLEET_SCREENSHOT", str(tmp_path / "deployment.png")),
+        full_page=True,
+    )
 
     page.on("dialog", lambda dialog: dialog.accept())
     page.click("#action-rollback")
@@ -91,8 +110,9 @@ def test_release_wizard_gate_pause_and_rollback(page, live_server, login, operat
     back = Deployment.objects.get(kind="rollback")
     assert page.url.endswith(f"/deployments/{back.pk}/")
     first = canaries[0].device.uid
-    manifest = requests.get(f"{api}/update", timeout=10, headers={
-        "Authorization": f"Bearer {tokens[first]}"}).json()["manifest"]
+    manifest = requests.get(
+        f"{api}/update", timeout=10, headers={"Authorization": f"Bearer {tokens[first]}"}
+    ).json()["manifest"]
     assert manifest["artifacts"][0]["sha256"] == v1.sha256
 
     # The device page can embed this device's update history.

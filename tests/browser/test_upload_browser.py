@@ -9,8 +9,9 @@ import pytest
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
-def test_login_upload_and_see_metadata(page, live_server, login, operator_user,
-                                       demo_model_path, tmp_path):
+def test_login_upload_and_see_metadata(
+    page, live_server, login, operator_user, demo_model_path, tmp_path
+):
     login(operator_user, "pw-oscar-operator")
     page.click("text=Models")
     page.click("text=Upload a model")
@@ -27,12 +28,14 @@ def test_login_upload_and_see_metadata(page, live_server, login, operator_user,
     # the worker's part, here in the test process; the page polls and updates itself
     tasks.validate_model_version(ModelVersion.objects.get(model__name="digits-from-browser").pk)
     page.wait_for_function(
-        "document.querySelector('#version-status').innerText.includes('Ready')", timeout=20000)
+        "document.querySelector('#version-status').innerText.includes('Ready')", timeout=20000
+    )
     inputs = page.inner_text("#meta-inputs")
     outputs = page.inner_text("#meta-outputs")
     assert "float" in inputs.lower()
     assert outputs.strip()
     assert page.inner_text("#meta-params").strip() not in {"", "0"}
     assert page.inner_text("#meta-opsets").strip()
-    page.screenshot(path=os.environ.get("EDGEFLEET_SCREENSHOT", str(tmp_path / "detail.png")),
-                    full_page=True)
+    page.screenshot(
+        path=os.environ.get("EDGEFLEET_SCREENSHOT", str(tmp_path / "detail.png")), full_page=True
+    )

@@ -50,12 +50,14 @@ def not_protobuf() -> bytes:
 def unknown_domain() -> bytes:
     node = helper.make_node("Frobnicate", ["x"], ["y"], domain="com.evil")
     graph = helper.make_graph(
-        [node], "evil",
+        [node],
+        "evil",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
     )
-    model = helper.make_model(graph, opset_imports=[
-        helper.make_opsetid("", 17), helper.make_opsetid("com.evil", 1)])
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.evil", 1)]
+    )
     model.ir_version = 8
     return model.SerializeToString()
 

@@ -31,21 +31,34 @@ class Demo:
 def load_demo(name: str = "digits-cnn") -> Demo:
     model = services.create_model(name=name, task=ModelTask.CLASSIFICATION)
     version = services.register_version(
-        model, FIXTURES / "digits_cnn.onnx", original_filename="digits_cnn.onnx").version
+        model, FIXTURES / "digits_cnn.onnx", original_filename="digits_cnn.onnx"
+    ).version
     datasets = {
         purpose: services.register_dataset(
-            FIXTURES / filename, name=f"digits-{purpose}", purpose=purpose,
-            original_filename=filename, model=model)
-        for purpose, filename in ((DatasetPurpose.CALIBRATION, "digits_calibration.npz"),
-                                  (DatasetPurpose.EVALUATION, "digits_eval.npz"))
+            FIXTURES / filename,
+            name=f"digits-{purpose}",
+            purpose=purpose,
+            original_filename=filename,
+            model=model,
+        )
+        for purpose, filename in (
+            (DatasetPurpose.CALIBRATION, "digits_calibration.npz"),
+            (DatasetPurpose.EVALUATION, "digits_eval.npz"),
+        )
     }
     return Demo(version, datasets["calibration"], datasets["evaluation"])
 
 
 def job_payload(demo: Demo, **extra) -> dict:
-    return {"source": demo.version.pk, "mode": "recipes", "recipes": FAST_RECIPES,
-            "calibration": demo.calibration.pk, "evaluation": demo.evaluation.pk,
-            "time_budget_s": 120, **extra}
+    return {
+        "source": demo.version.pk,
+        "mode": "recipes",
+        "recipes": FAST_RECIPES,
+        "calibration": demo.calibration.pk,
+        "evaluation": demo.evaluation.pk,
+        "time_budget_s": 120,
+        **extra,
+    }
 
 
 CELERY = str(Path(sys.executable).with_name("celery"))
@@ -85,10 +98,28 @@ class WorkerPool:
         log = open(log_path, "wb")  # noqa: SIM115 - closed in stop_all
         self.files.append(log)
         proc = subprocess.Popen(
-            [CELERY, "-A", "fleet", "worker", "-Q", "compression", "-c", "1", "-P", "prefork",
-             "-n", f"{name}@%h", "--without-gossip", "--without-mingle",
-             "--without-heartbeat", "--loglevel", "INFO"],
-            env={**self.env, **extra}, stdout=log, stderr=subprocess.STDOUT,
+            [
+                CELERY,
+                "-A",
+                "fleet",
+                "worker",
+                "-Q",
+                "compression",
+                "-c",
+                "1",
+                "-P",
+                "prefork",
+                "-n",
+                f"{name}@%h",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "--loglevel",
+                "INFO",
+            ],
+            env={**self.env, **extra},
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,  # its own group: stop_all reaches the pool children too
         )
         proc.log_path = log_path

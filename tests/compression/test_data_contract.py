@@ -27,15 +27,23 @@ def _npz(**arrays) -> bytes:
 @pytest.fixture
 def audio_model():
     model = services.create_model(name="kws", task="classification")
-    services.register_version(model, zoo.model_path("audio_kws_b1"),
-                                        original_filename="audio_kws_b1.onnx")
+    services.register_version(
+        model, zoo.model_path("audio_kws_b1"), original_filename="audio_kws_b1.onnx"
+    )
     return model
 
 
 def _upload(api, model, data: bytes, purpose="evaluation"):
-    return api.post("/api/v1/datasets/", {
-        "name": "d", "purpose": purpose, "model": model.pk,
-        "file": SimpleUploadedFile("d.npz", data)}, format="multipart")
+    return api.post(
+        "/api/v1/datasets/",
+        {
+            "name": "d",
+            "purpose": purpose,
+            "model": model.pk,
+            "file": SimpleUploadedFile("d.npz", data),
+        },
+        format="multipart",
+    )
 
 
 @pytest.mark.parametrize("sr", [np.array(16000), np.array([16000, 8000])])
@@ -45,14 +53,14 @@ def test_a_scalar_input_passes_the_upload_and_the_job_check(operator_api, audio_
     assert response.status_code == 201, response.content
     dataset = Dataset.objects.get(pk=response.json()["id"])
     assert dataset.sample_count == 2
-    job = jobs.create_job(audio_model.latest_version(), evaluation=dataset,
-                                    enqueue=False)
+    job = jobs.create_job(audio_model.latest_version(), evaluation=dataset, enqueue=False)
     assert job.status == JobStatus.QUEUED
 
 
 def test_the_same_contract_refuses_a_bad_scalar_at_upload(operator_api, audio_model):
-    response = _upload(operator_api, audio_model,
-                       _npz(audio=np.zeros((2, 16000), np.float32), sr=np.zeros((2, 1))))
+    response = _upload(
+        operator_api, audio_model, _npz(audio=np.zeros((2, 16000), np.float32), sr=np.zeros((2, 1)))
+    )
     assert response.status_code == 400
     assert "scalar" in str(response.json())
 
@@ -65,8 +73,9 @@ def test_example_download_fits_the_contract(client, operator_user, audio_model, 
     assert response.status_code == 200
     path = tmp_path / "example.npz"
     path.write_bytes(response.content)
-    ds = services.register_dataset(path, name="ex", purpose="evaluation",
-                                             original_filename="example.npz", model=audio_model)
+    ds = services.register_dataset(
+        path, name="ex", purpose="evaluation", original_filename="example.npz", model=audio_model
+    )
     assert ds.sample_count == 4 and ds.has_labels
 
 
@@ -77,15 +86,18 @@ def test_example_of_a_model_without_versions_is_404(client, operator_user):
 
 
 def test_anonymous_cannot_download_the_example(client, audio_model):
-    assert client.get(f"/models/{audio_model.pk}/datasets/example.npz").status_code in (302,
-                                                                                        403)
+    assert client.get(f"/models/{audio_model.pk}/datasets/example.npz").status_code in (302, 403)
 
 
 def test_latency_only_job_runs_and_kpi_missing_variants_are_not_offered(client, operator_user):
     demo = load_demo()
-    job = jobs.create_job(demo.version, mode="recipes",
-                                    recipes=["optimize", "int8-dynamic"],
-                                    kpis={"max_size_mb": 0.5}, enqueue=False)
+    job = jobs.create_job(
+        demo.version,
+        mode="recipes",
+        recipes=["optimize", "int8-dynamic"],
+        kpis={"max_size_mb": 0.5},
+        enqueue=False,
+    )
     assert job.evaluation is None
     assert runner.run_job(job.pk) == "succeeded"
     job.refresh_from_db()

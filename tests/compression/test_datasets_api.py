@@ -18,9 +18,15 @@ def npz_bytes(**arrays) -> bytes:
 
 
 def post(client, data: bytes, name="cal.npz", purpose="calibration"):
-    return client.post("/api/v1/datasets/", {
-        "name": "cal", "purpose": purpose, "file": SimpleUploadedFile(name, data),
-    }, format="multipart")
+    return client.post(
+        "/api/v1/datasets/",
+        {
+            "name": "cal",
+            "purpose": purpose,
+            "file": SimpleUploadedFile(name, data),
+        },
+        format="multipart",
+    )
 
 
 def test_dataset_upload(operator_api):
@@ -34,12 +40,15 @@ def test_dataset_upload(operator_api):
     assert b"".join(download.streaming_content) == data
 
 
-@pytest.mark.parametrize(("data", "name"), [
-    (b"not a zip", "cal.npz"),
-    (npz_bytes(x=np.zeros((4, 2))), "cal.csv"),
-    (npz_bytes(x=np.zeros((4, 2)), labels=np.zeros(5)), "cal.npz"),
-    (npz_bytes(x=np.array([object()], dtype=object)), "cal.npz"),
-])
+@pytest.mark.parametrize(
+    ("data", "name"),
+    [
+        (b"not a zip", "cal.npz"),
+        (npz_bytes(x=np.zeros((4, 2))), "cal.csv"),
+        (npz_bytes(x=np.zeros((4, 2)), labels=np.zeros(5)), "cal.npz"),
+        (npz_bytes(x=np.array([object()], dtype=object)), "cal.npz"),
+    ],
+)
 def test_bad_datasets_refused(operator_api, data, name):
     response = post(operator_api, data, name=name)
     assert response.status_code == 400

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+from datetime import timedelta
 
 import numpy as np
 import pytest
 from django.core.files.storage import default_storage
+from django.utils import timezone
 
 from compression import jobs, runner
 from compression.choices import JobStatus
@@ -36,13 +38,17 @@ def create(client, payload, django_capture_on_commit_callbacks):
     return response, callbacks
 
 
-def test_start_run_and_read_a_job(operator_api, demo, settings, tmp_path,
-                                  django_capture_on_commit_callbacks):
+def test_start_run_and_read_a_job(
+    operator_api, demo, settings, tmp_path, django_capture_on_commit_callbacks
+):
     profile, _ = HardwareProfile.objects.get_or_create(
-        slug="x86-gateway-1c", defaults={"name": "x86 gateway, 1 core", "arch": "x86_64"})
-    response, callbacks = create(operator_api, job_payload(
-        demo, hardware_profile=profile.slug, kpis={"max_latency_ms": 100}),
-        django_capture_on_commit_callbacks)
+        slug="x86-gateway-1c", defaults={"name": "x86 gateway, 1 core", "arch": "x86_64"}
+    )
+    response, callbacks = create(
+        operator_api,
+        job_payload(demo, hardware_profile=profile.slug, kpis={"max_latency_ms": 100}),
+        django_capture_on_commit_callbacks,
+    )
     assert response.status_code == 201, response.content
     body = response.json()
     assert body["status"] == "queued" and body["recipes"] == FAST_RECIPES
@@ -64,10 +70,16 @@ def test_start_run_and_read_a_job(operator_api, demo, settings, tmp_path,
     assert stored_names("models") == set(ModelVersion.objects.values_list("artifact", flat=True))
     assert not runner.job_dir(job.pk).exists()
     # Each measured version's p95 becomes the estimate devices on that profile are judged by.
-    estimates = dict(LatencyBaseline.objects.filter(hardware_profile=profile)
-                     .values_list("model_version", "p95_ms"))
-    measured = {c.version.device_label: c.metrics["p95_ms"]
-                for c in job.candidates.select_related("version__model") if c.version_id}
+    estimates = dict(
+        LatencyBaseline.objects.filter(hardware_profile=profile).values_list(
+            "model_version", "p95_ms"
+        )
+    )
+    measured = {
+        c.version.device_label: c.metrics["p95_ms"]
+        for c in job.candidates.select_related("version__model")
+        if c.version_id
+    }
     assert estimates == measured and len(measured) == 1 + len(FAST_RECIPES)
 
     detail = operator_api.get(f"/api/v1/jobs/{job.pk}/").json()
@@ -79,8 +91,9 @@ def test_start_run_and_read_a_job(operator_api, demo, settings, tmp_path,
 
 
 def test_duplicate_delivery_runs_once(demo):
-    job = jobs.create_job(demo.version, mode="recipes", recipes=["fp16"],
-                                    evaluation=demo.evaluation)
+    job = jobs.create_job(
+        demo.version, mode="recipes", recipes=["fp16"], evaluation=demo.evaluation
+    )
     assert runner.run_job(job.pk) == "succeeded"
     assert runner.run_job(job.pk) == "not-claimed"
     assert ModelVersion.objects.filter(parent=demo.version).count() == 1
@@ -88,8 +101,9 @@ def test_duplicate_delivery_runs_once(demo):
 
 
 def test_redelivery_after_a_dead_worker_finishes_once(demo):
-    job = jobs.create_job(demo.version, mode="recipes", recipes=["fp16", "optimize"],
-                                    evaluation=demo.evaluation)
+    job = jobs.create_job(
+        demo.version, mode="recipes", recipes=["fp16", "optimize"], evaluation=demo.evaluation
+    )
     assert runner.run_job(job.pk) == "succeeded"
     first = set(ModelVersion.objects.filter(parent=demo.version).values_list("pk", flat=True))
     # As if the worker died after registering the variants but before finishing:
@@ -106,10 +120,12 @@ def test_redelivery_after_a_dead_worker_finishes_once(demo):
 
 def test_job_gives_up_after_max_attempts(demo, settings):
     settings.EDGEFLEET_JOB_MAX_ATTEMPTS = 2
-    job = jobs.create_job(demo.version, mode="recipes", recipes=["fp16"],
-                                    evaluation=demo.evaluation)
-    CompressionJob.objects.filter(pk=job.pk).update(status=JobStatus.RUNNING, attempts=2,
-                                                    worker_pid=2**22 + 7)
+    job = jobs.create_job(
+        demo.version, mode="recipes", recipes=["fp16"], evaluation=demo.evaluation
+    )
+    CompressionJob.objects.filter(pk=job.pk).update(
+        status=JobStatus.RUNNING, attempts=2, worker_pid=2**22 + 7
+    )
     assert runner.run_job(job.pk) == "gave-up"
     job.refresh_from_db()
     assert job.status == JobStatus.FAILED and job.error.startswith("crashed")
@@ -118,11 +134,13 @@ def test_job_gives_up_after_max_attempts(demo, settings):
 def test_job_killed_at_the_hard_limit_ends_as_timeout(demo, settings):
     from django.utils import timezone
 
-    job = jobs.create_job(demo.version, mode="recipes", recipes=["fp16"],
-                                    evaluation=demo.evaluation, enqueue=False)
+    job = jobs.create_job(
+        demo.version, mode="recipes", recipes=["fp16"], evaluation=demo.evaluation, enqueue=False
+    )
     long_ago = timezone.now() - timezone.timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 5)
     CompressionJob.objects.filter(pk=job.pk).update(
-        status=JobStatus.RUNNING, attempts=1, worker_pid=2**22 + 7, started_at=long_ago)
+        status=JobStatus.RUNNING, attempts=1, worker_pid=2**22 + 7, started_at=long_ago
+    )
     assert runner.run_job(job.pk) == "gave-up"
     job.refresh_from_db()
     assert job.status == JobStatus.FAILED and job.error.startswith("timeout")
@@ -130,8 +148,9 @@ def test_job_killed_at_the_hard_limit_ends_as_timeout(demo, settings):
 
 def test_engine_error_fails_the_job(demo, settings):
     settings.EDGEFLEET_JOB_TEST_HOOK = "fail"
-    job = jobs.create_job(demo.version, mode="recipes", recipes=["fp16"],
-                                    evaluation=demo.evaluation)
+    job = jobs.create_job(
+        demo.version, mode="recipes", recipes=["fp16"], evaluation=demo.evaluation
+    )
     assert runner.run_job(job.pk) == "failed"
     job.refresh_from_db()
     assert job.status == JobStatus.FAILED and "test hook" in job.error
@@ -149,8 +168,9 @@ def test_cancel_queued_job_never_starts(operator_api, demo, django_capture_on_co
 
 
 def test_running_job_sees_cancel_request(demo):
-    job = jobs.create_job(demo.version, mode="recipes", recipes=["fp16"],
-                                    evaluation=demo.evaluation)
+    job = jobs.create_job(
+        demo.version, mode="recipes", recipes=["fp16"], evaluation=demo.evaluation
+    )
     assert job.mark_running()
     reporter = ProgressReporter(job, cancel_check_s=0)
     assert not reporter.should_stop()
@@ -159,8 +179,9 @@ def test_running_job_sees_cancel_request(demo):
 
 
 def test_progress_reporter_throttles_writes(demo):
-    job = jobs.create_job(demo.version, mode="recipes", recipes=["fp16"],
-                                    evaluation=demo.evaluation)
+    job = jobs.create_job(
+        demo.version, mode="recipes", recipes=["fp16"], evaluation=demo.evaluation
+    )
     job.mark_running()
     now = [0.0]
     reporter = ProgressReporter(job, min_interval_s=1.0, clock=lambda: now[0])
@@ -176,8 +197,9 @@ def test_progress_reporter_throttles_writes(demo):
     assert job.progress == 0.6 and job.current_step == "b" and len(job.log) == 2
 
 
-def test_viewer_reads_but_cannot_start_or_cancel(viewer_api, operator_api, demo,
-                                                 django_capture_on_commit_callbacks):
+def test_viewer_reads_but_cannot_start_or_cancel(
+    viewer_api, operator_api, demo, django_capture_on_commit_callbacks
+):
     response, _ = create(viewer_api, job_payload(demo), django_capture_on_commit_callbacks)
     assert response.status_code == 403
     response, _ = create(operator_api, job_payload(demo), django_capture_on_commit_callbacks)
@@ -201,46 +223,58 @@ def _npz(**arrays) -> io.BytesIO:
     return buffer
 
 
-@pytest.mark.parametrize(("change", "code"), [
-    ({"recipes": ["int8-magic"]}, "unknown_recipe"),
-    ({"recipes": []}, "no_recipes"),
-    ({"kpis": {"max_latency_ms": -1}}, "bad_kpi"),
-    ({"kpis": {"latency": 5}}, "bad_kpi"),
-    ({"kpis": {"min_fidelity": 1.5}}, "bad_kpi"),
-    ({"time_budget_s": 1}, "bad_budget"),
-    ({"calibration": None}, "no_calibration"),
-    ({"mode": "magic"}, "mode"),
-    ({"evaluation": None, "kpis": {"min_fidelity": 0.9}}, "evaluation"),
-])
-def test_malformed_job_requests_are_refused(operator_api, demo, change, code,
-                                            django_capture_on_commit_callbacks):
-    response, callbacks = create(operator_api, job_payload(demo, **change),
-                                 django_capture_on_commit_callbacks)
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        ({"recipes": ["int8-magic"]}, "unknown_recipe"),
+        ({"recipes": []}, "no_recipes"),
+        ({"kpis": {"max_latency_ms": -1}}, "bad_kpi"),
+        ({"kpis": {"latency": 5}}, "bad_kpi"),
+        ({"kpis": {"min_fidelity": 1.5}}, "bad_kpi"),
+        ({"time_budget_s": 1}, "bad_budget"),
+        ({"calibration": None}, "no_calibration"),
+        ({"mode": "magic"}, "mode"),
+        ({"evaluation": None, "kpis": {"min_fidelity": 0.9}}, "evaluation"),
+    ],
+)
+def test_malformed_job_requests_are_refused(
+    operator_api, demo, change, code, django_capture_on_commit_callbacks
+):
+    response, callbacks = create(
+        operator_api, job_payload(demo, **change), django_capture_on_commit_callbacks
+    )
     assert response.status_code == 400, response.content
     assert code in str(response.json())
     assert not callbacks and not CompressionJob.objects.exists()
 
 
-def test_dataset_not_matching_the_model_is_refused(operator_api, demo, tmp_path,
-                                                   django_capture_on_commit_callbacks):
+def test_dataset_not_matching_the_model_is_refused(
+    operator_api, demo, tmp_path, django_capture_on_commit_callbacks
+):
     path = tmp_path / "other.npz"
     path.write_bytes(_npz(image=np.zeros((4, 1, 8, 8), "float32")).getvalue())
-    wrong_shape = register_dataset(path, name="small", purpose="evaluation",
-                                             original_filename="other.npz")
+    wrong_shape = register_dataset(
+        path, name="small", purpose="evaluation", original_filename="other.npz"
+    )
     path.write_bytes(_npz(x=np.zeros((4, 3), "float32")).getvalue())
-    wrong_name = register_dataset(path, name="x", purpose="evaluation",
-                                            original_filename="other.npz")
+    wrong_name = register_dataset(
+        path, name="x", purpose="evaluation", original_filename="other.npz"
+    )
     for dataset in (wrong_shape, wrong_name):
-        response, _ = create(operator_api, job_payload(demo, evaluation=dataset.pk),
-                             django_capture_on_commit_callbacks)
+        response, _ = create(
+            operator_api,
+            job_payload(demo, evaluation=dataset.pk),
+            django_capture_on_commit_callbacks,
+        )
         assert response.status_code == 400
         assert response.json()["code"] == "dataset_mismatch"
         assert response.json()["field"] == "evaluation"
 
 
 def test_enqueue_failure_leaves_a_queued_row_for_the_sweeper(demo, settings, monkeypatch):
-    job = jobs.create_job(demo.version, mode="recipes", recipes=["fp16"],
-                                    evaluation=demo.evaluation)
+    job = jobs.create_job(
+        demo.version, mode="recipes", recipes=["fp16"], evaluation=demo.evaluation
+    )
     CompressionJob.objects.filter(pk=job.pk).update(enqueued_at=None)
     from django.utils import timezone
 
@@ -248,8 +282,9 @@ def test_enqueue_failure_leaves_a_queued_row_for_the_sweeper(demo, settings, mon
     sent = []
     from compression.tasks import run_compression_job
 
-    monkeypatch.setattr(run_compression_job, "apply_async",
-                        lambda args, queue=None: sent.append((*args, queue)))
+    monkeypatch.setattr(
+        run_compression_job, "apply_async", lambda args, queue=None: sent.append((*args, queue))
+    )
     assert jobs.requeue_stale_jobs(now=later) == [job.pk]
     assert sent == [(job.pk, "compression")]  # no training recipe: the compression queue
     assert CompressionJob.objects.get(pk=job.pk).enqueued_at is not None
@@ -261,15 +296,29 @@ def test_job_pages(client, operator_user, viewer_user, demo, django_capture_on_c
     assert client.get(url).status_code == 200
     assert b"Compress" in client.get(f"/models/{demo.version.model_id}/").content
     with django_capture_on_commit_callbacks(execute=False):
-        response = client.post(url, {
-            "mode": "auto", "recipes": ["fp16", "int8-static"], "max_latency_ms": "50",
-            "calibration": demo.calibration.pk, "evaluation": demo.evaluation.pk,
-            "time_budget_s": "120"})
+        response = client.post(
+            url,
+            {
+                "mode": "auto",
+                "recipes": ["fp16", "int8-static"],
+                "max_latency_ms": "50",
+                "calibration": demo.calibration.pk,
+                "evaluation": demo.evaluation.pk,
+                "time_budget_s": "120",
+            },
+        )
     assert response.status_code == 302, response.content.decode()[:2000]
     job = CompressionJob.objects.get()
     assert job.kpis == {"max_latency_ms": 50.0}
     live = client.get(f"/models/jobs/{job.pk}/")
     assert b'hx-trigger="every 1s"' in live.content
+    partial = client.get(f"/models/jobs/{job.pk}/live/").content.decode()
+    assert 'data-status="queued"' in partial and 'id="job-cancel"' in partial  # one partial
+    CompressionJob.objects.filter(pk=job.pk).update(
+        status="running", progress=0.5, started_at=timezone.now() - timedelta(seconds=30)
+    )
+    assert 'id="job-eta"' in client.get(f"/models/jobs/{job.pk}/live/").content.decode()
+    CompressionJob.objects.filter(pk=job.pk).update(status="queued", progress=0, started_at=None)
     assert runner.run_job(job.pk) == "succeeded"
     page = client.get(f"/models/jobs/{job.pk}/")
     assert b"hx-trigger" not in page.content and b'id="results"' in page.content
@@ -291,9 +340,15 @@ def test_job_pages(client, operator_user, viewer_user, demo, django_capture_on_c
 
 def test_job_form_shows_refusal(client, operator_user, demo):
     client.force_login(operator_user)
-    response = client.post(f"/models/versions/{demo.version.pk}/compress/", {
-        "mode": "recipes", "recipes": ["int8-static"], "evaluation": demo.evaluation.pk,
-        "time_budget_s": "120"})
+    response = client.post(
+        f"/models/versions/{demo.version.pk}/compress/",
+        {
+            "mode": "recipes",
+            "recipes": ["int8-static"],
+            "evaluation": demo.evaluation.pk,
+            "time_budget_s": "120",
+        },
+    )
     assert response.status_code == 400
     assert b"calibration" in response.content
     assert not CompressionJob.objects.exists()
@@ -311,11 +366,17 @@ def test_seed_demo_with_job_leaves_a_finished_job():
     assert ModelVersion.objects.filter(parent=job.source).count() >= 3
 
 
-def test_job_list_query_count_does_not_grow(operator_api, client, operator_user, demo,
-                                            django_assert_max_num_queries):
+def test_job_list_query_count_does_not_grow(
+    operator_api, client, operator_user, demo, django_assert_max_num_queries
+):
     for _ in range(5):
-        job = jobs.create_job(demo.version, mode="recipes", recipes=["fp16"],
-                                        evaluation=demo.evaluation, enqueue=False)
+        job = jobs.create_job(
+            demo.version,
+            mode="recipes",
+            recipes=["fp16"],
+            evaluation=demo.evaluation,
+            enqueue=False,
+        )
         Candidate.objects.create(job=job, recipe="fp16", version=demo.version)
     with django_assert_max_num_queries(8):
         assert operator_api.get("/api/v1/jobs/").status_code == 200
@@ -325,8 +386,9 @@ def test_job_list_query_count_does_not_grow(operator_api, client, operator_user,
 
 
 def test_release_link_on_results(client, operator_user, demo):
-    job = jobs.create_job(demo.version, mode="recipes", recipes=["fp16"],
-                                    evaluation=demo.evaluation, enqueue=False)
+    job = jobs.create_job(
+        demo.version, mode="recipes", recipes=["fp16"], evaluation=demo.evaluation, enqueue=False
+    )
     assert runner.run_job(job.pk) == "succeeded"
     client.force_login(operator_user)
     variant = job.candidates.get(recipe="fp16").version
@@ -334,8 +396,9 @@ def test_release_link_on_results(client, operator_user, demo):
     assert f"/deployments/releases/new/?version={variant.pk}" in page
 
 
-def test_job_form_accepts_inline_dataset_uploads(client, operator_user, demo,
-                                                 django_capture_on_commit_callbacks):
+def test_job_form_accepts_inline_dataset_uploads(
+    client, operator_user, demo, django_capture_on_commit_callbacks
+):
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     from tests.conftest import FIXTURES
@@ -343,9 +406,15 @@ def test_job_form_accepts_inline_dataset_uploads(client, operator_user, demo,
     client.force_login(operator_user)
     upload = SimpleUploadedFile("fresh-eval.npz", (FIXTURES / "digits_eval.npz").read_bytes())
     with django_capture_on_commit_callbacks(execute=False):
-        response = client.post(f"/models/versions/{demo.version.pk}/compress/", {
-            "mode": "recipes", "recipes": ["fp16"], "evaluation_file": upload,
-            "time_budget_s": "60"})
+        response = client.post(
+            f"/models/versions/{demo.version.pk}/compress/",
+            {
+                "mode": "recipes",
+                "recipes": ["fp16"],
+                "evaluation_file": upload,
+                "time_budget_s": "60",
+            },
+        )
     assert response.status_code == 302, response.content.decode()[:1500]
     job = CompressionJob.objects.get()
     assert job.evaluation.name == "fresh-eval" and job.evaluation.model == demo.version.model

@@ -24,8 +24,7 @@ from compression.models import CompressionJob, ModelVersion
 from tests.compression.jobs_support import WorkerPool, database_url, load_demo, wait_for
 from tests.conftest import stored_names
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow,
-              pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, pytest.mark.timeout(120)]
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
 
@@ -42,9 +41,12 @@ class Broker:
             (root / "broker" / "processed").mkdir(parents=True, exist_ok=True)
             folder.mkdir(parents=True, exist_ok=True)
             self.url = "filesystem://"
-            self.options = {"data_folder_in": str(folder), "data_folder_out": str(folder),
-                            "processed_folder": str(root / "broker" / "processed"),
-                            "store_processed": False}
+            self.options = {
+                "data_folder_in": str(folder),
+                "data_folder_out": str(folder),
+                "processed_folder": str(root / "broker" / "processed"),
+                "store_processed": False,
+            }
 
     def connection(self):
         from fleet.celery import app
@@ -65,8 +67,11 @@ class Broker:
 
 @pytest.fixture
 def env(tmp_path, settings):
-    media = Path(settings.STORAGES["default"]["OPTIONS"]["location"]) \
-        if settings.STORAGES["default"]["BACKEND"].endswith("FileSystemStorage") else None
+    media = (
+        Path(settings.STORAGES["default"]["OPTIONS"]["location"])
+        if settings.STORAGES["default"]["BACKEND"].endswith("FileSystemStorage")
+        else None
+    )
     settings.EDGEFLEET_JOB_DIR = tmp_path / "jobs"
     values = {
         **os.environ,
@@ -104,8 +109,14 @@ def workers(tmp_path, env):
 def new_job(demo, recipes, **fields) -> CompressionJob:
     # a row, not create_job: its on_commit would enqueue on the default broker
     return CompressionJob.objects.create(
-        source=demo.version, mode="recipes", recipes=recipes, calibration=demo.calibration,
-        evaluation=demo.evaluation, time_budget_s=120, **fields)
+        source=demo.version,
+        mode="recipes",
+        recipes=recipes,
+        calibration=demo.calibration,
+        evaluation=demo.evaluation,
+        time_budget_s=120,
+        **fields,
+    )
 
 
 def job_state(pk: int) -> CompressionJob:
@@ -133,8 +144,11 @@ def test_c1_sigkill_mid_job_is_redelivered_and_finishes_once(workers, broker, se
     hook = {"EDGEFLEET_JOB_TEST_HOOK": f"slow:0.4@{job.pk}"}
     procs = [workers("a", **hook), workers("b", **hook)]
     broker.send(job.pk)
-    running = wait_for(lambda: (j := job_state(job.pk)).status == JobStatus.RUNNING
-                       and j.progress > 0.1 and j, 60, "job running")
+    running = wait_for(
+        lambda: (j := job_state(job.pk)).status == JobStatus.RUNNING and j.progress > 0.1 and j,
+        60,
+        "job running",
+    )
     victim = running.worker_pid
     owner = next(p for p in procs if p.pid == psutil.Process(victim).ppid())
     other = next(p for p in procs if p is not owner)
@@ -160,11 +174,17 @@ def test_c2_duplicate_delivery_gives_one_result(workers, broker, settings):
     assert done.status == JobStatus.SUCCEEDED, done.error
     assert done.attempts == 1
     assert_exactly_once(done, recipes)
-    wait_for(lambda: b"not-claimed" in a.log_path.read_bytes() + b.log_path.read_bytes(), 20,
-             "the duplicate returned early")
+    wait_for(
+        lambda: b"not-claimed" in a.log_path.read_bytes() + b.log_path.read_bytes(),
+        20,
+        "the duplicate returned early",
+    )
     broker.send(job.pk)  # and once more after the end: still nothing new
-    wait_for(lambda: (a.log_path.read_bytes() + b.log_path.read_bytes()).count(b"not-claimed")
-             >= 2, 20, "late duplicate returned early")
+    wait_for(
+        lambda: (a.log_path.read_bytes() + b.log_path.read_bytes()).count(b"not-claimed") >= 2,
+        20,
+        "late duplicate returned early",
+    )
     assert_exactly_once(job_state(job.pk), recipes)
 
 
@@ -232,12 +252,23 @@ def test_c6_visibility_timeout_exceeds_the_longest_time_limit():
         "app.amqp.router.route({}, t.name)['queue'].name)"
     )
     for limit in ("1800", "60"):
-        env = {**os.environ, "REDIS_URL": "redis://127.0.0.1:6390/0", "CELERY_BROKER_URL": "",
-               "CELERY_TASK_TIME_LIMIT": limit, "CELERY_TASK_SOFT_TIME_LIMIT": "50",
-               "DJANGO_SETTINGS_MODULE": "fleet.settings"}
+        env = {
+            **os.environ,
+            "REDIS_URL": "redis://127.0.0.1:6390/0",
+            "CELERY_BROKER_URL": "",
+            "CELERY_TASK_TIME_LIMIT": limit,
+            "CELERY_TASK_SOFT_TIME_LIMIT": "50",
+            "DJANGO_SETTINGS_MODULE": "fleet.settings",
+        }
         env.pop("CELERY_BROKER_URL")
-        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                             text=True, timeout=60, check=True).stdout.split()
+        out = subprocess.run(
+            [sys.executable, "-c", script],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout.split()
         visibility, hard, task_hard, task_soft = (float(x) for x in out[:4])
         assert visibility > hard == task_hard > task_soft
         assert out[4:] == ["True", "True", "compression"]
@@ -247,20 +278,37 @@ def test_c5_broker_down_at_enqueue_keeps_the_job_and_the_sweeper_sends_it(env, b
     demo = load_demo()
     job = new_job(demo, ["fp16"])
     down = {**env, "CELERY_BROKER_URL": "redis://127.0.0.1:1/0"}  # nothing listens there
-    script = ("import django; django.setup(); from compression.jobs import enqueue_job; "
-              f"print(enqueue_job({job.pk}))")
-    out = subprocess.run([sys.executable, "-c", script], env=down, capture_output=True,
-                         text=True, timeout=90, check=True).stdout.split()
+    script = (
+        "import django; django.setup(); from compression.jobs import enqueue_job; "
+        f"print(enqueue_job({job.pk}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        env=down,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=True,
+    ).stdout.split()
     assert out[-1] == "False"
     stranded = job_state(job.pk)
     assert stranded.status == JobStatus.QUEUED and stranded.enqueued_at is None
     # the broker is back: the periodic sweeper (run in the worker's settings) re-sends it
     later = "from datetime import timedelta; from django.utils import timezone; "
-    sweep = ("import django; django.setup(); " + later +
-             "from compression.jobs import requeue_stale_jobs; "
-             "print(requeue_stale_jobs(now=timezone.now() + timedelta(minutes=5)))")
-    out = subprocess.run([sys.executable, "-c", sweep], env=env, capture_output=True,
-                         text=True, timeout=60, check=True).stdout
+    sweep = (
+        "import django; django.setup(); "
+        + later
+        + "from compression.jobs import requeue_stale_jobs; "
+        "print(requeue_stale_jobs(now=timezone.now() + timedelta(minutes=5)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", sweep],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     assert str(job.pk) in out
     workers("a")
     done = wait_for(lambda: finished(job.pk), 60, "swept job finished")

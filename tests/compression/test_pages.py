@@ -28,10 +28,16 @@ def validate_pending() -> None:
 
 def test_operator_uploads_through_the_form(client, operator_user):
     client.force_login(operator_user)
-    response = post(client, "/models/upload/", {
-        "name": "web-model", "task": "classification", "description": "from the browser",
-        "file": SimpleUploadedFile("web.onnx", tiny_model_bytes()),
-    })
+    response = post(
+        client,
+        "/models/upload/",
+        {
+            "name": "web-model",
+            "task": "classification",
+            "description": "from the browser",
+            "file": SimpleUploadedFile("web.onnx", tiny_model_bytes()),
+        },
+    )
     model = MLModel.objects.get(name="web-model")
     assert response.status_code == 302
     assert response["Location"] == f"/models/{model.pk}/"
@@ -49,10 +55,15 @@ def test_operator_uploads_through_the_form(client, operator_user):
 
 def test_form_shows_validator_message_and_creates_nothing(client, operator_user):
     client.force_login(operator_user)
-    response = post(client, "/models/upload/", {
-        "name": "evil", "task": "other",
-        "file": SimpleUploadedFile("evil.onnx", bad_models.not_protobuf()),
-    })
+    response = post(
+        client,
+        "/models/upload/",
+        {
+            "name": "evil",
+            "task": "other",
+            "file": SimpleUploadedFile("evil.onnx", bad_models.not_protobuf()),
+        },
+    )
     assert response.status_code == 400
     assert "not an onnx model" in response.content.decode().lower()
     assert not MLModel.objects.filter(name="evil").exists()
@@ -60,10 +71,15 @@ def test_form_shows_validator_message_and_creates_nothing(client, operator_user)
 
 def test_rejected_version_shows_its_reason(client, operator_user):
     client.force_login(operator_user)
-    response = post(client, "/models/upload/", {
-        "name": "evil", "task": "other",
-        "file": SimpleUploadedFile("evil.onnx", bad_models.external_absolute()),
-    })
+    response = post(
+        client,
+        "/models/upload/",
+        {
+            "name": "evil",
+            "task": "other",
+            "file": SimpleUploadedFile("evil.onnx", bad_models.external_absolute()),
+        },
+    )
     assert response.status_code == 302
     validate_pending()
     page = client.get(response["Location"]).content.decode()
@@ -71,8 +87,7 @@ def test_rejected_version_shows_its_reason(client, operator_user):
     assert client.get(f"{response['Location']}versions/1/download/").status_code == 404
 
 
-def test_upload_page_does_no_storage_write_inside_a_transaction(client, operator_user,
-                                                               monkeypatch):
+def test_upload_page_does_no_storage_write_inside_a_transaction(client, operator_user, monkeypatch):
     from django.db import connection
 
     from fleet import storage
@@ -88,20 +103,31 @@ def test_upload_page_does_no_storage_write_inside_a_transaction(client, operator
     client.force_login(operator_user)
     # the test itself runs in one transaction: only a savepoint would show a view's atomic()
     assert connection.in_atomic_block and not connection.savepoint_ids
-    response = post(client, "/models/upload/", {
-        "name": "web-model", "task": "other",
-        "file": SimpleUploadedFile("web.onnx", tiny_model_bytes()),
-    })
+    response = post(
+        client,
+        "/models/upload/",
+        {
+            "name": "web-model",
+            "task": "other",
+            "file": SimpleUploadedFile("web.onnx", tiny_model_bytes()),
+        },
+    )
     assert response.status_code == 302 and inside == [True]
 
 
 def test_new_version_from_detail_page_gets_parent(client, operator_user):
     client.force_login(operator_user)
-    post(client, "/models/upload/", {"name": "m", "task": "other",
-                                     "file": SimpleUploadedFile("a.onnx", tiny_model_bytes(1))})
+    post(
+        client,
+        "/models/upload/",
+        {"name": "m", "task": "other", "file": SimpleUploadedFile("a.onnx", tiny_model_bytes(1))},
+    )
     model = MLModel.objects.get(name="m")
-    post(client, f"/models/{model.pk}/versions/",
-         {"file": SimpleUploadedFile("b.onnx", tiny_model_bytes(2))})
+    post(
+        client,
+        f"/models/{model.pk}/versions/",
+        {"file": SimpleUploadedFile("b.onnx", tiny_model_bytes(2))},
+    )
     validate_pending()
     v1, v2 = model.versions.order_by("number")
     assert v2.parent == v1

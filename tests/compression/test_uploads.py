@@ -24,8 +24,7 @@ def model(operator_user):
     return MLModel.objects.create(name="detector", owner=operator_user)
 
 
-def upload(client, model, data: bytes, name: str = "m.onnx", *, validate: bool = True,
-           **extra):
+def upload(client, model, data: bytes, name: str = "m.onnx", *, validate: bool = True, **extra):
     """POST, then run the validation the commit enqueued (as the worker would)."""
     url = f"/api/v1/models/{model.pk}/versions/"
     file = SimpleUploadedFile(name, data, content_type="application/octet-stream")
@@ -109,10 +108,12 @@ REJECTED_BY_VALIDATION = [
 ]
 
 
-@pytest.mark.parametrize(("label", "make", "filename", "code"), REFUSED_AT_ONCE,
-                         ids=[b[0] for b in REFUSED_AT_ONCE])
-def test_bad_upload_is_refused_cleanly(operator_api, model, leftover_uploads,
-                                       label, make, filename, code):
+@pytest.mark.parametrize(
+    ("label", "make", "filename", "code"), REFUSED_AT_ONCE, ids=[b[0] for b in REFUSED_AT_ONCE]
+)
+def test_bad_upload_is_refused_cleanly(
+    operator_api, model, leftover_uploads, label, make, filename, code
+):
     before = stored_names("models")
     response = upload(operator_api, model, make(), name=filename)
     assert response.status_code == 400, (label, response.status_code, response.content)
@@ -126,10 +127,12 @@ def test_bad_upload_is_refused_cleanly(operator_api, model, leftover_uploads,
     assert upload(operator_api, model, tiny_model_bytes(seed=9)).status_code == 202
 
 
-@pytest.mark.parametrize(("label", "make", "code"), REJECTED_BY_VALIDATION,
-                         ids=[b[0] for b in REJECTED_BY_VALIDATION])
-def test_bad_model_is_rejected_with_its_reason(operator_api, model, leftover_uploads,
-                                               label, make, code):
+@pytest.mark.parametrize(
+    ("label", "make", "code"), REJECTED_BY_VALIDATION, ids=[b[0] for b in REJECTED_BY_VALIDATION]
+)
+def test_bad_model_is_rejected_with_its_reason(
+    operator_api, model, leftover_uploads, label, make, code
+):
     before = stored_names("models")
     response = upload(operator_api, model, make())
     assert response.status_code == 202, (label, response.content)
@@ -184,25 +187,31 @@ def test_unknown_parent_is_400(operator_api, model):
 
 
 def test_upload_to_missing_model_is_404(operator_api):
-    response = operator_api.post("/api/v1/models/424242/versions/",
-                                 {"file": SimpleUploadedFile("m.onnx", tiny_model_bytes())},
-                                 format="multipart")
+    response = operator_api.post(
+        "/api/v1/models/424242/versions/",
+        {"file": SimpleUploadedFile("m.onnx", tiny_model_bytes())},
+        format="multipart",
+    )
     assert response.status_code == 404
 
 
 def test_a_version_still_validating_cannot_be_released_compressed_or_downloaded(
-        operator_api, model):
+    operator_api, model
+):
     response = upload(operator_api, model, tiny_model_bytes(seed=7), validate=False)
     pk = response.json()["id"]
-    release = operator_api.post("/api/v1/releases/", {
-        "name": "too early", "variants": [{"name": "default", "model_version": pk}]},
-        format="json")
+    release = operator_api.post(
+        "/api/v1/releases/",
+        {"name": "too early", "variants": [{"name": "default", "model_version": pk}]},
+        format="json",
+    )
     assert release.status_code == 400 and release.json()["code"] == "version_not_ready"
     from compression import jobs
 
     with pytest.raises(jobs.JobRejected) as refused:
-        jobs.create_job(ModelVersion.objects.get(pk=pk), mode="recipes",
-                                  recipes=["fp16"], enqueue=False)
+        jobs.create_job(
+            ModelVersion.objects.get(pk=pk), mode="recipes", recipes=["fp16"], enqueue=False
+        )
     assert refused.value.code == "source_not_ready" and refused.value.field == "source"
     assert operator_api.get(f"/api/v1/versions/{pk}/download/").status_code == 409
     assert model.latest_version().pk == pk  # it is the newest, just not usable yet

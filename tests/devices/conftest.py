@@ -17,17 +17,30 @@ def bearer(token: str):
 
 def points(first: int, last: int, *, boot: str = "boot-1", **values) -> list[dict]:
     now = time.time()
-    return [{"seq": seq, "boot_id": boot, "ts": now - (last - seq) * 0.1,
-             "model_version": "digits:3", "latency_ms": 10.0 + seq % 7, "cpu_pct": 30.0,
-             "mem_mb": 120.0, "throughput": 50.0, **values}
-            for seq in range(first, last + 1)]
+    return [
+        {
+            "seq": seq,
+            "boot_id": boot,
+            "ts": now - (last - seq) * 0.1,
+            "model_version": "digits:3",
+            "latency_ms": 10.0 + seq % 7,
+            "cpu_pct": 30.0,
+            "mem_mb": 120.0,
+            "throughput": 50.0,
+            **values,
+        }
+        for seq in range(first, last + 1)
+    ]
 
 
-def log_lines(first: int, last: int, *, boot: str = "boot-1", level: str = "info",
-              ts: float | None = None):
+def log_lines(
+    first: int, last: int, *, boot: str = "boot-1", level: str = "info", ts: float | None = None
+):
     now = time.time() if ts is None else ts
-    return [{"seq": seq, "boot_id": boot, "ts": now, "level": level, "message": f"line {seq}"}
-            for seq in range(first, last + 1)]
+    return [
+        {"seq": seq, "boot_id": boot, "ts": now, "level": level, "message": f"line {seq}"}
+        for seq in range(first, last + 1)
+    ]
 
 
 @pytest.fixture(autouse=True)
@@ -57,8 +70,9 @@ def enrollment(db, group, admin_user):
     """(token row, plaintext) of a token that enrolls into `group` with tag `cam`."""
     from devices import services
 
-    return services.create_enrollment_token(name="batch 1", actor=admin_user, group=group,
-                                            tags=["cam"])
+    return services.create_enrollment_token(
+        name="batch 1", actor=admin_user, group=group, tags=["cam"]
+    )
 
 
 def _enroll(enrollment, uid: str):

@@ -17,10 +17,17 @@ ENROLL = "/api/v1/device/enroll"
 
 
 def test_enroll_returns_token_once_and_stores_only_its_hash(anon_api, enrollment):
-    facts = {"uid": "gw-1", "name": "Gateway 1", "hardware_profile": "x86-gateway-2c",
-             "arch": "x86_64", "ram_mb": 8192, "onnxruntime": "1.20.1",
-             "execution_providers": ["CPUExecutionProvider"], "agent_version": "0.1.0",
-             "models": {"default": {"model_version": "digits:3"}}}
+    facts = {
+        "uid": "gw-1",
+        "name": "Gateway 1",
+        "hardware_profile": "x86-gateway-2c",
+        "arch": "x86_64",
+        "ram_mb": 8192,
+        "onnxruntime": "1.20.1",
+        "execution_providers": ["CPUExecutionProvider"],
+        "agent_version": "0.1.0",
+        "models": {"default": {"model_version": "digits:3"}},
+    }
     response = anon_api.post(ENROLL, {"token": enrollment[1], "facts": facts}, format="json")
     assert response.status_code == 201, response.content
     body = response.json()
@@ -38,8 +45,7 @@ def test_enroll_returns_token_once_and_stores_only_its_hash(anon_api, enrollment
     assert len(credential.token_hash) == 64
     assert EnrollmentToken.objects.get().uses == 1
     # A second enrollment of the same device gets the same server key.
-    again = anon_api.post(ENROLL, {"token": enrollment[1], "facts": {"uid": "gw-2"}},
-                          format="json")
+    again = anon_api.post(ENROLL, {"token": enrollment[1], "facts": {"uid": "gw-2"}}, format="json")
     assert again.json()["server_public_key"] == body["server_public_key"]
 
 
@@ -49,12 +55,15 @@ def test_enroll_without_uid_generates_one(anon_api, enrollment):
     assert response.json()["device_id"].startswith("dev-")
 
 
-@pytest.mark.parametrize("payload", [
-    {"token": "efe_wrong-token-value-000000000000"},
-    {"token": None},
-    {},
-    {"token": ["x"]},
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"token": "efe_wrong-token-value-000000000000"},
+        {"token": None},
+        {},
+        {"token": ["x"]},
+    ],
+)
 def test_enroll_with_bad_token_is_403(anon_api, enrollment, payload):
     response = anon_api.post(ENROLL, payload, format="json")
     assert response.status_code == 403
@@ -78,13 +87,16 @@ def test_expired_revoked_and_used_up_tokens_refuse(anon_api, enrollment):
     assert Device.objects.count() == 1
 
 
-@pytest.mark.parametrize("facts, code", [
-    ({"uid": "bad uid with spaces"}, "bad_uid"),
-    ({"hardware_profile": "toaster"}, "bad_hardware_profile"),
-    ({"secret_sauce": 1}, "bad_inventory"),
-    ({"models": ["x"]}, "bad_inventory"),
-    ("not-an-object", "bad_facts"),
-])
+@pytest.mark.parametrize(
+    "facts, code",
+    [
+        ({"uid": "bad uid with spaces"}, "bad_uid"),
+        ({"hardware_profile": "toaster"}, "bad_hardware_profile"),
+        ({"secret_sauce": 1}, "bad_inventory"),
+        ({"models": ["x"]}, "bad_inventory"),
+        ("not-an-object", "bad_facts"),
+    ],
+)
 def test_enroll_with_bad_facts_is_400(anon_api, enrollment, facts, code):
     response = anon_api.post(ENROLL, {"token": enrollment[1], "facts": facts}, format="json")
     assert response.status_code == 400
@@ -93,15 +105,17 @@ def test_enroll_with_bad_facts_is_400(anon_api, enrollment, facts, code):
 
 
 def test_enroll_same_uid_twice_is_409(anon_api, enrollment, device_a):
-    response = anon_api.post(ENROLL, {"token": enrollment[1], "facts": {"uid": "cam-a"}},
-                             format="json")
+    response = anon_api.post(
+        ENROLL, {"token": enrollment[1], "facts": {"uid": "cam-a"}}, format="json"
+    )
     assert response.status_code == 409
     assert DeviceCredential.objects.count() == 1
 
 
 def test_revoked_device_gets_401_at_once(api_a, device_a, admin_api):
-    assert api_a.put("/api/v1/device/inventory", {"arch": "aarch64"},
-                     format="json").status_code == 200
+    assert (
+        api_a.put("/api/v1/device/inventory", {"arch": "aarch64"}, format="json").status_code == 200
+    )
     response = admin_api.post(f"/api/v1/devices/{device_a[0].uid}/revoke/")
     assert response.status_code == 200
     assert response.json()["status"] == "revoked"
@@ -120,8 +134,13 @@ def test_unknown_and_malformed_bearer_tokens_are_401(device_a):
 
 
 def test_enrollment_is_throttled(anon_api, enrollment, settings):
-    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {
-        **settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"], "enroll": "2/min"}}
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {
+            **settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"],
+            "enroll": "2/min",
+        },
+    }
     from rest_framework.settings import api_settings
     from rest_framework.throttling import SimpleRateThrottle
 

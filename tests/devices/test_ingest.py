@@ -55,29 +55,34 @@ def test_overlap_in_batch_duplicates_and_new_boot(api_a, device_a):
 
 def test_identity_comes_from_the_credential_only(api_a, api_b, device_a, device_b):
     """A2: a `device`/`uid` in the body is ignored; same seqs on two devices do not clash."""
-    batch = [{**p, "device": device_b[0].uid, "device_id": device_b[0].pk, "uid": "cam-b"}
-             for p in points(1, 5)]
+    batch = [
+        {**p, "device": device_b[0].uid, "device_id": device_b[0].pk, "uid": "cam-b"}
+        for p in points(1, 5)
+    ]
     assert post(api_a, TELEMETRY, batch).status_code == 200
     assert post(api_b, TELEMETRY, points(1, 5)).json()["count"] == 5
     assert TelemetryPoint.objects.filter(device=device_a[0]).count() == 5
     assert TelemetryPoint.objects.filter(device=device_b[0]).count() == 5
 
 
-@pytest.mark.parametrize("item, error", [
-    ({"seq": -1}, "seq"),
-    ({"seq": "7"}, "seq"),
-    ({"seq": True}, "seq"),
-    ({"boot_id": ""}, "boot_id"),
-    ({"boot_id": "x" * 41}, "boot_id"),
-    ({"ts": "yesterday"}, "ts"),
-    ({"ts": 0}, "ts"),
-    ({"ts": 9e12}, "ts"),
-    ({"latency_ms": "fast"}, "latency_ms"),
-    ({"inferences": 1.5}, "inferences"),
-    ({"extra": [1]}, "extra"),
-    ({"extra": {"blob": "x" * 5000}}, "extra"),
-    ({"model_version": 3}, "model_version"),
-])
+@pytest.mark.parametrize(
+    "item, error",
+    [
+        ({"seq": -1}, "seq"),
+        ({"seq": "7"}, "seq"),
+        ({"seq": True}, "seq"),
+        ({"boot_id": ""}, "boot_id"),
+        ({"boot_id": "x" * 41}, "boot_id"),
+        ({"ts": "yesterday"}, "ts"),
+        ({"ts": 0}, "ts"),
+        ({"ts": 9e12}, "ts"),
+        ({"latency_ms": "fast"}, "latency_ms"),
+        ({"inferences": 1.5}, "inferences"),
+        ({"extra": [1]}, "extra"),
+        ({"extra": {"blob": "x" * 5000}}, "extra"),
+        ({"model_version": 3}, "model_version"),
+    ],
+)
 def test_bad_items_are_rejected_the_rest_stored(api_a, item, error):
     batch = points(1, 3)
     batch[1] = {**batch[1], **item}
@@ -89,8 +94,9 @@ def test_bad_items_are_rejected_the_rest_stored(api_a, item, error):
     assert TelemetryPoint.objects.count() == 2
 
 
-@pytest.mark.parametrize("body", [{"batch": "nope"}, {"batch": {"seq": 1}}, {"points": []},
-                                  "text", 5])
+@pytest.mark.parametrize(
+    "body", [{"batch": "nope"}, {"batch": {"seq": 1}}, {"points": []}, "text", 5]
+)
 def test_malformed_body_is_400(api_a, body):
     response = api_a.post(TELEMETRY, body, format="json")
     assert response.status_code == 400
@@ -110,8 +116,10 @@ def test_invalid_json_is_400(api_a):
 
 def test_bare_list_and_iso_timestamps(api_a):
     now = timezone.now()
-    batch = [{"seq": 1, "boot_id": "b", "ts": now.isoformat()},
-             {"seq": 2, "boot_id": "b", "ts": now.replace(tzinfo=None).isoformat()}]
+    batch = [
+        {"seq": 1, "boot_id": "b", "ts": now.isoformat()},
+        {"seq": 2, "boot_id": "b", "ts": now.replace(tzinfo=None).isoformat()},
+    ]
     assert api_a.post(TELEMETRY, batch, format="json").json()["count"] == 2
     stored = TelemetryPoint.objects.order_by("seq").first()
     assert abs((stored.ts - now).total_seconds()) < 0.01
@@ -132,8 +140,10 @@ def test_oversize_batch_is_413(api_a, settings):
 def test_per_device_throttle_answers_429_with_retry_after(api_a, api_b, settings):
     """E4/A6: one noisy device is throttled; the others are not."""
     rates = settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]
-    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK,
-                               "DEFAULT_THROTTLE_RATES": {**rates, "device": "3/min"}}
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {**rates, "device": "3/min"},
+    }
     codes = [post(api_a, TELEMETRY, points(i, i)).status_code for i in range(1, 5)]
     assert codes == [200, 200, 200, 429]
     response = post(api_a, TELEMETRY, points(9, 9))
@@ -145,7 +155,7 @@ def test_per_device_throttle_answers_429_with_retry_after(api_a, api_b, settings
 
 def test_overload_answers_503_with_retry_after(api_a, settings, monkeypatch):
     """E4: past the in-flight cap the server sheds load instead of queueing."""
-    from device_api import ingest as device_api
+    from fleet.device_api import ingest as device_api
 
     settings.DEVICE_MAX_INFLIGHT_INGEST = 1
     monkeypatch.setattr(device_api.INFLIGHT, "current", 1)
@@ -182,9 +192,14 @@ def test_logs_same_rules(api_a, device_a):
     assert first.status_code == again.status_code == 200
     assert LogLine.objects.filter(device=device_a[0]).count() == 30
     assert post(api_a, LOGS, log_lines(1, 20, ts=stamp)).json() == first.json()
-    bad = post(api_a, LOGS, [{"seq": 99, "boot_id": "b", "ts": 1.8e9, "level": "loud",
-                              "message": "x"},
-                             {"seq": 100, "boot_id": "b", "ts": 1.7e9, "message": 3}])
+    bad = post(
+        api_a,
+        LOGS,
+        [
+            {"seq": 99, "boot_id": "b", "ts": 1.8e9, "level": "loud", "message": "x"},
+            {"seq": 100, "boot_id": "b", "ts": 1.7e9, "message": 3},
+        ],
+    )
     assert [r["index"] for r in bad.json()["rejected"]] == [0, 1]
 
 
@@ -215,31 +230,52 @@ def test_last_seen_is_written_only_when_stale(api_a, device_a, settings):
 
 
 def test_inventory_put(api_a, device_a):
-    inventory = {"arch": "aarch64", "cpu": "Cortex-A72", "ram_mb": 4096, "os": "Debian 12",
-                 "onnxruntime": "1.20.1", "execution_providers": ["CPUExecutionProvider"],
-                 "agent_version": "0.2.0", "hardware_profile": "rpi-zero2",
-                 "models": {"default": {"model_version": "digits:4", "sha256": "ab" * 32}}}
+    inventory = {
+        "arch": "aarch64",
+        "cpu": "Cortex-A72",
+        "ram_mb": 4096,
+        "os": "Debian 12",
+        "onnxruntime": "1.20.1",
+        "execution_providers": ["CPUExecutionProvider"],
+        "agent_version": "0.2.0",
+        "hardware_profile": "rpi-zero2",
+        "models": {"default": {"model_version": "digits:4", "sha256": "ab" * 32}},
+    }
     response = api_a.put("/api/v1/device/inventory", inventory, format="json")
     assert response.status_code == 200
     device = Device.objects.get(pk=device_a[0].pk)
     assert device.inventory == inventory
     assert (device.model_version, device.agent_version) == ("digits:4", "0.2.0")
     assert device.hardware_profile.slug == "rpi-zero2"
-    for bad in ({"models": "x"}, {"shoe_size": 9}, [1], {"hardware_profile": "toaster"},
-                {"agent_version": 2}):
+    for bad in (
+        {"models": "x"},
+        {"shoe_size": 9},
+        [1],
+        {"hardware_profile": "toaster"},
+        {"agent_version": 2},
+    ):
         assert api_a.put("/api/v1/device/inventory", bad, format="json").status_code == 400
 
 
 def test_awkward_text_survives_storage(api_a, device_a):
     """Quotes, backslashes, braces, commas, 'NULL' and non-ASCII reach the table unchanged."""
     awkward = ['say "hi"', "back\\slash \\", "{a,b}", "NULL", "日本語 ✓", "tab\tnew\nline", ""]
-    batch = [{"seq": i, "boot_id": "b", "ts": 1.79e9, "message": text, "level": "warning"}
-             for i, text in enumerate(awkward)]
+    batch = [
+        {"seq": i, "boot_id": "b", "ts": 1.79e9, "message": text, "level": "warning"}
+        for i, text in enumerate(awkward)
+    ]
     assert post(api_a, LOGS, batch).json()["count"] == len(awkward)
     stored = dict(LogLine.objects.values_list("seq", "message"))
     assert [stored[i] for i in range(len(awkward))] == awkward
-    telemetry = [{"seq": 1, "boot_id": 'q"b{', "ts": 1.79e9, "model_version": 'v,"1"',
-                  "extra": {"note": 'x"y\\z', "n": None}}]
+    telemetry = [
+        {
+            "seq": 1,
+            "boot_id": 'q"b{',
+            "ts": 1.79e9,
+            "model_version": 'v,"1"',
+            "extra": {"note": 'x"y\\z', "n": None},
+        }
+    ]
     assert post(api_a, TELEMETRY, telemetry).json()["count"] == 1
     point = TelemetryPoint.objects.get()
     assert (point.boot_id, point.model_version) == ('q"b{', 'v,"1"')
@@ -247,8 +283,10 @@ def test_awkward_text_survives_storage(api_a, device_a):
 
 
 def test_nul_characters_are_rejected(api_a):
-    batch = [{"seq": 1, "boot_id": "b", "ts": 1.79e9, "message": "a\x00b"},
-             {"seq": 2, "boot_id": "b\x00", "ts": 1.79e9, "message": "x"}]
+    batch = [
+        {"seq": 1, "boot_id": "b", "ts": 1.79e9, "message": "a\x00b"},
+        {"seq": 2, "boot_id": "b\x00", "ts": 1.79e9, "message": "x"},
+    ]
     assert [r["index"] for r in post(api_a, LOGS, batch).json()["rejected"]] == [0, 1]
     bad = [{"seq": 1, "boot_id": "b", "ts": 1.79e9, "extra": {"k": "\x00"}}]
     assert post(api_a, TELEMETRY, bad).json()["rejected"][0]["index"] == 0
@@ -329,7 +367,9 @@ def test_insert_with_and_without_prepared_statements(api_a, settings, prepared):
     assert post(api_a, LOGS, log_lines(1, 2)).json()["count"] == 2
     if connection.vendor == "postgresql" and prepared:
         assert connections["default"].edgefleet_prepared == {
-            "edgefleet_insert_telemetry", "edgefleet_insert_logs"}
+            "edgefleet_insert_telemetry",
+            "edgefleet_insert_logs",
+        }
     connection.close()  # a new session: statements prepared again, not assumed
     assert post(api_a, TELEMETRY, records[1:]).json()["accepted"] == {"boot-1": [2, 3, 4, 5]}
     assert TelemetryPoint.objects.count() == 5 and LogLine.objects.count() == 2

@@ -38,8 +38,9 @@ class Device:
         parsed = urlparse(url)
         self.uid = uid
         self.acks: queue.Queue = queue.Queue()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                                  client_id=f"test-dev-{uuid.uuid4().hex[:8]}")
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-dev-{uuid.uuid4().hex[:8]}"
+        )
         self.client.on_message = lambda c, u, m: self.acks.put(json.loads(m.payload))
         subscribed = threading.Event()
         self.client.on_subscribe = lambda *a: subscribed.set()
@@ -75,8 +76,12 @@ def mqtt_device(mqtt_url):
 def mqtt_counted(kind: str, outcome: str) -> float:
     from fleet.prometheus import REGISTRY
 
-    return REGISTRY.get_sample_value("edgefleet_mqtt_messages_total",
-                                     {"kind": kind, "outcome": outcome}) or 0.0
+    return (
+        REGISTRY.get_sample_value(
+            "edgefleet_mqtt_messages_total", {"kind": kind, "outcome": outcome}
+        )
+        or 0.0
+    )
 
 
 def test_telemetry_and_logs_through_mosquitto(bridge, mqtt_device, device_a):
@@ -109,8 +114,10 @@ def test_device_cannot_publish_as_another(bridge, mqtt_device, device_a, device_
 def test_revoked_and_malformed_messages_are_refused(bridge, mqtt_device, device_a):
     device, token = device_a
     client = mqtt_device(device.uid)
-    assert client.publish("telemetry", "efd_forged-token-000000000000000", points(1, 2))[
-        "code"] == "unauthorized"
+    assert (
+        client.publish("telemetry", "efd_forged-token-000000000000000", points(1, 2))["code"]
+        == "unauthorized"
+    )
     assert client.publish("telemetry", token, "not-a-list")["code"] == "bad_batch"
     client.client.publish(f"edgefleet/{device.uid}/telemetry", b"\xff garbage", qos=1)
     assert client.acks.get(timeout=15)["code"] == "bad_batch"
@@ -126,8 +133,10 @@ def test_handle_is_the_same_service_as_http(device_a):
     from devices.mqtt import handle
 
     device, token = device_a
-    uid, answer = handle(f"edgefleet/{device.uid}/telemetry",
-                         json.dumps({"token": token, "batch": points(1, 3)}).encode())
+    uid, answer = handle(
+        f"edgefleet/{device.uid}/telemetry",
+        json.dumps({"token": token, "batch": points(1, 3)}).encode(),
+    )
     assert uid == device.uid and answer["count"] == 3
     assert handle("other/x/telemetry", b"{}")[1]["code"] == "bad_topic"
     assert handle(f"edgefleet/{device.uid}/shell", b"{}")[1]["code"] == "bad_topic"

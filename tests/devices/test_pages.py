@@ -19,9 +19,18 @@ def logged_in(user) -> Client:
     return client
 
 
-@pytest.mark.parametrize("path", ["/devices/", "/devices/widget/", "/devices/list/",
-                                  "/devices/d/cam-a/", "/devices/d/cam-a/chart.json",
-                                  "/devices/d/cam-a/logs/"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/devices/",
+        "/devices/widget/",
+        "/devices/list/",
+        "/devices/d/cam-a/",
+        "/devices/d/cam-a/chart.json",
+        "/devices/d/cam-a/logs/",
+        "/devices/d/cam-a/live/",
+    ],
+)
 def test_viewer_reads_pages(viewer_user, device_a, path):
     assert logged_in(viewer_user).get(path).status_code == 200
     assert Client().get(path).status_code == 302  # anonymous → login
@@ -42,8 +51,9 @@ def test_overview_counts(viewer_user, device_a, device_b):
     assert b"line-3" in response.content
 
 
-def test_list_filters_and_query_count(viewer_user, device_a, device_b,
-                                      django_assert_max_num_queries):
+def test_list_filters_and_query_count(
+    viewer_user, device_a, device_b, django_assert_max_num_queries
+):
     client = logged_in(viewer_user)
     with django_assert_max_num_queries(8):
         response = client.get("/devices/list/?q=cam-a")
@@ -56,17 +66,21 @@ def test_list_filters_and_query_count(viewer_user, device_a, device_b,
 
 
 def test_detail_shows_inventory_logs_and_series(viewer_user, api_a, device_a):
-    api_a.put("/api/v1/device/inventory", {"arch": "aarch64", "cpu": "Cortex-A72",
-                                           "models": {"default": {"model_version": "digits:3"}}},
-              format="json")
+    api_a.put(
+        "/api/v1/device/inventory",
+        {
+            "arch": "aarch64",
+            "cpu": "Cortex-A72",
+            "models": {"default": {"model_version": "digits:3"}},
+        },
+        format="json",
+    )
     api_a.post("/api/v1/device/telemetry", {"batch": points(1, 50)}, format="json")
     api_a.post("/api/v1/device/logs", {"batch": log_lines(1, 3, level="error")}, format="json")
     client = logged_in(viewer_user)
     page = client.get("/devices/d/cam-a/")
     assert b"Cortex-A72" in page.content and b"digits:3" in page.content
-    history = f"/deployments/device/{device_a[0].pk}/updates/".encode()
-    assert history in page.content  # the OTA update history, loaded by htmx
-    assert b"No updates yet." in client.get(history.decode()).content
+    assert b"No updates yet." in page.content  # the OTA update history, in the live partial
     series = client.get("/devices/d/cam-a/chart.json?minutes=15").json()
     assert sum(series["latency_p50"][i] is not None for i in range(len(series["labels"]))) >= 1
     logs = client.get("/devices/d/cam-a/logs/?level=error")
@@ -74,21 +88,24 @@ def test_detail_shows_inventory_logs_and_series(viewer_user, api_a, device_a):
     assert client.get("/devices/d/cam-a/logs/?level=debug").content.count(b"line ") == 0
     assert client.get("/devices/d/cam-a/chart.json?minutes=abc").status_code == 200
     assert client.get("/devices/d/nobody/").status_code == 404
-    api_a.post("/api/v1/device/telemetry", {"batch": points(60, 61), "dropped": 7},
-               format="json")
+    api_a.post("/api/v1/device/telemetry", {"batch": points(60, 61), "dropped": 7}, format="json")
     assert b"7 telemetry records" in client.get("/devices/d/cam-a/").content
 
 
 def test_admin_creates_token_moves_tags_and_revokes(admin_user, device_a):
     client = logged_in(admin_user)
-    response = client.post("/devices/enrollment/", {"name": "floor 2", "tags": "cam, floor-2",
-                                                    "max_uses": 5, "expires_in_days": 7})
+    response = client.post(
+        "/devices/enrollment/",
+        {"name": "floor 2", "tags": "cam, floor-2", "max_uses": 5, "expires_in_days": 7},
+    )
     assert response.status_code == 200
     value = response.context["created"]["value"]
     assert value.encode() in response.content
     token = EnrollmentToken.objects.get(name="floor 2")
     assert token.token_hash != value and sorted(t.name for t in token.tags.all()) == [
-        "cam", "floor-2"]
+        "cam",
+        "floor-2",
+    ]
     # Shown once: the list page does not show it again.
     assert value.encode() not in client.get("/devices/enrollment/").content
     client.post("/devices/groups/new/", {"name": "line-9"})
@@ -102,8 +119,13 @@ def test_admin_creates_token_moves_tags_and_revokes(admin_user, device_a):
     client.post(f"/devices/enrollment/{token.pk}/revoke/")
     assert EnrollmentToken.objects.get(pk=token.pk).revoked_at is not None
     actions = set(AuditEntry.objects.values_list("action", flat=True))
-    assert {"enrollment_token.create", "device.update", "device.revoke",
-            "enrollment_token.revoke", "group.create"} <= actions
+    assert {
+        "enrollment_token.create",
+        "device.update",
+        "device.revoke",
+        "enrollment_token.revoke",
+        "group.create",
+    } <= actions
     bad = client.post("/devices/enrollment/", {"name": "", "tags": "x"})
     assert bad.status_code == 200 and bad.context["form"].errors
 
@@ -113,3 +135,21 @@ def test_rollup_and_series_agree(api_a, device_a):
     assert metrics.rollup() >= 0
     series = metrics.series(device_a[0], 60)
     assert series["labels"]
+
+
+def test_live_partial_refreshes_until_revoked(viewer_user, admin_user, api_a, device_a):
+    """The device page's live part: status, inventory and history in one polled response."""
+    client = logged_in(viewer_user)
+    page = client.get("/devices/d/cam-a/").content.decode()
+    assert 'hx-get="/devices/d/cam-a/live/"' in page and 'hx-trigger="every 5s"' in page
+    api_a.put(
+        "/api/v1/device/inventory",
+        {"models": {"default": {"model_version": "digits:4"}}},
+        format="json",
+    )
+    live = client.get("/devices/d/cam-a/live/").content.decode()
+    assert "digits:4" in live and 'id="device-status"' in live and "No updates yet." in live
+    logged_in(admin_user).post("/devices/d/cam-a/revoke/")
+    live = client.get("/devices/d/cam-a/live/").content.decode()
+    assert 'data-status="revoked"' in live and "hx-trigger" not in live
+    assert client.get("/devices/d/nobody/live/").status_code == 404

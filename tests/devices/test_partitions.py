@@ -14,8 +14,9 @@ from devices.models import LogLine, TelemetryPoint
 
 pytestmark = pytest.mark.django_db
 TELEMETRY = partitions.TABLES["telemetry"]
-on_postgresql = pytest.mark.skipif(connection.vendor != "postgresql",
-                                   reason="partitioning is PostgreSQL only")
+on_postgresql = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="partitioning is PostgreSQL only"
+)
 
 
 def point(seq: int, moment: datetime) -> dict:
@@ -56,9 +57,12 @@ def test_partitions_are_created_ahead_and_idempotently(settings):
 def test_rows_land_in_their_day_and_nothing_is_lost_at_midnight(device_a):
     device, _token = device_a
     midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    batch = [point(1, midnight - timedelta(microseconds=1)), point(2, midnight),
-             point(3, midnight + timedelta(microseconds=1)),
-             point(4, midnight - timedelta(days=1))]
+    batch = [
+        point(1, midnight - timedelta(microseconds=1)),
+        point(2, midnight),
+        point(3, midnight + timedelta(microseconds=1)),
+        point(4, midnight - timedelta(days=1)),
+    ]
     result = services.ingest_telemetry(device, batch)
     assert result.new == 4
     again = services.ingest_telemetry(device, batch)  # a resend across the boundary
@@ -91,13 +95,26 @@ def test_retention_drops_whole_days(device_a, settings):
     cutoff = now - timedelta(days=7)
     partitions.ensure_partitions(now, back=9, ahead=0)
     old_day = (cutoff - timedelta(days=1)).date()
-    services.ingest_telemetry(device, [
-        point(1, cutoff - timedelta(days=1)),  # a day wholly before the cutoff
-        # before the cutoff, but its day ends after it: kept until the day is over
-        point(2, cutoff.replace(hour=0, minute=0, second=0, microsecond=0)),
-        point(3, now)])
-    services.ingest_logs(device, [{"seq": 1, "boot_id": "b", "ts": (cutoff - timedelta(days=1))
-                                   .timestamp(), "message": "old"}])
+    services.ingest_telemetry(
+        device,
+        [
+            point(1, cutoff - timedelta(days=1)),  # a day wholly before the cutoff
+            # before the cutoff, but its day ends after it: kept until the day is over
+            point(2, cutoff.replace(hour=0, minute=0, second=0, microsecond=0)),
+            point(3, now),
+        ],
+    )
+    services.ingest_logs(
+        device,
+        [
+            {
+                "seq": 1,
+                "boot_id": "b",
+                "ts": (cutoff - timedelta(days=1)).timestamp(),
+                "message": "old",
+            }
+        ],
+    )
     result = metrics.apply_retention(now)
     assert result["telemetry"] == 1 and result["logs"] == 1
     assert old_day not in partitions.daily_partitions(TELEMETRY)  # dropped, not emptied

@@ -29,10 +29,21 @@ def minute_ago(minutes: int) -> float:
 
 def test_rollup_percentiles_and_idempotence(api_a, device_a):
     base = minute_ago(2)
-    batch = [{"seq": i, "boot_id": "b", "ts": base + i * 0.5, "latency_ms": float(i + 1),
-              "mem_mb": 100.0 + i, "cpu_pct": 50.0, "battery_pct": 90.0 - i * 0.1,
-              "inferences": 2, "errors": 1 if i == 0 else 0, "model_version": "m:1"}
-             for i in range(100)]
+    batch = [
+        {
+            "seq": i,
+            "boot_id": "b",
+            "ts": base + i * 0.5,
+            "latency_ms": float(i + 1),
+            "mem_mb": 100.0 + i,
+            "cpu_pct": 50.0,
+            "battery_pct": 90.0 - i * 0.1,
+            "inferences": 2,
+            "errors": 1 if i == 0 else 0,
+            "model_version": "m:1",
+        }
+        for i in range(100)
+    ]
     api_a.post("/api/v1/device/telemetry", {"batch": batch}, format="json")
     assert tasks.rollup_telemetry() >= 1
     assert tasks.rollup_telemetry() >= 1  # recomputing the same minutes is harmless
@@ -48,18 +59,25 @@ def test_rollup_percentiles_and_idempotence(api_a, device_a):
 def test_late_points_update_the_rollup(api_a, device_a):
     base = minute_ago(3)
     post = api_a.post
-    post("/api/v1/device/telemetry", {"batch": [
-        {"seq": 1, "boot_id": "b", "ts": base + 1, "latency_ms": 10.0}]}, format="json")
+    post(
+        "/api/v1/device/telemetry",
+        {"batch": [{"seq": 1, "boot_id": "b", "ts": base + 1, "latency_ms": 10.0}]},
+        format="json",
+    )
     metrics.rollup()
-    post("/api/v1/device/telemetry", {"batch": [
-        {"seq": 2, "boot_id": "b", "ts": base + 2, "latency_ms": 30.0}]}, format="json")
+    post(
+        "/api/v1/device/telemetry",
+        {"batch": [{"seq": 2, "boot_id": "b", "ts": base + 2, "latency_ms": 30.0}]},
+        format="json",
+    )
     metrics.rollup()
     row = TelemetryRollup.objects.get(device=device_a[0])
     assert row.n == 2 and row.latency_p50 == pytest.approx(20.0)
 
 
-def test_offline_detection_respects_group_threshold_and_recovers(api_a, device_a, device_b,
-                                                                 group, settings):
+def test_offline_detection_respects_group_threshold_and_recovers(
+    api_a, device_a, device_b, group, settings
+):
     settings.DEVICE_OFFLINE_AFTER_S = 300
     group.offline_after_s = 60
     group.save()
@@ -78,8 +96,9 @@ def test_offline_detection_respects_group_threshold_and_recovers(api_a, device_a
     assert Device.objects.get(pk=a.pk).status == "online"
     assert Alert.objects.get(pk=alert.pk).state == "resolved"
     # Ungrouped devices use the global default.
-    Device.objects.filter(pk=b.pk).update(group=None,
-                                          last_seen=timezone.now() - timedelta(seconds=200))
+    Device.objects.filter(pk=b.pk).update(
+        group=None, last_seen=timezone.now() - timedelta(seconds=200)
+    )
     assert tasks.detect_offline() == 0
 
 
@@ -90,8 +109,10 @@ def test_latency_alert_against_the_estimate(api_a, device_a, settings):
     rpi4 = HardwareProfile.objects.get(slug="rpi4")
     LatencyBaseline.objects.create(model_version="m:1", hardware_profile=rpi4, p95_ms=10.0)
     base = minute_ago(2)
-    fast = [{"seq": i, "boot_id": "b", "ts": base + i * 0.1, "latency_ms": 12.0,
-             "model_version": "m:1"} for i in range(50)]
+    fast = [
+        {"seq": i, "boot_id": "b", "ts": base + i * 0.1, "latency_ms": 12.0, "model_version": "m:1"}
+        for i in range(50)
+    ]
     api_a.post("/api/v1/device/telemetry", {"batch": fast}, format="json")
     metrics.rollup()
     assert tasks.check_latency() == 0
@@ -109,14 +130,24 @@ def test_retention_deletes_only_old_rows(api_a, device_a, settings):
     settings.LOG_RETENTION_DAYS = 7
     now = time.time()
     old, new = now - 8 * 86400, now - 3600
-    api_a.post("/api/v1/device/telemetry", {"batch": [
-        {"seq": 1, "boot_id": "b", "ts": old}, {"seq": 2, "boot_id": "b", "ts": new}]},
-        format="json")
-    api_a.post("/api/v1/device/logs", {"batch": [
-        {"seq": 1, "boot_id": "b", "ts": old, "message": "old"},
-        {"seq": 2, "boot_id": "b", "ts": new, "message": "new"}]}, format="json")
-    TelemetryRollup.objects.create(device=device_a[0], n=1,
-                                   minute=timezone.now() - timedelta(days=400))
+    api_a.post(
+        "/api/v1/device/telemetry",
+        {"batch": [{"seq": 1, "boot_id": "b", "ts": old}, {"seq": 2, "boot_id": "b", "ts": new}]},
+        format="json",
+    )
+    api_a.post(
+        "/api/v1/device/logs",
+        {
+            "batch": [
+                {"seq": 1, "boot_id": "b", "ts": old, "message": "old"},
+                {"seq": 2, "boot_id": "b", "ts": new, "message": "new"},
+            ]
+        },
+        format="json",
+    )
+    TelemetryRollup.objects.create(
+        device=device_a[0], n=1, minute=timezone.now() - timedelta(days=400)
+    )
     result = tasks.apply_retention()
     assert result == {"telemetry": 1, "logs": 1, "rollups": 1}
     assert list(TelemetryPoint.objects.values_list("seq", flat=True)) == [2]
@@ -125,8 +156,12 @@ def test_retention_deletes_only_old_rows(api_a, device_a, settings):
 
 def test_beat_schedule_lists_the_device_tasks(settings):
     names = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
-    assert {"devices.tasks.rollup_telemetry", "devices.tasks.detect_offline",
-            "devices.tasks.check_latency", "devices.tasks.apply_retention"} <= names
+    assert {
+        "devices.tasks.rollup_telemetry",
+        "devices.tasks.detect_offline",
+        "devices.tasks.check_latency",
+        "devices.tasks.apply_retention",
+    } <= names
 
 
 @pytest.mark.parametrize("bad", [None, 0, -1.0, float("nan"), float("inf"), True, "12"])

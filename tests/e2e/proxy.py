@@ -50,12 +50,12 @@ class Proxy:
         body = handler.rfile.read(length) if length else None
         headers = {k: v for k, v in handler.headers.items() if k.lower() not in HOP | {"host"}}
         self.seen.append((handler.command, handler.path, headers))
-        status, reply_headers, payload = self._forward(handler.command, handler.path, headers,
-                                                       body)
+        status, reply_headers, payload = self._forward(handler.command, handler.path, headers, body)
         token = headers.get("Authorization", "").removeprefix("Bearer ")
         if self.tamper is not None:
-            status, reply_headers, payload = self.tamper(handler.path, token, status,
-                                                         reply_headers, payload)
+            status, reply_headers, payload = self.tamper(
+                handler.path, token, status, reply_headers, payload
+            )
         handler.send_response(status)
         for name, value in reply_headers.items():
             if name.lower() not in HOP:

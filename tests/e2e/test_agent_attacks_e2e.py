@@ -63,8 +63,13 @@ def other_url(envelope: dict) -> None:
 
 
 @pytest.mark.parametrize("change", [bump_size, other_url], ids=["size", "url"])
-def test_tampered_manifest_field_is_refused(proxy, enrollment_token, admin_user, tmp_path,  # noqa: F811
-                                            change):
+def test_tampered_manifest_field_is_refused(
+    proxy,
+    enrollment_token,  # noqa: F811
+    admin_user,
+    tmp_path,
+    change,
+):
     (state,), base = installed_base(proxy, enrollment_token, admin_user, tmp_path)
 
     def tamper(path, token, status, headers, body):
@@ -75,8 +80,9 @@ def test_tampered_manifest_field_is_refused(proxy, enrollment_token, admin_user,
         return status, headers, body
 
     proxy.tamper = tamper
-    new = deploy(stored_version("digits", tiny_model_bytes(12), p95=1000.0), [state.uid],
-                 admin_user)
+    new = deploy(
+        stored_version("digits", tiny_model_bytes(12), p95=1000.0), [state.uid], admin_user
+    )
     run_all([state])
     assert updates(new)[state.uid] == ("failed", "bad_signature")
     assert active_sha(state) == base.sha256
@@ -92,15 +98,26 @@ def longer(body: bytes) -> bytes:
     return body + b"\0" * 4096
 
 
-@pytest.mark.parametrize("change,code", [(flip_byte, "hash_mismatch"), (longer, "too_long")],
-                         ids=["byte", "longer"])
-def test_tampered_artifact_stream_is_refused(proxy, enrollment_token, admin_user, tmp_path,  # noqa: F811
-                                             change, code):
+@pytest.mark.parametrize(
+    "change,code", [(flip_byte, "hash_mismatch"), (longer, "too_long")], ids=["byte", "longer"]
+)
+def test_tampered_artifact_stream_is_refused(
+    proxy,
+    enrollment_token,  # noqa: F811
+    admin_user,
+    tmp_path,
+    change,
+    code,
+):
     (state,), base = installed_base(proxy, enrollment_token, admin_user, tmp_path)
     proxy.tamper = lambda path, token, status, headers, body: (
-        status, headers, change(body) if "/artifacts/" in path and status < 300 else body)
-    new = deploy(stored_version("digits", tiny_model_bytes(13), p95=1000.0), [state.uid],
-                 admin_user)
+        status,
+        headers,
+        change(body) if "/artifacts/" in path and status < 300 else body,
+    )
+    new = deploy(
+        stored_version("digits", tiny_model_bytes(13), p95=1000.0), [state.uid], admin_user
+    )
     run_all([state])
     assert updates(new)[state.uid] == ("failed", code)
     assert active_sha(state) == base.sha256
@@ -113,8 +130,12 @@ def log_messages(state) -> list[str]:
     return list(LogLine.objects.filter(device__uid=state.uid).values_list("message", flat=True))
 
 
-def test_manifest_of_another_device_is_refused(proxy, enrollment_token, admin_user,  # noqa: F811
-                                               tmp_path):
+def test_manifest_of_another_device_is_refused(
+    proxy,
+    enrollment_token,  # noqa: F811
+    admin_user,
+    tmp_path,
+):
     (a, b), base = installed_base(proxy, enrollment_token, admin_user, tmp_path, count=2)
     manifests: dict[str, bytes] = {}
 
@@ -126,8 +147,9 @@ def test_manifest_of_another_device_is_refused(proxy, enrollment_token, admin_us
         return status, headers, body
 
     proxy.tamper = tamper
-    new = deploy(stored_version("digits", tiny_model_bytes(14), p95=1000.0), [a.uid, b.uid],
-                 admin_user)
+    new = deploy(
+        stored_version("digits", tiny_model_bytes(14), p95=1000.0), [a.uid, b.uid], admin_user
+    )
     run_all([a, b])
     outcome = updates(new)
     assert outcome[a.uid] == ("succeeded", "") and outcome[b.uid][0] != "succeeded"
@@ -137,8 +159,12 @@ def test_manifest_of_another_device_is_refused(proxy, enrollment_token, admin_us
     assert any("manifest refused (wrong_device)" in m for m in log_messages(b))
 
 
-def test_replayed_older_manifest_is_refused(proxy, enrollment_token, admin_user,  # noqa: F811
-                                            tmp_path):
+def test_replayed_older_manifest_is_refused(
+    proxy,
+    enrollment_token,  # noqa: F811
+    admin_user,
+    tmp_path,
+):
     captured: list[bytes] = []
 
     def record(path, token, status, headers, body):
@@ -155,9 +181,12 @@ def test_replayed_older_manifest_is_refused(proxy, enrollment_token, admin_user,
     old = captured[0]
     proxy.tamper = lambda path, token, status, headers, body: (
         (200, {"Content-Type": "application/json", "ETag": '"replay"'}, old)
-        if urllib.parse.urlsplit(path).path == CHECKIN else (status, headers, body))
-    third = deploy(stored_version("digits", tiny_model_bytes(16), p95=1000.0), [state.uid],
-                   admin_user)
+        if urllib.parse.urlsplit(path).path == CHECKIN
+        else (status, headers, body)
+    )
+    third = deploy(
+        stored_version("digits", tiny_model_bytes(16), p95=1000.0), [state.uid], admin_user
+    )
     run_all([state])
     assert active_sha(state) == second.sha256  # neither the replayed base nor anything new
     assert updates(third)[state.uid][0] != "succeeded"

@@ -33,13 +33,29 @@ def enrollment_token(transactional_db):
 def agent_cli(*args, timeout=120) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("DJANGO_SETTINGS_MODULE", None)
-    return subprocess.run([sys.executable, "-m", "devices.agent", *args], capture_output=True,
-                          text=True, env=env, cwd=ROOT, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "devices.agent", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def enrolled_state(live_server, token, root: Path) -> State:
-    proc = agent_cli("enroll", "--server", live_server.url, "--token", token,
-                     "--state-dir", str(root), "--name", "e2e-pi")
+    proc = agent_cli(
+        "enroll",
+        "--server",
+        live_server.url,
+        "--token",
+        token,
+        "--state-dir",
+        str(root),
+        "--name",
+        "e2e-pi",
+    )
     assert proc.returncode == 0, proc.stderr
     return State(root)
 
@@ -60,13 +76,21 @@ def test_cli_enrolls_and_reports_inventory_and_logs(live_server, enrollment_toke
     messages = list(LogLine.objects.filter(device=device).values_list("message", flat=True))
     assert any("starting" in m for m in messages), messages
     # Enrolling again with the same state is refused locally (the token stays unused).
-    again = agent_cli("enroll", "--server", live_server.url, "--token", enrollment_token,
-                      "--state-dir", str(state.root))
+    again = agent_cli(
+        "enroll",
+        "--server",
+        live_server.url,
+        "--token",
+        enrollment_token,
+        "--state-dir",
+        str(state.root),
+    )
     assert again.returncode == 1
 
 
-def test_telemetry_buffered_offline_delivered_once(live_server, enrollment_token, tmp_path,
-                                                   settings):
+def test_telemetry_buffered_offline_delivered_once(
+    live_server, enrollment_token, tmp_path, settings
+):
     from devices.models import Device, LogLine, TelemetryPoint
 
     state = enrolled_state(live_server, enrollment_token, tmp_path / "agent")
@@ -75,8 +99,15 @@ def test_telemetry_buffered_offline_delivered_once(live_server, enrollment_token
     try:
         agent.client.server = "http://127.0.0.1:9"  # the server is unreachable
         for i in range(30):
-            agent.outbox.add("telemetry", {"ts": time.time(), "latency_ms": 10.0 + i,
-                                           "inferences": i, "model_version": "digits:1"})
+            agent.outbox.add(
+                "telemetry",
+                {
+                    "ts": time.time(),
+                    "latency_ms": 10.0 + i,
+                    "inferences": i,
+                    "model_version": "digits:1",
+                },
+            )
             agent.deliver_after = 0
             agent.deliver(kinds=("telemetry",))
         assert agent.buffer.count("telemetry") == 20  # E3: capped
@@ -88,11 +119,14 @@ def test_telemetry_buffered_offline_delivered_once(live_server, enrollment_token
         seqs = sorted(TelemetryPoint.objects.filter(device=device).values_list("seq", flat=True))
         assert seqs == list(range(11, 31))
         assert agent.buffer.count("telemetry") == 0
-        assert LogLine.objects.filter(device=device,
-                                      message__contains="dropped the 10 oldest").exists()
+        assert LogLine.objects.filter(
+            device=device, message__contains="dropped the 10 oldest"
+        ).exists()
         # E1: a batch resent (e.g. its answer was lost) is stored once, same answer.
-        items = [{"seq": s, "boot_id": agent.boot_id, "ts": time.time(), "latency_ms": 1.0}
-                 for s in (11, 12)]
+        items = [
+            {"seq": s, "boot_id": agent.boot_id, "ts": time.time(), "latency_ms": 1.0}
+            for s in (11, 12)
+        ]
         first = agent._send_telemetry(agent.boot_id, items, 0)
         second = agent._send_telemetry(agent.boot_id, items, 0)
         assert first.status == second.status == 200 and first.json() == second.json()
@@ -122,11 +156,34 @@ def test_simulated_fleet_enrolls_and_reports(live_server, enrollment_token, tmp_
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [sys.executable, "-m", "devices.agent.simulate", "--server", live_server.url,
-         "--enrollment-token", enrollment_token, "--devices", "3", "--duration-s", "10",
-         "--poll-interval-s", "1", "--telemetry-interval-s", "1", "--uid-prefix", "sim-e2e",
-         "--state-file", str(tmp_path / "fleet.json")],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=60, check=False)
+        [
+            sys.executable,
+            "-m",
+            "devices.agent.simulate",
+            "--server",
+            live_server.url,
+            "--enrollment-token",
+            enrollment_token,
+            "--devices",
+            "3",
+            "--duration-s",
+            "10",
+            "--poll-interval-s",
+            "1",
+            "--telemetry-interval-s",
+            "1",
+            "--uid-prefix",
+            "sim-e2e",
+            "--state-file",
+            str(tmp_path / "fleet.json"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     uids = set(Device.objects.filter(uid__startswith="sim-e2e").values_list("uid", flat=True))
     assert uids == {"sim-e2e-00000", "sim-e2e-00001", "sim-e2e-00002"}, proc.stdout[-2000:]

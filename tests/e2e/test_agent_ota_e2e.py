@@ -52,16 +52,28 @@ def stored_version(name: str, data: bytes, *, p95: float):
     if not default_storage.exists(path):
         default_storage.save(path, ContentFile(data))
     model, _ = MLModel.objects.get_or_create(name=name)
-    return ModelVersion.objects.create(model=model, number=model.versions.count() + 1,
-                                       artifact=path, sha256=sha, size_bytes=len(data),
-                                       metrics={"latency_ms": {"p50": p95 / 2, "p95": p95}})
+    return ModelVersion.objects.create(
+        model=model,
+        number=model.versions.count() + 1,
+        artifact=path,
+        sha256=sha,
+        size_bytes=len(data),
+        metrics={"latency_ms": {"p50": p95 / 2, "p95": p95}},
+    )
 
 
 def agent_cli(*args, timeout=180) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("DJANGO_SETTINGS_MODULE", None)
-    proc = subprocess.run([sys.executable, "-m", "devices.agent", *args], capture_output=True,
-                          text=True, env=env, cwd=ROOT, timeout=timeout, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "devices.agent", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=timeout,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -70,8 +82,19 @@ def enroll_agents(live_server, token, tmp_path, count: int) -> list[State]:
     states = []
     for i in range(count):
         root = tmp_path / f"agent-{i}"
-        agent_cli("enroll", "--server", live_server.url, "--token", token, "--state-dir",
-                  str(root), "--uid", f"e2e-pi-{i}", "--hardware-profile", "rpi4")
+        agent_cli(
+            "enroll",
+            "--server",
+            live_server.url,
+            "--token",
+            token,
+            "--state-dir",
+            str(root),
+            "--uid",
+            f"e2e-pi-{i}",
+            "--hardware-profile",
+            "rpi4",
+        )
         states.append(State(root))
     return states
 
@@ -81,7 +104,9 @@ def deploy(version, uids, admin_user, **kwargs):
 
     release = services.create_release(
         name=f"{version.model.name} v{version.number}",
-        variants=[{"name": "default", "model_version": version.pk}], actor=admin_user)
+        variants=[{"name": "default", "model_version": version.pk}],
+        actor=admin_user,
+    )
     return services.start_deployment(release, {"devices": uids}, actor=admin_user, **kwargs)
 
 
@@ -96,12 +121,14 @@ def active_sha(state: State, slot: str = "default") -> str | None:
 
 
 def updates(deployment) -> dict[str, tuple[str, str]]:
-    return {u.device.uid: (u.state, u.error_code)
-            for u in deployment.updates.select_related("device")}
+    return {
+        u.device.uid: (u.state, u.error_code) for u in deployment.updates.select_related("device")
+    }
 
 
 def test_three_agents_install_report_and_the_deployment_completes(
-        live_server, enrollment_token, admin_user, tmp_path):
+    live_server, enrollment_token, admin_user, tmp_path
+):
     from devices.models import Device, TelemetryPoint
     from ota import services
 
@@ -122,7 +149,8 @@ def test_three_agents_install_report_and_the_deployment_completes(
 
 
 def test_failed_health_check_rolls_back_and_pauses_the_deployment(
-        live_server, enrollment_token, admin_user, tmp_path):
+    live_server, enrollment_token, admin_user, tmp_path
+):
     from ota import services
 
     states = enroll_agents(live_server, enrollment_token, tmp_path, 2)
@@ -143,8 +171,9 @@ def test_failed_health_check_rolls_back_and_pauses_the_deployment(
     assert second.status == "paused" and second.pause_reason
 
 
-def test_tampered_artifact_is_refused_and_reported(live_server, enrollment_token, admin_user,
-                                                   tmp_path):
+def test_tampered_artifact_is_refused_and_reported(
+    live_server, enrollment_token, admin_user, tmp_path
+):
     from django.core.files.storage import default_storage
 
     (state,) = enroll_agents(live_server, enrollment_token, tmp_path, 1)
@@ -164,21 +193,49 @@ def test_tampered_artifact_is_refused_and_reported(live_server, enrollment_token
     assert not list(state.model_dir("default").glob("*.onnx"))
 
 
-def test_simulated_bad_variant_trips_the_latency_gate(live_server, enrollment_token,
-                                                      admin_user, tmp_path):
+def test_simulated_bad_variant_trips_the_latency_gate(
+    live_server, enrollment_token, admin_user, tmp_path
+):
     from ota import services
 
     def simulate(*extra):
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         proc = subprocess.run(
-            [sys.executable, "-m", "devices.agent.simulate", "--server", live_server.url,
-             "--enrollment-token", enrollment_token, "--devices", "3", "--uid-prefix", "sim",
-             "--hardware-profile", "rpi4", "--poll-interval-s", "1",
-             "--telemetry-interval-s", "0.5", "--ramp-s", "0.2", "--base-latency-ms", "20",
-             "--state-file", str(tmp_path / "fleet.json"), *extra],
-            capture_output=True, text=True, env=env, cwd=ROOT, timeout=120, check=False)
+            [
+                sys.executable,
+                "-m",
+                "devices.agent.simulate",
+                "--server",
+                live_server.url,
+                "--enrollment-token",
+                enrollment_token,
+                "--devices",
+                "3",
+                "--uid-prefix",
+                "sim",
+                "--hardware-profile",
+                "rpi4",
+                "--poll-interval-s",
+                "1",
+                "--telemetry-interval-s",
+                "0.5",
+                "--ramp-s",
+                "0.2",
+                "--base-latency-ms",
+                "20",
+                "--state-file",
+                str(tmp_path / "fleet.json"),
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=120,
+            check=False,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
-        return json.loads(proc.stdout[proc.stdout.index("{"):])
+        return json.loads(proc.stdout[proc.stdout.index("{") :])
 
     assert simulate("--duration-s", "1.5")["enrolled"] == 3
     version = stored_version("digits", tiny_model_bytes(5), p95=20.0)
@@ -192,7 +249,8 @@ def test_simulated_bad_variant_trips_the_latency_gate(live_server, enrollment_to
 
 
 def test_sigkill_during_download_then_restart_resumes_with_range(
-        live_server, enrollment_token, admin_user, tmp_path):
+    live_server, enrollment_token, admin_user, tmp_path
+):
     import onnx
     from django.core.signals import request_started
 
@@ -224,8 +282,9 @@ def test_sigkill_during_download_then_restart_resumes_with_range(
     assert updates(deployment)[state.uid] == ("succeeded", "")
 
 
-def test_rollback_restores_the_previous_version_from_disk(live_server, enrollment_token,
-                                                          admin_user, tmp_path):
+def test_rollback_restores_the_previous_version_from_disk(
+    live_server, enrollment_token, admin_user, tmp_path
+):
     from django.core.signals import request_started
 
     from ota import services

@@ -46,8 +46,12 @@ def without_timestamp(headers: dict) -> dict:
     return {k: v for k, v in headers.items() if k.lower() != mf.TIMESTAMP_HEADER.lower()}
 
 
-def test_unsigned_204_or_empty_list_does_not_cancel_the_update(proxy, enrollment_token,  # noqa: F811
-                                                               admin_user, tmp_path):
+def test_unsigned_204_or_empty_list_does_not_cancel_the_update(
+    proxy,
+    enrollment_token,  # noqa: F811
+    admin_user,
+    tmp_path,
+):
     (state,), _base = installed_base(proxy, enrollment_token, admin_user, tmp_path)
     attack = {"checkin": None}
 
@@ -69,8 +73,7 @@ def test_unsigned_204_or_empty_list_does_not_cancel_the_update(proxy, enrollment
     for forged in ("204", "empty"):
         attack["checkin"] = forged
         run_all([state])
-        assert state.slot("default")["pending"]["version"] == \
-            new.updates.get().manifest_version
+        assert state.slot("default")["pending"]["version"] == new.updates.get().manifest_version
         assert not any("withdrawn" in m for m in log_messages(state))
     proxy.tamper = None  # the man in the middle leaves
     run_all([state])
@@ -78,8 +81,13 @@ def test_unsigned_204_or_empty_list_does_not_cancel_the_update(proxy, enrollment
     assert active_sha(state) == second.sha256
 
 
-def test_frozen_checkin_is_reported_as_stale_metadata(proxy, enrollment_token, admin_user,  # noqa: F811
-                                                      tmp_path, settings):
+def test_frozen_checkin_is_reported_as_stale_metadata(
+    proxy,
+    enrollment_token,  # noqa: F811
+    admin_user,
+    tmp_path,
+    settings,
+):
     from devices.models import TelemetryPoint
 
     settings.OTA_TIMESTAMP_TTL_S = 3
@@ -103,13 +111,20 @@ def test_frozen_checkin_is_reported_as_stale_metadata(proxy, enrollment_token, a
         time.sleep(0.2)
     run_all([state])
     assert any("no fresh signed metadata" in m for m in log_messages(state))
-    stale = [p.extra.get("metadata_stale_s") for p in
-             TelemetryPoint.objects.filter(device__uid=state.uid) if p.extra]
+    stale = [
+        p.extra.get("metadata_stale_s")
+        for p in TelemetryPoint.objects.filter(device__uid=state.uid)
+        if p.extra
+    ]
     assert any(s and s > 0 for s in stale)
 
 
-def test_replayed_body_does_not_poison_the_etag(proxy, enrollment_token, admin_user,  # noqa: F811
-                                                tmp_path):
+def test_replayed_body_does_not_poison_the_etag(
+    proxy,
+    enrollment_token,  # noqa: F811
+    admin_user,
+    tmp_path,
+):
     captured: list[bytes] = []
 
     def record(path, token, status, headers, body):
@@ -124,8 +139,8 @@ def test_replayed_body_does_not_poison_the_etag(proxy, enrollment_token, admin_u
     new = deploy(second, [state.uid], admin_user)
     # The real ETag and statement of the new answer, over the old body.
     proxy.tamper = lambda path, token, status, headers, body: (
-        (status, headers, old) if is_checkin(path) and status == 200 else
-        (status, headers, body))
+        (status, headers, old) if is_checkin(path) and status == 200 else (status, headers, body)
+    )
     run_all([state])
     assert updates(new)[state.uid][0] == "pending"
     proxy.tamper = None
@@ -135,7 +150,11 @@ def test_replayed_body_does_not_poison_the_etag(proxy, enrollment_token, admin_u
 
 
 def test_refusal_of_a_forged_manifest_is_attached_to_the_genuine_update(
-        proxy, enrollment_token, admin_user, tmp_path):  # noqa: F811
+    proxy,
+    enrollment_token,  # noqa: F811
+    admin_user,
+    tmp_path,
+):
     (state,), base = installed_base(proxy, enrollment_token, admin_user, tmp_path)
     attacker = Ed25519PrivateKey.generate()
 
@@ -146,8 +165,9 @@ def test_refusal_of_a_forged_manifest_is_attached_to_the_genuine_update(
         return status, headers, body
 
     proxy.tamper = forge
-    new = deploy(stored_version("digits", tiny_model_bytes(23), p95=1000.0), [state.uid],
-                 admin_user)
+    new = deploy(
+        stored_version("digits", tiny_model_bytes(23), p95=1000.0), [state.uid], admin_user
+    )
     run_all([state])
     assert updates(new)[state.uid] == ("failed", "bad_signature")
     assert active_sha(state) == base.sha256

@@ -27,8 +27,11 @@ from tests.conftest import need_service, port_open
 
 pytestmark = [pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
-PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"))), None) \
-    if Path("/usr/lib/postgresql").exists() else None
+PG_BIN = (
+    next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"))), None)
+    if Path("/usr/lib/postgresql").exists()
+    else None
+)
 
 
 def free_port() -> int:
@@ -55,17 +58,27 @@ class PrivatePostgres:
         self.dir, self.port = root / "pgdata", free_port()
         root.mkdir(parents=True, exist_ok=True)
         shutil.chown(root, "postgres")
-        self._as_postgres(PG_BIN / "initdb", "-D", str(self.dir), "-A", "trust", "-U",
-                          "postgres", "--no-sync")
+        self._as_postgres(
+            PG_BIN / "initdb", "-D", str(self.dir), "-A", "trust", "-U", "postgres", "--no-sync"
+        )
 
     def _as_postgres(self, *cmd) -> None:
         prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         subprocess.run([*prefix, *map(str, cmd)], check=True, capture_output=True, timeout=120)
 
     def start(self) -> None:
-        self._as_postgres(PG_BIN / "pg_ctl", "-D", self.dir, "-w", "-l", self.dir / "log",
-                          "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
-                                "-c fsync=off -c full_page_writes=off", "start")
+        self._as_postgres(
+            PG_BIN / "pg_ctl",
+            "-D",
+            self.dir,
+            "-w",
+            "-l",
+            self.dir / "log",
+            "-o",
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c full_page_writes=off",
+            "start",
+        )
 
     def crash(self) -> None:
         """Immediate shutdown: no checkpoint, recovery from WAL on the next start."""
@@ -82,8 +95,20 @@ class PrivateRedis:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_port(self.port)
 
     def crash(self) -> None:
@@ -106,21 +131,53 @@ def stack(tmp_path):
     pg, redis = PrivatePostgres(pg_root), PrivateRedis()
     pg.start()
     redis.start()
-    env = {**os.environ, "DATABASE_URL": pg.url, "REDIS_URL": redis.url,
-           "CELERY_BROKER_URL": "memory://", "DEBUG": "0", "LOG_LEVEL": "ERROR",
-           "EDGEFLEET_VAR_DIR": str(tmp_path / "var"), "THROTTLE_DEVICE": "100000/min",
-           "DB_CONN_MAX_AGE": "60", "DJANGO_SETTINGS_MODULE": "fleet.settings"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": pg.url,
+        "REDIS_URL": redis.url,
+        "CELERY_BROKER_URL": "memory://",
+        "DEBUG": "0",
+        "LOG_LEVEL": "ERROR",
+        "EDGEFLEET_VAR_DIR": str(tmp_path / "var"),
+        "THROTTLE_DEVICE": "100000/min",
+        "DB_CONN_MAX_AGE": "60",
+        "DJANGO_SETTINGS_MODULE": "fleet.settings",
+    }
     for name in ("AWS_STORAGE_BUCKET_NAME", "MQTT_URL"):
         env.pop(name, None)
     manage = [sys.executable, "manage.py"]
     subprocess.run([*manage, "migrate", "-v", "0"], cwd=ROOT, env=env, check=True, timeout=300)
-    token = subprocess.run([*manage, "demo_enrollment_token"], cwd=ROOT, env=env, check=True,
-                           capture_output=True, text=True, timeout=120).stdout.strip()
+    token = subprocess.run(
+        [*manage, "demo_enrollment_token"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout.strip()
     port = free_port()
     web = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "python:fleet.gunicorn", "fleet.wsgi", "-b",
-         f"127.0.0.1:{port}", "-w", "2", "--timeout", "30"], cwd=ROOT, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "python:fleet.gunicorn",
+            "fleet.wsgi",
+            "-b",
+            f"127.0.0.1:{port}",
+            "-w",
+            "2",
+            "--timeout",
+            "30",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         wait_port(port)
         yield {"url": f"http://127.0.0.1:{port}", "token": token, "pg": pg, "redis": redis}
@@ -134,18 +191,30 @@ def stack(tmp_path):
 
 
 def call(url: str, path: str, body: dict, token: str | None = None, method: str = "POST"):
-    request = urllib.request.Request(url + path, data=json.dumps(body).encode(), method=method,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url + path,
+        data=json.dumps(body).encode(),
+        method=method,
+        headers={"Content-Type": "application/json"},
+    )
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     began = time.monotonic()
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, dict(response.headers), json.loads(response.read() or b"{}"), \
-                time.monotonic() - began
+            return (
+                response.status,
+                dict(response.headers),
+                json.loads(response.read() or b"{}"),
+                time.monotonic() - began,
+            )
     except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), json.loads(exc.read() or b"{}"), \
-            time.monotonic() - began
+        return (
+            exc.code,
+            dict(exc.headers),
+            json.loads(exc.read() or b"{}"),
+            time.monotonic() - began,
+        )
 
 
 class Sender:
@@ -157,10 +226,13 @@ class Sender:
         self.refusals: list[tuple[int, float, str | None]] = []
 
     def step(self) -> int:
-        batch = [{"seq": self.seq + i, "boot_id": "s1", "ts": time.time(), "latency_ms": 5.0}
-                 for i in range(5)]
-        status, headers, body, took = call(self.url, "/api/v1/device/telemetry",
-                                           {"batch": batch}, self.token)
+        batch = [
+            {"seq": self.seq + i, "boot_id": "s1", "ts": time.time(), "latency_ms": 5.0}
+            for i in range(5)
+        ]
+        status, headers, body, took = call(
+            self.url, "/api/v1/device/telemetry", {"batch": batch}, self.token
+        )
         if status == 200:
             self.accepted.update(body["accepted"]["s1"])
             self.seq += 5
@@ -180,8 +252,11 @@ class Sender:
 
 def test_s1_postgres_and_redis_restarts_fail_fast_and_recover(stack):
     from_ok = lambda statuses: statuses[-1] == 200  # noqa: E731
-    status, _h, enrolled, _t = call(stack["url"], "/api/v1/device/enroll",
-                                    {"token": stack["token"], "facts": {"uid": "s1-device"}})
+    status, _h, enrolled, _t = call(
+        stack["url"],
+        "/api/v1/device/enroll",
+        {"token": stack["token"], "facts": {"uid": "s1-device"}},
+    )
     assert status == 201, enrolled
     sender = Sender(stack["url"], enrolled["token"])
     sender.run_until(lambda s: len(s) >= 10, 30)

@@ -19,13 +19,20 @@ def make_cnn(path, *, seed: int = 0, residual: bool = False) -> str:
     rng = np.random.default_rng(seed)
     c1, c2, k = 8, 8 if residual else 12, 10
     inits = [
-        _init("w1", rng.normal(0, 0.3, (c1, 3, 3, 3))), _init("b1", np.zeros(c1)),
-        _init("g1", rng.uniform(0.5, 1.5, c1)), _init("be1", rng.normal(0, 0.1, c1)),
-        _init("m1", rng.normal(0, 0.1, c1)), _init("v1", rng.uniform(0.5, 1.5, c1)),
-        _init("w2", rng.normal(0, 0.3, (c2, c1, 3, 3))), _init("b2", np.zeros(c2)),
-        _init("g2", rng.uniform(0.5, 1.5, c2)), _init("be2", rng.normal(0, 0.1, c2)),
-        _init("m2", rng.normal(0, 0.1, c2)), _init("v2", rng.uniform(0.5, 1.5, c2)),
-        _init("fc_w", rng.normal(0, 0.3, (k, c2))), _init("fc_b", np.zeros(k)),
+        _init("w1", rng.normal(0, 0.3, (c1, 3, 3, 3))),
+        _init("b1", np.zeros(c1)),
+        _init("g1", rng.uniform(0.5, 1.5, c1)),
+        _init("be1", rng.normal(0, 0.1, c1)),
+        _init("m1", rng.normal(0, 0.1, c1)),
+        _init("v1", rng.uniform(0.5, 1.5, c1)),
+        _init("w2", rng.normal(0, 0.3, (c2, c1, 3, 3))),
+        _init("b2", np.zeros(c2)),
+        _init("g2", rng.uniform(0.5, 1.5, c2)),
+        _init("be2", rng.normal(0, 0.1, c2)),
+        _init("m2", rng.normal(0, 0.1, c2)),
+        _init("v2", rng.uniform(0.5, 1.5, c2)),
+        _init("fc_w", rng.normal(0, 0.3, (k, c2))),
+        _init("fc_b", np.zeros(k)),
     ]
     nodes = [
         helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
@@ -45,7 +52,8 @@ def make_cnn(path, *, seed: int = 0, residual: bool = False) -> str:
         helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], name="fc", transB=1),
     ]
     graph = helper.make_graph(
-        nodes, "tiny_cnn",
+        nodes,
+        "tiny_cnn",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", k])],
         inits,
@@ -61,8 +69,10 @@ def make_mlp(path, *, seed: int = 0, dim: int = 64, hidden: int = 256) -> str:
     """MatMul-Add-Relu-MatMul-Add block on [N, 8, dim] (transformer-FFN shaped)."""
     rng = np.random.default_rng(seed)
     inits = [
-        _init("w1", rng.normal(0, 0.1, (dim, hidden))), _init("b1", np.zeros(hidden)),
-        _init("w2", rng.normal(0, 0.1, (hidden, dim))), _init("b2", np.zeros(dim)),
+        _init("w1", rng.normal(0, 0.1, (dim, hidden))),
+        _init("b1", np.zeros(hidden)),
+        _init("w2", rng.normal(0, 0.1, (hidden, dim))),
+        _init("b2", np.zeros(dim)),
     ]
     nodes = [
         helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
@@ -72,7 +82,8 @@ def make_mlp(path, *, seed: int = 0, dim: int = 64, hidden: int = 256) -> str:
         helper.make_node("Add", ["o", "b2"], ["y"], name="add2"),
     ]
     graph = helper.make_graph(
-        nodes, "tiny_mlp",
+        nodes,
+        "tiny_mlp",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, dim])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, dim])],
         inits,

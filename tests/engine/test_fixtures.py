@@ -20,8 +20,12 @@ FIXTURES = Path(__file__).resolve().parents[2] / "compression" / "fixtures"
 
 
 def cli(*args):
-    proc = subprocess.run([sys.executable, "-m", "compression", *map(str, args)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "compression", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -42,11 +46,20 @@ def test_cli_on_digits_as_written_in_the_issue(tmp_path):
     data = FIXTURES / "digits_eval.npz"
     assert "Conv" in cli("inspect", model)
     out = tmp_path / "q.onnx"
-    cli("optimize", model, "-o", out, "--recipe", "int8-static", "--calibration", cal,
-        "--set", "calibrate_method=percentile")
+    cli(
+        "optimize",
+        model,
+        "-o",
+        out,
+        "--recipe",
+        "int8-static",
+        "--calibration",
+        cal,
+        "--set",
+        "calibrate_method=percentile",
+    )
     assert out.stat().st_size < 0.28 * model.stat().st_size
-    bench = json.loads(cli("benchmark", out, "--threads", 1, "--runs", 10, "--batch", 8,
-                           "--json"))
+    bench = json.loads(cli("benchmark", out, "--threads", 1, "--runs", 10, "--batch", 8, "--json"))
     assert set(bench["throughput_ips"]) == {"1", "8"}
     ev = json.loads(cli("evaluate", out, "--data", data, "--reference", model, "--json"))
     assert ev["reference_accuracy"]["top1"] - ev["accuracy"]["top1"] <= 0.005
@@ -55,8 +68,9 @@ def test_cli_on_digits_as_written_in_the_issue(tmp_path):
 @pytest.mark.slow
 def test_structured_pruning_handles_mobilenet_depthwise_blocks(tmp_path):
     p = get_pass("prune-structured")
-    result = p.run(FIXTURES / "mobilenetv2.onnx", p.make_config({"ratio": 0.25}),
-                   tmp_path / "pruned.onnx")
+    result = p.run(
+        FIXTURES / "mobilenetv2.onnx", p.make_config({"ratio": 0.25}), tmp_path / "pruned.onnx"
+    )
     m = result.metrics
     assert m["layers_pruned"] >= 17  # every expansion conv, through its depthwise conv
     assert m["parameter_ratio"] < 0.9 and m["flop_ratio"] < 0.9
@@ -69,9 +83,15 @@ def test_structured_pruning_handles_mobilenet_depthwise_blocks(tmp_path):
 def test_auto_picks_dynamic_int8_for_the_transformer(tmp_path):
     model, cal, ev = make_transformer.ensure(tmp_path / "cache")
     validate_model(model)
-    report = auto(model, calibration_path=cal, evaluation_path=ev,
-                  kpis={"min_fidelity": 0.9}, out_dir=tmp_path / "auto",
-                  recipes=("int8-dynamic", "fp16"), runs=20)
+    report = auto(
+        model,
+        calibration_path=cal,
+        evaluation_path=ev,
+        kpis={"min_fidelity": 0.9},
+        out_dir=tmp_path / "auto",
+        recipes=("int8-dynamic", "fp16"),
+        runs=20,
+    )
     by = {c["recipe"]: c for c in report["candidates"]}
     assert report["chosen"] == "int8-dynamic"
     assert by["int8-dynamic"]["metrics"]["p50_ratio"] < 1.0

@@ -29,11 +29,21 @@ def _x(shape, n=4, seed=3):
 
 
 def test_registry_lists_every_pass():
-    assert list_passes() == sorted([
-        "prepare", "int8-dynamic", "int8-static", "mixed-precision", "fp16",
-        "prune-unstructured", "prune-structured", "optimize", "distill", "qat",
-        "int8-nncf",
-    ])
+    assert list_passes() == sorted(
+        [
+            "prepare",
+            "int8-dynamic",
+            "int8-static",
+            "mixed-precision",
+            "fp16",
+            "prune-unstructured",
+            "prune-structured",
+            "optimize",
+            "distill",
+            "qat",
+            "int8-nncf",
+        ]
+    )
     with pytest.raises(PassConfigError, match="unknown pass"):
         get_pass("int4-magic")
 
@@ -46,8 +56,7 @@ def test_config_rejects_unknown_keys_and_bad_values():
         cfg.from_dict({"calibrate_method": "magic"})
     with pytest.raises(PassConfigError, match="max_samples must be of type int"):
         cfg.from_dict({"max_samples": "lots"})
-    parsed = cfg.from_dict({"per_channel": "false", "max_samples": "10",
-                            "nodes_to_exclude": "a,b"})
+    parsed = cfg.from_dict({"per_channel": "false", "max_samples": "10", "nodes_to_exclude": "a,b"})
     assert parsed.per_channel is False and parsed.max_samples == 10
     assert parsed.nodes_to_exclude == ["a", "b"]
     assert all(f["help"] for f in cfg.describe())
@@ -55,11 +64,16 @@ def test_config_rejects_unknown_keys_and_bad_values():
 
 def test_prepare_moves_constants_and_upgrades_opset(tmp_path):
     w = numpy_helper.from_array(np.ones((4, 3), np.float32), "w_value")
-    nodes = [helper.make_node("Constant", [], ["w"], value=w),
-             helper.make_node("MatMul", ["x", "w"], ["y"])]
+    nodes = [
+        helper.make_node("Constant", [], ["w"], value=w),
+        helper.make_node("MatMul", ["x", "w"], ["y"]),
+    ]
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3])])
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
     model.ir_version = 7
     src = tmp_path / "old.onnx"
@@ -86,8 +100,9 @@ def test_int8_dynamic_on_matmul_block(tmp_path, mlp_path):
 @pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
 def test_int8_static_calibration_methods(tmp_path, cnn_path, cnn_data, method):
     p = get_pass("int8-static")
-    cfg = p.make_config({"calibration_path": cnn_data, "calibrate_method": method,
-                         "max_samples": 16})
+    cfg = p.make_config(
+        {"calibration_path": cnn_data, "calibrate_method": method, "max_samples": 16}
+    )
     result = p.run(cnn_path, cfg, tmp_path / "q.onnx")
     assert result.metrics["quantize_linear_nodes"] > 0
     x = _x((3, 16, 16))
@@ -96,8 +111,15 @@ def test_int8_static_calibration_methods(tmp_path, cnn_path, cnn_data, method):
 
 def test_int8_static_per_tensor_and_exclusions(tmp_path, cnn_path, cnn_data):
     p = get_pass("int8-static")
-    cfg = p.make_config({"calibration_path": cnn_data, "per_channel": False,
-                         "op_types": ["Conv"], "nodes_to_exclude": ["fc"], "max_samples": 8})
+    cfg = p.make_config(
+        {
+            "calibration_path": cnn_data,
+            "per_channel": False,
+            "op_types": ["Conv"],
+            "nodes_to_exclude": ["fc"],
+            "max_samples": 8,
+        }
+    )
     result = p.run(cnn_path, cfg, tmp_path / "q.onnx")
     model = onnx.load(result.output_path)
     fc = next(n for n in model.graph.node if n.name == "fc")
@@ -107,8 +129,7 @@ def test_int8_static_per_tensor_and_exclusions(tmp_path, cnn_path, cnn_data):
 @pytest.mark.parametrize("keep", [True, False])
 def test_int8_static_keeps_the_rgb_stem_in_float(tmp_path, cnn_path, cnn_data, keep):
     p = get_pass("int8-static")
-    cfg = p.make_config({"calibration_path": cnn_data, "keep_stem_float": keep,
-                         "max_samples": 8})
+    cfg = p.make_config({"calibration_path": cnn_data, "keep_stem_float": keep, "max_samples": 8})
     result = p.run(cnn_path, cfg, tmp_path / "q.onnx")
     graph = onnx.load(result.output_path).graph
     conv1 = next(n for n in graph.node if n.name == "conv1")
@@ -126,14 +147,20 @@ def test_int8_static_requires_calibration(tmp_path, cnn_path):
 def test_mixed_precision_keeps_sensitive_nodes_in_float(tmp_path, cnn_path, cnn_data):
     p = get_pass("mixed-precision")
     # an unreachable target forces the search to exclude nodes and report it
-    cfg = p.make_config({"calibration_path": cnn_data, "target_cosine": 0.999999,
-                         "max_excluded": 2, "eval_samples": 16, "max_samples": 16})
+    cfg = p.make_config(
+        {
+            "calibration_path": cnn_data,
+            "target_cosine": 0.999999,
+            "max_excluded": 2,
+            "eval_samples": 16,
+            "max_samples": 16,
+        }
+    )
     result = p.run(cnn_path, cfg, tmp_path / "m.onnx")
     assert result.metrics["float_nodes"]
     assert len(result.metrics["history"]) >= 2
     assert any("most sensitive" in n for n in result.notes)
-    easy = p.make_config({"calibration_path": cnn_data, "target_cosine": 0.5,
-                          "max_samples": 16})
+    easy = p.make_config({"calibration_path": cnn_data, "target_cosine": 0.5, "max_samples": 16})
     assert p.run(cnn_path, easy, tmp_path / "m2.onnx").metrics["float_nodes"] == []
 
 
@@ -166,8 +193,7 @@ def test_prune_unstructured(tmp_path, cnn_path, scope):
 
 def test_prune_structured_rewrites_consumers(tmp_path, cnn_path):
     p = get_pass("prune-structured")
-    result = p.run(cnn_path, p.make_config({"ratio": 0.5, "min_channels": 2}),
-                   tmp_path / "st.onnx")
+    result = p.run(cnn_path, p.make_config({"ratio": 0.5, "min_channels": 2}), tmp_path / "st.onnx")
     m = result.metrics
     # conv1 -> bn1 -> relu1 -> conv2, and conv2 -> bn2 -> relu2 -> pool -> flatten -> fc
     assert m["layers_pruned"] == 2
@@ -200,8 +226,7 @@ def test_optimize_fuses_batchnorm(tmp_path, cnn_path, level):
     assert "BatchNormalization" not in ops
     assert result.metrics["nodes_after"] < result.metrics["nodes_before"]
     x = _x((3, 16, 16))
-    np.testing.assert_allclose(_run(result.output_path, x), _run(cnn_path, x), rtol=1e-3,
-                               atol=1e-4)
+    np.testing.assert_allclose(_run(result.output_path, x), _run(cnn_path, x), rtol=1e-3, atol=1e-4)
 
 
 def test_optimize_refuses_layout_level():

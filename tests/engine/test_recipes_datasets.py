@@ -18,12 +18,22 @@ from compression.engine.recipes import (
 
 
 def test_default_recipes_are_resolvable():
-    assert set(DEFAULT_RECIPES) == {"prepare", "optimize", "int8-dynamic", "int8-static",
-                                    "mixed-precision", "fp16", "prune-unstructured"}
+    assert set(DEFAULT_RECIPES) == {
+        "prepare",
+        "optimize",
+        "int8-dynamic",
+        "int8-static",
+        "mixed-precision",
+        "fp16",
+        "prune-unstructured",
+    }
     for name in list_recipes():
         assert resolve(name)
     assert resolve("prune-structured+optimize+int8-static") == (
-        "prune-structured", "optimize", "int8-static")
+        "prune-structured",
+        "optimize",
+        "int8-static",
+    )
     assert needs_calibration("prune-structured+optimize+int8-static")
     assert not needs_calibration("fp16")
     with pytest.raises(PassConfigError, match="unknown pass 'int3'"):
@@ -32,10 +42,14 @@ def test_default_recipes_are_resolvable():
 
 def test_chain_runs_through_temp_files(tmp_path, cnn_path, cnn_data):
     out = tmp_path / "out" / "final.onnx"
-    result = run_recipe("prune-structured+optimize+int8-static", cnn_path, out,
-                        calibration_path=cnn_data,
-                        overrides={"prune-structured.min_channels": 2, "max_samples": 8},
-                        workdir=tmp_path)
+    result = run_recipe(
+        "prune-structured+optimize+int8-static",
+        cnn_path,
+        out,
+        calibration_path=cnn_data,
+        overrides={"prune-structured.min_channels": 2, "max_samples": 8},
+        workdir=tmp_path,
+    )
     assert [s["pass"] for s in result.steps] == ["prune-structured", "optimize", "int8-static"]
     assert result.steps[2]["config"]["max_samples"] == 8
     assert result.steps[0]["config"]["min_channels"] == 2
@@ -50,8 +64,12 @@ def test_overrides_that_fit_no_pass_are_refused(tmp_path, cnn_path):
 
 def test_refusal_propagates_from_a_chain(tmp_path, residual_cnn_path, cnn_data):
     with pytest.raises(PassRefused):
-        run_recipe("prune-structured+optimize", residual_cnn_path, tmp_path / "o.onnx",
-                   overrides={"min_channels": 2})
+        run_recipe(
+            "prune-structured+optimize",
+            residual_cnn_path,
+            tmp_path / "o.onnx",
+            overrides={"min_channels": 2},
+        )
     assert not (tmp_path / "o.onnx").exists()
 
 
@@ -73,8 +91,10 @@ def test_dataset_loads_and_batches(cnn_path, cnn_data):
         ({"x": np.zeros((2, 3, 8, 8), np.float32)}, "axis 2 differs"),
         ({"x": np.zeros((2, 3, 16), np.float32)}, "expects rank 4"),
         ({"x": np.zeros((2, 3, 16, 16), np.complex64)}, "dtype complex64"),
-        ({"x": np.zeros((2, 3, 16, 16), np.float32), "labels": np.zeros(3, np.int64)},
-         "'labels' must be 2 integer class ids"),
+        (
+            {"x": np.zeros((2, 3, 16, 16), np.float32), "labels": np.zeros(3, np.int64)},
+            "'labels' must be 2 integer class ids",
+        ),
         ({"x": np.zeros((0, 3, 16, 16), np.float32)}, "holds no samples"),
     ],
 )

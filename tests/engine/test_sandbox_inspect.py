@@ -41,8 +41,17 @@ def test_run_isolated_rejects_local_functions():
 def test_inspect_model(cnn_path):
     info = inspect_model(cnn_path)
     json.dumps(info)
-    assert set(info) >= {"ir_version", "opsets", "producer", "inputs", "outputs", "parameters",
-                         "op_histogram", "flops", "size_bytes"}
+    assert set(info) >= {
+        "ir_version",
+        "opsets",
+        "producer",
+        "inputs",
+        "outputs",
+        "parameters",
+        "op_histogram",
+        "flops",
+        "size_bytes",
+    }
     assert info["outputs"][0]["shape"] == ["N", 10]
     # conv1: 2*16*16*8*27, conv2: 2*16*16*12*72, fc: 2*10*12 plus elementwise ops
     assert info["flops"] > 2 * 16 * 16 * 8 * 27 + 2 * 16 * 16 * 12 * 72

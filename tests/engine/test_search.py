@@ -14,14 +14,27 @@ FAST = ("optimize", "int8-dynamic", "int8-static", "fp16", "prune-structured+opt
 
 
 def _run(tmp_path, path, data, kpis, **kw):
-    return auto(path, calibration_path=data, evaluation_path=data, kpis=kpis,
-                out_dir=tmp_path / "auto", recipes=kw.pop("recipes", FAST), runs=10, **kw)
+    return auto(
+        path,
+        calibration_path=data,
+        evaluation_path=data,
+        kpis=kpis,
+        out_dir=tmp_path / "auto",
+        recipes=kw.pop("recipes", FAST),
+        runs=10,
+        **kw,
+    )
 
 
 def test_auto_measures_all_and_chooses_a_kpi_meeting_variant(tmp_path, cnn_path, cnn_data):
     steps = []
-    r = _run(tmp_path, cnn_path, cnn_data, {"max_accuracy_drop": 5.0},
-             progress=lambda f, s: steps.append((f, s)))
+    r = _run(
+        tmp_path,
+        cnn_path,
+        cnn_data,
+        {"max_accuracy_drop": 5.0},
+        progress=lambda f, s: steps.append((f, s)),
+    )
     recipes = [c["recipe"] for c in r["candidates"]]
     assert recipes == ["fp32", *FAST]
     pruned = next(c for c in r["candidates"] if c["recipe"] == "prune-structured+optimize")
@@ -30,8 +43,7 @@ def test_auto_measures_all_and_chooses_a_kpi_meeting_variant(tmp_path, cnn_path,
     assert chosen["meets_kpis"] and chosen["pareto"]
     fp32 = r["candidates"][0]["metrics"]
     assert chosen["metrics"]["p50_ms"] <= fp32["p50_ms"]
-    assert r["pareto"] and all(c["pareto"] == (c["recipe"] in r["pareto"])
-                               for c in r["candidates"])
+    assert r["pareto"] and all(c["pareto"] == (c["recipe"] in r["pareto"]) for c in r["candidates"])
     assert steps[0][1] == "fp32: measure" and steps[-1] == (1.0, "done")
     assert all(a[0] <= b[0] for a, b in itertools.pairwise(steps))
     saved = json.loads((tmp_path / "auto" / "report.json").read_text())
@@ -39,8 +51,7 @@ def test_auto_measures_all_and_chooses_a_kpi_meeting_variant(tmp_path, cnn_path,
 
 
 def test_auto_never_returns_a_violator(tmp_path, cnn_path, cnn_data):
-    r = _run(tmp_path, cnn_path, cnn_data, {"max_latency_ms": 1e-6},
-             recipes=("optimize", "fp16"))
+    r = _run(tmp_path, cnn_path, cnn_data, {"max_latency_ms": 1e-6}, recipes=("optimize", "fp16"))
     assert r["chosen"] is None
     assert "No candidate meets the KPIs" in r["reason"]
     assert all(not c["meets_kpis"] for c in r["candidates"])
@@ -49,8 +60,9 @@ def test_auto_never_returns_a_violator(tmp_path, cnn_path, cnn_data):
 
 def test_auto_size_kpi(tmp_path, cnn_path, cnn_data):
     fp32_mb = (tmp_path / "x").parent.joinpath("cnn.onnx").stat().st_size / 1e6
-    r = _run(tmp_path, cnn_path, cnn_data, {"max_size_mb": fp32_mb * 0.7},
-             recipes=("optimize", "fp16"))
+    r = _run(
+        tmp_path, cnn_path, cnn_data, {"max_size_mb": fp32_mb * 0.7}, recipes=("optimize", "fp16")
+    )
     assert r["chosen"] == "fp16"
 
 
@@ -80,8 +92,13 @@ def test_auto_catches_the_dynamic_int8_trap_by_measurement(tmp_path, cnn_path, c
     from compression.engine.benchmark import benchmark
 
     fp32_p50 = benchmark(cnn_path, runs=30)["latency_ms"]["p50"]
-    r = _run(tmp_path, cnn_path, cnn_data, {"max_latency_ms": fp32_p50 * 1.5},
-             recipes=("int8-dynamic", "optimize"))
+    r = _run(
+        tmp_path,
+        cnn_path,
+        cnn_data,
+        {"max_latency_ms": fp32_p50 * 1.5},
+        recipes=("int8-dynamic", "optimize"),
+    )
     dyn = next(c for c in r["candidates"] if c["recipe"] == "int8-dynamic")
     # ConvInteger has no fast CPU kernel: dynamic int8 is several times slower on a CNN
     assert dyn["metrics"]["p50_ratio"] > 1.5
@@ -89,8 +106,9 @@ def test_auto_catches_the_dynamic_int8_trap_by_measurement(tmp_path, cnn_path, c
     assert r["chosen"] != "int8-dynamic"
 
 
-def test_a_crashing_candidate_is_recorded_and_the_search_goes_on(tmp_path, cnn_path, cnn_data,
-                                                                 monkeypatch):
+def test_a_crashing_candidate_is_recorded_and_the_search_goes_on(
+    tmp_path, cnn_path, cnn_data, monkeypatch
+):
     from compression.engine import SandboxCrashed, search
 
     real = search.run_isolated
@@ -108,8 +126,14 @@ def test_a_crashing_candidate_is_recorded_and_the_search_goes_on(tmp_path, cnn_p
 
 
 def test_auto_default_search_grid_floor_shapes_and_explanations(tmp_path, cnn_path, cnn_data):
-    r = auto(cnn_path, calibration_path=cnn_data, evaluation_path=cnn_data, kpis={},
-             out_dir=tmp_path / "auto", runs=10)
+    r = auto(
+        cnn_path,
+        calibration_path=cnn_data,
+        evaluation_path=cnn_data,
+        kpis={},
+        out_dir=tmp_path / "auto",
+        runs=10,
+    )
     names = [c["recipe"] for c in r["candidates"]]
     assert "int8-static[qop,u8,per-tensor]" in names and "int8-static" in names
     assert r["default_quality_floor"] == 0.98 and r["kpis_applied"]["min_fidelity"] == 0.98
@@ -124,8 +148,15 @@ def test_auto_default_search_grid_floor_shapes_and_explanations(tmp_path, cnn_pa
 
 
 def test_auto_latency_only_reports_fidelity_unknown(tmp_path, cnn_path):
-    r = auto(cnn_path, calibration_path=None, evaluation_path=None, kpis={},
-             out_dir=tmp_path / "auto", recipes=("optimize", "int8-static"), runs=10)
+    r = auto(
+        cnn_path,
+        calibration_path=None,
+        evaluation_path=None,
+        kpis={},
+        out_dir=tmp_path / "auto",
+        recipes=("optimize", "int8-static"),
+        runs=10,
+    )
     assert r["latency_only"] and r["default_quality_floor"] is None
     assert all(c["metrics"]["fidelity"] is None for c in r["candidates"] if c["metrics"])
     assert r["measurement"]["shape_source"] == "data"  # the generated inputs

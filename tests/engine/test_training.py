@@ -22,7 +22,7 @@ from compression.engine.errors import Cancelled
 from compression.engine.passes import get_pass
 from compression.engine.recipes import run_recipe
 from compression.engine.training import hooks
-from tests.engine.conftest import make_cnn, make_dataset
+from tests.engine.conftest import make_cnn, make_dataset, make_mlp
 
 FIXTURES = Path(__file__).resolve().parents[2] / "compression" / "fixtures"
 DIGITS = str(FIXTURES / "digits_cnn.onnx")
@@ -128,6 +128,66 @@ def test_distill_uploaded_student_without_labels(tmp_path, cnn_path):
 
 
 @needs_torch
+def test_matmul_weights_are_trained_and_written_back(tmp_path):
+    from compression.engine.training import convert
+
+    teacher = make_mlp(tmp_path / "teacher.onnx", seed=0, dim=16, hidden=32)
+    student = make_mlp(tmp_path / "student.onnx", seed=3, dim=16, hidden=32)
+    module = convert.to_torch(student)
+    # every MatMul weight and its bias is a parameter, not a frozen constant
+    assert sorted(convert.initializer_targets(module, onnx.load(student)).values()) == [
+        ("b1", False),
+        ("b2", False),
+        ("w1", False),
+        ("w2", False),
+    ]
+    data = make_dataset(tmp_path / "d.npz", teacher, n=64, labels=False)
+    x = np.load(data)["x"]
+    gap0 = float(np.mean((_run(student, x) - _run(teacher, x)) ** 2))
+    out = tmp_path / "s.onnx"
+    run_recipe(
+        "distill",
+        teacher,
+        out,
+        calibration_path=data,
+        overrides={"student_path": student, "epochs": 20, "lr": 3e-3, "patience": 0},
+    )
+    gap1 = float(np.mean((_run(out, x) - _run(teacher, x)) ** 2))
+    assert gap1 < gap0 / 2
+    trained = {t.name for t in onnx.load(out).graph.initializer}
+    assert trained == {"w1", "b1", "w2", "b2"}  # same graph, new values
+
+
+@needs_torch
+def test_a_weight_read_by_two_matmuls_stays_one_tensor(tmp_path):
+    from compression.engine.training import convert
+
+    rng = np.random.default_rng(0)
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 4], rng.normal(0, 1, 16).tolist())
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["h"]),
+            helper.make_node("MatMul", ["h", "w"], ["y"]),
+        ],
+        "shared",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [w],
+    )
+    path = tmp_path / "shared.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    module = convert.to_torch(path)
+    assert len(list(module.parameters())) == 1
+    import torch
+
+    with torch.no_grad():
+        next(module.parameters()).mul_(2)
+    convert.write_back(module, path, tmp_path / "back.onnx")
+    back = onnx.numpy_helper.to_array(onnx.load(tmp_path / "back.onnx").graph.initializer[0])
+    np.testing.assert_allclose(back, 2 * onnx.numpy_helper.to_array(w), rtol=1e-6)
+
+
+@needs_torch
 def test_qat_exports_qdq_int8_that_runs_on_integer_kernels(tmp_path):
     out = tmp_path / "qat.onnx"
     result = run_recipe(
@@ -141,6 +201,61 @@ def test_qat_exports_qdq_int8_that_runs_on_integer_kernels(tmp_path):
     ops = {n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node}
     assert "QLinearConv" in ops  # onnxruntime fused the QDQ pairs into int8 kernels
     assert _accuracy(out, DIGITS_EVAL) >= _accuracy(DIGITS, DIGITS_EVAL) - 0.02
+
+
+def _outlier_digits(path, scale: float = 200.0) -> str:
+    """The digits CNN with two channels of conv2 scaled up and conv3's inputs from them
+    scaled down: the same function in float, badly quantized per tensor."""
+    model = onnx.load(DIGITS)
+    inits = {t.name: t for t in model.graph.initializer}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    get = lambda n: onnx.numpy_helper.to_array(inits[n]).copy()  # noqa: E731
+    w, b, w2 = get(convs[1].input[1]), get(convs[1].input[2]), get(convs[2].input[1])
+    w[:2] *= scale
+    b[:2] *= scale
+    w2[:, :2] /= scale
+    for name, arr in ((convs[1].input[1], w), (convs[1].input[2], b), (convs[2].input[1], w2)):
+        inits[name].CopyFrom(onnx.numpy_helper.from_array(arr.astype(np.float32), name))
+    onnx.save(model, str(path))
+    return str(path)
+
+
+@needs_torch
+def test_qat_export_keeps_the_learned_scales(tmp_path):
+    src = _outlier_digits(tmp_path / "outlier.onnx")
+    runs = {}
+    for learned in (True, False):
+        result = run_recipe(
+            "qat",
+            src,
+            tmp_path / f"qat-{learned}.onnx",
+            calibration_path=DIGITS_CAL,
+            overrides={"epochs": 1, "max_samples": 120, "learned_ranges": learned},
+        )
+        runs[learned] = result.steps[0]["metrics"]
+    m = runs[True]
+    # every weight and activation quantizer found its ONNX tensor
+    assert m["learned_weight_scales"] == 4
+    assert m["learned_activation_ranges"] == m["activation_quantizers"] > 0
+    # so the int8 model computes what the fake-quantized module computed
+    assert m["export_agreement"] >= 0.99
+    assert m["export_max_error"] < runs[False]["export_max_error"]
+    assert "learned_weight_scales" not in runs[False]
+
+
+@needs_torch
+def test_qat_quantizers_are_shared_across_flatten_like_onnxruntime():
+    from compression.engine.training import convert
+    from compression.engine.training.passes import _qat_module
+
+    module = convert.to_torch(DIGITS)
+    import torch
+
+    nodes = convert._node_map(onnx.load(DIGITS))
+    qat = _qat_module(module, [], (torch.zeros(2, 1, 16, 16),), True, False, nodes)
+    flatten = next(n for n in qat.graph.nodes if n.target == "13/Flatten")
+    before, after = flatten.args[0], next(iter(flatten.users))
+    assert after.target == before.target  # one quantizer, as GlobalAveragePool -> Flatten in int8
 
 
 @needs_torch

@@ -77,11 +77,15 @@ def _save_with_external(tmp_path, location: str, *, where: str = "initializer"):
             then_out = helper.make_tensor_value_info("w", TensorProto.FLOAT, [4, 4])
             then_g = helper.make_graph([const], "then", [], [then_out])
             else_g = helper.make_graph(
-                [helper.make_node("Identity", ["x"], ["w2"])], "else", [],
-                [helper.make_tensor_value_info("w2", TensorProto.FLOAT, [4, 4])])
+                [helper.make_node("Identity", ["x"], ["w2"])],
+                "else",
+                [],
+                [helper.make_tensor_value_info("w2", TensorProto.FLOAT, [4, 4])],
+            )
             cond = numpy_helper.from_array(np.array(True), "cond")
-            if_node = helper.make_node("If", ["cond"], ["w"], then_branch=then_g,
-                                       else_branch=else_g)
+            if_node = helper.make_node(
+                "If", ["cond"], ["w"], then_branch=then_g, else_branch=else_g
+            )
             nodes = [if_node, helper.make_node("MatMul", ["x", "w"], ["y"])]
             graph = helper.make_graph(nodes, "g", [x], [y], [cond])
         else:
@@ -112,7 +116,8 @@ def test_external_data_never_opened(tmp_path):
 @pytest.mark.parametrize("where", ["constant", "subgraph"])
 def test_external_data_in_constant_and_subgraph_refused(tmp_path, where):
     assert _rejected(_save_with_external(tmp_path, "/etc/shadow", where=where)).code == (
-        "external_data")
+        "external_data"
+    )
 
 
 def test_huge_declared_initializer_refused(tmp_path):
@@ -164,8 +169,11 @@ def test_runtime_failure_refused(tmp_path):
 
 @pytest.mark.parametrize(
     ("mode", "code"),
-    [("segfault", "validator_crashed"), ("oom", "validator_crashed"),
-     ("hang", "validator_timeout")],
+    [
+        ("segfault", "validator_crashed"),
+        ("oom", "validator_crashed"),
+        ("hang", "validator_timeout"),
+    ],
 )
 def test_sandbox_holds_when_child_misbehaves(cnn_path, mode, code):
     err = _rejected(cnn_path, _test_crash=mode, timeout_s=5, memory_mb=512)

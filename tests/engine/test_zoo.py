@@ -72,26 +72,46 @@ def test_fp16_that_onnxruntime_cannot_load_is_refused_not_crashing(tmp_path):
 def test_calibration_feeds_the_models_own_fixed_batch_of_one(tmp_path, cache, recipe):
     # "Got 8 Expected 1": mixed-precision used to feed batches of 8 to a batch-1 model
     model, cal, ev = zoo.ensure("resnet_like_b1", cache)
-    out = run_recipe(recipe, model, tmp_path / "q.onnx", calibration_path=cal,
-                     overrides={"target_cosine": 1.0, "max_excluded": 2}
-                     if recipe == "mixed-precision" else None)
+    out = run_recipe(
+        recipe,
+        model,
+        tmp_path / "q.onnx",
+        calibration_path=cal,
+        overrides={"target_cosine": 1.0, "max_excluded": 2}
+        if recipe == "mixed-precision"
+        else None,
+    )
     r = evaluate(out.output_path, ev, reference_path=model)
     assert r["fidelity"]["label"]["metric"] == "exact_agreement"
 
 
 def test_scalar_input_one_contract_for_upload_and_job(tmp_path, cache):
     model, cal, _ev = zoo.ensure("audio_kws_b1", cache)
-    inputs = [{"name": "audio", "shape": [1, "samples"], "dtype": "float32"},
-              {"name": "sr", "shape": [], "dtype": "int64"}]
-    fixed = check_contract({"audio": {"shape": [5, 16000], "dtype": "float32"},
-                            "sr": {"shape": [], "dtype": "int64"}}, inputs)
+    inputs = [
+        {"name": "audio", "shape": [1, "samples"], "dtype": "float32"},
+        {"name": "sr", "shape": [], "dtype": "int64"},
+    ]
+    fixed = check_contract(
+        {"audio": {"shape": [5, 16000], "dtype": "float32"}, "sr": {"shape": [], "dtype": "int64"}},
+        inputs,
+    )
     assert fixed == {"samples": 5, "roles": {"audio": "per-sample", "sr": "fixed"}}
-    per = check_contract({"audio": {"shape": [2, 16000], "dtype": "float32"},
-                          "sr": {"shape": [2], "dtype": "int64"}}, inputs)
+    per = check_contract(
+        {
+            "audio": {"shape": [2, 16000], "dtype": "float32"},
+            "sr": {"shape": [2], "dtype": "int64"},
+        },
+        inputs,
+    )
     assert per["roles"]["sr"] == "per-sample"
     with pytest.raises(DatasetError, match="scalar"):
-        check_contract({"audio": {"shape": [2, 16000], "dtype": "float32"},
-                        "sr": {"shape": [2, 1], "dtype": "int64"}}, inputs)
+        check_contract(
+            {
+                "audio": {"shape": [2, 16000], "dtype": "float32"},
+                "sr": {"shape": [2, 1], "dtype": "int64"},
+            },
+            inputs,
+        )
     per_path = tmp_path / "per.npz"
     np.savez(per_path, audio=np.zeros((3, 16000), np.float32), sr=np.array([16000, 8000, 16000]))
     _runs(model, per_path)
@@ -106,12 +126,19 @@ def test_quantizer_exception_triggers_the_next_strategy(tmp_path, cache):
     model, cal, _ev = zoo.ensure("int_inputs_gather", cache)
     broken = tmp_path / "calibration.json"
     broken.write_text('{"calibration_method": ')
-    out = run_recipe("int8-static", model, tmp_path / "q.onnx", calibration_path=cal,
-                     overrides={"calibration_cache": str(broken)})
+    out = run_recipe(
+        "int8-static",
+        model,
+        tmp_path / "q.onnx",
+        calibration_path=cal,
+        overrides={"calibration_cache": str(broken)},
+    )
     notes = " ".join(out.steps[0]["notes"])
     assert "failed as configured" in notes and "used: without pre-processing" in notes
-    assert out.steps[0]["metrics"]["integer_ops"] + \
-        out.steps[0]["metrics"]["quantize_linear_nodes"] > 0
+    assert (
+        out.steps[0]["metrics"]["integer_ops"] + out.steps[0]["metrics"]["quantize_linear_nodes"]
+        > 0
+    )
 
 
 def test_fallback_order_handles_old_opsets_without_per_channel():
@@ -127,12 +154,20 @@ def test_mixed_precision_streams_long_sequences_in_bounded_memory(tmp_path, cach
     model, _cal, _ev = zoo.ensure("audio_kws_b1", cache)
     long_cal = tmp_path / "long.npz"
     rng = np.random.default_rng(0)
-    np.savez(long_cal, audio=(0.2 * rng.normal(size=(32, 64000))).astype(np.float32),
-             sr=np.array(16000))
-    steps = run_isolated("compression.engine.search:compress_to_json", "mixed-precision",
-                         str(model), str(tmp_path / "mp.onnx"), str(long_cal), str(tmp_path),
-                         {"target_cosine": 1.0, "max_excluded": 1, "max_samples": 8},
-                         timeout_s=600, memory_mb=1024)
+    np.savez(
+        long_cal, audio=(0.2 * rng.normal(size=(32, 64000))).astype(np.float32), sr=np.array(16000)
+    )
+    steps = run_isolated(
+        "compression.engine.search:compress_to_json",
+        "mixed-precision",
+        str(model),
+        str(tmp_path / "mp.onnx"),
+        str(long_cal),
+        str(tmp_path),
+        {"target_cosine": 1.0, "max_excluded": 1, "max_samples": 8},
+        timeout_s=600,
+        memory_mb=1024,
+    )
     assert steps[0]["metrics"]["history"][-1]["excluded"] == 1
     assert (tmp_path / "mp.onnx").exists()
 
@@ -148,8 +183,15 @@ def test_benchmark_measures_the_datas_own_shape_and_says_so():
 
 def test_interleaved_comparison_gives_ratios_and_stops_when_stable():
     model, _cal, ev = zoo.ensure("crnn_ctc", Path())
-    r = compare({"fp32": model, "same": model}, reference="fp32", data_path=ev, runs=5,
-                min_rounds=3, max_rounds=12, contenders=["same"])
+    r = compare(
+        {"fp32": model, "same": model},
+        reference="fp32",
+        data_path=ev,
+        runs=5,
+        min_rounds=3,
+        max_rounds=12,
+        contenders=["same"],
+    )
     assert r["stable"] and r["rounds"] >= 5 - 2
     assert 0.7 < r["models"]["same"]["ratio"] < 1.4  # the same model: about 1x
     assert r["input_shapes"] == {"image": [1, 1, 32, zoo.CRNN_WIDTH]}
@@ -166,10 +208,15 @@ def test_nncf_is_a_second_backend_where_installed(tmp_path):
     from compression.fixtures.zoo import ZOO_DIR
 
     fixtures = ZOO_DIR.parent
-    out = run_recipe("int8-nncf", fixtures / "digits_cnn.onnx", tmp_path / "n.onnx",
-                     calibration_path=fixtures / "digits_calibration.npz",
-                     overrides={"max_samples": 64})
+    out = run_recipe(
+        "int8-nncf",
+        fixtures / "digits_cnn.onnx",
+        tmp_path / "n.onnx",
+        calibration_path=fixtures / "digits_calibration.npz",
+        overrides={"max_samples": 64},
+    )
     assert out.steps[0]["metrics"]["quantize_linear_nodes"] > 0
-    r = evaluate(out.output_path, fixtures / "digits_eval.npz",
-                 reference_path=fixtures / "digits_cnn.onnx")
+    r = evaluate(
+        out.output_path, fixtures / "digits_eval.npz", reference_path=fixtures / "digits_cnn.onnx"
+    )
     assert r["fidelity"]["logits"]["fidelity"] >= 0.97

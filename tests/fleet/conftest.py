@@ -16,11 +16,21 @@ def call():
     from fleet.wsgi import application
 
     def run(method: str, path: str, body: bytes = b"", **headers):
-        environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": "",
-                   "SERVER_NAME": "testserver", "SERVER_PORT": "80", "wsgi.url_scheme": "http",
-                   "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.input": io.BytesIO(body),
-                   "wsgi.errors": sys.stderr, "CONTENT_LENGTH": str(len(body)),
-                   "CONTENT_TYPE": "application/json", "REMOTE_ADDR": "127.0.0.1", **headers}
+        environ = {
+            "REQUEST_METHOD": method,
+            "PATH_INFO": path,
+            "QUERY_STRING": "",
+            "SERVER_NAME": "testserver",
+            "SERVER_PORT": "80",
+            "wsgi.url_scheme": "http",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "wsgi.input": io.BytesIO(body),
+            "wsgi.errors": sys.stderr,
+            "CONTENT_LENGTH": str(len(body)),
+            "CONTENT_TYPE": "application/json",
+            "REMOTE_ADDR": "127.0.0.1",
+            **headers,
+        }
         answer = {}
 
         def start_response(status, response_headers, exc_info=None):

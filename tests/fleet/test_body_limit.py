@@ -11,8 +11,13 @@ from fleet.middleware import BodySizeLimitMiddleware
 
 def _answer(settings, server: str):
     settings.EDGEFLEET_MAX_UPLOAD_BYTES = 1024
-    request = RequestFactory().post("/api/v1/models/", data=b"x", content_type="application/json",
-                                    CONTENT_LENGTH="5000", SERVER_SOFTWARE=server)
+    request = RequestFactory().post(
+        "/api/v1/models/",
+        data=b"x",
+        content_type="application/json",
+        CONTENT_LENGTH="5000",
+        SERVER_SOFTWARE=server,
+    )
     return BodySizeLimitMiddleware(lambda r: None)(request)
 
 

@@ -74,8 +74,9 @@ def test_drf_create_token_gives_a_working_api_token(operator_user, tiny_onnx):
     from compression import tasks
 
     with tiny_onnx.open("rb") as fh, TestCase.captureOnCommitCallbacks(execute=False):
-        created = client.post(f"/api/v1/models/{model['id']}/versions/", {"file": fh},
-                              format="multipart")
+        created = client.post(
+            f"/api/v1/models/{model['id']}/versions/", {"file": fh}, format="multipart"
+        )
     assert created.status_code == 202 and created.json()["status"] == "validating"
     assert tasks.validate_model_version(created.json()["id"]) == "ready"  # the worker's part
     assert client.get("/api/v1/models/").json()["count"] == 1

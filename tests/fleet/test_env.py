@@ -40,8 +40,12 @@ def test_settings_fail_loudly_on_bad_value():
     import sys
 
     env = {**os.environ, "DEBUG": "perhaps"}
-    proc = subprocess.run([sys.executable, "-c", "import django; from django.conf import settings;"
-                           " django.setup()"], env=env, capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import django; from django.conf import settings; django.setup()"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode != 0
     assert "DEBUG='perhaps' is not a boolean" in proc.stderr

@@ -46,8 +46,14 @@ def _clean_env(tmp_path) -> dict[str, str]:
 @pytest.mark.parametrize("module", ["compression.engine", "fleet.settings", "fleet.celery"])
 def test_telemetry_switch_is_set_by_our_entry_points(module, tmp_path):
     code = f"import os, {module}; print(os.environ.get('ORT_DISABLE_TELEMETRY'))"
-    proc = subprocess.run([sys.executable, "-c", code], env=_clean_env(tmp_path), cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env=_clean_env(tmp_path),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.stdout.strip().splitlines()[-1] == "1", proc.stderr
 
 
@@ -59,15 +65,29 @@ def test_no_outbound_connections_during_validation_and_inference(tmp_path):
     script.write_text(PROBE.format(root=str(ROOT), model=str(tmp_path / "m.onnx")))
     log = tmp_path / "strace.log"
     proc = subprocess.run(
-        [strace, "-f", "-qq", "-e", "trace=connect,sendto,sendmsg", "-o", str(log),
-         sys.executable, str(script)],
-        env=_clean_env(tmp_path), cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            strace,
+            "-f",
+            "-qq",
+            "-e",
+            "trace=connect,sendto,sendmsg",
+            "-o",
+            str(log),
+            sys.executable,
+            str(script),
+        ],
+        env=_clean_env(tmp_path),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if proc.returncode != 0 and "ptrace" in proc.stderr.lower():
         need_service("ptrace", proc.stderr.strip()[:200])
     assert "probe-ok 1" in proc.stdout, proc.stderr[-2000:]
     outbound = [
-        line for line in log.read_text().splitlines()
+        line
+        for line in log.read_text().splitlines()
         if re.search(r"AF_INET6?", line) and not re.search(r"127\.0\.0\.1|::1", line)
     ]
     assert outbound == [], outbound

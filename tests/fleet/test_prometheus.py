@@ -40,8 +40,10 @@ def enrolled(db, admin_user):
 
 def points(first: int, last: int) -> list[dict]:
     now = time.time()
-    return [{"seq": seq, "boot_id": "boot-1", "ts": now, "latency_ms": 10.0, "cpu_pct": 20.0}
-            for seq in range(first, last + 1)]
+    return [
+        {"seq": seq, "boot_id": "boot-1", "ts": now, "latency_ms": 10.0, "cpu_pct": 20.0}
+        for seq in range(first, last + 1)
+    ]
 
 
 @pytest.mark.django_db
@@ -78,8 +80,10 @@ def test_device_requests_and_records_are_counted(call, settings, enrolled):
     requests = "edgefleet_device_requests"
     assert moved(requests, f"{requests}_total", endpoint="device-telemetry", status="200") == 3
     assert moved(requests, f"{requests}_total", endpoint="device-update", status="401") == 1
-    assert (moved(requests, f"{requests}_total", endpoint="device-update", status="200")
-            + moved(requests, f"{requests}_total", endpoint="device-update", status="204")) == 1
+    assert (
+        moved(requests, f"{requests}_total", endpoint="device-update", status="200")
+        + moved(requests, f"{requests}_total", endpoint="device-update", status="204")
+    ) == 1
     latency = "edgefleet_device_request_duration_seconds"
     assert moved(latency, f"{latency}_count", endpoint="device-telemetry") == 3
     assert moved(latency, f"{latency}_bucket", endpoint="device-telemetry", le="+Inf") == 3
@@ -88,7 +92,9 @@ def test_device_requests_and_records_are_counted(call, settings, enrolled):
     assert moved(records, f"{records}_total", kind="telemetry", outcome="stored") == 6
     assert moved(records, f"{records}_total", kind="telemetry", outcome="duplicate") == 5
     assert moved(records, f"{records}_total", kind="telemetry", outcome="rejected") == 1
-    assert moved(records, f"{records}_total", kind="telemetry", outcome="dropped") == 2  # once per batch
+    assert (
+        moved(records, f"{records}_total", kind="telemetry", outcome="dropped") == 2
+    )  # once per batch
 
 
 @pytest.mark.django_db
@@ -131,8 +137,9 @@ def test_task_failures_are_counted():
         raise RuntimeError("boom")
 
     labels = {"task": "tests.metrics.always_fails"}
-    before = prometheus.REGISTRY.get_sample_value(
-        "edgefleet_celery_task_failures_total", labels) or 0.0
+    before = (
+        prometheus.REGISTRY.get_sample_value("edgefleet_celery_task_failures_total", labels) or 0.0
+    )
     result = app.tasks["tests.metrics.always_fails"].apply()
     assert result.failed()
     after = prometheus.REGISTRY.get_sample_value("edgefleet_celery_task_failures_total", labels)

@@ -34,8 +34,9 @@ def test_viewer_reads_but_cannot_write(viewer_api, operator_user):
     model = MLModel.objects.create(name="m", owner=operator_user)
     assert viewer_api.get("/api/v1/models/").status_code == 200
     assert viewer_api.post("/api/v1/models/", {"name": "x"}).status_code == 403
-    upload = viewer_api.post(f"/api/v1/models/{model.pk}/versions/", {"file": onnx_file()},
-                             format="multipart")
+    upload = viewer_api.post(
+        f"/api/v1/models/{model.pk}/versions/", {"file": onnx_file()}, format="multipart"
+    )
     assert upload.status_code == 403
     denied = AuditEntry.objects.filter(actor_name="vera-viewer", result=AuditResult.DENIED)
     assert denied.count() == 2
@@ -69,8 +70,9 @@ def test_bad_task_is_400(operator_api):
 
 
 def test_read_only_fields_cannot_be_set(operator_api, admin_user):
-    response = operator_api.post("/api/v1/models/", {"name": "ro", "owner": admin_user.pk,
-                                                    "id": 999})
+    response = operator_api.post(
+        "/api/v1/models/", {"name": "ro", "owner": admin_user.pk, "id": 999}
+    )
     assert response.status_code == 201
     model = MLModel.objects.get(name="ro")
     assert model.owner.username == "oscar-operator"
@@ -95,8 +97,7 @@ def test_session_write_without_csrf_is_403(operator_user):
 def test_session_page_post_without_csrf_is_403(operator_user):
     client = Client(enforce_csrf_checks=True)
     client.force_login(operator_user)
-    response = client.post("/models/upload/", {"name": "x", "task": "other",
-                                               "file": onnx_file()})
+    response = client.post("/models/upload/", {"name": "x", "task": "other", "file": onnx_file()})
     assert response.status_code == 403
 
 
@@ -127,15 +128,17 @@ def test_swagger_ui_is_served_locally(client, viewer_user):
 def test_login_is_throttled_per_account(client, operator_user):
     for _ in range(10):
         client.post("/accounts/login/", {"username": "oscar-operator", "password": "wrong"})
-    response = client.post("/accounts/login/", {"username": "oscar-operator",
-                                                "password": "pw-oscar-operator"})
+    response = client.post(
+        "/accounts/login/", {"username": "oscar-operator", "password": "pw-oscar-operator"}
+    )
     assert response.status_code == 429
     assert response["Retry-After"]
 
 
 def test_login_and_home(client, operator_user):
-    response = client.post("/accounts/login/", {"username": "oscar-operator",
-                                                "password": "pw-oscar-operator"})
+    response = client.post(
+        "/accounts/login/", {"username": "oscar-operator", "password": "pw-oscar-operator"}
+    )
     assert response.status_code == 302
     home = client.get("/")
     assert home.status_code == 200

@@ -31,17 +31,26 @@ def s3_storage(settings, s3_endpoint):
         "default": {
             "BACKEND": "storages.backends.s3.S3Storage",
             "OPTIONS": {
-                "bucket_name": "edgefleet-test", "endpoint_url": s3_endpoint,
-                "access_key": "test", "secret_key": "test", "region_name": "us-east-1",
-                "default_acl": None, "file_overwrite": True,
+                "bucket_name": "edgefleet-test",
+                "endpoint_url": s3_endpoint,
+                "access_key": "test",
+                "secret_key": "test",
+                "region_name": "us-east-1",
+                "default_acl": None,
+                "file_overwrite": True,
             },
         },
     }
     from fleet.storage import ensure_bucket
 
     ensure_bucket()
-    return boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id="test",
-                          aws_secret_access_key="test", region_name="us-east-1")
+    return boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        region_name="us-east-1",
+    )
 
 
 def keys(client) -> set[str]:

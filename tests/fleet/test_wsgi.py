@@ -25,8 +25,15 @@ def test_other_paths_keep_the_full_stack(call):
     assert answer["status"] == 200
     assert answer["headers"]["x-frame-options"] == "DENY"
     assert "csrftoken" in answer["headers"].get("set-cookie", "")
-    assert call("POST", "/accounts/login/", b"username=a&password=b",
-                CONTENT_TYPE="application/x-www-form-urlencoded")["status"] == 403  # CSRF
+    assert (
+        call(
+            "POST",
+            "/accounts/login/",
+            b"username=a&password=b",
+            CONTENT_TYPE="application/x-www-form-urlencoded",
+        )["status"]
+        == 403
+    )  # CSRF
 
 
 @pytest.mark.django_db
@@ -37,9 +44,11 @@ def test_device_handler_matches_only_device_routes(call):
     assert missing["status"] == 404 and missing["headers"]["content-type"] == "application/json"
     assert json.loads(missing["body"])["code"] == "not_found"
     # The root URLconf still has every device route, under the same names.
-    for name, path in [("device-telemetry", "/api/v1/device/telemetry"),
-                       ("device-update", "/api/v1/device/update"),
-                       ("device-enroll", "/api/v1/device/enroll")]:
+    for name, path in [
+        ("device-telemetry", "/api/v1/device/telemetry"),
+        ("device-update", "/api/v1/device/update"),
+        ("device-enroll", "/api/v1/device/enroll"),
+    ]:
         assert reverse(name) == path and resolve(path).url_name == name
     assert reverse("device-artifact", args=["a" * 64]) == f"/api/v1/device/artifacts/{'a' * 64}"
     assert call("POST", "/api/v1/device/logs", b"{}")["status"] == 401  # routed, then refused

@@ -33,8 +33,9 @@ def make_version(model_name: str = "digits", seed: int = 0, *, p95: float | None
     model, _ = MLModel.objects.get_or_create(name=model_name)
     number = model.versions.count() + 1
     metrics = {"latency_ms": {"p50": p95 * 0.8, "p95": p95}} if p95 else {}
-    return ModelVersion.objects.create(model=model, number=number, artifact=name, sha256=sha,
-                                       size_bytes=len(data), metrics=metrics)
+    return ModelVersion.objects.create(
+        model=model, number=number, artifact=name, sha256=sha, size_bytes=len(data), metrics=metrics
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -52,8 +53,9 @@ def enrollment(db, admin_user):
     from devices.models import DeviceGroup
 
     group = DeviceGroup.objects.get_or_create(name="line-3")[0]
-    return services.create_enrollment_token(name="batch", actor=admin_user, group=group,
-                                            tags=["cam"])
+    return services.create_enrollment_token(
+        name="batch", actor=admin_user, group=group, tags=["cam"]
+    )
 
 
 def enroll(enrollment, uid: str, *, profile: str = "rpi4", installed=None):
@@ -62,9 +64,12 @@ def enroll(enrollment, uid: str, *, profile: str = "rpi4", installed=None):
 
     facts = {"uid": uid, "hardware_profile": profile}
     if installed is not None:
-        facts["models"] = {"default": {"model_version": f"{installed.model.name}:"
-                                                        f"{installed.number}",
-                                       "sha256": installed.sha256}}
+        facts["models"] = {
+            "default": {
+                "model_version": f"{installed.model.name}:{installed.number}",
+                "sha256": installed.sha256,
+            }
+        }
     return services.enroll(enrollment[1], facts)
 
 
@@ -88,14 +93,25 @@ def fleet(enrollment, v1):
 def release(v2, operator_user):
     from ota import services
 
-    return services.create_release(name="digits v2", variants=[
-        {"name": "default", "model_version": v2.pk}], actor=operator_user)
+    return services.create_release(
+        name="digits v2",
+        variants=[{"name": "default", "model_version": v2.pk}],
+        actor=operator_user,
+    )
 
 
 def report(client, update, state: str, **extra):
-    return client.post("/api/v1/device/update/status", {
-        "deployment": update.deployment_id, "manifest_version": update.manifest_version,
-        "slot": update.slot, "state": state, **extra}, format="json")
+    return client.post(
+        "/api/v1/device/update/status",
+        {
+            "deployment": update.deployment_id,
+            "manifest_version": update.manifest_version,
+            "slot": update.slot,
+            "state": state,
+            **extra,
+        },
+        format="json",
+    )
 
 
 def finish(update, state: str = "succeeded", **extra):
@@ -103,16 +119,33 @@ def finish(update, state: str = "succeeded", **extra):
     from ota import services
 
     for step in ("downloading", "downloaded", "installing", state):
-        services.report_status(update.device, {
-            "deployment": update.deployment_id, "manifest_version": update.manifest_version,
-            "slot": update.slot, "state": step, **extra})
+        services.report_status(
+            update.device,
+            {
+                "deployment": update.deployment_id,
+                "manifest_version": update.manifest_version,
+                "slot": update.slot,
+                "state": step,
+                **extra,
+            },
+        )
 
 
 def telemetry(device, label: str, latencies, **extra_fields):
     from devices import services
 
     now = time.time()
-    services.ingest_telemetry(device, [
-        {"seq": i + 1, "boot_id": "b1", "ts": now - 0.01 * (len(latencies) - i),
-         "model_version": label, "latency_ms": value, **extra_fields}
-        for i, value in enumerate(latencies)])
+    services.ingest_telemetry(
+        device,
+        [
+            {
+                "seq": i + 1,
+                "boot_id": "b1",
+                "ts": now - 0.01 * (len(latencies) - i),
+                "model_version": label,
+                "latency_ms": value,
+                **extra_fields,
+            }
+            for i, value in enumerate(latencies)
+        ],
+    )

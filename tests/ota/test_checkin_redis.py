@@ -19,10 +19,14 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def redis_cache(settings, redis_url):
-    settings.CACHES = {"default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": redis_url,
-        "KEY_PREFIX": f"t{uuid.uuid4().hex[:10]}",
-        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1}}}
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": redis_url,
+            "KEY_PREFIX": f"t{uuid.uuid4().hex[:10]}",
+            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+        }
+    }
     from devices import authcache
 
     assert authcache.redis_client() is not None
@@ -37,16 +41,18 @@ def deployed(fleet, release):
 
     admin = User.objects.create(username="root-admin")
     admin.groups.add(Group.objects.get_or_create(name="admin")[0])
-    return services.start_deployment(release, {"devices": [fleet[0][0].uid]},
-                                     actor=User.objects.get(pk=admin.pk), phases=[100])
+    return services.start_deployment(
+        release, {"devices": [fleet[0][0].uid]}, actor=User.objects.get(pk=admin.pk), phases=[100]
+    )
 
 
 def cached_value(authcache, token):
     return authcache.redis_client().get(authcache.credential_key(token[:16]))
 
 
-def test_second_poll_needs_no_database_query(redis_cache, fleet, deployed,
-                                             django_assert_num_queries):
+def test_second_poll_needs_no_database_query(
+    redis_cache, fleet, deployed, django_assert_num_queries
+):
     device, token = fleet[0]
     client = bearer(token)
     first = client.get("/api/v1/device/update")
@@ -59,8 +65,9 @@ def test_second_poll_needs_no_database_query(redis_cache, fleet, deployed,
     assert not_modified.status_code == 304
 
 
-def test_revoked_device_is_refused_at_once_without_the_database(redis_cache, fleet, deployed,
-                                                                 django_assert_num_queries):
+def test_revoked_device_is_refused_at_once_without_the_database(
+    redis_cache, fleet, deployed, django_assert_num_queries
+):
     from devices import services
 
     device, token = fleet[0]
@@ -108,8 +115,13 @@ def test_wrong_token_sharing_a_cached_prefix_is_refused(redis_cache, fleet):
 
 
 def test_throttle_counts_on_the_redis_path(redis_cache, fleet, settings):
-    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {
-        **settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"], "device": "3/min"}}
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {
+            **settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"],
+            "device": "3/min",
+        },
+    }
     client = bearer(fleet[0][1])
     codes = [client.get("/api/v1/device/update").status_code for _ in range(4)]
     assert codes == [204, 204, 204, 429]
@@ -142,9 +154,13 @@ def test_redis_down_is_503_with_retry_after(settings, fleet):
 
     port = 6399
     assert not port_open("127.0.0.1", port)
-    settings.CACHES = {"default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
-        "LOCATION": f"redis://127.0.0.1:{port}/0", "KEY_PREFIX": "down",
-        "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5}}}
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{port}/0",
+            "KEY_PREFIX": "down",
+            "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+        }
+    }
     response = bearer(fleet[0][1]).get("/api/v1/device/update")
     assert response.status_code == 503 and int(response["Retry-After"]) > 0

@@ -19,8 +19,14 @@ NO_LATENCY = {"max_latency_ratio": None, "min_successful": 1}
 
 
 def start(release, fleet, actor, phases=(10, 50, 100), gates=None, **kwargs):
-    return services.start_deployment(release, {"tags": ["cam"]}, actor=actor,
-                                     phases=list(phases), gates=gates or NO_LATENCY, **kwargs)
+    return services.start_deployment(
+        release,
+        {"tags": ["cam"]},
+        actor=actor,
+        phases=list(phases),
+        gates=gates or NO_LATENCY,
+        **kwargs,
+    )
 
 
 def assigned(deployment):
@@ -65,8 +71,13 @@ def test_gate_task_is_idempotent(fleet, release, operator_user):
 
 
 def test_failure_rate_gate_pauses_with_reason(fleet, release, operator_user):
-    deployment = start(release, fleet, operator_user, phases=(20, 100),
-                       gates={"max_failure_rate": 0.2, "max_latency_ratio": None})
+    deployment = start(
+        release,
+        fleet,
+        operator_user,
+        phases=(20, 100),
+        gates={"max_failure_rate": 0.2, "max_latency_ratio": None},
+    )
     one, two = assigned(deployment)
     finish(one, "failed", error="onnxruntime: bad op", error_code="health_check")
     finish(two)
@@ -80,8 +91,13 @@ def test_failure_rate_gate_pauses_with_reason(fleet, release, operator_user):
 
 
 def test_latency_gate_pauses_on_device_regression(fleet, release, operator_user, v2):
-    deployment = start(release, fleet, operator_user, phases=(20, 100),
-                       gates={"max_latency_ratio": 1.5, "min_latency_samples": 5})
+    deployment = start(
+        release,
+        fleet,
+        operator_user,
+        phases=(20, 100),
+        gates={"max_latency_ratio": 1.5, "min_latency_samples": 5},
+    )
     updates = assigned(deployment)
     for update in updates:
         finish(update)
@@ -97,8 +113,13 @@ def test_latency_gate_pauses_on_device_regression(fleet, release, operator_user,
 
 
 def test_latency_gate_passes_within_ratio(fleet, release, operator_user):
-    deployment = start(release, fleet, operator_user, phases=(20, 100),
-                       gates={"max_latency_ratio": 1.5, "min_latency_samples": 5})
+    deployment = start(
+        release,
+        fleet,
+        operator_user,
+        phases=(20, 100),
+        gates={"max_latency_ratio": 1.5, "min_latency_samples": 5},
+    )
     for update in assigned(deployment):
         finish(update)
         telemetry(update.device, "digits:2", [9.0, 11.0, 12.0, 10.0, 10.5])
@@ -133,8 +154,9 @@ def bearer_for(device, fleet):
 def test_new_deployment_supersedes_pending_update(fleet, release, operator_user, admin_user):
     first = start(release, fleet, admin_user, phases=(100,))
     v3 = make_version(seed=3)
-    newer = services.create_release(name="digits v3", variants=[
-        {"name": "default", "model_version": v3.pk}])
+    newer = services.create_release(
+        name="digits v3", variants=[{"name": "default", "model_version": v3.pk}]
+    )
     second = start(newer, fleet, admin_user, phases=(100,))
     assert services.state_counts(first)["superseded"] == 10
     device, token = fleet[0]
@@ -148,30 +170,46 @@ def test_unphased_fleet_wide_needs_admin(fleet, release, operator_user, admin_us
     with pytest.raises(services.OtaError) as exc:
         start(release, fleet, operator_user, phases=(100,))
     assert exc.value.code == "needs_admin" and exc.value.status == 403
-    small = services.start_deployment(release, {"devices": [fleet[0][0].uid]},
-                                      actor=operator_user, phases=[100])
+    small = services.start_deployment(
+        release, {"devices": [fleet[0][0].uid]}, actor=operator_user, phases=[100]
+    )
     assert small.target_count == 1  # 10 % of the fleet: an operator may
     assert start(release, fleet, admin_user, phases=(100,)).target_count == 10
 
 
 def test_bad_input_is_refused(fleet, release, operator_user):
-    cases = [({"tags": ["cam"]}, [50, 40, 100], {}), ({"tags": ["cam"]}, [10, 50], {}),
-             ({"colour": ["red"]}, [100], {}), ({"tags": ["nobody"]}, [10, 100], {}),
-             ({"tags": ["cam"]}, [10, 100], {"max_failure_rate": 3}),
-             ({"tags": ["cam"]}, [10, 100], {"bogus": 1})]
+    cases = [
+        ({"tags": ["cam"]}, [50, 40, 100], {}),
+        ({"tags": ["cam"]}, [10, 50], {}),
+        ({"colour": ["red"]}, [100], {}),
+        ({"tags": ["nobody"]}, [10, 100], {}),
+        ({"tags": ["cam"]}, [10, 100], {"max_failure_rate": 3}),
+        ({"tags": ["cam"]}, [10, 100], {"bogus": 1}),
+    ]
     for target, phases, gates in cases:
         with pytest.raises(services.OtaError):
-            services.start_deployment(release, target, actor=operator_user, phases=phases,
-                                      gates=gates)
+            services.start_deployment(
+                release, target, actor=operator_user, phases=phases, gates=gates
+            )
     with pytest.raises(services.OtaError):
-        services.start_deployment(release, {"tags": ["cam"]}, actor=operator_user,
-                                  phases=[10, 100], install_window={"start": "25:00"})
+        services.start_deployment(
+            release,
+            {"tags": ["cam"]},
+            actor=operator_user,
+            phases=[10, 100],
+            install_window={"start": "25:00"},
+        )
 
 
 def test_scheduled_start_waits(fleet, release, operator_user):
     later = timezone.now() + timedelta(hours=1)
-    deployment = start(release, fleet, operator_user, scheduled_at=later,
-                       install_window={"start": "01:00", "end": "04:00"})
+    deployment = start(
+        release,
+        fleet,
+        operator_user,
+        scheduled_at=later,
+        install_window={"start": "01:00", "end": "04:00"},
+    )
     assert deployment.status == DeploymentStatus.SCHEDULED and not assigned(deployment)
     services.evaluate_deployments(now=later + timedelta(seconds=1))
     deployment.refresh_from_db()
@@ -180,10 +218,14 @@ def test_scheduled_start_waits(fleet, release, operator_user):
     assert update.envelope["manifest"]["install_window"] == {"start": "01:00", "end": "04:00"}
 
 
-def test_rollback_returns_touched_devices_to_previous_version(fleet, release, operator_user,
-                                                              v1):
-    deployment = start(release, fleet, operator_user, phases=(20, 100),
-                       gates={"max_failure_rate": 0.0, "max_latency_ratio": None})
+def test_rollback_returns_touched_devices_to_previous_version(fleet, release, operator_user, v1):
+    deployment = start(
+        release,
+        fleet,
+        operator_user,
+        phases=(20, 100),
+        gates={"max_failure_rate": 0.0, "max_latency_ratio": None},
+    )
     good, bad = assigned(deployment)
     finish(good)
     finish(bad, "failed", error="crash", error_code="health_check")
@@ -204,7 +246,8 @@ def test_rollback_returns_touched_devices_to_previous_version(fleet, release, op
     # The device can fetch the old artifact and reports success: the rollback completes.
     # 200 from local storage, 302 to a presigned URL on S3 (CI)
     assert bearer_for(good.device, fleet).get(
-        f"/api/v1/device/artifacts/{v1.sha256}").status_code in (200, 302)
+        f"/api/v1/device/artifacts/{v1.sha256}"
+    ).status_code in (200, 302)
     finish(updates[0])
     assert services.evaluate_deployment(back) == "completed"
     with pytest.raises(services.OtaError):
@@ -215,17 +258,21 @@ def test_variant_per_hardware_profile_and_policy(enrollment, v1, v2, admin_user)
     from tests.ota.conftest import enroll
 
     int8 = make_version(seed=4)
-    release = services.create_release(name="multi", variants=[
-        {"name": "fp32", "model_version": v2.pk},
-        {"name": "fp32", "model_version": v2.pk, "hardware_profile": "rpi4"},
-        {"name": "int8", "model_version": int8.pk, "hardware_profile": "rpi4"}],
+    release = services.create_release(
+        name="multi",
+        variants=[
+            {"name": "fp32", "model_version": v2.pk},
+            {"name": "fp32", "model_version": v2.pk, "hardware_profile": "rpi4"},
+            {"name": "int8", "model_version": int8.pk, "hardware_profile": "rpi4"},
+        ],
         default_variant="fp32",
-        policy={"rules": [{"when": {"battery_pct": {"lt": 20}}, "use": "int8"}],
-                "default": "fp32"})
+        policy={"rules": [{"when": {"battery_pct": {"lt": 20}}, "use": "int8"}], "default": "fp32"},
+    )
     _pi, _t = enroll(enrollment, "pi", profile="rpi4")
     _gw, _t = enroll(enrollment, "gw", profile="x86-gateway-2c")
-    deployment = services.start_deployment(release, {"devices": ["pi", "gw"]},
-                                           actor=admin_user, phases=[50, 100])
+    deployment = services.start_deployment(
+        release, {"devices": ["pi", "gw"]}, actor=admin_user, phases=[50, 100]
+    )
     services.approve(deployment, actor=admin_user)
     by_uid = {u.device.uid: u.envelope["manifest"] for u in assigned(deployment)}
     assert {a["name"] for a in by_uid["pi"]["artifacts"]} == {"fp32", "int8"}
@@ -233,9 +280,11 @@ def test_variant_per_hardware_profile_and_policy(enrollment, v1, v2, admin_user)
     assert [a["name"] for a in by_uid["gw"]["artifacts"]] == ["fp32"]
     assert by_uid["gw"]["policy"] == {"rules": [], "default": "fp32"}
     with pytest.raises(services.OtaError):
-        services.create_release(name="bad policy", variants=[
-            {"name": "fp32", "model_version": v2.pk}],
-            policy={"rules": [{"when": {"moon_phase": {"eq": 1}}, "use": "fp32"}]})
+        services.create_release(
+            name="bad policy",
+            variants=[{"name": "fp32", "model_version": v2.pk}],
+            policy={"rules": [{"when": {"moon_phase": {"eq": 1}}, "use": "fp32"}]},
+        )
 
 
 def test_key_rotation_is_announced_in_manifests(fleet, release, admin_user):
@@ -265,8 +314,7 @@ def test_pending_manifests_are_re_signed_before_they_expire(fleet, release, oper
     deployment = start(release, fleet, operator_user)
     update = assigned(deployment)[0]
     old = update.envelope["manifest"]
-    DeviceUpdate.objects.filter(pk=update.pk).update(
-        assigned_at=timezone.now() - timedelta(days=4))
+    DeviceUpdate.objects.filter(pk=update.pk).update(assigned_at=timezone.now() - timedelta(days=4))
     services.evaluate_deployments(now=timezone.now() + timedelta(hours=1))
     update.refresh_from_db()
     new = update.envelope["manifest"]
@@ -276,22 +324,38 @@ def test_pending_manifests_are_re_signed_before_they_expire(fleet, release, oper
 
 
 def test_confidence_gate_pauses_when_accuracy_proxy_drops(fleet, release, operator_user):
-    deployment = start(release, fleet, operator_user, phases=(20, 100), gates={
-        "max_latency_ratio": None, "max_confidence_drop": 0.05})
+    deployment = start(
+        release,
+        fleet,
+        operator_user,
+        phases=(20, 100),
+        gates={"max_latency_ratio": None, "max_confidence_drop": 0.05},
+    )
     updates = assigned(deployment)
     for update in updates:  # before the update: v1 answers with confidence ≈ 0.9
         telemetry(update.device, "digits:1", [10.0] * 5, extra={"confidence": 0.9})
     for update in updates:
         DeviceUpdate.objects.filter(pk=update.pk).update(
-            assigned_at=timezone.now() + timedelta(seconds=1))
+            assigned_at=timezone.now() + timedelta(seconds=1)
+        )
         finish(update)
     for update in updates:
         from devices import services as fleet_services
 
-        fleet_services.ingest_telemetry(update.device, [
-            {"seq": 100 + i, "boot_id": "b2", "ts": timezone.now().timestamp() + 2,
-             "model_version": "digits:2", "latency_ms": 10.0, "extra": {"confidence": 0.7}}
-            for i in range(5)])
+        fleet_services.ingest_telemetry(
+            update.device,
+            [
+                {
+                    "seq": 100 + i,
+                    "boot_id": "b2",
+                    "ts": timezone.now().timestamp() + 2,
+                    "model_version": "digits:2",
+                    "latency_ms": 10.0,
+                    "extra": {"confidence": 0.7},
+                }
+                for i in range(5)
+            ],
+        )
     assert services.evaluate_deployment(deployment) == "paused"
     deployment.refresh_from_db()
     assert "mean confidence dropped by 0.200" in deployment.pause_reason
@@ -301,8 +365,10 @@ def test_gate_decisions_are_counted(fleet, release, operator_user):
     from fleet.prometheus import REGISTRY
 
     def counted(decision):
-        return REGISTRY.get_sample_value("edgefleet_gate_decisions_total",
-                                         {"decision": decision}) or 0.0
+        return (
+            REGISTRY.get_sample_value("edgefleet_gate_decisions_total", {"decision": decision})
+            or 0.0
+        )
 
     deployment = start(release, fleet, operator_user)
     waits, advances = counted("wait"), counted("advanced")

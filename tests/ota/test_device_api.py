@@ -18,8 +18,9 @@ def deployed(fleet, release):
     """All ten devices in one phase (more than 20 % of the fleet unphased: an admin)."""
     from ota import services
 
-    return services.start_deployment(release, {"devices": [d.uid for d, _ in fleet]},
-                                     actor=_admin(), phases=[100])
+    return services.start_deployment(
+        release, {"devices": [d.uid for d, _ in fleet]}, actor=_admin(), phases=[100]
+    )
 
 
 def _admin():
@@ -36,8 +37,9 @@ def update_of(device):
     return DeviceUpdate.objects.filter(device=device).order_by("-pk").first()
 
 
-def test_checkin_200_then_304_and_verifies_with_agent_code(fleet, deployed,
-                                                           django_assert_max_num_queries):
+def test_checkin_200_then_304_and_verifies_with_agent_code(
+    fleet, deployed, django_assert_max_num_queries
+):
     from ota import keys
 
     device, token = fleet[0]
@@ -46,10 +48,12 @@ def test_checkin_200_then_304_and_verifies_with_agent_code(fleet, deployed,
     assert response.status_code == 200
     envelope = response.json()
     key = keys.active_key()
-    pinned = {mf.key_id(base64.b64decode(key.public_key_b64)):
-              mf.load_public_key(key.public_key_b64)}
-    verified = mf.verify(envelope, trusted_keys=pinned, device_uid=device.uid, last_version=0,
-                         now=datetime.now(UTC))
+    pinned = {
+        mf.key_id(base64.b64decode(key.public_key_b64)): mf.load_public_key(key.public_key_b64)
+    }
+    verified = mf.verify(
+        envelope, trusted_keys=pinned, device_uid=device.uid, last_version=0, now=datetime.now(UTC)
+    )
     payload = verified.payload
     assert payload["deployment"] == deployed.pk and payload["slot"] == "default"
     assert payload["artifacts"][0]["sha256"] == deployed.release.variants.get().model_version.sha256
@@ -59,8 +63,10 @@ def test_checkin_200_then_304_and_verifies_with_agent_code(fleet, deployed,
     with django_assert_max_num_queries(1) as ctx:
         again = client.get("/api/v1/device/update", HTTP_IF_NONE_MATCH=etag)
     assert again.status_code == 304 and again["ETag"] == etag
-    assert not any(q["sql"].lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE"))
-                   for q in ctx.captured_queries)
+    assert not any(
+        q["sql"].lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE"))
+        for q in ctx.captured_queries
+    )
     # Another device's envelope is for another device (U5 server side).
     other = bearer(fleet[1][1]).get("/api/v1/device/update").json()
     assert other["manifest"]["device"] == fleet[1][0].uid
@@ -71,8 +77,10 @@ def test_checkin_204_when_nothing_assigned(enrollment):
     _device, token = enroll(enrollment, "lonely")
     response = bearer(token).get("/api/v1/device/update")
     assert response.status_code == 204
-    assert bearer(token).get("/api/v1/device/update",
-                             HTTP_IF_NONE_MATCH=response["ETag"]).status_code == 304
+    assert (
+        bearer(token).get("/api/v1/device/update", HTTP_IF_NONE_MATCH=response["ETag"]).status_code
+        == 304
+    )
 
 
 def test_checkin_etag_changes_when_update_finishes(fleet, deployed):
@@ -87,14 +95,17 @@ def test_checkin_etag_changes_when_update_finishes(fleet, deployed):
 
 
 def test_device_endpoints_refuse_sessions_operator_tokens_and_anonymous(
-        fleet, deployed, operator_api, anon_api, client, operator_user):
+    fleet, deployed, operator_api, anon_api, client, operator_user
+):
     sha = deployed.release.variants.get().model_version.sha256
     client.force_login(operator_user)
     for caller in (operator_api, anon_api, client):
         assert caller.get("/api/v1/device/update").status_code in (401, 403)
         assert caller.get(f"/api/v1/device/artifacts/{sha}").status_code in (401, 403)
-        assert caller.post("/api/v1/device/update/status", {}, format="json"
-                           ).status_code in (401, 403)
+        assert caller.post("/api/v1/device/update/status", {}, format="json").status_code in (
+            401,
+            403,
+        )
 
 
 def test_revoked_device_gets_401_everywhere(fleet, deployed):
@@ -155,8 +166,12 @@ def test_artifact_redirects_to_presigned_url_on_s3(fleet, deployed, monkeypatch,
             name = "b"
 
         monkeypatch.setattr(storage, "bucket", Bucket(), raising=False)
-        monkeypatch.setattr(storage, "url", lambda name: f"https://s3.example/{name}"
-                            "?X-Amz-Expires=300", raising=False)
+        monkeypatch.setattr(
+            storage,
+            "url",
+            lambda name: f"https://s3.example/{name}?X-Amz-Expires=300",
+            raising=False,
+        )
     response = bearer(fleet[0][1]).get(f"/api/v1/device/artifacts/{sha}")
     assert response.status_code == 302
     assert "models/" in response["Location"] and "Expires" in response["Location"]
@@ -184,9 +199,14 @@ def test_status_report_malformed(fleet, deployed):
     update = update_of(fleet[0][0])
     assert report(client, update, "exploded").status_code == 400
     assert client.post("/api/v1/device/update/status", ["x"], format="json").status_code == 400
-    assert client.post("/api/v1/device/update/status", {"state": "downloading",
-                                                       "manifest_version": "7"},
-                       format="json").status_code == 400
+    assert (
+        client.post(
+            "/api/v1/device/update/status",
+            {"state": "downloading", "manifest_version": "7"},
+            format="json",
+        ).status_code
+        == 400
+    )
     for field, value in (("deployment", "abc"), ("slot", ["x"])):
         bad = report(client, update, "downloading", **{field: value})
         assert bad.status_code == 400, bad.content
@@ -201,8 +221,13 @@ def test_device_cannot_touch_another_devices_update(fleet, deployed):
 
 
 def test_checkin_throttled_with_retry_after(fleet, deployed, settings):
-    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {
-        **settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"], "device": "2/min"}}
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {
+            **settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"],
+            "device": "2/min",
+        },
+    }
     client = bearer(fleet[0][1])
     codes = [client.get("/api/v1/device/update").status_code for _ in range(3)]
     assert codes[:2] == [200, 200] and codes[2] == 429
@@ -213,7 +238,7 @@ def test_checkin_throttled_with_retry_after(fleet, deployed, settings):
 def test_checkin_database_down_is_503_with_retry_after(fleet, deployed, monkeypatch):
     from django.db import OperationalError
 
-    from device_api import checkin
+    from fleet.device_api import checkin
 
     def down(value):
         raise OperationalError("server closed the connection unexpectedly")
@@ -229,12 +254,11 @@ def test_checkin_database_down_is_503_with_retry_after(fleet, deployed, monkeypa
 def test_checkin_serves_every_slot(fleet, release, v1):
     from ota import services
 
-    other = services.create_release(name="classifier", slot="classifier", variants=[
-        {"name": "default", "model_version": v1.pk}])
+    other = services.create_release(
+        name="classifier", slot="classifier", variants=[{"name": "default", "model_version": v1.pk}]
+    )
     admin = _admin()
-    services.start_deployment(release, {"devices": [fleet[0][0].uid]}, actor=admin,
-                              phases=[100])
-    services.start_deployment(other, {"devices": [fleet[0][0].uid]}, actor=admin,
-                              phases=[100])
+    services.start_deployment(release, {"devices": [fleet[0][0].uid]}, actor=admin, phases=[100])
+    services.start_deployment(other, {"devices": [fleet[0][0].uid]}, actor=admin, phases=[100])
     body = bearer(fleet[0][1]).get("/api/v1/device/update").json()
     assert sorted(e["manifest"]["slot"] for e in body["manifests"]) == ["classifier", "default"]

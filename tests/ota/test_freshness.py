@@ -26,13 +26,13 @@ def pinned():
     from ota import keys
 
     key = keys.active_key()
-    return {mf.key_id(base64.b64decode(key.public_key_b64)): mf.load_public_key(
-        key.public_key_b64)}
+    return {mf.key_id(base64.b64decode(key.public_key_b64)): mf.load_public_key(key.public_key_b64)}
 
 
 def statement(response, uid, now=None):
-    payload, _kid = mf.verify_statement(response[HEADER], trusted_keys=pinned(),
-                                        device_uid=uid, now=now or datetime.now(UTC))
+    payload, _kid = mf.verify_statement(
+        response[HEADER], trusted_keys=pinned(), device_uid=uid, now=now or datetime.now(UTC)
+    )
     return payload
 
 
@@ -58,8 +58,10 @@ def test_every_answer_carries_a_statement_bound_to_device_etag_and_body(fleet, s
     from tests.ota.test_device_api import _admin
 
     release = services.create_release(
-        name="r", variants=[{"name": "default", "model_version": make_version(seed=3).pk}],
-        actor=_admin())
+        name="r",
+        variants=[{"name": "default", "model_version": make_version(seed=3).pk}],
+        actor=_admin(),
+    )
     services.start_deployment(release, {"devices": [device.uid]}, actor=_admin())
     assigned = client.get("/api/v1/device/update")
     assert assigned.status_code == 200
@@ -78,12 +80,15 @@ def test_old_agents_see_the_answers_they_always_saw(fleet, deployed):  # noqa: F
     device, token = fleet[0]
     client = bearer(token)
     first = client.get("/api/v1/device/update")
-    assert first.status_code == 200 and set(first.json()) == {"manifest", "signature",
-                                                              "key_id"}
-    mf.verify(first.json(), trusted_keys=pinned(), device_uid=device.uid, last_version=0,
-              now=datetime.now(UTC))
-    assert client.get("/api/v1/device/update",
-                      HTTP_IF_NONE_MATCH=first["ETag"]).status_code == 304
+    assert first.status_code == 200 and set(first.json()) == {"manifest", "signature", "key_id"}
+    mf.verify(
+        first.json(),
+        trusted_keys=pinned(),
+        device_uid=device.uid,
+        last_version=0,
+        now=datetime.now(UTC),
+    )
+    assert client.get("/api/v1/device/update", HTTP_IF_NONE_MATCH=first["ETag"]).status_code == 304
     from ota import services
 
     services.abort(deployed)
@@ -113,17 +118,22 @@ def test_refusal_of_a_forged_manifest_reaches_the_genuine_update(fleet, deployed
     client = bearer(token)
     genuine = update_of(device)
     assert genuine.state == "pending"
-    forged = {"deployment": 999_999, "manifest_version": 4242, "slot": "default",
-              "state": "failed", "error": "signature does not verify",
-              "error_code": "bad_signature", "refused_manifest": True}
+    forged = {
+        "deployment": 999_999,
+        "manifest_version": 4242,
+        "slot": "default",
+        "state": "failed",
+        "error": "signature does not verify",
+        "error_code": "bad_signature",
+        "refused_manifest": True,
+    }
     answer = report(client, **forged)
     assert answer.status_code == 200, answer.content
     genuine.refresh_from_db()
     assert (genuine.state, genuine.error_code) == ("failed", "bad_signature")
     # Another device's genuine update is never touched, whatever the report names.
     other = update_of(fleet[1][0])
-    assert report(bearer(fleet[1][1]), **{**forged, "deployment": deployed.pk}).status_code \
-        == 200
+    assert report(bearer(fleet[1][1]), **{**forged, "deployment": deployed.pk}).status_code == 200
     other.refresh_from_db()
     genuine.refresh_from_db()
     assert other.device_id == fleet[1][0].pk and genuine.device_id == device.pk
@@ -131,9 +141,17 @@ def test_refusal_of_a_forged_manifest_reaches_the_genuine_update(fleet, deployed
 
 def test_refusal_report_without_anything_to_attach_to_is_404(fleet):
     _device, token = fleet[0]
-    answer = report(bearer(token), deployment=None, manifest_version=None, slot="default",
-                    state="failed", error_code="bad_signature", refused_manifest=True)
+    answer = report(
+        bearer(token),
+        deployment=None,
+        manifest_version=None,
+        slot="default",
+        state="failed",
+        error_code="bad_signature",
+        refused_manifest=True,
+    )
     assert answer.status_code == 404
-    bad = report(bearer(token), deployment=None, manifest_version="x", slot="default",
-                 state="failed")
+    bad = report(
+        bearer(token), deployment=None, manifest_version="x", slot="default", state="failed"
+    )
     assert bad.status_code == 400

@@ -20,8 +20,9 @@ def test_bad_phases(percents):
 
 
 def test_pass_when_all_succeeded_and_latency_in_bounds():
-    stats = PhaseStats(targeted=3, succeeded=3, p95_latency_ms=12, latency_samples=30,
-                       estimate_p95_ms=10)
+    stats = PhaseStats(
+        targeted=3, succeeded=3, p95_latency_ms=12, latency_samples=30, estimate_p95_ms=10
+    )
     decision = evaluate(GateConfig(), stats)
     assert decision.verdict == Verdict.PASS
     assert decision.values["latency_ratio"] == 1.2
@@ -35,16 +36,18 @@ def test_failure_rate_fails():
 
 
 def test_latency_regression_fails_with_reason():
-    stats = PhaseStats(targeted=3, succeeded=3, p95_latency_ms=31, latency_samples=50,
-                       estimate_p95_ms=10)
+    stats = PhaseStats(
+        targeted=3, succeeded=3, p95_latency_ms=31, latency_samples=50, estimate_p95_ms=10
+    )
     decision = evaluate(GateConfig(max_latency_ratio=1.5), stats)
     assert decision.verdict == Verdict.FAIL
     assert "3.1×" in decision.reasons[0]
 
 
 def test_waits_for_evidence_and_soak():
-    stats = PhaseStats(targeted=3, succeeded=3, latency_samples=1, estimate_p95_ms=10,
-                       p95_latency_ms=9)
+    stats = PhaseStats(
+        targeted=3, succeeded=3, latency_samples=1, estimate_p95_ms=10, p95_latency_ms=9
+    )
     assert evaluate(GateConfig(), stats).verdict == Verdict.WAIT
     stats = PhaseStats(targeted=3, succeeded=3, soak_elapsed_s=10)
     decision = evaluate(GateConfig(min_soak_s=60, max_latency_ratio=None), stats)
@@ -52,8 +55,7 @@ def test_waits_for_evidence_and_soak():
 
 
 def test_confidence_drop():
-    stats = PhaseStats(targeted=1, succeeded=1, confidence_mean=0.7,
-                       baseline_confidence_mean=0.9)
+    stats = PhaseStats(targeted=1, succeeded=1, confidence_mean=0.7, baseline_confidence_mean=0.9)
     decision = evaluate(GateConfig(max_confidence_drop=0.05, max_latency_ratio=None), stats)
     assert decision.verdict == Verdict.FAIL
 

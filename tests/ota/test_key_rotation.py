@@ -16,8 +16,7 @@ pytestmark = pytest.mark.django_db
 
 
 def trusted(key):
-    return {mf.key_id(base64.b64decode(key.public_key_b64)):
-            mf.load_public_key(key.public_key_b64)}
+    return {mf.key_id(base64.b64decode(key.public_key_b64)): mf.load_public_key(key.public_key_b64)}
 
 
 def test_private_key_is_stored_encrypted_and_loads_back(db):
@@ -48,8 +47,12 @@ def test_rotation_announces_then_switches_and_re_signs(fleet, deployed, settings
     call_command("rotate_server_key", "prepare")
     nxt = ServerKey.objects.get(active=False)
     answer = client.get("/api/v1/device/update")
-    payload, _ = mf.verify_statement(answer["X-Signed-Timestamp"], trusted_keys=trusted(old),
-                                       device_uid=device.uid, now=datetime.now(UTC))
+    payload, _ = mf.verify_statement(
+        answer["X-Signed-Timestamp"],
+        trusted_keys=trusted(old),
+        device_uid=device.uid,
+        now=datetime.now(UTC),
+    )
     assert payload["next_key"]["public_key"] == nxt.public_key_b64
     settings.OTA_KEY_OVERLAP_H = 1
     with pytest.raises(CommandError, match="overlap"):
@@ -58,13 +61,22 @@ def test_rotation_announces_then_switches_and_re_signs(fleet, deployed, settings
     call_command("rotate_server_key", "activate", "--force")
     assert ServerKey.objects.get(pk=old.pk).private_key_pem == ""  # retired: erased
     envelope = update_of(device).envelope
-    verified = mf.verify(envelope, trusted_keys=trusted(nxt), device_uid=device.uid,
-                         last_version=0, now=datetime.now(UTC))
+    verified = mf.verify(
+        envelope,
+        trusted_keys=trusted(nxt),
+        device_uid=device.uid,
+        last_version=0,
+        now=datetime.now(UTC),
+    )
     assert verified.payload["version"] == version and verified.payload["next_key"] is None
     answer = client.get("/api/v1/device/update")
     assert answer.json() == envelope  # the cached answer was dropped
-    mf.verify_statement(answer["X-Signed-Timestamp"], trusted_keys=trusted(nxt),
-                        device_uid=device.uid, now=datetime.now(UTC))
+    mf.verify_statement(
+        answer["X-Signed-Timestamp"],
+        trusted_keys=trusted(nxt),
+        device_uid=device.uid,
+        now=datetime.now(UTC),
+    )
 
 
 def test_keys_stored_in_clear_before_are_encrypted(db):
@@ -79,9 +91,14 @@ def test_keys_stored_in_clear_before_are_encrypted(db):
         raw = mf.raw_public_key(private.public_key())
         return ServerKey.objects.create(
             private_key_pem=private.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption()).decode(),
-            public_key_b64=mf.b64(raw), fingerprint=mf.key_id(raw) * 4, active=active)
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ).decode(),
+            public_key_b64=mf.b64(raw),
+            fingerprint=mf.key_id(raw) * 4,
+            active=active,
+        )
 
     used, idle = legacy(True), legacy(False)
     keys._loaded.clear()
@@ -91,4 +108,5 @@ def test_keys_stored_in_clear_before_are_encrypted(db):
     stored = ServerKey.objects.get(pk=idle.pk).private_key_pem
     assert keys.is_encrypted(stored)
     assert mf.raw_public_key(keys.load_pem(stored).public_key()) == base64.b64decode(
-        idle.public_key_b64)
+        idle.public_key_b64
+    )

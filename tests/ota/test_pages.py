@@ -14,16 +14,25 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def deployment(fleet, release, operator_user):
-    return services.start_deployment(release, {"tags": ["cam"]}, actor=operator_user,
-                                     phases=[20, 100], gates={"max_latency_ratio": 1.5,
-                                                              "min_latency_samples": 3})
+    return services.start_deployment(
+        release,
+        {"tags": ["cam"]},
+        actor=operator_user,
+        phases=[20, 100],
+        gates={"max_latency_ratio": 1.5, "min_latency_samples": 3},
+    )
 
 
 def test_pages_render_for_viewer(client, viewer_user, deployment):
     client.force_login(viewer_user)
-    for url in ("/deployments/", "/deployments/widget/", f"/deployments/{deployment.pk}/",
-                f"/deployments/{deployment.pk}/live/",
-                f"/deployments/releases/{deployment.release_id}/", "/"):
+    for url in (
+        "/deployments/",
+        "/deployments/widget/",
+        f"/deployments/{deployment.pk}/",
+        f"/deployments/{deployment.pk}/live/",
+        f"/deployments/releases/{deployment.release_id}/",
+        "/",
+    ):
         response = client.get(url)
         assert response.status_code == 200, url
     assert client.get("/deployments/new/").status_code == 403
@@ -33,30 +42,56 @@ def test_pages_render_for_viewer(client, viewer_user, deployment):
 
 def test_anonymous_is_sent_to_login(client, deployment):
     assert client.get(f"/deployments/{deployment.pk}/").status_code == 302
-    assert client.get(f"/deployments/device/{deployment.updates.first().device_id}/updates/"
-                      ).status_code == 302
+    assert (
+        client.get(
+            f"/deployments/device/{deployment.updates.first().device_id}/updates/"
+        ).status_code
+        == 302
+    )
 
 
 def test_release_form_creates_release(client, operator_user, v2):
     client.force_login(operator_user)
     page = client.get(f"/deployments/releases/new/?version={v2.pk}")
     assert f'value="{v2.pk}" selected' in page.content.decode()
-    response = client.post("/deployments/releases/new/", {
-        "name": "from page", "slot": "default", "default_variant": "default",
-        "variant_0_name": "default", "variant_0_version": v2.pk, "policy": ""})
+    response = client.post(
+        "/deployments/releases/new/",
+        {
+            "name": "from page",
+            "slot": "default",
+            "default_variant": "default",
+            "variant_0_name": "default",
+            "variant_0_version": v2.pk,
+            "policy": "",
+        },
+    )
     assert response.status_code == 302
     assert Release.objects.get(name="from page").variants.count() == 1
-    bad = client.post("/deployments/releases/new/", {
-        "name": "bad", "slot": "default", "default_variant": "default",
-        "variant_0_version": v2.pk, "policy": "{not json"})
+    bad = client.post(
+        "/deployments/releases/new/",
+        {
+            "name": "bad",
+            "slot": "default",
+            "default_variant": "default",
+            "variant_0_version": v2.pk,
+            "policy": "{not json",
+        },
+    )
     assert bad.status_code == 200 and "Not JSON" in bad.content.decode()
 
 
 def test_wizard_preview_and_start(client, operator_user, fleet, release):
     client.force_login(operator_user)
-    form = {"release": release.pk, "tags": "cam", "phases": "10, 50, 100",
-            "max_failure_rate": "0.2", "min_successful": "1", "max_latency_ratio": "1.5",
-            "min_latency_samples": "3", "min_soak_s": "0"}
+    form = {
+        "release": release.pk,
+        "tags": "cam",
+        "phases": "10, 50, 100",
+        "max_failure_rate": "0.2",
+        "min_successful": "1",
+        "max_latency_ratio": "1.5",
+        "min_latency_samples": "3",
+        "min_soak_s": "0",
+    }
     preview = client.post("/deployments/preview/", form).content.decode()
     assert "10" in preview and 'id="preview-phases"' in preview
     bad = client.post("/deployments/preview/", {**form, "phases": "50, 10"}).content.decode()
@@ -95,3 +130,50 @@ def test_gate_values_and_chart(client, viewer_user, deployment):
     assert 'id="pause-reason"' in page and "3.1× the estimate" in page
     chart = client.get(f"/deployments/{deployment.pk}/chart.json").json()
     assert chart["estimate"] == 10.0 and chart["limit"] == 15.0 and chart["p95"]
+
+
+def _live(client, deployment) -> str:
+    response = client.get(f"/deployments/{deployment.pk}/live/")
+    assert response.status_code == 200
+    return response.content.decode()
+
+
+def test_live_partial_tells_one_state(client, operator_user, deployment):
+    """Status, buttons, chart data and device rows come from one response, so they agree."""
+    client.force_login(operator_user)
+    running = _live(client, deployment)
+    assert 'data-status="running"' in running and 'id="action-pause"' in running
+    assert 'id="action-resume"' not in running and 'hx-trigger="every 2s"' in running
+    assert 'id="latency-data"' in running and 'id="device-updates"' in running
+    client.post(f"/deployments/{deployment.pk}/pause/", {"reason": "lunch"})
+    paused = _live(client, deployment)
+    assert 'id="action-resume"' in paused and 'id="action-pause"' not in paused
+    assert ">Paused<" in paused and "lunch" in paused
+    assert 'hx-trigger="every 2s"' in paused  # devices already updating still report
+    client.post(f"/deployments/{deployment.pk}/resume/")
+    deployment.refresh_from_db()
+    for update in deployment.updates.exclude(state="queued"):
+        finish(update)
+    rows = _live(client, deployment)
+    assert (
+        rows.count('data-state="succeeded"')
+        == deployment.updates.filter(state="succeeded").count() + 1
+    )  # the rows and the state-count badge
+    client.post(f"/deployments/{deployment.pk}/abort/")
+    over = _live(client, deployment)
+    assert ">Aborted<" in over and "hx-trigger" not in over and 'id="action-abort"' not in over
+
+
+def test_gate_reason_and_target_in_the_readers_language(client, viewer_user, deployment):
+    for update in deployment.updates.exclude(state="queued"):
+        finish(update)
+        telemetry(update.device, "digits:2", [30.0, 31.0, 29.0])
+    services.evaluate_deployments()
+    deployment.refresh_from_db()
+    assert deployment.gate_report["reason_codes"][0]["code"] == "latency_ratio"
+    client.force_login(viewer_user)
+    client.cookies["django_language"] = "zh-hans"
+    page = client.get(f"/deployments/{deployment.pk}/", HTTP_ACCEPT_LANGUAGE="zh-hans")
+    text = page.content.decode()
+    assert "on-device p95 latency" not in text and "3.1×" in text
+    assert "已暂停" in text or "暂停" in text

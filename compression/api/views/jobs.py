@@ -19,57 +19,107 @@ from fleet.roles import Role
 
 
 class CandidateSerializer(serializers.ModelSerializer):
-    version_number = serializers.IntegerField(source="version.number", read_only=True,
-                                              default=None)
+    version_number = serializers.IntegerField(source="version.number", read_only=True, default=None)
 
     class Meta:
         model = Candidate
-        fields = ["id", "recipe", "metrics", "error", "violations", "meets_kpis", "on_pareto",
-                  "chosen", "version", "version_number"]
+        fields = [
+            "id",
+            "recipe",
+            "metrics",
+            "error",
+            "violations",
+            "meets_kpis",
+            "on_pareto",
+            "chosen",
+            "version",
+            "version_number",
+        ]
         read_only_fields = fields
 
 
 class CompressionJobSerializer(serializers.ModelSerializer):
     hardware_profile = serializers.SlugRelatedField(
-        slug_field="slug", queryset=HardwareProfile.objects.all(), required=False,
-        allow_null=True)
+        slug_field="slug", queryset=HardwareProfile.objects.all(), required=False, allow_null=True
+    )
     mode = serializers.ChoiceField(choices=JobMode.choices, default=JobMode.AUTO)
-    recipes = serializers.ListField(child=serializers.CharField(max_length=120),
-                                    required=False, default=list)
-    kpis = serializers.DictField(required=False, default=dict,
-                                 help_text="max_latency_ms, max_accuracy_drop (points), "
-                                           "min_fidelity (0–1), max_size_mb")
+    recipes = serializers.ListField(
+        child=serializers.CharField(max_length=120), required=False, default=list
+    )
+    kpis = serializers.DictField(
+        required=False,
+        default=dict,
+        help_text="max_latency_ms, max_accuracy_drop (points), min_fidelity (0–1), max_size_mb",
+    )
     options = serializers.DictField(
-        required=False, default=dict,
+        required=False,
+        default=dict,
         help_text="training recipes: training (auto: add qat), epochs, finetune_epochs, "
-                  "distill {ratio, student_version}")
+        "distill {ratio, student_version}",
+    )
     source = serializers.PrimaryKeyRelatedField(queryset=ModelVersion.objects.all())
-    calibration = serializers.PrimaryKeyRelatedField(queryset=Dataset.objects.all(),
-                                                     required=False, allow_null=True)
+    calibration = serializers.PrimaryKeyRelatedField(
+        queryset=Dataset.objects.all(), required=False, allow_null=True
+    )
     evaluation = serializers.PrimaryKeyRelatedField(  # none: latency-only
-        queryset=Dataset.objects.all(), required=False, allow_null=True)
+        queryset=Dataset.objects.all(), required=False, allow_null=True
+    )
     candidates = CandidateSerializer(many=True, read_only=True)
-    created_by = serializers.CharField(source="created_by.username", read_only=True,
-                                       default=None)
+    created_by = serializers.CharField(source="created_by.username", read_only=True, default=None)
 
     class Meta:
         model = CompressionJob
         fields = [
-            "id", "source", "mode", "recipes", "kpis", "options", "hardware_profile",
+            "id",
+            "source",
+            "mode",
+            "recipes",
+            "kpis",
+            "options",
+            "hardware_profile",
             "calibration",
-            "evaluation", "time_budget_s", "status", "progress", "current_step", "log", "error",
-            "result", "cancel_requested", "attempts", "worker_host", "created_by", "created_at",
-            "started_at", "finished_at", "candidates",
+            "evaluation",
+            "time_budget_s",
+            "status",
+            "progress",
+            "current_step",
+            "log",
+            "error",
+            "result",
+            "cancel_requested",
+            "attempts",
+            "worker_host",
+            "created_by",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "candidates",
         ]
         read_only_fields = [
-            "id", "status", "progress", "current_step", "log", "error", "result",
-            "cancel_requested", "attempts", "worker_host", "created_by", "created_at",
-            "started_at", "finished_at", "candidates",
+            "id",
+            "status",
+            "progress",
+            "current_step",
+            "log",
+            "error",
+            "result",
+            "cancel_requested",
+            "attempts",
+            "worker_host",
+            "created_by",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "candidates",
         ]
 
 
-class CompressionJobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin,
-                            mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+class CompressionJobViewSet(
+    mixins.CreateModelMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
+):
     serializer_class = CompressionJobSerializer
     action_roles = {"cancel": Role.OPERATOR}
     ci_actions = {"create"}
@@ -78,20 +128,27 @@ class CompressionJobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin,
         qs = CompressionJob.objects.select_related("hardware_profile", "created_by")
         return qs.prefetch_related("candidates__version")
 
-    @extend_schema(responses={
-        201: CompressionJobSerializer,
-        400: OpenApiResponse(description="Refused, with `code` and `detail`"),
-    })
+    @extend_schema(
+        responses={
+            201: CompressionJobSerializer,
+            400: OpenApiResponse(description="Refused, with `code` and `detail`"),
+        }
+    )
     def create(self, request, *args, **kwargs):
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         try:
             job = jobs.create_job(
-                data["source"], mode=data["mode"], recipes=data["recipes"], kpis=data["kpis"],
+                data["source"],
+                mode=data["mode"],
+                recipes=data["recipes"],
+                kpis=data["kpis"],
                 hardware_profile=data.get("hardware_profile"),
-                calibration=data.get("calibration"), evaluation=data.get("evaluation"),
-                time_budget_s=data.get("time_budget_s", 600), actor=request.user,
+                calibration=data.get("calibration"),
+                evaluation=data.get("evaluation"),
+                time_budget_s=data.get("time_budget_s", 600),
+                actor=request.user,
                 options=data.get("options"),
             )
         except jobs.JobRejected as exc:
@@ -103,14 +160,18 @@ class CompressionJobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin,
         audit.note(request, "job.create", job)
         return Response(self.get_serializer(job).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=None, responses={202: CompressionJobSerializer,
-                                            409: OpenApiResponse(description="Already over")})
+    @extend_schema(
+        request=None,
+        responses={202: CompressionJobSerializer, 409: OpenApiResponse(description="Already over")},
+    )
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
         job = self.get_object()
         accepted = jobs.cancel_job(job)
         audit.note(request, "job.cancel", job, accepted=accepted)
         if not accepted:
-            return Response({"detail": "The job has already ended.", "code": "job_over",
-                             "status": job.status}, status=status.HTTP_409_CONFLICT)
+            return Response(
+                {"detail": "The job has already ended.", "code": "job_over", "status": job.status},
+                status=status.HTTP_409_CONFLICT,
+            )
         return Response(self.get_serializer(job).data, status=status.HTTP_202_ACCEPTED)

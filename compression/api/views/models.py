@@ -33,8 +33,14 @@ def rejected(exc: services.UploadRejected) -> Response:
 def version_artifact(version: ModelVersion):
     """The version's bytes, or 409 while it is validating / once rejected."""
     if not version.is_ready:
-        return Response({"detail": f"Version {version} is {version.status}.",
-                         "code": "not_ready", "status": version.status}, status=409)
+        return Response(
+            {
+                "detail": f"Version {version} is {version.status}.",
+                "code": "not_ready",
+                "status": version.status,
+            },
+            status=409,
+        )
     return artifact_response(version.artifact, version.download_name, version.sha256)
 
 
@@ -111,8 +117,12 @@ class ModelVersionListView(APIView):
                 raise ValidationError({"parent": ["No such version."]})
         try:
             result = uploads.accept_upload(
-                model, upload.temporary_file_path(), original_filename=upload.name,
-                actor=request.user, parent=parent, notes=form.validated_data["notes"],
+                model,
+                upload.temporary_file_path(),
+                original_filename=upload.name,
+                actor=request.user,
+                parent=parent,
+                notes=form.validated_data["notes"],
             )
         except services.UploadRejected as exc:
             audit.note(request, "version.upload", model, refused=exc.code)
@@ -121,8 +131,11 @@ class ModelVersionListView(APIView):
         data = ModelVersionSerializer(result.version, context={"request": request}).data
         if not result.created:
             return Response(data, status=status.HTTP_200_OK)
-        return Response(data, status=status.HTTP_202_ACCEPTED,
-                        headers={"Location": f"/api/v1/versions/{result.version.pk}/"})
+        return Response(
+            data,
+            status=status.HTTP_202_ACCEPTED,
+            headers={"Location": f"/api/v1/versions/{result.version.pk}/"},
+        )
 
 
 class ModelVersionDetailView(APIView):
@@ -135,8 +148,9 @@ class ModelVersionDetailView(APIView):
 class ModelVersionDownloadView(APIView):
     @extend_schema(responses={(200, "application/octet-stream"): bytes})
     def get(self, request, model_pk: int, number: int):
-        version = get_object_or_404(ModelVersion.objects.select_related("model"),
-                                    model_id=model_pk, number=number)
+        version = get_object_or_404(
+            ModelVersion.objects.select_related("model"), model_id=model_pk, number=number
+        )
         return version_artifact(version)
 
 
@@ -154,7 +168,9 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
 
 
 class DatasetViewSet(
-    mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
     viewsets.GenericViewSet,
 ):
     queryset = Dataset.objects.select_related("model")
@@ -176,8 +192,12 @@ class DatasetViewSet(
         upload = data["file"]
         try:
             dataset = services.register_dataset(
-                upload.temporary_file_path(), name=data["name"], purpose=data["purpose"],
-                original_filename=upload.name, model=data.get("model"), actor=request.user,
+                upload.temporary_file_path(),
+                name=data["name"],
+                purpose=data["purpose"],
+                original_filename=upload.name,
+                model=data.get("model"),
+                actor=request.user,
             )
         except services.UploadRejected as exc:
             return rejected(exc)

@@ -57,8 +57,11 @@ class Fp16Pass(Pass):
         from onnxconverter_common import float16
 
         notes: list[str] = []
-        ops = list(config.op_block_list if config.op_block_list is not None
-                   else float16.DEFAULT_OP_BLOCK_LIST)
+        ops = list(
+            config.op_block_list
+            if config.op_block_list is not None
+            else float16.DEFAULT_OP_BLOCK_LIST
+        )
         ops += [op for op in _KEEP_FLOAT_OPS if op not in ops]
         nodes = list(config.node_block_list) + float_casts(_util.load(input_path))
         for _attempt in range(_RETRIES):
@@ -73,8 +76,10 @@ class Fp16Pass(Pass):
         else:
             raise PassRefused(f"fp16 model still does not load after {_RETRIES} fixes")
         if len(nodes) > len(config.node_block_list):
-            notes.append(f"kept {len(nodes) - len(config.node_block_list)} node(s) in float32 "
-                         "(casts of integer tensors, nodes onnxruntime refused in fp16)")
+            notes.append(
+                f"kept {len(nodes) - len(config.node_block_list)} node(s) in float32 "
+                "(casts of integer tensors, nodes onnxruntime refused in fp16)"
+            )
         metrics = _util.size_metrics(input_path, output_path)
         metrics["float32_nodes"] = len(nodes)
         return PassResult(str(output_path), metrics, list(dict.fromkeys(notes)))
@@ -141,6 +146,7 @@ def load_problem(path: str) -> str | None:
 
 
 def _named_node(message: str) -> str | None:
-    m = re.search(r"of node \(([^)]+)\)", message) or re.search(r"[Nn]ode:? ?'?([^\s',]+)'?",
-                                                                     message)
+    m = re.search(r"of node \(([^)]+)\)", message) or re.search(
+        r"[Nn]ode:? ?'?([^\s',]+)'?", message
+    )
     return m.group(1) if m else None

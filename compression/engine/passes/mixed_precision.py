@@ -48,8 +48,9 @@ class MixedPrecisionConfig(StaticConfig):
 def _session(path_or_model, extra_outputs: list[str] | None = None):
     import onnxruntime as ort
 
-    model = path_or_model if isinstance(path_or_model, onnx.ModelProto) else _util.load(
-        path_or_model)
+    model = (
+        path_or_model if isinstance(path_or_model, onnx.ModelProto) else _util.load(path_or_model)
+    )
     if extra_outputs:
         existing = {o.name for o in model.graph.output}
         for name in extra_outputs:
@@ -101,8 +102,9 @@ class _Stats:
         return min(100.0, 10 * math.log10(max(self.signal[name], 1e-30) / self.noise[name]))
 
 
-def _compare(src: str, trial: str, feeds, names: list[str], probe: list[str] | None = None
-             ) -> _Stats:
+def _compare(
+    src: str, trial: str, feeds, names: list[str], probe: list[str] | None = None
+) -> _Stats:
     """Run both models batch by batch, folding ``names`` (+ ``probe``) into _Stats."""
     wanted = list(dict.fromkeys(names + (probe or [])))
     ref_sess, got_sess = _session(src, probe), _session(trial, probe)
@@ -139,8 +141,9 @@ class MixedPrecisionPass(Pass):
             cache = str(Path(tmp) / "calibration.json")
             trial = str(Path(tmp) / "trial.onnx")
             static_cfg = StaticConfig.from_dict(_static_fields(config, keep_preprocess=True))
-            used = static_with_fallbacks(input_path, static_cfg, trial, notes=notes, tmp=tmp,
-                                         calibration_cache=cache)
+            used = static_with_fallbacks(
+                input_path, static_cfg, trial, notes=notes, tmp=tmp, calibration_cache=cache
+            )
             src = str(Path(tmp) / "prepared.onnx") if used.preprocess else str(input_path)
             if not Path(src).exists():
                 src = str(input_path)
@@ -164,10 +167,12 @@ class MixedPrecisionPass(Pass):
                     config.max_excluded, len(ranking)
                 ):
                     excluded = [n for n, _ in ranking[:k]]
-                    cfg = dataclasses.replace(used, preprocess=False,
-                                              nodes_to_exclude=base_exclude + excluded)
-                    run_static(src, cfg, trial, notes=notes,
-                               calibration_cache=cache if cache_ok else None)
+                    cfg = dataclasses.replace(
+                        used, preprocess=False, nodes_to_exclude=base_exclude + excluded
+                    )
+                    run_static(
+                        src, cfg, trial, notes=notes, calibration_cache=cache if cache_ok else None
+                    )
                     fidelity = _fidelity(_compare(src, trial, feeds(), outputs), outputs)
                     history.append({"excluded": k, "cosine": round(fidelity, 6)})
                     k *= 2

@@ -37,20 +37,29 @@ class NncfConfig(PassConfig):
     CHOICES = {"preset": ("performance", "mixed"), "model_type": ("auto", "cnn", "transformer")}
 
     calibration_path: str | None = field(
-        default=None, metadata=doc("Dataset .npz with one array per model input."))
+        default=None, metadata=doc("Dataset .npz with one array per model input.")
+    )
     max_samples: int = field(default=200, metadata=doc("Calibration samples (subset_size)."))
     preset: str = field(
         default="performance",
-        metadata=doc("performance: symmetric weights and activations; mixed: asymmetric "
-                     "activations (better for non-ReLU activations)."))
+        metadata=doc(
+            "performance: symmetric weights and activations; mixed: asymmetric "
+            "activations (better for non-ReLU activations)."
+        ),
+    )
     fast_bias_correction: bool = field(
-        default=True, metadata=doc("Correct the bias shift that quantization introduces."))
+        default=True, metadata=doc("Correct the bias shift that quantization introduces.")
+    )
     model_type: str = field(
         default="auto",
-        metadata=doc("transformer enables SmoothQuant and transformer-specific placement; "
-                     "auto decides from the graph (Softmax + MatMuls)."))
-    ignored_nodes: list[str] = field(default_factory=list,
-                                     metadata=doc("Node names kept in float."))
+        metadata=doc(
+            "transformer enables SmoothQuant and transformer-specific placement; "
+            "auto decides from the graph (Softmax + MatMuls)."
+        ),
+    )
+    ignored_nodes: list[str] = field(
+        default_factory=list, metadata=doc("Node names kept in float.")
+    )
 
 
 @register
@@ -71,11 +80,11 @@ class NncfPass(Pass):
         from compression.engine.datasets import load_dataset
 
         model = _util.load(input_path)
-        dataset = load_dataset(config.calibration_path, input_path,
-                               max_samples=config.max_samples)
+        dataset = load_dataset(config.calibration_path, input_path, max_samples=config.max_samples)
         feeds = list(dataset.batches(1))
-        transformer = (config.model_type == "transformer" or (
-            config.model_type == "auto" and looks_like_transformer(model)))
+        transformer = config.model_type == "transformer" or (
+            config.model_type == "auto" and looks_like_transformer(model)
+        )
         kwargs = {}
         if config.ignored_nodes:
             kwargs["ignored_scope"] = nncf.IgnoredScope(names=config.ignored_nodes)
@@ -83,16 +92,25 @@ class NncfPass(Pass):
             kwargs["model_type"] = nncf.ModelType.TRANSFORMER
         try:
             quantized = nncf.quantize(
-                model, nncf.Dataset(feeds), preset=nncf.QuantizationPreset(config.preset),
-                subset_size=len(feeds), fast_bias_correction=config.fast_bias_correction,
-                **kwargs)
+                model,
+                nncf.Dataset(feeds),
+                preset=nncf.QuantizationPreset(config.preset),
+                subset_size=len(feeds),
+                fast_bias_correction=config.fast_bias_correction,
+                **kwargs,
+            )
         except Exception as exc:  # NNCF raises its own and numpy/onnx exception types
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             raise PassRefused(f"NNCF quantization failed: {type(exc).__name__}: {first}") from None
         _util.save(quantized, output_path)
-        metrics = {**_util.size_metrics(input_path, output_path),
-                   **quantized_node_count(output_path), "model_type":
-                   "transformer" if transformer else "default"}
-        notes = ["SmoothQuant and transformer placement (model_type=transformer)"] \
-            if transformer else []
+        metrics = {
+            **_util.size_metrics(input_path, output_path),
+            **quantized_node_count(output_path),
+            "model_type": "transformer" if transformer else "default",
+        }
+        notes = (
+            ["SmoothQuant and transformer placement (model_type=transformer)"]
+            if transformer
+            else []
+        )
         return PassResult(str(output_path), metrics, notes)

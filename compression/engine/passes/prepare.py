@@ -122,8 +122,10 @@ def _preprocess(src: Path, dst, *, optimize: bool) -> str:
             # onnxruntime's symbolic shape inference dumps sym_shape_infer_temp.onnx
             # (+ external data) into the *current* directory when it gives up:
             # run it from a scratch directory so nothing lands in the caller's cwd.
-            with tempfile.TemporaryDirectory(prefix="prepare-") as scratch, \
-                    contextlib.chdir(scratch):
+            with (
+                tempfile.TemporaryDirectory(prefix="prepare-") as scratch,
+                contextlib.chdir(scratch),
+            ):
                 quant_pre_process(str(Path(src).resolve()), str(Path(dst).resolve()), **kwargs)
             return label
         except Exception as exc:

@@ -151,8 +151,11 @@ class StaticConfig(PassConfig):
     preprocess: bool = field(default=True, metadata=doc("Run the prepare pass first."))
     calibration_cache: str | None = field(
         default=None,
-        metadata=doc("JSON file of calibrated tensor ranges: reused when it exists, written "
-                     "when not (the search calibrates once for all its variants)."))
+        metadata=doc(
+            "JSON file of calibrated tensor ranges: reused when it exists, written "
+            "when not (the search calibrates once for all its variants)."
+        ),
+    )
     keep_stem_float: bool = field(
         default=True,
         metadata=doc(
@@ -186,7 +189,10 @@ def run_static(
     *,
     notes: list[str],
     calibration_cache: str | None = None,
+    tensor_overrides: dict | None = None,
 ) -> None:
+    """``tensor_overrides``: onnxruntime ``TensorQuantOverrides`` (fixed scales that
+    calibration does not replace), e.g. the ones quantization-aware training learned."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
     from compression.engine.datasets import make_calibration_reader
@@ -216,6 +222,8 @@ def run_static(
         step = next((v for v in range(16, 8, -1) if reader.size % v), None)
         if step:
             extra["CalibMaxIntermediateOutputs"] = step
+    if tensor_overrides:
+        extra["TensorQuantOverrides"] = tensor_overrides
     quantize_static(
         input_path,
         str(output_path),
@@ -247,25 +255,48 @@ def fallback_strategies(config: StaticConfig, opset: int) -> list[tuple[str, dic
     """
     out = [("as configured", {})]
     if config.preprocess:
-        out.append(("without pre-processing",
-                    {"preprocess": False, **({"per_channel": False} if opset < 13 else {})}))
+        out.append(
+            (
+                "without pre-processing",
+                {"preprocess": False, **({"per_channel": False} if opset < 13 else {})},
+            )
+        )
     if config.calibrate_method != "minmax":
         out.append(("MinMax calibration", {"calibrate_method": "minmax"}))
     if config.per_channel:
         out.append(("per-tensor weights", {"per_channel": False}))
     if config.op_types != CORE_OP_TYPES:
-        out.append((f"only {'/'.join(CORE_OP_TYPES)} quantized",
-                    {"op_types": CORE_OP_TYPES, "per_channel": False,
-                     "calibrate_method": "minmax"}))
+        out.append(
+            (
+                f"only {'/'.join(CORE_OP_TYPES)} quantized",
+                {"op_types": CORE_OP_TYPES, "per_channel": False, "calibrate_method": "minmax"},
+            )
+        )
     other = "qoperator" if config.quant_format == "qdq" else "qdq"
-    out.append((f"{other} format, {'/'.join(CORE_OP_TYPES)} only",
-                {"quant_format": other, "op_types": CORE_OP_TYPES, "per_channel": False,
-                 "calibrate_method": "minmax", "preprocess": False}))
+    out.append(
+        (
+            f"{other} format, {'/'.join(CORE_OP_TYPES)} only",
+            {
+                "quant_format": other,
+                "op_types": CORE_OP_TYPES,
+                "per_channel": False,
+                "calibrate_method": "minmax",
+                "preprocess": False,
+            },
+        )
+    )
     return out
 
 
-def static_with_fallbacks(input_path, config: StaticConfig, output_path, *, notes: list[str],
-                          tmp: str, calibration_cache: str | None = None) -> StaticConfig:
+def static_with_fallbacks(
+    input_path,
+    config: StaticConfig,
+    output_path,
+    *,
+    notes: list[str],
+    tmp: str,
+    calibration_cache: str | None = None,
+) -> StaticConfig:
     """Quantize, trying ``fallback_strategies`` until one works; returns the config used.
 
     Raises PassRefused listing every attempt when none does.
@@ -295,8 +326,9 @@ def static_with_fallbacks(input_path, config: StaticConfig, output_path, *, note
             log.info("static quantization (%s) failed: %s", label, first)
             continue
         if failures:
-            notes.append("onnxruntime's quantizer failed " + "; ".join(failures)
-                         + f" - used: {label}")
+            notes.append(
+                "onnxruntime's quantizer failed " + "; ".join(failures) + f" - used: {label}"
+            )
         return cfg
     raise PassRefused("Static quantization failed with every strategy: " + "; ".join(failures))
 
@@ -311,8 +343,14 @@ class StaticInt8Pass(Pass):
     def run(self, input_path, config: StaticConfig, output_path) -> PassResult:
         notes: list[str] = []
         with tempfile.TemporaryDirectory(prefix="edgefleet-int8s-") as tmp:
-            used = static_with_fallbacks(input_path, config, output_path, notes=notes, tmp=tmp,
-                                         calibration_cache=config.calibration_cache)
+            used = static_with_fallbacks(
+                input_path,
+                config,
+                output_path,
+                notes=notes,
+                tmp=tmp,
+                calibration_cache=config.calibration_cache,
+            )
         metrics = {
             **_util.size_metrics(input_path, output_path),
             **quantized_node_count(output_path),

@@ -84,10 +84,58 @@ def to_torch(model_path: str | Path):
     model = onnx.load(str(model_path))
     check_supported(model)
     try:
-        module = onnx2torch.convert(model)
+        module = onnx2torch.convert(model, attach_onnx_mapping=True)
     except (NotImplementedError, ValueError, RuntimeError, KeyError, TypeError) as exc:
         raise ConversionRefused(f"This model cannot be converted for training: {exc}") from None
+    module.onnx_initializer_names = _promote_weights(module, model)
     return module.float().eval()
+
+
+_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+
+
+def _trainable_initializers(model: onnx.ModelProto) -> set[str]:
+    """Float initializers that are layer weights the converter leaves as constants:
+    MatMul/Gemm operands, and the bias an Add puts on a MatMul's output."""
+    floats = {
+        t.name for t in model.graph.initializer if t.data_type in _FLOAT_TYPES and len(t.dims) >= 1
+    }
+    matmul_out = {o for n in model.graph.node if n.op_type == "MatMul" for o in n.output}
+    wanted: set[str] = set()
+    for node in model.graph.node:
+        if node.op_type in ("MatMul", "Gemm") or (
+            node.op_type == "Add" and any(i in matmul_out for i in node.input)
+        ):
+            wanted.update(i for i in node.input if i in floats)
+    return wanted
+
+
+def _promote_weights(module, model: onnx.ModelProto) -> dict[str, str]:
+    """Turn the converter's constant buffers for ``_trainable_initializers`` into
+    parameters (one shared parameter per initializer, however many nodes read it).
+    Returns parameter name -> initializer name, for ``write_back``."""
+    import torch
+
+    wanted = _trainable_initializers(model)
+    names: dict[str, str] = {}
+    shared: dict[str, torch.nn.Parameter] = {}
+    for fx_node in module.graph.nodes:
+        if fx_node.op != "call_module":
+            continue
+        mapping = getattr(module.get_submodule(fx_node.target), "onnx_mapping", None)
+        if mapping is None:
+            continue
+        for arg, value in zip(fx_node.args, mapping.inputs, strict=False):
+            if getattr(arg, "op", None) != "get_attr" or value not in wanted:
+                continue
+            owner_name, _, attr = arg.target.rpartition(".")
+            owner = module.get_submodule(owner_name)
+            if attr in owner._buffers:
+                tensor = owner._buffers.pop(attr)
+                param = shared.setdefault(value, torch.nn.Parameter(tensor.float()))
+                owner.register_parameter(attr, param)
+            names[arg.target] = value
+    return names
 
 
 def _run_torch(module, feeds: dict[str, np.ndarray], input_names: list[str]) -> list[np.ndarray]:
@@ -165,17 +213,18 @@ def _tensor_targets(module_type: str, node: onnx.NodeProto) -> dict[str, tuple[s
     return {}
 
 
-def write_back(module, source_path: str | Path, output_path: str | Path) -> int:
-    """Copy the module's trained tensors into ``source_path``'s initializers; save to
-    ``output_path``. Returns how many initializers were written. Refuses when a
-    trainable parameter has no initializer to go to."""
-    model = onnx.load(str(source_path))
+def initializer_targets(module, model: onnx.ModelProto) -> dict[str, tuple[str, bool]]:
+    """Module tensor name -> (initializer name, stored transposed?) for every tensor of
+    ``module`` that has an initializer of ``model`` to go back to."""
     nodes = _node_map(model)
-    inits = {t.name: t for t in model.graph.initializer}
-    written, orphans = 0, []
-    tensors = dict(module.named_parameters())
-    tensors.update({k: v for k, v in module.named_buffers() if v.is_floating_point()})
-    done: set[str] = set()
+    inits = {t.name for t in model.graph.initializer}
+    tensors = {k for k, _ in module.named_parameters(remove_duplicate=False)}
+    tensors.update(k for k, v in module.named_buffers() if v.is_floating_point())
+    targets = {
+        key: (init, False)
+        for key, init in getattr(module, "onnx_initializer_names", {}).items()
+        if key in tensors and init in inits
+    }
     for mod_name, sub in module.named_modules():
         node = nodes.get(mod_name)
         head, _, tail = mod_name.rpartition(".")
@@ -185,24 +234,37 @@ def write_back(module, source_path: str | Path, output_path: str | Path) -> int:
             continue
         for attr, (init_name, transpose) in _tensor_targets(type(sub).__name__, node).items():
             key = f"{mod_name}.{attr}"
-            if key not in tensors or not init_name or init_name not in inits:
-                continue
-            arr = tensors[key].detach().cpu().numpy()
-            arr = arr.T if transpose else arr
-            old = inits[init_name]
-            if list(arr.shape) != list(old.dims):
-                raise ConversionRefused(
-                    f"{key}: shape {list(arr.shape)} does not fit "
-                    f"initializer {init_name!r} {list(old.dims)}"
-                )
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(old.data_type)
-            old.CopyFrom(
-                numpy_helper.from_array(np.ascontiguousarray(arr).astype(dtype), init_name)
+            if key in tensors and init_name and init_name in inits:
+                targets[key] = (init_name, transpose)
+    return targets
+
+
+def write_back(module, source_path: str | Path, output_path: str | Path) -> int:
+    """Copy the module's trained tensors into ``source_path``'s initializers; save to
+    ``output_path``. Returns how many initializers were written. Refuses when a
+    trainable parameter has no initializer to go to."""
+    model = onnx.load(str(source_path))
+    inits = {t.name: t for t in model.graph.initializer}
+    written, orphans = 0, []
+    tensors = dict(module.named_parameters(remove_duplicate=False))
+    tensors.update({k: v for k, v in module.named_buffers() if v.is_floating_point()})
+    done: set[str] = set()
+    for key, (init_name, transpose) in initializer_targets(module, model).items():
+        arr = tensors[key].detach().cpu().numpy()
+        arr = arr.T if transpose else arr
+        old = inits[init_name]
+        if list(arr.shape) != list(old.dims):
+            raise ConversionRefused(
+                f"{key}: shape {list(arr.shape)} does not fit "
+                f"initializer {init_name!r} {list(old.dims)}"
             )
-            done.add(key)
-            written += 1
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(old.data_type)
+        old.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(arr).astype(dtype), init_name))
+        done.add(key)
+        written += 1
+    shared = {id(tensors[k]) for k in done}
     for key, p in module.named_parameters():
-        if p.requires_grad and key not in done:
+        if p.requires_grad and key not in done and id(p) not in shared:
             orphans.append(key)
     if orphans:
         raise ConversionRefused(

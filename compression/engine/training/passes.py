@@ -166,8 +166,10 @@ class DistillPass(Pass):
 
 @dataclass
 class QatConfig(TrainFields, PassConfig):
-    CHOICES = {"activation_type": ("quint8", "qint8"),
-               "calibrate_method": ("minmax", "entropy", "percentile")}
+    CHOICES = {
+        "activation_type": ("quint8", "qint8"),
+        "calibrate_method": ("minmax", "entropy", "percentile"),
+    }
 
     epochs: int = field(default=5, metadata=doc("Fake-quantized training epochs."))
     lr: float = field(default=1e-4, metadata=doc("Adam learning rate (small: fine-tuning)."))
@@ -182,10 +184,19 @@ class QatConfig(TrainFields, PassConfig):
             "Keep the input stem Conv (<= 4 input channels) in float, as int8-static does."
         ),
     )
+    learned_ranges: bool = field(
+        default=True,
+        metadata=doc(
+            "Export with the scales and zero-points QAT learned (weights and activations); "
+            "off: the exporting quantizer recalibrates every range."
+        ),
+    )
     calibrate_method: str = field(
         default="minmax",
-        metadata=doc("How the exporting quantizer sets activation ranges: minmax, entropy or "
-                     "percentile."),
+        metadata=doc(
+            "How the exporting quantizer calibrates the ranges QAT did not learn: minmax, "
+            "entropy or percentile."
+        ),
     )
     calibration_samples: int = field(
         default=200,
@@ -193,7 +204,9 @@ class QatConfig(TrainFields, PassConfig):
     )
 
 
-def _qat_module(module, stem_modules: list[str], example, per_channel: bool, act_signed: bool):
+def _qat_module(
+    module, stem_modules: list[str], example, per_channel: bool, act_signed: bool, nodes: dict
+):
     import torch
     from torch.ao.quantization import (
         FakeQuantize,
@@ -235,7 +248,12 @@ def _qat_module(module, stem_modules: list[str], example, per_channel: bool, act
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return prepare_qat_fx(module.train(), mapping, example)
+        prepared = prepare_qat_fx(module.train(), mapping, example)
+    from compression.engine.training.qdq import share_like_onnxruntime
+
+    share_like_onnxruntime(prepared, nodes)
+    prepared.onnx_initializer_names = getattr(module, "onnx_initializer_names", {})
+    return prepared
 
 
 @register
@@ -259,7 +277,7 @@ class QatPass(Pass):
             run_static,
             stem_convs,
         )
-        from compression.engine.training import convert
+        from compression.engine.training import convert, qdq
         from compression.engine.training.loop import fit
 
         _threads(config.threads)
@@ -277,7 +295,12 @@ class QatPass(Pass):
             stem_modules = [k for k, n in node_names.items() if n.name in stems]
             example = tuple(torch.from_numpy(a[:2]) for a in data.train)
             qat = _qat_module(
-                module, stem_modules, example, config.per_channel, config.activation_type == "qint8"
+                module,
+                stem_modules,
+                example,
+                config.per_channel,
+                config.activation_type == "qint8",
+                node_names,
             )
             result = fit(
                 qat,
@@ -290,10 +313,23 @@ class QatPass(Pass):
                 settings_from(config),
                 label=self.name,
             )
+            # the ranges are final: nothing below may move them
+            qat.apply(torch.ao.quantization.disable_observer)
             trained = str(Path(tmp) / "trained.onnx")
             convert.write_back(qat, prepared, trained)
             # the learned weights in float, then onnxruntime's static quantizer (QDQ, int8
-            # kernels) calibrated on the training inputs
+            # kernels) held to the scales QAT trained against; tensors QAT did not
+            # fake-quantize are calibrated on the training inputs
+            learned, counts = {}, {}
+            if config.learned_ranges:
+                learned, counts = qdq.learned_overrides(
+                    qat, trained, data.sample_feeds(64), data.names
+                )
+                notes.append(
+                    f"exported with the learned scales of {counts['learned_weight_scales']} "
+                    f"weights and {counts['learned_activation_ranges']} of "
+                    f"{counts['activation_quantizers']} activation quantizers"
+                )
             calib = str(Path(tmp) / "calibration.npz")
             k = min(config.calibration_samples, len(data.train[0]))
             np.savez(calib, **{n: a[:k] for n, a in zip(data.names, data.train, strict=True)})
@@ -306,10 +342,12 @@ class QatPass(Pass):
                 calibrate_method=config.calibrate_method,
                 preprocess=False,
             )
-            run_static(trained, static, output_path, notes=notes)
+            run_static(trained, static, output_path, notes=notes, tensor_overrides=learned)
+            counts.update(qdq.export_fidelity(qat, output_path, data.eval, data.names))
         metrics = {
             **_util.size_metrics(input_path, output_path),
             **quantized_node_count(output_path),
+            **counts,
             **_train_metrics(result),
         }
         if not metrics["integer_ops"] and not metrics["quantize_linear_nodes"]:

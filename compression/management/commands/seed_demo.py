@@ -15,12 +15,17 @@ DEMO_NAME = "digits-cnn"
 
 
 class Command(BaseCommand):
-    help = ("Register the bundled digits CNN with calibration and evaluation data if empty; "
-            "with --with-job also run one small compression job so the job pages show one.")
+    help = (
+        "Register the bundled digits CNN with calibration and evaluation data if empty; "
+        "with --with-job also run one small compression job so the job pages show one."
+    )
 
     def add_arguments(self, parser):
-        parser.add_argument("--with-job", action="store_true",
-                            help="Also run one compression job of the demo model (`make run`).")
+        parser.add_argument(
+            "--with-job",
+            action="store_true",
+            help="Also run one compression job of the demo model (`make run`).",
+        )
 
     def handle(self, *args, **options):
         if MLModel.objects.exists():
@@ -31,19 +36,24 @@ class Command(BaseCommand):
             self.stderr.write(f"{model_path} missing; run compression/fixtures/make_digits.py")
             return
         model = services.create_model(
-            name=DEMO_NAME, task=ModelTask.CLASSIFICATION,
+            name=DEMO_NAME,
+            task=ModelTask.CLASSIFICATION,
             description="Small CNN trained on scikit-learn's digits (32×32 grayscale, 10 classes).",
         )
         version = services.register_version(
-            model, model_path, original_filename=model_path.name).version
+            model, model_path, original_filename=model_path.name
+        ).version
         datasets = {}
         for purpose, filename in (
             (DatasetPurpose.CALIBRATION, "digits_calibration.npz"),
             (DatasetPurpose.EVALUATION, "digits_eval.npz"),
         ):
             datasets[purpose] = services.register_dataset(
-                FIXTURES / filename, name=f"digits-{purpose}", purpose=purpose,
-                original_filename=filename, model=model,
+                FIXTURES / filename,
+                name=f"digits-{purpose}",
+                purpose=purpose,
+                original_filename=filename,
+                model=model,
             )
         self.stdout.write(self.style.SUCCESS(f"Demo model {DEMO_NAME!r} loaded."))
         if options["with_job"]:
@@ -54,12 +64,18 @@ class Command(BaseCommand):
         from devices.models import HardwareProfile
 
         job = jobs.create_job(
-            version, mode=JobMode.AUTO, kpis={"max_latency_ms": 5, "max_accuracy_drop": 1},
+            version,
+            mode=JobMode.AUTO,
+            kpis={"max_latency_ms": 5, "max_accuracy_drop": 1},
             hardware_profile=HardwareProfile.objects.filter(slug="x86-gateway-1c").first(),
             calibration=datasets[DatasetPurpose.CALIBRATION],
-            evaluation=datasets[DatasetPurpose.EVALUATION], time_budget_s=45, enqueue=False,
+            evaluation=datasets[DatasetPurpose.EVALUATION],
+            time_budget_s=45,
+            enqueue=False,
         )
         outcome = runner.run_job(job.pk)
         job.refresh_from_db()
-        self.stdout.write(f"Demo compression job {job.pk}: {outcome} "
-                          f"(chosen {job.result.get('chosen')}, {job.duration_s} s).")
+        self.stdout.write(
+            f"Demo compression job {job.pk}: {outcome} "
+            f"(chosen {job.result.get('chosen')}, {job.duration_s} s)."
+        )

@@ -26,7 +26,8 @@ def token_file():
 def demo_enrollment_token() -> str:
     """The plaintext of a usable demo enrollment token (idempotent)."""
     group, _ = DeviceGroup.objects.get_or_create(
-        name=DEMO_GROUP, defaults={"description": "Simulated devices started by `make run`."})
+        name=DEMO_GROUP, defaults={"description": "Simulated devices started by `make run`."}
+    )
     path = token_file()
     if path.exists():
         value = path.read_text().strip()
@@ -40,8 +41,7 @@ def demo_enrollment_token() -> str:
 
 
 class Command(BaseCommand):
-    help = ("Create (once) an enrollment token for the 'demo' device group and print only "
-            "its value.")
+    help = "Create (once) an enrollment token for the 'demo' device group and print only its value."
 
     def handle(self, *args, **options):
         self.stdout.write(demo_enrollment_token())

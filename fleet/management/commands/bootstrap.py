@@ -30,6 +30,6 @@ class Command(BaseCommand):
         user = User.objects.create_superuser(username=username, email=email, password=password)
         user.groups.add(Group.objects.get_or_create(name=Role.ADMIN.value)[0])
         shown = password if "DJANGO_SUPERUSER_PASSWORD" not in os.environ else "(from env)"
-        self.stdout.write(self.style.SUCCESS(
-            f"Created admin account  username: {username}  password: {shown}"
-        ))
+        self.stdout.write(
+            self.style.SUCCESS(f"Created admin account  username: {username}  password: {shown}")
+        )

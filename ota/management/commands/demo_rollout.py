@@ -27,8 +27,12 @@ SLOW_VARIANT = "slow-demo"
 
 
 def demo_version() -> ModelVersion | None:
-    chosen = (Candidate.objects.filter(chosen=True, version__isnull=False)
-              .select_related("version").order_by("-pk").first())
+    chosen = (
+        Candidate.objects.filter(chosen=True, version__isnull=False)
+        .select_related("version")
+        .order_by("-pk")
+        .first()
+    )
     if chosen is not None:
         return chosen.version
     return ModelVersion.objects.filter(model__name="digits-cnn").order_by("pk").first()
@@ -40,8 +44,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--devices", type=int, default=1, help="wait for this many")
         parser.add_argument("--wait-s", type=float, default=300)
-        parser.add_argument("--soak-s", type=int,
-                            default=int(os.environ.get("DEMO_SOAK_S", "30")))
+        parser.add_argument("--soak-s", type=int, default=int(os.environ.get("DEMO_SOAK_S", "30")))
 
     def handle(self, *args, devices=1, wait_s=300.0, soak_s=30, **options):
         if Release.objects.filter(name=DEMO_RELEASE).exists():
@@ -62,16 +65,24 @@ class Command(BaseCommand):
             self.stderr.write("Demo devices did not enroll in time; no demo rollout.")
             return
         release = services.create_release(
-            name=DEMO_RELEASE, notes="The demo job's chosen variant (make run).",
-            variants=[{"name": "default", "model_version": version}])
+            name=DEMO_RELEASE,
+            notes="The demo job's chosen variant (make run).",
+            variants=[{"name": "default", "model_version": version}],
+        )
         services.create_release(
-            name=SLOW_RELEASE, notes="Runs 3× slower than its estimate on the simulated "
-                                     "devices: deploy it to see the latency gate pause.",
-            variants=[{"name": SLOW_VARIANT, "model_version": version}])
+            name=SLOW_RELEASE,
+            notes="Runs 3× slower than its estimate on the simulated "
+            "devices: deploy it to see the latency gate pause.",
+            variants=[{"name": SLOW_VARIANT, "model_version": version}],
+        )
         gate = {"min_soak_s": soak_s, "min_successful": 1, "min_latency_samples": 3}
         admin = get_user_model().objects.filter(is_superuser=True).order_by("pk").first()
         deployment = services.start_deployment(
-            release, {"groups": [group.pk]}, actor=admin, phases=[40, 100], gates=gate)
-        self.stdout.write(self.style.SUCCESS(
-            f"Demo deployment {deployment.pk}: {release.name} to {group.devices.count()} "
-            "devices in 2 phases."))
+            release, {"groups": [group.pk]}, actor=admin, phases=[40, 100], gates=gate
+        )
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Demo deployment {deployment.pk}: {release.name} to {group.devices.count()} "
+                "devices in 2 phases."
+            )
+        )

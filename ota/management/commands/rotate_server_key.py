@@ -13,19 +13,23 @@ from ota.models import ServerKey
 
 
 class Command(BaseCommand):
-    help = ("Rotate the server's signing key: `prepare` announces a next key, `activate` "
-            "switches to it after the overlap period (OTA_KEY_OVERLAP_H).")
+    help = (
+        "Rotate the server's signing key: `prepare` announces a next key, `activate` "
+        "switches to it after the overlap period (OTA_KEY_OVERLAP_H)."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("action", choices=["status", "prepare", "activate", "encrypt"])
-        parser.add_argument("--force", action="store_true",
-                            help="activate before the overlap period is over")
+        parser.add_argument(
+            "--force", action="store_true", help="activate before the overlap period is over"
+        )
 
     def handle(self, *args, action: str, force: bool = False, **options):
         if action == "prepare":
             key = rotation.prepare_next_key()
-            self.stdout.write(f"next key {key} announced; activate it after "
-                              f"{settings.OTA_KEY_OVERLAP_H} h")
+            self.stdout.write(
+                f"next key {key} announced; activate it after {settings.OTA_KEY_OVERLAP_H} h"
+            )
         elif action == "activate":
             try:
                 key = rotation.activate_next_key(force=force)
@@ -38,9 +42,21 @@ class Command(BaseCommand):
         active = keys.active_key()
         nxt = rotation.next_key()
         for key in ServerKey.objects.order_by("created_at"):
-            role = "active" if key.pk == active.pk else "next" if nxt and key.pk == nxt.pk \
+            role = (
+                "active"
+                if key.pk == active.pk
+                else "next"
+                if nxt and key.pk == nxt.pk
                 else "retired"
-            stored = "encrypted" if keys.is_encrypted(key.private_key_pem) else \
-                "erased" if not key.private_key_pem else "PLAINTEXT"
-            self.stdout.write(f"{key}  {role:8}  created {key.created_at:%Y-%m-%d %H:%M} UTC"
-                              f"  private key {stored}")
+            )
+            stored = (
+                "encrypted"
+                if keys.is_encrypted(key.private_key_pem)
+                else "erased"
+                if not key.private_key_pem
+                else "PLAINTEXT"
+            )
+            self.stdout.write(
+                f"{key}  {role:8}  created {key.created_at:%Y-%m-%d %H:%M} UTC"
+                f"  private key {stored}"
+            )

@@ -1,6 +1,6 @@
 """The device API: every endpoint an edge device calls, under `/api/v1/device/`.
 
-One module per endpoint family, all built from `device_api.toolkit`:
+One module per endpoint family, all built from `fleet.device_api.toolkit`:
 
 - `enroll`    POST enroll (one-time enrollment token → device token), PUT inventory
 - `checkin`   GET update (the signed manifest assigned to this device; the hottest)

@@ -24,16 +24,16 @@ from django.http import HttpResponse
 from django.views.decorators.http import require_GET
 from redis.exceptions import RedisError
 
-from device_api.toolkit import (
+from devices import authcache
+from devices.agent import manifest as mf
+from devices.auth import cached_request, count_in_cache, device_for_token, device_rate
+from fleet.device_api.toolkit import (
     bearer_token,
     refusal,
     token_refused,
     token_required,
     unavailable,
 )
-from devices import authcache
-from devices.agent import manifest as mf
-from devices.auth import cached_request, count_in_cache, device_for_token, device_rate
 from ota import manifests
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,9 @@ POLL_COUNTER = "ota:poll:"
 
 def _poll_redis(client, token: str, period: int) -> tuple[int, int, tuple | None]:
     """One Redis call (`authcache.REQUEST`); a credential not cached yet costs one query."""
-    result = cached_request(client, token, POLL_COUNTER, period,
-                            answer=manifests.CACHE_KEY.format(""))
+    result = cached_request(
+        client, token, POLL_COUNTER, period, answer=manifests.CACHE_KEY.format("")
+    )
     if result is None:
         raise Unknown
     device_pk, count, raw = result
@@ -91,8 +92,9 @@ def update(request):
         return unavailable("Service unavailable; retry later.")
     if count > limit:
         wait = period - int(time.time()) % period
-        return refusal(429, f"Too many check-ins; retry in {wait} s.", "throttled",
-                       Retry_After=str(wait))
+        return refusal(
+            429, f"Too many check-ins; retry in {wait} s.", "throttled", Retry_After=str(wait)
+        )
     try:
         answer = manifests.checkin_for(device_pk, cached=cached)
     except DatabaseError as exc:

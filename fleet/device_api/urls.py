@@ -11,7 +11,7 @@ answer JSON, like every other device API refusal.
 from django.http import JsonResponse
 from django.urls import path
 
-from device_api import checkin, enroll, ingest, updates
+from fleet.device_api import checkin, enroll, ingest, updates
 
 PREFIX = "api/v1/device/"
 
@@ -20,8 +20,7 @@ urlpatterns = [
     path(f"{PREFIX}update", checkin.update, name="device-update"),
     path(f"{PREFIX}logs", ingest.logs, name="device-logs"),
     path(f"{PREFIX}update/status", updates.StatusView.as_view(), name="device-update-status"),
-    path(f"{PREFIX}artifacts/<str:sha256>", updates.ArtifactView.as_view(),
-         name="device-artifact"),
+    path(f"{PREFIX}artifacts/<str:sha256>", updates.ArtifactView.as_view(), name="device-artifact"),
     path(f"{PREFIX}enroll", enroll.EnrollView.as_view(), name="device-enroll"),
     path(f"{PREFIX}inventory", enroll.InventoryView.as_view(), name="device-inventory"),
 ]

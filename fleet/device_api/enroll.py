@@ -1,5 +1,5 @@
 """The device API's DRF views: enrollment and inventory (telemetry and logs are
-plain views in `device_api.ingest`, the check-in in `device_api.checkin`).
+plain views in `fleet.device_api.ingest`, the check-in in `fleet.device_api.checkin`).
 
 Identity comes only from the bearer credential (`request.user.device`), never
 from the body or the path. Sessions and operator tokens are not accepted here.
@@ -51,8 +51,11 @@ class DeviceRateThrottle(SimpleRateThrottle):
 
     def get_cache_key(self, request, view):
         device_pk = getattr(request.user, "device_pk", None)
-        return None if device_pk is None else self.cache_format % {
-            "scope": self.scope, "ident": device_pk}
+        return (
+            None
+            if device_pk is None
+            else self.cache_format % {"scope": self.scope, "ident": device_pk}
+        )
 
 
 class EnrollRateThrottle(AnonRateThrottle):
@@ -64,8 +67,11 @@ def refused(exc: services.DeviceError) -> Response:
 
 
 def unavailable(reason: str) -> Response:
-    return Response({"detail": reason, "code": "unavailable"}, status=503,
-                    headers={"Retry-After": str(settings.DEVICE_RETRY_AFTER_S)})
+    return Response(
+        {"detail": reason, "code": "unavailable"},
+        status=503,
+        headers={"Retry-After": str(settings.DEVICE_RETRY_AFTER_S)},
+    )
 
 
 class FailFastView(APIView):
@@ -86,10 +92,15 @@ class DeviceView(FailFastView):
     throttle_classes = [DeviceRateThrottle]
 
 
-@extend_schema(tags=["device"], request=EnrollRequestSerializer,
-               responses={201: EnrollResponseSerializer,
-                          403: OpenApiResponse(description="Bad enrollment token"),
-                          409: OpenApiResponse(description="uid already enrolled")})
+@extend_schema(
+    tags=["device"],
+    request=EnrollRequestSerializer,
+    responses={
+        201: EnrollResponseSerializer,
+        403: OpenApiResponse(description="Bad enrollment token"),
+        409: OpenApiResponse(description="uid already enrolled"),
+    },
+)
 class EnrollView(FailFastView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
@@ -102,13 +113,22 @@ class EnrollView(FailFastView):
         except services.DeviceError as exc:
             return refused(exc)
         key = keys.active_key()
-        return Response({"device_id": device.uid, "token": token,
-                         "server_public_key": key.public_key_b64,
-                         "server_key_fingerprint": key.fingerprint}, status=201)
+        return Response(
+            {
+                "device_id": device.uid,
+                "token": token,
+                "server_public_key": key.public_key_b64,
+                "server_key_fingerprint": key.fingerprint,
+            },
+            status=201,
+        )
 
 
-@extend_schema(tags=["device"], request={"application/json": dict},
-               responses={200: OpenApiResponse(description="Stored inventory")})
+@extend_schema(
+    tags=["device"],
+    request={"application/json": dict},
+    responses={200: OpenApiResponse(description="Stored inventory")},
+)
 class InventoryView(DeviceView):
     def put(self, request):
         try:

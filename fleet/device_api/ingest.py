@@ -1,7 +1,7 @@
 """`POST /api/v1/device/telemetry` and `/api/v1/device/logs`: plain Django views.
 
 Every device posts here every few seconds, so, like the check-in
-(`device_api.checkin`), these skip DRF: its request wrapping, content
+(`fleet.device_api.checkin`), these skip DRF: its request wrapping, content
 negotiation, throttle classes and response rendering cost more CPU than
 parsing and storing a batch (measured with benchmarks/simulated_fleet.py). The rules
 are the device API's: bearer device token only (`devices.auth`), per-device
@@ -25,14 +25,14 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 from redis.exceptions import RedisError
 
-from device_api.toolkit import (
+from devices import auth, services
+from fleet.device_api.toolkit import (
     bearer_token,
     refusal,
     token_refused,
     token_required,
     unavailable,
 )
-from devices import auth, services
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,9 @@ def authenticate(request) -> auth.DevicePrincipal | JsonResponse:
     limit, period = auth.device_rate()
     if auth.count_request(principal, period) > limit:
         wait = period - int(time.time()) % period
-        return refusal(429, f"Too many requests; retry in {wait} s.", "throttled",
-                       Retry_After=str(wait))
+        return refusal(
+            429, f"Too many requests; retry in {wait} s.", "throttled", Retry_After=str(wait)
+        )
     return principal
 
 
@@ -100,8 +101,9 @@ def _ingest(request, service):
     # drops it at the end of the request.
     connection.health_check_done = True
     try:
-        result = service(principal.device_ref, batch, dropped=dropped,
-                         seen_noted=principal.seen_noted)
+        result = service(
+            principal.device_ref, batch, dropped=dropped, seen_noted=principal.seen_noted
+        )
     except services.DeviceError as exc:
         return refusal(exc.status, exc.message, exc.code)
     finally:

@@ -28,10 +28,15 @@ def bearer_token(request) -> str | None:
 
 
 def token_required() -> JsonResponse:
-    return refusal(401, "Device token required.", "not_authenticated",
-                   WWW_Authenticate=BEARER_REALM)
+    return refusal(
+        401, "Device token required.", "not_authenticated", WWW_Authenticate=BEARER_REALM
+    )
 
 
 def token_refused() -> JsonResponse:
-    return refusal(401, "Unknown or revoked device token.", "authentication_failed",
-                   WWW_Authenticate=BEARER_REALM)
+    return refusal(
+        401,
+        "Unknown or revoked device token.",
+        "authentication_failed",
+        WWW_Authenticate=BEARER_REALM,
+    )

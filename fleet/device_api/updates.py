@@ -1,5 +1,5 @@
 """The device update API: artifact download and status reports (check-in is
-the plain view in `device_api.checkin`).
+the plain view in `fleet.device_api.checkin`).
 
 Identity comes only from the bearer credential (A2).
 """
@@ -14,7 +14,7 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.response import Response
 
 from compression.models import ModelVersion
-from device_api.enroll import DeviceView
+from fleet.device_api.enroll import DeviceView
 from ota import services
 from ota.choices import UpdateState
 from ota.models import DeviceUpdate
@@ -24,12 +24,16 @@ RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 CHUNK = 256 * 1024
 
 
-@extend_schema(tags=["device"], responses={
-    200: OpenApiResponse(description="The artifact"),
-    206: OpenApiResponse(description="Partial content (Range)"),
-    302: OpenApiResponse(description="Presigned storage URL (S3)"),
-    404: OpenApiResponse(description="No update of this device names this artifact"),
-    416: OpenApiResponse(description="Range not satisfiable")})
+@extend_schema(
+    tags=["device"],
+    responses={
+        200: OpenApiResponse(description="The artifact"),
+        206: OpenApiResponse(description="Partial content (Range)"),
+        302: OpenApiResponse(description="Presigned storage URL (S3)"),
+        404: OpenApiResponse(description="No update of this device names this artifact"),
+        416: OpenApiResponse(description="Range not satisfiable"),
+    },
+)
 class ArtifactView(DeviceView):
     def get(self, request, sha256: str):
         if not SHA256_RE.match(sha256) or not _assigned(request.user.device.pk, sha256):
@@ -45,10 +49,11 @@ class ArtifactView(DeviceView):
 
 
 def _assigned(device_pk: int, sha256: str) -> bool:
-    lists = (DeviceUpdate.objects.filter(device_id=device_pk)
-             .exclude(state__in=[UpdateState.QUEUED, UpdateState.CANCELLED,
-                                 UpdateState.SUPERSEDED])
-             .values_list("artifacts", flat=True))
+    lists = (
+        DeviceUpdate.objects.filter(device_id=device_pk)
+        .exclude(state__in=[UpdateState.QUEUED, UpdateState.CANCELLED, UpdateState.SUPERSEDED])
+        .values_list("artifacts", flat=True)
+    )
     return any(sha256 in (names or []) for names in lists)
 
 
@@ -58,8 +63,9 @@ def serve_range(request, name: str, size: int, sha256: str):
     if header and (match is None or match.groups() == ("", "")):
         match = None  # unparseable or multi-range: RFC 9110 says ignore, send it all
     if match is None:
-        response = FileResponse(default_storage.open(name, "rb"),
-                                content_type="application/octet-stream")
+        response = FileResponse(
+            default_storage.open(name, "rb"), content_type="application/octet-stream"
+        )
         response["Content-Length"] = str(size)
     else:
         first, last = match.groups()
@@ -71,8 +77,9 @@ def serve_range(request, name: str, size: int, sha256: str):
             response = HttpResponse(status=416)
             response["Content-Range"] = f"bytes */{size}"
             return _artifact_headers(response, sha256)
-        response = StreamingHttpResponse(_read(name, start, end - start + 1), status=206,
-                                         content_type="application/octet-stream")
+        response = StreamingHttpResponse(
+            _read(name, start, end - start + 1), status=206, content_type="application/octet-stream"
+        )
         response["Content-Range"] = f"bytes {start}-{end}/{size}"
         response["Content-Length"] = str(end - start + 1)
     return _artifact_headers(response, sha256)
@@ -96,17 +103,28 @@ def _read(name: str, start: int, length: int):
             yield chunk
 
 
-@extend_schema(tags=["device"], request={"application/json": dict}, responses={
-    200: OpenApiResponse(description="Stored"),
-    400: OpenApiResponse(description="Malformed report"),
-    404: OpenApiResponse(description="No such update of this device"),
-    409: OpenApiResponse(description="Illegal transition")})
+@extend_schema(
+    tags=["device"],
+    request={"application/json": dict},
+    responses={
+        200: OpenApiResponse(description="Stored"),
+        400: OpenApiResponse(description="Malformed report"),
+        404: OpenApiResponse(description="No such update of this device"),
+        409: OpenApiResponse(description="Illegal transition"),
+    },
+)
 class StatusView(DeviceView):
     def post(self, request):
         try:
             update = services.report_status(request.user.device, request.data)
         except services.OtaError as exc:
             return Response({"detail": exc.message, "code": exc.code}, status=exc.status)
-        return Response({"deployment": update.deployment_id,
-                         "manifest_version": update.manifest_version, "slot": update.slot,
-                         "state": update.state, "attempts": update.attempts})
+        return Response(
+            {
+                "deployment": update.deployment_id,
+                "manifest_version": update.manifest_version,
+                "slot": update.slot,
+                "state": update.state,
+                "attempts": update.attempts,
+            }
+        )

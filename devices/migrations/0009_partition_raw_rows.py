@@ -32,7 +32,7 @@ def backward(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("devices", "0007_serverkey_to_ota")]
+    dependencies = [("devices", "0008_alert_kind_drift")]
     operations = [
         migrations.RemoveConstraint(model_name="telemetrypoint", name="telemetry_device_boot_seq"),
         migrations.AddConstraint(model_name="telemetrypoint", constraint=models.UniqueConstraint(
