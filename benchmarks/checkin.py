@@ -487,10 +487,15 @@ def main() -> None:
     rounds: list[list[dict]] = []
     try:
         for _name, path, items, port in scenarios:
-            run(port, path, items, 2, args.connections, 2)  # warm up: connections, caches
-        for _ in range(args.rounds):
-            row = []
-            for _name, path, items, port in scenarios:
+            # warm up: connections, and every polling device's credential in the cache
+            run(port, path, items, 4 if len(variants) > 1 else 2, args.connections, 2)
+        for number in range(args.rounds):
+            row = [None] * len(scenarios)
+            order = list(range(len(scenarios)))
+            if len(variants) > 1 and number % 2:  # on/off pairs: the other one first
+                order = [0] + [i + (1 if i % 2 else -1) for i in order[1:]]
+            for index in order:
+                _name, path, items, port = scenarios[index]
                 # this scenario's server only (with --metrics compare two are running)
                 roles = {**CPU_ROLES, "web": lambda cmd, p=port: f"--serve {p} " in cmd}
                 before = h.process_cpu_seconds(roles)
@@ -503,7 +508,7 @@ def main() -> None:
                 result["cpu_ms"] = {
                     k: v * 1000 / max(result["requests"], 1) for k, v in used.items()
                 }
-                row.append(result)
+                row[index] = result
             rounds.append(row)
     finally:
         for server in servers:
