@@ -1,5 +1,6 @@
 """What a benchmark needs around the code it measures: a scratch PostgreSQL
-database, a gunicorn server on loopback, CPU accounting by process role.
+database and cache namespace (`Scratch`, from DATABASE_URL / REDIS_URL, removed
+afterwards), a gunicorn server on loopback, CPU accounting by process role.
 
 Shared by `benchmarks/ingest.py`, `checkin.py` and `simulated_fleet.py` (imported as
 `benchmarks._harness` after the `sys.path` line those files start with).
@@ -17,38 +18,59 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
-PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgres://postgres@127.0.0.1:5432/postgres")
 
 
-def recreate_database(name: str) -> str:
-    """Drop and create `name` next to the admin database; returns its URL."""
-    import psycopg2
+class Scratch:
+    """A database and a cache namespace of this run only, removed by `close()`.
 
-    admin = psycopg2.connect(PG_ADMIN, connect_timeout=10)
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        cursor.execute(f"CREATE DATABASE {name}")
-    admin.close()
-    return PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+    The database is created next to `DATABASE_URL`'s (a new name with this
+    process id: nothing of anyone else's is dropped or touched, and no session
+    is killed); the cache uses `REDIS_URL` (None: local memory) under a key
+    prefix of this run, whose keys `close()` deletes. Never a FLUSHDB."""
 
+    def __init__(self, tag: str):
+        import psycopg2
 
-def redis_url(db: int) -> str | None:
-    """REDIS_URL if set, else a scratch database `db` of the local Redis (flushed):
-    the cache production runs with. None when no Redis answers."""
-    url = os.environ.get("REDIS_URL")
-    if url:
-        return url
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=1):
-            pass
-    except OSError:
-        return None
-    import redis
+        base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+        server, _, db = base.rpartition("/")
+        self.name = f"{db.split('?')[0] or 'edgefleet'}_bench_{tag}_{os.getpid()}"
+        self.admin_url = base
+        self.url = f"{server}/{self.name}"
+        self.redis_url = os.environ.get("REDIS_URL") or None
+        self.key_prefix = f"bench-{tag}-{os.getpid()}"
+        admin = psycopg2.connect(base, connect_timeout=10)
+        admin.autocommit = True
+        with admin.cursor() as cursor:
+            cursor.execute(f'CREATE DATABASE "{self.name}"')
+        admin.close()
 
-    url = f"redis://127.0.0.1:6379/{db}"
-    redis.Redis.from_url(url).flushdb()
-    return url
+    def env(self) -> dict[str, str]:
+        env = {"DATABASE_URL": self.url, "CACHE_KEY_PREFIX": self.key_prefix}
+        if self.redis_url:
+            env["REDIS_URL"] = self.redis_url
+        return env
+
+    def close(self) -> None:
+        """Drop the database (after every server using it has stopped) and the keys."""
+        import psycopg2
+        from django.conf import settings
+
+        if settings.configured:
+            from django.db import connections
+
+            connections.close_all()
+        admin = psycopg2.connect(self.admin_url, connect_timeout=10)
+        admin.autocommit = True
+        with admin.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{self.name}"')
+        admin.close()
+        if self.redis_url:
+            import redis
+
+            client = redis.Redis.from_url(self.redis_url, socket_timeout=10)
+            keys = list(client.scan_iter(f"{self.key_prefix}:*", count=5000))
+            for start in range(0, len(keys), 5000):
+                client.delete(*keys[start : start + 5000])
 
 
 def free_port() -> int:

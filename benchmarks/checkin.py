@@ -12,12 +12,14 @@ Python keep-alive load generator) drives 16 connections at each scenario:
   check-in 204  GET /api/v1/device/update       device with nothing assigned
 
 Target (issue 6): check-in ≥ 0.5 × bare throughput, p99 < 50 ms. Loopback only;
-a scratch database `edgefleet_bench_checkin` is dropped and recreated.
+a scratch database next to DATABASE_URL's and a key prefix in REDIS_URL's cache,
+both of this run only and removed at the end (`benchmarks._harness.Scratch`).
 
 `--metrics compare` runs a second, identical server with METRICS_ENABLED=0 and
-interleaves every check-in scenario on both: the cost of the Prometheus
-counting (fleet/prometheus.py, multiprocess mode as under gunicorn in production)
-as paired ratios of throughput and web CPU per request (target ≤ 5 %).
+interleaves every check-in scenario on both (the pair's order alternating per
+round): the cost of the Prometheus counting (fleet/prometheus.py, multiprocess
+mode as under gunicorn in production) as paired ratios of throughput and web
+CPU per request (target ≤ 5 %).
 
     .venv/bin/python benchmarks/checkin.py [--devices 100000] [--assigned 10000]
         [--seconds 10] [--connections 16] [--workers N] [--threads N]
@@ -54,7 +56,6 @@ from benchmarks import _harness as h  # noqa: E402
 
 ROOT = _HERE.parent
 PYTHON = sys.executable
-BENCH_DB = os.environ.get("BENCH_DB", "edgefleet_bench_checkin")  # per user on a shared server
 BARE_PATH = "/api/v1/bench/bare"
 CHECKIN_PATH = "/api/v1/device/update"
 
@@ -90,9 +91,7 @@ def serve(port: int, workers: int, threads: int) -> None:
     )
     patterns.insert(after + 1, path(BARE_PATH.lstrip("/"), bare))
     urls.urlpatterns = patterns
-    # fleet.wsgi as in production: device paths through the lean device handler
-    # (with its Prometheus counting unless METRICS_ENABLED=0), the rest the full stack.
-    from fleet.wsgi import application
+    from fleet.wsgi import application  # the production entry point
 
     class Server(BaseApplication):
         def load_config(self):
@@ -217,12 +216,13 @@ def deploy(uids: list[str]) -> tuple[float, int]:
 
 # CPU time of the web server, the PostgreSQL backends serving the scratch database,
 # Redis and wrk (other sessions may use the same PostgreSQL and Redis).
-CPU_ROLES = {
-    "web": lambda cmd: "--serve" in cmd and "checkin.py" in cmd,
-    "postgres": lambda cmd: cmd.startswith("postgres") and BENCH_DB in cmd,
-    "redis": lambda cmd: "redis-server" in cmd,
-    "wrk": lambda cmd: cmd.startswith("wrk"),
-}
+def cpu_roles(database: str) -> dict:
+    return {
+        "web": lambda cmd: "--serve" in cmd and "checkin.py" in cmd,
+        "postgres": lambda cmd: cmd.startswith("postgres") and database in cmd,
+        "redis": lambda cmd: "redis-server" in cmd,
+        "wrk": lambda cmd: cmd.startswith("wrk"),
+    }
 
 
 # --- load ------------------------------------------------------------------------------------
@@ -411,14 +411,23 @@ def main() -> None:
         serve(args.serve, args.workers, args.threads)
         return
 
-    db_url = h.recreate_database(BENCH_DB)
-    redis_url = h.redis_url(8)
+    scratch = h.Scratch("checkin")
+    try:
+        run_benchmark(args, scratch)
+    finally:
+        scratch.close()
+
+
+def run_benchmark(args, scratch) -> None:
+    from fleet import gunicorn as production
+
+    redis_url = scratch.redis_url
+    roles = cpu_roles(scratch.name)
     env = {
         **os.environ,
-        "DATABASE_URL": db_url,
+        **scratch.env(),
         "DEBUG": "0",
         "LOG_LEVEL": "WARNING",
-        **({"REDIS_URL": redis_url} if redis_url else {}),
         "THROTTLE_DEVICE": "1000000/min",
         "DJANGO_SETTINGS_MODULE": "fleet.settings",
     }
@@ -428,21 +437,12 @@ def main() -> None:
     import django
 
     django.setup()
-    from django.core.cache import cache
-
     from devices.models import Device
     from ota import manifests
 
     began = time.perf_counter()
     tokens = seed_devices(args.devices)
     seeded = time.perf_counter() - began
-    # The cache outlives the scratch database: drop answers an earlier run left
-    # under the same device ids.
-    all_pks = list(Device.objects.values_list("pk", flat=True))
-    for start in range(0, len(all_pks), 10_000):
-        cache.delete_many(
-            [manifests.CACHE_KEY.format(pk) for pk in all_pks[start : start + 10_000]]
-        )
     uids = sorted(tokens)
     assigned = uids[: args.assigned]
     assign_s, _deployment = deploy(assigned)
@@ -457,17 +457,12 @@ def main() -> None:
     for variant in variants:
         ports[variant] = h.free_port()
         prom_dir = tempfile.mkdtemp(prefix=f"edgefleet-bench-prom-{variant}-")
+        metrics_env = {
+            "METRICS_ENABLED": "1" if variant == "on" else "0",
+            "PROMETHEUS_MULTIPROC_DIR": prom_dir,
+        }
         servers.append(
-            start_server(
-                {
-                    **env,
-                    "METRICS_ENABLED": "1" if variant == "on" else "0",
-                    "PROMETHEUS_MULTIPROC_DIR": prom_dir,
-                },
-                ports[variant],
-                args.workers,
-                args.threads,
-            )
+            start_server({**env, **metrics_env}, ports[variant], args.workers, args.threads)
         )
     run = run_wrk if shutil.which("wrk") else run_python
     checkins = [
@@ -475,12 +470,12 @@ def main() -> None:
         ("check-in 200 (signed manifest)", CHECKIN_PATH, [(tokens[u], "") for u in pollers]),
         ("check-in 204 (nothing assigned)", CHECKIN_PATH, [(tokens[u], "") for u in idle]),
     ]
-    label = (
-        (lambda name, v: f"{name} · metrics {v}") if len(variants) > 1 else (lambda name, v: name)
-    )
+    compare = len(variants) > 1
     scenarios = [("bare Django JSON view", BARE_PATH, [("", "")], ports[variants[0]])]
     scenarios += [
-        (label(name, v), path, items, ports[v]) for name, path, items in checkins for v in variants
+        (f"{name} · metrics {v}" if compare else name, path, items, ports[v])
+        for name, path, items in checkins
+        for v in variants
     ]
     # The machine may be shared: scenarios are interleaved round by round and each
     # check-in figure is divided by the bare figure of its own round (paired ratio).
@@ -488,16 +483,16 @@ def main() -> None:
     try:
         for _name, path, items, port in scenarios:
             # warm up: connections, and every polling device's credential in the cache
-            run(port, path, items, 4 if len(variants) > 1 else 2, args.connections, 2)
+            run(port, path, items, 4 if compare else 2, args.connections, 2)
         for number in range(args.rounds):
             row = [None] * len(scenarios)
             order = list(range(len(scenarios)))
-            if len(variants) > 1 and number % 2:  # on/off pairs: the other one first
+            if compare and number % 2:  # on/off pairs: the other one first
                 order = [0] + [i + (1 if i % 2 else -1) for i in order[1:]]
             for index in order:
                 _name, path, items, port = scenarios[index]
                 # this scenario's server only (with --metrics compare two are running)
-                roles = {**CPU_ROLES, "web": lambda cmd, p=port: f"--serve {p} " in cmd}
+                roles = {**roles, "web": lambda cmd, p=port: f"--serve {p} " in cmd}
                 before = h.process_cpu_seconds(roles)
                 children = resource.getrusage(resource.RUSAGE_CHILDREN)
                 result = run(port, path, items, args.seconds, args.connections, 2)
@@ -538,7 +533,7 @@ def main() -> None:
 
     print(
         f"# EdgeFleet check-in benchmark · {os.cpu_count()} CPUs (shared by server, "
-        f"PostgreSQL and the load generator) · PostgreSQL {BENCH_DB} · cache {cache_backend}"
+        f"PostgreSQL and the load generator) · PostgreSQL {scratch.name} · cache {cache_backend}"
     )
     print(
         f"{args.devices:,} devices with credentials seeded in {seeded:.1f} s; "
@@ -577,7 +572,7 @@ def main() -> None:
         "would show (PostgreSQL: only the backends of the scratch database; Redis: the whole "
         "server, which other sessions may share)."
     )
-    if len(variants) > 1:
+    if compare:
         print_metrics_cost(scenarios, rounds)
 
 

@@ -8,7 +8,9 @@
 3. Pages: overview, device list (filtered, deep page) and device detail with
    100k devices and 10M telemetry rows, server time via Django's test client.
 
-Loopback only; a scratch database `edgefleet_bench` is dropped and recreated.
+Loopback only; a scratch database next to DATABASE_URL's and a key prefix in
+REDIS_URL's cache, both of this run only and removed at the end
+(`benchmarks._harness.Scratch`).
 
     .venv/bin/python benchmarks/ingest.py [--points 1000000] [--devices 16]
         [--workers 3] [--mqtt-points 400000] [--page-devices 100000]
@@ -42,7 +44,7 @@ from benchmarks import _harness as h  # noqa: E402
 
 ROOT = _HERE.parent
 PYTHON = sys.executable
-BENCH_DB = "edgefleet_bench"
+DATABASE = ""  # the scratch database's name, set by main()
 MQTT_URL = os.environ.get("BENCH_MQTT_URL", "mqtt://127.0.0.1:1883")
 BATCH = 500
 
@@ -180,13 +182,15 @@ def _http_client(port, devices, n_points, resend_every, start_at, queue) -> None
     )
 
 
-# CPU time by role (PostgreSQL: every backend; the scratch database is the only busy one).
-CPU_ROLES = {
-    "web": lambda cmd: "gunicorn" in cmd,
-    "postgres": lambda cmd: cmd.startswith("postgres"),
-    "bridge": lambda cmd: "mqtt_bridge" in cmd,
-    "mosquitto": lambda cmd: cmd.startswith(("mosquitto", "/usr/sbin/mosquitto")),
-}
+def cpu_roles(port: int = 0) -> dict:
+    """CPU time by role: this run's gunicorn and the backends of its scratch
+    database only (other sessions may share the machine, PostgreSQL, Mosquitto)."""
+    return {
+        "web": lambda cmd: "gunicorn" in cmd and f"127.0.0.1:{port}" in cmd,
+        "postgres": lambda cmd: cmd.startswith("postgres") and DATABASE in cmd,
+        "bridge": lambda cmd: "mqtt_bridge" in cmd,
+        "mosquitto": lambda cmd: cmd.startswith(("mosquitto", "/usr/sbin/mosquitto")),
+    }
 
 
 def bench_http(env, devices, args) -> dict:
@@ -212,9 +216,9 @@ def bench_http(env, devices, args) -> dict:
             proc.start()
         while time.time() < start_at:
             time.sleep(0.01)
-        cpu_before = h.process_cpu_seconds(CPU_ROLES)
+        cpu_before = h.process_cpu_seconds(cpu_roles(port))
         results = [queue.get(timeout=900) for _ in procs]
-        cpu_after = h.process_cpu_seconds(CPU_ROLES)
+        cpu_after = h.process_cpu_seconds(cpu_roles(port))
         for proc in procs:
             proc.join()
     finally:
@@ -476,14 +480,22 @@ def main() -> None:
     parser.add_argument("--skip-pages", action="store_true")
     args = parser.parse_args()
 
-    db_url = h.recreate_database(BENCH_DB)
-    redis_url = h.redis_url(9)
+    global DATABASE
+    scratch = h.Scratch("ingest")
+    DATABASE = scratch.name
+    try:
+        run_benchmark(args, scratch)
+    finally:
+        scratch.close()
+
+
+def run_benchmark(args, scratch) -> None:
+    redis_url = scratch.redis_url
     env = {
         **os.environ,
-        "DATABASE_URL": db_url,
+        **scratch.env(),
         "DEBUG": "0",
         "LOG_LEVEL": "WARNING",
-        **({"REDIS_URL": redis_url} if redis_url else {}),
         "THROTTLE_DEVICE": "1000000/min",
         "DEVICE_MAX_INFLIGHT_INGEST": "64",
         "DJANGO_SETTINGS_MODULE": "fleet.settings",
@@ -496,7 +508,7 @@ def main() -> None:
     django.setup()
 
     print(
-        f"# EdgeFleet ingest benchmark · {os.cpu_count()} CPUs · PostgreSQL {BENCH_DB} · "
+        f"# EdgeFleet ingest benchmark · {os.cpu_count()} CPUs · PostgreSQL {scratch.name} · "
         f"cache {redis_url or 'local memory (no Redis)'}"
     )
     http_devices = enroll_devices("http", args.devices)

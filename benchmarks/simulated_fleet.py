@@ -34,6 +34,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
 import argparse  # noqa: E402 - after the sys.path fix above
+import atexit  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import resource  # noqa: E402
@@ -43,7 +44,6 @@ import time  # noqa: E402
 
 from benchmarks import _harness as h  # noqa: E402
 
-BENCH_DB = "edgefleet_fleetbench"
 UID_PREFIX = "fleetbench"
 ENDPOINTS = ("enroll", "checkin", "telemetry", "logs", "status")
 
@@ -99,10 +99,11 @@ def main() -> None:
     import redis
 
     redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5).flushdb()
-    db_url = h.recreate_database(BENCH_DB)
+    scratch = h.Scratch("fleet")  # this run's database, dropped at exit
+    atexit.register(scratch.close)
     env = {
         **os.environ,
-        "DATABASE_URL": db_url,
+        "DATABASE_URL": scratch.url,
         "REDIS_URL": redis_url,
         "CELERY_BROKER_URL": redis_url,
         "DEBUG": "0",
@@ -220,7 +221,7 @@ def main() -> None:
 
     print(
         f"# EdgeFleet fleet benchmark · {cores} CPUs shared by server, PostgreSQL, Redis, "
-        f"the simulator and anything else running · PostgreSQL {BENCH_DB} · Redis db "
+        f"the simulator and anything else running · PostgreSQL {scratch.name} · Redis db "
         f"{args.redis_db}"
     )
     print(

@@ -23,18 +23,18 @@ from compression.engine.recipes import needs_calibration, resolve
 from compression.engine.search import SEARCH_RECIPES
 from compression.models import CompressionJob, Dataset, ModelVersion
 from fleet.celery import Queue
+from fleet.refusal import Refusal
 
 log = logging.getLogger(__name__)
 
 MIN_BUDGET_S, MAX_BUDGET_S = 10, 6 * 3600
 
 
-class JobRejected(Exception):
-    """Input we refuse, with the field it concerns (for forms and the API)."""
+class JobRejected(Refusal):
+    """Job input we refuse (`fleet.refusal`), always a 400 about one `field`."""
 
     def __init__(self, code: str, message: str, field: str | None = None):
-        super().__init__(message)
-        self.code, self.message, self.field = code, message, field
+        super().__init__(code, message, field=field)
 
 
 def default_search_recipes() -> list[str]:

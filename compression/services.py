@@ -23,18 +23,13 @@ from compression.choices import DatasetPurpose, VersionStatus
 from compression.engine import ModelRejected, validate_model
 from compression.models import Dataset, MLModel, ModelVersion
 from fleet import storage
+from fleet.refusal import Refusal
 
 log = logging.getLogger(__name__)
 
 
-class UploadRejected(Exception):
-    """An upload we refuse, with a slug, a human message and the HTTP status to answer."""
-
-    def __init__(self, code: str, message: str, status: int = 400):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
+class UploadRejected(Refusal):
+    """An upload we refuse (`fleet.refusal`)."""
 
 
 @dataclass

@@ -1,8 +1,15 @@
-"""Device authentication: `Authorization: Bearer <device token>`.
+"""Device authentication: `Authorization: Bearer <device token>`, one path for
+every device endpoint (`fleet.device_api.toolkit`) and the MQTT bridge.
 
 A device is never an operator: the principal has `is_device=True`, which
 `fleet.roles.role_of` maps to no role, and device endpoints accept only this
 authenticator, so a session or operator token never reaches them.
+
+Guessing is bounded (docs/security.md): a token that is not a live credential
+is cached negatively for `DEVICE_AUTH_NEGATIVE_S` (its next use costs no
+query), and each client address may present only so many unknown tokens per
+window (the `device_auth_failure` rate) before every lookup of an uncached
+token from it answers 429 without touching the database.
 """
 
 from __future__ import annotations
@@ -14,14 +21,11 @@ from functools import lru_cache
 from django.conf import settings
 from django.core.cache import caches
 from django.db import connection
-from drf_spectacular.extensions import OpenApiAuthenticationExtension
-from rest_framework import exceptions
-from rest_framework.authentication import BaseAuthentication, get_authorization_header
-from rest_framework.permissions import BasePermission
 
 from devices import authcache, tokens
 from devices.choices import DeviceStatus
 from devices.models import Device, DeviceCredential
+from fleet.refusal import Refusal
 
 
 class DeviceRef:
@@ -40,8 +44,8 @@ class DevicePrincipal:
     Built from the Redis credential cache it knows only the device id: `device`
     is loaded on first use, so endpoints that need only the id (telemetry, logs)
     cost no database read for authentication. `request_count`: this device's
-    requests in the current rate window when the same Redis call counted them
-    (DeviceRateThrottle uses it), else None."""
+    requests in the current rate window when the same Redis call counted them,
+    else None."""
 
     is_authenticated = True
     is_anonymous = False
@@ -53,13 +57,13 @@ class DevicePrincipal:
     def __init__(
         self,
         device: Device | None = None,
-        credential: DeviceCredential | None = None,
         *,
         device_pk: int | None = None,
         request_count: int | None = None,
+        cached=None,
     ):
         self._device = device
-        self.credential = credential
+        self.cached = cached  # the value the same Redis call read (check-in answer)
         self.device_pk = device.pk if device is not None else device_pk
         self.request_count = request_count
         # Authentication already noted the device as seen in Redis (same call).
@@ -102,11 +106,12 @@ def device_rate() -> tuple[int, int]:
     return parse_rate(settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["device"])
 
 
-def count_in_cache(counter: str, device_pk: int, period: int) -> int:
-    """This device's requests in the current fixed window, counted in the default
-    cache (the Redis path counts inside `authcache.request` instead)."""
+def count_in_cache(counter: str, ident, period: int) -> int:
+    """Requests of `ident` (a device id, a client address) in the current fixed
+    window, counted in the default cache (the Redis path of a device request
+    counts inside `authcache.request` instead)."""
     cache = caches["default"]
-    key = f"{counter}{device_pk}:{int(time.time() // period)}"
+    key = f"{counter}{ident}:{int(time.time() // period)}"
     cache.add(key, 0, period + 1)
     try:
         return cache.incr(key)
@@ -122,44 +127,95 @@ def count_request(principal: DevicePrincipal, period: int) -> int:
     return principal.request_count
 
 
-def authenticate_token(value: str) -> DevicePrincipal | None:
+def authenticate_token(value, *, answer: str = "", client: str = "") -> DevicePrincipal | None:
     """The principal for a device token, or None if unknown or revoked.
 
     With Redis: `cached_request` (one call checks the cached credential, counts
-    the request for the rate limit and notes the device as seen)."""
-    client = authcache.redis_client()
-    if client is not None:
-        result = cached_request(client, value, RATE_COUNTER, device_rate()[1])
-        return (
-            None
-            if result is None
-            else DevicePrincipal(device_pk=result[0], request_count=result[1])
+    the request for the rate limit, notes the device as seen and reads `answer`).
+    `client`: the caller's address, for the limit on unknown tokens (raises a
+    429 `Refusal` past it)."""
+    client_redis = authcache.redis_client()
+    if client_redis is not None:
+        result = cached_request(
+            client_redis, value, RATE_COUNTER, device_rate()[1], answer, client=client
         )
-    queryset = DeviceCredential.objects.select_related("device").filter(revoked_at__isnull=True)
-    credential = tokens.find(queryset, value)
-    if credential is None or credential.device.status == DeviceStatus.REVOKED:
-        return None
-    return DevicePrincipal(credential.device, credential)
+        if result is None:
+            return None
+        return DevicePrincipal(
+            device_pk=result[0], request_count=result[1], cached=authcache.loads(result[2])
+        )
+    device_pk = lookup(value, client)
+    return None if device_pk is None else DevicePrincipal(device_pk=device_pk)
 
 
 def cached_request(
-    client, value: str, counter: str, period: int, answer: str = ""
+    client_redis, value: str, counter: str, period: int, answer: str = "", *, client: str = ""
 ) -> tuple[int, int, bytes | None] | None:
-    """`authcache.request` for a token, asking the database (`device_for_token`)
-    when the credential is not cached yet; None for an unknown or revoked token."""
+    """`authcache.request` for a token, asking the database (`lookup`) when the
+    credential is not cached yet; None for an unknown or revoked token."""
     key = tokens.lookup_key(value)
     if key is None:
+        _failed(client)
         return None
     prefix, wanted = key
-    result = authcache.request(client, prefix, wanted, counter, period, answer)
+    result = authcache.request(client_redis, prefix, wanted, counter, period, answer)
     if result == authcache.REVOKED:
+        _failed(client)
         return None
     if result == authcache.MISS:
-        device_pk = device_for_token(value)
+        device_pk = lookup(value, client)
         if device_pk is None:
             return None
-        result = authcache.confirmed(client, prefix, wanted, device_pk, counter, period, answer)
+        result = authcache.confirmed(
+            client_redis, prefix, wanted, device_pk, counter, period, answer
+        )
     return result
+
+
+# --- unknown tokens: negative cache and a per-client limit ----------------------------------
+NEGATIVE = "devauth:unknown:{}"
+FAILURES = "devauth:failures:"
+
+
+def failure_rate() -> tuple[int, int]:
+    return parse_rate(settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["device_auth_failure"])
+
+
+def lookup(value, client: str = "") -> int | None:
+    """The device id of a live credential from the database, unless this exact token
+    is known to be unknown (negative cache) or `client` has guessed too often."""
+    key = tokens.lookup_key(value)
+    if key is None:
+        _failed(client)
+        return None
+    cache = caches["default"]
+    negative = NEGATIVE.format(key[1])
+    limit, period = failure_rate()
+    window = f"{FAILURES}{client}:{int(time.time() // period)}"
+    seen = cache.get_many([negative, window]) if client else {negative: cache.get(negative)}
+    if seen.get(window, 0) >= limit:
+        wait = period - int(time.time()) % period
+        raise Refusal(
+            "throttled",
+            f"Too many unknown device tokens; retry in {wait} s.",
+            429,
+            retry_after=wait,
+        )
+    if seen.get(negative):
+        _failed(client)
+        return None
+    device_pk = device_for_token(value)
+    if device_pk is None:
+        cache.set(negative, 1, settings.DEVICE_AUTH_NEGATIVE_S)
+        _failed(client)
+        return None
+    return device_pk
+
+
+def _failed(client: str) -> None:
+    """Count a refused token against its client's window."""
+    if client:
+        count_in_cache(FAILURES, client, failure_rate()[1])
 
 
 AUTH_SQL = (
@@ -190,42 +246,3 @@ def device_for_token(value: str) -> int | None:
         if hmac.compare_digest(token_hash, wanted):
             return None if status == DeviceStatus.REVOKED else device_pk
     return None
-
-
-class DeviceTokenAuthentication(BaseAuthentication):
-    keyword = b"bearer"
-
-    def authenticate(self, request):
-        parts = get_authorization_header(request).split()
-        if not parts or parts[0].lower() != self.keyword:
-            return None
-        if len(parts) != 2:
-            raise exceptions.AuthenticationFailed("Malformed Authorization header.")
-        principal = authenticate_token(parts[1].decode("latin-1"))
-        if principal is None:
-            raise exceptions.AuthenticationFailed("Unknown or revoked device token.")
-        return principal, principal.credential
-
-    def authenticate_header(self, request) -> str:
-        return 'Bearer realm="devices"'
-
-
-class IsDevice(BasePermission):
-    """Only a device principal: sessions and operator tokens are refused."""
-
-    def has_permission(self, request, view) -> bool:
-        return bool(getattr(request.user, "is_device", False))
-
-
-class DeviceTokenScheme(OpenApiAuthenticationExtension):
-    """Names the device bearer token in the OpenAPI schema."""
-
-    target_class = "devices.auth.DeviceTokenAuthentication"
-    name = "deviceToken"
-
-    def get_security_definition(self, auto_schema):
-        return {
-            "type": "http",
-            "scheme": "bearer",
-            "description": "Device token issued once by POST /api/v1/device/enroll",
-        }

@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.core.cache import caches
+from django.core.cache.backends.redis import RedisSerializer
 from django.db import transaction
 from django.db.models import Q
 
@@ -35,6 +36,7 @@ SEEN = "devices:seen"
 TOMBSTONE = "-"
 FLUSH_CHUNK = 5000
 SEEN_BUCKET_S = 5  # devices seen within the same 5 s share one UPDATE
+SERIALIZER = RedisSerializer()
 
 
 def redis_client():
@@ -47,6 +49,13 @@ def redis_client():
     if client is None:
         client = wrapper.edgefleet_client = wrapper.get_client(write=True)
     return client
+
+
+def loads(raw: bytes | None):
+    """A value the Lua scripts read raw from a key the Django cache wrote: Django's
+    RedisCache stores values with its RedisSerializer (integers as digits, anything
+    else pickled), so decode them the same way."""
+    return None if raw is None else SERIALIZER.loads(raw)
 
 
 def make_key(name: str) -> str:

@@ -33,6 +33,20 @@ class BadItem(ValueError):
     pass
 
 
+def storable(text: str) -> bool:
+    """Whether PostgreSQL can store `text`: no NUL, no lone surrogate (JSON's
+    "\\ud800" decodes to one; encoding it for the database would raise)."""
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class BadBatch(ValueError):
     pass
 
@@ -77,7 +91,7 @@ def _key(item) -> tuple[str, int]:
     seq, boot = item.get("seq"), item.get("boot_id")
     if type(seq) is not int or not 0 <= seq < 2**62:  # type(), not isinstance: no bools
         raise BadItem("seq must be a non-negative integer")
-    if type(boot) is not str or not 1 <= len(boot) <= 40 or "\x00" in boot:
+    if type(boot) is not str or not 1 <= len(boot) <= 40 or not storable(boot):
         raise BadItem("boot_id must be a string of 1-40 characters")
     return boot, seq
 
@@ -105,7 +119,7 @@ def _telemetry_row(item: dict, now: float) -> tuple:
     # The hot loop of ingestion (14 fields × 50k points/s): exact type checks
     # inline instead of a helper call per field.
     version = item.get("model_version") or ""
-    if type(version) is not str or len(version) > 120 or "\x00" in version:
+    if type(version) is not str or len(version) > 120 or not storable(version):
         raise BadItem("model_version must be a string of at most 120 characters")
     row = [_ts(item, now), version]
     get = item.get
@@ -132,11 +146,17 @@ def _telemetry_row(item: dict, now: float) -> tuple:
     if extra is not None:
         if not isinstance(extra, dict):
             raise BadItem("extra must be an object")
-        extra = json.dumps(extra, separators=(",", ":"))
+        try:
+            # allow_nan=False: NaN/Infinity are not JSON; PostgreSQL's jsonb refuses them.
+            extra = json.dumps(extra, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        except ValueError:
+            raise BadItem("extra must contain only finite numbers") from None
+        except RecursionError:
+            raise BadItem("extra is nested too deeply") from None
         if len(extra) > MAX_EXTRA:
             raise BadItem("extra is too large")
-        if "\\u0000" in extra:  # PostgreSQL jsonb refuses NUL
-            raise BadItem("extra must not contain NUL characters")
+        if "\\u0000" in extra or not storable(extra):  # jsonb refuses NUL, lone surrogates
+            raise BadItem("extra must not contain NUL characters or lone surrogates")
     row.append(extra)
     return tuple(row)
 
@@ -146,8 +166,8 @@ def _log_row(item: dict, now: float) -> tuple:
     if level not in LEVELS:
         raise BadItem(f"level must be one of {', '.join(sorted(LEVELS))}")
     message = item.get("message")
-    if not isinstance(message, str) or "\x00" in message:
-        raise BadItem("message must be a string without NUL characters")
+    if not isinstance(message, str) or not storable(message):
+        raise BadItem("message must be a string without NUL characters or lone surrogates")
     deployment = item.get("deployment")
     if deployment is not None and (isinstance(deployment, bool) or not isinstance(deployment, int)):
         raise BadItem("deployment must be an integer id")

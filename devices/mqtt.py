@@ -21,7 +21,8 @@ from django.db import DatabaseError, close_old_connections, connection
 
 from devices import services
 from devices.auth import authenticate_token
-from fleet import prometheus
+from fleet import jsonbody, prometheus
+from fleet.refusal import Refusal
 
 log = logging.getLogger(__name__)
 KINDS = {"telemetry": services.ingest_telemetry, "logs": services.ingest_logs}
@@ -34,9 +35,9 @@ def handle(topic: str, payload: bytes) -> tuple[str | None, dict]:
         return None, {"code": "bad_topic", "detail": "unexpected topic"}
     uid, kind = parts[1], parts[2]
     try:
-        envelope = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        return uid, {"code": "bad_batch", "detail": "payload is not JSON"}
+        envelope = jsonbody.loads(payload)
+    except Refusal as exc:
+        return uid, {"code": "bad_batch", "detail": f"payload: {exc.message}"}
     if not isinstance(envelope, dict):
         return uid, {"code": "bad_batch", "detail": "payload must be an object"}
     principal = authenticate_token(envelope.get("token"))

@@ -72,6 +72,10 @@ def filter_by_params(queryset, params):
     if params.get("query_group"):
         from devices.models import QueryGroup
 
+        if not str(params["query_group"]).isdigit():
+            raise ValidationError(
+                _("query_group: the id of a query group."), code="bad_query_group"
+            )
         group = QueryGroup.objects.filter(pk=params["query_group"]).first()
         if group is None:
             return queryset.none()

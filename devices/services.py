@@ -28,6 +28,7 @@ from devices.models import (
     Tag,
 )
 from fleet import prometheus
+from fleet.refusal import Refusal
 
 UID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 INVENTORY_KEYS = {
@@ -48,12 +49,8 @@ INVENTORY_KEYS = {
 MAX_INVENTORY_BYTES = 16 * 1024
 
 
-class DeviceError(Exception):
-    """A refused device request: `code` for machines, `message` for people."""
-
-    def __init__(self, code: str, message: str, status: int = 400):
-        super().__init__(message)
-        self.code, self.message, self.status = code, message, status
+class DeviceError(Refusal):
+    """A refused enrollment, inventory, batch or device change (`fleet.refusal`)."""
 
 
 # --- enrollment ---------------------------------------------------------------------

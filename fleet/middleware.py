@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import JsonResponse
 from django.utils.translation import gettext as _
 
@@ -24,6 +25,13 @@ class BodySizeLimitMiddleware:
             return too_large_response(limit, request)
         return response
 
+    def process_exception(self, request, exception):
+        """A form or JSON body over DATA_UPLOAD_MAX_MEMORY_SIZE (Django raises
+        RequestDataTooBig, which it would answer with an HTML 400): a JSON 413."""
+        if isinstance(exception, RequestDataTooBig):
+            return too_large_response(settings.DATA_UPLOAD_MAX_MEMORY_SIZE, request)
+        return None
+
 
 def too_large_response(limit: int, request=None) -> JsonResponse:
     mb = limit / (1024 * 1024)
@@ -41,16 +49,21 @@ def too_large_response(limit: int, request=None) -> JsonResponse:
     return response
 
 
-class ContentLengthMiddleware:
-    """Content-Length on every complete response, as CommonMiddleware sets it in
-    the browser stack: the device API's lean stack (fleet/wsgi.py) would otherwise
-    answer in chunked encoding, extra bytes and writes for every device request."""
+class QueryStringMiddleware:
+    """A NUL in the query string is a 400 here: PostgreSQL refuses NUL in any
+    string, so every list filter (`?uid=%00`) would otherwise be a 500."""
 
     def __init__(self, get_response):
         self.get_response = get_response
 
     def __call__(self, request):
-        response = self.get_response(request)
-        if not response.streaming and not response.has_header("Content-Length"):
-            response.headers["Content-Length"] = str(len(response.content))
-        return response
+        query = request.META.get("QUERY_STRING", "")
+        if "%00" in query or "\x00" in query:
+            return JsonResponse(
+                {
+                    "detail": _("Query parameters must not contain NUL characters."),
+                    "code": "bad_query",
+                },
+                status=400,
+            )
+        return self.get_response(request)

@@ -83,10 +83,10 @@ def enabled() -> bool:
     return settings.METRICS_ENABLED
 
 
-def observe_device_request(request, response, seconds: float) -> None:
+def observe_device_request(request, status: int, seconds: float) -> None:
     match = getattr(request, "resolver_match", None)
     endpoint = match.url_name if match is not None and match.url_name else "unmatched"
-    DEVICE_REQUESTS.labels(endpoint, str(response.status_code)).inc()
+    DEVICE_REQUESTS.labels(endpoint, str(status)).inc()
     DEVICE_REQUEST_SECONDS.labels(endpoint).observe(seconds)
 
 

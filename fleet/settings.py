@@ -72,7 +72,11 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Answers /api/v1/device/ itself, skipping the browser middleware below: a device
+    # has no session, language, CSRF cookie or operator account.
+    "fleet.device_api.routing.DeviceAPIMiddleware",
     "fleet.middleware.BodySizeLimitMiddleware",
+    "fleet.middleware.QueryStringMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -84,15 +88,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "fleet.audit.AuditMiddleware",
 ]
-# Device API requests skip the browser middleware (fleet/wsgi.py): a device has
-# no session, language, CSRF cookie or operator account.
 DEVICE_API_PREFIX = "/api/v1/device/"
-DEVICE_API_MIDDLEWARE = [
-    "fleet.middleware.BodySizeLimitMiddleware",
-    "django.middleware.security.SecurityMiddleware",
-    "fleet.middleware.ContentLengthMiddleware",
-]
-DEVICE_API_URLCONF = "fleet.device_api.urls"  # the device handler matches only device routes
 
 ROOT_URLCONF = "fleet.urls"
 WSGI_APPLICATION = "fleet.wsgi.application"
@@ -147,6 +143,7 @@ if REDIS_URL:
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
+            "KEY_PREFIX": env_str("CACHE_KEY_PREFIX", ""),  # benchmarks: a namespace per run
             "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
         }
     }
@@ -260,7 +257,10 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 0  # every upload streams to a temp file, never RA
 FILE_UPLOAD_TEMP_DIR = str(VAR_DIR / "tmp")
 Path(FILE_UPLOAD_TEMP_DIR).mkdir(parents=True, exist_ok=True)
 FILE_UPLOAD_HANDLERS = ["fleet.uploads.LimitedTemporaryFileUploadHandler"]
-DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+# Largest non-file request body (JSON, forms), and the device API's body limit:
+# one setting, 413 with a JSON body past it (docs/security.md).
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DEVICE_MAX_BATCH_BYTES", 4 * 1024 * 1024, minimum=1024)
+JSON_MAX_DEPTH = env_int("JSON_MAX_DEPTH", 32, minimum=4)  # deeper request JSON: 400
 
 # --- auth, API ----------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
@@ -286,8 +286,15 @@ REST_FRAMEWORK = {
         "user": env_str("THROTTLE_USER", "6000/min"),
         "device": env_str("THROTTLE_DEVICE", "600/min"),
         "enroll": env_str("THROTTLE_ENROLL", "60/min"),
+        # Unknown device tokens per client address before 429 (guessing costs a query).
+        "device_auth_failure": env_str("THROTTLE_DEVICE_AUTH_FAILURES", "30/min"),
     },
     "EXCEPTION_HANDLER": "fleet.api.exception_handler",
+    "DEFAULT_PARSER_CLASSES": [
+        "fleet.jsonbody.LimitedJSONParser",  # depth-limited (RecursionError was a 500)
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "EdgeFleet API",
@@ -300,7 +307,7 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "fleet.device_api.schema.add_plain_device_views",  # check-in, telemetry, logs
+        "fleet.device_api.schema.add_device_api",  # every device route, from its Doc
     ],
 }
 
@@ -311,7 +318,6 @@ DEVICE_OFFLINE_AFTER_S = env_int("DEVICE_OFFLINE_AFTER_S", 300, minimum=10)
 DEVICE_LAST_SEEN_WRITE_S = env_int("DEVICE_LAST_SEEN_WRITE_S", 30, minimum=1)
 # Largest telemetry/log batch (items) and body (bytes); over either → 413.
 DEVICE_MAX_BATCH_ITEMS = env_int("DEVICE_MAX_BATCH_ITEMS", 5000, minimum=1)
-DEVICE_MAX_BATCH_BYTES = env_int("DEVICE_MAX_BATCH_BYTES", 4 * 1024 * 1024, minimum=1024)
 # Concurrent ingest requests per web process before answering 503 + Retry-After.
 DEVICE_MAX_INFLIGHT_INGEST = env_int("DEVICE_MAX_INFLIGHT_INGEST", 8, minimum=1)
 # Telemetry/log INSERTs as session-level prepared statements (PostgreSQL); turn off
@@ -320,6 +326,8 @@ DEVICE_INGEST_PREPARED = env_bool("DEVICE_INGEST_PREPARED", True)
 DEVICE_RETRY_AFTER_S = env_int("DEVICE_RETRY_AFTER_S", 5, minimum=1)
 # With Redis: how long a confirmed device credential (or a revocation tombstone) is cached.
 DEVICE_AUTH_CACHE_S = env_int("DEVICE_AUTH_CACHE_S", 900, minimum=1)
+# How long a token that matched no live credential is remembered as unknown (no query).
+DEVICE_AUTH_NEGATIVE_S = env_int("DEVICE_AUTH_NEGATIVE_S", 300, minimum=1)
 # Raw points and logs older than this are deleted by a periodic task; rollups live longer.
 TELEMETRY_RETENTION_DAYS = env_int("TELEMETRY_RETENTION_DAYS", 7, minimum=1)
 LOG_RETENTION_DAYS = env_int("LOG_RETENTION_DAYS", 14, minimum=1)

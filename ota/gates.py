@@ -38,6 +38,7 @@ _FIELD_TYPES = {
     "max_confidence_drop": ("number", True),
     "min_soak_s": ("integer", False),
     "min_latency_samples": ("integer", False),
+    "min_shadow_agreement": ("number", True),
 }
 
 
@@ -68,6 +69,8 @@ class GateConfig:
     max_confidence_drop: float | None = None  # mean top-1 confidence vs previous version
     min_soak_s: int = 0  # time since the phase's first success
     min_latency_samples: int = 3  # telemetry points before latency is judged
+    # lowest agreement of a device's shadow run (candidate beside the active model)
+    min_shadow_agreement: float | None = None
 
     @classmethod
     def from_dict(cls, data: dict | None) -> GateConfig:
@@ -93,6 +96,8 @@ class GateConfig:
                 raise GateError(name, f"{name} must be ≥ 0")
         if config.max_latency_ratio is not None and config.max_latency_ratio <= 0:
             raise GateError("max_latency_ratio", "max_latency_ratio must be > 0")
+        if config.min_shadow_agreement is not None and not 0 <= config.min_shadow_agreement <= 1:
+            raise GateError("min_shadow_agreement", "min_shadow_agreement must be between 0 and 1")
         return config
 
     def as_dict(self) -> dict:
@@ -111,6 +116,9 @@ class PhaseStats:
     confidence_mean: float | None = None
     baseline_confidence_mean: float | None = None
     soak_elapsed_s: float = 0.0
+    shadow_reports: int = 0  # devices that reported a shadow evaluation
+    shadow_min_agreement: float | None = None
+    shadow_worst_device: str = ""
 
 
 @dataclass
@@ -134,6 +142,9 @@ REASONS = {
     ),
     "confidence_waiting": gettext_noop("waiting for confidence telemetry"),
     "confidence_drop": gettext_noop("mean confidence dropped by %(drop)s (limit %(limit)s)"),
+    "shadow_agreement": gettext_noop(
+        "shadow agreement %(agreement)s < %(limit)s on device %(device)s (%(n)s devices shadowed)"
+    ),
     "too_few_succeeded": gettext_noop("%(succeeded)s of %(needed)s devices succeeded"),
     "still_updating": gettext_noop("%(n)s devices still updating"),
     "soaking": gettext_noop("soaking %(elapsed)s/%(needed)s s"),
@@ -200,6 +211,16 @@ def evaluate(config: GateConfig, stats: PhaseStats) -> GateDecision:
                 failures.add(
                     "confidence_drop", drop=f"{drop:.3f}", limit=config.max_confidence_drop
                 )
+    if config.min_shadow_agreement is not None and stats.shadow_min_agreement is not None:
+        values["shadow_min_agreement"] = stats.shadow_min_agreement
+        if stats.shadow_min_agreement < config.min_shadow_agreement:
+            failures.add(
+                "shadow_agreement",
+                agreement=f"{stats.shadow_min_agreement:.3f}",
+                limit=config.min_shadow_agreement,
+                device=stats.shadow_worst_device,
+                n=stats.shadow_reports,
+            )
     if failures:
         return failures.decision(Verdict.FAIL, values)
     needed = min(config.min_successful, stats.targeted)

@@ -118,6 +118,8 @@ class Signer:
             "install_window": deployment.install_window or None,
             "next_key": self.next_key,
         }
+        if deployment.shadow:
+            payload["shadow"] = deployment.shadow
         mf.check_artifacts(payload)
         mf.check_policy(policy, {a["name"] for a in artifacts})
         return mf.sign(payload, self.private_key)

@@ -116,6 +116,8 @@ class Deployment(models.Model):
     ungated_count = models.IntegerField(default=0)
     scheduled_at = models.DateTimeField(null=True, blank=True)
     install_window = models.JSONField(null=True, blank=True)  # {"start": "HH:MM", "end": ...}
+    # Shadow mode: {"inferences", "seconds", "min_agreement"} (devices.agent.shadow.parse)
+    shadow = models.JSONField(null=True, blank=True)
     rollback_of = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="rollbacks"
     )
@@ -280,6 +282,7 @@ class DeviceUpdate(models.Model):
     attempts = models.IntegerField(default=0)
     error = models.TextField(blank=True)
     error_code = models.CharField(max_length=40, blank=True)
+    shadow = models.JSONField(null=True, blank=True)  # the device's shadow evaluation
     assigned_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

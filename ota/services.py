@@ -7,6 +7,7 @@ are `Deployment` methods (conditional UPDATEs).
 from __future__ import annotations
 
 import logging
+import math
 import random
 from datetime import datetime
 
@@ -21,6 +22,7 @@ from devices.agent.manifest import ManifestError, check_policy
 from devices.choices import DeviceStatus
 from devices.models import Device, DeviceGroup, HardwareProfile, QueryGroup
 from fleet import prometheus
+from fleet.refusal import Refusal
 from fleet.roles import Role, has_role, role_of
 from ota import manifests, stats
 from ota.assignment import (
@@ -46,13 +48,8 @@ log = logging.getLogger(__name__)
 TARGET_KEYS = {"groups", "query_groups", "tags", "hardware_profiles", "devices"}
 
 
-class OtaError(Exception):
-    """A refused request: `code` for machines, `message` for people, HTTP `status`,
-    and the offending input `field` when there is one."""
-
-    def __init__(self, code: str, message: str, status: int = 400, field: str | None = None):
-        super().__init__(message)
-        self.code, self.message, self.status, self.field = code, message, status, field
+class OtaError(Refusal):
+    """A refused release, deployment or status report (`fleet.refusal`)."""
 
 
 # --- releases -------------------------------------------------------------------------
@@ -285,6 +282,40 @@ def check_ci_canary(phases: list, gates: list[dict]) -> None:
         )
 
 
+def clean_shadow(value) -> dict | None:
+    """A deployment's shadow request, bounded as the agent bounds it."""
+    from devices.agent import shadow
+
+    try:
+        return shadow.parse(value)
+    except shadow.ShadowError as exc:
+        raise OtaError("bad_shadow", str(exc)) from exc
+
+
+_SHADOW_NUMBERS = ("agreement", "min_agreement", "active_p50_ms", "candidate_p50_ms")
+
+
+def _shadow_report(value) -> dict | None:
+    """What is kept of a device's shadow evaluation: finite numbers and short strings."""
+    if not isinstance(value, dict):
+        return None
+    kept = {}
+    for name in _SHADOW_NUMBERS:
+        number = value.get(name)
+        finite = isinstance(number, int | float) and not isinstance(number, bool)
+        if finite and math.isfinite(number):
+            kept[name] = float(number)
+    inferences = value.get("inferences")
+    if isinstance(inferences, int) and not isinstance(inferences, bool) and inferences >= 0:
+        kept["inferences"] = inferences
+    for name in ("metric", "output"):
+        if isinstance(value.get(name), str):
+            kept[name] = value[name][:60]
+    if isinstance(value.get("passed"), bool):
+        kept["passed"] = value["passed"]
+    return kept if "agreement" in kept else None
+
+
 def start_deployment(
     release: Release,
     target,
@@ -294,6 +325,7 @@ def start_deployment(
     gates=None,
     scheduled_at: datetime | None = None,
     install_window=None,
+    shadow=None,
     now: datetime | None = None,
 ) -> Deployment:
     """Validate, create the deployment and its queued device updates, start phase 0
@@ -304,6 +336,7 @@ def start_deployment(
     if role_of(actor) == Role.CI:
         check_ci_canary(phases, gates)
     window = clean_window(install_window)
+    shadow = clean_shadow(shadow)
     devices = list(resolve_target(target).order_by("pk").values_list("pk", flat=True))
     if not devices:
         raise OtaError("empty_target", _("The target matches no device."))
@@ -321,6 +354,7 @@ def start_deployment(
             ungated_count=counts[0],
             scheduled_at=scheduled_at,
             install_window=window,
+            shadow=shadow,
             created_by=actor if getattr(actor, "pk", None) else None,
         )
         rng = random.Random(deployment.pk)  # canaries spread over the fleet, reproducibly
@@ -659,6 +693,9 @@ def report_status(device: Device, data) -> DeviceUpdate:
         if state in (UpdateState.FAILED, UpdateState.ROLLED_BACK):
             update.error = str(data.get("error") or "")[:2000]
             update.error_code = str(data.get("error_code") or "")[:40]
+        shadow = _shadow_report(data.get("shadow"))
+        if shadow is not None:
+            update.shadow = shadow
         if update.is_final:
             update.finished_at = now
         update.save(
@@ -669,6 +706,7 @@ def report_status(device: Device, data) -> DeviceUpdate:
                 "finished_at",
                 "error",
                 "error_code",
+                "shadow",
                 "updated_at",
             ]
         )

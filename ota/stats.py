@@ -62,7 +62,22 @@ def phase_stats(deployment, phase: int, now: datetime) -> PhaseStats:
     )
     _latency(stats, updates)
     _confidence(stats, updates)
+    _shadow(stats, updates)
     return stats
+
+
+def _shadow(stats: PhaseStats, updates) -> None:
+    """The worst agreement the phase's devices reported from their shadow runs."""
+    rows = updates.filter(shadow__isnull=False).values_list("device__uid", "shadow")
+    worst = None
+    for uid, report in rows:
+        agreement = report.get("agreement") if isinstance(report, dict) else None
+        if isinstance(agreement, int | float) and not isinstance(agreement, bool):
+            stats.shadow_reports += 1
+            if worst is None or agreement < worst[1]:
+                worst = (uid, float(agreement))
+    if worst:
+        stats.shadow_worst_device, stats.shadow_min_agreement = worst
 
 
 def _latency(stats: PhaseStats, updates) -> None:

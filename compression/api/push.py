@@ -66,7 +66,7 @@ class PushView(APIView):
             )
         except services.UploadRejected as exc:
             audit.note(request, "model.push", None, refused=exc.code, name=data["name"])
-            return Response({"detail": exc.message, "code": exc.code}, status=exc.status)
+            raise
         audit.note(request, "model.push", pushed.version, created=pushed.created)
         body = {
             "created": pushed.created,

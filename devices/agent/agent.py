@@ -77,16 +77,18 @@ class Agent:
         limits = DownloadLimits(
             float(self.settings["download_min_rate_bps"]), float(self.settings["download_grace_s"])
         )
+        inputs = Inputs(self.settings["input_dir"]) if self.settings["input_dir"] else None
         self.updater = Updater(
             state,
             self.client,
             report=self.report_status,
             limits=limits,
             health_memory_mb=self.settings["health_memory_mb"],
+            inputs=inputs,
+            threads=self.settings["threads"],
         )
         # Fail-safe first: no model runs before an interrupted install was undone.
         self.updater.recover()
-        inputs = Inputs(self.settings["input_dir"]) if self.settings["input_dir"] else None
         self.runtime = Runtime(
             state,
             inputs=inputs,

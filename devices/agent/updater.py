@@ -81,8 +81,12 @@ class Updater:
         background: bool = False,
         limits: DownloadLimits | None = None,
         health_memory_mb: int | None = None,
+        inputs=None,
+        threads: int | None = None,
     ):
         self.state = state
+        self.inputs = inputs  # the device's input source, for shadow evaluation
+        self.threads = threads
         self.client = client
         self.report = report or self._post_status
         if health_check is None:
@@ -329,6 +333,7 @@ class Updater:
                 "path": target.name,
             }
         old = self.state.pointer(slot)
+        shadowed = None
         if not (old and old.get("version") == payload["version"] and old.get("verified")):
             # Fail-safe: the pointer only ever names a model that passed its health
             # check. A crash before the switch leaves the old model active; the
@@ -341,6 +346,20 @@ class Updater:
                 self._finish(payload, state)
                 self._collect(slot)
                 return state
+            shadowed = self._shadow(slot, old, variants, payload)
+            if shadowed is not None and not shadowed["passed"]:
+                self._send(
+                    payload,
+                    "failed",
+                    f"shadow agreement {shadowed['agreement']:.3f} < "
+                    f"{shadowed['min_agreement']:g} ({shadowed['metric'] or 'no output'}, "
+                    f"{shadowed['inferences']} inferences); the active model stays",
+                    "shadow_agreement",
+                    shadow=shadowed,
+                )
+                self._finish(payload, "failed")
+                self._collect(slot)
+                return "failed"
             pause("switch")
             self.state.set_pointer(
                 slot,
@@ -354,10 +373,37 @@ class Updater:
                     "previous": _strip(old),
                 },
             )
-        self._send(payload, "succeeded")
+        self._send(payload, "succeeded", shadow=shadowed)
         self._finish(payload, "succeeded")
         self._collect(slot)
         return "succeeded"
+
+    def _shadow(self, slot: str, old: dict | None, variants: dict, payload: dict) -> dict | None:
+        """Run the candidate beside the active model when the manifest asks (shadow.py);
+        None when it does not, or when nothing is active to compare with."""
+        from . import shadow
+
+        try:
+            request = shadow.parse(payload.get("shadow"))
+        except shadow.ShadowError as exc:
+            log.warning("shadow request ignored: %s", exc)
+            return None
+        if request is None or not (old and old.get("verified")):
+            return None
+        from .health import open_session
+        from .runtime import Inputs
+
+        active = old["variants"][old["active"]]
+        candidate = variants[mf.choose_variant(payload, {})]
+        model_dir = self.state.model_dir(slot)
+        result = shadow.evaluate(
+            open_session(str(model_dir / active["path"]), self.threads),
+            open_session(str(model_dir / candidate["path"]), self.threads),
+            self.inputs or Inputs(),
+            request,
+        )
+        log.info("shadow evaluation of slot %s: %s", slot, result)
+        return result
 
     def _files(self, payload: dict) -> dict | None:
         """Artifact name -> verified file; None while a background download runs."""
@@ -430,6 +476,7 @@ class Updater:
         code: str = "",
         slot: str | None = None,
         refused: bool = False,
+        shadow: dict | None = None,
     ) -> None:
         deployment = payload.get("deployment")
         version = payload.get("version")
@@ -443,6 +490,8 @@ class Updater:
         }
         if refused:
             report["refused_manifest"] = True
+        if shadow is not None:
+            report["shadow"] = shadow
         slot_name = str(report["slot"] or "default")
         progress = state in PROGRESS and isinstance(report["manifest_version"], int)
         if progress:

@@ -125,23 +125,6 @@ class LogLineSerializer(serializers.Serializer):
     deployment_id = serializers.IntegerField(allow_null=True)
 
 
-# --- device API (documentation of the wire format; parsing is devices.ingest) -----------
-class EnrollRequestSerializer(serializers.Serializer):
-    token = serializers.CharField(help_text="Enrollment token")
-    facts = serializers.DictField(
-        required=False,
-        help_text="uid?, name?, hardware_profile (slug), arch, cpu, ram_mb, os, "
-        "onnxruntime, execution_providers, agent_version, models {slot: {model_version}}",
-    )
-
-
-class EnrollResponseSerializer(serializers.Serializer):
-    device_id = serializers.CharField()
-    token = serializers.CharField(help_text="Device token: shown once")
-    server_public_key = serializers.CharField(help_text="Ed25519, raw, base64")
-    server_key_fingerprint = serializers.CharField()
-
-
 class HardwareProfileSerializer(serializers.ModelSerializer):
     class Meta:
         model = HardwareProfile

@@ -1,14 +1,24 @@
-"""OpenAPI for the device endpoints that are plain Django views (drf-spectacular
-sees only DRF views): check-in, telemetry, logs. A postprocessing hook adds them
-to the generated schema, written by hand from the wire format that
-`devices.ingest` and `fleet.device_api.checkin` implement (docs/manifest.md)."""
+"""OpenAPI for the device API, generated from the routes: every view built with
+`toolkit.endpoint` carries its `Doc`, and `add_device_api` (a drf-spectacular
+POSTPROCESSING_HOOKS entry) writes one operation per route, adding the answers
+the toolkit gives every endpoint (401, 429, 503; 400 and 413 with a body).
+Field lists come from the code that validates them (`devices.ingest`)."""
 
 from __future__ import annotations
+
+import re
+
+from devices.ingest import FLOATS, INTS, MAX_EXTRA
+from fleet.device_api.toolkit import Doc
 
 ERROR = {
     "type": "object",
     "required": ["detail", "code"],
-    "properties": {"detail": {"type": "string"}, "code": {"type": "string"}},
+    "properties": {
+        "detail": {"type": "string"},
+        "code": {"type": "string"},
+        "field": {"type": "string"},
+    },
 }
 RETRY_AFTER = {
     "Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait before retrying"}
@@ -26,7 +36,7 @@ ITEM_KEYS = {
     "boot_id": {"type": "string", "maxLength": 40},
     "ts": TIMESTAMP,
 }
-NUMBERS = ("latency_ms", "throughput", "mem_mb", "cpu_pct", "temp_c", "battery_pct", "power_w")
+OBJECT = {"type": "object", "additionalProperties": True}
 SCHEMAS = {
     "DeviceError": ERROR,
     "TelemetryPoint": {
@@ -35,13 +45,12 @@ SCHEMAS = {
         "properties": {
             **ITEM_KEYS,
             "model_version": {"type": "string"},
-            **{name: {"type": "number", "nullable": True} for name in NUMBERS},
-            "inferences": {"type": "integer"},
-            "errors": {"type": "integer"},
+            **{name: {"type": "number", "nullable": True} for name in FLOATS},
+            **{name: {"type": "integer", "nullable": True} for name in INTS},
             "extra": {
-                "type": "object",
-                "additionalProperties": True,
-                "description": "Small JSON object (slot, variant, p95 …)",
+                **OBJECT,
+                "description": f"JSON object of at most {MAX_EXTRA} bytes "
+                "(slot, variant, p95 …); finite numbers only",
             },
         },
     },
@@ -67,158 +76,234 @@ SCHEMAS = {
             "count": {"type": "integer"},
             "rejected": {
                 "type": "array",
+                "description": "Items refused for good (drop them)",
                 "items": {
                     "type": "object",
-                    "properties": {"index": {"type": "integer"}, "error": {"type": "string"}},
+                    "properties": {
+                        "index": {"type": "integer"},
+                        "seq": {"type": "integer"},
+                        "error": {"type": "string"},
+                    },
                 },
             },
         },
     },
 }
+ENVELOPE = {
+    "type": "object",
+    "required": ["manifest", "signature", "key_id"],
+    "properties": {
+        "manifest": OBJECT,
+        "signature": {"type": "string", "description": "base64 Ed25519"},
+        "key_id": {"type": "string"},
+    },
+}
 
 
-def _ref(name: str) -> dict:
+def ref(name: str) -> dict:
     return {"$ref": f"#/components/schemas/{name}"}
+
+
+CHECKIN_DOC = Doc(
+    "Poll for an update: the signed manifest assigned to this device",
+    parameters=(
+        {
+            "name": "If-None-Match",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string"},
+            "description": "ETag of the last answer",
+        },
+    ),
+    responses={
+        200: (
+            "Signed envelope, or one per slot (docs/manifest.md)",
+            {
+                "oneOf": [
+                    ENVELOPE,
+                    {
+                        "type": "object",
+                        "required": ["manifests"],
+                        "properties": {"manifests": {"type": "array", "items": ENVELOPE}},
+                    },
+                ]
+            },
+            {
+                "ETag": {"schema": {"type": "string"}},
+                "X-Poll-Interval": {"schema": {"type": "integer"}},
+                "X-Signed-Timestamp": {"schema": {"type": "string"}},
+            },
+        ),
+        204: "No update assigned",
+        304: "Unchanged since If-None-Match",
+    },
+)
+
+
+def batch_doc(item: str, what: str) -> Doc:
+    batch = {"type": "array", "items": ref(item)}
+    return Doc(
+        f"Send a batch of {what} (idempotent per boot_id + seq)",
+        request={
+            "oneOf": [
+                {
+                    "type": "object",
+                    "required": ["batch"],
+                    "properties": {
+                        "batch": batch,
+                        "boot_id": {"type": "string"},
+                        "dropped": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "description": "Records the agent's buffer dropped before this",
+                        },
+                    },
+                },
+                batch,
+            ]
+        },
+        responses={
+            200: (
+                "Stored, refused items listed; the same answer for a resent batch",
+                ref("IngestResult"),
+                {
+                    "X-EdgeFleet-New": {"schema": {"type": "integer"}},
+                    "X-EdgeFleet-Duplicates": {"schema": {"type": "integer"}},
+                },
+            )
+        },
+    )
+
+
+ENROLL_DOC = Doc(
+    "Enroll with a one-time enrollment token; answers the device token once",
+    request={
+        "type": "object",
+        "required": ["token"],
+        "properties": {
+            "token": {"type": "string", "description": "Enrollment token"},
+            "facts": {
+                **OBJECT,
+                "description": "uid?, name?, hardware_profile (slug), arch, cpu, "
+                "ram_mb, os, onnxruntime, execution_providers, agent_version, "
+                "models {slot: {model_version}}",
+            },
+        },
+    },
+    responses={
+        201: (
+            "Enrolled",
+            {
+                "type": "object",
+                "properties": {
+                    "device_id": {"type": "string"},
+                    "token": {"type": "string", "description": "Device token: shown once"},
+                    "server_public_key": {"type": "string", "description": "Ed25519, raw, base64"},
+                    "server_key_fingerprint": {"type": "string"},
+                },
+            },
+            None,
+        ),
+        403: "Bad enrollment token",
+        409: "uid already enrolled",
+    },
+)
+INVENTORY_DOC = Doc(
+    "Report this device's inventory",
+    request=OBJECT,
+    responses={200: ("Stored inventory", OBJECT, None)},
+)
+STATUS_DOC = Doc(
+    "Report the state of an update",
+    request=OBJECT,
+    responses={
+        200: ("Stored", OBJECT, None),
+        404: "No such update of this device",
+        409: "Illegal transition",
+    },
+)
+ARTIFACT_DOC = Doc(
+    "Download an artifact an update of this device names (Range supported)",
+    responses={
+        200: ("The artifact", None, None),
+        206: "Partial content (Range)",
+        302: "Presigned storage URL (S3)",
+        404: "No update of this device names this artifact",
+        416: "Range not satisfiable",
+    },
+)
 
 
 def _error(description: str, retry: bool = False) -> dict:
     answer = {
         "description": description,
-        "content": {"application/json": {"schema": _ref("DeviceError")}},
+        "content": {"application/json": {"schema": ref("DeviceError")}},
     }
     if retry:
         answer["headers"] = RETRY_AFTER
     return answer
 
 
-COMMON = {
-    "401": _error("Missing, unknown or revoked device token"),
-    "429": _error("Per-device rate limit; see Retry-After", retry=True),
-    "503": _error("Overloaded or storage unavailable; see Retry-After", retry=True),
-}
+def _response(value) -> dict:
+    if isinstance(value, str):
+        return {"description": value}
+    description, schema, headers = value
+    answer = {"description": description}
+    if schema is not None:
+        answer["content"] = {"application/json": {"schema": schema}}
+    if headers:
+        answer["headers"] = headers
+    return answer
 
 
-def _batch_operation(item: str, what: str) -> dict:
-    batch = {"type": "array", "items": _ref(item)}
-    return {
-        "post": {
-            "operationId": f"device_{what}_create",
-            "tags": ["device"],
-            "summary": f"Send a batch of {what} (idempotent per boot_id + seq)",
-            "security": [{"deviceToken": []}],
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "oneOf": [
-                                {
-                                    "type": "object",
-                                    "required": ["batch"],
-                                    "properties": {
-                                        "batch": batch,
-                                        "boot_id": {"type": "string"},
-                                        "dropped": {
-                                            "type": "integer",
-                                            "minimum": 0,
-                                            "description": "Records the agent's buffer dropped"
-                                            " before this",
-                                        },
-                                    },
-                                },
-                                batch,
-                            ]
-                        }
-                    }
-                },
-            },
-            "responses": {
-                "200": {
-                    "description": "Stored; the same answer for a resent batch",
-                    "headers": {
-                        "X-EdgeFleet-New": {"schema": {"type": "integer"}},
-                        "X-EdgeFleet-Duplicates": {"schema": {"type": "integer"}},
-                    },
-                    "content": {"application/json": {"schema": _ref("IngestResult")}},
-                },
-                "400": _error("Malformed JSON or batch"),
-                "413": _error("Batch over the item or byte limit; split it"),
-                **COMMON,
-            },
-        }
-    }
-
-
-ENVELOPE = {
-    "type": "object",
-    "required": ["manifest", "signature", "key_id"],
-    "properties": {
-        "manifest": {"type": "object", "additionalProperties": True},
-        "signature": {"type": "string", "description": "base64 Ed25519"},
-        "key_id": {"type": "string"},
-    },
-}
-CHECKIN = {
-    "get": {
-        "operationId": "device_update_retrieve",
+def operation(spec, path: str) -> dict:
+    name = re.sub(r"[^a-z0-9]+", "_", path.removeprefix("/api/v1/").lower()).strip("_")
+    doc: Doc = spec.doc
+    responses = {str(code): _response(value) for code, value in doc.responses.items()}
+    if spec.body:
+        responses.setdefault("400", _error("Malformed or too deeply nested JSON, or bad input"))
+        responses.setdefault("413", _error("Body over the size limit; split it"))
+    if spec.device:
+        responses.setdefault("401", _error("Missing, unknown or revoked device token"))
+    responses.setdefault("429", _error("Rate limit; see Retry-After", retry=True))
+    responses.setdefault(
+        "503", _error("Overloaded or storage unavailable; see Retry-After", retry=True)
+    )
+    result = {
+        "operationId": f"{name}_{spec.method.lower()}",
         "tags": ["device"],
-        "summary": "Poll for an update: the signed manifest assigned to this device",
-        "security": [{"deviceToken": []}],
-        "parameters": [
-            {
-                "name": "If-None-Match",
-                "in": "header",
-                "required": False,
-                "schema": {"type": "string"},
-                "description": "ETag of the last answer",
-            }
-        ],
-        "responses": {
-            "200": {
-                "description": "Signed envelope, or one per slot (docs/manifest.md)",
-                "headers": {
-                    "ETag": {"schema": {"type": "string"}},
-                    "X-Poll-Interval": {"schema": {"type": "integer"}},
-                },
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "oneOf": [
-                                ENVELOPE,
-                                {
-                                    "type": "object",
-                                    "required": ["manifests"],
-                                    "properties": {
-                                        "manifests": {"type": "array", "items": ENVELOPE}
-                                    },
-                                },
-                            ]
-                        }
-                    }
-                },
-            },
-            "204": {"description": "No update assigned"},
-            "304": {"description": "Unchanged since If-None-Match"},
-            **COMMON,
-        },
+        "summary": doc.summary,
+        "responses": responses,
+        "security": [{"deviceToken": []}] if spec.device else [],
     }
-}
+    parameters = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in re.findall(r"{(\w+)}", path)
+    ] + list(doc.parameters)
+    if parameters:
+        result["parameters"] = parameters
+    if spec.body and doc.request is not None:
+        result["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": doc.request}},
+        }
+    return result
 
 
-def add_plain_device_views(result, generator, request, public):
-    """drf-spectacular POSTPROCESSING_HOOKS entry."""
+def add_device_api(result, generator, request, public):
+    """drf-spectacular POSTPROCESSING_HOOKS entry: one operation per device route."""
+    from fleet.device_api.urls import urlpatterns
+
     paths = result.setdefault("paths", {})
-    paths["/api/v1/device/update"] = CHECKIN
-    paths["/api/v1/device/telemetry"] = _batch_operation("TelemetryPoint", "telemetry")
-    paths["/api/v1/device/logs"] = _batch_operation("LogItem", "logs")
+    for pattern in urlpatterns:
+        spec = pattern.callback.device_api
+        route = "/" + re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", str(pattern.pattern))
+        paths.setdefault(route, {})[spec.method.lower()] = operation(spec, route)
     components = result.setdefault("components", {})
     components.setdefault("schemas", {}).update(SCHEMAS)
-    components.setdefault("securitySchemes", {}).setdefault(
-        "deviceToken",
-        {
-            "type": "http",
-            "scheme": "bearer",
-            "description": "Device token issued once by POST /api/v1/device/enroll",
-        },
-    )
+    components.setdefault("securitySchemes", {})["deviceToken"] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "Device token issued once by POST /api/v1/device/enroll",
+    }
     return result

@@ -1,5 +1,5 @@
-"""The device update API: artifact download and status reports (check-in is
-the plain view in `fleet.device_api.checkin`).
+"""`GET /api/v1/device/artifacts/<sha256>` (only an artifact an update of this
+device names) and `POST /api/v1/device/update/status`.
 
 Identity comes only from the bearer credential (A2).
 """
@@ -10,11 +10,11 @@ import re
 
 from django.core.files.storage import default_storage
 from django.http import FileResponse, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
-from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework.response import Response
 
 from compression.models import ModelVersion
-from fleet.device_api.enroll import DeviceView
+from fleet.device_api.schema import ARTIFACT_DOC, STATUS_DOC
+from fleet.device_api.toolkit import answer, endpoint
+from fleet.refusal import Refusal
 from ota import services
 from ota.choices import UpdateState
 from ota.models import DeviceUpdate
@@ -24,28 +24,18 @@ RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 CHUNK = 256 * 1024
 
 
-@extend_schema(
-    tags=["device"],
-    responses={
-        200: OpenApiResponse(description="The artifact"),
-        206: OpenApiResponse(description="Partial content (Range)"),
-        302: OpenApiResponse(description="Presigned storage URL (S3)"),
-        404: OpenApiResponse(description="No update of this device names this artifact"),
-        416: OpenApiResponse(description="Range not satisfiable"),
-    },
-)
-class ArtifactView(DeviceView):
-    def get(self, request, sha256: str):
-        if not SHA256_RE.match(sha256) or not _assigned(request.user.device.pk, sha256):
-            return Response({"detail": "Not found.", "code": "not_found"}, status=404)
-        version = ModelVersion.objects.filter(sha256=sha256).order_by("pk").first()
-        if version is None or not default_storage.exists(version.artifact):
-            return Response({"detail": "Artifact is gone.", "code": "not_found"}, status=404)
-        if getattr(default_storage, "bucket", None) is not None:
-            # S3: a short-lived presigned URL (AWS_QUERYSTRING_EXPIRE); the agent does
-            # not forward its bearer token across the redirect.
-            return HttpResponseRedirect(default_storage.url(version.artifact))
-        return serve_range(request, version.artifact, version.size_bytes, sha256)
+@endpoint("GET", doc=ARTIFACT_DOC)
+def artifact(request, sha256: str):
+    if not SHA256_RE.match(sha256) or not _assigned(request.device.device_pk, sha256):
+        raise Refusal("not_found", "Not found.", 404)
+    version = ModelVersion.objects.filter(sha256=sha256).order_by("pk").first()
+    if version is None or not default_storage.exists(version.artifact):
+        raise Refusal("not_found", "Artifact is gone.", 404)
+    if getattr(default_storage, "bucket", None) is not None:
+        # S3: a short-lived presigned URL (AWS_QUERYSTRING_EXPIRE); the agent does
+        # not forward its bearer token across the redirect.
+        return HttpResponseRedirect(default_storage.url(version.artifact))
+    return serve_range(request, version.artifact, version.size_bytes, sha256)
 
 
 def _assigned(device_pk: int, sha256: str) -> bool:
@@ -103,28 +93,15 @@ def _read(name: str, start: int, length: int):
             yield chunk
 
 
-@extend_schema(
-    tags=["device"],
-    request={"application/json": dict},
-    responses={
-        200: OpenApiResponse(description="Stored"),
-        400: OpenApiResponse(description="Malformed report"),
-        404: OpenApiResponse(description="No such update of this device"),
-        409: OpenApiResponse(description="Illegal transition"),
-    },
-)
-class StatusView(DeviceView):
-    def post(self, request):
-        try:
-            update = services.report_status(request.user.device, request.data)
-        except services.OtaError as exc:
-            return Response({"detail": exc.message, "code": exc.code}, status=exc.status)
-        return Response(
-            {
-                "deployment": update.deployment_id,
-                "manifest_version": update.manifest_version,
-                "slot": update.slot,
-                "state": update.state,
-                "attempts": update.attempts,
-            }
-        )
+@endpoint("POST", body=True, doc=STATUS_DOC)
+def status(request):
+    update = services.report_status(request.device.device, request.data)
+    return answer(
+        {
+            "deployment": update.deployment_id,
+            "manifest_version": update.manifest_version,
+            "slot": update.slot,
+            "state": update.state,
+            "attempts": update.attempts,
+        }
+    )

@@ -76,6 +76,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
             "target_count",
             "scheduled_at",
             "install_window",
+            "shadow",
             "rollback_of",
             "created_by",
             "created_at",
@@ -94,6 +95,13 @@ class DeploymentCreateSerializer(serializers.Serializer):
     gates = serializers.JSONField(required=False, default=dict)
     scheduled_at = serializers.DateTimeField(required=False, allow_null=True)
     install_window = serializers.JSONField(required=False, allow_null=True)
+    shadow = serializers.JSONField(
+        required=False,
+        allow_null=True,
+        help_text='Shadow mode: {"inferences": N, "seconds": T, "min_agreement": 0..1}. '
+        "The agent runs the candidate beside the active model on the same inputs and "
+        "switches only at that agreement; the gate min_shadow_agreement pauses the rollout.",
+    )
 
 
 class PreviewSerializer(serializers.Serializer):
@@ -123,6 +131,7 @@ class DeviceUpdateSerializer(serializers.ModelSerializer):
             "attempts",
             "error",
             "error_code",
+            "shadow",
             "assigned_at",
             "started_at",
             "finished_at",

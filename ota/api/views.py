@@ -15,13 +15,6 @@ from ota.api import serializers as s
 from ota.models import Deployment, DeviceUpdate, Release
 
 
-def refused(exc: services.OtaError) -> Response:
-    body = {"detail": exc.message, "code": exc.code}
-    if exc.field:
-        body["field"] = exc.field
-    return Response(body, status=exc.status)
-
-
 class ReleaseViewSet(
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
@@ -38,10 +31,7 @@ class ReleaseViewSet(
     def create(self, request):
         data = s.ReleaseCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        try:
-            release = services.create_release(**data.validated_data, actor=request.user)
-        except services.OtaError as exc:
-            return refused(exc)
+        release = services.create_release(**data.validated_data, actor=request.user)
         audit.note(request, "release.create", release)
         return Response(s.ReleaseSerializer(release).data, status=status.HTTP_201_CREATED)
 
@@ -71,12 +61,9 @@ class DeploymentViewSet(
         release = Release.objects.filter(pk=fields.pop("release")).first()
         if release is None:
             return Response({"detail": "Unknown release.", "code": "bad_release"}, status=400)
-        try:
-            deployment = services.start_deployment(
-                release, fields.pop("target"), actor=request.user, **fields
-            )
-        except services.OtaError as exc:
-            return refused(exc)
+        deployment = services.start_deployment(
+            release, fields.pop("target"), actor=request.user, **fields
+        )
         audit.note(
             request,
             "deployment.start",
@@ -91,12 +78,9 @@ class DeploymentViewSet(
     def preview(self, request):
         data = s.PreviewSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        try:
-            return Response(
-                services.preview(data.validated_data["target"], data.validated_data["phases"])
-            )
-        except services.OtaError as exc:
-            return refused(exc)
+        return Response(
+            services.preview(data.validated_data["target"], data.validated_data["phases"])
+        )
 
     def _act(self, request, name: str, done: bool):
         deployment = self.get_object()
@@ -130,7 +114,7 @@ class DeploymentViewSet(
             done = services.approve(self.get_object(), actor=request.user)
         except services.OtaError as exc:
             audit.note(request, "deployment.approve", self.get_object(), refused=exc.code)
-            return refused(exc)
+            raise
         return self._act(request, "approve", done)
 
     @extend_schema(request=None, responses={200: s.DeploymentSerializer})
@@ -142,10 +126,7 @@ class DeploymentViewSet(
     @action(detail=True, methods=["post"])
     def rollback(self, request, pk=None):
         deployment = self.get_object()
-        try:
-            back = services.rollback(deployment, actor=request.user)
-        except services.OtaError as exc:
-            return refused(exc)
+        back = services.rollback(deployment, actor=request.user)
         audit.note(request, "deployment.rollback", deployment, rollback=back.pk)
         return Response(s.DeploymentSerializer(back).data, status=status.HTTP_201_CREATED)
 

@@ -131,7 +131,7 @@ def test_oversize_batch_is_413(api_a, settings):
     response = post(api_a, TELEMETRY, points(1, 51))
     assert response.status_code == 413
     assert response.json()["code"] == "too_large"
-    settings.DEVICE_MAX_BATCH_BYTES = 2048
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 2048  # the one body limit
     response = post(api_a, LOGS, log_lines(1, 40))
     assert response.status_code == 413
     assert TelemetryPoint.objects.count() == LogLine.objects.count() == 0

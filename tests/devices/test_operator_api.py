@@ -77,7 +77,7 @@ def test_device_principal_has_no_role(device_a):
     from devices.auth import DevicePrincipal
     from fleet.roles import Role, RolePermission, role_of
 
-    principal = DevicePrincipal(device_a[0], None)
+    principal = DevicePrincipal(device_a[0])
     assert role_of(principal) is None
     request = SimpleNamespace(user=principal, method="GET")
     view = SimpleNamespace(action="list", action_roles={}, read_role=Role.VIEWER)

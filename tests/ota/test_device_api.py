@@ -238,15 +238,12 @@ def test_checkin_throttled_with_retry_after(fleet, deployed, settings):
 def test_checkin_database_down_is_503_with_retry_after(fleet, deployed, monkeypatch):
     from django.db import OperationalError
 
-    from fleet.device_api import checkin
-
     def down(value):
         raise OperationalError("server closed the connection unexpectedly")
 
     from devices import auth
 
-    monkeypatch.setattr(checkin, "device_for_token", down)  # no Redis: the view's own lookup
-    monkeypatch.setattr(auth, "device_for_token", down)  # Redis: the miss in cached_request
+    monkeypatch.setattr(auth, "device_for_token", down)  # the credential lookup, any cache
     response = bearer(fleet[0][1]).get("/api/v1/device/update")
     assert response.status_code == 503 and int(response["Retry-After"]) > 0
 

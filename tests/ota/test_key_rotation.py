@@ -79,26 +79,54 @@ def test_rotation_announces_then_switches_and_re_signs(fleet, deployed, settings
     )
 
 
-def test_keys_stored_in_clear_before_are_encrypted(db):
+def legacy_key(active):
+    """A ServerKey row as versions before encryption at rest wrote it: PEM in clear."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from ota.models import ServerKey
+
+    private = Ed25519PrivateKey.generate()
+    raw = mf.raw_public_key(private.public_key())
+    return ServerKey.objects.create(
+        private_key_pem=private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode(),
+        public_key_b64=mf.b64(raw),
+        fingerprint=mf.key_id(raw) * 4,
+        active=active,
+    )
+
+
+def test_the_data_migration_encrypts_keys_stored_in_clear(db):
+    import importlib
+
+    from django.apps import apps
 
     from ota import keys
     from ota.models import ServerKey
 
-    def legacy(active):
-        private = Ed25519PrivateKey.generate()
-        raw = mf.raw_public_key(private.public_key())
-        return ServerKey.objects.create(
-            private_key_pem=private.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ).decode(),
-            public_key_b64=mf.b64(raw),
-            fingerprint=mf.key_id(raw) * 4,
-            active=active,
-        )
+    rows = [legacy_key(True), legacy_key(False)]
+    already = keys.new_key(active=False)
+    already.save()
+    importlib.import_module("ota.migrations.0005_encrypt_server_keys").encrypt_clear_keys(
+        apps, None
+    )
+    for row in rows:
+        stored = ServerKey.objects.get(pk=row.pk).private_key_pem
+        assert keys.is_encrypted(stored) and "BEGIN PRIVATE KEY" not in stored
+        public = mf.raw_public_key(keys.load_pem(stored).public_key())
+        assert public == base64.b64decode(row.public_key_b64)  # the same key, now encrypted
+    assert ServerKey.objects.get(pk=already.pk).private_key_pem == already.private_key_pem
+
+
+def test_keys_stored_in_clear_before_are_encrypted(db):
+    from ota import keys
+    from ota.models import ServerKey
+
+    legacy = legacy_key
 
     used, idle = legacy(True), legacy(False)
     keys._loaded.clear()

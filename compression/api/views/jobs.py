@@ -153,10 +153,7 @@ class CompressionJobViewSet(
             )
         except jobs.JobRejected as exc:
             audit.note(request, "job.create", data["source"], refused=exc.code)
-            body = {"detail": exc.message, "code": exc.code}
-            if exc.field:
-                body["field"] = exc.field
-            return Response(body, status=status.HTTP_400_BAD_REQUEST)
+            raise
         audit.note(request, "job.create", job)
         return Response(self.get_serializer(job).data, status=status.HTTP_201_CREATED)
 

@@ -26,10 +26,6 @@ from fleet import audit
 from fleet.roles import Role
 
 
-def rejected(exc: services.UploadRejected) -> Response:
-    return Response({"detail": exc.message, "code": exc.code}, status=exc.status)
-
-
 def version_artifact(version: ModelVersion):
     """The version's bytes, or 409 while it is validating / once rejected."""
     if not version.is_ready:
@@ -126,7 +122,7 @@ class ModelVersionListView(APIView):
             )
         except services.UploadRejected as exc:
             audit.note(request, "version.upload", model, refused=exc.code)
-            return rejected(exc)
+            raise
         audit.note(request, "version.upload", result.version, created=result.created)
         data = ModelVersionSerializer(result.version, context={"request": request}).data
         if not result.created:
@@ -190,17 +186,14 @@ class DatasetViewSet(
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         upload = data["file"]
-        try:
-            dataset = services.register_dataset(
-                upload.temporary_file_path(),
-                name=data["name"],
-                purpose=data["purpose"],
-                original_filename=upload.name,
-                model=data.get("model"),
-                actor=request.user,
-            )
-        except services.UploadRejected as exc:
-            return rejected(exc)
+        dataset = services.register_dataset(
+            upload.temporary_file_path(),
+            name=data["name"],
+            purpose=data["purpose"],
+            original_filename=upload.name,
+            model=data.get("model"),
+            actor=request.user,
+        )
         audit.note(request, "dataset.upload", dataset)
         return Response(self.get_serializer(dataset).data, status=status.HTTP_201_CREATED)
 
