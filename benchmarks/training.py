@@ -116,7 +116,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", type=float, default=200.0)
     ap.add_argument("--runs", type=int, default=200)
-    ap.add_argument("--qat-epochs", type=int, default=8)
+    ap.add_argument("--qat-epochs", type=int, default=15)
     ap.add_argument("--distill-epochs", type=int, default=30)
     args = ap.parse_args()
     rows = []

@@ -40,10 +40,30 @@ class DatasetUploadForm(forms.Form):
     )
 
 
+# What each pass does, for the job form (a chained recipe shows its passes in order).
+PASS_DESCRIPTIONS = {
+    "prepare": _("shape inference and constant folding"),
+    "optimize": _("onnxruntime graph optimizations (fusions)"),
+    "fp16": _("weights and activations in half precision: about ½ the size"),
+    "int8-dynamic": _("int8 weights, activations quantized at run time: no calibration data"),
+    "int8-static": _("int8 weights and activations, ranges from the calibration data"),
+    "int8-nncf": _("int8 with NNCF's accuracy-aware calibration"),
+    "mixed-precision": _("int8 where the accuracy allows, float elsewhere"),
+    "prune-unstructured": _("zeroes the smallest weights (smaller once compressed)"),
+    "prune-structured": _("removes whole channels: fewer parameters and faster"),
+    "distill": _("trains a smaller student on the original's outputs (training extra)"),
+    "qat": _("quantization-aware training, then int8 (training extra)"),
+}
+
+
+def recipe_description(recipe: str) -> str:
+    return " → ".join(str(PASS_DESCRIPTIONS.get(step, step)) for step in recipe.split("+"))
+
+
 def _recipe_choices():
     from compression.engine.recipes import list_recipes
 
-    return [(r, r) for r in list_recipes()]
+    return [(r, format_lazy("{} — {}", r, recipe_description(r))) for r in list_recipes()]
 
 
 class JobForm(forms.Form):

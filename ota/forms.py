@@ -8,11 +8,19 @@ from django import forms
 from django.utils.translation import gettext_lazy as _
 
 from compression.choices import VersionStatus
-from compression.models import ModelVersion
+from compression.models import Candidate, ModelVersion
 from devices.models import DeviceGroup, HardwareProfile, QueryGroup
 from ota.models import Release
 
 VARIANT_ROWS = 4
+
+
+def _kpi_missing_variants():
+    return (
+        Candidate.objects.filter(meets_kpis=False, version__isnull=False)
+        .exclude(recipe="fp32")
+        .values("version_id")
+    )  # the original is an upload
 
 
 class ReleaseForm(forms.Form):
@@ -34,8 +42,10 @@ class ReleaseForm(forms.Form):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        # A variant that missed its job's KPIs is not offered (the model page says why).
         versions = (
             ModelVersion.objects.filter(status=VersionStatus.READY)
+            .exclude(pk__in=_kpi_missing_variants())
             .select_related("model")
             .order_by("model__name", "-number")
         )

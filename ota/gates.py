@@ -244,11 +244,11 @@ def phase_targets(total: int, percents: list[float]) -> list[int]:
     is in some phase.
     """
     if not percents or percents[-1] != 100:
-        raise ValueError("the last phase must cover 100 % of the target")
+        raise ValueError(gettext_noop("the last phase must be 100: the whole target"))
     if any(b <= a for a, b in itertools.pairwise(percents)):
-        raise ValueError("phase percentages must increase")
+        raise ValueError(gettext_noop("phase percentages must increase"))
     if any(p <= 0 for p in percents):
-        raise ValueError("phase percentages must be > 0")
+        raise ValueError(gettext_noop("phase percentages must be > 0"))
     counts = []
     for percent in percents:
         count = math.ceil(total * percent / 100)

@@ -183,7 +183,7 @@ def clean_phases(phases, gates) -> tuple[list[float], list[dict]]:
         phases = [int(p) if p.is_integer() else p for p in phases]
         phase_targets(1, phases)
     except (TypeError, ValueError) as exc:
-        raise OtaError("bad_phases", str(exc), field="phases") from None
+        raise OtaError("bad_phases", _(str(exc)), field="phases") from None  # msgids in gates
     if isinstance(gates, dict) or gates is None:
         gates = [gates or {}] * len(phases)
     if not isinstance(gates, list) or len(gates) != len(phases):
@@ -211,11 +211,16 @@ def preview(target, phases) -> dict:
     phases, _gates = clean_phases(phases, None)
     total = resolve_target(target).count()
     fleet = Device.objects.exclude(status=DeviceStatus.REVOKED).count()
+    cumulative = phase_targets(total, phases)
+    # A phase whose share rounds to the devices already reached adds nobody: its gate
+    # would judge the previous phase again. The wizard says so before the start.
+    empty = [i + 1 for i in range(1, len(cumulative)) if cumulative[i] == cumulative[i - 1]]
     return {
         "total": total,
         "fleet": fleet,
         "phases": phases,
-        "cumulative": phase_targets(total, phases),
+        "empty_phases": empty,
+        "cumulative": cumulative,
         "fleet_percent": round(100 * total / fleet, 1) if fleet else 0.0,
     }
 

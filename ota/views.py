@@ -34,13 +34,19 @@ def widget(request):
     live = Deployment.objects.filter(
         status__in=[DeploymentStatus.RUNNING, DeploymentStatus.PAUSED, DeploymentStatus.SCHEDULED]
     )
+    shown = list(live.select_related("release")[:5])
+    for deployment in shown:  # phase bars, as on the deployment page
+        deployment.bars = services.phase_progress(deployment)
+    paused = live.filter(status=DeploymentStatus.PAUSED).count()
+    total = live.count()
     return render(
         request,
         "ota/widget.html",
         {
-            "live": live.select_related("release")[:5],
-            "live_count": live.count(),
-            "paused_count": live.filter(status=DeploymentStatus.PAUSED).count(),
+            "live": shown,
+            "live_count": total,
+            "paused_count": paused,
+            "running_count": total - paused,
         },
     )
 

@@ -15,7 +15,7 @@ from compression import services, uploads
 from compression.api.views.models import artifact_response
 from compression.choices import VersionStatus
 from compression.forms import DatasetUploadForm, ModelUploadForm, VersionUploadForm
-from compression.models import CompressionJob, Dataset, MLModel, ModelVersion
+from compression.models import Candidate, CompressionJob, Dataset, MLModel, ModelVersion
 from fleet import audit
 from fleet.roles import Role, role_required
 
@@ -75,7 +75,15 @@ def model_detail(request, pk: int):
     for version in versions:
         children.setdefault(version.parent_id, []).append(version)
     tree = _flatten_tree(children, None, 0)
-    selected = versions[-1] if versions else None
+    candidates = {
+        c.version_id: c
+        for c in Candidate.objects.filter(version__in=versions)
+        .exclude(recipe="fp32")
+        .order_by("pk")
+    }  # fp32 is the upload itself
+    for version in versions:
+        version.candidate = candidates.get(version.pk)
+    selected = _best_version(versions)
     if (number := request.GET.get("v")) and number.isdigit():
         selected = next((v for v in versions if v.number == int(number)), selected)
     return render(
@@ -86,6 +94,7 @@ def model_detail(request, pk: int):
             "versions": versions,
             "tree": tree,
             "selected": selected,
+            "metrics": _flat_metrics(selected.metrics if selected else None),
             "version_form": VersionUploadForm(),
             "datasets": model.datasets.all()[:20],
             "dataset_form": DatasetUploadForm(),
@@ -94,6 +103,39 @@ def model_detail(request, pk: int):
             ],
         },
     )
+
+
+def _best_version(versions: list[ModelVersion]) -> ModelVersion | None:
+    """What the page opens on: the newest ready upload or variant a job chose, else the
+    newest ready variant that meets its KPIs -- never a failed or KPI-missing variant
+    when something better exists."""
+    ready = [v for v in versions if v.is_ready]
+    for keep in (
+        lambda v: v.candidate is None or v.candidate.chosen,
+        lambda v: v.candidate.meets_kpis,
+        lambda v: True,
+    ):
+        if found := [v for v in ready if keep(v)]:
+            return found[-1]
+    return versions[-1] if versions else None
+
+
+def _flat_metrics(metrics, prefix: str = "") -> list[tuple[str, str]]:
+    """{"latency_ms": {"p50": 1.23456}} -> [("latency_ms.p50", "1.235")]: a readable table."""
+    rows: list[tuple[str, str]] = []
+    for key, value in (metrics or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            rows.extend(_flat_metrics(value, f"{name}."))
+        elif isinstance(value, list):
+            if value and all(isinstance(x, dict) for x in value):
+                continue  # per-epoch training history: the job page charts it
+            rows.append((name, ", ".join(str(x) for x in value[:12])))
+        elif isinstance(value, float):
+            rows.append((name, f"{value:.4g}"))
+        else:
+            rows.append((name, str(value)))
+    return rows
 
 
 def _flatten_tree(children, parent_id, depth) -> list[tuple[int, ModelVersion]]:

@@ -177,3 +177,27 @@ def test_gate_reason_and_target_in_the_readers_language(client, viewer_user, dep
     text = page.content.decode()
     assert "on-device p95 latency" not in text and "3.1×" in text
     assert "已暂停" in text or "暂停" in text
+
+
+def test_preview_names_phases_that_add_no_device(client, operator_user, fleet):
+    client.force_login(operator_user)
+    form = {
+        "tags": "cam",
+        "phases": "1, 5, 100",
+        "max_failure_rate": "0.2",
+        "min_successful": "1",
+        "min_latency_samples": "3",
+        "min_soak_s": "0",
+    }
+    text = client.post("/deployments/preview/", form).content.decode()
+    assert 'id="preview-empty"' in text and "Phase 2 adds no device" in text
+    bad = client.post("/deployments/preview/", {**form, "phases": "50, 10, 100"})
+    assert "phase percentages must increase" in bad.content.decode()
+
+
+def test_widget_counts_running_and_paused_apart(client, viewer_user, operator_user, deployment):
+    services.pause(deployment, "x")
+    client.force_login(viewer_user)
+    text = client.get("/deployments/widget/").content.decode()
+    assert "running" not in text.split('id="rollouts"')[0] and "paused" in text
+    assert text.count('class="progress"') == 2  # one bar per phase

@@ -16,6 +16,7 @@ stops between batches on cancellation and at the deadline.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -108,6 +109,23 @@ def predict_torch(module, inputs: list[np.ndarray], batch_size: int = 256) -> li
     return [np.concatenate(c) for c in chunks]
 
 
+@contextlib.contextmanager
+def observers_frozen(module):
+    """Fake-quantizers keep their ranges while evaluation runs (they observe in eval mode
+    too, and the evaluation set must not become calibration data)."""
+    from torch.ao.quantization import FakeQuantizeBase
+
+    fqs = [m for m in module.modules() if isinstance(m, FakeQuantizeBase)]
+    states = [m.observer_enabled.clone() for m in fqs]
+    for m in fqs:
+        m.disable_observer()
+    try:
+        yield
+    finally:
+        for m, on in zip(fqs, states, strict=True):
+            m.observer_enabled.copy_(on)
+
+
 def score(
     outs: list[np.ndarray], teacher: list[np.ndarray], labels: np.ndarray | None, kinds: list[str]
 ) -> tuple[str, float]:
@@ -159,7 +177,8 @@ def fit(
     eval_t = [torch.from_numpy(np.ascontiguousarray(a.astype(np.float32))) for a in eval_targets]
 
     def evaluate() -> tuple[str, float, float]:
-        outs = predict_torch(module, eval_inputs)
+        with observers_frozen(module):
+            outs = predict_torch(module, eval_inputs)
         name, value = score(outs, eval_targets, eval_labels, kinds)
         with torch.no_grad():  # the teacher term alone: breaks ties of a saturated metric
             loss = float(_loss([torch.from_numpy(o) for o in outs], eval_t, kinds, None, settings))

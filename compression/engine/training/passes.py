@@ -172,7 +172,7 @@ class QatConfig(TrainFields, PassConfig):
     }
 
     epochs: int = field(default=5, metadata=doc("Fake-quantized training epochs."))
-    lr: float = field(default=1e-4, metadata=doc("Adam learning rate (small: fine-tuning)."))
+    lr: float = field(default=3e-4, metadata=doc("Adam learning rate (small: fine-tuning)."))
     per_channel: bool = field(default=True, metadata=doc("Per-channel weight scales."))
     activation_type: str = field(
         default="quint8",
@@ -200,7 +200,10 @@ class QatConfig(TrainFields, PassConfig):
     )
     calibration_samples: int = field(
         default=200,
-        metadata=doc("Samples the exporting quantizer calibrates activation ranges on."),
+        metadata=doc(
+            "Training samples the fake-quantizers start their ranges from, and the "
+            "exporting quantizer calibrates the rest on."
+        ),
     )
 
 
@@ -256,6 +259,18 @@ def _qat_module(
     return prepared
 
 
+def _calibrate(qat, inputs, samples: int) -> None:
+    """Start the fake-quantizers from the float model's ranges on ``samples`` training
+    inputs (as post-training calibration would), not from their untrained defaults."""
+    from torch.ao.quantization import disable_fake_quant, enable_fake_quant
+
+    from compression.engine.training.loop import predict_torch
+
+    qat.apply(disable_fake_quant)
+    predict_torch(qat, [a[:samples] for a in inputs], batch_size=64)
+    qat.apply(enable_fake_quant)
+
+
 @register
 class QatPass(Pass):
     name = "qat"
@@ -302,6 +317,7 @@ class QatPass(Pass):
                 config.activation_type == "qint8",
                 node_names,
             )
+            _calibrate(qat, data.train, config.calibration_samples)
             result = fit(
                 qat,
                 data.train,

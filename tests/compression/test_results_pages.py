@@ -1,0 +1,56 @@
+"""Reading results: the model page opens on the best version, KPI-missing variants are
+marked and not offered for release, metrics read as a table."""
+
+from __future__ import annotations
+
+import pytest
+
+from compression.models import CompressionJob, ModelVersion
+from tests.ota.conftest import make_version
+
+pytestmark = pytest.mark.django_db
+
+
+def _variant(source, recipe: str, *, meets: bool, chosen: bool = False, job=None):
+    job = job or CompressionJob.objects.create(
+        source=source, status="succeeded", kpis={"max_latency_ms": 5}
+    )
+    version = make_version(source.model.name, p95=4.0)
+    ModelVersion.objects.filter(pk=version.pk).update(
+        parent=source,
+        recipe={"name": recipe, "job": job.pk},
+        metrics={"latency_ms": {"p50": 3.21, "p95": 4.0}, "accuracy": 0.38},
+    )
+    job.candidates.create(
+        recipe=recipe,
+        version=version,
+        meets_kpis=meets,
+        chosen=chosen,
+        violations=[] if meets else ["accuracy drop 60 pt > 1 pt"],
+    )
+    return job, ModelVersion.objects.get(pk=version.pk)
+
+
+def test_model_page_opens_on_the_chosen_variant_not_the_latest_failed_one(client, operator_user):
+    source = make_version("cam")
+    job, chosen = _variant(source, "int8-static", meets=True, chosen=True)
+    _job, failed = _variant(source, "prune-structured", meets=False, job=job)
+    client.force_login(operator_user)
+    page = client.get(f"/models/{source.model_id}/")
+    assert page.context["selected"] == chosen
+    text = page.content.decode()
+    assert "misses the KPIs" in text and 'id="use-in-release"' in text
+    assert 'id="meta-metrics"' in text and "latency_ms.p50" in text and "{&#x27;" not in text
+    failed_page = client.get(f"/models/{source.model_id}/?v={failed.number}").content.decode()
+    assert 'id="version-misses-kpis"' in failed_page and 'id="use-in-release"' not in failed_page
+    form = client.get(f"/deployments/releases/new/?version={failed.pk}").content.decode()
+    assert f'value="{failed.pk}"' not in form and f'value="{chosen.pk}"' in form
+    assert f'value="{source.pk}"' in form  # the upload itself stays offered
+
+
+def test_job_form_describes_recipes_and_shows_the_baseline(client, operator_user):
+    source = make_version("cam", p95=12.5)
+    client.force_login(operator_user)
+    text = client.get(f"/models/versions/{source.pk}/compress/").content.decode()
+    assert "int8-static — int8 weights and activations" in text
+    assert 'id="baseline-latency"' in text and "12.50" in text
