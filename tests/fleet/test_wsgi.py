@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 
 import pytest
+from django.core.signals import request_finished, request_started
+from django.db import close_old_connections
 
 
 @pytest.mark.django_db
