@@ -307,15 +307,23 @@ def run_python(
     connections: int,
     _threads: int,
 ) -> dict:
-    """Fallback without wrk: raw sockets, one thread per connection, kept alive while
-    the server allows it (sync workers close after each answer: then a new one)."""
+    """Fallback without wrk: raw sockets, one thread per connection, kept alive
+    unless the server closes it (gunicorn's sync workers answer `Connection:
+    close`: the next request opens a new one, as wrk does)."""
     latencies: list[float] = []
     status: dict[str, int] = {}
+    errors = [0]
     lock = threading.Lock()
     deadline = time.time() + seconds
 
+    def receive(sock) -> bytes:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("server closed the connection")
+        return chunk
+
     def worker():
-        sock, local, buffer = None, [], b""
+        sock, local, buffer, failed = None, [], b"", 0
         codes: dict[str, int] = {}
         while time.time() < deadline:
             token, etag = random.choice(items)
@@ -323,34 +331,36 @@ def run_python(
             head += f"Authorization: Bearer {token}\r\n" if token else ""
             head += f"If-None-Match: {etag}\r\n" if etag else ""
             began = time.perf_counter()
-            if sock is None:
-                sock, buffer = socket.create_connection(("127.0.0.1", port), timeout=10), b""
-            sock.sendall((head + "\r\n").encode())
-            while b"\r\n\r\n" not in buffer:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                buffer += chunk
-            if b"\r\n\r\n" not in buffer:  # closed before answering: reconnect, resend
-                sock.close()
+            try:
+                if sock is None:
+                    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+                    buffer = b""
+                sock.sendall((head + "\r\n").encode())
+                while b"\r\n\r\n" not in buffer:
+                    buffer += receive(sock)
+                header, buffer = buffer.split(b"\r\n\r\n", 1)
+                found = re.search(rb"(?i)content-length:\s*(\d+)", header)
+                length = int(found[1]) if found else 0
+                while len(buffer) < length:
+                    buffer += receive(sock)
+                buffer = buffer[length:]
+            except OSError:
+                failed += 1
+                if sock is not None:
+                    sock.close()
                 sock = None
                 continue
-            header, buffer = buffer.split(b"\r\n\r\n", 1)
-            length = int((re.search(rb"(?i)content-length:\s*(\d+)", header) or [0, b"0"])[1])
-            while len(buffer) < length:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                buffer += chunk
-            buffer = buffer[length:]
-            if re.search(rb"(?i)\r\nconnection:\s*close", header):
-                sock.close()
-                sock = None
             local.append(time.perf_counter() - began)
             code = header.split(b" ", 2)[1].decode()
             codes[code] = codes.get(code, 0) + 1
+            if re.search(rb"(?i)\r\nconnection:\s*close", header):
+                sock.close()
+                sock = None
+        if sock is not None:
+            sock.close()
         with lock:
             latencies.extend(local)
+            errors[0] += failed
             for code, n in codes.items():
                 status[code] = status.get(code, 0) + n
 
@@ -368,7 +378,7 @@ def run_python(
         "rps": len(latencies) / elapsed,
         "p50_ms": ordered[len(ordered) // 2] * 1000,
         "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
-        "errors": 0,
+        "errors": errors[0],
         "status": status,
     }
 
