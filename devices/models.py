@@ -323,7 +323,7 @@ class TelemetryRollup(models.Model):
 
 
 class DropReport(models.Model):
-    """Records an agent's bounded offline buffer dropped (RELIABILITY E3).
+    """Records an agent's bounded offline buffer dropped (docs/reliability.md E3).
 
     Keyed by the batch that carried the count, so a resent batch does not count
     twice; a resend may carry a larger count (more dropped meanwhile): keep the max.

@@ -16,7 +16,7 @@ from django.core.exceptions import ImproperlyConfigured
 from fleet.env import env_bool, env_int, env_list, env_str
 from fleet.proxy import parse_networks
 
-# onnxruntime looks up a vendor telemetry host unless told not to (RELIABILITY N1);
+# onnxruntime looks up a vendor telemetry host unless told not to (docs/reliability.md N1);
 # it must be set before the first import of onnxruntime in any process we start.
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
@@ -152,7 +152,7 @@ else:
 
 # --- celery -------------------------------------------------------------------
 # Hard limit of the longest task; the Redis visibility timeout must exceed it
-# or Redis redelivers a job that is still running (RELIABILITY C6).
+# or Redis redelivers a job that is still running (docs/reliability.md C6).
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 1800, minimum=10)
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 1740, minimum=5)
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL or "filesystem://")
