@@ -3,7 +3,7 @@
 Runs the same code a worker runs (`compression.runner.run_job`): fetch from
 storage, run and measure every recipe, register every variant as a version.
 It uses a throw-away SQLite database and media folder in a temp directory,
-never your `var/`. DESIGN target: under 3 minutes on a 2-core machine.
+never your `var/`. Target: under 3 minutes on a 2-core machine.
 
     .venv/bin/python benchmarks/jobs.py [--profile x86-gateway-2c] [--recipes a,b]
 """

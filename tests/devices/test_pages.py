@@ -131,10 +131,28 @@ def test_admin_creates_token_moves_tags_and_revokes(admin_user, device_a):
 
 
 def test_rollup_and_series_agree(api_a, device_a):
+    """The minutes the chart reads from rollups (the SQL rollup on PostgreSQL) hold what
+    the raw points say (the Python rollup the chart uses for its live tail)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from devices.models import TelemetryPoint
+
     api_a.post("/api/v1/device/telemetry", {"batch": points(1, 100)}, format="json")
-    assert metrics.rollup() >= 0
+    now = timezone.now()
+    stored = list(TelemetryPoint.objects.filter(device=device_a[0]).order_by("seq"))
+    for i, point in enumerate(stored):  # three complete minutes, older than the live tail
+        point.ts = now - timedelta(minutes=metrics.LIVE_TAIL_MIN + 2 + i % 3, seconds=i % 50)
+    TelemetryPoint.objects.bulk_update(stored, ["ts"])
+    expected = metrics._python_rollups(TelemetryPoint.objects.filter(device=device_a[0]))
+    assert metrics.rollup() == len(expected) >= 3
     series = metrics.series(device_a[0], 60)
-    assert series["labels"]
+    minutes = sorted(minute for _device, minute in expected)
+    assert series["labels"] == [m.isoformat() for m in minutes]
+    for name in metrics.SERIES:
+        want = [expected[device_a[0].pk, m][name] for m in minutes]
+        assert series[name] == pytest.approx(want), name
 
 
 def test_live_partial_refreshes_until_revoked(viewer_user, admin_user, api_a, device_a):
