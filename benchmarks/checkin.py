@@ -15,8 +15,15 @@ Target (issue 6): check-in ≥ 0.5 × bare throughput, p99 < 50 ms. Loopback onl
 a scratch database next to DATABASE_URL's and a key prefix in REDIS_URL's cache,
 both of this run only and removed at the end (`benchmarks._harness.Scratch`).
 
+`--metrics compare` runs a second, identical server with METRICS_ENABLED=0 and
+interleaves every check-in scenario on both (the pair's order alternating per
+round): the cost of the Prometheus counting (fleet/prometheus.py, multiprocess
+mode as under gunicorn in production) as paired ratios of throughput and web
+CPU per request (target ≤ 5 %).
+
     .venv/bin/python benchmarks/checkin.py [--devices 100000] [--assigned 10000]
         [--seconds 10] [--connections 16] [--workers N] [--threads N]
+        [--metrics on|off|compare]
 """
 
 from __future__ import annotations
@@ -300,14 +307,23 @@ def run_python(
     connections: int,
     _threads: int,
 ) -> dict:
-    """Fallback without wrk: keep-alive raw sockets, one thread per connection."""
+    """Fallback without wrk: raw sockets, one thread per connection, kept alive
+    unless the server closes it (gunicorn's sync workers answer `Connection:
+    close`: the next request opens a new one, as wrk does)."""
     latencies: list[float] = []
     status: dict[str, int] = {}
+    errors = [0]
     lock = threading.Lock()
     deadline = time.time() + seconds
 
+    def receive(sock) -> bytes:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("server closed the connection")
+        return chunk
+
     def worker():
-        sock, local, buffer = None, [], b""
+        sock, local, buffer, failed = None, [], b"", 0
         codes: dict[str, int] = {}
         while time.time() < deadline:
             token, etag = random.choice(items)
@@ -315,21 +331,36 @@ def run_python(
             head += f"Authorization: Bearer {token}\r\n" if token else ""
             head += f"If-None-Match: {etag}\r\n" if etag else ""
             began = time.perf_counter()
-            if sock is None:
-                sock, buffer = socket.create_connection(("127.0.0.1", port), timeout=10), b""
-            sock.sendall((head + "\r\n").encode())
-            while b"\r\n\r\n" not in buffer:
-                buffer += sock.recv(65536)
-            header, buffer = buffer.split(b"\r\n\r\n", 1)
-            length = int((re.search(rb"(?i)content-length:\s*(\d+)", header) or [0, b"0"])[1])
-            while len(buffer) < length:
-                buffer += sock.recv(65536)
-            buffer = buffer[length:]
+            try:
+                if sock is None:
+                    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+                    buffer = b""
+                sock.sendall((head + "\r\n").encode())
+                while b"\r\n\r\n" not in buffer:
+                    buffer += receive(sock)
+                header, buffer = buffer.split(b"\r\n\r\n", 1)
+                found = re.search(rb"(?i)content-length:\s*(\d+)", header)
+                length = int(found[1]) if found else 0
+                while len(buffer) < length:
+                    buffer += receive(sock)
+                buffer = buffer[length:]
+            except OSError:
+                failed += 1
+                if sock is not None:
+                    sock.close()
+                sock = None
+                continue
             local.append(time.perf_counter() - began)
             code = header.split(b" ", 2)[1].decode()
             codes[code] = codes.get(code, 0) + 1
+            if re.search(rb"(?i)\r\nconnection:\s*close", header):
+                sock.close()
+                sock = None
+        if sock is not None:
+            sock.close()
         with lock:
             latencies.extend(local)
+            errors[0] += failed
             for code, n in codes.items():
                 status[code] = status.get(code, 0) + n
 
@@ -347,7 +378,7 @@ def run_python(
         "rps": len(latencies) / elapsed,
         "p50_ms": ordered[len(ordered) // 2] * 1000,
         "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
-        "errors": 0,
+        "errors": errors[0],
         "status": status,
     }
 
@@ -377,6 +408,12 @@ def main() -> None:
         type=int,
         default=production.threads,
         help="threads per gunicorn worker (default: fleet/gunicorn.py's)",
+    )
+    parser.add_argument(
+        "--metrics",
+        choices=["on", "off", "compare"],
+        default="on",
+        help="Prometheus counting on the server (compare: both, interleaved)",
     )
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -425,24 +462,47 @@ def run_benchmark(args, scratch) -> None:
     idle = uids[args.assigned : args.assigned + args.pollers]
     cache_backend = f"Redis {redis_url}" if redis_url else "local memory (no Redis)"
 
-    port = h.free_port()
-    server = start_server(env, port, args.workers, args.threads)
+    variants = ["on", "off"] if args.metrics == "compare" else [args.metrics]
+    servers, ports = [], {}
+    for variant in variants:
+        ports[variant] = h.free_port()
+        prom_dir = tempfile.mkdtemp(prefix=f"edgefleet-bench-prom-{variant}-")
+        metrics_env = {
+            "METRICS_ENABLED": "1" if variant == "on" else "0",
+            "PROMETHEUS_MULTIPROC_DIR": prom_dir,
+        }
+        servers.append(
+            start_server({**env, **metrics_env}, ports[variant], args.workers, args.threads)
+        )
     run = run_wrk if shutil.which("wrk") else run_python
-    scenarios = [
-        ("bare Django JSON view", BARE_PATH, [("", "")]),
+    checkins = [
         ("check-in 304 (ETag match)", CHECKIN_PATH, [(tokens[u], etags[u]) for u in pollers]),
         ("check-in 200 (signed manifest)", CHECKIN_PATH, [(tokens[u], "") for u in pollers]),
         ("check-in 204 (nothing assigned)", CHECKIN_PATH, [(tokens[u], "") for u in idle]),
+    ]
+    compare = len(variants) > 1
+    scenarios = [("bare Django JSON view", BARE_PATH, [("", "")], ports[variants[0]])]
+    scenarios += [
+        (f"{name} · metrics {v}" if compare else name, path, items, ports[v])
+        for name, path, items in checkins
+        for v in variants
     ]
     # The machine may be shared: scenarios are interleaved round by round and each
     # check-in figure is divided by the bare figure of its own round (paired ratio).
     rounds: list[list[dict]] = []
     try:
-        for _name, path, items in scenarios:
-            run(port, path, items, 2, args.connections, 2)  # warm up: connections, caches
-        for _ in range(args.rounds):
-            row = []
-            for _name, path, items in scenarios:
+        for _name, path, items, port in scenarios:
+            # warm up: connections, and every polling device's credential in the cache
+            run(port, path, items, 4 if compare else 2, args.connections, 2)
+        for number in range(args.rounds):
+            row = [None] * len(scenarios)
+            order = list(range(len(scenarios)))
+            if compare and number % 2:  # on/off pairs: the other one first
+                order = [0] + [i + (1 if i % 2 else -1) for i in order[1:]]
+            for index in order:
+                _name, path, items, port = scenarios[index]
+                # this scenario's server only (with --metrics compare two are running)
+                roles = {**roles, "web": lambda cmd, p=port: f"--serve {p} " in cmd}
                 before = h.process_cpu_seconds(roles)
                 children = resource.getrusage(resource.RUSAGE_CHILDREN)
                 result = run(port, path, items, args.seconds, args.connections, 2)
@@ -453,12 +513,13 @@ def run_benchmark(args, scratch) -> None:
                 result["cpu_ms"] = {
                     k: v * 1000 / max(result["requests"], 1) for k, v in used.items()
                 }
-                row.append(result)
+                row[index] = result
             rounds.append(row)
     finally:
-        h.stop(server)
+        for server in servers:
+            h.stop(server)
     results = []
-    for index, (name, _path, _items) in enumerate(scenarios):
+    for index, (name, _path, _items, _port) in enumerate(scenarios):
         runs = [r[index] for r in rounds]
         results.append(
             (
@@ -521,6 +582,23 @@ def run_benchmark(args, scratch) -> None:
         "would show (PostgreSQL: only the backends of the scratch database; Redis: the whole "
         "server, which other sessions may share)."
     )
+    if compare:
+        print_metrics_cost(scenarios, rounds)
+
+
+def print_metrics_cost(scenarios, rounds) -> None:
+    """Paired per round: each check-in scenario with metrics on against off."""
+    print("\n| Prometheus counting | requests/s on ÷ off | web CPU ms/request on ÷ off |")
+    print("|---|---:|---:|")
+    names = [s[0] for s in scenarios]
+    for index, name in enumerate(names):
+        if not name.endswith("· metrics on"):
+            continue
+        off = names.index(name.replace("metrics on", "metrics off"))
+        rps = statistics.median(r[index]["rps"] / r[off]["rps"] for r in rounds)
+        cpu = statistics.median(r[index]["cpu_ms"]["web"] / r[off]["cpu_ms"]["web"] for r in rounds)
+        print(f"| {name.removesuffix(' · metrics on')} | {rps:.3f} | {cpu:.3f} |")
+    print("target: web CPU per request on ÷ off ≤ 1.05 (medians of paired rounds)")
 
 
 if __name__ == "__main__":

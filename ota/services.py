@@ -21,6 +21,7 @@ from compression.models import ModelVersion
 from devices.agent.manifest import ManifestError, check_policy
 from devices.choices import DeviceStatus
 from devices.models import Device, DeviceGroup, HardwareProfile, QueryGroup
+from fleet import prometheus
 from fleet.refusal import Refusal
 from fleet.roles import Role, has_role, role_of
 from ota import manifests, stats
@@ -510,6 +511,7 @@ def evaluate_deployments(now: datetime | None = None) -> dict[int, str]:
     ):
         outcome[deployment.pk] = _isolated(deployment, lambda d: evaluate_deployment(d, now))
     refresh_manifests(now)
+    prometheus.count_gate_decisions(outcome)
     return outcome
 
 
