@@ -311,7 +311,7 @@ def enqueue_job(job_id: int) -> bool:
     """Send the job's message. Precondition: the job row is committed.
 
     A broker that is down does not lose the job: the row stays queued with no
-    `enqueued_at`, and `requeue_stale_jobs` sends it again later (RELIABILITY C5).
+    `enqueued_at`, and `requeue_stale_jobs` sends it again later (docs/reliability.md C5).
     """
     from compression.tasks import run_compression_job
 

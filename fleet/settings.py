@@ -16,7 +16,7 @@ from django.core.exceptions import ImproperlyConfigured
 from fleet.env import env_bool, env_int, env_list, env_str
 from fleet.proxy import parse_networks
 
-# onnxruntime looks up a vendor telemetry host unless told not to (RELIABILITY N1);
+# onnxruntime looks up a vendor telemetry host unless told not to (docs/reliability.md N1);
 # it must be set before the first import of onnxruntime in any process we start.
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
@@ -152,7 +152,7 @@ else:
 
 # --- celery -------------------------------------------------------------------
 # Hard limit of the longest task; the Redis visibility timeout must exceed it
-# or Redis redelivers a job that is still running (RELIABILITY C6).
+# or Redis redelivers a job that is still running (docs/reliability.md C6).
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 1800, minimum=10)
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 1740, minimum=5)
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL or "filesystem://")
@@ -348,6 +348,7 @@ CELERY_BEAT_SCHEDULE.update(
     {
         "devices-rollup": {"task": "devices.tasks.rollup_telemetry", "schedule": 60.0},
         "devices-offline": {"task": "devices.tasks.detect_offline", "schedule": 60.0},
+        "devices-sample": {"task": "devices.tasks.sample_fleet", "schedule": 300.0},
         "devices-presence": {"task": "devices.tasks.flush_presence", "schedule": 15.0},
         "devices-latency": {"task": "devices.tasks.check_latency", "schedule": 300.0},
         "devices-drift": {"task": "devices.tasks.check_drift", "schedule": 300.0},
@@ -401,6 +402,7 @@ USE_TZ = True
 
 # --- home dashboard: URL names of widgets served by the apps (fleet imports none)
 EDGEFLEET_HOME_WIDGETS = [
+    "devices:charts-widget",
     "compression:widget",
     "devices:widget",
     "ota:widget",

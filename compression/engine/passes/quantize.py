@@ -370,4 +370,5 @@ class StaticInt8Pass(Pass):
             "quant_format": used.quant_format,
             "activation_type": used.activation_type,
         }
-        return PassResult(str(output_path), metrics, notes)
+        # each retried strategy repeats the notes of the steps it shares (e.g. the stem)
+        return PassResult(str(output_path), metrics, list(dict.fromkeys(notes)))
