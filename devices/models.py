@@ -400,3 +400,19 @@ class Alert(models.Model):
         self.state = AlertState.RESOLVED
         self.resolved_at = timezone.now()
         self.save(update_fields=["state", "resolved_at"])
+
+
+class FleetSample(models.Model):
+    """The fleet's health at one moment, written by a beat task: the overview charts
+    online devices and open alerts over time from these rows."""
+
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    total = models.IntegerField()
+    online = models.IntegerField()
+    open_alerts = models.IntegerField()
+
+    class Meta:
+        ordering = ["at"]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M} {self.online}/{self.total}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from devices import authcache, metrics, partitions
+from devices import authcache, metrics, overview, partitions
 
 
 @shared_task(ignore_result=True)
@@ -40,3 +40,8 @@ def apply_retention() -> dict:
 @shared_task(ignore_result=True)
 def create_partitions() -> list[str]:
     return partitions.ensure_partitions()
+
+
+@shared_task(ignore_result=True)
+def sample_fleet() -> None:
+    overview.sample_fleet()

@@ -348,6 +348,7 @@ CELERY_BEAT_SCHEDULE.update(
     {
         "devices-rollup": {"task": "devices.tasks.rollup_telemetry", "schedule": 60.0},
         "devices-offline": {"task": "devices.tasks.detect_offline", "schedule": 60.0},
+        "devices-sample": {"task": "devices.tasks.sample_fleet", "schedule": 300.0},
         "devices-presence": {"task": "devices.tasks.flush_presence", "schedule": 15.0},
         "devices-latency": {"task": "devices.tasks.check_latency", "schedule": 300.0},
         "devices-drift": {"task": "devices.tasks.check_drift", "schedule": 300.0},
@@ -401,6 +402,7 @@ USE_TZ = True
 
 # --- home dashboard: URL names of widgets served by the apps (fleet imports none)
 EDGEFLEET_HOME_WIDGETS = [
+    "devices:charts-widget",
     "compression:widget",
     "devices:widget",
     "ota:widget",

@@ -79,15 +79,9 @@ class DeviceViewSet(
         device = serializer.instance
         data = serializer.validated_data
         try:
-            if "tags" in data:
-                services.set_tags(device, data["tags"])
+            services.update_device(device, data)
         except services.DeviceError as exc:
             raise ValidationError({"tags": [exc.message]}) from None
-        if "group" in data:
-            device.move_to(data["group"])
-        if "name" in data:
-            device.name = data["name"]
-            device.save(update_fields=["name"])
         audit.note(self.request, "device.update", device, fields=sorted(data))
 
     @extend_schema(request=None, responses={200: DeviceSerializer})
