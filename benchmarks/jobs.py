@@ -19,7 +19,9 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
 import argparse  # noqa: E402 - after the sys.path fix above
+import atexit  # noqa: E402 - after the sys.path fix above
 import os  # noqa: E402 - after the sys.path fix above
+import shutil  # noqa: E402 - after the sys.path fix above
 import tempfile  # noqa: E402 - after the sys.path fix above
 import time  # noqa: E402 - after the sys.path fix above
 
@@ -30,6 +32,7 @@ def main() -> int:
     parser.add_argument("--recipes", default="", help="comma-separated; default DEFAULT_RECIPES")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="edgefleet-bench-jobs-"))
+    atexit.register(shutil.rmtree, root, True)  # its SQLite database, media and data
     os.environ.update(
         EDGEFLEET_VAR_DIR=str(root),
         DATABASE_URL=f"sqlite:///{root}/db.sqlite3",

@@ -332,5 +332,17 @@ def revoke_device(device: Device) -> int:
     return count
 
 
-def set_tags(device: Device, names) -> None:
-    device.tags.set(tags_named(names))
+def update_device(device: Device, changes: dict) -> None:
+    """Apply an operator's edit: any of `tags` (names), `group` (or None) and `name`.
+
+    One transaction: a refused tag name leaves the device as it was. The page and the
+    API both edit devices through here.
+    """
+    with transaction.atomic():
+        if "tags" in changes:
+            device.tags.set(tags_named(changes["tags"]))
+        if "group" in changes:
+            device.move_to(changes["group"])
+        if "name" in changes:
+            device.name = changes["name"]
+            device.save(update_fields=["name"])

@@ -179,12 +179,15 @@ def device_edit(request, uid: str):
     device = get_object_or_404(Device, uid=uid)
     form = DeviceEditForm(request.POST)
     if form.is_valid():
+        changes = {
+            "tags": split_tags(form.cleaned_data["tags"] or ""),
+            "group": form.cleaned_data["group"],
+        }
         try:
-            services.set_tags(device, split_tags(form.cleaned_data["tags"] or ""))
+            services.update_device(device, changes)
         except services.DeviceError as exc:
             messages.error(request, exc.message)
             return redirect("devices:device-detail", uid=uid)
-        device.move_to(form.cleaned_data["group"])
         audit.note(request, "device.update", device)
         messages.success(request, _("Device updated."))
     else:

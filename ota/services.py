@@ -87,10 +87,7 @@ def create_release(
     default_variant = default_variant or rows[0].name
     if default_variant not in names:
         raise OtaError("bad_default", _("The default variant names no variant."))
-    try:
-        check_policy(policy or {}, names)
-    except ManifestError as exc:
-        raise OtaError("bad_policy", exc.message) from None
+    check_release_policy(policy, names)
     with transaction.atomic():
         release = Release.objects.create(
             name=name[:120],
@@ -104,6 +101,14 @@ def create_release(
             row.release = release
         ReleaseVariant.objects.bulk_create(rows)
     return release
+
+
+def check_release_policy(policy: dict | None, names: set[str]) -> None:
+    """The policy may only name the release's variants (also `Release.clean`'s rule)."""
+    try:
+        check_policy(policy or {}, names)
+    except ManifestError as exc:
+        raise OtaError("bad_policy", exc.message) from None
 
 
 def _model_version(value) -> ModelVersion:

@@ -141,6 +141,9 @@ def test_auto_default_search_grid_floor_shapes_and_explanations(tmp_path, cnn_pa
     assert "default quality floor" in r["reason"]
     assert r["measurement"]["shape_source"] == "data" and r["measurement"]["interleaved"]
     assert r["measurement"]["shape"] == "x [1, 3, 16, 16]"
+    assert {c["metrics"]["timed_on"] for c in r["candidates"] if c["metrics"]} == {
+        "x [1, 3, 16, 16] (data)"
+    }
     # the fastest grid point's neighbours: one knob each, timed side by side with it
     neighbours = [c for c in r["candidates"] if c.get("neighbour_of")]
     assert {n["recipe"].rsplit(",", 1)[-1] for n in neighbours} >= {

@@ -150,6 +150,10 @@ class Search:
                     c, r["models"][c["recipe"]], fp32["metrics"], old=c.get("metrics")
                 )
                 c["timing"] = {"rounds": r["rounds"], "stable": r["stable"]}
+            # which shape the ratios were measured on travels with every variant's metrics
+            shape = ", ".join(f"{k} {v}" for k, v in r["input_shapes"].items())
+            for c in (fp32, *chunk):
+                c["metrics"]["timed_on"] = f"{shape} ({r['shape_source']})"
 
     def _compare(self, paths: dict, contenders: list[str] | None) -> dict:
         from compression.engine.benchmark import compare
