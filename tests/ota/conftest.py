@@ -7,7 +7,11 @@ import time
 
 import pytest
 
-from tests.conftest import seed_hardware_profiles, tiny_model_bytes
+from tests.conftest import (
+    bearer,  # noqa: F401 - still importable from here
+    seed_hardware_profiles,
+    tiny_model_bytes,
+)
 
 
 def make_version(model_name: str = "digits", seed: int = 0, *, p95: float | None = 10.0):
