@@ -245,10 +245,13 @@ def main() -> int:
     parser.add_argument("--consumers", type=int, default=3)
     parser.add_argument("--transport", choices=sorted(TRANSPORTS), default="fleet")
     args = parser.parse_args()
-    if args.level == "kombu":
-        result = kombu_soak(args.seconds, args.producers, args.consumers, args.transport)
-    else:
-        result = celery_soak(args.seconds, args.producers)
+    with tempfile.TemporaryDirectory(prefix="edgefleet-soak-") as scratch:  # removed after
+        if args.level == "kombu":
+            result = kombu_soak(
+                args.seconds, args.producers, args.consumers, args.transport, Path(scratch)
+            )
+        else:
+            result = celery_soak(args.seconds, args.producers, Path(scratch))
     print(json.dumps(result, indent=1))
     return 0
 

@@ -15,8 +15,15 @@ Target (issue 6): check-in ≥ 0.5 × bare throughput, p99 < 50 ms. Loopback onl
 a scratch database next to DATABASE_URL's and a key prefix in REDIS_URL's cache,
 both of this run only and removed at the end (`benchmarks._harness.Scratch`).
 
+`--metrics compare` runs a second, identical server with METRICS_ENABLED=0 and
+interleaves every check-in scenario on both (the pair's order alternating per
+round): the cost of the Prometheus counting (fleet/prometheus.py, multiprocess
+mode as under gunicorn in production) as paired ratios of throughput and web
+CPU per request (target ≤ 5 %).
+
     .venv/bin/python benchmarks/checkin.py [--devices 100000] [--assigned 10000]
         [--seconds 10] [--connections 16] [--workers N] [--threads N]
+        [--metrics on|off|compare]
 """
 
 from __future__ import annotations
@@ -416,6 +423,12 @@ def main() -> None:
         default=production.threads,
         help="threads per gunicorn worker (default: fleet/gunicorn.py's)",
     )
+    parser.add_argument(
+        "--metrics",
+        choices=["on", "off", "compare"],
+        default="on",
+        help="Prometheus counting on the server (compare: both, interleaved)",
+    )
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -463,25 +476,47 @@ def run_benchmark(args, scratch) -> None:
     idle = uids[args.assigned : args.assigned + args.pollers]
     cache_backend = f"Redis {redis_url}" if redis_url else "local memory (no Redis)"
 
-    port = h.free_port()
-    server = start_server(env, port, args.workers, args.threads)
+    variants = ["on", "off"] if args.metrics == "compare" else [args.metrics]
+    servers, ports = [], {}
+    for variant in variants:
+        ports[variant] = h.free_port()
+        prom_dir = tempfile.mkdtemp(prefix=f"edgefleet-bench-prom-{variant}-")
+        metrics_env = {
+            "METRICS_ENABLED": "1" if variant == "on" else "0",
+            "PROMETHEUS_MULTIPROC_DIR": prom_dir,
+        }
+        servers.append(
+            start_server({**env, **metrics_env}, ports[variant], args.workers, args.threads)
+        )
     run = run_wrk if shutil.which("wrk") else run_python
-    scenarios = [
-        ("bare Django JSON view", BARE_PATH, [("", "")]),
+    checkins = [
         ("check-in 304 (ETag match)", CHECKIN_PATH, [(tokens[u], etags[u]) for u in pollers]),
         ("check-in 200 (signed manifest)", CHECKIN_PATH, [(tokens[u], "") for u in pollers]),
         ("check-in 204 (nothing assigned)", CHECKIN_PATH, [(tokens[u], "") for u in idle]),
+    ]
+    compare = len(variants) > 1
+    scenarios = [("bare Django JSON view", BARE_PATH, [("", "")], ports[variants[0]])]
+    scenarios += [
+        (f"{name} · metrics {v}" if compare else name, path, items, ports[v])
+        for name, path, items in checkins
+        for v in variants
     ]
     # The machine may be shared: scenarios are interleaved round by round and each
     # check-in figure is divided by the bare figure of its own round (paired ratio).
     rounds: list[list[dict]] = []
     try:
-        for _name, path, items in scenarios:
+        for _name, path, items, port in scenarios:
             warm(port, path, items)  # every device once: credentials and answers cached
-            run(port, path, items, 2, args.connections, 2)  # and the connections
-        for _ in range(args.rounds):
-            row = []
-            for _name, path, items in scenarios:
+            run(port, path, items, 4 if compare else 2, args.connections, 2)  # connections
+        for number in range(args.rounds):
+            row = [None] * len(scenarios)
+            order = list(range(len(scenarios)))
+            if compare and number % 2:  # on/off pairs: the other one first
+                order = [0] + [i + (1 if i % 2 else -1) for i in order[1:]]
+            for index in order:
+                _name, path, items, port = scenarios[index]
+                # this scenario's server only (with --metrics compare two are running)
+                roles = {**roles, "web": lambda cmd, p=port: f"--serve {p} " in cmd}
                 before = h.process_cpu_seconds(roles)
                 children = resource.getrusage(resource.RUSAGE_CHILDREN)
                 result = run(port, path, items, args.seconds, args.connections, 2)
@@ -492,12 +527,13 @@ def run_benchmark(args, scratch) -> None:
                 result["cpu_ms"] = {
                     k: v * 1000 / max(result["requests"], 1) for k, v in used.items()
                 }
-                row.append(result)
+                row[index] = result
             rounds.append(row)
     finally:
-        h.stop(server)
+        for server in servers:
+            h.stop(server)
     results = []
-    for index, (name, _path, _items) in enumerate(scenarios):
+    for index, (name, _path, _items, _port) in enumerate(scenarios):
         runs = [r[index] for r in rounds]
         results.append(
             (
@@ -560,6 +596,23 @@ def run_benchmark(args, scratch) -> None:
         "would show (PostgreSQL: only the backends of the scratch database; Redis: the whole "
         "server, which other sessions may share)."
     )
+    if compare:
+        print_metrics_cost(scenarios, rounds)
+
+
+def print_metrics_cost(scenarios, rounds) -> None:
+    """Paired per round: each check-in scenario with metrics on against off."""
+    print("\n| Prometheus counting | requests/s on ÷ off | web CPU ms/request on ÷ off |")
+    print("|---|---:|---:|")
+    names = [s[0] for s in scenarios]
+    for index, name in enumerate(names):
+        if not name.endswith("· metrics on"):
+            continue
+        off = names.index(name.replace("metrics on", "metrics off"))
+        rps = statistics.median(r[index]["rps"] / r[off]["rps"] for r in rounds)
+        cpu = statistics.median(r[index]["cpu_ms"]["web"] / r[off]["cpu_ms"]["web"] for r in rounds)
+        print(f"| {name.removesuffix(' · metrics on')} | {rps:.3f} | {cpu:.3f} |")
+    print("target: web CPU per request on ÷ off ≤ 1.05 (medians of paired rounds)")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Runs the same code a worker runs (`compression.runner.run_job`): fetch from
 storage, run and measure every recipe, register every variant as a version.
 It uses a throw-away SQLite database and media folder in a temp directory,
-never your `var/`. DESIGN target: under 3 minutes on a 2-core machine.
+never your `var/`. Target: under 3 minutes on a 2-core machine.
 
     .venv/bin/python benchmarks/jobs.py [--profile x86-gateway-2c] [--recipes a,b]
 """
@@ -19,7 +19,9 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
 import argparse  # noqa: E402 - after the sys.path fix above
+import atexit  # noqa: E402 - after the sys.path fix above
 import os  # noqa: E402 - after the sys.path fix above
+import shutil  # noqa: E402 - after the sys.path fix above
 import tempfile  # noqa: E402 - after the sys.path fix above
 import time  # noqa: E402 - after the sys.path fix above
 
@@ -30,6 +32,7 @@ def main() -> int:
     parser.add_argument("--recipes", default="", help="comma-separated; default DEFAULT_RECIPES")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="edgefleet-bench-jobs-"))
+    atexit.register(shutil.rmtree, root, True)  # its SQLite database, media and data
     os.environ.update(
         EDGEFLEET_VAR_DIR=str(root),
         DATABASE_URL=f"sqlite:///{root}/db.sqlite3",

@@ -15,8 +15,9 @@ due (telemetry ticks run on each device's clock, so a simulator or server
 that cannot keep up shows as lag and missed ticks, not as quietly fewer
 requests).
 
-Loopback only; the scratch database `edgefleet_fleetbench` is dropped and
-recreated and Redis db `--redis-db` (not 0) is flushed. Bounded in time: the
+Loopback only. It uses a database of its own next to `DATABASE_URL`'s, cache keys
+under a prefix of its own in `REDIS_URL` (unset: local memory) and a broker in a
+temporary directory, and removes all three at exit. Bounded in time: the
 simulator is killed `--duration-s` + 300 s after it starts.
 
     .venv/bin/python benchmarks/simulated_fleet.py [--devices 10000] [--duration-s 600]
@@ -38,6 +39,7 @@ import atexit  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import resource  # noqa: E402
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -89,23 +91,18 @@ def main() -> None:
         "--ramp-s", type=float, default=10, help="spread the devices' first steps over this"
     )
     parser.add_argument("--timeout-s", type=float, default=15, help="per request, as the agent")
-    parser.add_argument("--redis-db", type=int, default=7)
     args = parser.parse_args()
-    if args.redis_db == 0:
-        parser.error("--redis-db 0 is the shared default database; pick another")
     ramp_s = args.ramp_s
 
-    redis_url = f"redis://127.0.0.1:6379/{args.redis_db}"
-    import redis
-
-    redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5).flushdb()
-    scratch = h.Scratch("fleet")  # this run's database, dropped at exit
+    scratch = h.Scratch("fleet")  # this run's database and cache keys, removed at exit
     atexit.register(scratch.close)
+    var_dir = tempfile.mkdtemp(prefix="fleetbench-var-")  # no worker: queued tasks end here
+    atexit.register(shutil.rmtree, var_dir, True)
     env = {
         **os.environ,
-        "DATABASE_URL": scratch.url,
-        "REDIS_URL": redis_url,
-        "CELERY_BROKER_URL": redis_url,
+        **scratch.env(),
+        "CELERY_BROKER_URL": "filesystem://",
+        "EDGEFLEET_VAR_DIR": var_dir,
         "DEBUG": "0",
         "LOG_LEVEL": "WARNING",
         "THROTTLE_DEVICE": "1000000/min",
@@ -221,8 +218,8 @@ def main() -> None:
 
     print(
         f"# EdgeFleet fleet benchmark · {cores} CPUs shared by server, PostgreSQL, Redis, "
-        f"the simulator and anything else running · PostgreSQL {scratch.name} · Redis db "
-        f"{args.redis_db}"
+        f"the simulator and anything else running · PostgreSQL {scratch.name} · cache "
+        f"{scratch.redis_url or 'local memory (no REDIS_URL)'}"
     )
     print(
         f"{args.devices:,} simulated devices ({registered:,} registered, enrolled "

@@ -4,7 +4,8 @@
   two output channels of conv2 and conv3 scaled ×S and their consumers' input
   weights ÷S (identical in float, ReLU being positively homogeneous) — outlier
   activations that quantize badly per tensor. fp32, PTQ int8 (int8-static),
-  QAT int8 with labels and with the teacher only; p50 at 1 thread.
+  QAT int8 with labels and with the teacher only, and QAT exported with
+  recalibrated ranges instead of the learned ones; p50 at 1 thread.
 - Distillation on digits: student = the teacher with 50 % of its Conv channels,
   trained with the teacher vs the same student trained on labels only.
 - Pruning with recovery on digits: prune-structured ratio 0.5 with its fine-tune.

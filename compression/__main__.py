@@ -183,6 +183,7 @@ def cmd_auto(args) -> dict:
         out_dir=Path(args.out).resolve(),
         progress=progress,
         output_kinds=kinds or None,
+        thorough=args.thorough,
     )
     if not args.json:
         rows = []
@@ -285,6 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-size-mb", type=float)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--budget-s", type=float, default=600)
+    p.add_argument(
+        "--thorough",
+        action="store_true",
+        help="also search the recipes that take minutes (qat, pruning with "
+        "recovery fine-tuning, NNCF where installed)",
+    )
     p.add_argument("--provider", default="CPUExecutionProvider", help="execution provider")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_auto)

@@ -4,6 +4,7 @@ from django.utils.translation import gettext_lazy as _
 
 from compression.choices import JOB_KPIS, DatasetPurpose, JobMode, ModelTask
 from compression.engine.search import DEFAULT_QUALITY_FLOOR
+from compression.jobs import MAX_BUDGET_S, MIN_BUDGET_S
 from compression.models import Dataset, MLModel
 from compression.workers import training_workers
 
@@ -125,8 +126,12 @@ class JobForm(forms.Form):
         required=False,
         widget=forms.ClearableFileInput(attrs={"accept": ".npz"}),
     )
+    # The bounds are create_job's rule (its refusal lands on this field); the widget
+    # only shows them.
     time_budget_s = forms.IntegerField(
-        label=_("Time budget (s)"), initial=600, min_value=10, max_value=6 * 3600
+        label=_("Time budget (s)"),
+        initial=600,
+        widget=forms.NumberInput(attrs={"min": MIN_BUDGET_S, "max": MAX_BUDGET_S}),
     )
     training = forms.BooleanField(
         label=_("Auto: also train (QAT; pruning is fine-tuned)"),
@@ -185,6 +190,11 @@ class JobForm(forms.Form):
             "finetune_epochs": data.get("finetune_epochs"),
             "distill": {k: v for k, v in distill.items() if v is not None},
         }
+
+    def uploads(self) -> dict:
+        """Datasets uploaded inline: purpose → file (it replaces the chosen dataset)."""
+        data = self.cleaned_data
+        return {p: data[f"{p}_file"] for p in DatasetPurpose.values if data.get(f"{p}_file")}
 
     def kpis(self) -> dict:
         return {k: self.cleaned_data[k] for k in JOB_KPIS if self.cleaned_data.get(k) is not None}

@@ -278,11 +278,40 @@ def create_job(
     return job
 
 
+def create_job_with_uploads(source: ModelVersion, *, uploads: dict, actor=None, **request):
+    """`create_job` with datasets uploaded in the same request (`uploads`: "calibration"
+    or "evaluation" → uploaded file, taking the place of a chosen dataset).
+
+    They are registered first, because the job's checks read them, and removed again
+    when an upload or the job is refused: a refused request leaves no dataset behind.
+    """
+    from compression import services
+
+    registered = []
+    try:
+        for field, upload in uploads.items():
+            dataset = services.register_dataset(
+                upload.temporary_file_path(),
+                name=upload.name.rsplit(".", 1)[0],
+                purpose=DatasetPurpose(field),
+                original_filename=upload.name,
+                model=source.model,
+                actor=actor,
+            )
+            registered.append(dataset)
+            request[field] = dataset
+        return create_job(source, actor=actor, **request)
+    except Exception:
+        for dataset in registered:
+            services.discard_dataset(dataset)
+        raise
+
+
 def enqueue_job(job_id: int) -> bool:
     """Send the job's message. Precondition: the job row is committed.
 
     A broker that is down does not lose the job: the row stays queued with no
-    `enqueued_at`, and `requeue_stale_jobs` sends it again later (RELIABILITY C5).
+    `enqueued_at`, and `requeue_stale_jobs` sends it again later (docs/reliability.md C5).
     """
     from compression.tasks import run_compression_job
 

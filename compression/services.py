@@ -213,6 +213,14 @@ def register_dataset(
         shutil.rmtree(path.parent, ignore_errors=True)
 
 
+def discard_dataset(dataset: Dataset) -> None:
+    """Delete a dataset that nothing uses yet, and its bytes unless another dataset
+    has the same ones (storage is content-addressed)."""
+    dataset.delete()
+    if not Dataset.objects.filter(artifact=dataset.artifact).exists():
+        storage.delete_quietly(dataset.artifact)
+
+
 def read_npz_headers(path: str | Path) -> dict[str, dict]:
     """Names, dtypes and shapes of the arrays in an .npz, reading headers only."""
     arrays: dict[str, dict] = {}

@@ -3,7 +3,7 @@
 Hard and soft time limits are CELERY_TASK_TIME_LIMIT / CELERY_TASK_SOFT_TIME_LIMIT
 (Celery copies them onto every task and into each message it sends), the queue
 is routed by CELERY_TASK_ROUTES; both live in fleet/settings.py next to the
-Redis visibility timeout that must exceed the hard limit (RELIABILITY C6).
+Redis visibility timeout that must exceed the hard limit (docs/reliability.md C6).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from devices.choices import DeviceStatus, LogLevel
-from devices.models import DeviceGroup, HardwareProfile
+from devices.models import Device, DeviceGroup, HardwareProfile
 
 
 def split_tags(raw: str) -> list[str]:
@@ -62,7 +62,22 @@ class DeviceFilterForm(forms.Form):
         empty_label=_("any hardware"),
     )
     tag = forms.CharField(label=_("Tag"), required=False)
-    model_version = forms.CharField(label=_("Model version"), required=False)
+    model_version = forms.CharField(
+        label=_("Model version"),
+        required=False,
+        widget=forms.TextInput(attrs={"list": "running-versions", "placeholder": "digits:3"}),
+    )
+
+    @staticmethod
+    def running_versions() -> list[str]:
+        """What the fleet reports running: suggestions for "devices running version X"."""
+        return list(
+            Device.objects.exclude(model_version__isnull=True)
+            .exclude(model_version="")
+            .order_by("model_version")
+            .values_list("model_version", flat=True)
+            .distinct()[:200]
+        )
 
     def params(self) -> dict:
         if not self.is_valid():

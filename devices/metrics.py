@@ -19,7 +19,7 @@ from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast
 from django.utils import timezone
 
-from devices import authcache
+from devices import authcache, partitions
 from devices.choices import AlertKind, AlertState, DeviceStatus
 from devices.models import (
     Alert,
@@ -312,13 +312,21 @@ def _delete_before(model, field: str, cutoff: datetime) -> int:
         total += model.objects.filter(pk__in=ids).delete()[0]
 
 
+def _expire_raw(model, cutoff: datetime) -> int:
+    """Partitioned (PostgreSQL): drop whole days; plain table (SQLite): delete."""
+    table = model._meta.db_table
+    if partitions.is_partitioned(table):
+        return partitions.drop_before(table, cutoff)
+    return _delete_before(model, "ts", cutoff)
+
+
 def apply_retention(now: datetime | None = None) -> dict[str, int]:
     now = now or timezone.now()
     return {
-        "telemetry": _delete_before(
-            TelemetryPoint, "ts", now - timedelta(days=settings.TELEMETRY_RETENTION_DAYS)
+        "telemetry": _expire_raw(
+            TelemetryPoint, now - timedelta(days=settings.TELEMETRY_RETENTION_DAYS)
         ),
-        "logs": _delete_before(LogLine, "ts", now - timedelta(days=settings.LOG_RETENTION_DAYS)),
+        "logs": _expire_raw(LogLine, now - timedelta(days=settings.LOG_RETENTION_DAYS)),
         "rollups": _delete_before(
             TelemetryRollup, "minute", now - timedelta(days=settings.ROLLUP_RETENTION_DAYS)
         ),

@@ -230,8 +230,10 @@ class TelemetryPoint(models.Model):
     """One raw sample. Narrow typed columns: this table holds tens of millions of rows.
 
     Rows are written only by `devices.ingest` (one multi-row INSERT … ON CONFLICT
-    DO NOTHING per batch); `(device, boot_id, seq)` makes a resent point a no-op.
-    A BRIN index on `ts` (PostgreSQL only, migration 0004) serves retention.
+    DO NOTHING per batch); `(device, boot_id, seq, ts)` makes a resent point a
+    no-op (the agent resends a record unchanged). On PostgreSQL the table is
+    partitioned by day (`devices.partitions`, migration 0009): the unique key
+    must hold the partition key `ts`; a BRIN index on `ts` serves time scans.
     """
 
     # No database FK constraint: its per-row trigger (a FOR KEY SHARE lookup of
@@ -259,7 +261,7 @@ class TelemetryPoint(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["device", "boot_id", "seq"], name="telemetry_device_boot_seq"
+                fields=["device", "boot_id", "seq", "ts"], name="telemetry_device_boot_seq"
             )
         ]
         indexes = [models.Index(fields=["device", "ts"], name="telemetry_device_ts")]
@@ -283,7 +285,9 @@ class LogLine(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["device", "boot_id", "seq"], name="log_device_boot_seq")
+            models.UniqueConstraint(
+                fields=["device", "boot_id", "seq", "ts"], name="log_device_boot_seq"
+            )
         ]
         indexes = [models.Index(fields=["device", "ts"], name="log_device_ts")]
 
@@ -319,7 +323,7 @@ class TelemetryRollup(models.Model):
 
 
 class DropReport(models.Model):
-    """Records an agent's bounded offline buffer dropped (RELIABILITY E3).
+    """Records an agent's bounded offline buffer dropped (docs/reliability.md E3).
 
     Keyed by the batch that carried the count, so a resent batch does not count
     twice; a resend may carry a larger count (more dropped meanwhile): keep the max.
@@ -396,3 +400,19 @@ class Alert(models.Model):
         self.state = AlertState.RESOLVED
         self.resolved_at = timezone.now()
         self.save(update_fields=["state", "resolved_at"])
+
+
+class FleetSample(models.Model):
+    """The fleet's health at one moment, written by a beat task: the overview charts
+    online devices and open alerts over time from these rows."""
+
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    total = models.IntegerField()
+    online = models.IntegerField()
+    open_alerts = models.IntegerField()
+
+    class Meta:
+        ordering = ["at"]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M} {self.online}/{self.total}"

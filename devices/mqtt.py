@@ -21,7 +21,7 @@ from django.db import DatabaseError, close_old_connections, connection
 
 from devices import services
 from devices.auth import authenticate_token
-from fleet import jsonbody
+from fleet import jsonbody, prometheus
 from fleet.refusal import Refusal
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,10 @@ class Bridge:
             log.exception("mqtt: failed to handle message on %s", message.topic)
             uid, answer = None, {}
         self.handled += 1
+        prometheus.MQTT_MESSAGES.labels(
+            message.topic.rsplit("/", 1)[-1],
+            "ok" if "accepted" in answer else "refused" if answer.get("code") else "error",
+        ).inc()
         if self.acks and uid:
             kind = message.topic.rsplit("/", 1)[-1]
             client.publish(f"edgefleet/{uid}/ack/{kind}", json.dumps(answer), qos=0)

@@ -27,6 +27,7 @@ from devices.models import (
     LatencyBaseline,
     Tag,
 )
+from fleet import prometheus
 from fleet.refusal import Refusal
 
 UID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
@@ -244,20 +245,28 @@ def _ingest(
         )
     except ingest.BadBatch as exc:
         status = 413 if isinstance(batch, list) else 400
+        prometheus.count_records(table.kind, rejected=len(batch) if status == 413 else 1)
         raise DeviceError("too_large" if status == 413 else "bad_batch", str(exc), status) from None
     result.new = ingest.insert(table, device.pk, keys, rows)
     result.duplicates += len(rows) - result.new
-    if dropped and keys:
-        record_dropped(device, table.kind, keys[0], dropped)
+    newly_dropped = record_dropped(device, table.kind, keys[0], dropped) if dropped and keys else 0
+    prometheus.count_records(
+        table.kind,
+        stored=result.new,
+        duplicate=result.duplicates,
+        rejected=len(result.rejected),
+        dropped=newly_dropped,
+    )
     if not seen_noted:
         note_seen(device)
     return result
 
 
-def record_dropped(device: Device, kind: str, first_key: tuple[str, int], count) -> None:
-    """Remember how many records the agent's buffer dropped; idempotent per batch."""
+def record_dropped(device: Device, kind: str, first_key: tuple[str, int], count) -> int:
+    """Remember how many records the agent's buffer dropped; idempotent per batch.
+    Returns how many more than already recorded for that batch."""
     if isinstance(count, bool) or not isinstance(count, int) or count <= 0:
-        return
+        return 0
     count = min(count, 2**31 - 1)
     boot_id, first_seq = first_key
     report, created = DropReport.objects.get_or_create(
@@ -267,8 +276,13 @@ def record_dropped(device: Device, kind: str, first_key: tuple[str, int], count)
         first_seq=first_seq,
         defaults={"count": count},
     )
-    if not created and report.count < count:
-        DropReport.objects.filter(pk=report.pk, count__lt=count).update(count=count)
+    if created:
+        return count
+    if report.count < count and DropReport.objects.filter(pk=report.pk, count__lt=count).update(
+        count=count
+    ):
+        return count - report.count
+    return 0
 
 
 def ingest_telemetry(
@@ -318,5 +332,17 @@ def revoke_device(device: Device) -> int:
     return count
 
 
-def set_tags(device: Device, names) -> None:
-    device.tags.set(tags_named(names))
+def update_device(device: Device, changes: dict) -> None:
+    """Apply an operator's edit: any of `tags` (names), `group` (or None) and `name`.
+
+    One transaction: a refused tag name leaves the device as it was. The page and the
+    API both edit devices through here.
+    """
+    with transaction.atomic():
+        if "tags" in changes:
+            device.tags.set(tags_named(changes["tags"]))
+        if "group" in changes:
+            device.move_to(changes["group"])
+        if "name" in changes:
+            device.name = changes["name"]
+            device.save(update_fields=["name"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from devices import authcache, metrics
+from devices import authcache, metrics, overview, partitions
 
 
 @shared_task(ignore_result=True)
@@ -35,3 +35,13 @@ def check_drift() -> int:
 @shared_task(ignore_result=True)
 def apply_retention() -> dict:
     return metrics.apply_retention()
+
+
+@shared_task(ignore_result=True)
+def create_partitions() -> list[str]:
+    return partitions.ensure_partitions()
+
+
+@shared_task(ignore_result=True)
+def sample_fleet() -> None:
+    overview.sample_fleet()

@@ -7,6 +7,7 @@ app_name = "devices"
 urlpatterns = [
     path("", views.index, name="index"),
     path("widget/", views.widget, name="widget"),
+    path("widget/charts/", views.charts_widget, name="charts-widget"),
     path("list/", views.device_list, name="device-list"),
     path("enrollment/", views.enrollment, name="enrollment"),
     path("enrollment/<int:pk>/revoke/", views.enrollment_revoke, name="enrollment-revoke"),

@@ -14,7 +14,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
-from devices import metrics, services
+from devices import metrics, overview, services
 from devices.choices import AlertState, DeviceStatus
 from devices.forms import (
     LOG_LEVELS,
@@ -64,6 +64,12 @@ def index(request):
 @login_required
 def widget(request):
     return render(request, "devices/widget.html", overview_context())
+
+
+@login_required
+def charts_widget(request):
+    """Home page card: fleet health over time, devices by installed version and profile."""
+    return render(request, "devices/charts_widget.html", {"charts": overview.charts()})
 
 
 @login_required
@@ -173,12 +179,15 @@ def device_edit(request, uid: str):
     device = get_object_or_404(Device, uid=uid)
     form = DeviceEditForm(request.POST)
     if form.is_valid():
+        changes = {
+            "tags": split_tags(form.cleaned_data["tags"] or ""),
+            "group": form.cleaned_data["group"],
+        }
         try:
-            services.set_tags(device, split_tags(form.cleaned_data["tags"] or ""))
+            services.update_device(device, changes)
         except services.DeviceError as exc:
             messages.error(request, exc.message)
             return redirect("devices:device-detail", uid=uid)
-        device.move_to(form.cleaned_data["group"])
         audit.note(request, "device.update", device)
         messages.success(request, _("Device updated."))
     else:

@@ -1,4 +1,4 @@
-"""Audit log: every authenticated write leaves a row (RELIABILITY A7).
+"""Audit log: every authenticated write leaves a row (docs/reliability.md A7).
 
 The middleware guarantees coverage (one row per unsafe request by a signed-in
 operator, whatever the outcome); views add what was touched with `note()`.

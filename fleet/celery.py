@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from enum import StrEnum
 
-from celery import Celery
+from celery import Celery, signals
 from kombu import Queue as KombuQueue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fleet.settings")
@@ -45,3 +45,30 @@ app.conf.update(
     worker_hijack_root_logger=False,
 )
 app.autodiscover_tasks()
+
+
+@signals.task_failure.connect
+def _count_failure(sender=None, **kwargs):
+    from fleet import prometheus
+
+    prometheus.TASK_FAILURES.labels(getattr(sender, "name", "unknown")).inc()
+
+
+@signals.worker_init.connect
+def _serve_metrics(**kwargs):
+    """METRICS_PORT: the worker's main process serves every pool process's events
+    (multiprocess mode, PROMETHEUS_MULTIPROC_DIR, emptied here at start)."""
+    from django.conf import settings
+
+    from fleet import prometheus
+
+    if settings.METRICS_PORT:
+        prometheus.reset_multiprocess_dir()
+        prometheus.serve(settings.METRICS_PORT, settings.METRICS_ADDR)
+
+
+@signals.worker_process_shutdown.connect
+def _pool_process_gone(pid=None, **kwargs):
+    from fleet import prometheus
+
+    prometheus.mark_process_dead(pid or os.getpid())

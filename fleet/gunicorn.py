@@ -29,3 +29,17 @@ keepalive = 30  # gthread only: devices that keep their connection
 timeout = 120
 backlog = 2048
 accesslog = os.environ.get("WEB_ACCESS_LOG") or None
+
+
+# Prometheus multiprocess mode (PROMETHEUS_MULTIPROC_DIR, see fleet/prometheus.py):
+# start from an empty directory, and stop merging a dead worker's live gauges.
+def on_starting(server):
+    from fleet import prometheus
+
+    prometheus.reset_multiprocess_dir()
+
+
+def child_exit(server, worker):
+    from fleet import prometheus
+
+    prometheus.mark_process_dead(worker.pid)

@@ -1,4 +1,4 @@
-"""Refuse oversize bodies with 413 before a byte of them is read (RELIABILITY O2)."""
+"""Refuse oversize bodies with 413 before a byte of them is read (docs/reliability.md O2)."""
 
 from __future__ import annotations
 

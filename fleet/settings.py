@@ -16,7 +16,7 @@ from django.core.exceptions import ImproperlyConfigured
 from fleet.env import env_bool, env_int, env_list, env_str
 from fleet.proxy import parse_networks
 
-# onnxruntime looks up a vendor telemetry host unless told not to (RELIABILITY N1);
+# onnxruntime looks up a vendor telemetry host unless told not to (docs/reliability.md N1);
 # it must be set before the first import of onnxruntime in any process we start.
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
@@ -152,7 +152,7 @@ else:
 
 # --- celery -------------------------------------------------------------------
 # Hard limit of the longest task; the Redis visibility timeout must exceed it
-# or Redis redelivers a job that is still running (RELIABILITY C6).
+# or Redis redelivers a job that is still running (docs/reliability.md C6).
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 1800, minimum=10)
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 1740, minimum=5)
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL or "filesystem://")
@@ -332,6 +332,9 @@ DEVICE_AUTH_NEGATIVE_S = env_int("DEVICE_AUTH_NEGATIVE_S", 300, minimum=1)
 TELEMETRY_RETENTION_DAYS = env_int("TELEMETRY_RETENTION_DAYS", 7, minimum=1)
 LOG_RETENTION_DAYS = env_int("LOG_RETENTION_DAYS", 14, minimum=1)
 ROLLUP_RETENTION_DAYS = env_int("ROLLUP_RETENTION_DAYS", 90, minimum=1)
+# PostgreSQL: raw telemetry/logs are partitioned by day; partitions for this many
+# days ahead are created by a beat task (devices/partitions.py).
+TELEMETRY_PARTITIONS_AHEAD_DAYS = env_int("TELEMETRY_PARTITIONS_AHEAD_DAYS", 3, minimum=1)
 # Alert when a device's p95 latency exceeds its version × profile estimate by this factor.
 LATENCY_ALERT_FACTOR = float(env_str("LATENCY_ALERT_FACTOR", "1.5"))
 # Alert when a device's input drift score (PSI against the calibration data) exceeds this.
@@ -345,10 +348,12 @@ CELERY_BEAT_SCHEDULE.update(
     {
         "devices-rollup": {"task": "devices.tasks.rollup_telemetry", "schedule": 60.0},
         "devices-offline": {"task": "devices.tasks.detect_offline", "schedule": 60.0},
+        "devices-sample": {"task": "devices.tasks.sample_fleet", "schedule": 300.0},
         "devices-presence": {"task": "devices.tasks.flush_presence", "schedule": 15.0},
         "devices-latency": {"task": "devices.tasks.check_latency", "schedule": 300.0},
         "devices-drift": {"task": "devices.tasks.check_drift", "schedule": 300.0},
         "devices-retention": {"task": "devices.tasks.apply_retention", "schedule": 3600.0},
+        "devices-partitions": {"task": "devices.tasks.create_partitions", "schedule": 3600.0},
     }
 )
 
@@ -378,6 +383,15 @@ CELERY_BEAT_SCHEDULE["ota-evaluate-deployments"] = {
     "schedule": float(OTA_GATE_INTERVAL_S),
 }
 
+# --- metrics (fleet/prometheus.py) ---------------------------------------------------
+# Count device requests, ingested records, ... (off only to measure what counting costs).
+METRICS_ENABLED = env_bool("METRICS_ENABLED", True)
+# Bearer token that `/metrics` requires; unset, the web does not expose it (404).
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+# Worker and MQTT bridge: serve their metrics on this port (0 = off), on METRICS_ADDR.
+METRICS_PORT = env_int("METRICS_PORT", 0, minimum=0)
+METRICS_ADDR = env_str("METRICS_ADDR", "127.0.0.1")
+
 # --- i18n ---------------------------------------------------------------------
 LANGUAGE_CODE = "en"
 LANGUAGES = [("en", "English"), ("zh-hans", "简体中文")]
@@ -388,6 +402,7 @@ USE_TZ = True
 
 # --- home dashboard: URL names of widgets served by the apps (fleet imports none)
 EDGEFLEET_HOME_WIDGETS = [
+    "devices:charts-widget",
     "compression:widget",
     "devices:widget",
     "ota:widget",

@@ -1,7 +1,7 @@
 """Content-addressed object storage on whatever backend STORAGES names.
 
 Objects are stored at `<prefix>/<sha256><ext>`: the same bytes uploaded twice
-are one object (RELIABILITY O5) and a redelivered task that writes the same
+are one object (docs/reliability.md O5) and a redelivered task that writes the same
 output is harmless.
 """
 

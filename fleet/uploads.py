@@ -1,4 +1,4 @@
-"""Upload handling that never buffers a large body in memory (RELIABILITY O2)."""
+"""Upload handling that never buffers a large body in memory (docs/reliability.md O2)."""
 
 from __future__ import annotations
 

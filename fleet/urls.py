@@ -5,12 +5,13 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from fleet import me, views
+from fleet import me, prometheus, views
 
 urlpatterns = [
     path("", include("fleet.device_api.urls")),  # the device API: most requests by far
     path("", views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
+    path("metrics", prometheus.metrics_view, name="metrics"),
     path("accounts/login/", views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("i18n/", include("django.conf.urls.i18n")),

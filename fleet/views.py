@@ -35,7 +35,7 @@ def healthz(request):
 
 
 class LoginView(auth_views.LoginView):
-    """Django's login with a per-account failure limit (RELIABILITY A6)."""
+    """Django's login with a per-account failure limit (docs/reliability.md A6)."""
 
     template_name = "registration/login.html"
 

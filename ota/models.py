@@ -15,7 +15,6 @@ from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from devices.agent.manifest import ManifestError, check_policy
 from ota.choices import (
     ACTIVE_STATES,
     FINAL_STATES,
@@ -24,7 +23,7 @@ from ota.choices import (
     DeploymentStatus,
     UpdateState,
 )
-from ota.gates import GateConfig, phase_targets
+from ota.gates import GateConfig
 
 
 def version_label(model_version) -> str:
@@ -53,11 +52,14 @@ class Release(models.Model):
         return self.name
 
     def clean(self) -> None:
+        """The admin's check: the rule is `ota.services.check_release_policy`."""
+        from ota import services
+
         names = set(self.variants.values_list("name", flat=True)) if self.pk else set()
         names.add(self.default_variant)
         try:
-            check_policy(self.policy or {}, names)
-        except ManifestError as exc:
+            services.check_release_policy(self.policy, names)
+        except services.OtaError as exc:
             raise ValidationError({"policy": exc.message}) from None
 
 
@@ -141,14 +143,14 @@ class Deployment(models.Model):
         return f"#{self.pk} {self.release}"
 
     def clean(self) -> None:
+        """The admin's check: the rule is `ota.services.clean_phases`."""
+        from ota import services
+
         try:
-            phase_targets(1, [float(p) for p in self.phases])
-            if len(self.gates) != len(self.phases):
-                raise ValueError("one gate configuration per phase")
-            for gate in self.gates:
-                GateConfig.from_dict(gate)
-        except (TypeError, ValueError) as exc:
-            raise ValidationError({"phases": str(exc)}) from None
+            services.clean_phases(self.phases, self.gates)
+        except services.OtaError as exc:
+            field = "gates" if (exc.field or "").startswith("gates") else "phases"
+            raise ValidationError({field: exc.message}) from None
 
     def gate_config(self, phase: int) -> GateConfig:
         return GateConfig.from_dict(self.gates[phase] if phase < len(self.gates) else {})

@@ -21,6 +21,7 @@ from compression.models import ModelVersion
 from devices.agent.manifest import ManifestError, check_policy
 from devices.choices import DeviceStatus
 from devices.models import Device, DeviceGroup, HardwareProfile, QueryGroup
+from fleet import prometheus
 from fleet.refusal import Refusal
 from fleet.roles import Role, has_role, role_of
 from ota import manifests, stats
@@ -86,10 +87,7 @@ def create_release(
     default_variant = default_variant or rows[0].name
     if default_variant not in names:
         raise OtaError("bad_default", _("The default variant names no variant."))
-    try:
-        check_policy(policy or {}, names)
-    except ManifestError as exc:
-        raise OtaError("bad_policy", exc.message) from None
+    check_release_policy(policy, names)
     with transaction.atomic():
         release = Release.objects.create(
             name=name[:120],
@@ -103,6 +101,14 @@ def create_release(
             row.release = release
         ReleaseVariant.objects.bulk_create(rows)
     return release
+
+
+def check_release_policy(policy: dict | None, names: set[str]) -> None:
+    """The policy may only name the release's variants (also `Release.clean`'s rule)."""
+    try:
+        check_policy(policy or {}, names)
+    except ManifestError as exc:
+        raise OtaError("bad_policy", exc.message) from None
 
 
 def _model_version(value) -> ModelVersion:
@@ -510,6 +516,7 @@ def evaluate_deployments(now: datetime | None = None) -> dict[int, str]:
     ):
         outcome[deployment.pk] = _isolated(deployment, lambda d: evaluate_deployment(d, now))
     refresh_manifests(now)
+    prometheus.count_gate_decisions(outcome)
     return outcome
 
 

@@ -1,7 +1,7 @@
 """EdgeFleet compression engine: a plain library with no Django import.
 
 onnxruntime 1.32 looks up a vendor telemetry host shortly after a session
-opens unless this variable is set before it loads (RELIABILITY N1), so it is
+opens unless this variable is set before it loads (docs/reliability.md N1), so it is
 set here, before any engine module can import onnxruntime.
 """
 

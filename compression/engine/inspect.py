@@ -1,7 +1,7 @@
 """Describe an ONNX model: IO, opsets, parameters, op histogram, FLOPs.
 
 Everything here reads the protobuf with ``load_external_data=False`` so that
-inspecting a hostile file never opens a path the file names (RELIABILITY O1).
+inspecting a hostile file never opens a path the file names (docs/reliability.md O1).
 """
 
 from __future__ import annotations

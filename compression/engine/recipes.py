@@ -20,7 +20,7 @@ from compression.engine.errors import PassConfigError
 from compression.engine.passes import get_pass
 from compression.engine.passes._util import strip_unused_opsets
 
-# the default set a compression job measures (DESIGN: "all default recipes")
+# the default set a compression job measures: all the default recipes
 DEFAULT_RECIPES: tuple[str, ...] = (
     "prepare",
     "optimize",

@@ -2,7 +2,8 @@
 
 Why a process and not a thread: a hostile or simply huge model can segfault
 onnxruntime or allocate without bound. Only a separate process with rlimits
-and a wall-clock timeout keeps the web server / Celery worker alive (O4).
+and a time limit that stretches with the machine's load keeps the web server /
+Celery worker alive (O4).
 
 The function is named by ``"module:qualname"`` (or given as a module-level
 callable); arguments and the return value travel as JSON. Engine errors
@@ -18,6 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -67,7 +69,8 @@ def run_isolated(
     """Call ``func(*args, **kwargs)`` in a child process and return its JSON result.
 
     ``memory_mb`` caps the address space (RLIMIT_AS), ``cpu_s`` the CPU seconds
-    (RLIMIT_CPU, default: the timeout rounded up), ``timeout_s`` the wall clock.
+    (RLIMIT_CPU, default: the timeout rounded up), ``timeout_s`` the time the child
+    may have the machine (wall time less its waits for a CPU: `_wait`).
     Raises ``SandboxTimeout`` when the child hangs, ``SandboxCrashed`` when it
     dies, and re-raises engine errors the child raised.
     """
@@ -92,26 +95,29 @@ def run_isolated(
         payload_path = Path(tmp) / "payload.json"
         result_path = Path(tmp) / "result.json"
         payload_path.write_text(json.dumps(payload))
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _BOOTSTRAP, str(payload_path), str(result_path)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env=child_env,
-            cwd=tmp,
-            start_new_session=True,  # own process group: a timeout kills its threads/children too
-        )
+        stderr_path = Path(tmp) / "stderr"
+        with open(stderr_path, "wb") as stderr_file:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", _BOOTSTRAP, str(payload_path), str(result_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr_file,
+                env=child_env,
+                cwd=tmp,
+                start_new_session=True,  # own process group: a timeout kills its children too
+            )
         try:
-            _, stderr = proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            raise SandboxTimeout(
-                f"the isolated process did not finish within {timeout_s:g} s and was killed"
-            ) from None
+            finished = _wait(proc, timeout_s)
         except BaseException:
             # interrupted (a task's soft time limit, Ctrl-C): take the child down with us
             _kill_group(proc)
             raise
+        if not finished:
+            _kill_group(proc)
+            raise SandboxTimeout(
+                f"the isolated process did not finish within {timeout_s:g} s and was killed"
+            )
+        stderr = stderr_path.read_bytes()
         if proc.returncode != 0 or not result_path.exists():
             tail = (stderr or b"").decode(errors="replace").strip().splitlines()[-1:]
             detail = f": {tail[0][:300]}" if tail else ""
@@ -124,6 +130,43 @@ def run_isolated(
     if cls is None:
         raise RemoteError(err["class"], err["message"])
     raise cls(*err["args"])
+
+
+# Whatever the load, a child is stopped after this many times its limit in wall time.
+MAX_STRETCH = 10
+
+
+def _wait(proc: subprocess.Popen, timeout_s: float) -> bool:
+    """Wait until the child exits (True) or has had `timeout_s` of the machine (False).
+
+    The limit counts wall time minus the time the child sat runnable on a run queue
+    waiting for a CPU (Linux schedstat): on a loaded machine it stretches with the
+    load, so a slow but honest validation is not refused, while a child that sleeps
+    or spins is stopped after `timeout_s`. Without schedstat it is the wall clock.
+    """
+    began = time.monotonic()
+    while True:
+        elapsed = time.monotonic() - began
+        left = min(
+            timeout_s - (elapsed - _runqueue_wait_s(proc.pid)),
+            timeout_s * MAX_STRETCH - elapsed,
+        )
+        if left <= 0:
+            return proc.poll() is not None
+        try:
+            proc.wait(timeout=left)
+        except subprocess.TimeoutExpired:
+            continue
+        return True
+
+
+def _runqueue_wait_s(pid: int) -> float:
+    """Seconds the process's main thread waited for a CPU (0 when unknown)."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as fh:
+            return int(fh.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

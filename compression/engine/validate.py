@@ -3,7 +3,7 @@
 Cheap checks (existence, size, magic byte) run in the caller; everything that
 parses or executes the model runs in a sandboxed child (``run_isolated``), so
 a file crafted to crash protobuf, the checker or onnxruntime only kills that
-child (RELIABILITY O1, O3, O4).
+child (docs/reliability.md O1, O3, O4).
 """
 
 from __future__ import annotations

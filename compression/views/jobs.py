@@ -11,7 +11,6 @@ from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
 from compression import jobs, services
-from compression.choices import DatasetPurpose
 from compression.forms import JobForm
 from compression.models import CompressionJob, ModelVersion
 from fleet import audit, health
@@ -32,20 +31,6 @@ def job_list(request):
     return render(request, "compression/job_list.html", {"page": page, "queue_depths": depths})
 
 
-def _dataset_from_upload(form: JobForm, field: str, purpose: str, version, actor):
-    upload = form.cleaned_data.get(f"{field}_file")
-    if upload is None:
-        return form.cleaned_data.get(field)
-    return services.register_dataset(
-        upload.temporary_file_path(),
-        name=upload.name.rsplit(".", 1)[0],
-        purpose=purpose,
-        original_filename=upload.name,
-        model=version.model,
-        actor=actor,
-    )
-
-
 @role_required(Role.OPERATOR)
 def job_create(request, version_pk: int):
     version = get_object_or_404(ModelVersion.objects.select_related("model"), pk=version_pk)
@@ -53,20 +38,15 @@ def job_create(request, version_pk: int):
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
-            calibration = _dataset_from_upload(
-                form, "calibration", DatasetPurpose.CALIBRATION, version, request.user
-            )
-            evaluation = _dataset_from_upload(
-                form, "evaluation", DatasetPurpose.EVALUATION, version, request.user
-            )
-            job = jobs.create_job(
+            job = jobs.create_job_with_uploads(
                 version,
+                uploads=form.uploads(),
                 mode=data["mode"],
                 recipes=data["recipes"],
                 kpis=form.kpis(),
                 hardware_profile=data["hardware_profile"],
-                calibration=calibration,
-                evaluation=evaluation,
+                calibration=data["calibration"],
+                evaluation=data["evaluation"],
                 time_budget_s=data["time_budget_s"],
                 actor=request.user,
                 options=form.options(),
@@ -120,8 +100,9 @@ def job_live(request, pk: int):
 def job_chart(request, pk: int):
     """Points of the Pareto chart: latency vs accuracy (or fidelity), size as radius."""
     job = get_object_or_404(CompressionJob, pk=pk)
+    candidates = _results(job)
     points = []
-    for c in _results(job):
+    for c in candidates:
         m = c.metrics or {}
         if "p50_ms" not in m:
             continue
@@ -137,10 +118,10 @@ def job_chart(request, pk: int):
                 "meets_kpis": c.meets_kpis,
             }
         )
-    has_accuracy = any((c.metrics or {}).get("accuracy") is not None for c in _results(job))
+    has_accuracy = any((c.metrics or {}).get("accuracy") is not None for c in candidates)
     training = [
         {"recipe": c.recipe, **curve}
-        for c in _results(job)
+        for c in candidates
         for curve in (c.metrics or {}).get("training", [])
     ]
     return JsonResponse(

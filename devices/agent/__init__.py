@@ -3,7 +3,7 @@
 import os
 
 # onnxruntime looks up a vendor telemetry host unless this is set before it loads
-# (RELIABILITY N1); the agent package is always imported before any ORT import.
+# (docs/reliability.md N1); the agent package is always imported before any ORT import.
 os.environ["ORT_DISABLE_TELEMETRY"] = "1"
 
 __version__ = "0.1.0"

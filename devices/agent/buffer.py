@@ -2,7 +2,7 @@
 
 One SQLite file (WAL) survives restarts and power cuts. Each kind has a cap:
 adding past it drops the oldest records and counts them, and the exact count
-travels with the next delivered batch as `dropped` (RELIABILITY E3). Records
+travels with the next delivered batch as `dropped` (docs/reliability.md E3). Records
 keep the `boot_id` and `seq` they were created with, so a resend after a
 crash is deduplicated by the server (E1, E2).
 

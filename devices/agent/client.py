@@ -9,7 +9,7 @@ answer must be complete within the timeout as a whole, not per read, so a
 trickled one cannot hold the agent either. `Pacer` decides when
 to talk next: the server-advised interval plus jitter after success,
 exponential backoff with full jitter after errors, never sooner than the
-advised interval or a `Retry-After` (RELIABILITY U10, E4).
+advised interval or a `Retry-After` (docs/reliability.md U10, E4).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Resumable artifact download bounded by the signed size (RELIABILITY U4, U8).
+"""Resumable artifact download bounded by the signed size (docs/reliability.md U4, U8).
 
 The bytes go to `downloads/<sha256>.part` in the state directory. After a cut
 at byte k the next attempt asks `Range: bytes=k-`; a 206 whose `Content-Range`

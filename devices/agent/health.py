@@ -1,4 +1,4 @@
-"""Post-install health check: can this device run the model? (RELIABILITY U9)
+"""Post-install health check: can this device run the model? (docs/reliability.md U9)
 
 Open an onnxruntime session, run warm-up inferences on generated input that
 matches the declared inputs, and require every output to be finite and of the

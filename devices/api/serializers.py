@@ -1,7 +1,9 @@
-"""Field mapping only; validation lives in devices.services / devices.ingest."""
+"""Field mapping only; the rules live in devices.services, devices.ingest and the models
+(called from here, never restated)."""
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
 from devices.choices import LogLevel
@@ -71,6 +73,14 @@ class QueryGroupSerializer(serializers.ModelSerializer):
         model = QueryGroup
         fields = ["id", "name", "query", "created_at"]
         read_only_fields = ["id", "created_at"]
+
+    def validate_query(self, value: str) -> str:
+        """The model's rule (`QueryGroup.clean`), as a 400 on `query`."""
+        try:
+            QueryGroup(query=value).clean()
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.messages) from None
+        return value
 
 
 class EnrollmentTokenSerializer(serializers.ModelSerializer):

@@ -8,13 +8,19 @@ do nothing for a bearer-token device, and on the endpoints every device calls
 every few seconds they cost a fifth of the request's CPU
 (benchmarks/simulated_fleet.py). Everything else goes down the chain as usual.
 The body limit and the rest are the toolkit's (`fleet.device_api.toolkit`).
+Each device request is counted and timed for Prometheus (`fleet.prometheus`:
+endpoint = URL name, status) unless METRICS_ENABLED=0.
 """
 
 from __future__ import annotations
 
+from time import perf_counter
+
 from django.conf import settings
 from django.middleware.security import SecurityMiddleware
 from django.urls import Resolver404, get_resolver, set_urlconf
+
+from fleet import prometheus
 
 URLCONF = "fleet.device_api.urls"
 
@@ -25,6 +31,7 @@ class DeviceAPIMiddleware:
         self.prefix = settings.DEVICE_API_PREFIX
         self.resolver = get_resolver(URLCONF)
         self.device_chain = SecurityMiddleware(self.dispatch)
+        self.measured = prometheus.enabled()
 
     def __call__(self, request):
         if not request.path_info.startswith(self.prefix):
@@ -32,6 +39,21 @@ class DeviceAPIMiddleware:
         # As a middleware may: 404/500 handlers (JSON) and resolve() use these routes.
         request.urlconf = URLCONF
         set_urlconf(URLCONF)
+        if self.measured:
+            return self.measure(request)
+        return self.answer(request)
+
+    def measure(self, request):
+        start = perf_counter()
+        try:
+            response = self.answer(request)
+        except Exception:
+            prometheus.observe_device_request(request, 500, perf_counter() - start)
+            raise
+        prometheus.observe_device_request(request, response.status_code, perf_counter() - start)
+        return response
+
+    def answer(self, request):
         response = self.device_chain(request)
         if not response.streaming and not response.has_header("Content-Length"):
             response.headers["Content-Length"] = str(len(response.content))

@@ -1,4 +1,4 @@
-"""The agent imports no Django and no project code outside devices/agent (DESIGN)."""
+"""The agent imports no Django and no project code outside devices/agent (docs/architecture.md)."""
 
 from __future__ import annotations
 

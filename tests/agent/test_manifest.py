@@ -1,4 +1,4 @@
-"""Manifest signing and verification (RELIABILITY U1, U2, U3, U5) and switching policy."""
+"""Manifest signing and verification (docs/reliability.md U1, U2, U3, U5) and switching policy."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Hostile and broken ONNX files for upload tests (RELIABILITY O1–O4)."""
+"""Hostile and broken ONNX files for upload tests (docs/reliability.md O1–O4)."""
 
 from __future__ import annotations
 

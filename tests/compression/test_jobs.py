@@ -419,3 +419,71 @@ def test_job_form_accepts_inline_dataset_uploads(
     job = CompressionJob.objects.get()
     assert job.evaluation.name == "fresh-eval" and job.evaluation.model == demo.version.model
     assert job.evaluation.purpose == "evaluation"
+
+
+def test_refused_job_leaves_no_uploaded_dataset_behind(client, operator_user, demo):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from compression.models import Dataset
+    from tests.conftest import FIXTURES
+
+    client.force_login(operator_user)
+    with np.load(FIXTURES / "digits_eval.npz") as arrays:
+        fresh = _npz(**{k: arrays[k] for k in arrays.files}, extra=np.zeros(3)).getvalue()
+    datasets, stored = Dataset.objects.count(), stored_names("datasets")
+    response = client.post(
+        f"/models/versions/{demo.version.pk}/compress/",
+        {
+            "mode": "recipes",
+            "recipes": ["int8-static"],  # needs calibration data: refused
+            "evaluation_file": SimpleUploadedFile("fresh-eval.npz", fresh),
+            "time_budget_s": "120",
+        },
+    )
+    assert response.status_code == 400 and b"calibration" in response.content
+    assert not CompressionJob.objects.exists()
+    assert Dataset.objects.count() == datasets and stored_names("datasets") == stored
+    # an upload of bytes another dataset already has leaves that dataset's file alone
+    response = client.post(
+        f"/models/versions/{demo.version.pk}/compress/",
+        {
+            "mode": "recipes",
+            "recipes": ["int8-static"],
+            "evaluation_file": SimpleUploadedFile(
+                "again.npz", (FIXTURES / "digits_eval.npz").read_bytes()
+            ),
+            "time_budget_s": "120",
+        },
+    )
+    assert response.status_code == 400
+    assert Dataset.objects.count() == datasets and stored_names("datasets") == stored
+    assert default_storage.exists(demo.evaluation.artifact)
+
+
+def test_job_form_budget_is_create_jobs_rule(client, operator_user, demo):
+    client.force_login(operator_user)
+    for budget in ("5", str(jobs.MAX_BUDGET_S + 1)):
+        response = client.post(
+            f"/models/versions/{demo.version.pk}/compress/",
+            {"mode": "recipes", "recipes": ["fp16"], "time_budget_s": budget},
+        )
+        assert response.status_code == 400
+        assert "The time budget must be between 10 and 21600 s." in response.content.decode()
+    assert not CompressionJob.objects.exists()
+
+
+def test_job_chart_reads_the_candidates_once(client, viewer_user, demo):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    job = jobs.create_job(
+        demo.version, mode="recipes", recipes=["fp16"], evaluation=demo.evaluation, enqueue=False
+    )
+    for recipe in ("fp32", "fp16", "int8-dynamic"):
+        Candidate.objects.create(job=job, recipe=recipe, metrics={"p50_ms": 1.0, "accuracy": 0.9})
+    client.force_login(viewer_user)
+    with CaptureQueriesContext(connection) as queries:
+        chart = client.get(f"/models/jobs/{job.pk}/chart.json").json()
+    assert len(chart["points"]) == 3
+    reads = [q["sql"] for q in queries if 'FROM "compression_candidate"' in q["sql"]]
+    assert len(reads) == 1, reads

@@ -1,4 +1,4 @@
-"""Jobs under a real Celery worker process (RELIABILITY C1–C6).
+"""Jobs under a real Celery worker process (docs/reliability.md C1–C6).
 
 Each test starts `celery -A fleet worker` subprocesses that share the test
 database (a file on SQLite, the test database on PostgreSQL), the test's media

@@ -33,8 +33,10 @@ def points(first: int, last: int, *, boot: str = "boot-1", **values) -> list[dic
     ]
 
 
-def log_lines(first: int, last: int, *, boot: str = "boot-1", level: str = "info"):
-    now = time.time()
+def log_lines(
+    first: int, last: int, *, boot: str = "boot-1", level: str = "info", ts: float | None = None
+):
+    now = time.time() if ts is None else ts
     return [
         {"seq": seq, "boot_id": boot, "ts": now, "level": level, "message": f"line {seq}"}
         for seq in range(first, last + 1)

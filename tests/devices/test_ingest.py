@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -35,9 +36,10 @@ def test_resent_batch_is_stored_once_with_the_same_answer(api_a, device_a):
 
 
 def test_overlap_in_batch_duplicates_and_new_boot(api_a, device_a):
-    """E2"""
-    assert post(api_a, TELEMETRY, points(1, 100)).status_code == 200
-    response = post(api_a, TELEMETRY, points(50, 150))
+    """E2: an agent resends records from its buffer as they were made (same ts)."""
+    records = points(1, 150)
+    assert post(api_a, TELEMETRY, records[:100]).status_code == 200
+    response = post(api_a, TELEMETRY, records[49:])
     assert response["X-EdgeFleet-New"] == "50"
     assert TelemetryPoint.objects.count() == 150
     doubled = points(200, 210) + points(205, 210)
@@ -184,11 +186,12 @@ def test_database_error_answers_503_and_nothing_half_stored(api_a, monkeypatch):
 
 
 def test_logs_same_rules(api_a, device_a):
-    first = post(api_a, LOGS, log_lines(1, 20))
-    again = post(api_a, LOGS, log_lines(10, 30, level="error"))
+    stamp = time.time()  # a record is (boot_id, seq, ts): resent as it was made
+    first = post(api_a, LOGS, log_lines(1, 20, ts=stamp))
+    again = post(api_a, LOGS, log_lines(10, 30, level="error", ts=stamp))
     assert first.status_code == again.status_code == 200
     assert LogLine.objects.filter(device=device_a[0]).count() == 30
-    assert post(api_a, LOGS, log_lines(1, 20)).json() == first.json()
+    assert post(api_a, LOGS, log_lines(1, 20, ts=stamp)).json() == first.json()
     bad = post(
         api_a,
         LOGS,
@@ -359,7 +362,8 @@ def test_insert_with_and_without_prepared_statements(api_a, settings, prepared):
     from django.db import connection, connections
 
     settings.DEVICE_INGEST_PREPARED = prepared
-    assert post(api_a, TELEMETRY, points(1, 3)).json()["count"] == 3
+    records = points(1, 5)
+    assert post(api_a, TELEMETRY, records[:3]).json()["count"] == 3
     assert post(api_a, LOGS, log_lines(1, 2)).json()["count"] == 2
     if connection.vendor == "postgresql" and prepared:
         assert connections["default"].edgefleet_prepared == {
@@ -367,5 +371,5 @@ def test_insert_with_and_without_prepared_statements(api_a, settings, prepared):
             "edgefleet_insert_logs",
         }
     connection.close()  # a new session: statements prepared again, not assumed
-    assert post(api_a, TELEMETRY, points(2, 5)).json()["accepted"] == {"boot-1": [2, 3, 4, 5]}
+    assert post(api_a, TELEMETRY, records[1:]).json()["accepted"] == {"boot-1": [2, 3, 4, 5]}
     assert TelemetryPoint.objects.count() == 5 and LogLine.objects.count() == 2

@@ -73,24 +73,41 @@ def mqtt_device(mqtt_url):
         device.close()
 
 
+def mqtt_counted(kind: str, outcome: str) -> float:
+    from fleet.prometheus import REGISTRY
+
+    return (
+        REGISTRY.get_sample_value(
+            "edgefleet_mqtt_messages_total", {"kind": kind, "outcome": outcome}
+        )
+        or 0.0
+    )
+
+
 def test_telemetry_and_logs_through_mosquitto(bridge, mqtt_device, device_a):
     device, token = device_a
     client = mqtt_device(device.uid)
-    first = client.publish("telemetry", token, points(1, 200))
+    ok_before, logs_before = mqtt_counted("telemetry", "ok"), mqtt_counted("logs", "ok")
+    batch = points(1, 200)
+    first = client.publish("telemetry", token, batch)
     assert first["count"] == 200 and first["rejected"] == []
     # E1 over MQTT: the resend is stored once and acked identically.
-    assert client.publish("telemetry", token, points(1, 200)) == first
+    assert client.publish("telemetry", token, batch) == first
     assert client.publish("logs", token, log_lines(1, 20))["count"] == 20
     assert TelemetryPoint.objects.filter(device=device).count() == 200
     assert LogLine.objects.filter(device=device).count() == 20
+    assert mqtt_counted("telemetry", "ok") == ok_before + 2  # counted before the ack
+    assert mqtt_counted("logs", "ok") == logs_before + 1
 
 
 def test_device_cannot_publish_as_another(bridge, mqtt_device, device_a, device_b):
     _a, token_a = device_a
     b, _token_b = device_b
     client_b_topic = mqtt_device(b.uid)  # listens on B's acks
+    refused = mqtt_counted("telemetry", "refused")
     answer = client_b_topic.publish("telemetry", token_a, points(1, 5))
     assert answer["code"] == "unauthorized"
+    assert mqtt_counted("telemetry", "refused") == refused + 1
     assert TelemetryPoint.objects.count() == 0
 
 

@@ -239,3 +239,22 @@ def test_device_telemetry_and_logs_endpoints(viewer_api, api_a, device_a):
     assert [line["message"] for line in logs["results"]] == ["boom"]
     assert viewer_api.get("/api/v1/devices/cam-a/telemetry/?minutes=x").status_code == 400
     assert viewer_api.get("/api/v1/devices/nope/telemetry/").status_code == 404
+
+
+def test_update_device_is_the_one_edit_path(device_a):
+    """The page and the API both edit through `services.update_device`: all or nothing."""
+    from devices import services
+
+    device = device_a[0]
+    first, second = DeviceGroup.objects.create(name="g-1"), DeviceGroup.objects.create(name="g-2")
+    services.update_device(device, {"tags": ["North", "cam"], "group": first, "name": "Cam"})
+    device.refresh_from_db()
+    assert (device.group, device.name) == (first, "Cam")
+    assert sorted(t.name for t in device.tags.all()) == ["cam", "north"]
+    with pytest.raises(services.DeviceError):
+        services.update_device(device, {"tags": ["ok", "no spaces"], "group": second})
+    device.refresh_from_db()
+    assert device.group == first and sorted(t.name for t in device.tags.all()) == ["cam", "north"]
+    services.update_device(device, {"group": None})
+    device.refresh_from_db()
+    assert device.group is None and device.tags.count() == 2

@@ -131,10 +131,28 @@ def test_admin_creates_token_moves_tags_and_revokes(admin_user, device_a):
 
 
 def test_rollup_and_series_agree(api_a, device_a):
+    """The minutes the chart reads from rollups (the SQL rollup on PostgreSQL) hold what
+    the raw points say (the Python rollup the chart uses for its live tail)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from devices.models import TelemetryPoint
+
     api_a.post("/api/v1/device/telemetry", {"batch": points(1, 100)}, format="json")
-    assert metrics.rollup() >= 0
+    now = timezone.now()
+    stored = list(TelemetryPoint.objects.filter(device=device_a[0]).order_by("seq"))
+    for i, point in enumerate(stored):  # three complete minutes, older than the live tail
+        point.ts = now - timedelta(minutes=metrics.LIVE_TAIL_MIN + 2 + i % 3, seconds=i % 50)
+    TelemetryPoint.objects.bulk_update(stored, ["ts"])
+    expected = metrics._python_rollups(TelemetryPoint.objects.filter(device=device_a[0]))
+    assert metrics.rollup() == len(expected) >= 3
     series = metrics.series(device_a[0], 60)
-    assert series["labels"]
+    minutes = sorted(minute for _device, minute in expected)
+    assert series["labels"] == [m.isoformat() for m in minutes]
+    for name in metrics.SERIES:
+        want = [expected[device_a[0].pk, m][name] for m in minutes]
+        assert series[name] == pytest.approx(want), name
 
 
 def test_live_partial_refreshes_until_revoked(viewer_user, admin_user, api_a, device_a):
@@ -153,3 +171,41 @@ def test_live_partial_refreshes_until_revoked(viewer_user, admin_user, api_a, de
     live = client.get("/devices/d/cam-a/live/").content.decode()
     assert 'data-status="revoked"' in live and "hx-trigger" not in live
     assert client.get("/devices/d/nobody/live/").status_code == 404
+
+
+def test_overview_charts_sample_health_and_count_what_runs_where(
+    viewer_user, api_a, device_a, device_b
+):
+    from devices import overview
+    from devices.models import FleetSample
+
+    api_a.put(
+        "/api/v1/device/inventory",
+        {"models": {"default": {"model_version": "digits:4"}}},
+        format="json",
+    )
+    overview.sample_fleet()
+    assert FleetSample.objects.get().online == 2
+    client = logged_in(viewer_user)
+    assert "/devices/widget/charts/" in client.get("/").content.decode()
+    widget = client.get("/devices/widget/charts/")
+    charts = widget.context["charts"]
+    assert charts["health"]["online"] == [2]
+    assert dict(zip(charts["by_profile"]["labels"], charts["by_profile"]["counts"], strict=True))
+    assert "digits:4" in charts["by_version"]["labels"]
+    assert b'id="fleet-chart-data"' in widget.content
+    assert Client().get("/devices/widget/charts/").status_code == 302
+
+
+def test_list_filters_by_running_version_and_profile(viewer_user, api_a, device_a, device_b):
+    api_a.put(
+        "/api/v1/device/inventory",
+        {"models": {"default": {"model_version": "digits:4"}}},
+        format="json",
+    )
+    client = logged_in(viewer_user)
+    response = client.get("/devices/list/?model_version=digits:4")
+    assert [d.uid for d in response.context["page"].object_list] == ["cam-a"]
+    assert b'<option value="digits:4">' in response.content  # the running versions offered
+    detail = client.get("/devices/d/cam-a/").content.decode()
+    assert "/devices/list/?model_version=digits%3A4" in detail

@@ -30,6 +30,42 @@ def test_run_isolated_crash_and_timeout():
         run_isolated("time:sleep", 30, timeout_s=1)
 
 
+def burn_cpu(seconds: float) -> float:
+    """Work for `seconds` of this process's CPU time (startup included)."""
+    import time
+
+    while time.process_time() < seconds:
+        pass
+    return time.process_time()
+
+
+def test_time_limit_stretches_with_the_load_but_not_for_a_sleeper():
+    """Four processes on one core: the child needs about 4x its CPU time in wall time.
+    It is not refused for the others' load; a child that sleeps still is, on time."""
+    import os
+    import time
+
+    cpu = min(os.sched_getaffinity(0))
+    saved = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})  # the busy loops and the child inherit it
+    hogs = []
+    try:
+        hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3)]
+        began = time.monotonic()
+        used = run_isolated("tests.engine.test_sandbox_inspect:burn_cpu", 1.5, timeout_s=2)
+        took = time.monotonic() - began
+        assert used >= 1.5 and took > 2, took  # it needed more wall time than its limit
+        began = time.monotonic()
+        with pytest.raises(SandboxTimeout):
+            run_isolated("time:sleep", 60, timeout_s=2)
+        assert time.monotonic() - began < 20
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+        os.sched_setaffinity(0, saved)
+
+
 def test_run_isolated_rejects_local_functions():
     def local():
         return 1

@@ -109,16 +109,17 @@ def test_auto_catches_the_dynamic_int8_trap_by_measurement(tmp_path, cnn_path, c
 def test_a_crashing_candidate_is_recorded_and_the_search_goes_on(
     tmp_path, cnn_path, cnn_data, monkeypatch
 ):
-    from compression.engine import SandboxCrashed, search
+    from compression.engine import SandboxCrashed
+    from compression.engine.search import candidates
 
-    real = search.run_isolated
+    real = candidates.run_isolated
 
     def crash_fp16(func, *args, **kwargs):
-        if func is search.compress_to_json and args[0] == "fp16":
+        if func is candidates.compress_to_json and args[0] == "fp16":
             raise SandboxCrashed("the isolated process was killed by SIGSEGV")
         return real(func, *args, **kwargs)
 
-    monkeypatch.setattr(search, "run_isolated", crash_fp16)
+    monkeypatch.setattr(candidates, "run_isolated", crash_fp16)
     r = _run(tmp_path, cnn_path, cnn_data, {}, recipes=("fp16", "optimize"))
     fp16 = next(c for c in r["candidates"] if c["recipe"] == "fp16")
     assert "SIGSEGV" in fp16["error"] and not fp16["meets_kpis"]
@@ -140,6 +141,18 @@ def test_auto_default_search_grid_floor_shapes_and_explanations(tmp_path, cnn_pa
     assert "default quality floor" in r["reason"]
     assert r["measurement"]["shape_source"] == "data" and r["measurement"]["interleaved"]
     assert r["measurement"]["shape"] == "x [1, 3, 16, 16]"
+    assert {c["metrics"]["timed_on"] for c in r["candidates"] if c["metrics"]} == {
+        "x [1, 3, 16, 16] (data)"
+    }
+    # the fastest grid point's neighbours: one knob each, timed side by side with it
+    neighbours = [c for c in r["candidates"] if c.get("neighbour_of")]
+    assert {n["recipe"].rsplit(",", 1)[-1] for n in neighbours} >= {
+        "reduce-range]",
+        "sym-act]",
+        "asym-w]",
+    }
+    assert all(n["metrics"] or n.get("error") for n in neighbours)
+    assert "neighbours" in r["stage_seconds"]
     chosen = next(c for c in r["candidates"] if c["recipe"] == r["chosen"])
     assert chosen["metrics"]["fidelity"] >= 0.98
     assert all(c["verdict"] for c in r["candidates"])
@@ -161,3 +174,72 @@ def test_auto_latency_only_reports_fidelity_unknown(tmp_path, cnn_path):
     assert all(c["metrics"]["fidelity"] is None for c in r["candidates"] if c["metrics"])
     assert r["measurement"]["shape_source"] == "data"  # the generated inputs
     assert "Latency-only" in r["reason"]
+
+
+def test_default_plan_leaves_the_slow_recipes_out_unless_thorough(tmp_path):
+    from compression.engine.search import plan
+
+    fast = plan.default_plan(str(tmp_path / "cal.npz"), tmp_path)
+    names = {spec["name"] for spec in fast}
+    assert not names & set(plan.OPT_IN_RECIPES)  # qat, pruning + fine-tune, NNCF
+    assert "int8-static[qop,u8,per-tensor]" in names and "mixed-precision" not in names
+    prune = next(spec for spec in fast if spec["name"] == "prune-unstructured")
+    assert prune["overrides"] == {"finetune_epochs": 0}  # no recovery fine-tune by default
+    grid = [spec for spec in fast if spec["recipe"] == "int8-static"]
+    caches = {spec["overrides"]["calibration_cache"] for spec in grid}
+    assert len(caches) == 2  # one MinMax calibration for every point, one entropy
+    thorough = plan.default_plan(str(tmp_path / "cal.npz"), tmp_path, thorough=True)
+    added = {spec["name"] for spec in thorough} - names
+    assert added == set(plan.opt_in_available())
+    assert "prune-structured+int8-static" in added
+
+
+def test_neighbours_change_one_knob_and_leave_elementwise_ops_in_float():
+    from compression.engine.search import plan
+
+    best = {
+        "recipe": "int8-static[qop,u8,per-tensor]",
+        "overrides": {
+            "quant_format": "qoperator",
+            "activation_type": "quint8",
+            "per_channel": False,
+            "calibration_cache": "/c/calibration-minmax.json",
+        },
+    }
+    specs = plan.neighbours(best, {"Conv", "Add", "Relu", "Gemm", "GlobalAveragePool"})
+    by_name = {sp["name"]: sp["overrides"] for sp in specs}
+    assert by_name["int8-static[qop,u8,per-tensor,reduce-range]"]["reduce_range"] is True
+    assert by_name["int8-static[qop,u8,per-tensor,sym-act]"]["activation_symmetric"] is True
+    assert by_name["int8-static[qop,u8,per-tensor,asym-w]"]["weight_symmetric"] is False
+    ops = by_name["int8-static[qop,u8,per-tensor,float-Add]"]["op_types"]
+    assert "Add" not in ops and "Conv" in ops and "Gemm" in ops
+    assert all(o["calibration_cache"] == "/c/calibration-minmax.json" for o in by_name.values())
+    assert not any("float-" in n for n in (sp["name"] for sp in plan.neighbours(best, {"Conv"})))
+
+
+def test_symmetric_activations_reach_the_quantizer(tmp_path, cnn_path, cnn_data):
+    import onnx
+    from onnx import numpy_helper
+
+    from compression.engine.passes import get_pass
+
+    p = get_pass("int8-static")
+    zero_points = {}
+    for sym in (False, True):
+        out = tmp_path / f"sym{sym}.onnx"
+        p.run(
+            cnn_path,
+            p.make_config(
+                {"calibration_path": cnn_data, "per_channel": False, "activation_symmetric": sym}
+            ),
+            out,
+        )
+        model = onnx.load(str(out))
+        inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        zero_points[sym] = {
+            int(inits[n.input[2]])
+            for n in model.graph.node
+            if n.op_type == "QuantizeLinear" and n.input[2] in inits
+        }
+    assert zero_points[True] == {128}  # u8 symmetric: the zero point sits at the centre
+    assert zero_points[False] != {128}

@@ -141,6 +141,76 @@ def test_quantizer_exception_triggers_the_next_strategy(tmp_path, cache):
     )
 
 
+def _score_filter_model(path) -> str:
+    """A detector-like head: scores above a threshold kept (NonZero + GatherND), so that
+    tensor's length depends on the input - as in post-processed detection outputs."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.5, (8, 3, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(np.zeros(8, np.float32), "b"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "thr"),
+        numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["scores"], name="flat"),
+        helper.make_node("Greater", ["scores", "thr"], ["keep"], name="gt"),
+        helper.make_node("NonZero", ["keep"], ["nz"], name="nonzero"),
+        helper.make_node("Transpose", ["nz"], ["idx"], name="tr", perm=[1, 0]),
+        helper.make_node("GatherND", ["scores", "idx"], ["picked"], name="gather"),
+        helper.make_node("Mul", ["picked", "two"], ["kept"], name="mul"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "score_filter",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 8]),
+            helper.make_tensor_value_info("kept", TensorProto.FLOAT, ["K"]),
+        ],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_histogram_calibration_on_data_dependent_shapes_falls_back_to_minmax(tmp_path, method):
+    # onnxruntime's histogram calibration stacks each tensor's values over the samples
+    # with np.asarray: a tensor whose length depends on the data makes that ragged. With
+    # numpy < 1.24 the ragged stack became an object array and the quantizer raised "The
+    # truth value of an array with more than one element is ambiguous"; numpy 2 raises
+    # "inhomogeneous shape" at the same line. Either way the next strategy must take over.
+    model = _score_filter_model(tmp_path / "filter.onnx")
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 1, (12, 3, 16, 16)) * rng.uniform(0.2, 2.0, (12, 1, 1, 1))
+    np.savez(tmp_path / "cal.npz", x=x.astype(np.float32))
+    sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    lengths = {sess.run(None, {"x": v[None].astype(np.float32)})[1].shape[0] for v in x}
+    assert len(lengths) > 1  # the ragged case, really
+    out = run_recipe(
+        "int8-static",
+        model,
+        tmp_path / "q.onnx",
+        calibration_path=str(tmp_path / "cal.npz"),
+        overrides={"calibrate_method": method},
+    )
+    step = out.steps[0]
+    notes = " ".join(step["notes"])
+    assert "failed as configured: ValueError" in notes and "used: MinMax calibration" in notes
+    assert step["metrics"]["calibrate_method"] == "minmax"
+    assert len(step["notes"]) == len(set(step["notes"]))  # a retry does not repeat notes
+    assert step["metrics"]["quantize_linear_nodes"] > 0
+    sess = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.run(None, {"x": x[:1].astype(np.float32)})[0].shape == (1, 8)
+
+
 def test_fallback_order_handles_old_opsets_without_per_channel():
     labels = [(label, o) for label, o in fallback_strategies(StaticConfig(), opset=11)]
     assert labels[0] == ("as configured", {})

@@ -359,3 +359,20 @@ def test_confidence_gate_pauses_when_accuracy_proxy_drops(fleet, release, operat
     assert services.evaluate_deployment(deployment) == "paused"
     deployment.refresh_from_db()
     assert "mean confidence dropped by 0.200" in deployment.pause_reason
+
+
+def test_gate_decisions_are_counted(fleet, release, operator_user):
+    from fleet.prometheus import REGISTRY
+
+    def counted(decision):
+        return (
+            REGISTRY.get_sample_value("edgefleet_gate_decisions_total", {"decision": decision})
+            or 0.0
+        )
+
+    deployment = start(release, fleet, operator_user)
+    waits, advances = counted("wait"), counted("advanced")
+    assert services.evaluate_deployments()[deployment.pk] == "wait"
+    finish(assigned(deployment)[0])
+    assert services.evaluate_deployments()[deployment.pk] == "advanced"
+    assert (counted("wait"), counted("advanced")) == (waits + 1, advances + 1)

@@ -148,6 +148,13 @@ class StaticConfig(PassConfig):
     reduce_range: bool = field(
         default=False, metadata=doc("7-bit weights (older x86 CPUs without VNNI).")
     )
+    activation_symmetric: bool = field(
+        default=False, metadata=doc("Symmetric activation ranges (zero point at the centre).")
+    )
+    weight_symmetric: bool | None = field(
+        default=None,
+        metadata=doc("Symmetric weight ranges; default: onnxruntime's (symmetric for qint8)."),
+    )
     preprocess: bool = field(default=True, metadata=doc("Run the prepare pass first."))
     calibration_cache: str | None = field(
         default=None,
@@ -215,7 +222,11 @@ def run_static(
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
     }[config.calibrate_method]
-    extra = {}
+    # the quantizer derives scales from the calibrated ranges, so symmetric variants can reuse
+    # a cache written by an asymmetric run
+    extra: dict = {"ActivationSymmetric": config.activation_symmetric}
+    if config.weight_symmetric is not None:
+        extra["WeightSymmetric"] = config.weight_symmetric
     if config.calibrate_method == "minmax" and reader.size > 16:
         # merge ranges every few samples instead of holding every activation of every sample;
         # onnxruntime fails ("No data is collected") when the count divides evenly, so avoid that
@@ -359,4 +370,5 @@ class StaticInt8Pass(Pass):
             "quant_format": used.quant_format,
             "activation_type": used.activation_type,
         }
-        return PassResult(str(output_path), metrics, notes)
+        # each retried strategy repeats the notes of the steps it shares (e.g. the stem)
+        return PassResult(str(output_path), metrics, list(dict.fromkeys(notes)))

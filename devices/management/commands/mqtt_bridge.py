@@ -6,6 +6,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from devices.mqtt import Bridge
+from fleet import prometheus
 
 
 class Command(BaseCommand):
@@ -31,6 +32,8 @@ class Command(BaseCommand):
             acks=not options["no_acks"],
         )
         self.stdout.write(f"mqtt bridge → {bridge.host}:{bridge.port}")
+        if settings.METRICS_PORT:
+            prometheus.serve(settings.METRICS_PORT, settings.METRICS_ADDR)
         try:
             bridge.run()
         except KeyboardInterrupt:

@@ -1,0 +1,99 @@
+"""What the sandboxed children run: build and evaluate several candidates per process.
+
+Module-level functions with JSON-able arguments and results (``run_isolated``);
+a candidate that fails is reported and the others go on.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from compression.engine.errors import EngineError
+from compression.engine.evaluate import evaluate
+from compression.engine.recipes import run_recipe
+
+
+def compress_to_json(
+    recipe: str,
+    input_path: str,
+    output_path: str,
+    calibration_path: str | None,
+    workdir: str,
+    overrides: dict | None = None,
+) -> list[dict]:
+    """``run_recipe`` for the sandbox child: returns the JSON-able step records."""
+    result = run_recipe(
+        recipe,
+        input_path,
+        output_path,
+        calibration_path=calibration_path,
+        workdir=workdir,
+        overrides=overrides,
+    )
+    return json.loads(json.dumps(result.steps, default=str))
+
+
+def build_many(
+    specs: list[dict], input_path: str, calibration_path: str | None, workdir: str
+) -> dict:
+    """Build several candidates in one child (one interpreter start instead of one each).
+
+    int8-static points (``spec["grid"]``) quantize one prepared graph: the
+    prepare pass (shape inference, BatchNorm folding) runs once, and every
+    point reuses the shared calibration cache.
+    """
+    from compression.engine.passes import get_pass
+
+    prepared = None
+    prep_notes: list[str] = []
+    out = {}
+    for spec in specs:
+        try:
+            if spec.get("grid"):
+                if prepared is None:
+                    prepared = str(Path(workdir) / "prepared-for-grid.onnx")
+                    if not Path(prepared).exists():
+                        prep = get_pass("prepare")
+                        prep_notes = prep.run(input_path, prep.make_config({}), prepared).notes
+                steps = compress_to_json(
+                    spec["recipe"],
+                    prepared,
+                    spec["output"],
+                    calibration_path,
+                    workdir,
+                    {**spec.get("overrides", {}), "preprocess": False},
+                )
+                steps[0]["notes"] = [f"prepare: {n}" for n in prep_notes] + steps[0]["notes"]
+            else:
+                steps = compress_to_json(
+                    spec["recipe"],
+                    input_path,
+                    spec["output"],
+                    calibration_path,
+                    workdir,
+                    spec.get("overrides"),
+                )
+            out[spec["name"]] = {"steps": steps}
+        except EngineError as exc:
+            out[spec["name"]] = {"error": f"{type(exc).__name__}: {exc}"}
+        except Exception as exc:  # the quantizer's own exceptions, after every fallback
+            out[spec["name"]] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    return out
+
+
+def evaluate_many(
+    paths: dict[str, str], data: str, reference: str, threads: int, kinds: dict | None
+) -> dict:
+    """Evaluate several variants in one child (the reference runs once per call)."""
+    out = {}
+    for label, path in paths.items():
+        try:
+            out[label] = {
+                "ok": evaluate(path, data, reference_path=reference, threads=threads, kinds=kinds)
+            }
+        except EngineError as exc:
+            out[label] = {"error": f"{type(exc).__name__}: {exc}"}
+        except Exception as exc:  # onnxruntime refusing to run a variant
+            out[label] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    return out

@@ -1,0 +1,74 @@
+"""The operator's overview: fleet health over time and what runs where, as chart data."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.db.models import Count
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from devices.choices import AlertState, DeviceStatus
+from devices.models import Alert, Device, FleetSample
+
+TOP = 8  # bars per chart; the rest is summed as "other"
+
+
+def sample_fleet(now=None) -> FleetSample:
+    """Note online devices and open alerts now; drop samples past the rollup retention."""
+    now = now or timezone.now()
+    devices = Device.objects.exclude(status=DeviceStatus.REVOKED)
+    sample = FleetSample.objects.create(
+        at=now,
+        total=devices.count(),
+        online=devices.filter(status=DeviceStatus.ONLINE).count(),
+        open_alerts=Alert.objects.filter(state=AlertState.OPEN).count(),
+    )
+    FleetSample.objects.filter(at__lt=now - timedelta(days=settings.ROLLUP_RETENTION_DAYS)).delete()
+    return sample
+
+
+def health_series(hours: int = 24) -> dict:
+    since = timezone.now() - timedelta(hours=hours)
+    rows = list(
+        FleetSample.objects.filter(at__gte=since).values_list(
+            "at", "online", "total", "open_alerts"
+        )[:2000]
+    )
+    return {
+        "labels": [at.isoformat() for at, *_rest in rows],
+        "online": [r[1] for r in rows],
+        "total": [r[2] for r in rows],
+        "alerts": [r[3] for r in rows],
+    }
+
+
+def _top(field: str, empty: str) -> dict:
+    rows = list(
+        Device.objects.exclude(status=DeviceStatus.REVOKED)
+        .values(field)
+        .annotate(n=Count("pk"))
+        .order_by("-n")
+    )
+    labels = [r[field] or empty for r in rows[:TOP]]
+    counts = [r["n"] for r in rows[:TOP]]
+    if len(rows) > TOP:
+        labels.append(_("other"))
+        counts.append(sum(r["n"] for r in rows[TOP:]))
+    return {"labels": labels, "counts": counts}
+
+
+def charts() -> dict:
+    """Everything the overview charts draw, in one payload."""
+    return {
+        "health": health_series(),
+        "by_version": _top("model_version", _("(none)")),
+        "by_profile": _top("hardware_profile__name", _("(unknown)")),
+        "names": {
+            "online": _("online"),
+            "total": _("enrolled"),
+            "alerts": _("open alerts"),
+            "devices": _("devices"),
+        },
+    }
