@@ -11,9 +11,9 @@ from rest_framework.response import Response
 from fleet import audit
 from fleet.refusal import Refusal
 from fleet.roles import Role
-from ota import services
+from ota import benchmarks, services
 from ota.api import serializers as s
-from ota.models import Deployment, DeviceUpdate, Release
+from ota.models import BenchmarkRequest, Deployment, DeviceUpdate, Release
 
 
 class ReleaseViewSet(
@@ -145,3 +145,33 @@ class DeviceUpdateViewSet(
         if params.get("state"):
             queryset = queryset.filter(state=params["state"])
         return queryset
+
+
+class BenchmarkViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    viewsets.GenericViewSet,
+):
+    """On-device benchmarks of chosen versions on chosen devices, before any rollout."""
+
+    queryset = BenchmarkRequest.objects.prefetch_related("versions")
+    serializer_class = s.BenchmarkRequestSerializer
+
+    @extend_schema(
+        request=s.BenchmarkCreateSerializer, responses={201: s.BenchmarkRequestSerializer}
+    )
+    def create(self, request):
+        data = s.BenchmarkCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        fields = dict(data.validated_data)
+        job = None
+        if fields.pop("job") is not None:
+            from compression.models import CompressionJob
+
+            job = CompressionJob.objects.filter(pk=request.data.get("job")).first()
+            if job is None:
+                raise services.OtaError("bad_job", "Unknown job.", field="job")
+        created = benchmarks.create_request(**fields, job=job, actor=request.user)
+        audit.note(request, "benchmark.create", created, devices=created.runs.count())
+        return Response(s.BenchmarkRequestSerializer(created).data, status=status.HTTP_201_CREATED)
