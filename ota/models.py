@@ -338,3 +338,88 @@ class ServerKey(models.Model):
 
     def __str__(self) -> str:
         return f"ed25519:{self.fingerprint[:16]}"
+
+
+class BenchmarkRequest(models.Model):
+    """An operator's ask: measure these versions on these devices before any rollout."""
+
+    versions = models.ManyToManyField("compression.ModelVersion", related_name="+")
+    target = models.JSONField(default=dict)
+    inferences = models.PositiveIntegerField(default=200)
+    expires_at = models.DateTimeField()
+    job = models.ForeignKey(
+        "compression.CompressionJob",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"benchmark {self.pk}"
+
+
+class BenchmarkRun(models.Model):
+    """One device's part of a request: its signed envelope and what became of it."""
+
+    request = models.ForeignKey(BenchmarkRequest, on_delete=models.CASCADE, related_name="runs")
+    device = models.ForeignKey("devices.Device", on_delete=models.CASCADE, related_name="+")
+    envelope = models.JSONField(null=True, blank=True)
+    state = models.CharField(max_length=16, default="pending")  # pending|done|refused
+    error_code = models.CharField(max_length=40, blank=True)
+    error = models.TextField(blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["request", "device"], name="uniq_benchmark_run")
+        ]
+        indexes = [models.Index(fields=["device", "state"], name="benchmark_run_device_state")]
+
+    def __str__(self) -> str:
+        return f"benchmark {self.request_id} on device {self.device_id}: {self.state}"
+
+
+class BenchmarkResult(models.Model):
+    """Measured on a device, per (version, device, hardware profile), with the estimate
+    the server had for that version on that profile."""
+
+    run = models.ForeignKey(BenchmarkRun, on_delete=models.CASCADE, related_name="results")
+    model_version = models.ForeignKey(
+        "compression.ModelVersion", on_delete=models.CASCADE, related_name="+"
+    )
+    hardware_profile = models.ForeignKey(
+        "devices.HardwareProfile",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    state = models.CharField(max_length=16, default="pending")  # pending|succeeded|failed
+    predicted_p95_ms = models.FloatField(null=True)
+    p50_ms = models.FloatField(null=True)
+    p95_ms = models.FloatField(null=True)
+    p99_ms = models.FloatField(null=True)
+    throughput = models.FloatField(null=True)
+    peak_rss_mb = models.FloatField(null=True)
+    load_ms = models.FloatField(null=True)
+    cpu_pct = models.FloatField(null=True)
+    energy_mj = models.FloatField(null=True)
+    avg_power_w = models.FloatField(null=True)
+    error = models.TextField(blank=True)
+    measured_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["run", "model_version"], name="uniq_benchmark_result")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_version_id} on run {self.run_id}: {self.state}"

@@ -11,6 +11,7 @@ urlpatterns = [
     path("releases/<int:pk>/", views.release_detail, name="release-detail"),
     path("new/", views.deployment_create, name="deployment-create"),
     path("preview/", views.deployment_preview, name="deployment-preview"),
+    path("benchmarks/job/<int:job_id>/", views.job_benchmarks, name="job-benchmarks"),
     path("<int:pk>/", views.deployment_detail, name="deployment-detail"),
     path("<int:pk>/live/", views.deployment_live, name="deployment-live"),
     path("<int:pk>/chart.json", views.deployment_chart, name="deployment-chart"),

@@ -215,3 +215,14 @@ def device_updates(request, device_pk: int):
         .order_by("-pk")[:50]
     )
     return render(request, "ota/_device_updates.html", {"device": device, "updates": updates})
+
+
+@login_required
+def job_benchmarks(request, job_id: int):
+    """htmx partial of the job page: predicted vs measured on devices, per version ×
+    hardware profile (`ota.benchmarks.comparison`)."""
+    from compression.models import ModelVersion
+    from ota import benchmarks
+
+    versions = ModelVersion.objects.filter(candidates__job_id=job_id).distinct()
+    return render(request, "ota/_job_benchmarks.html", {"rows": benchmarks.comparison(versions)})

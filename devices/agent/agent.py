@@ -13,6 +13,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from .bench import Benchmarks
 from .buffer import Backoff, Buffer, Outbox
 from .client import Client, Pacer, Response, Unreachable
 from .download import DownloadLimits
@@ -40,6 +41,8 @@ DEFAULTS = {
     "download_grace_s": 60,
     # where /sys is read for power sensors (energy per inference)
     "power_root": "/",
+    # how often pending on-device benchmark requests are fetched (bench.py)
+    "benchmark_poll_s": 300,
 }
 
 
@@ -95,6 +98,14 @@ class Agent:
             threads=self.settings["threads"],
             power_root=self.settings["power_root"],
         )
+        self.benchmarks = Benchmarks(
+            state,
+            self.client,
+            settings=self.settings,
+            limits=limits,
+            inputs_dir=self.settings["input_dir"],
+        )
+        self.next_benchmarks = 0.0
         self.pacer = Pacer(float(self.settings["poll_interval_s"]))
         self.next_poll = 0.0
         self.deliver_after = 0.0
@@ -195,6 +206,9 @@ class Agent:
         self.next_poll = time.monotonic() + self.pacer.success()
         if result.outcome in {"succeeded", "rolled_back", "failed"}:
             self.send_inventory()
+        if time.monotonic() >= self.next_benchmarks:
+            self.next_benchmarks = time.monotonic() + float(self.settings["benchmark_poll_s"])
+            self.benchmarks.poll()
 
     def step(self, *, window_s: float | None = None, max_inferences: int | None = None) -> None:
         if time.monotonic() >= self.next_poll:

@@ -88,10 +88,13 @@ def verify(
     device_uid: str,
     last_version: int,
     now: datetime,
+    schema: int | str | None = None,
 ) -> Verified:
     """Check an envelope in the order of docs/manifest.md; raise ManifestError on refusal.
 
     `trusted_keys` maps key id -> pinned public key; `now` is the start of this check-in.
+    `schema` tells the kinds of signed documents apart (a benchmark request is never
+    a manifest, nor the reverse).
     """
     if not isinstance(envelope, dict) or not isinstance(envelope.get("manifest"), dict):
         raise ManifestError("malformed", "envelope has no manifest object")
@@ -105,7 +108,7 @@ def verify(
         )
     except (InvalidSignature, ValueError, TypeError):
         raise ManifestError("bad_signature", "signature does not verify") from None
-    if payload.get("schema") != SCHEMA:
+    if payload.get("schema") != (SCHEMA if schema is None else schema):
         raise ManifestError("malformed", f"unsupported manifest schema {payload.get('schema')!r}")
     if payload.get("device") != device_uid:
         raise ManifestError("wrong_device", "manifest is for another device")

@@ -222,6 +222,20 @@ STATUS_DOC = Doc(
         409: "Illegal transition",
     },
 )
+BENCHMARKS_DOC = Doc(
+    "This device's pending signed benchmark requests (schema benchmark-1)",
+    responses={200: ('{"requests": [signed envelope, ...]}', OBJECT, None)},
+)
+BENCHMARK_RESULTS_DOC = Doc(
+    "Report the figures of one benchmark request, one result per version",
+    request=OBJECT,
+    responses={
+        200: ("Stored", OBJECT, None),
+        400: "Malformed report",
+        404: "No such benchmark of this device",
+        409: "Reported already",
+    },
+)
 ARTIFACT_DOC = Doc(
     "Download an artifact an update of this device names (Range supported)",
     responses={

@@ -10,7 +10,7 @@ routers. Unknown device paths answer JSON, like every other refusal.
 
 from django.urls import path
 
-from fleet.device_api import checkin, enroll, ingest, updates
+from fleet.device_api import benchmarks, checkin, enroll, ingest, updates
 from fleet.device_api.toolkit import refuse
 from fleet.refusal import Refusal
 
@@ -24,6 +24,10 @@ urlpatterns = [
     path(f"{PREFIX}artifacts/<str:sha256>", updates.artifact, name="device-artifact"),
     path(f"{PREFIX}enroll", enroll.enroll, name="device-enroll"),
     path(f"{PREFIX}inventory", enroll.inventory, name="device-inventory"),
+    path(f"{PREFIX}benchmarks", benchmarks.pending, name="device-benchmarks"),
+    path(
+        f"{PREFIX}benchmarks/<int:pk>/results", benchmarks.results, name="device-benchmark-results"
+    ),
 ]
 
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from ota.models import Deployment, DeviceUpdate, Release, ReleaseVariant
+from ota.models import (
+    BenchmarkRequest,
+    BenchmarkResult,
+    Deployment,
+    DeviceUpdate,
+    Release,
+    ReleaseVariant,
+)
 
 
 class ReleaseVariantSerializer(serializers.ModelSerializer):
@@ -138,3 +145,72 @@ class DeviceUpdateSerializer(serializers.ModelSerializer):
             "updated_at",
         ]
         read_only_fields = fields
+
+
+class BenchmarkResultSerializer(serializers.ModelSerializer):
+    device = serializers.SlugRelatedField(source="run.device", slug_field="uid", read_only=True)
+    hardware_profile = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    model_version = serializers.PrimaryKeyRelatedField(read_only=True)
+
+    class Meta:
+        model = BenchmarkResult
+        fields = [
+            "model_version",
+            "device",
+            "hardware_profile",
+            "state",
+            "predicted_p95_ms",
+            "p50_ms",
+            "p95_ms",
+            "p99_ms",
+            "throughput",
+            "peak_rss_mb",
+            "load_ms",
+            "cpu_pct",
+            "energy_mj",
+            "avg_power_w",
+            "error",
+            "measured_at",
+        ]
+        read_only_fields = fields
+
+
+class BenchmarkRequestSerializer(serializers.ModelSerializer):
+    versions = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
+    runs = serializers.SerializerMethodField()
+    results = serializers.SerializerMethodField()
+
+    class Meta:
+        model = BenchmarkRequest
+        fields = [
+            "id",
+            "versions",
+            "target",
+            "inferences",
+            "expires_at",
+            "job",
+            "created_at",
+            "runs",
+            "results",
+        ]
+        read_only_fields = fields
+
+    def get_runs(self, obj) -> dict:
+        counts: dict[str, int] = {}
+        for state in obj.runs.values_list("state", flat=True):
+            counts[state] = counts.get(state, 0) + 1
+        return counts
+
+    def get_results(self, obj) -> list[dict]:
+        rows = BenchmarkResult.objects.filter(run__request=obj).select_related(
+            "run__device", "hardware_profile"
+        )
+        return BenchmarkResultSerializer(rows, many=True).data
+
+
+class BenchmarkCreateSerializer(serializers.Serializer):
+    versions = serializers.JSONField(help_text="ModelVersion ids, 1 to 20")
+    target = serializers.JSONField(help_text="groups / hardware_profiles / tags / devices")
+    inferences = serializers.JSONField(required=False, default=200)
+    expires_in_s = serializers.JSONField(required=False, default=3600)
+    job = serializers.IntegerField(required=False, allow_null=True, default=None)

@@ -7,5 +7,6 @@ router.include_root_view = False
 router.register("releases", views.ReleaseViewSet, basename="release")
 router.register("deployments", views.DeploymentViewSet, basename="deployment")
 router.register("device-updates", views.DeviceUpdateViewSet, basename="deviceupdate")
+router.register("benchmarks", views.BenchmarkViewSet, basename="benchmark")
 
 urlpatterns = router.urls  # device routes: fleet.device_api.urls

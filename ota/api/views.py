@@ -9,10 +9,11 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from fleet import audit
+from fleet.refusal import Refusal
 from fleet.roles import Role
-from ota import services
+from ota import benchmarks, services
 from ota.api import serializers as s
-from ota.models import Deployment, DeviceUpdate, Release
+from ota.models import BenchmarkRequest, Deployment, DeviceUpdate, Release
 
 
 class ReleaseViewSet(
@@ -60,7 +61,7 @@ class DeploymentViewSet(
         fields = dict(data.validated_data)
         release = Release.objects.filter(pk=fields.pop("release")).first()
         if release is None:
-            return Response({"detail": "Unknown release.", "code": "bad_release"}, status=400)
+            raise Refusal("bad_release", "Unknown release.")
         deployment = services.start_deployment(
             release, fields.pop("target"), actor=request.user, **fields
         )
@@ -86,10 +87,7 @@ class DeploymentViewSet(
         deployment = self.get_object()
         audit.note(request, f"deployment.{name}", deployment)
         if not done:
-            return Response(
-                {"detail": f"Cannot {name} a {deployment.status} deployment.", "code": "bad_state"},
-                status=409,
-            )
+            raise Refusal("bad_state", f"Cannot {name} a {deployment.status} deployment.", 409)
         deployment.refresh_from_db()
         return Response(s.DeploymentSerializer(deployment).data)
 
@@ -147,3 +145,33 @@ class DeviceUpdateViewSet(
         if params.get("state"):
             queryset = queryset.filter(state=params["state"])
         return queryset
+
+
+class BenchmarkViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    viewsets.GenericViewSet,
+):
+    """On-device benchmarks of chosen versions on chosen devices, before any rollout."""
+
+    queryset = BenchmarkRequest.objects.prefetch_related("versions")
+    serializer_class = s.BenchmarkRequestSerializer
+
+    @extend_schema(
+        request=s.BenchmarkCreateSerializer, responses={201: s.BenchmarkRequestSerializer}
+    )
+    def create(self, request):
+        data = s.BenchmarkCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        fields = dict(data.validated_data)
+        job = None
+        if fields.pop("job") is not None:
+            from compression.models import CompressionJob
+
+            job = CompressionJob.objects.filter(pk=request.data.get("job")).first()
+            if job is None:
+                raise services.OtaError("bad_job", "Unknown job.", field="job")
+        created = benchmarks.create_request(**fields, job=job, actor=request.user)
+        audit.note(request, "benchmark.create", created, devices=created.runs.count())
+        return Response(s.BenchmarkRequestSerializer(created).data, status=status.HTTP_201_CREATED)
