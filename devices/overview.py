@@ -15,16 +15,21 @@ from devices.models import Alert, Device, FleetSample
 TOP = 8  # bars per chart; the rest is summed as "other"
 
 
-def sample_fleet(now=None) -> FleetSample:
-    """Note online devices and open alerts now; drop samples past the rollup retention."""
-    now = now or timezone.now()
+def _now_sample(now) -> FleetSample:
     devices = Device.objects.exclude(status=DeviceStatus.REVOKED)
-    sample = FleetSample.objects.create(
+    return FleetSample(
         at=now,
         total=devices.count(),
         online=devices.filter(status=DeviceStatus.ONLINE).count(),
         open_alerts=Alert.objects.filter(state=AlertState.OPEN).count(),
     )
+
+
+def sample_fleet(now=None) -> FleetSample:
+    """Note online devices and open alerts now; drop samples past the rollup retention."""
+    now = now or timezone.now()
+    sample = _now_sample(now)
+    sample.save()
     FleetSample.objects.filter(at__lt=now - timedelta(days=settings.ROLLUP_RETENTION_DAYS)).delete()
     return sample
 
@@ -36,6 +41,10 @@ def health_series(hours: int = 24) -> dict:
             "at", "online", "total", "open_alerts"
         )[:2000]
     )
+    # The chart ends at the live state: a fresh install draws a point before the first
+    # sample is due.
+    live = _now_sample(timezone.now())
+    rows.append((live.at, live.online, live.total, live.open_alerts))
     return {
         "labels": [at.isoformat() for at, *_rest in rows],
         "online": [r[1] for r in rows],

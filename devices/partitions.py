@@ -27,6 +27,14 @@ another version); its maintenance still needs a scheduler to call it
 (its background worker or cron). Celery beat already runs here, and daily
 create-ahead plus drop is the small piece of it needed.
 
+Measured (`benchmarks/telemetry_storage.py --rounds 5 --day-rows 1000000`,
+2 shared cores, load average ≈ 10): retention of a day of 1,000,000 points
+0.38 s by partition drop against 34.6 s by the chunked DELETE (an earlier run:
+0.66 s against 63.5 s); ingest 11,734 against 11,891 points/s (paired rounds
+1.10×; an earlier 3-round run 0.86×), PostgreSQL CPU 14.3 against 13.2 µs per
+point: routing rows to partitions costs about as much as the noise of this
+machine. A day of 10M rows was not loaded here (≈ 50 s per million rows).
+
 Concurrent callers (two workers, a beat tick that overlaps the previous one)
 are serialised by a transaction-level advisory lock: every statement here is
 idempotent once it holds it.

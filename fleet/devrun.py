@@ -78,14 +78,24 @@ def _alive(pgid: int) -> bool:
     return True
 
 
-def stop_groups(pgids: list[int], grace_s: float) -> None:
+def stop_groups(pgids: list[int], grace_s: float, children=()) -> None:
+    """SIGTERM each group's leader, SIGKILL what is left after `grace_s`.
+
+    `children`: our own Popen leaders. They must be reaped while waiting: an exited
+    but unreaped leader is a zombie, and a zombie keeps its process group "alive" for
+    killpg(pgid, 0) -- the wait then always ran into the SIGKILL after the full grace.
+    """
     # SIGTERM to each group's leader only: Celery's main process stops its pool and
     # beat itself; a pool child killed under it first leaves it waiting on the corpse.
     for pgid in pgids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pgid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(_alive(p) for p in pgids):
+    while time.monotonic() < deadline:
+        for child in children:
+            child.poll()
+        if not any(_alive(p) for p in pgids):
+            return
         time.sleep(0.1)
     for pgid in pgids:
         with contextlib.suppress(ProcessLookupError):
@@ -133,7 +143,7 @@ def run(args) -> int:
             code = 1
             break
         time.sleep(0.2)
-    stop_groups([c.pid for c in children.values()], args.grace_s)
+    stop_groups([c.pid for c in children.values()], args.grace_s, children.values())
     for child in children.values():
         with contextlib.suppress(subprocess.TimeoutExpired):
             child.wait(timeout=5)

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 class Refusal(Exception):
     """`code` for machines, `message` for people, the HTTP `status`, the offending
-    input `field` when there is one, and `retry_after` seconds when trying again
-    later can succeed (429, 503)."""
+    input `field` when there is one, `retry_after` seconds when trying again
+    later can succeed (429, 503), and `extra` keys for the body (a state)."""
 
     def __init__(
         self,
@@ -30,13 +30,14 @@ class Refusal(Exception):
         *,
         field: str | None = None,
         retry_after: int | None = None,
+        extra: dict | None = None,
     ):
         super().__init__(message)
         self.code, self.message, self.status = code, message, status
-        self.field, self.retry_after = field, retry_after
+        self.field, self.retry_after, self.extra = field, retry_after, extra or {}
 
     def body(self) -> dict:
-        body = {"detail": str(self.message), "code": self.code}
+        body = {"detail": str(self.message), "code": self.code, **self.extra}
         if self.field:
             body["field"] = self.field
         return body

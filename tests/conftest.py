@@ -193,6 +193,42 @@ def anon_api():
     return APIClient()
 
 
+# --- devices ---------------------------------------------------------------------
+def bearer(token: str):
+    """An API client that speaks as the device holding `token`."""
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    return client
+
+
+def seed_hardware_profiles() -> None:
+    """The profiles migration 0002 seeds (a transactional test's flush removes them)."""
+    import importlib
+
+    from django.apps import apps
+
+    importlib.import_module("devices.migrations.0002_seed_hardware_profiles").seed(apps, None)
+
+
+@pytest.fixture
+def group(db):
+    from devices.models import DeviceGroup
+
+    return DeviceGroup.objects.get_or_create(name="line-3")[0]
+
+
+@pytest.fixture
+def enrollment(group, admin_user):
+    """(token row, plaintext) of a token that enrolls into `group` with tag `cam`."""
+    from devices import services
+
+    return services.create_enrollment_token(
+        name="batch", actor=admin_user, group=group, tags=["cam"]
+    )
+
+
 # --- ONNX models ---------------------------------------------------------------
 def tiny_model_bytes(seed: int = 0, *, hidden: int = 8, opset: int = 17) -> bytes:
     """A valid 4 → hidden → 3 MLP with a dynamic batch axis; `seed` changes the bytes."""

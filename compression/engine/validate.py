@@ -250,41 +250,16 @@ def check_in_child(path: str, test_crash: str | None = None, memory_mb: int | No
     return describe_loaded(model, file_size)
 
 
-# The device agent's post-install health check feeds the same kind of input
-# (devices/agent/health.py): what passes here is what a device will run first.
-_SAMPLE_DTYPES = {
-    "tensor(float)": "float32",
-    "tensor(float16)": "float16",
-    "tensor(double)": "float64",
-    "tensor(int64)": "int64",
-    "tensor(int32)": "int32",
-    "tensor(int8)": "int8",
-    "tensor(uint8)": "uint8",
-    "tensor(bool)": "bool",
-}
 _OUT_OF_MEMORY = re.compile(r"alloc|out of memory|MemoryError|bad_alloc", re.IGNORECASE)
 
 
 def sample_feeds(session) -> dict | None:
-    """Generated input for every declared input (symbolic dimensions become 1,
-    floats standard normal, integers 0-9); None when an input is not a tensor
-    of a type we can make."""
-    import numpy as np
+    """The device's post-install health-check input (`devices.agent.health`, Django-free):
+    what passes here is what a device will run first. None when an input is not a
+    tensor of a type we can make."""
+    from devices.agent.health import sample_inputs
 
-    rng = np.random.default_rng(0)
-    feeds = {}
-    for item in session.get_inputs():
-        dtype = _SAMPLE_DTYPES.get(item.type)
-        if dtype is None:
-            return None
-        shape = [d if isinstance(d, int) and d > 0 else 1 for d in item.shape or []]
-        if dtype.startswith("float"):
-            feeds[item.name] = rng.standard_normal(shape).astype(dtype)
-        elif dtype == "bool":
-            feeds[item.name] = rng.integers(0, 2, shape).astype(bool)
-        else:
-            feeds[item.name] = rng.integers(0, 10, shape).astype(dtype)
-    return feeds
+    return sample_inputs(session, strict=True)
 
 
 def _bounded_inference(session, memory_mb: int | None) -> None:

@@ -81,7 +81,12 @@ def job_detail(request, pk: int):
         {
             "job": job,
             "candidates": candidates,
-            "has_training": any((c.metrics or {}).get("training") for c in candidates),
+            # a curve needs epochs: a pass that trained nothing draws an empty chart
+            "has_training": any(
+                any(row.get("epoch", 0) > 0 for row in curve.get("history") or [])
+                for c in candidates
+                for curve in (c.metrics or {}).get("training") or []
+            ),
         },
     )
 

@@ -33,15 +33,22 @@ DTYPES = {
 }
 
 
-def sample_inputs(session, rng=None, dim_default: int = 1) -> dict:
-    """Random input for every declared input; symbolic dimensions become 1."""
+def sample_inputs(session, rng=None, dim_default: int = 1, *, strict: bool = False):
+    """Random input for every declared input: symbolic dimensions become 1, floats
+    standard normal, integers 0-9. An input of a type not in DTYPES gets float32, or
+    with `strict` the answer is None (the server's upload check feeds the same input:
+    what passes there is what a device runs first)."""
     import numpy as np
 
     rng = rng or np.random.default_rng(0)
     feeds = {}
     for item in session.get_inputs():
-        shape = [d if isinstance(d, int) and d > 0 else dim_default for d in item.shape]
-        dtype = DTYPES.get(item.type, "float32")
+        shape = [d if isinstance(d, int) and d > 0 else dim_default for d in item.shape or []]
+        dtype = DTYPES.get(item.type)
+        if dtype is None:
+            if strict:
+                return None
+            dtype = "float32"
         if dtype.startswith("float"):
             feeds[item.name] = rng.standard_normal(shape).astype(dtype)
         elif dtype == "bool":

@@ -9,6 +9,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from fleet import audit
+from fleet.refusal import Refusal
 from fleet.roles import Role
 from ota import benchmarks, services
 from ota.api import serializers as s
@@ -60,7 +61,7 @@ class DeploymentViewSet(
         fields = dict(data.validated_data)
         release = Release.objects.filter(pk=fields.pop("release")).first()
         if release is None:
-            return Response({"detail": "Unknown release.", "code": "bad_release"}, status=400)
+            raise Refusal("bad_release", "Unknown release.")
         deployment = services.start_deployment(
             release, fields.pop("target"), actor=request.user, **fields
         )
@@ -86,10 +87,7 @@ class DeploymentViewSet(
         deployment = self.get_object()
         audit.note(request, f"deployment.{name}", deployment)
         if not done:
-            return Response(
-                {"detail": f"Cannot {name} a {deployment.status} deployment.", "code": "bad_state"},
-                status=409,
-            )
+            raise Refusal("bad_state", f"Cannot {name} a {deployment.status} deployment.", 409)
         deployment.refresh_from_db()
         return Response(s.DeploymentSerializer(deployment).data)
 

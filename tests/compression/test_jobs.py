@@ -321,7 +321,8 @@ def test_job_pages(client, operator_user, viewer_user, demo, django_capture_on_c
     CompressionJob.objects.filter(pk=job.pk).update(status="queued", progress=0, started_at=None)
     assert runner.run_job(job.pk) == "succeeded"
     page = client.get(f"/models/jobs/{job.pk}/")
-    assert b"hx-trigger" not in page.content and b'id="results"' in page.content
+    assert b'hx-trigger="every 1s"' not in page.content  # the live partial stopped polling
+    assert b'id="results"' in page.content
     assert b"pareto-chart" in page.content
     status = client.get(f"/models/jobs/{job.pk}/live/", HTTP_HX_REQUEST="true")
     assert status["HX-Refresh"] == "true"

@@ -18,8 +18,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from compression.models import MLModel, ModelVersion
 from tests.compression import bad_models
 from tests.compression.jobs_support import WorkerPool, database_url, wait_for
-from tests.conftest import need_service, stored_names, tiny_model_bytes
-from tests.ota.conftest import bearer
+from tests.conftest import bearer, need_service, stored_names, tiny_model_bytes
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, pytest.mark.timeout(180)]
 REDIS_URL = os.environ.get("REDIS_URL", "")

@@ -6,13 +6,7 @@ import time
 
 import pytest
 
-
-def bearer(token: str):
-    from rest_framework.test import APIClient
-
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
-    return client
+from tests.conftest import bearer, seed_hardware_profiles
 
 
 def points(first: int, last: int, *, boot: str = "boot-1", **values) -> list[dict]:
@@ -51,28 +45,7 @@ def _hardware_profiles(request):
         return
     transactional = marker.kwargs.get("transaction") or (marker.args and marker.args[0])
     request.getfixturevalue("transactional_db" if transactional else "db")
-    import importlib
-
-    from django.apps import apps
-
-    importlib.import_module("devices.migrations.0002_seed_hardware_profiles").seed(apps, None)
-
-
-@pytest.fixture
-def group(db):
-    from devices.models import DeviceGroup
-
-    return DeviceGroup.objects.create(name="line-3")
-
-
-@pytest.fixture
-def enrollment(db, group, admin_user):
-    """(token row, plaintext) of a token that enrolls into `group` with tag `cam`."""
-    from devices import services
-
-    return services.create_enrollment_token(
-        name="batch 1", actor=admin_user, group=group, tags=["cam"]
-    )
+    seed_hardware_profiles()
 
 
 def _enroll(enrollment, uid: str):

@@ -10,7 +10,8 @@ import pytest
 from django.test import Client
 
 from devices.models import LogLine, TelemetryPoint
-from tests.devices.conftest import bearer, log_lines, points
+from tests.conftest import bearer
+from tests.devices.conftest import log_lines, points
 
 pytestmark = pytest.mark.django_db
 TELEMETRY = "/api/v1/device/telemetry"

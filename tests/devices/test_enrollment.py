@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from devices.models import Device, DeviceCredential, EnrollmentToken
 from ota.models import ServerKey
-from tests.devices.conftest import bearer
+from tests.conftest import bearer
 
 pytestmark = pytest.mark.django_db
 ENROLL = "/api/v1/device/enroll"

@@ -11,7 +11,8 @@ from django.utils import timezone
 
 from devices.models import Device, LogLine, TelemetryPoint
 from devices.tasks import flush_presence
-from tests.devices.conftest import bearer, log_lines, points
+from tests.conftest import bearer
+from tests.devices.conftest import log_lines, points
 
 pytestmark = pytest.mark.django_db
 TELEMETRY = "/api/v1/device/telemetry"

@@ -190,7 +190,7 @@ def test_overview_charts_sample_health_and_count_what_runs_where(
     assert "/devices/widget/charts/" in client.get("/").content.decode()
     widget = client.get("/devices/widget/charts/")
     charts = widget.context["charts"]
-    assert charts["health"]["online"] == [2]
+    assert charts["health"]["online"] == [2, 2]  # the sample, then the live state
     assert dict(zip(charts["by_profile"]["labels"], charts["by_profile"]["counts"], strict=True))
     assert "digits:4" in charts["by_version"]["labels"]
     assert b'id="fleet-chart-data"' in widget.content

@@ -7,15 +7,11 @@ import time
 
 import pytest
 
-from tests.conftest import tiny_model_bytes
-
-
-def bearer(token: str):
-    from rest_framework.test import APIClient
-
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
-    return client
+from tests.conftest import (
+    bearer,  # noqa: F401 - still importable from here
+    seed_hardware_profiles,
+    tiny_model_bytes,
+)
 
 
 def make_version(model_name: str = "digits", seed: int = 0, *, p95: float | None = 10.0):
@@ -40,22 +36,7 @@ def make_version(model_name: str = "digits", seed: int = 0, *, p95: float | None
 
 @pytest.fixture(autouse=True)
 def _profiles(db):
-    import importlib
-
-    from django.apps import apps
-
-    importlib.import_module("devices.migrations.0002_seed_hardware_profiles").seed(apps, None)
-
-
-@pytest.fixture
-def enrollment(db, admin_user):
-    from devices import services
-    from devices.models import DeviceGroup
-
-    group = DeviceGroup.objects.get_or_create(name="line-3")[0]
-    return services.create_enrollment_token(
-        name="batch", actor=admin_user, group=group, tags=["cam"]
-    )
+    seed_hardware_profiles()
 
 
 def enroll(enrollment, uid: str, *, profile: str = "rpi4", installed=None):

@@ -66,3 +66,21 @@ def test_deleting_a_model_a_release_uses_is_refused_in_the_admin(admin_client, r
     )
     assert bulk.status_code in {200, 302}
     assert MLModel.objects.filter(pk=model.pk).exists()
+
+
+def test_a_refusal_raised_in_a_view_keeps_its_status_and_body(
+    admin_api, admin_user, fleet, release
+):
+    from ota import services
+
+    deployment = services.start_deployment(
+        release, {"devices": [fleet[0][0].uid]}, actor=admin_user, phases=[100]
+    )
+    assert admin_api.post(f"/api/v1/deployments/{deployment.pk}/abort/").status_code == 200
+    again = admin_api.post(f"/api/v1/deployments/{deployment.pk}/abort/")
+    assert again.status_code == 409
+    assert again.json() == {"detail": "Cannot abort a aborted deployment.", "code": "bad_state"}
+    unknown = admin_api.post(
+        "/api/v1/deployments/", {"release": 10**9, "target": {}}, format="json"
+    )
+    assert unknown.status_code == 400 and unknown.json()["code"] == "bad_release"

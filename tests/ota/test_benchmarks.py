@@ -9,7 +9,8 @@ from devices.agent import bench
 from devices.agent import manifest as mf
 from ota import keys
 from ota.models import BenchmarkRequest, BenchmarkRun
-from tests.ota.conftest import bearer, make_version
+from tests.conftest import bearer
+from tests.ota.conftest import make_version
 
 pytestmark = pytest.mark.django_db
 URL = "/api/v1/benchmarks/"

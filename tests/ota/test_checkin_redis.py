@@ -12,7 +12,7 @@ from datetime import timedelta
 
 import pytest
 
-from tests.ota.conftest import bearer
+from tests.conftest import bearer
 
 pytestmark = pytest.mark.django_db
 

@@ -11,7 +11,8 @@ from django.utils import timezone
 from ota import services
 from ota.choices import DeploymentStatus, UpdateState
 from ota.models import DeviceUpdate
-from tests.ota.conftest import bearer, finish, make_version, telemetry
+from tests.conftest import bearer
+from tests.ota.conftest import finish, make_version, telemetry
 
 pytestmark = pytest.mark.django_db
 

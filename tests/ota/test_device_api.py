@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 import pytest
 
 from devices.agent import manifest as mf
-from tests.ota.conftest import bearer, enroll, report
+from tests.conftest import bearer
+from tests.ota.conftest import enroll, report
 
 pytestmark = pytest.mark.django_db
 

@@ -9,7 +9,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from devices.agent import manifest as mf
-from tests.ota.conftest import bearer
+from tests.conftest import bearer
 from tests.ota.test_device_api import deployed, update_of  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.django_db

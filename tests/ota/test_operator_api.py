@@ -8,7 +8,8 @@ import pytest
 from fleet.models import AuditEntry
 from ota.choices import DeploymentStatus
 from ota.models import Deployment
-from tests.ota.conftest import bearer, finish
+from tests.conftest import bearer
+from tests.ota.conftest import finish
 
 pytestmark = pytest.mark.django_db
 

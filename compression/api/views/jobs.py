@@ -15,6 +15,7 @@ from compression.choices import JobMode
 from compression.models import Candidate, CompressionJob, Dataset, ModelVersion
 from devices.models import HardwareProfile
 from fleet import audit
+from fleet.refusal import Refusal
 from fleet.roles import Role
 
 
@@ -167,8 +168,7 @@ class CompressionJobViewSet(
         accepted = jobs.cancel_job(job)
         audit.note(request, "job.cancel", job, accepted=accepted)
         if not accepted:
-            return Response(
-                {"detail": "The job has already ended.", "code": "job_over", "status": job.status},
-                status=status.HTTP_409_CONFLICT,
+            raise Refusal(
+                "job_over", "The job has already ended.", 409, extra={"status": job.status}
             )
         return Response(self.get_serializer(job).data, status=status.HTTP_202_ACCEPTED)

@@ -23,19 +23,18 @@ from compression.api.serializers import (
 )
 from compression.models import Dataset, MLModel, ModelVersion
 from fleet import audit
+from fleet.refusal import Refusal
 from fleet.roles import Role
 
 
 def version_artifact(version: ModelVersion):
     """The version's bytes, or 409 while it is validating / once rejected."""
     if not version.is_ready:
-        return Response(
-            {
-                "detail": f"Version {version} is {version.status}.",
-                "code": "not_ready",
-                "status": version.status,
-            },
-            status=409,
+        raise Refusal(
+            "not_ready",
+            f"Version {version} is {version.status}.",
+            409,
+            extra={"status": version.status},
         )
     return artifact_response(version.artifact, version.download_name, version.sha256)
 
