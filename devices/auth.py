@@ -78,10 +78,13 @@ class DevicePrincipal:
 
     @property
     def device_ref(self) -> Device | DeviceRef:
-        """The device if loaded, else a stand-in carrying only its id: all the ingest
-        services read when authentication came from Redis (which also noted the
-        device as seen)."""
-        return self._device if self._device is not None else DeviceRef(self.device_pk)
+        """The device if loaded, else -- when authentication came from Redis, which also
+        noted the device as seen -- a stand-in carrying only its id: all the ingest
+        services read then. Without Redis the ingest must record presence itself, which
+        needs the device's status, so the device is loaded."""
+        if self._device is None and self.seen_noted:
+            return DeviceRef(self.device_pk)
+        return self.device
 
     def __str__(self) -> str:
         return f"device:{self._device.uid if self._device else self.device_pk}"

@@ -208,3 +208,23 @@ def test_a_new_valid_token_is_never_refused_by_the_negative_cache(enrollment):
     bearer(BAD).get("/api/v1/device/update")
     _device, token = services.enroll(enrollment[1], {"uid": "cam-new"})
     assert bearer(token).get("/api/v1/device/update").status_code == 204
+
+
+def test_embedded_defaults_ingest_from_a_cached_credential(settings, device_a):
+    """`make run` has no Redis: the credential comes from the local-memory cache, so
+    presence is recorded by the ingest itself (every batch answered, the device online)."""
+    from django.core.cache import caches
+
+    from devices.models import Device
+
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    caches["default"].clear()
+    device, token = device_a
+    requests = 3
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {token}")
+    for n in range(requests):  # the first authenticates from the database, then the cache
+        for path, body in ((TELEMETRY, points(n * 2, n * 2 + 1)), (LOGS, log_lines(n, n))):
+            response = raw(client, path, json.dumps({"batch": body}).encode())
+            assert response.status_code == 200, response.content
+    assert TelemetryPoint.objects.filter(device=device).count() == requests * 2
+    assert Device.objects.get(pk=device.pk).last_seen is not None
