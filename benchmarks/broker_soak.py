@@ -53,11 +53,14 @@ def _connection(folder: Path, transport: str):
     )
 
 
-def _produce(folder, transport, index, deadline, out):
+def _produce(folder, transport, index, seconds, out):
     sent, error = 0, ""
     try:
         with _connection(folder, transport) as conn:
             queue = conn.SimpleQueue("soak")
+            # the clock starts once this producer is up: on a loaded machine spawning and
+            # importing kombu can take longer than a short soak
+            deadline = time.time() + seconds
             while time.time() < deadline:
                 queue.put({"p": index, "n": sent, "pad": "x" * 2000})
                 sent += 1
@@ -97,9 +100,8 @@ def kombu_soak(
         (folder / sub).mkdir(parents=True, exist_ok=True)
     ctx = mp.get_context("spawn")
     out, stop = ctx.Queue(), ctx.Event()
-    deadline = time.time() + seconds
     procs = [
-        ctx.Process(target=_produce, args=(folder, transport, i, deadline, out))
+        ctx.Process(target=_produce, args=(folder, transport, i, seconds, out))
         for i in range(producers)
     ]
     procs += [
@@ -108,7 +110,7 @@ def kombu_soak(
     ]
     for p in procs:
         p.start()
-    results = [out.get(timeout=seconds + 120) for _ in range(producers)]
+    results = [out.get(timeout=seconds + 300) for _ in range(producers)]
     stop.set()
     results += [out.get(timeout=120) for _ in range(consumers)]
     for p in procs:
@@ -116,6 +118,7 @@ def kombu_soak(
     sent = sum(r[2] for r in results if r[0] == "sent")
     got = [m for r in results if r[0] == "got" for m in r[2]]
     errors = [r[3] for r in results if r[0] == "got" and r[3]]
+    producer_errors = [r[3] for r in results if r[0] == "sent" and r[3]]
     return {
         "level": "kombu",
         "transport": transport,
@@ -127,6 +130,7 @@ def kombu_soak(
         "unique": len(set(got)),
         "consumer_deaths": len(errors),
         "errors": errors[:3],
+        "producer_errors": producer_errors[:3],
         "left_in_queue": len(list((folder / "queue").iterdir())),
     }
 
