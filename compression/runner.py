@@ -31,7 +31,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from compression import jobs, services, training_relay
+from compression import services, training_relay
 from compression.choices import JobStatus
 from compression.engine import search
 from compression.engine.benchmark import host_info
@@ -200,7 +200,8 @@ def _search(job: CompressionJob, workdir: Path, reporter: ProgressReporter) -> d
             out_dir=workdir / "out",
             progress=_with_test_hook(job, reporter),
             should_stop=reporter.should_stop,
-            recipes=job.recipes or jobs.default_search_recipes(),
+            # nothing picked: the engine's default plan, quantizer grid included (as the CLI's auto)
+            recipes=job.recipes or None,
             overrides=overrides,
         )
 
