@@ -63,7 +63,8 @@ def test_operator_creates_and_every_device_gets_a_signed_request(
     assert envelope["manifest"]["device"] == device.uid and envelope["manifest"]["inferences"] == 25
     # Its artifacts may be fetched by this device.
     sha = envelope["manifest"]["artifacts"][0]["sha256"]
-    assert bearer(token).get(f"/api/v1/device/artifacts/{sha}").status_code == 200
+    # 200 from local storage, 302 to a presigned URL on S3 (CI)
+    assert bearer(token).get(f"/api/v1/device/artifacts/{sha}").status_code in (200, 302)
 
 
 @pytest.mark.parametrize(
