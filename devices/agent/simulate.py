@@ -142,6 +142,7 @@ class SimDevice:
         self.etag = None
         self.trusted: dict[str, int] = {}
         self.installed: dict[str, dict] = {}  # slot -> {"payload", "variant"}
+        self.confirmed: set[tuple[str, object]] = set()  # (slot, version) re-reported this run
         self.first_variants: set[str] = set()
         self.outbox = collections.deque(maxlen=options.buffer_cap)  # (kind, body)
         self.dropped = 0
@@ -363,6 +364,7 @@ class SimDevice:
             self.stats.add(f"manifest_refused_{exc.code}")
             return
         if verified.no_op:
+            self.confirm_installed(slot, verified.payload)
             return
         payload = verified.payload
         self.trusted[slot] = payload["version"]
@@ -397,6 +399,16 @@ class SimDevice:
             self.on_enrolled()  # keep the installed slots across a restart
         self.log("info", f"slot {slot}: installed manifest version {payload['version']}")
         self.stats.add("update_succeeded")
+
+    def confirm_installed(self, slot: str, payload: dict) -> None:
+        """The server offers again a manifest this device already installed: it never heard
+        how the update ended (the report was queued when the simulator stopped, or stuck
+        behind a refused upload). Report it once more per run; the report is idempotent."""
+        installed = (self.installed.get(slot) or {}).get("payload") or {}
+        key = (slot, payload.get("version"))
+        if installed.get("version") == payload.get("version") and key not in self.confirmed:
+            self.confirmed.add(key)
+            self.status(payload, "succeeded")
 
     def fetch(self, artifact: dict) -> tuple[str, str] | None:
         """Download and hash an artifact in memory, bounded by its signed size."""

@@ -53,6 +53,20 @@ def test_simulated_fleet_installs_and_reports(peer, tmp_path, good_model):
     assert len(peer.enrollments) == enrollments
 
 
+def test_a_restart_reports_an_install_the_server_never_heard_of(peer, tmp_path, good_model):
+    """Stopped after installing but before its report went out, a device that is offered
+    the same manifest again says once that it succeeded, instead of staying silent forever."""
+    peer.poll_interval_s = 0.5
+    peer.add_artifact(good_model)
+    peer.offer(peer.manifest([("fp32", good_model)], version=1))
+    simulate.Fleet(options(peer, tmp_path)).run()
+    assert [s["state"] for s in peer.statuses].count("succeeded") == 4
+    peer.statuses.clear()  # the reports are lost; the server still offers version 1
+    simulate.Fleet(options(peer, tmp_path)).run()
+    states = [(s["state"], s["manifest_version"]) for s in peer.statuses]
+    assert states == [("succeeded", 1)] * 4  # once per device and run, nothing reinstalled
+
+
 def test_faults(peer, tmp_path, good_model):
     peer.poll_interval_s = 0.5
     peer.add_artifact(good_model)
