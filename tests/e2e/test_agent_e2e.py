@@ -123,9 +123,11 @@ def test_telemetry_buffered_offline_delivered_once(
             device=device, message__contains="dropped the 10 oldest"
         ).exists()
         # E1: a batch resent (e.g. its answer was lost) is stored once, same answer.
+        # Records are resent unchanged (the key is device, boot, seq and ts).
+        stored = TelemetryPoint.objects.filter(device=device, seq__in=(11, 12)).order_by("seq")
         items = [
-            {"seq": s, "boot_id": agent.boot_id, "ts": time.time(), "latency_ms": 1.0}
-            for s in (11, 12)
+            {"seq": p.seq, "boot_id": agent.boot_id, "ts": p.ts.timestamp(), "latency_ms": 1.0}
+            for p in stored
         ]
         first = agent._send_telemetry(agent.boot_id, items, 0)
         second = agent._send_telemetry(agent.boot_id, items, 0)
