@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import tiny_model_bytes
+from tests.conftest import seed_hardware_profiles, tiny_model_bytes
 from tests.e2e.test_agent_ota_e2e import agent_cli, deploy, enroll_agents, stored_version
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -55,6 +55,7 @@ def test_shifted_inputs_raise_the_score_and_the_alert(live_server, admin_user, t
     from devices.models import Alert, Device, TelemetryPoint
     from ota.models import DeviceUpdate
 
+    seed_hardware_profiles()  # a transactional test starts with none; agents name rpi4
     token = services.create_enrollment_token(name="drift")[1]
     calm, moved = enroll_agents(live_server, token, tmp_path, 2)
     version = stored_version("drifty", tiny_model_bytes(5), p95=1000.0)

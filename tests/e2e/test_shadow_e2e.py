@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import tiny_model_bytes
+from tests.conftest import seed_hardware_profiles, tiny_model_bytes
 from tests.e2e.test_agent_ota_e2e import (
     active_sha,
     deploy,
@@ -35,6 +35,8 @@ def test_disagreeing_candidate_stays_out_and_pauses_agreeing_one_switches(
 ):
     from devices import services as devices_services
     from ota import services
+
+    seed_hardware_profiles()  # a transactional test starts with none; agents name rpi4
 
     token = devices_services.create_enrollment_token(name="shadow")[1]
     states = enroll_agents(live_server, token, tmp_path, 2)
