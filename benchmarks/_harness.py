@@ -73,6 +73,24 @@ class Scratch:
                 client.delete(*keys[start : start + 5000])
 
 
+def add_gunicorn_args(parser) -> None:
+    """`--workers` / `--threads`, defaulting to the production settings (fleet/gunicorn.py)."""
+    from fleet import gunicorn as production
+
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=production.workers,
+        help="gunicorn workers (default: fleet/gunicorn.py's)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=production.threads,
+        help="threads per gunicorn worker (default: fleet/gunicorn.py's)",
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

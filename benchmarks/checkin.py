@@ -398,7 +398,6 @@ def run_python(
 
 
 def main() -> None:
-    from fleet import gunicorn as production
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--devices", type=int, default=100_000)
@@ -411,18 +410,7 @@ def main() -> None:
         "--rounds", type=int, default=3, help="interleaved rounds; medians are reported"
     )
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=production.workers,
-        help="gunicorn workers (default: fleet/gunicorn.py's)",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=production.threads,
-        help="threads per gunicorn worker (default: fleet/gunicorn.py's)",
-    )
+    h.add_gunicorn_args(parser)
     parser.add_argument(
         "--metrics",
         choices=["on", "off", "compare"],

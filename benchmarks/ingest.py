@@ -455,20 +455,8 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=1_000_000)
     parser.add_argument("--devices", type=int, default=16)
     parser.add_argument("--clients", type=int, default=2, help="client processes")
-    from fleet import gunicorn as production
 
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=production.workers,
-        help="gunicorn workers (default: fleet/gunicorn.py's)",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=production.threads,
-        help="threads per gunicorn worker (default: fleet/gunicorn.py's)",
-    )
+    h.add_gunicorn_args(parser)
     parser.add_argument(
         "--resend-every", type=int, default=10, help="resend every Nth batch (0: none)"
     )

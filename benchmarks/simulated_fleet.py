@@ -71,18 +71,7 @@ def main() -> None:
     parser.add_argument("--duration-s", type=float, default=600)
     parser.add_argument("--poll-interval-s", type=float, default=30)
     parser.add_argument("--telemetry-interval-s", type=float, default=10)
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=production.workers,
-        help="gunicorn workers (default: fleet/gunicorn.py's)",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=production.threads,
-        help="threads per gunicorn worker (default: fleet/gunicorn.py's)",
-    )
+    h.add_gunicorn_args(parser)
     # Few simulator threads: they share one GIL, and with 16-32 the latency they
     # measured was mostly their own queueing (10k devices, 120 s: p99 59 ms with
     # 32, 26 ms with 16, 14 ms with 8, the same ~1,150 requests/s from 8 and 16).

@@ -39,6 +39,20 @@ class CandidateSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+# What a client submits when it creates a job; every other field is the server's.
+WRITABLE_FIELDS = (
+    "source",
+    "mode",
+    "recipes",
+    "kpis",
+    "options",
+    "hardware_profile",
+    "calibration",
+    "evaluation",
+    "time_budget_s",
+)
+
+
 class CompressionJobSerializer(serializers.ModelSerializer):
     hardware_profile = serializers.SlugRelatedField(
         slug_field="slug", queryset=HardwareProfile.objects.all(), required=False, allow_null=True
@@ -96,23 +110,7 @@ class CompressionJobSerializer(serializers.ModelSerializer):
             "finished_at",
             "candidates",
         ]
-        read_only_fields = [
-            "id",
-            "status",
-            "progress",
-            "current_step",
-            "log",
-            "error",
-            "result",
-            "cancel_requested",
-            "attempts",
-            "worker_host",
-            "created_by",
-            "created_at",
-            "started_at",
-            "finished_at",
-            "candidates",
-        ]
+        read_only_fields = [name for name in fields if name not in WRITABLE_FIELDS]
 
 
 class CompressionJobViewSet(
