@@ -9,7 +9,8 @@ SIM_DEVICES ?= 5
 SIM_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test lint fmt venv clean messages locale benchmark-compression cli-wheel agent-wheel
+.PHONY: run test lint fmt venv clean messages locale benchmark-compression \
+	cli-wheel agent-wheel screenshots
 
 # `make venv` also builds the translation catalogs (.mo) from the committed .po.
 venv: $(VENV)/.installed
@@ -41,6 +42,13 @@ test: venv
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# Full-page PNGs of home, job, deployment and device pages in en and zh-Hans in
+# SHOTS_DIR, from a fresh `make run` in a temp dir (tests/browser/screenshots.py; --url
+# for a running one). Not part of `make test`.
+SHOTS_DIR ?= /tmp/shots
+screenshots: venv
+	$(PY) -m tests.browser.screenshots --out $(SHOTS_DIR)
 
 messages: venv
 	$(PY) manage.py makemessages -l zh_Hans --ignore '.venv/*' --ignore 'var/*'

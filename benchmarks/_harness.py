@@ -3,11 +3,13 @@ database and cache namespace (`Scratch`, from DATABASE_URL / REDIS_URL, removed
 afterwards), a gunicorn server on loopback, CPU accounting by process role.
 
 Shared by `benchmarks/ingest.py`, `checkin.py` and `simulated_fleet.py` (imported as
-`benchmarks._harness` after the `sys.path` line those files start with).
+`benchmarks._harness` after the `sys.path` line those files start with), and by the
+end-to-end tests that start gunicorn (`free_port`, `start_gunicorn`, `stop`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -48,6 +50,28 @@ class Scratch:
         env = {"DATABASE_URL": self.url, "CACHE_KEY_PREFIX": self.key_prefix}
         if self.redis_url:
             env["REDIS_URL"] = self.redis_url
+        return env
+
+    def setup_django(self, **extra: str) -> dict[str, str]:
+        """Migrate this scratch database and set Django up in this process; returns the
+        environment for the benchmark's servers: production settings (DEBUG off, quiet
+        logs, no device throttle, no MQTT) on this database and cache, plus `extra`."""
+        env = {
+            **os.environ,
+            **self.env(),
+            "DEBUG": "0",
+            "LOG_LEVEL": "WARNING",
+            "THROTTLE_DEVICE": "1000000/min",
+            "DJANGO_SETTINGS_MODULE": "fleet.settings",
+            **extra,
+        }
+        env.pop("MQTT_URL", None)
+        os.environ.update(env)
+        migrate = [PYTHON, "manage.py", "migrate", "-v", "0"]
+        subprocess.run(migrate, cwd=ROOT, env=env, check=True, timeout=600)
+        import django
+
+        django.setup()
         return env
 
     def close(self) -> None:
@@ -98,10 +122,16 @@ def free_port() -> int:
 
 
 def start_gunicorn(
-    env: dict, port: int, workers: int, threads: int = 1, timeout_s: float = 60
+    env: dict,
+    port: int,
+    workers: int,
+    threads: int = 1,
+    timeout_s: float = 60,
+    extra: tuple[str, ...] = (),
 ) -> subprocess.Popen:
     """gunicorn with the production settings (fleet/gunicorn.py) serving fleet.wsgi
-    on 127.0.0.1:port, in its own process group."""
+    on 127.0.0.1:port, in its own process group (`extra`: more gunicorn arguments);
+    returns once the port accepts connections."""
     proc = subprocess.Popen(
         [
             PYTHON,
@@ -120,6 +150,7 @@ def start_gunicorn(
             "warning",
             "--backlog",
             "4096",
+            *extra,
         ],
         cwd=ROOT,
         env=env,
@@ -140,16 +171,17 @@ def start_gunicorn(
     raise RuntimeError("gunicorn did not start: " + proc.stderr.read().decode()[-2000:])
 
 
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the process group, SIGKILL it after 15 s."""
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """`sig` (SIGTERM) to the process group, SIGKILL after 15 s."""
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, sig)
     except ProcessLookupError:
         return
     try:
         proc.wait(15)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(15)
 
 

@@ -1,11 +1,12 @@
 """The standalone agent on a device's budget: `python -m benchmarks.agent`.
 
-Builds the `edgefleet-agent` wheel, installs it into a fresh venv with no index
-(the dependency wheels are fetched first, pinned to this environment's versions),
+Builds the `edgefleet-agent` wheel, installs it into a fresh venv with no index the
+way devices/agent/README.md recommends (`--install` picks another way; the dependency
+wheels are fetched first, pinned to this environment's versions),
 and measures the installed agent against a small real HTTP server playing the
 device API (`tests/agent/peer.py`, which signs manifests like the server):
 
-- the venv's size on disk, onnxruntime and numpy included;
+- the venv's size on disk, onnxruntime and numpy included, after running too;
 - the agent's resident memory (RSS, VmHWM) idle with no model, and running the
   demo model (digits-cnn) continuously after installing it over the air;
 - CPU per check-in + telemetry upload cycle (process CPU time / cycles).
@@ -75,30 +76,50 @@ def wheelhouse(workdir: Path) -> Path:
     return house
 
 
-def install_agent(workdir: Path) -> Path:
+# How the venv is made (devices/agent/README.md, "Install"):
+# - recommended: a venv without pip/setuptools, filled by the host's pip (`pip --python`)
+#   with --no-compile; the agent runs with PYTHONDONTWRITEBYTECODE=1, so no bytecode is
+#   ever written (imports compile in memory: slower start, see the README);
+# - minimal: the same, but only the packages the agent imports at run time (--no-deps:
+#   onnxruntime's protobuf, flatbuffers and packaging serve its offline tools only);
+# - default: `python -m venv` + the venv's own pip, which also byte-compiles everything.
+INSTALLS = ("recommended", "minimal", "default")
+MINIMAL = ("onnxruntime", "numpy", "cryptography", "cffi", "pycparser")
+RUN_ENV = {"ORT_DISABLE_TELEMETRY": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def install_agent(workdir: Path, how: str = "recommended") -> Path:
     """A fresh venv with only the agent wheel and what it declares; returns the venv."""
     wheel = build_wheel(workdir)
     house = wheelhouse(workdir)
     venv = workdir / "agent-venv"
-    _run(sys.executable, "-m", "venv", venv)
+    sources = ["--no-index", "--find-links", wheel.parent, "--find-links", house]
+    if how == "default":
+        _run(sys.executable, "-m", "venv", venv)
+        _run(venv / "bin" / "python", "-m", "pip", "install", "-q", *sources, wheel)
+        return venv
+    _run(sys.executable, "-m", "venv", "--without-pip", venv)
+    only = ["--no-deps", *MINIMAL] if how == "minimal" else []
     _run(
-        venv / "bin" / "python",
-        "-m",
-        "pip",
+        *_host_pip(venv),
         "install",
         "-q",
-        "--no-index",
-        "--find-links",
-        wheel.parent,
-        "--find-links",
-        house,
+        "--no-compile",
+        *sources,
         wheel,
+        *only,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
     )
     return venv
 
 
+def _host_pip(venv: Path) -> list:
+    """This interpreter's pip acting on the venv (pip >= 22.3): no pip inside it."""
+    return [sys.executable, "-m", "pip", "--python", venv / "bin" / "python"]
+
+
 def installed(venv: Path) -> set[str]:
-    listed = _run(venv / "bin" / "python", "-m", "pip", "list", "--format=freeze").stdout
+    listed = _run(*_host_pip(venv), "list", "--format=freeze").stdout
     return {line.split("==")[0].lower() for line in listed.split()}
 
 
@@ -152,11 +173,7 @@ def memory(venv: Path, workdir: Path, settle_s: float) -> dict[str, float]:
         settings.write_text(
             json.dumps({"telemetry_interval_s": 2, "poll_interval_s": 1, "threads": 1})
         )
-        env = {
-            "PATH": f"{venv / 'bin'}:/usr/bin:/bin",
-            "ORT_DISABLE_TELEMETRY": "1",
-            "HOME": str(workdir),
-        }
+        env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(workdir), **RUN_ENV}
         proc = subprocess.Popen(
             [
                 venv / "bin" / "edgefleet-agent",
@@ -242,7 +259,7 @@ def cycle_cpu(venv: Path, workdir: Path, cycles: int) -> dict[str, float]:
             CYCLE_PROBE,
             state.root,
             cycles,
-            env={"PATH": "/usr/bin:/bin", "ORT_DISABLE_TELEMETRY": "1"},
+            env={"PATH": "/usr/bin:/bin", **RUN_ENV},
             cwd=workdir,
         )
         sent = sum(len(b["batch"]) for b in peer.telemetry)
@@ -257,17 +274,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cycles", type=int, default=300)
     parser.add_argument("--settle-s", type=float, default=10.0)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--install", choices=INSTALLS, default="recommended")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="agent-bench-") as tmp:
         workdir = Path(tmp)
-        venv = install_agent(workdir)
+        venv = install_agent(workdir, args.install)
         names = installed(venv)
         leaked = sorted(names & SERVER_ONLY)
-        size = dir_mb(venv)
+        installed_mb = dir_mb(venv)
         parts = site_breakdown(venv)
+        pycache = sum(dir_mb(p) for p in venv.rglob("__pycache__"))
+        tests = sum(dir_mb(p) for p in venv.rglob("tests") if p.is_dir())
         mem = memory(venv, workdir, args.settle_s)
         cycles = sorted(cycle_cpu(venv, workdir, args.cycles)["cpu_ms"] for _ in range(args.repeat))
+        size = max(installed_mb, dir_mb(venv))  # after running: nothing may have grown it
     print(f"load average at the end: {os.getloadavg()[0]:.2f} (2 cores shared)")
+    print(
+        f"install: {args.install}; venv {installed_mb:.1f} MB installed, "
+        f"{size:.1f} MB after running"
+    )
+    print(f"of which __pycache__ {pycache:.1f} MB, packages' tests {tests:.1f} MB")
     print(f"installed: {', '.join(sorted(names - {'pip', 'setuptools'}))}")
     print(f"server packages in the agent venv: {leaked or 'none'}")
     print("site-packages, MB: " + ", ".join(f"{k} {v:.1f}" for k, v in list(parts.items())[:8]))

@@ -435,20 +435,7 @@ def run_benchmark(args, scratch) -> None:
 
     redis_url = scratch.redis_url
     roles = cpu_roles(scratch.name)
-    env = {
-        **os.environ,
-        **scratch.env(),
-        "DEBUG": "0",
-        "LOG_LEVEL": "WARNING",
-        "THROTTLE_DEVICE": "1000000/min",
-        "DJANGO_SETTINGS_MODULE": "fleet.settings",
-    }
-    env.pop("MQTT_URL", None)
-    os.environ.update(env)
-    subprocess.run([PYTHON, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
-    import django
-
-    django.setup()
+    env = scratch.setup_django()
     from devices.models import Device
     from ota import manifests
 

@@ -140,13 +140,52 @@ def grid_side_by_side(report: dict, *, threads: int, data: Path) -> dict | None:
         max_rounds=9,
     )
     auto_ratio = r["models"].get("auto", r["models"]["grid-best"])["ratio"]
+    chosen = by_name(report, report["chosen"])
     return {
         "grid_best": best["recipe"],
         "grid_best_ratio": r["models"]["grid-best"]["ratio"],
+        "grid_best_size": best["metrics"]["size_ratio"],
+        "grid_best_fidelity": _fidelity(best, data),
         "auto": report["chosen"],
         "auto_ratio": auto_ratio,
+        "auto_size": chosen["metrics"]["size_ratio"],
+        "auto_fidelity": _fidelity(chosen, data),
+        "auto_wall_s": report["wall_s"],
         "rounds": r["rounds"],
     }
+
+
+def _fidelity(cand: dict, data: Path) -> float | None:
+    """The candidate's fidelity; evaluated here when the search skipped it."""
+    from compression.engine.evaluate import evaluate
+    from compression.engine.search.decide import quality
+
+    if cand["metrics"].get("fidelity") is not None or cand["recipe"] == "fp32":
+        return cand["metrics"].get("fidelity", 1.0)
+    fp32 = Path(cand["path"]).parent / "fp32.onnx"
+    return quality(evaluate(cand["path"], data, reference_path=fp32))[1]
+
+
+def print_side_by_side(side: dict) -> None:
+    rows = [
+        [
+            f"auto: {side['auto']}",
+            fmt(side["auto_ratio"]),
+            fmt(side["auto_size"]),
+            fmt(side["auto_fidelity"], ".4f"),
+            f"{side['auto_wall_s']:.1f}",
+        ],
+        [
+            f"grid best: {side['grid_best']}",
+            fmt(side["grid_best_ratio"]),
+            fmt(side["grid_best_size"]),
+            fmt(side["grid_best_fidelity"], ".4f"),
+            "-",
+        ],
+    ]
+    print(f"mobilenetv2, interleaved with fp32 in one process ({side['rounds']} rounds):")
+    print(table(rows, ["", "p50 x", "size x", "fidelity", "auto wall s"]))
+    print()
 
 
 def print_table(reports: dict) -> None:
@@ -188,6 +227,7 @@ def print_table(reports: dict) -> None:
                 fmt(q.get("accuracy_drop_pt"), ".2f"),
                 r["measurement"].get("shape", "-"),
                 f"{r['wall_s']:.1f}",
+                f"{sum(r.get('stage_cpu_seconds', {}).values()):.1f}",
                 str(len(r["candidates"])),
                 " ".join(f"{k} {v:.0f}" for k, v in r.get("stage_seconds", {}).items()),
             ]
@@ -205,6 +245,7 @@ def print_table(reports: dict) -> None:
                 "int8 acc drop pt",
                 "timed on",
                 "wall s",
+                "cpu s",
                 "candidates",
                 "stages s",
             ],
@@ -313,6 +354,8 @@ def main() -> int:
                 )
         print()
         print_table(reports)
+        if side:
+            print_side_by_side(side)
     results = targets(reports, side)
     for label, ok, detail in results:
         print(f"{'PASS' if ok else 'FAIL'}  {label}: {detail}")

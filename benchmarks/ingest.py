@@ -47,6 +47,17 @@ PYTHON = sys.executable
 DATABASE = ""  # the scratch database's name, set by main()
 MQTT_URL = os.environ.get("BENCH_MQTT_URL", "mqtt://127.0.0.1:1883")
 BATCH = 500
+POINT = {  # what every point of the run reports the same
+    "model_version": "digits:3",
+    "throughput": 110.5,
+    "mem_mb": 180.0,
+    "cpu_pct": 41.0,
+    "temp_c": 55.0,
+    "battery_pct": 77.0,
+    "power_w": 3.2,
+    "inferences": 12,
+    "errors": 0,
+}
 
 
 def make_batches(boot: str, n_points: int, resend_every: int) -> tuple[list[bytes], int]:
@@ -56,19 +67,11 @@ def make_batches(boot: str, n_points: int, resend_every: int) -> tuple[list[byte
     for start in range(0, n_points, BATCH):
         batch = [
             {
+                **POINT,
                 "seq": seq,
                 "boot_id": boot,
                 "ts": now - (n_points - seq) * 0.001,
-                "model_version": "digits:3",
                 "latency_ms": 8.0 + seq % 13,
-                "throughput": 110.5,
-                "mem_mb": 180.0,
-                "cpu_pct": 41.0,
-                "temp_c": 55.0,
-                "battery_pct": 77.0,
-                "power_w": 3.2,
-                "inferences": 12,
-                "errors": 0,
             }
             for seq in range(start, min(start + BATCH, n_points))
         ]
@@ -479,21 +482,7 @@ def main() -> None:
 
 def run_benchmark(args, scratch) -> None:
     redis_url = scratch.redis_url
-    env = {
-        **os.environ,
-        **scratch.env(),
-        "DEBUG": "0",
-        "LOG_LEVEL": "WARNING",
-        "THROTTLE_DEVICE": "1000000/min",
-        "DEVICE_MAX_INFLIGHT_INGEST": "64",
-        "DJANGO_SETTINGS_MODULE": "fleet.settings",
-    }
-    env.pop("MQTT_URL", None)
-    os.environ.update(env)
-    subprocess.run([PYTHON, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
-    import django
-
-    django.setup()
+    env = scratch.setup_django(DEVICE_MAX_INFLIGHT_INGEST="64")
 
     print(
         f"# EdgeFleet ingest benchmark · {os.cpu_count()} CPUs · PostgreSQL {scratch.name} · "

@@ -5,17 +5,20 @@
   weights ÷S (identical in float, ReLU being positively homogeneous) — outlier
   activations that quantize badly per tensor. fp32, PTQ int8 (int8-static),
   QAT int8 with labels and with the teacher only, and QAT exported with
-  recalibrated ranges instead of the learned ones; p50 at 1 thread.
+  recalibrated ranges instead of the learned ones; p50 at 1 thread, every
+  variant timed interleaved with its fp32 reference (a ratio of neighbours).
 - Distillation on digits: student = the teacher with 50 % of its Conv channels,
   trained with the teacher vs the same student trained on labels only.
-- Pruning with recovery on digits: prune-structured ratio 0.5 with its fine-tune.
+- Pruning with recovery on digits: prune-structured ratio 0.5 with its fine-tune,
+  in one step and gradually (``steps``: each step fine-tuned by distillation from
+  the unpruned model).
 
 Data: scikit-learn's bundled digits (1,797 images), split in two. The fixture
 CNN (compression/fixtures/digits_cnn.onnx) saw all but 300 of them in training,
 too few held out for 1 pt to mean anything (1 image = 0.33 pt), so the benchmark
 trains the same network (make_digits.train, same seed and recipe) on 897 images
 and keeps the other 900 as the test set, which no recipe sees (1 image = 0.11 pt;
-binomial standard error about 0.5 pt at 97 %). Recipes train on the 897 (15 % of
+binomial standard error about 0.5 pt at 97 %). Recipes train on the 897 (20 % of
 them held out for early stopping); calibration uses 200 of them. Usage:
 
     nice -n 10 .venv/bin/python benchmarks/training.py [--scale 200] [--runs 200]
@@ -38,7 +41,7 @@ import numpy as np  # noqa: E402 - after the sys.path fix above
 import onnx  # noqa: E402 - after the sys.path fix above
 from onnx import numpy_helper  # noqa: E402 - after the sys.path fix above
 
-from compression.engine.benchmark import benchmark  # noqa: E402
+from compression.engine.benchmark import compare  # noqa: E402
 from compression.engine.evaluate import evaluate  # noqa: E402
 from compression.engine.inspect import count_parameters  # noqa: E402
 from compression.engine.recipes import run_recipe  # noqa: E402
@@ -93,8 +96,27 @@ def acc(path) -> float:
     return evaluate(path, TEST)["accuracy"]["top1"]
 
 
-def p50(path, runs) -> float:
-    return benchmark(path, threads=1, runs=runs, warmup=10)["latency_ms"]["p50"]
+PENDING: list[tuple[list, str, Path]] = []  # rows whose p50 ratio is measured at the end
+
+
+def later(row: list, group: str, path) -> list:
+    """Queue ``row``'s latency (column 4) for the interleaved timing of its ``group``."""
+    PENDING.append((row, group, Path(path)))
+    return row
+
+
+def time_interleaved(references: dict[str, Path], runs: int, rounds: int) -> dict[str, float]:
+    """Each group's models timed in turns with its reference in one process (1 thread):
+    the ratio of neighbours, steady on a loaded machine. Returns the references' p50 ms."""
+    base = {}
+    for group, reference in references.items():
+        todo = [(row, path) for row, g, path in PENDING if g == group]
+        paths = {"reference": reference, **{str(i): p for i, (_, p) in enumerate(todo)}}
+        r = compare(paths, reference="reference", runs=runs, min_rounds=rounds, max_rounds=rounds)
+        for i, (row, _) in enumerate(todo):
+            row[4] = f"{r['models'][str(i)]['ratio']:.2f}"
+        base[group] = r["models"]["reference"]["p50_ms"]
+    return base
 
 
 def conv_channels(path) -> int:
@@ -116,8 +138,12 @@ def timed(recipe, src, out, **kw):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", type=float, default=200.0)
-    ap.add_argument("--runs", type=int, default=200)
-    ap.add_argument("--qat-epochs", type=int, default=15)
+    ap.add_argument("--runs", type=int, default=20, help="timed runs per model per round")
+    ap.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
+    ap.add_argument("--qat-epochs", type=int, default=30)
+    ap.add_argument("--patience", type=int, default=8, help="early-stop patience (epochs)")
+    ap.add_argument("--finetune-epochs", type=int, default=15, help="per pruning step")
+    ap.add_argument("--prune-steps", type=int, default=4)
     ap.add_argument("--distill-epochs", type=int, default=30)
     args = ap.parse_args()
     rows = []
@@ -133,23 +159,31 @@ def main() -> None:
         # --- QAT on the outlier model -------------------------------------------------
         _, s_ptq = timed("int8-static", ref, t / "ptq.onnx", calibration_path=cal)
         q_l, s_ql = timed(
-            "qat", ref, t / "qat.onnx", **common, overrides={"epochs": args.qat_epochs}
+            "qat",
+            ref,
+            t / "qat.onnx",
+            **common,
+            overrides={"epochs": args.qat_epochs, "patience": args.patience},
         )
         _, s_qu = timed(
             "qat",
             ref,
             t / "qat-nolabels.onnx",
             **common,
-            overrides={"epochs": args.qat_epochs, "use_labels": False},
+            overrides={"epochs": args.qat_epochs, "patience": args.patience, "use_labels": False},
         )
         _, s_qr = timed(
             "qat",
             ref,
             t / "qat-recal.onnx",
             **common,
-            overrides={"epochs": args.qat_epochs, "learned_ranges": False},
+            overrides={
+                "epochs": args.qat_epochs,
+                "patience": args.patience,
+                "learned_ranges": False,
+            },
         )
-        base_acc, base_p50 = acc(ref), p50(ref, args.runs)
+        base_acc = acc(ref)
         for name, path, secs in (
             (f"fp32 (outlier ×{args.scale:g})", ref, 0.0),
             ("PTQ int8 (int8-static)", t / "ptq.onnx", s_ptq),
@@ -158,19 +192,13 @@ def main() -> None:
             ("QAT int8, labels, ranges recalibrated", t / "qat-recal.onnx", s_qr),
         ):
             a = acc(path)
-            rows.append(
-                [
-                    name,
-                    f"{a:.4f}",
-                    f"{(base_acc - a) * 100:+.2f}",
-                    f"{params(path) / params(ref):.2f}",
-                    f"{p50(path, args.runs) / base_p50:.2f}",
-                    f"{secs:.1f}",
-                ]
-            )
+            row = [name, f"{a:.4f}", f"{(base_acc - a) * 100:+.2f}"]
+            row += [f"{params(path) / params(ref):.2f}", "", f"{secs:.1f}"]
+            rows.append(later(row, "outlier", path))
         # --- distillation on digits ----------------------------------------------------
-        d_acc, d_p50 = acc(digits), p50(digits, args.runs)
-        rows.append(["digits fp32 (teacher)", f"{d_acc:.4f}", "+0.00", "1.00", "1.00", "0.0"])
+        d_acc = acc(digits)
+        row = ["digits fp32 (teacher)", f"{d_acc:.4f}", "+0.00", "1.00", "", "0.0"]
+        rows.append(later(row, "digits", digits))
         for name, alpha in (
             ("distill ratio 0.5 (teacher)", 0.7),
             ("same student, labels only", 0.0),
@@ -184,48 +212,41 @@ def main() -> None:
                 overrides={"ratio": 0.5, "alpha": alpha, "epochs": args.distill_epochs},
             )
             a = acc(out)
-            rows.append(
-                [
-                    name,
-                    f"{a:.4f}",
-                    f"{(d_acc - a) * 100:+.2f}",
-                    f"{params(out) / params(digits):.2f}",
-                    f"{p50(out, args.runs) / d_p50:.2f}",
-                    f"{secs:.1f}",
-                ]
-            )
+            row = [name, f"{a:.4f}", f"{(d_acc - a) * 100:+.2f}"]
+            row += [f"{params(out) / params(digits):.2f}", "", f"{secs:.1f}"]
+            rows.append(later(row, "digits", out))
         # --- pruning with recovery -----------------------------------------------------
+        ft = args.finetune_epochs
         for name, opts in (
             ("prune-structured 0.5, no fine-tune", {"finetune_epochs": 0}),
-            ("prune-structured 0.5 + fine-tune", {"finetune_epochs": 15}),
+            ("prune-structured 0.5 + fine-tune", {"finetune_epochs": ft}),
+            (
+                f"prune-structured 0.5 in {args.prune_steps} steps + fine-tune",
+                {"finetune_epochs": ft, "steps": args.prune_steps},
+            ),
         ):
-            out = t / f"prune-{opts['finetune_epochs']}.onnx"
+            out = t / f"prune-{opts['finetune_epochs']}-{opts.get('steps', 1)}.onnx"
             _, secs = timed(
                 "prune-structured", digits, out, **common, overrides={"ratio": 0.5, **opts}
             )
             a = acc(out)
             removed = 1 - conv_channels(out) / conv_channels(digits)
-            rows.append(
-                [
-                    f"{name} ({removed:.0%} ch. removed)",
-                    f"{a:.4f}",
-                    f"{(d_acc - a) * 100:+.2f}",
-                    f"{params(out) / params(digits):.2f}",
-                    f"{p50(out, args.runs) / d_p50:.2f}",
-                    f"{secs:.1f}",
-                ]
-            )
+            row = [f"{name} ({removed:.0%} ch. removed)", f"{a:.4f}", f"{(d_acc - a) * 100:+.2f}"]
+            row += [f"{params(out) / params(digits):.2f}", "", f"{secs:.1f}"]
+            rows.append(later(row, "digits", out))
+        base_p50 = time_interleaved({"outlier": ref, "digits": digits}, args.runs, args.rounds)
     header = ["variant", "accuracy", "drop pt", "params ×", "p50 × (1 thr)", "wall s"]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, ["-" * w for w in widths], *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
     print(
         f"accuracy on {TEST_SIZE} held-out test images; recipes trained on "
-        f"{1797 - TEST_SIZE} (15 % of them for early stopping); reference CNN trained "
+        f"{1797 - TEST_SIZE} (20 % of them for early stopping); reference CNN trained "
         f"in {s_ref:.0f} s"
     )
     print(
-        f"fp32 p50 (1 thread): outlier model {base_p50:.3f} ms, digits {d_p50:.3f} ms; "
+        f"fp32 p50 (1 thread, interleaved): outlier model {base_p50['outlier']:.3f} ms, "
+        f"digits {base_p50['digits']:.3f} ms; "
         f"QAT labelled best epoch {q_l.steps[0]['metrics']['best_epoch']}"
     )
 

@@ -44,3 +44,13 @@ JOB_KPIS: dict[str, tuple] = {
     "min_fidelity": (_("Min fidelity (top-1 agreement, 0–1)"), 0.0, 1.0),
     "max_size_mb": (_("Max size (MB)"), 0.0, None),
 }
+
+
+class DeviceChoice(models.TextChoices):
+    """A job's last step, asked for in its options (`compression.device_choice`)."""
+
+    NONE = "", _("not asked")
+    REQUESTED = "requested", _("benchmark requested")
+    WAITING = "waiting", _("waiting for device results")
+    MEASURED = "measured", _("chosen by device results")
+    ESTIMATE = "estimate", _("estimate kept")

@@ -161,8 +161,32 @@ class JobForm(forms.Form):
         max_value=0.95,
     )
 
+    benchmark_groups = forms.ModelMultipleChoiceField(
+        label=_("Benchmark on devices: groups"), queryset=None, required=False
+    )
+    benchmark_profiles = forms.ModelMultipleChoiceField(
+        label=_("…or hardware profiles"), queryset=None, required=False, to_field_name="slug"
+    )
+    benchmark_devices = forms.CharField(
+        label=_("…or device ids"),
+        required=False,
+        max_length=4000,
+        help_text=_("Separated by spaces or commas."),
+    )
+    choose_by_devices = forms.BooleanField(
+        label=_("Choose by device results"),
+        required=False,
+        help_text=_(
+            "The variant with the lowest p50 measured on the devices is chosen among those "
+            "meeting every KPI; at the timeout the server's estimate decides."
+        ),
+    )
+    device_timeout_s = forms.IntegerField(
+        label=_("Wait for device results (s)"), required=False, min_value=60
+    )
+
     def __init__(self, *args, model: MLModel, **kwargs):
-        from devices.models import HardwareProfile
+        from devices.models import DeviceGroup, HardwareProfile
 
         super().__init__(*args, **kwargs)
         self.fields["recipes"].choices = _recipe_choices()
@@ -170,6 +194,8 @@ class JobForm(forms.Form):
         self.training_workers = training_workers()
         self.fields["training"].initial = bool(self.training_workers)
         self.fields["hardware_profile"].queryset = HardwareProfile.objects.order_by("name")
+        self.fields["benchmark_profiles"].queryset = HardwareProfile.objects.order_by("name")
+        self.fields["benchmark_groups"].queryset = DeviceGroup.objects.order_by("name")
         datasets = Dataset.objects.filter(model=model)
         self.fields["calibration"].queryset = datasets.filter(purpose=DatasetPurpose.CALIBRATION)
         self.fields["evaluation"].queryset = datasets.filter(purpose=DatasetPurpose.EVALUATION)
@@ -189,7 +215,24 @@ class JobForm(forms.Form):
             "epochs": data.get("epochs"),
             "finetune_epochs": data.get("finetune_epochs"),
             "distill": {k: v for k, v in distill.items() if v is not None},
+            "device_benchmark": self.device_benchmark(),
         }
+
+    def device_benchmark(self) -> dict | None:
+        """The job option `device_benchmark` (checked by create_job), None when unasked."""
+        data = self.cleaned_data
+        target = {
+            "groups": [g.name for g in data.get("benchmark_groups") or []],
+            "hardware_profiles": [p.slug for p in data.get("benchmark_profiles") or []],
+            "devices": (data.get("benchmark_devices") or "").replace(",", " ").split(),
+        }
+        target = {k: v for k, v in target.items() if v}
+        if not target and not data.get("choose_by_devices"):
+            return None
+        option = {"target": target, "choose": bool(data.get("choose_by_devices"))}
+        if data.get("device_timeout_s") is not None:
+            option["timeout_s"] = data["device_timeout_s"]
+        return option
 
     def uploads(self) -> dict:
         """Datasets uploaded inline: purpose → file (it replaces the chosen dataset)."""

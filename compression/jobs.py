@@ -23,7 +23,7 @@ from compression.engine.recipes import needs_calibration, resolve
 from compression.engine.search import SEARCH_RECIPES
 from compression.models import CompressionJob, Dataset, ModelVersion
 from fleet.celery import Queue
-from fleet.refusal import Refusal
+from fleet.refusal import Refusal, gather
 
 log = logging.getLogger(__name__)
 
@@ -135,12 +135,14 @@ def _int_option(options: dict, key: str, low: int, high: int) -> None:
 
 
 def _check_options(options: dict | None, source: ModelVersion) -> dict:
-    """Training settings: epochs, fine-tune epochs, the distillation student."""
+    """Training settings: epochs, fine-tune epochs, the distillation student; the
+    benchmark on devices."""
     if options is None:
         return {}
     if not isinstance(options, dict):
         raise JobRejected("bad_option", _("Options must be an object."), "options")
-    unknown = sorted(set(options) - {"training", "epochs", "finetune_epochs", "distill"})
+    known = {"training", "epochs", "finetune_epochs", "distill", "device_benchmark"}
+    unknown = sorted(set(options) - known)
     if unknown:
         raise JobRejected(
             "bad_option", _("Unknown option(s): %(o)s.") % {"o": ", ".join(unknown)}, "options"
@@ -176,7 +178,68 @@ def _check_options(options: dict | None, source: ModelVersion) -> dict:
             )
         distill["student_version"] = student.pk
     clean["distill"] = distill
+    benchmark = _check_device_benchmark(clean.pop("device_benchmark", None))
+    if benchmark:
+        clean["device_benchmark"] = benchmark
     return clean
+
+
+def _check_mode(mode: str) -> str:
+    if mode not in JobMode.values:
+        raise JobRejected("bad_mode", _("Unknown mode %(m)r.") % {"m": mode}, "mode")
+    return mode
+
+
+def _check_budget(time_budget_s) -> int:
+    try:
+        budget = int(time_budget_s)
+    except (TypeError, ValueError):
+        budget = -1
+    if not MIN_BUDGET_S <= budget <= MAX_BUDGET_S:
+        raise JobRejected(
+            "bad_budget",
+            _("The time budget must be between %(a)s and %(b)s s.")
+            % {"a": MIN_BUDGET_S, "b": MAX_BUDGET_S},
+            "time_budget_s",
+        )
+    return budget
+
+
+def _check_evaluation(evaluation: Dataset | None, source: ModelVersion, kpis: dict) -> None:
+    if evaluation is None and ({"min_fidelity", "max_accuracy_drop"} & set(kpis)):
+        raise JobRejected(
+            "no_evaluation",
+            _(
+                "Fidelity and accuracy KPIs need an evaluation "
+                "dataset; without one the job is latency-only."
+            ),
+            "evaluation",
+        )
+    _check_dataset(evaluation, source, "evaluation")
+    if "max_accuracy_drop" in kpis and not evaluation.has_labels:  # evaluation is set here
+        raise JobRejected(
+            "no_labels", _("An accuracy KPI needs an evaluation dataset with labels."), "kpis"
+        )
+
+
+def _check_calibration(calibration: Dataset | None, source: ModelVersion) -> None:
+    _check_dataset(calibration, source, "calibration")
+    if calibration is not None and calibration.purpose != DatasetPurpose.CALIBRATION:
+        raise JobRejected(
+            "dataset_mismatch",
+            _("%(d)s is not a calibration dataset.") % {"d": calibration.name},
+            "calibration",
+        )
+
+
+def _check_device_benchmark(value) -> dict | None:
+    """The last step on devices (`compression.device_choice`)."""
+    from compression import device_choice
+
+    def reject(code: str, message: str):
+        raise JobRejected(code, message, "device_benchmark")
+
+    return device_choice.clean_option(value, reject)
 
 
 def needs_training(recipes: list[str]) -> bool:
@@ -211,32 +274,22 @@ def create_job(
             % {"v": source, "s": source.get_status_display()},
             "source",
         )
-    if mode not in JobMode.values:
-        raise JobRejected("bad_mode", _("Unknown mode %(m)r.") % {"m": mode}, "mode")
-    recipes = _check_recipes(mode, recipes)
-    kpis = _check_kpis(kpis)
-    options = _check_options(options, source)
+    # independent inputs: every mistake is reported at once (fleet.refusal.gather)
+    _mode, recipes, kpis, options, budget = gather(
+        lambda: _check_mode(mode),
+        lambda: _check_recipes(mode, recipes),
+        lambda: _check_kpis(kpis),
+        lambda: _check_options(options, source),
+        lambda: _check_budget(time_budget_s),
+    )
     if mode == JobMode.AUTO and options.get("training"):
         # auto with the training extra: the default search plus the training recipes
         base = [r for r in (recipes or default_search_recipes()) if r != "qat"]
         recipes = [*base, "qat"]
-    if evaluation is None and ({"min_fidelity", "max_accuracy_drop"} & set(kpis)):
-        raise JobRejected(
-            "no_evaluation",
-            _(
-                "Fidelity and accuracy KPIs need an evaluation "
-                "dataset; without one the job is latency-only."
-            ),
-            "evaluation",
-        )
-    _check_dataset(evaluation, source, "evaluation")
-    _check_dataset(calibration, source, "calibration")
-    if calibration is not None and calibration.purpose != DatasetPurpose.CALIBRATION:
-        raise JobRejected(
-            "dataset_mismatch",
-            _("%(d)s is not a calibration dataset.") % {"d": calibration.name},
-            "calibration",
-        )
+    gather(
+        lambda: _check_evaluation(evaluation, source, kpis),
+        lambda: _check_calibration(calibration, source),
+    )
     effective = recipes or default_search_recipes()
     if calibration is None and any(needs_calibration(r) for r in effective):
         if mode == JobMode.RECIPES:
@@ -245,21 +298,6 @@ def create_job(
             )
         # auto without calibration data: leave out what would need it
         recipes = [r for r in effective if not needs_calibration(r)]
-    if "max_accuracy_drop" in kpis and not evaluation.has_labels:  # evaluation is set here
-        raise JobRejected(
-            "no_labels", _("An accuracy KPI needs an evaluation dataset with labels."), "kpis"
-        )
-    try:
-        budget = int(time_budget_s)
-    except (TypeError, ValueError):
-        budget = -1
-    if not MIN_BUDGET_S <= budget <= MAX_BUDGET_S:
-        raise JobRejected(
-            "bad_budget",
-            _("The time budget must be between %(a)s and %(b)s s.")
-            % {"a": MIN_BUDGET_S, "b": MAX_BUDGET_S},
-            "time_budget_s",
-        )
     with transaction.atomic():
         job = CompressionJob.objects.create(
             source=source,

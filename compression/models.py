@@ -12,7 +12,14 @@ from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from compression.choices import DatasetPurpose, JobMode, JobStatus, ModelTask, VersionStatus
+from compression.choices import (
+    DatasetPurpose,
+    DeviceChoice,
+    JobMode,
+    JobStatus,
+    ModelTask,
+    VersionStatus,
+)
 
 
 class MLModel(models.Model):
@@ -251,6 +258,12 @@ class CompressionJob(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # the last step, on devices (compression.device_choice): "" → requested | waiting →
+    # measured | estimate; the decision is in result["device_choice"]
+    device_choice = models.CharField(
+        _("device choice"), max_length=10, choices=DeviceChoice.choices, default="", blank=True
+    )
+    device_deadline = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-pk"]
@@ -373,6 +386,29 @@ class CompressionJob(models.Model):
             log=log[-LOG_LINES_KEPT:],
             heartbeat_at=timezone.now(),
         )
+
+    def ask_devices(self, state: str, *, deadline=None, result: dict | None = None) -> bool:
+        """ "" → requested (devices only measure), waiting (their results will choose) or
+        estimate (the request was refused), for a job that succeeded. False if asked
+        already: a job asks its devices once."""
+        fields = {"device_choice": state, "device_deadline": deadline}
+        if result is not None:
+            fields["result"] = result
+        moved = CompressionJob.objects.filter(
+            pk=self.pk, status=JobStatus.SUCCEEDED, device_choice=DeviceChoice.NONE
+        ).update(**fields)
+        self.refresh_from_db()
+        return bool(moved)
+
+    def decide_by_devices(self, state: str, result: dict) -> bool:
+        """waiting → measured | estimate with the new result, once, and only for a job
+        that succeeded. False if another decider was first."""
+        assert state in (DeviceChoice.MEASURED, DeviceChoice.ESTIMATE)
+        moved = CompressionJob.objects.filter(
+            pk=self.pk, status=JobStatus.SUCCEEDED, device_choice=DeviceChoice.WAITING
+        ).update(device_choice=state, result=result)
+        self.refresh_from_db()
+        return bool(moved)
 
     def cancel_was_requested(self) -> bool:
         return CompressionJob.objects.filter(pk=self.pk, cancel_requested=True).exists()

@@ -13,10 +13,24 @@ import time
 from collections.abc import Callable
 
 from django.utils import timezone
+from django.utils.translation import gettext_noop
 
 from compression.models import LOG_LINES_KEPT, CompressionJob
 
 log = logging.getLogger(__name__)
+
+# What a running job writes into its row (log lines, errors): stored in English for
+# the API, shown in the reader's language by `compression.display`.
+ATTEMPT = gettext_noop("attempt %(n)s on %(h)s")
+MEASURING = gettext_noop("measuring with %(t)s thread(s) on %(p)s (server-side estimate)")
+REGISTERING = gettext_noop("registering %(r)s")
+EPOCH = gettext_noop("%(p)s epoch %(e)s/%(n)s: loss %(l)s, %(m)s %(v)s")
+SOFT_TIMEOUT = gettext_noop("timeout: the job ran past its time limit of %(s)s s")
+HARD_TIMEOUT = gettext_noop("timeout: killed at the hard time limit of %(s)s s")
+CRASHED = gettext_noop(
+    "crashed: the worker died %(n)s times while running this job (last on %(h)s)"
+)
+TEXTS = (ATTEMPT, MEASURING, REGISTERING, EPOCH, SOFT_TIMEOUT, HARD_TIMEOUT, CRASHED)
 
 
 class ProgressReporter:

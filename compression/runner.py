@@ -31,14 +31,22 @@ from django.db import DatabaseError, InterfaceError, OperationalError
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from compression import services, training_relay
+from compression import device_choice, services, training_relay
 from compression.choices import JobStatus
 from compression.engine import search
 from compression.engine.benchmark import host_info
 from compression.engine.errors import Cancelled, EngineError
 from compression.engine.recipes import resolve
 from compression.models import Candidate, CompressionJob, ModelVersion
-from compression.progress import ProgressReporter
+from compression.progress import (
+    ATTEMPT,
+    CRASHED,
+    HARD_TIMEOUT,
+    MEASURING,
+    REGISTERING,
+    SOFT_TIMEOUT,
+    ProgressReporter,
+)
 from devices import services as device_services
 
 log = logging.getLogger(__name__)
@@ -77,21 +85,20 @@ def run_job(job_id: int) -> str:
     shutil.rmtree(workdir, ignore_errors=True)  # leftovers of a killed attempt
     workdir.mkdir(parents=True)
     reporter = ProgressReporter(job, scale=(0.0, SEARCH_SHARE))
-    reporter.note(_("attempt %(n)s on %(h)s") % {"n": job.attempts, "h": job.worker_host})
+    reporter.note(ATTEMPT % {"n": job.attempts, "h": job.worker_host})
     try:
         report = _search(job, workdir, reporter)
         reporter.scale = (SEARCH_SHARE, 1.0)
         _store_candidates(job, report, reporter)
-        job.mark_succeeded(_summary(job, report))
+        if job.mark_succeeded(_summary(job, report)):
+            _ask_devices(job)
         return "succeeded"
     except Cancelled:
         job.mark_cancelled()
         return "cancelled"
     except SoftTimeLimitExceeded:
         _kill_sandboxes()
-        job.mark_failed(
-            _("timeout: the job ran past its time limit of %(s)s s") % {"s": _soft_limit()}
-        )
+        job.mark_failed(SOFT_TIMEOUT % {"s": _soft_limit()})
         return "timeout"
     except TRANSIENT_ERRORS:
         _release(job)
@@ -105,6 +112,15 @@ def run_job(job_id: int) -> str:
         return "failed"
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _ask_devices(job: CompressionJob) -> None:
+    """The last step, after success: nothing here may fail the job (the beat asks
+    again while the job has not asked: `device_choice.sweep`)."""
+    try:
+        device_choice.request_benchmarks(job)
+    except Exception:
+        log.exception("job %s: the benchmark on devices was not requested", job.pk)
 
 
 def _kill_sandboxes() -> None:
@@ -133,14 +149,9 @@ def _give_up_if_exhausted(job: CompressionJob) -> bool:
         return False
     hard_limit = timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT)
     if job.started_at is not None and timezone.now() - job.started_at > hard_limit:
-        error = _("timeout: killed at the hard time limit of %(s)s s") % {
-            "s": settings.CELERY_TASK_TIME_LIMIT
-        }
+        error = HARD_TIMEOUT % {"s": settings.CELERY_TASK_TIME_LIMIT}
     elif job.attempts >= settings.EDGEFLEET_JOB_MAX_ATTEMPTS:
-        error = _("crashed: the worker died %(n)s times while running this job (last on %(h)s)") % {
-            "n": job.attempts,
-            "h": job.worker_host,
-        }
+        error = CRASHED % {"n": job.attempts, "h": job.worker_host}
     else:
         return False
     if job.mark_failed(error):
@@ -183,10 +194,7 @@ def _search(job: CompressionJob, workdir: Path, reporter: ProgressReporter) -> d
         _fetch(job.calibration.artifact, workdir / "calibration.npz") if job.calibration else None
     )
     threads, provider = _target(job)
-    reporter.note(
-        _("measuring with %(t)s thread(s) on %(p)s (server-side estimate)")
-        % {"t": threads, "p": provider}
-    )
+    reporter.note(MEASURING % {"t": threads, "p": provider})
     kpis = {**job.kpis, "threads": threads, "provider": provider}
     overrides = _overrides(job, workdir)
     with training_relay.relay(job, workdir, reporter):
@@ -282,7 +290,7 @@ def _store_candidates(job: CompressionJob, report: dict, reporter: ProgressRepor
         elif cand.get("path") and (job.recipes or cand.get("meets_kpis") or cand.get("pareto")):
             # the default search builds many grid points: only those worth keeping become
             # versions (asked for explicitly, meeting the KPIs, or on the Pareto front)
-            reporter(i / max(1, len(results)), _("registering %(r)s") % {"r": cand["recipe"]})
+            reporter(i / max(1, len(results)), REGISTERING % {"r": cand["recipe"]})
             version = _register_variant(job, cand)
             Candidate.objects.filter(pk=row.pk).update(version=version)
         if version is not None:  # what latency alerts and rollout gates compare devices with
@@ -324,6 +332,7 @@ def _summary(job: CompressionJob, report: dict) -> dict:
     return {
         "chosen": report.get("chosen"),
         "reason": report.get("reason", ""),
+        "reason_parts": report.get("reason_parts") or [],
         "pareto": report.get("pareto", []),
         "skipped": report.get("skipped", []),
         "seconds": report.get("seconds"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from compression import jobs, runner, uploads
+from compression import device_choice, jobs, runner, uploads
 
 
 @shared_task(
@@ -49,3 +49,9 @@ def validate_model_version(version_id: int) -> str:
 @shared_task(acks_late=True)
 def requeue_stale_validations() -> list[int]:
     return uploads.requeue_stale_validations()
+
+
+@shared_task(acks_late=True)
+def sweep_device_choices() -> dict:
+    """Periodic: jobs still to ask their devices, waiting jobs complete or timed out."""
+    return {str(k): v for k, v in device_choice.sweep().items()}

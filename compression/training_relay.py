@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 from django.db import connection
-from django.utils.translation import gettext as _
 
 from compression.engine.training import hooks
+from compression.progress import EPOCH
 
 log = logging.getLogger(__name__)
 POLL_S = 1.0
@@ -28,11 +28,11 @@ POLL_S = 1.0
 def epoch_line(event: dict) -> str:
     metric = event.get("metric") or ""
     value = event.get(metric)
-    return _("%(p)s epoch %(e)s/%(n)s: loss %(l).4f, %(m)s %(v)s") % {
+    return EPOCH % {
         "p": event.get("pass", "?"),
         "e": event.get("epoch"),
         "n": event.get("epochs"),
-        "l": event.get("loss") or 0.0,
+        "l": f"{event.get('loss') or 0.0:.4f}",
         "m": metric,
         "v": f"{value:.4f}" if isinstance(value, int | float) else "-",
     }

@@ -13,7 +13,7 @@ from collections import defaultdict
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import FloatField, Max
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast
@@ -187,9 +187,15 @@ def field_signals(device: Device) -> dict | None:
 
 # --- alerts -------------------------------------------------------------------------------
 def _open_alert(device_id: int, kind: str, message: str, **detail) -> bool:
+    """Open the device's alert of this kind unless one is open: two runs of a sweep
+    at once (two workers, two beats) open it once (constraint one_open_alert_per_kind)."""
     if Alert.objects.filter(device_id=device_id, kind=kind, state=AlertState.OPEN).exists():
         return False
-    Alert.objects.create(device_id=device_id, kind=kind, message=message, detail=detail)
+    try:
+        with transaction.atomic():
+            Alert.objects.create(device_id=device_id, kind=kind, message=message, detail=detail)
+    except IntegrityError:  # the other run opened it meanwhile
+        return False
     return True
 
 

@@ -97,7 +97,12 @@ def stop_groups(pgids: list[int], grace_s: float, children=()) -> None:
         if not any(_alive(p) for p in pgids):
             return
         time.sleep(0.1)
-    for pgid in pgids:
+    left = [p for p in pgids if _alive(p)]
+    print(
+        f"devrun: {len(left)} process group(s) still running after {grace_s:g} s; killing",
+        flush=True,
+    )
+    for pgid in left:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
 
@@ -173,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--grace-s",
         type=float,
-        default=10.0,
+        # the worker's warm shutdown alone takes ~10 s on a loaded 2-core machine
+        default=30.0,
         help="after SIGTERM, SIGKILL what still runs after this long",
     )
     p.add_argument("sim_args", nargs="*", help="after --: extra simulator arguments")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import JsonResponse
+from django.utils import translation
 from django.utils.translation import gettext as _
 
 
@@ -35,10 +36,11 @@ class BodySizeLimitMiddleware:
 
 def too_large_response(limit: int, request=None) -> JsonResponse:
     mb = limit / (1024 * 1024)
-    body = {
-        "detail": _("Request body is larger than the %(mb)g MB limit.") % {"mb": mb},
-        "code": "too_large",
-    }
+    # this middleware runs before LocaleMiddleware: the reader's language by hand
+    language = translation.get_language_from_request(request) if request is not None else None
+    with translation.override(language or translation.get_language()):
+        detail = _("Request body is larger than the %(mb)g MB limit.") % {"mb": mb}
+    body = {"detail": detail, "code": "too_large"}
     response = JsonResponse(body, status=413)
     # Do not read the rest of a huge body: close the connection. Django's development
     # server (wsgiref) refuses hop-by-hop headers from the app (a bare 500 instead of

@@ -202,6 +202,12 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
         "task": "compression.tasks.requeue_stale_validations",
         "schedule": 300.0,
     },
+    # Jobs choosing by device results: decide at the timeout (or when a report's
+    # hook was lost); ask for jobs whose worker died between success and asking.
+    "compression-device-choices": {
+        "task": "compression.tasks.sweep_device_choices",
+        "schedule": 60.0,
+    },
 }
 
 # --- compression jobs -----------------------------------------------------------
@@ -318,6 +324,10 @@ DEVICE_OFFLINE_AFTER_S = env_int("DEVICE_OFFLINE_AFTER_S", 300, minimum=10)
 DEVICE_LAST_SEEN_WRITE_S = env_int("DEVICE_LAST_SEEN_WRITE_S", 30, minimum=1)
 # Largest telemetry/log batch (items) and body (bytes); over either → 413.
 DEVICE_MAX_BATCH_ITEMS = env_int("DEVICE_MAX_BATCH_ITEMS", 5000, minimum=1)
+# How often devices upload their buffered telemetry and logs (seconds; X-Upload-Interval
+# on the check-in answer, jittered by the agent). Points are still sampled every
+# telemetry interval: fewer, fuller requests, the same resolution.
+DEVICE_UPLOAD_INTERVAL_S = env_int("DEVICE_UPLOAD_INTERVAL_S", 60, minimum=1)
 # Concurrent ingest requests per web process before answering 503 + Retry-After.
 DEVICE_MAX_INFLIGHT_INGEST = env_int("DEVICE_MAX_INFLIGHT_INGEST", 8, minimum=1)
 # Telemetry/log INSERTs as session-level prepared statements (PostgreSQL); turn off

@@ -30,17 +30,6 @@ from ota.stats import estimate_p95
 MAX_VERSIONS = 20
 MAX_DEVICES = 1000
 MAX_EXPIRY_S = 7 * 24 * 3600
-FIGURES = (
-    "p50_ms",
-    "p95_ms",
-    "p99_ms",
-    "throughput",
-    "peak_rss_mb",
-    "load_ms",
-    "cpu_pct",
-    "energy_mj",
-    "avg_power_w",
-)
 
 
 def _int(value, name: str, low: int, high: int) -> int:
@@ -175,7 +164,7 @@ def record(device, run_id: int, data) -> BenchmarkRun:
             if row is None or row.state != "pending":
                 continue
             row.state = "succeeded" if item.get("state") == "succeeded" else "failed"
-            for name in FIGURES:
+            for name in BenchmarkResult.FIGURES:
                 setattr(row, name, _figure(item.get(name)))
             row.error = str(item.get("error") or "")[:2000]
             row.measured_at = now
@@ -184,6 +173,11 @@ def record(device, run_id: int, data) -> BenchmarkRun:
         run.error_code = str(data.get("error_code") or "")[:40]
         run.error = str(data.get("error") or "")[:2000]
         run.save(update_fields=["state", "error_code", "error", "updated_at"])
+        job_id = run.request.job_id
+        if job_id is not None:  # a job choosing by device results decides when all are in
+            from compression.device_choice import after_report
+
+            transaction.on_commit(lambda: after_report(job_id))
     return run
 
 

@@ -8,19 +8,12 @@ from django import forms
 from django.utils.translation import gettext_lazy as _
 
 from compression.choices import VersionStatus
-from compression.models import Candidate, ModelVersion
+from compression.models import ModelVersion
 from devices.models import DeviceGroup, HardwareProfile, QueryGroup
 from ota.models import Release
+from ota.services import kpi_missing_versions
 
 VARIANT_ROWS = 4
-
-
-def _kpi_missing_variants():
-    return (
-        Candidate.objects.filter(meets_kpis=False, version__isnull=False)
-        .exclude(recipe="fp32")
-        .values("version_id")
-    )  # the original is an upload
 
 
 class ReleaseForm(forms.Form):
@@ -40,15 +33,20 @@ class ReleaseForm(forms.Form):
         ),
     )
 
+    allow_kpi_misses = forms.BooleanField(
+        label=_("Also offer variants that missed their job's KPIs"),
+        required=False,
+        help_text=_("An explicit override: such a variant failed the targets it was built for."),
+    )
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        # A variant that missed its job's KPIs is not offered (the model page says why).
-        versions = (
-            ModelVersion.objects.filter(status=VersionStatus.READY)
-            .exclude(pk__in=_kpi_missing_variants())
-            .select_related("model")
-            .order_by("model__name", "-number")
-        )
+        # A variant that missed its job's KPIs is offered only with the override ticked
+        # (create_release refuses it otherwise; the model page says why).
+        versions = ModelVersion.objects.filter(status=VersionStatus.READY)
+        if not self["allow_kpi_misses"].value():
+            versions = versions.exclude(pk__in=kpi_missing_versions())
+        versions = versions.select_related("model").order_by("model__name", "-number")
         choices = [("", "—")] + [(v.pk, f"{v.model.name}:{v.number} {v.label}") for v in versions]
         profiles = [("", _("any hardware (generic)"))] + [
             (p.slug, p.name) for p in HardwareProfile.objects.all()
@@ -103,6 +101,7 @@ class ReleaseForm(forms.Form):
             "default_variant": data["default_variant"],
             "policy": data["policy"],
             "variants": variants,
+            "allow_kpi_misses": data["allow_kpi_misses"],
         }
 
 

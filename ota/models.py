@@ -416,6 +416,19 @@ class BenchmarkResult(models.Model):
     error = models.TextField(blank=True)
     measured_at = models.DateTimeField(null=True, blank=True)
 
+    # The figures a device measures and reports, in the order the API lists them.
+    FIGURES = (
+        "p50_ms",
+        "p95_ms",
+        "p99_ms",
+        "throughput",
+        "peak_rss_mb",
+        "load_ms",
+        "cpu_pct",
+        "energy_mj",
+        "avg_power_w",
+    )
+
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["run", "model_version"], name="uniq_benchmark_result")

@@ -17,12 +17,12 @@ from django.db.models import Count, F, Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from compression.models import ModelVersion
+from compression.models import Candidate, ModelVersion
 from devices.agent.manifest import ManifestError, check_policy
 from devices.choices import DeviceStatus
 from devices.models import Device, DeviceGroup, HardwareProfile, QueryGroup
 from fleet import prometheus
-from fleet.refusal import Refusal
+from fleet.refusal import Refusal, gather
 from fleet.roles import Role, has_role, role_of
 from ota import manifests, stats
 from ota.assignment import (
@@ -61,28 +61,16 @@ def create_release(
     variants: list[dict],
     policy: dict | None = None,
     default_variant: str | None = None,
+    allow_kpi_misses: bool = False,
     actor=None,
 ) -> Release:
     """Validate then create a release. `variants`: [{"name", "model_version" (pk or row),
-    "hardware_profile" (slug, pk, row or None)}]."""
-    if not name or Release.objects.filter(name=name).exists():
-        raise OtaError("bad_name", _("A release needs a unique name."))
-    if not isinstance(variants, list) or not variants:
-        raise OtaError("no_variants", _("A release needs at least one variant."))
-    rows, seen = [], set()
-    for item in variants:
-        if not isinstance(item, dict):
-            raise OtaError("bad_variant", _("Each variant must be an object."))
-        version = _model_version(item.get("model_version"))
-        profile = _hardware_profile(item.get("hardware_profile"))
-        vname = str(item.get("name") or "default")
-        key = (vname, profile.pk if profile else None)
-        if key in seen:
-            raise OtaError(
-                "bad_variant", _("Variant %(n)s is listed twice for one profile.") % {"n": vname}
-            )
-        seen.add(key)
-        rows.append(ReleaseVariant(name=vname, model_version=version, hardware_profile=profile))
+    "hardware_profile" (slug, pk, row or None)}]. A variant that missed its
+    compression job's KPIs is refused unless `allow_kpi_misses` (an explicit override)."""
+    _name, rows = gather(
+        lambda: _check_release_name(name),
+        lambda: _variant_rows(variants, allow_kpi_misses),
+    )
     names = {r.name for r in rows}
     default_variant = default_variant or rows[0].name
     if default_variant not in names:
@@ -101,6 +89,64 @@ def create_release(
             row.release = release
         ReleaseVariant.objects.bulk_create(rows)
     return release
+
+
+def _check_release_name(name: str) -> str:
+    if not name or Release.objects.filter(name=name).exists():
+        raise OtaError("bad_name", _("A release needs a unique name."), field="name")
+    return name
+
+
+def kpi_missing_versions():
+    """Versions a compression job built that missed its KPIs (the uploaded original,
+    measured as fp32, is never one of them): not released without an override."""
+    return (
+        Candidate.objects.filter(meets_kpis=False, version__isnull=False)
+        .exclude(recipe="fp32")
+        .values("version_id")
+    )
+
+
+def _variant_rows(variants, allow_kpi_misses: bool) -> list[ReleaseVariant]:
+    if not isinstance(variants, list) or not variants:
+        raise OtaError("no_variants", _("A release needs at least one variant."), field="variants")
+    rows, seen = [], set()
+    for item in variants:
+        if not isinstance(item, dict):
+            raise OtaError("bad_variant", _("Each variant must be an object."), field="variants")
+        version = _model_version(item.get("model_version"))
+        profile = _hardware_profile(item.get("hardware_profile"))
+        vname = str(item.get("name") or "default")
+        key = (vname, profile.pk if profile else None)
+        if key in seen:
+            raise OtaError(
+                "bad_variant",
+                _("Variant %(n)s is listed twice for one profile.") % {"n": vname},
+                field="variants",
+            )
+        seen.add(key)
+        rows.append(ReleaseVariant(name=vname, model_version=version, hardware_profile=profile))
+    missing = set() if allow_kpi_misses else _kpi_misses([r.model_version for r in rows])
+    if missing:
+        raise OtaError(
+            "misses_kpis",
+            _(
+                "%(v)s missed its compression job's KPIs; release it only with the "
+                "explicit override (allow_kpi_misses)."
+            )
+            % {"v": ", ".join(sorted(missing))},
+            field="variants",
+        )
+    return rows
+
+
+def _kpi_misses(versions: list[ModelVersion]) -> set[str]:
+    ids = set(
+        kpi_missing_versions()
+        .filter(version_id__in=[v.pk for v in versions])
+        .values_list("version_id", flat=True)
+    )
+    return {str(v) for v in versions if v.pk in ids}
 
 
 def check_release_policy(policy: dict | None, names: set[str]) -> None:
@@ -152,11 +198,13 @@ def clean_target(target) -> dict:
     cleaned = {}
     for key, values in target.items():
         if not isinstance(values, list) or not all(isinstance(v, str | int) for v in values):
-            raise OtaError("bad_target", _("Target %(k)s must be a list.") % {"k": key})
+            raise OtaError(
+                "bad_target", _("Target %(k)s must be a list.") % {"k": key}, field="target"
+            )
         if values:
             cleaned[key] = values
     if not cleaned:
-        raise OtaError("bad_target", _("The target names no device."))
+        raise OtaError("bad_target", _("The target names no device."), field="target")
     return cleaned
 
 
@@ -217,9 +265,7 @@ def preview(target, phases) -> dict:
     total = resolve_target(target).count()
     fleet = Device.objects.exclude(status=DeviceStatus.REVOKED).count()
     cumulative = phase_targets(total, phases)
-    # A phase whose share rounds to the devices already reached adds nobody: its gate
-    # would judge the previous phase again. The wizard says so before the start.
-    empty = [i + 1 for i in range(1, len(cumulative)) if cumulative[i] == cumulative[i - 1]]
+    empty = empty_phases(cumulative)
     return {
         "total": total,
         "fleet": fleet,
@@ -228,6 +274,29 @@ def preview(target, phases) -> dict:
         "cumulative": cumulative,
         "fleet_percent": round(100 * total / fleet, 1) if fleet else 0.0,
     }
+
+
+def empty_phases(cumulative: list[int]) -> list[int]:
+    """Phases (1-based) whose share rounds to the devices already reached: they add
+    nobody and their gate would judge the previous phase again. The wizard warns of
+    them; `start_deployment` refuses them."""
+    return [i + 1 for i in range(1, len(cumulative)) if cumulative[i] == cumulative[i - 1]]
+
+
+def check_phases_reach(devices: int, phases: list) -> list[int]:
+    """Devices reached by the end of each phase; a phase that adds nobody is refused."""
+    cumulative = phase_targets(devices, phases)
+    if empty := empty_phases(cumulative):
+        raise OtaError(
+            "empty_phases",
+            _(
+                "With %(n)s target devices, phase(s) %(p)s would add no device; "
+                "use fewer or wider phases."
+            )
+            % {"n": devices, "p": ", ".join(map(str, empty))},
+            field="phases",
+        )
+    return cumulative
 
 
 # --- deployments ----------------------------------------------------------------------
@@ -262,7 +331,11 @@ def clean_window(window) -> dict | None:
         or set(window) != {"start", "end"}
         or not all(re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", str(window[k])) for k in window)
     ):
-        raise OtaError("bad_window", _('Install window: {"start": "HH:MM", "end": "HH:MM"} UTC.'))
+        raise OtaError(
+            "bad_window",
+            _('Install window: {"start": "HH:MM", "end": "HH:MM"} UTC.'),
+            field="install_window",
+        )
     return {"start": window["start"], "end": window["end"]}
 
 
@@ -341,16 +414,19 @@ def start_deployment(
     """Validate, create the deployment and its queued device updates, start phase 0
     (or wait for `scheduled_at`)."""
     now = now or timezone.now()
-    target = clean_target(target)
-    phases, gates = clean_phases(phases, gates)
+    # independent inputs: every mistake is reported at once (fleet.refusal.gather)
+    target, (phases, gates), window, shadow = gather(
+        lambda: clean_target(target),
+        lambda: clean_phases(phases, gates),
+        lambda: clean_window(install_window),
+        lambda: clean_shadow(shadow),
+    )
     if role_of(actor) == Role.CI:
         check_ci_canary(phases, gates)
-    window = clean_window(install_window)
-    shadow = clean_shadow(shadow)
     devices = list(resolve_target(target).order_by("pk").values_list("pk", flat=True))
     if not devices:
-        raise OtaError("empty_target", _("The target matches no device."))
-    counts = phase_targets(len(devices), phases)
+        raise OtaError("empty_target", _("The target matches no device."), field="target")
+    counts = check_phases_reach(len(devices), phases)
     check_ungated_reach(counts[0], actor)
     table = variants_by_profile(release)
     with transaction.atomic():

@@ -13,6 +13,7 @@ from django.views.decorators.http import require_POST
 
 from devices.models import Device
 from fleet import audit
+from fleet.refusal import add_to_form
 from fleet.roles import Role, role_required
 from ota import display, services, stats
 from ota.choices import DeploymentStatus
@@ -56,17 +57,20 @@ def release_create(request):
     initial = {}
     if request.GET.get("version", "").isdigit():
         initial["variant_0_version"] = request.GET["version"]
+    if request.GET.get("allow_kpi_misses"):
+        initial["allow_kpi_misses"] = True
     form = ReleaseForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
         try:
             release = services.create_release(**form.service_kwargs(), actor=request.user)
         except services.OtaError as exc:
-            form.add_error(None, exc.message)
+            add_to_form(form, exc, {"variants": "variant_0_version"})
         else:
             audit.note(request, "release.create", release)
             messages.success(request, _("Release created."))
             return redirect("ota:release-detail", release.pk)
-    return render(request, "ota/release_form.html", {"form": form})
+    status = 400 if request.method == "POST" else 200
+    return render(request, "ota/release_form.html", {"form": form}, status=status)
 
 
 @login_required
@@ -100,11 +104,12 @@ def deployment_create(request):
                 install_window=form.window(),
             )
         except services.OtaError as exc:
-            form.add_error(None, exc.message)
+            add_to_form(form, exc, {"target": "groups", "install_window": "window_start"})
         else:
             audit.note(request, "deployment.start", deployment, devices=deployment.target_count)
             return redirect("ota:deployment-detail", deployment.pk)
-    return render(request, "ota/deployment_form.html", {"form": form})
+    status = 400 if request.method == "POST" else 200
+    return render(request, "ota/deployment_form.html", {"form": form}, status=status)
 
 
 @role_required(Role.VIEWER)

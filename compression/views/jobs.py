@@ -10,11 +10,12 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
-from compression import jobs, services
+from compression import device_choice, jobs, services
 from compression.forms import JobForm
 from compression.models import CompressionJob, ModelVersion
 from fleet import audit, health
 from fleet.celery import Queue
+from fleet.refusal import add_to_form
 from fleet.roles import Role, role_required
 
 
@@ -52,10 +53,9 @@ def job_create(request, version_pk: int):
                 options=form.options(),
             )
         except services.UploadRejected as exc:
-            form.add_error(None, exc.message)
+            add_to_form(form, exc)
         except jobs.JobRejected as exc:
-            field = exc.field if exc.field in form.fields else None
-            form.add_error(field, exc.message)
+            add_to_form(form, exc)
             audit.note(request, "job.create", version, refused=exc.code)
         else:
             audit.note(request, "job.create", job)
@@ -81,6 +81,7 @@ def job_detail(request, pk: int):
         {
             "job": job,
             "candidates": candidates,
+            "device_progress": device_choice.progress(job) if job.device_choice else None,
             # a curve needs epochs: a pass that trained nothing draws an empty chart
             "has_training": any(
                 any(row.get("epoch", 0) > 0 for row in curve.get("history") or [])

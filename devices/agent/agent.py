@@ -2,7 +2,8 @@
 
 One thread, one loop: poll the update API when the pacer says so, run the
 active models until the next telemetry tick, buffer a point per slot, deliver
-buffered telemetry, logs and status reports (HTTP, or MQTT for telemetry).
+status reports at once and buffered telemetry and logs every upload interval
+(HTTP, or MQTT for telemetry): fewer, fuller requests, the same resolution.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from . import manifest as mf
 from .bench import Benchmarks
 from .buffer import Backoff, Buffer, Outbox
 from .client import Client, Pacer, Response, Unreachable
@@ -25,7 +27,11 @@ log = logging.getLogger("edgefleet.agent")
 
 DEFAULTS = {
     "poll_interval_s": 30,
+    # a point per slot every telemetry interval; buffered points go out every upload
+    # interval: this one if set (a floor), else the server's X-Upload-Interval, and
+    # without either every telemetry interval (servers that do not advise one)
     "telemetry_interval_s": 10,
+    "upload_interval_s": None,
     "timeout_s": 15,
     "buffer_cap": {"telemetry": 10_000, "logs": 10_000, "status": 1_000},
     "batch_size": 500,
@@ -110,6 +116,8 @@ class Agent:
         self.next_poll = 0.0
         self.deliver_after = 0.0
         self.delivery_pacer = Pacer(1.0)
+        self.upload_pacer = Pacer(self.upload_floor())
+        self.next_upload = 0.0  # the first step uploads: a booted agent reports at once
         self.publisher = None
         if self.settings["mqtt_url"]:
             from .mqtt import Publisher
@@ -137,12 +145,40 @@ class Agent:
         batch = {"boot_id": boot_id, "batch": items, "dropped": dropped}
         if self.publisher:
             return self.publisher.publish("telemetry", batch)
-        return self.client.post("/api/v1/device/telemetry", batch)
+        return self.noted(self.client.post("/api/v1/device/telemetry", batch))
 
     def _send_logs(self, boot_id, items, dropped) -> Response:
-        return self.client.post(
-            "/api/v1/device/logs", {"boot_id": boot_id, "batch": items, "dropped": dropped}
+        return self.noted(
+            self.client.post(
+                "/api/v1/device/logs", {"boot_id": boot_id, "batch": items, "dropped": dropped}
+            )
         )
+
+    def noted(self, response: Response) -> Response:
+        """An upload's answer names the device's current check-in ETag (`X-Update-ETag`):
+        another one than this agent's means an update is waiting, so poll at the next
+        step; the same one stands for a poll, so the next can wait an interval. Not
+        signed, so it never replaces a check-in for long: no skip while an install is
+        pending, after failed check-ins, or when the signed metadata would go stale."""
+        etag = response.header("x-update-etag")
+        if not etag or not 200 <= response.status < 300 or self.pacer.failures:
+            return response
+        record = self.updater.freshness.record
+        now = time.monotonic()
+        if etag != record.get("etag"):
+            self.next_poll = min(self.next_poll, now)
+            return response
+        interval = self.pacer.interval_s
+        try:
+            left = (mf.parse_time(record["expires_at"]) - datetime.now(UTC)).total_seconds()
+        except (KeyError, TypeError, mf.ManifestError):
+            return response
+        if left > 3 * interval and not self.updater.has_pending():
+            self.next_poll = max(self.next_poll, now + interval * (1 + self.pacer.jitter / 2))
+        return response
+
+    def upload_floor(self) -> float:
+        return clamp_interval(self.settings["upload_interval_s"]) or 0.0
 
     def deliver(self, kinds=("status", "telemetry", "logs")) -> None:
         if time.monotonic() < self.deliver_after:
@@ -204,6 +240,8 @@ class Agent:
             max(result.poll_interval_s or 0.0, float(self.settings["poll_interval_s"]))
         )
         self.next_poll = time.monotonic() + self.pacer.success()
+        advised = clamp_interval(result.upload_interval_s)
+        self.upload_pacer.advise(max(advised or 0.0, self.upload_floor()))
         if result.outcome in {"succeeded", "rolled_back", "failed"}:
             self.send_inventory()
         if time.monotonic() >= self.next_benchmarks:
@@ -227,7 +265,11 @@ class Agent:
         for slot, old, new in self.runtime.switches:
             log.info("slot %s switched from %s to %s by the policy", slot, old, new)
         self.runtime.switches.clear()
-        self.deliver()
+        if time.monotonic() >= self.next_upload:
+            self.deliver()
+            self.next_upload = time.monotonic() + self.upload_pacer.success()
+        else:
+            self.deliver(kinds=("status",))  # reports that could not go out at once
 
     def run(self, *, once: bool = False) -> None:
         log.info("agent %s starting, boot %s", self.state.uid, self.boot_id)
@@ -239,6 +281,18 @@ class Agent:
             return
         while True:
             self.step()
+
+
+MAX_UPLOAD_INTERVAL_S = 3600.0  # an advice past this is taken as this (bounded buffers)
+
+
+def clamp_interval(value) -> float | None:
+    """Seconds from a setting or an advice: None for nothing usable, at most an hour."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    return min(seconds, MAX_UPLOAD_INTERVAL_S) if seconds > 0 else None
 
 
 def load_settings(path: str | Path | None) -> dict:

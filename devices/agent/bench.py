@@ -24,7 +24,8 @@ import time
 from datetime import UTC, datetime
 
 from . import manifest as mf
-from .client import Unreachable
+from .client import Pacer, Unreachable
+from .client import sleep as client_sleep
 from .download import DownloadError, download
 from .health import default_memory_mb, limit_resources, open_session, sample_inputs
 
@@ -34,6 +35,9 @@ SCHEMA = "benchmark-1"
 LIST_PATH = "/api/v1/device/benchmarks"
 RESULT_PATH = "/api/v1/device/benchmarks/{id}/results"
 MAX_INFERENCES = 10_000
+# a benchmark artifact's download: tries, and the backoff's ceiling (base doubling)
+DOWNLOAD_ATTEMPTS = 4
+RETRY_CAP_S = 60.0
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -169,12 +173,24 @@ def verify_request(envelope, *, trusted_keys: dict, device_uid: str, now: dateti
 class Benchmarks:
     """Fetch, verify, run and report the device's pending benchmark requests."""
 
-    def __init__(self, state, client, *, settings: dict, limits=None, inputs_dir=None):
+    def __init__(
+        self,
+        state,
+        client,
+        *,
+        settings: dict,
+        limits=None,
+        inputs_dir=None,
+        retry_base_s: float = 2.0,
+        sleep=client_sleep,
+    ):
         self.state = state
         self.client = client
         self.settings = settings
         self.limits = limits
         self.inputs_dir = inputs_dir
+        self.retry_base_s = retry_base_s
+        self.sleep = sleep
 
     def poll(self, now: datetime | None = None) -> list[dict]:
         """One round; the reports sent (for logs and tests)."""
@@ -223,14 +239,7 @@ class Benchmarks:
         part = self.state.download_path(f"bench-{artifact['sha256']}")
         target = folder / f"{artifact['sha256']}.onnx"
         try:
-            path = download(
-                self.client,
-                artifact["url"],
-                part,
-                size=artifact["size"],
-                sha256=artifact["sha256"],
-                limits=self.limits,
-            )
+            path = self._download(artifact, part)
             path.replace(target)
             figures = run_child(
                 str(target),
@@ -250,6 +259,36 @@ class Benchmarks:
             part.unlink(missing_ok=True)
         state = "failed" if "error" in figures else "succeeded"
         return {"sha256": artifact["sha256"], "state": state, **figures}
+
+    def _download(self, artifact: dict, part):
+        """The update's verified, resumable download, tried again after a transient
+        failure (a cut, the server unreachable): at most DOWNLOAD_ATTEMPTS times with
+        full-jitter exponential backoff, each try resuming from the bytes kept in the
+        `.part` file. A refused artifact (size, sha256) is not tried again."""
+        pacer = Pacer(0.0, base_s=self.retry_base_s, cap_s=RETRY_CAP_S)
+        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+            try:
+                return download(
+                    self.client,
+                    artifact["url"],
+                    part,
+                    size=artifact["size"],
+                    sha256=artifact["sha256"],
+                    limits=self.limits,
+                )
+            except (DownloadError, Unreachable) as exc:
+                if getattr(exc, "transient", True) is False or attempt == DOWNLOAD_ATTEMPTS:
+                    raise
+                delay = pacer.failure()
+                log.info(
+                    "benchmark artifact %s: attempt %s failed (%s), again in %.1f s",
+                    artifact["sha256"][:12],
+                    attempt,
+                    exc,
+                    delay,
+                )
+                self.sleep(delay)
+        raise AssertionError("unreachable")
 
     def _post(self, number: int, body: dict) -> dict:
         try:

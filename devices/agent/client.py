@@ -128,6 +128,11 @@ class Client:
         timeout: float | None = None,
         max_body: int = MAX_BODY,
     ) -> Response:
+        timeout = timeout or self.timeout
+        if not stream:
+            response = self._direct(method, path, json_body, headers or {}, timeout, max_body)
+            if response is not None:
+                return response
         data = None
         request = urllib.request.Request(self.url(path), method=method)
         request.add_header("User-Agent", USER_AGENT)
@@ -141,7 +146,7 @@ class Client:
         for name, value in (headers or {}).items():
             request.add_header(name, value)
         try:
-            raw = self._opener.open(request, data=data, timeout=timeout or self.timeout)
+            raw = self._opener.open(request, data=data, timeout=timeout)
         except urllib.error.HTTPError as exc:  # a redirect loop or an unfollowable one
             return Response(
                 exc.code,
@@ -160,13 +165,19 @@ class Client:
                 response.header("content-length"),
                 max_body,
                 f"{method} {path}",
-                deadline=time.monotonic() + (timeout or self.timeout),
+                deadline=time.monotonic() + timeout,
             )
         except OSError as exc:
             raise Unreachable(f"{method} {path}: {exc}") from exc
         finally:
             raw.close()
         return response
+
+    def _direct(
+        self, method: str, path: str, json_body, headers: dict, timeout: float, max_body: int
+    ) -> Response | None:
+        """The answer by a cheaper route than urllib, or None: urllib it is."""
+        return None
 
     def post(self, path: str, body, **kwargs) -> Response:
         return self.request("POST", path, json_body=body, **kwargs)
@@ -189,27 +200,11 @@ class LeanClient(Client):
         self._host = parts.netloc
         self._base = parts.path.rstrip("/")
 
-    def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        json_body=None,
-        headers: dict | None = None,
-        stream: bool = False,
-        timeout: float | None = None,
-        max_body: int = MAX_BODY,
-    ) -> Response:
-        if stream or not self._plain or urllib.parse.urlsplit(path).scheme:
-            return super().request(
-                method,
-                path,
-                json_body=json_body,
-                headers=headers,
-                stream=stream,
-                timeout=timeout,
-                max_body=max_body,
-            )
+    def _direct(
+        self, method: str, path: str, json_body, headers: dict, timeout: float, max_body: int
+    ) -> Response | None:
+        if not self._plain or urllib.parse.urlsplit(path).scheme:
+            return None
         body = (
             b""
             if json_body is None
@@ -228,7 +223,7 @@ class LeanClient(Client):
             lines.append("Content-Type: application/json")
         if body or method in {"POST", "PUT", "PATCH"}:
             lines.append(f"Content-Length: {len(body)}")
-        lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
         message = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
         try:
             if self._family is None:
@@ -236,21 +231,14 @@ class LeanClient(Client):
                     *self._address, type=socket.SOCK_STREAM
                 )[0]
                 self._family, self._address = family, address
-            raw = _exchange(self._family, self._address, message, timeout or self.timeout, max_body)
+            raw = _exchange(self._family, self._address, message, timeout, max_body)
             response = _parse(raw, max_body)
         except TooLarge as exc:
             raise TooLarge(f"{method} {path}: {exc}") from exc
         except (OSError, ValueError, IndexError) as exc:
             raise Unreachable(f"{method} {path}: {exc}") from exc
         if response.status in {301, 302, 303, 307, 308}:
-            return super().request(
-                method,
-                path,
-                json_body=json_body,
-                headers=headers,
-                timeout=timeout,
-                max_body=max_body,
-            )
+            return None  # urllib follows redirects
         return response
 
 

@@ -7,9 +7,12 @@ Each device enrolls, polls the update API (ETag, server-advised interval,
 backoff with jitter), verifies manifests exactly like the real agent
 (`manifest.verify` with its pinned key), "installs" by downloading every
 artifact and checking its size and sha256 (no onnxruntime), reports each update
-state, and sends telemetry drawn from the variant's benchmark latency with
-noise, plus a few log lines. Faults (`--fault`, repeatable, applied to
-`--fault-fraction` of the devices):
+state, and samples telemetry drawn from the variant's benchmark latency with
+noise every telemetry interval, plus a few log lines, uploaded every upload
+interval like the agent (`--upload-interval-s` as a floor, else the server's
+`X-Upload-Interval`, else every sample); an upload answer's `X-Update-ETag`
+equal to the device's stands for a poll, another one makes it poll at once.
+Faults (`--fault`, repeatable, applied to `--fault-fraction` of the devices):
 
 - failed-health-check: every install fails its health check and is rolled back
 - flapping-network: the device loses the network for `--flap-period-s` every other period
@@ -61,8 +64,21 @@ TICK_S = 0.005  # scheduler granularity
 HEARTBEAT_LOG_S = 300  # a device logs a heartbeat line about this often
 
 
+def _seconds(value) -> float | None:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    return min(seconds, 3600.0) if seconds > 0 else None
+
+
 class Stats:
-    def __init__(self):
+    """Counters over the whole run; latency and lag histograms after `warmup_s` only
+    (the first steps of a restarted fleet, all its inventory reports, are no steady
+    state)."""
+
+    def __init__(self, warmup_s: float = 0.0):
+        self.measure_from = time.monotonic() + warmup_s
         self.counts = collections.Counter()
         # endpoint -> Counter of latencies in 0.1 ms steps: exact percentiles to
         # 0.1 ms in bounded memory, however long the fleet runs.
@@ -78,11 +94,15 @@ class Stats:
 
     def timed(self, endpoint: str, began: float) -> None:
         """Record one request to `endpoint` that started at perf_counter `began`."""
+        if time.monotonic() < self.measure_from:
+            return
         tenths = round((time.perf_counter() - began) * 10_000)
         with self.lock:
             self.latency[endpoint][tenths] += 1
 
     def late(self, seconds: float) -> None:
+        if time.monotonic() < self.measure_from:
+            return
         tenths = round(seconds * 10_000)
         with self.lock:
             self.lag[tenths] += 1
@@ -148,6 +168,8 @@ class SimDevice:
         self.dropped = 0
         self.battery = self.rng.uniform(30, 100) if index % 3 == 0 else None
         self.pacer = Pacer(options.poll_interval_s, rng=self.rng)
+        self.upload_pacer = Pacer(options.upload_interval_s or 0.0, rng=self.rng)
+        self.next_upload = 0.0
         self.next_poll = time.monotonic() + self.rng.uniform(0, options.poll_interval_s)
         self.next_telemetry = time.monotonic() + self.rng.uniform(0, options.telemetry_interval_s)
         self.next_benchmarks = 0.0
@@ -167,7 +189,10 @@ class SimDevice:
         self.installed.update(saved.get("installed") or {})
         self.trusted.update(saved.get("trusted") or {})
         self.first_variants = set(saved.get("first_variants") or self.first_variants)
-        self.inventory_due = bool(self.token)  # a restarted device reports what it runs
+        # A restarted device reports what it runs, unless the server acknowledged
+        # exactly that before (`reported`: the digest of those facts).
+        self.reported = saved.get("reported")
+        self.inventory_due = bool(self.token) and self.reported != self.facts_digest()
         self.client = self._client()
         self.on_enrolled = None  # the fleet saves its state file when a device enrolls
 
@@ -213,7 +238,12 @@ class SimDevice:
                 missed = math.ceil((now - self.next_telemetry) / interval)
                 self.stats.add("telemetry_ticks_missed", missed)
                 self.next_telemetry += missed * interval
-        return min(self.next_poll, self.next_telemetry)
+        due = min(self.next_poll, self.next_telemetry)
+        if not self.outbox or self.upload_pacer.interval_s <= 0:
+            return due  # without an upload interval, samples upload (and retry) themselves
+        if now >= self.next_upload:
+            self.flush()  # due between two samples
+        return min(due, self.next_upload)
 
     def facts(self) -> dict:
         """Inventory as the real agent reports it: what runs in each slot, the profile."""
@@ -244,6 +274,7 @@ class SimDevice:
         return facts
 
     def send_inventory(self) -> None:
+        began = time.perf_counter()
         try:
             response = self.client.request(
                 "PUT", "/api/v1/device/inventory", json_body=self.facts()
@@ -251,7 +282,13 @@ class SimDevice:
         except Unreachable:
             self.stats.add("inventory_unreachable")
             return
+        self.stats.timed("inventory", began)
         self.stats.add(f"inventory_{response.status}")
+        if response.status == 200:
+            self.reported = self.facts_digest()
+
+    def facts_digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.facts(), sort_keys=True).encode()).hexdigest()
 
     def enroll(self) -> None:
         facts = self.facts()
@@ -304,6 +341,8 @@ class SimDevice:
             self.next_poll = time.monotonic() + self.pacer.failure(response.retry_after)
             return
         self.pacer.advise(response.header("x-poll-interval"))
+        advised = _seconds(response.header("x-upload-interval"))
+        self.upload_pacer.advise(max(advised or 0.0, self.options.upload_interval_s or 0.0))
         if response.status == 200:
             body = response.json() or {}
             self.pacer.advise(body.get("poll_interval_s"))
@@ -314,7 +353,7 @@ class SimDevice:
         if time.monotonic() >= self.next_benchmarks:
             self.next_benchmarks = time.monotonic() + self.options.benchmark_poll_s
             self.benchmarks(started)
-        self.flush()
+        self.flush(upload=False)
 
     def benchmarks(self, started: datetime) -> None:
         """Answer pending benchmark requests from each variant's estimate (bench.py)."""
@@ -521,12 +560,19 @@ class SimDevice:
                     },
                 },
             )
+        self.stats.add("telemetry_sampled", len(self.installed))
         if self.rng.random() < self.options.telemetry_interval_s / HEARTBEAT_LOG_S:
             self.log("info", f"heartbeat: {len(self.installed)} slot(s) active")
-        self.flush()
+        self.flush(upload=False)
 
-    def flush(self) -> None:
-        """Deliver the outbox in order: statuses one by one, telemetry/logs batched."""
+    def flush(self, *, upload: bool = True) -> None:
+        """Deliver the outbox in order: statuses one by one, telemetry/logs batched.
+        `upload=False`: only when a status report waits or the upload is due."""
+        now = time.monotonic()
+        if not upload and now < self.next_upload and all(k != "status" for k, _ in self.outbox):
+            return
+        if self.outbox and now >= self.next_upload:
+            self.next_upload = now + self.upload_pacer.success()
         while self.outbox:
             kind = self.outbox[0][0]
             if kind == "status":
@@ -556,8 +602,21 @@ class SimDevice:
             elif kind != "status":
                 self.stats.add(f"{kind}_sent", len(batch))
                 self.dropped = 0
+                self.noted(response.header("x-update-etag"))
             for _ in batch:
                 self.outbox.popleft()
+
+    def noted(self, etag: str | None) -> None:
+        """The upload answer's check-in ETag: the same as this device's stands for a
+        poll (the next waits an interval), another one means an update waits."""
+        if not etag or self.etag is None or self.pacer.failures:
+            return  # before its first check-in a device polls as scheduled
+        now = time.monotonic()
+        if etag != self.etag:
+            self.next_poll = min(self.next_poll, now)
+        else:
+            interval = self.pacer.interval_s * (1 + self.pacer.jitter / 2)
+            self.next_poll = max(self.next_poll, now + interval)
 
     def saved(self) -> dict:
         return {
@@ -567,6 +626,7 @@ class SimDevice:
             "installed": self.installed,
             "trusted": self.trusted,
             "first_variants": sorted(self.first_variants),
+            "reported": self.reported,
         }
 
 
@@ -575,7 +635,7 @@ class Fleet:
 
     def __init__(self, options):
         self.options = options
-        self.stats = Stats()
+        self.stats = Stats(options.warmup_s)
         saved = {}
         if options.state_file and Path(options.state_file).exists():
             try:
@@ -657,10 +717,26 @@ class Fleet:
                 time.sleep(max(0.0, min(wait, TICK_S)))
         except KeyboardInterrupt:
             pass
-        for _ in workers:  # after the steps already queued: those finish first
+        # Steps queued but not started are dropped (counted): a fleet behind schedule
+        # stops at its deadline, not after its backlog; steps under way finish.
+        while True:
+            try:
+                ready.get_nowait()
+            except queue.Empty:
+                break
+            self.stats.add("steps_not_run")
+        for _ in workers:
             ready.put(None)
         for thread in workers:
             thread.join()
+        # Samples still waiting for their upload go out now: the agent's outbox lasts
+        # on disk to its next start, the simulator's memory does not.
+        for device in self.devices:
+            if device.token and device.outbox:
+                try:
+                    device.flush()
+                except Exception:
+                    log.exception("device %s final upload failed", device.index)
         self.save()
         return {
             "devices": len(self.devices),
@@ -681,9 +757,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", type=int, default=5)
     p.add_argument("--duration-s", type=float, default=0, help="0: until interrupted")
     p.add_argument("--poll-interval-s", type=float, default=30)
-    p.add_argument("--telemetry-interval-s", type=float, default=10)
+    p.add_argument("--telemetry-interval-s", type=float, default=10, help="sampling")
+    p.add_argument(
+        "--upload-interval-s",
+        type=float,
+        help="upload at most this often (a floor); default: as the server advises, "
+        "else every sample",
+    )
     p.add_argument("--benchmark-poll-s", type=float, default=300, help="benchmark requests")
     p.add_argument("--ramp-s", type=float, default=2, help="spread the first steps over this")
+    p.add_argument("--warmup-s", type=float, default=0, help="latency and lag measured after this")
     p.add_argument("--fault", action="append", choices=FAULTS, help="repeatable")
     p.add_argument("--fault-fraction", type=float, default=1.0)
     p.add_argument("--bad-variant", help="variant name or sha256 that runs 3x slower")

@@ -63,6 +63,7 @@ class CheckIn:
     outcome: str  # not_modified, no_update, refused, no_op, succeeded, failed, rolled_back, ...
     poll_interval_s: float | None = None
     detail: str = ""
+    upload_interval_s: float | None = None  # X-Upload-Interval; None from older servers
 
 
 def _now() -> datetime:
@@ -118,6 +119,7 @@ class Updater:
             self._offline(started)
             raise CheckInError(str(exc)) from exc
         interval = _advised_interval(response)
+        upload = _header_seconds(response, "x-upload-interval")
         if response.status not in (200, 204, 304):
             self._offline(started)
             raise CheckInError(f"check-in: HTTP {response.status}", response.retry_after)
@@ -132,7 +134,9 @@ class Updater:
             outcome = self.resume_pending(started)
             self._commit(statement)
             return CheckIn(
-                outcome or ("no_update" if response.status == 204 else "not_modified"), interval
+                outcome or ("no_update" if response.status == 204 else "not_modified"),
+                interval,
+                upload_interval_s=upload,
             )
         try:
             body = response.json()
@@ -152,7 +156,7 @@ class Updater:
         self._commit(statement)
         interval = interval or _payload_interval(envelopes)
         outcome = outcomes[-1] if outcomes else resumed or "no_update"
-        return CheckIn(outcome, interval)
+        return CheckIn(outcome, interval, upload_interval_s=upload)
 
     def _offline(self, started: datetime) -> None:
         self.resume_pending(started)
@@ -268,6 +272,15 @@ class Updater:
                 f"manifest {previous.get('version')}" if previous else "no model",
             )
             self.state.set_pointer(name, previous)
+
+    def has_pending(self) -> bool:
+        """A manifest is still to be finished: only a check-in moves it on."""
+        for name in self.state.slot_names():
+            slot = self.state.slot(name)
+            pending = slot.get("pending")
+            if pending and slot.get("done_version") != pending.get("version"):
+                return True
+        return bool(self._jobs)
 
     def resume_pending(self, started: datetime, skip: set[str] = frozenset()) -> str | None:
         """Finish a manifest a crash or a download in the background left pending (U7)."""
@@ -520,12 +533,19 @@ def _strip(pointer: dict | None) -> dict | None:
     return {k: v for k, v in pointer.items() if k != "previous"}
 
 
-def _advised_interval(response: Response) -> float | None:
-    for name in ("x-poll-interval", "poll-interval"):
+def _header_seconds(response: Response, *names: str) -> float | None:
+    for name in names:
         value = response.header(name)
         if value:
             with contextlib.suppress(ValueError):
                 return float(value)
+    return None
+
+
+def _advised_interval(response: Response) -> float | None:
+    value = _header_seconds(response, "x-poll-interval", "poll-interval")
+    if value is not None:
+        return value
     if response.status == 200 and response.body:
         with contextlib.suppress(ValueError, AttributeError):
             value = response.json().get("poll_interval_s")

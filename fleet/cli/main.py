@@ -40,6 +40,17 @@ def _positive(kind):
     return parse
 
 
+def _add_wait(parser, what: str) -> None:
+    """`--wait` to follow the started `what` to its end, `--timeout` to give up."""
+    parser.add_argument("--wait", action="store_true", help=f"follow the {what} to its end")
+    parser.add_argument(
+        "--timeout",
+        type=_positive(float),
+        default=3600,
+        help="with --wait: give up after this many seconds (exit 4)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = Parser(add_help=False)
     common.add_argument(
@@ -154,13 +165,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="server-side budget of the search (default %(default)s s)",
     )
-    p.add_argument("--wait", action="store_true", help="follow the job to its end")
+    for flag, help_text in (
+        ("--bench-group", "last step: benchmark the variants on this device group's devices"),
+        ("--bench-profile", "...or on devices of this hardware profile slug"),
+        ("--bench-device", "...or on this device uid"),
+    ):
+        p.add_argument(flag, action="append", metavar="X", help=help_text + " (repeatable)")
     p.add_argument(
-        "--timeout",
-        type=_positive(float),
-        default=3600,
-        help="with --wait: give up after this many seconds (exit 4)",
+        "--choose-by-devices",
+        action="store_true",
+        help="the devices' measured p50 chooses the variant (with --bench-*)",
     )
+    p.add_argument(
+        "--device-timeout",
+        type=int,
+        metavar="S",
+        help="seconds to wait for device results before the estimate decides (default 3600)",
+    )
+    _add_wait(p, "job")
     p.set_defaults(func=registry.compress)
 
     p = command("release", "Releases: what a deployment installs.")
@@ -238,13 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="telemetry points before latency is judged (default 3)",
     )
-    p.add_argument("--wait", action="store_true", help="follow the deployment to its end")
-    p.add_argument(
-        "--timeout",
-        type=_positive(float),
-        default=3600,
-        help="with --wait: give up after this many seconds (exit 4)",
-    )
+    _add_wait(p, "deployment")
     p.set_defaults(func=rollout.deploy)
 
     p = command("status", "Who you are, devices online and offline, the latest deployments.")

@@ -124,6 +124,9 @@ def compress(client, args) -> int:
     }
     if args.profile:
         payload["hardware_profile"] = args.profile
+    benchmark = device_benchmark(args)
+    if benchmark:
+        payload["options"] = {"device_benchmark": benchmark}
     job = client.post("/api/v1/jobs/", payload)
     if not args.wait:
         if args.json:
@@ -136,16 +139,33 @@ def compress(client, args) -> int:
     return report_job(job, kpis, as_json=args.json)
 
 
+def device_benchmark(args) -> dict | None:
+    """The job option of the --bench-* flags (the server checks it)."""
+    target = {
+        "groups": args.bench_group or [],
+        "hardware_profiles": args.bench_profile or [],
+        "devices": args.bench_device or [],
+    }
+    target = {k: v for k, v in target.items() if v}
+    if not target and not args.choose_by_devices and args.device_timeout is None:
+        return None
+    option = {"target": target, "choose": args.choose_by_devices}
+    if args.device_timeout is not None:
+        option["timeout_s"] = args.device_timeout
+    return option
+
+
 def follow_job(client, job: dict, timeout: float, *, quiet: bool) -> dict:
     progress = None if quiet else Progress(f"job {job['id']}")
     deadline = time.monotonic() + timeout
     try:
-        while job["status"] in JOB_LIVE:
+        while job["status"] in JOB_LIVE or _devices_deciding(job):
+            state = "waiting for device results" if _devices_deciding(job) else job["status"]
             if progress:
-                progress.update(job.get("progress"), job.get("current_step") or job["status"])
+                progress.update(job.get("progress"), job.get("current_step") or state)
             if time.monotonic() > deadline:
                 raise CliError(
-                    f"job {job['id']} still {job['status']} after {timeout:.0f} s; "
+                    f"job {job['id']} still {state} after {timeout:.0f} s; "
                     "it goes on on the server",
                     TIMEOUT,
                 )
@@ -161,10 +181,23 @@ def follow_job(client, job: dict, timeout: float, *, quiet: bool) -> dict:
     return job
 
 
+def _devices_deciding(job: dict) -> bool:
+    """A succeeded job whose devices' results will choose, not decided yet."""
+    option = (job.get("options") or {}).get("device_benchmark") or {}
+    return (
+        job["status"] == "succeeded"
+        and bool(option.get("choose"))
+        and job.get("device_choice") in ("", "waiting")
+    )
+
+
 def report_job(job: dict, kpis: dict, *, as_json: bool) -> int:
     candidates = job.get("candidates") or []
     meeting = [c for c in candidates if c.get("meets_kpis") and not c.get("error")]
     chosen = next((c for c in candidates if c.get("chosen")), None)
+    if job.get("device_choice") == "measured":  # the devices' measurements decided
+        meeting = [chosen] if chosen else []
+    decided = ((job.get("result") or {}).get("device_choice") or {}).get("reason")
     code = ERROR if job["status"] != "succeeded" else (OK if meeting else MISSED)
     if as_json:
         dump_json({"job": job, "meets_kpis": code == OK, "chosen": chosen, "exit_code": code})
@@ -206,6 +239,8 @@ def report_job(job: dict, kpis: dict, *, as_json: bool) -> int:
         rows,
     )
     wanted = ", ".join(f"{KPI_FLAGS[k]} {v:g}" for k, v in kpis.items()) or "no KPIs"
+    if decided:
+        note(f"job {job['id']}, on devices: {decided}")
     if code == OK:
         note(
             f"job {job['id']}: {len(meeting)} of {len(candidates)} candidates meet {wanted}; "

@@ -4,7 +4,9 @@ Every device polls it, so it does the least work that keeps the contract. With
 Redis as the cache a poll is one Redis script call and no database query: the
 credential comes from `devices.authcache` (revocation tombstones it, A1), and
 the same call counts the poll for the per-device rate limit, notes the device
-as seen and reads the cached answer (`cached=` of the toolkit). A credential
+as seen and reads the cached answer (`cached=` of the toolkit). The answer
+also advises how often to poll (`X-Poll-Interval`) and how often to upload
+buffered telemetry and logs (`X-Upload-Interval`). A credential
 not cached yet costs one indexed database lookup, once per
 `DEVICE_AUTH_CACHE_S`. Other cache backends: the database lookup every time,
 then plain cache calls. Never a database write.
@@ -40,6 +42,7 @@ def update(request):
     response["ETag"] = answer.etag
     response[mf.TIMESTAMP_HEADER] = answer.statement  # fresh signed metadata, 304/204 too
     response["X-Poll-Interval"] = poll_interval()
+    response["X-Upload-Interval"] = str(settings.DEVICE_UPLOAD_INTERVAL_S)
     response["Cache-Control"] = "no-cache"
     return response
 

@@ -104,6 +104,24 @@ def ref(name: str) -> dict:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+UPDATE_ETAG = {
+    "schema": {"type": "string"},
+    "description": "The ETag of this device's check-in answer now",
+}
+CHECKIN_HEADERS = {
+    "ETag": UPDATE_ETAG,
+    "X-Poll-Interval": {
+        "schema": {"type": "integer"},
+        "description": "Seconds until the next check-in (jittered)",
+    },
+    "X-Upload-Interval": {
+        "schema": {"type": "integer"},
+        "description": "Seconds between uploads of buffered telemetry and logs "
+        "(points are still sampled at the device's telemetry interval; the device jitters it)",
+    },
+    "X-Signed-Timestamp": {"schema": {"type": "string"}},
+}
+
 CHECKIN_DOC = Doc(
     "Poll for an update: the signed manifest assigned to this device",
     parameters=(
@@ -128,14 +146,10 @@ CHECKIN_DOC = Doc(
                     },
                 ]
             },
-            {
-                "ETag": {"schema": {"type": "string"}},
-                "X-Poll-Interval": {"schema": {"type": "integer"}},
-                "X-Signed-Timestamp": {"schema": {"type": "string"}},
-            },
+            CHECKIN_HEADERS,
         ),
-        204: "No update assigned",
-        304: "Unchanged since If-None-Match",
+        204: ("No update assigned", None, CHECKIN_HEADERS),
+        304: ("Unchanged since If-None-Match", None, CHECKIN_HEADERS),
     },
 )
 
@@ -169,6 +183,8 @@ def batch_doc(item: str, what: str) -> Doc:
                 {
                     "X-EdgeFleet-New": {"schema": {"type": "integer"}},
                     "X-EdgeFleet-Duplicates": {"schema": {"type": "integer"}},
+                    # Equal to the device's ETag: its next poll can wait; else poll now.
+                    "X-Update-ETag": UPDATE_ETAG,
                 },
             )
         },

@@ -59,6 +59,11 @@ class ReleaseCreateSerializer(serializers.Serializer):
     default_variant = serializers.SlugField(max_length=40, required=False, allow_null=True)
     policy = serializers.JSONField(required=False, default=dict)
     variants = VariantInputSerializer(many=True)
+    allow_kpi_misses = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Release variants that missed their compression job's KPIs anyway.",
+    )
 
 
 class DeploymentSerializer(serializers.ModelSerializer):
@@ -160,15 +165,7 @@ class BenchmarkResultSerializer(serializers.ModelSerializer):
             "hardware_profile",
             "state",
             "predicted_p95_ms",
-            "p50_ms",
-            "p95_ms",
-            "p99_ms",
-            "throughput",
-            "peak_rss_mb",
-            "load_ms",
-            "cpu_pct",
-            "energy_mj",
-            "avg_power_w",
+            *BenchmarkResult.FIGURES,
             "error",
             "measured_at",
         ]

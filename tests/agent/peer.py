@@ -50,6 +50,11 @@ class Peer:
         self.overload: list[float] = []  # answer 429 with these Retry-After values first
         self.down = False  # answer 503 to everything
         self.poll_interval_s = 30
+        # What the current server adds (None: plays an older one): X-Upload-Interval on
+        # check-in answers, X-Update-ETag on upload answers, an ETag on a 204.
+        self.upload_interval_s: float | None = None
+        self.upload_etag: str | None = None
+        self.empty_etag: str | None = None
         self.redirects: dict[str, str] = {}  # path -> absolute URL (a presigned storage URL)
         self.lock = threading.Lock()
         self.server = QuietServer(("127.0.0.1", 0), _handler(self))
@@ -224,11 +229,15 @@ def _handler(peer: Peer):
                     )
                 status, body, headers = peer.update
                 headers = {**headers, "X-Poll-Interval": str(peer.poll_interval_s)}
+                if peer.upload_interval_s is not None:
+                    headers["X-Upload-Interval"] = str(peer.upload_interval_s)
                 data = json.dumps(body).encode() if body is not None else None
                 etag = None
                 if body is not None and peer.update_etag:
                     etag = '"' + hashlib.sha256(data).hexdigest()[:20] + '"'
                     headers["ETag"] = etag
+                elif body is None and peer.empty_etag:
+                    etag = headers["ETag"] = peer.empty_etag
                 if peer.timestamps:
                     headers[mf.TIMESTAMP_HEADER] = peer.timestamp(etag, data, body)
                 if etag is not None and self.headers.get("If-None-Match") == etag:
@@ -338,7 +347,8 @@ def _handler(peer: Peer):
                 if len(items) > peer.max_batch:
                     return self._send(413, {"code": "too_large"})
                 (peer.telemetry if "telemetry" in self.path else peer.logs).append(body)
-                return self._send(200, {"count": len(items)})
+                hint = {"X-Update-ETag": peer.upload_etag} if peer.upload_etag else {}
+                return self._send(200, {"count": len(items)}, hint)
             return self._send(404, {"code": "not_found"})
 
         def do_PUT(self):

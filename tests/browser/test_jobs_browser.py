@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
 
 import pytest
-from django.conf import settings as django_settings
 from playwright.sync_api import Error as PlaywrightError
 
 from compression.choices import JobStatus
 from compression.models import CompressionJob
 from devices.models import HardwareProfile
-from tests.compression.jobs_support import WorkerPool, database_url, load_demo
+from tests.compression.jobs_support import WorkerPool, live_worker_env, load_demo
 
 pytestmark = [
     pytest.mark.browser,
@@ -29,32 +27,8 @@ pytestmark = [
 
 @pytest.fixture
 def worker(tmp_path, settings):
-    # Local storage: the worker shares this test's media directory. On S3 the
-    # "location" option is a key prefix (inherited through AWS_LOCATION), not a path.
-    default = settings.STORAGES["default"]
-    media = (
-        Path(default["OPTIONS"]["location"])
-        if default["BACKEND"].endswith("FileSystemStorage")
-        else tmp_path / "media"
-    )
-    media.mkdir(parents=True, exist_ok=True)
-    settings.EDGEFLEET_JOB_DIR = tmp_path / "jobs"
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url(),
-        "MEDIA_ROOT": str(media),
-        "EDGEFLEET_JOB_DIR": str(tmp_path / "jobs"),
-        "DJANGO_SETTINGS_MODULE": "fleet.settings",
-        # same broker as this process (the live server enqueues through it)
-        "EDGEFLEET_VAR_DIR": str(django_settings.VAR_DIR),
-        "CELERY_BROKER_URL": django_settings.CELERY_BROKER_URL,
-        # slow enough that the page sees the progress bar move
-        "EDGEFLEET_JOB_TEST_HOOK": "slow:0.3",
-    }
-    from fleet.celery import app
-
-    with app.connection_for_write() as conn:
-        conn.default_channel.queue_purge("compression")  # leftovers of earlier runs
+    # slow enough that the page sees the progress bar move
+    env = live_worker_env(tmp_path, settings, ("compression",), EDGEFLEET_JOB_TEST_HOOK="slow:0.3")
     pool = WorkerPool(tmp_path, env)
     pool.start("browser")
     yield pool

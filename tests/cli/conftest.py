@@ -9,6 +9,17 @@ from tests.conftest import FIXTURES, _make_user, token_client
 DEMO_MODEL = FIXTURES / "digits_cnn.onnx"
 DEMO_CALIBRATION = FIXTURES / "digits_calibration.npz"
 DEMO_EVAL = FIXTURES / "digits_eval.npz"
+# `edgefleet push` of the demo model with both its datasets
+PUSH_DEMO = (
+    "push",
+    DEMO_MODEL,
+    "--name",
+    "digits-cnn",
+    "--calibration",
+    DEMO_CALIBRATION,
+    "--eval",
+    DEMO_EVAL,
+)
 
 
 @pytest.fixture

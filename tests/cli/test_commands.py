@@ -13,21 +13,9 @@ import pytest
 from compression.models import CompressionJob, Dataset, MLModel, ModelVersion
 from fleet.cli import BAD_INPUT, ERROR, MISSED, OK
 from fleet.cli.main import main
-from tests.cli.conftest import DEMO_CALIBRATION, DEMO_EVAL, DEMO_MODEL
+from tests.cli.conftest import DEMO_EVAL, DEMO_MODEL, PUSH_DEMO
 
 pytestmark = pytest.mark.django_db(transaction=True)
-COMMANDS = [
-    [],
-    ["login"],
-    ["logout"],
-    ["push"],
-    ["compress"],
-    ["release"],
-    ["release", "create"],
-    ["deploy"],
-    ["status"],
-    ["logs"],
-]
 
 
 @pytest.fixture
@@ -102,21 +90,11 @@ def test_flags_beat_env(cli, server):
 
 
 def test_push_prints_the_version_id_and_same_bytes_give_the_same_version(cli, server):
-    args = (
-        "push",
-        DEMO_MODEL,
-        "--name",
-        "digits-cnn",
-        "--calibration",
-        DEMO_CALIBRATION,
-        "--eval",
-        DEMO_EVAL,
-    )
-    code, out, err = cli(*args)
+    code, out, err = cli(*PUSH_DEMO)
     assert code == OK, err
     version = ModelVersion.objects.get()
     assert out == f"{version.pk}\n" and "new" in err
-    code, out, err = cli(*args)
+    code, out, err = cli(*PUSH_DEMO)
     assert code == OK and out == f"{version.pk}\n" and "unchanged" in err
     assert ModelVersion.objects.count() == 1 and Dataset.objects.count() == 2
 
@@ -267,3 +245,27 @@ def test_waiting_gives_up_with_exit_4_and_the_job_goes_on(cli, server):
     assert job.status == "queued"  # nobody cancelled it (no worker runs in this test)
     code, out, _err = cli("compress", version.pk, "--recipe", "fp16")  # no --wait: the id
     assert code == OK and out.strip().isdigit()
+
+
+def test_compress_asks_devices_to_benchmark_and_choose(cli, server):
+    from devices import services as devices_services
+    from tests.conftest import seed_hardware_profiles
+
+    seed_hardware_profiles()
+    token = devices_services.create_enrollment_token(name="cli-bench")[1]
+    devices_services.enroll(token, {"uid": "cli-pi", "hardware_profile": "rpi4"})
+    assert cli("push", DEMO_MODEL, "--name", "digits-cnn", "--eval", DEMO_EVAL)[0] == OK
+    version = ModelVersion.objects.get()
+    flags = ("--bench-profile", "rpi4", "--bench-device", "cli-pi", "--choose-by-devices")
+    code, _out, err = cli("compress", version.pk, "--auto", *flags, "--device-timeout", 120)
+    assert code == OK, err
+    assert CompressionJob.objects.get().options["device_benchmark"] == {
+        "target": {"hardware_profiles": ["rpi4"], "devices": ["cli-pi"]},
+        "choose": True,
+        "timeout_s": 120,
+    }
+    code, _out, err = cli("compress", version.pk, "--auto", "--bench-device", "nobody")
+    assert code == BAD_INPUT and "matches no device" in one_line(err)
+    code, _out, err = cli("compress", version.pk, "--auto", "--choose-by-devices")
+    assert code == BAD_INPUT, err
+    assert CompressionJob.objects.count() == 1

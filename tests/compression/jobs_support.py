@@ -73,6 +73,38 @@ def database_url() -> str:
     return f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
 
 
+def live_worker_env(tmp_path, settings, queues: tuple[str, ...], **extra: str) -> dict[str, str]:
+    """The environment of a worker that serves this test's live server: its database,
+    media directory and broker (the live server enqueues through it), a job directory
+    under `tmp_path`; `queues` are emptied of earlier runs' leftovers."""
+    # Local storage: the worker shares this test's media directory. On S3 the
+    # "location" option is a key prefix (inherited through AWS_LOCATION), not a path.
+    default = settings.STORAGES["default"]
+    media = (
+        Path(default["OPTIONS"]["location"])
+        if default["BACKEND"].endswith("FileSystemStorage")
+        else tmp_path / "media"
+    )
+    media.mkdir(parents=True, exist_ok=True)
+    settings.EDGEFLEET_JOB_DIR = tmp_path / "jobs"
+    from fleet.celery import app
+
+    with app.connection_for_write() as conn:
+        for queue in queues:
+            with contextlib.suppress(Exception):  # a queue that does not exist yet
+                conn.default_channel.queue_purge(queue)
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url(),
+        "MEDIA_ROOT": str(media),
+        "EDGEFLEET_JOB_DIR": str(tmp_path / "jobs"),
+        "DJANGO_SETTINGS_MODULE": "fleet.settings",
+        "EDGEFLEET_VAR_DIR": str(settings.VAR_DIR),
+        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+        **extra,
+    }
+
+
 def wait_for(predicate, timeout: float, what: str, proc=None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -241,6 +241,15 @@ def test_running_job_stops_on_cancel_and_cleans_up(workers, broker, settings):
     assert not ModelVersion.objects.filter(recipe__job=job.pk).exists()
 
 
+def python(script: str, env: dict, timeout: float) -> str:
+    """What `script` prints, run by a fresh interpreter with `env`."""
+    run = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=timeout
+    )
+    run.check_returncode()
+    return run.stdout
+
+
 def test_c6_visibility_timeout_exceeds_the_longest_time_limit():
     script = (
         "import django; django.setup(); from django.conf import settings as s; "
@@ -261,14 +270,7 @@ def test_c6_visibility_timeout_exceeds_the_longest_time_limit():
             "DJANGO_SETTINGS_MODULE": "fleet.settings",
         }
         env.pop("CELERY_BROKER_URL")
-        out = subprocess.run(
-            [sys.executable, "-c", script],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout.split()
+        out = python(script, env, 60).split()
         visibility, hard, task_hard, task_soft = (float(x) for x in out[:4])
         assert visibility > hard == task_hard > task_soft
         assert out[4:] == ["True", "True", "compression"]
@@ -282,14 +284,7 @@ def test_c5_broker_down_at_enqueue_keeps_the_job_and_the_sweeper_sends_it(env, b
         "import django; django.setup(); from compression.jobs import enqueue_job; "
         f"print(enqueue_job({job.pk}))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        env=down,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=True,
-    ).stdout.split()
+    out = python(script, down, 90).split()
     assert out[-1] == "False"
     stranded = job_state(job.pk)
     assert stranded.status == JobStatus.QUEUED and stranded.enqueued_at is None
@@ -301,14 +296,7 @@ def test_c5_broker_down_at_enqueue_keeps_the_job_and_the_sweeper_sends_it(env, b
         + "from compression.jobs import requeue_stale_jobs; "
         "print(requeue_stale_jobs(now=timezone.now() + timedelta(minutes=5)))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", sweep],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+    out = python(sweep, env, 60)
     assert str(job.pk) in out
     workers("a")
     done = wait_for(lambda: finished(job.pk), 60, "swept job finished")

@@ -20,6 +20,12 @@ def post(client, url: str, data: dict):
         return client.post(url, data)
 
 
+def upload(client, name: str, content: bytes, task: str = "other", **fields):
+    """Post the upload form with `content` as the model file."""
+    form = {"name": name, "task": task, **fields}
+    return post(client, "/models/upload/", {**form, "file": SimpleUploadedFile("m.onnx", content)})
+
+
 def validate_pending() -> None:
     """What the worker does with the enqueued validations."""
     for pk in ModelVersion.objects.filter(status="validating").values_list("pk", flat=True):
@@ -28,15 +34,12 @@ def validate_pending() -> None:
 
 def test_operator_uploads_through_the_form(client, operator_user):
     client.force_login(operator_user)
-    response = post(
+    response = upload(
         client,
-        "/models/upload/",
-        {
-            "name": "web-model",
-            "task": "classification",
-            "description": "from the browser",
-            "file": SimpleUploadedFile("web.onnx", tiny_model_bytes()),
-        },
+        "web-model",
+        tiny_model_bytes(),
+        task="classification",
+        description="from the browser",
     )
     model = MLModel.objects.get(name="web-model")
     assert response.status_code == 302
@@ -55,15 +58,7 @@ def test_operator_uploads_through_the_form(client, operator_user):
 
 def test_form_shows_validator_message_and_creates_nothing(client, operator_user):
     client.force_login(operator_user)
-    response = post(
-        client,
-        "/models/upload/",
-        {
-            "name": "evil",
-            "task": "other",
-            "file": SimpleUploadedFile("evil.onnx", bad_models.not_protobuf()),
-        },
-    )
+    response = upload(client, "evil", bad_models.not_protobuf())
     assert response.status_code == 400
     assert "not an onnx model" in response.content.decode().lower()
     assert not MLModel.objects.filter(name="evil").exists()
@@ -71,15 +66,7 @@ def test_form_shows_validator_message_and_creates_nothing(client, operator_user)
 
 def test_rejected_version_shows_its_reason(client, operator_user):
     client.force_login(operator_user)
-    response = post(
-        client,
-        "/models/upload/",
-        {
-            "name": "evil",
-            "task": "other",
-            "file": SimpleUploadedFile("evil.onnx", bad_models.external_absolute()),
-        },
-    )
+    response = upload(client, "evil", bad_models.external_absolute())
     assert response.status_code == 302
     validate_pending()
     page = client.get(response["Location"]).content.decode()
@@ -103,25 +90,13 @@ def test_upload_page_does_no_storage_write_inside_a_transaction(client, operator
     client.force_login(operator_user)
     # the test itself runs in one transaction: only a savepoint would show a view's atomic()
     assert connection.in_atomic_block and not connection.savepoint_ids
-    response = post(
-        client,
-        "/models/upload/",
-        {
-            "name": "web-model",
-            "task": "other",
-            "file": SimpleUploadedFile("web.onnx", tiny_model_bytes()),
-        },
-    )
+    response = upload(client, "web-model", tiny_model_bytes())
     assert response.status_code == 302 and inside == [True]
 
 
 def test_new_version_from_detail_page_gets_parent(client, operator_user):
     client.force_login(operator_user)
-    post(
-        client,
-        "/models/upload/",
-        {"name": "m", "task": "other", "file": SimpleUploadedFile("a.onnx", tiny_model_bytes(1))},
-    )
+    upload(client, "m", tiny_model_bytes(1))
     model = MLModel.objects.get(name="m")
     post(
         client,
@@ -149,6 +124,18 @@ def test_viewer_sees_no_upload_controls(client, viewer_user, operator_user):
 def test_widget_renders(client, viewer_user):
     client.force_login(viewer_user)
     assert client.get("/models/widget/").status_code == 200
+
+
+def test_widget_counts_read_as_words(client, viewer_user):
+    """One model reads "1 model", not "1 models"; Chinese counts with its measure word."""
+    MLModel.objects.create(name="only")
+    client.force_login(viewer_user)
+    page = client.get("/models/widget/").content.decode()
+    assert '<span class="stat">1</span> model ·' in page
+    assert '<span class="stat">0</span> versions' in page
+    client.post("/i18n/setlang/", {"language": "zh-hans", "next": "/"})
+    page = client.get("/models/widget/").content.decode()
+    assert '<span class="stat">1</span> 个模型 · <span class="stat">0</span> 个版本' in page
 
 
 def test_language_switch_to_chinese(client, viewer_user):

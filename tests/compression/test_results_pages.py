@@ -54,3 +54,47 @@ def test_job_form_describes_recipes_and_shows_the_baseline(client, operator_user
     text = client.get(f"/models/versions/{source.pk}/compress/").content.decode()
     assert "int8-static — int8 weights and activations" in text
     assert 'id="baseline-latency"' in text and "12.50" in text
+
+
+def test_a_kpi_missing_variant_is_released_only_with_the_override(
+    client, operator_user, viewer_user, operator_api
+):
+    from ota import services
+    from ota.models import Release
+
+    source = make_version("cam")
+    _job, failed = _variant(source, "prune-structured", meets=False)
+    with pytest.raises(services.OtaError) as caught:
+        services.create_release(name="no", variants=[{"model_version": failed.pk}])
+    assert caught.value.code == "misses_kpis" and caught.value.field == "variants"
+    refused = operator_api.post(
+        "/api/v1/releases/",
+        {"name": "no", "variants": [{"model_version": failed.pk}]},
+        format="json",
+    )
+    assert refused.status_code == 400 and refused.json()["code"] == "misses_kpis"
+    forced = operator_api.post(
+        "/api/v1/releases/",
+        {"name": "forced", "variants": [{"model_version": failed.pk}], "allow_kpi_misses": True},
+        format="json",
+    )
+    assert forced.status_code == 201, forced.content
+    # the page: the model page links to the override, which offers the variant
+    client.force_login(operator_user)
+    page = client.get(f"/models/{source.model_id}/?v={failed.number}").content.decode()
+    assert 'id="release-anyway"' in page and 'id="use-in-release"' not in page
+    url = f"/deployments/releases/new/?version={failed.pk}&allow_kpi_misses=1"
+    assert f'value="{failed.pk}" selected' in client.get(url).content.decode()
+    form = {
+        "name": "from page",
+        "slot": "default",
+        "default_variant": "default",
+        "variant_0_name": "default",
+        "variant_0_version": failed.pk,
+    }
+    assert client.post("/deployments/releases/new/", form).status_code == 400
+    done = client.post("/deployments/releases/new/", {**form, "allow_kpi_misses": "on"})
+    assert done.status_code == 302
+    assert Release.objects.filter(name__in=["forced", "from page"]).count() == 2
+    client.force_login(viewer_user)
+    assert client.post("/deployments/releases/new/", form).status_code == 403

@@ -7,7 +7,6 @@ meets a 404 at check-in, logs it and keeps reporting.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -17,9 +16,9 @@ import pytest
 
 from devices.agent.agent import Agent
 from devices.agent.state import State
+from tests.e2e.servers import run_agent, run_simulator
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -31,17 +30,7 @@ def enrollment_token(transactional_db):
 
 
 def agent_cli(*args, timeout=120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("DJANGO_SETTINGS_MODULE", None)
-    return subprocess.run(
-        [sys.executable, "-m", "devices.agent", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=timeout,
-        check=False,
-    )
+    return run_agent([sys.executable, "-m", "devices.agent", *args], timeout)
 
 
 def enrolled_state(live_server, token, root: Path) -> State:
@@ -156,37 +145,22 @@ def test_revoked_device_keeps_its_buffer(live_server, enrollment_token, tmp_path
 def test_simulated_fleet_enrolls_and_reports(live_server, enrollment_token, tmp_path):
     from devices.models import Device
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "devices.agent.simulate",
-            "--server",
-            live_server.url,
-            "--enrollment-token",
-            enrollment_token,
-            "--devices",
-            "3",
-            "--duration-s",
-            "10",
-            "--poll-interval-s",
-            "1",
-            "--telemetry-interval-s",
-            "1",
-            "--uid-prefix",
-            "sim-e2e",
-            "--state-file",
-            str(tmp_path / "fleet.json"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
+    proc = run_simulator(
+        live_server.url,
+        enrollment_token,
+        tmp_path,
+        "--devices",
+        "3",
+        "--duration-s",
+        "10",
+        "--poll-interval-s",
+        "1",
+        "--telemetry-interval-s",
+        "1",
+        "--uid-prefix",
+        "sim-e2e",
         timeout=60,
-        check=False,
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
     uids = set(Device.objects.filter(uid__startswith="sim-e2e").values_list("uid", flat=True))
     assert uids == {"sim-e2e-00000", "sim-e2e-00001", "sim-e2e-00002"}, proc.stdout[-2000:]
 

@@ -8,20 +8,17 @@ download, install, health check, report, telemetry — all over HTTP.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from devices.agent.state import State
 from tests.agent.conftest import tiny_model
 from tests.conftest import tiny_model_bytes
+from tests.e2e.servers import run_agent, run_simulator, summary
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -63,17 +60,7 @@ def stored_version(name: str, data: bytes, *, p95: float):
 
 
 def agent_cli(*args, timeout=180) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("DJANGO_SETTINGS_MODULE", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "devices.agent", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=timeout,
-        check=False,
-    )
+    proc = run_agent([sys.executable, "-m", "devices.agent", *args], timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -199,49 +186,16 @@ def test_simulated_bad_variant_trips_the_latency_gate(
     from ota import services
 
     def simulate(*extra):
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "devices.agent.simulate",
-                "--server",
-                live_server.url,
-                "--enrollment-token",
-                enrollment_token,
-                "--devices",
-                "3",
-                "--uid-prefix",
-                "sim",
-                "--hardware-profile",
-                "rpi4",
-                "--poll-interval-s",
-                "1",
-                "--telemetry-interval-s",
-                "0.5",
-                "--ramp-s",
-                "0.2",
-                "--base-latency-ms",
-                "20",
-                "--state-file",
-                str(tmp_path / "fleet.json"),
-                *extra,
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=ROOT,
-            timeout=120,
-            check=False,
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return json.loads(proc.stdout[proc.stdout.index("{") :])
+        common = ("--devices", "3", "--uid-prefix", "sim", "--hardware-profile", "rpi4")
+        pace = ("--poll-interval-s", "1", "--telemetry-interval-s", "0.5", "--ramp-s", "0.2")
+        args = (*common, *pace, "--base-latency-ms", "20", *extra)
+        return summary(run_simulator(live_server.url, enrollment_token, tmp_path, *args))
 
     assert simulate("--duration-s", "1.5")["enrolled"] == 3
     version = stored_version("digits", tiny_model_bytes(5), p95=20.0)
     deployment = deploy(version, [f"sim-{i:05d}" for i in range(3)], admin_user)
-    summary = simulate("--duration-s", "5", "--fault", "bad-variant", "--bad-variant", "default")
-    assert summary["update_succeeded"] == 3
+    ran = simulate("--duration-s", "5", "--fault", "bad-variant", "--bad-variant", "default")
+    assert ran["update_succeeded"] == 3
     assert set(updates(deployment).values()) == {("succeeded", "")}
     assert services.evaluate_deployment(deployment) == "paused"
     deployment.refresh_from_db()
@@ -312,3 +266,34 @@ def test_rollback_restores_the_previous_version_from_disk(
     assert set(updates(back).values()) == {("succeeded", "")}
     assert all(active_sha(s) == old.sha256 for s in states)
     assert downloads == []  # the previous version was kept on the device
+
+
+def test_upload_answers_stand_for_polls_until_an_update_is_assigned(
+    live_server, enrollment_token, admin_user, tmp_path, settings
+):
+    """The agent learns the upload interval at check-in; an upload answer with its own
+    ETag defers the next poll, one after an assignment makes it poll at once."""
+    import time
+
+    from devices.agent.agent import Agent
+    from devices.models import TelemetryPoint
+
+    settings.OTA_POLL_INTERVAL_S = 30
+    settings.DEVICE_UPLOAD_INTERVAL_S = 45
+    (state,) = enroll_agents(live_server, enrollment_token, tmp_path, 1)
+    agent = Agent(state)
+    try:
+        agent.check_in()
+        assert agent.upload_pacer.interval_s == 45
+        agent.next_poll = time.monotonic() + 1
+        agent.outbox.add("telemetry", {"ts": time.time(), "inferences": 1})
+        agent.deliver()
+        assert agent.next_poll - time.monotonic() >= 29  # the upload stood for that poll
+        v2 = stored_version("digits", tiny_model_bytes(2), p95=1000.0)
+        deploy(v2, [state.uid], admin_user)
+        agent.outbox.add("telemetry", {"ts": time.time(), "inferences": 2})
+        agent.deliver()
+        assert agent.next_poll <= time.monotonic()  # an update waits: poll now
+        assert TelemetryPoint.objects.filter(device__uid=state.uid).count() == 2
+    finally:
+        agent.close()

@@ -122,53 +122,17 @@ def test_three_versions_on_three_agents(live_server, admin_user, operator_api, c
 
 
 def test_the_simulator_answers_from_the_estimate(live_server, operator_api, tmp_path):
-    import json
-    import os
-    import subprocess
-    import sys
-
     from devices import services as devices_services
     from ota.models import BenchmarkResult
-    from tests.e2e.test_agent_ota_e2e import ROOT
+    from tests.e2e.servers import run_simulator, summary
 
     token = devices_services.create_enrollment_token(name="sim-bench")[1]
 
     def simulate(seconds: str) -> dict:
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "devices.agent.simulate",
-                "--server",
-                live_server.url,
-                "--enrollment-token",
-                token,
-                "--devices",
-                "2",
-                "--uid-prefix",
-                "simb",
-                "--hardware-profile",
-                "rpi4",
-                "--poll-interval-s",
-                "1",
-                "--ramp-s",
-                "0.2",
-                "--benchmark-poll-s",
-                "1",
-                "--state-file",
-                str(tmp_path / "fleet.json"),
-                "--duration-s",
-                seconds,
-            ],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            cwd=ROOT,
-            timeout=120,
-            check=False,
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return json.loads(proc.stdout[proc.stdout.index("{") :])
+        fleet = ("--devices", "2", "--uid-prefix", "simb", "--hardware-profile", "rpi4")
+        pace = ("--poll-interval-s", "1", "--ramp-s", "0.2", "--benchmark-poll-s", "1")
+        args = (*fleet, *pace, "--duration-s", seconds)
+        return summary(run_simulator(live_server.url, token, tmp_path, *args))
 
     assert simulate("3")["enrolled"] == 2
     version = stored_version("simbench", tiny_model_bytes(31), p95=40.0)
@@ -184,3 +148,67 @@ def test_the_simulator_answers_from_the_estimate(live_server, operator_api, tmp_
     for row in rows:
         # drawn around the estimate: p95 within the noise model of 40 ms
         assert 25 < row.p95_ms < 60 and row.predicted_p95_ms == 40.0
+
+
+def test_real_agents_choose_the_jobs_variant(
+    live_server, monkeypatch, client, admin_user, tmp_path
+):
+    """A job choosing by device results: three real agents measure its variants over
+    HTTP; each report's ingest hook decides once the last one is in."""
+    from django.urls import reverse
+
+    from compression import device_choice
+    from compression.choices import DeviceChoice, JobStatus
+    from compression.models import Candidate, CompressionJob
+    from devices import services as devices_services
+
+    decided, decide = [], device_choice.decide
+
+    def spy(job_id, **kwargs):  # what the ingest hook decided, in the live server
+        decided.append(decide(job_id, **kwargs))
+        return decided[-1]
+
+    monkeypatch.setattr(device_choice, "decide", spy)
+    token = devices_services.create_enrollment_token(name="choose")[1]
+    states = enroll_agents(live_server, token, tmp_path, 3)
+    source = stored_version("chosen", tiny_model_bytes(30, hidden=64), p95=5.0)
+    job = CompressionJob.objects.create(
+        source=source,
+        status=JobStatus.SUCCEEDED,
+        kpis={"min_fidelity": 0.9},
+        result={"chosen": "fp32", "reason": "estimate"},
+        options={"device_benchmark": {"target": {"hardware_profiles": ["rpi4"]}, "choose": True}},
+    )
+    metrics = {"p50_ms": 1.0, "size_mb": 0.1, "size_bytes": 100_000}
+    rows = [("fp32", source, 1.0, True)]
+    for i, fidelity in enumerate((0.99, 0.5)):
+        data = tiny_model_bytes(31 + i, hidden=8)
+        rows.append((f"small-{i}", stored_version("chosen", data, p95=1.0), fidelity, False))
+    for recipe, version, fidelity, chosen in rows:
+        Candidate.objects.create(
+            job=job,
+            recipe=recipe,
+            version=version,
+            metrics={**metrics, "fidelity": fidelity},
+            meets_kpis=fidelity >= 0.9,
+            chosen=chosen,
+        )
+    assert device_choice.request_benchmarks(job) == DeviceChoice.WAITING  # the runner's step
+
+    agent_cli("run", "--once", "--state-dir", str(states[0].root))
+    job.refresh_from_db()
+    assert job.device_choice == DeviceChoice.WAITING and decided == []  # not the last
+    client.force_login(admin_user)
+    page = client.get(reverse("compression:job-detail", args=[job.pk])).content.decode()
+    assert "Waiting for device results: 1/3" in page
+
+    run_all(states[1:])
+    job.refresh_from_db()
+    assert decided == [DeviceChoice.MEASURED]  # the last report decided, once
+    (chosen,) = job.candidates.filter(chosen=True)
+    assert chosen.recipe in {"fp32", "small-0"}  # small-1 misses fidelity: never chosen
+    measured = device_choice.measured_p50(job)
+    assert set(measured) == {v.pk for _r, v, _f, _c in rows}
+    assert all(p50 > 0 for by in measured.values() for p50 in by.values())
+    page = client.get(reverse("compression:job-detail", args=[job.pk])).content.decode()
+    assert "chosen by device results" in page and job.result["device_choice"]["reason"] in page

@@ -22,13 +22,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from django.conf import settings as django_settings
 
-from tests.cli.conftest import DEMO_CALIBRATION, DEMO_EVAL, DEMO_MODEL
-from tests.compression.jobs_support import database_url, wait_for
+from tests.cli.conftest import PUSH_DEMO
+from tests.compression.jobs_support import live_worker_env, wait_for
+from tests.e2e.servers import ROOT, agent_env, simulate_command
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420), pytest.mark.django_db(transaction=True)]
-ROOT = Path(__file__).resolve().parents[2]
 CELERY = str(Path(sys.executable).with_name("celery"))
 DEVICES = 6  # a 10 % canary is 1 device: under the 20 % reach an ungated phase may have
 
@@ -47,31 +46,13 @@ def _stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> None:
 @pytest.fixture
 def worker(tmp_path, settings):
     """One worker on both queues with beat: jobs, and the gate task every 5 s."""
-    default = settings.STORAGES["default"]
-    media = (
-        Path(default["OPTIONS"]["location"])
-        if default["BACKEND"].endswith("FileSystemStorage")
-        else tmp_path / "media"
+    env = live_worker_env(
+        tmp_path,
+        settings,
+        ("compression", "default"),
+        OTA_GATE_INTERVAL_S="5",
+        PYTHONUNBUFFERED="1",
     )
-    media.mkdir(parents=True, exist_ok=True)
-    settings.EDGEFLEET_JOB_DIR = tmp_path / "jobs"
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url(),
-        "MEDIA_ROOT": str(media),
-        "EDGEFLEET_JOB_DIR": str(tmp_path / "jobs"),
-        "DJANGO_SETTINGS_MODULE": "fleet.settings",
-        "EDGEFLEET_VAR_DIR": str(django_settings.VAR_DIR),
-        "CELERY_BROKER_URL": django_settings.CELERY_BROKER_URL,
-        "OTA_GATE_INTERVAL_S": "5",
-        "PYTHONUNBUFFERED": "1",
-    }
-    from fleet.celery import app
-
-    with app.connection_for_write() as conn:
-        for queue in ("compression", "default"):  # leftovers of earlier runs
-            with contextlib.suppress(Exception):
-                conn.default_channel.queue_purge(queue)
     log_path = tmp_path / "worker.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -132,14 +113,10 @@ def fleet(server, tmp_path):
     token = services.create_enrollment_token(name="ci-e2e", group=group)[1]
     with open(tmp_path / "simulator.log", "wb") as log:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "devices.agent.simulate",
-                "--server",
+            simulate_command(
                 server,
-                "--enrollment-token",
                 token,
+                tmp_path,
                 "--devices",
                 str(DEVICES),
                 "--uid-prefix",
@@ -154,10 +131,8 @@ def fleet(server, tmp_path):
                 "0.2",
                 "--duration-s",
                 "400",
-                "--state-file",
-                str(tmp_path / "fleet.json"),
-            ],
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            ),
+            env=agent_env(),
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -220,28 +195,10 @@ def edgefleet(server, ci_token, tmp_path):
 def test_pipeline_push_compress_gate_release_and_canary(edgefleet, worker, fleet):
     from ota.models import Deployment
 
-    pushed = edgefleet(
-        "push",
-        DEMO_MODEL,
-        "--name",
-        "digits-cnn",
-        "--calibration",
-        DEMO_CALIBRATION,
-        "--eval",
-        DEMO_EVAL,
-    )
+    pushed = edgefleet(*PUSH_DEMO)
     assert pushed.returncode == 0, pushed.stderr
     version = int(pushed.stdout)
-    again = edgefleet(
-        "push",
-        DEMO_MODEL,
-        "--name",
-        "digits-cnn",
-        "--calibration",
-        DEMO_CALIBRATION,
-        "--eval",
-        DEMO_EVAL,
-    )
+    again = edgefleet(*PUSH_DEMO)
     assert (again.returncode, int(again.stdout)) == (0, version)
 
     met = edgefleet(

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import http.client
 import os
-import subprocess
-import sys
 import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from benchmarks._harness import free_port, start_gunicorn, stop
+from tests.compression.jobs_support import wait_for
 from tests.conftest import port_open
-from tests.e2e.test_reverse_proxy import ROOT, database_url, free_port, stop, wait_until
+from tests.e2e.servers import enrolled_device_token, start_worker, web_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 TOKEN = "scrape-secret"
@@ -28,42 +28,16 @@ def sample(text: str, name: str, **labels) -> float:
     return 0.0
 
 
-@pytest.fixture
-def device_token(db, admin_user):
-    from devices import services
-
-    _pk, token = services.create_enrollment_token(name="metrics", actor=admin_user)
-    _device, device_token = services.enroll(token, {"uid": "metrics-e2e"})
-    return device_token
-
-
-def test_gunicorn_workers_are_counted_together(device_token, tmp_path):
+def test_gunicorn_workers_are_counted_together(db, admin_user, tmp_path):
+    device_token = enrolled_device_token(admin_user, "metrics-e2e")
     port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url(),
-        "WEB_BIND": f"127.0.0.1:{port}",
-        "WEB_WORKERS": "3",
-        "CELERY_BROKER_URL": "memory://",
-        "LOG_LEVEL": "ERROR",
-        "THROTTLE_DEVICE": "100000/min",
-        "EDGEFLEET_VAR_DIR": str(tmp_path / "var"),
-        "METRICS_TOKEN": TOKEN,
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
-    }
     (tmp_path / "prom").mkdir()
     (tmp_path / "prom" / "counter_stale.db").write_bytes(b"left by a previous run")
-    env.pop("MQTT_URL", None)
-    web = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "python:fleet.gunicorn", "fleet.wsgi"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+    env = web_env(
+        tmp_path / "var", METRICS_TOKEN=TOKEN, PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom")
     )
+    web = start_gunicorn(env, port, 3, timeout_s=90)
     try:
-        wait_until(lambda: port_open("127.0.0.1", port, 0.2), 90, "gunicorn")
         for _ in range(CHECKINS):  # a new connection each: the workers share them
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
             conn.request(
@@ -104,31 +78,9 @@ def test_worker_counts_task_failures_on_its_port(tmp_path, redis_url):
     }
     env.pop("MQTT_URL", None)
     queue = f"metrics-{port}"
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "fleet",
-            "worker",
-            "-Q",
-            queue,
-            "-c",
-            "2",
-            "-n",
-            f"metrics-{port}@%h",
-            "--without-mingle",
-            "--without-gossip",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    worker = start_worker(env, queue, queue)
     try:
-        wait_until(lambda: port_open("127.0.0.1", port, 0.2), 90, "the worker's metrics port")
+        wait_for(lambda: port_open("127.0.0.1", port, 0.2), 90, "the worker's metrics port")
         sender = Celery(broker=broker)
         for _ in range(3):
             sender.send_task("devices.tasks.detect_offline", queue=queue)
@@ -140,6 +92,6 @@ def test_worker_counts_task_failures_on_its_port(tmp_path, redis_url):
                 text, "edgefleet_celery_task_failures_total", task="devices.tasks.detect_offline"
             )
 
-        wait_until(lambda: failures() == 3, 120, "three failures counted")
+        wait_for(lambda: failures() == 3, 120, "three failures counted")
     finally:
         stop(worker)

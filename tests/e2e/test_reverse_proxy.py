@@ -16,10 +16,8 @@ import http.client
 import os
 import select
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -27,10 +25,12 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks._harness import free_port, start_gunicorn, stop
+from tests.compression.jobs_support import wait_for
 from tests.conftest import need_service, port_open
+from tests.e2e.servers import ROOT, enrolled_device_token, web_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "deploy" / "nginx.conf.template"
 WORKERS = 2
 SLOW_BODIES = 6  # more than the workers
@@ -41,88 +41,25 @@ SLOW_BODY = (
 )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
-
-
-def database_url() -> str:
-    from django.conf import settings
-
-    db = settings.DATABASES["default"]
-    if db["ENGINE"] != "django.db.backends.postgresql":
-        need_service("PostgreSQL", "gunicorn in a subprocess needs a shared database")
-    user = db.get("USER") or "postgres"
-    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
-    return (
-        f"postgres://{user}{password}@{db.get('HOST') or '127.0.0.1'}:"
-        f"{db.get('PORT') or 5432}/{db['NAME']}"
-    )
-
-
 @pytest.fixture
 def device_token(db, admin_user):
-    from devices import services
-
-    _pk, token = services.create_enrollment_token(name="proxy", actor=admin_user)
-    _device, device_token = services.enroll(token, {"uid": "behind-proxy"})
-    return device_token
+    return enrolled_device_token(admin_user, "behind-proxy")
 
 
 @pytest.fixture
 def gunicorn_port(device_token, tmp_path):
     port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url(),
-        "WEB_BIND": f"127.0.0.1:{port}",
-        "WEB_WORKERS": str(WORKERS),
-        "CELERY_BROKER_URL": "memory://",
-        "DEBUG": "0",
-        "LOG_LEVEL": "ERROR",
-        "THROTTLE_DEVICE": "100000/min",
-        "TRUSTED_PROXIES": "127.0.0.1",
-        "EDGEFLEET_VAR_DIR": str(tmp_path / "var"),
-        "DJANGO_SETTINGS_MODULE": "fleet.settings",
-    }
-    env.pop("MQTT_URL", None)
-    web = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "python:fleet.gunicorn", "fleet.wsgi"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    web = start_gunicorn(web_env(tmp_path / "var"), port, WORKERS)
     try:
-        wait_until(lambda: port_open("127.0.0.1", port, 0.2), 60, "gunicorn")
         yield port
     finally:
         stop(web)
 
 
-@pytest.fixture
-def nginx_port(gunicorn_port):
+@contextlib.contextmanager
+def running_nginx(servers: str):
+    """nginx from deploy/nginx.conf.template via deploy/nginx-run.sh (as compose
+    runs it) in front of `servers` ("server host:port;" per web node); yields its port."""
     nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
     if not nginx or not shutil.which("envsubst"):
         need_service("nginx", "apt-get install nginx gettext-base")
@@ -130,14 +67,12 @@ def nginx_port(gunicorn_port):
     # not under pytest's tmp_path: nginx's workers (nobody) must reach their temp files
     run_dir = Path(tempfile.mkdtemp(prefix="edgefleet-nginx-"))
     run_dir.chmod(0o755)
-    # several upstream servers are supported: here the same node twice
     env = {
         **os.environ,
         "NGINX_LISTEN": f"127.0.0.1:{port}",
         "NGINX_RUN_DIR": str(run_dir),
         "PATH": f"{Path(nginx).parent}:{os.environ.get('PATH', '')}",
-        "NGINX_UPSTREAM_SERVERS": f"server 127.0.0.1:{gunicorn_port}; "
-        f"server 127.0.0.1:{gunicorn_port} backup;",
+        "NGINX_UPSTREAM_SERVERS": servers,
     }
     proxy = subprocess.Popen(
         ["sh", str(ROOT / "deploy" / "nginx-run.sh"), str(TEMPLATE)],
@@ -147,14 +82,22 @@ def nginx_port(gunicorn_port):
         start_new_session=True,
     )
     try:
-        wait_until(
-            lambda: port_open("127.0.0.1", port, 0.2) or proxy.poll() is not None, 30, "nginx"
-        )
+        wait_for(lambda: port_open("127.0.0.1", port, 0.2) or proxy.poll() is not None, 30, "nginx")
         assert proxy.poll() is None, proxy.stderr.read().decode()
         yield port
     finally:
         stop(proxy)
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def nginx_port(gunicorn_port):
+    # several upstream servers are supported: here the same node twice
+    # (tests/e2e/test_two_nodes.py runs two)
+    with running_nginx(
+        f"server 127.0.0.1:{gunicorn_port}; server 127.0.0.1:{gunicorn_port} backup;"
+    ) as port:
+        yield port
 
 
 class SlowClients:
@@ -230,7 +173,7 @@ def test_slow_clients_do_not_stall_checkins_behind_nginx(nginx_port, gunicorn_po
     finally:
         slow.close()
     # once they go away the workers are free again
-    wait_until(lambda: checkin(gunicorn_port, device_token, 5)[0] == 204, 60, "recovery")
+    wait_for(lambda: checkin(gunicorn_port, device_token, 5)[0] == 204, 60, "recovery")
 
 
 def test_proxy_answers_json_for_oversize_device_bodies(nginx_port, device_token):

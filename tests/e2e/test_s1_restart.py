@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks._harness import free_port, start_gunicorn, stop
 from tests.conftest import need_service, port_open
 
 pytestmark = [pytest.mark.slow]
@@ -32,14 +33,6 @@ PG_BIN = (
     if Path("/usr/lib/postgresql").exists()
     else None
 )
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_port(port: int, up: bool = True, timeout: float = 30) -> None:
@@ -157,33 +150,11 @@ def stack(tmp_path):
         timeout=120,
     ).stdout.strip()
     port = free_port()
-    web = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-c",
-            "python:fleet.gunicorn",
-            "fleet.wsgi",
-            "-b",
-            f"127.0.0.1:{port}",
-            "-w",
-            "2",
-            "--timeout",
-            "30",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    web = start_gunicorn(env, port, 2, timeout_s=90, extra=("--timeout", "30"))
     try:
-        wait_port(port)
         yield {"url": f"http://127.0.0.1:{port}", "token": token, "pg": pg, "redis": redis}
     finally:
-        web.terminate()
-        web.wait(15)
+        stop(web)
         redis.proc.kill()
         with contextlib.suppress(subprocess.CalledProcessError):  # already down
             pg.crash()

@@ -155,9 +155,36 @@ def test_auto_default_search_grid_floor_shapes_and_explanations(tmp_path, cnn_pa
     assert "neighbours" in r["stage_seconds"]
     chosen = next(c for c in r["candidates"] if c["recipe"] == r["chosen"])
     assert chosen["metrics"]["fidelity"] >= 0.98
+    # one prepare for the prepare candidate, the grid and int8-dynamic
+    prepare = next(c for c in r["candidates"] if c["recipe"] == "prepare")
+    assert prepare["path"] and prepare["metrics"]
+    assert set(r["stage_cpu_seconds"]) == set(r["stage_seconds"])
     assert all(c["verdict"] for c in r["candidates"])
     if r["chosen"] == "fp32":
         assert "Why no variant beats fp32" in r["reason"]
+
+
+def test_refine_tries_entropy_on_the_fastest_point_then_mixed_precision(
+    tmp_path, cnn_path, cnn_data
+):
+    r = auto(
+        cnn_path,
+        calibration_path=cnn_data,
+        evaluation_path=cnn_data,
+        kpis={"min_fidelity": 1.01},  # nothing can meet it: every refinement runs
+        out_dir=tmp_path / "auto",
+        runs=10,
+    )
+    by = {c["recipe"]: c for c in r["candidates"]}
+    entropy = [name for name in by if "entropy" in name]
+    if not entropy:  # load noise timed no int8 point faster than fp32: nothing to refine
+        return
+    assert len(entropy) == 1 and by[entropy[0]]["evaluated"]
+    fastest = entropy[0].replace(",entropy]", "]").replace("[entropy]", "")
+    assert by[fastest]["base_recipe"] == "int8-static"  # the point it recalibrates
+    assert by[entropy[0]]["overrides"]["calibrate_method"] == "entropy"
+    assert any(name.startswith("mixed-precision") for name in by)
+    assert r["chosen"] is None
 
 
 def test_auto_latency_only_reports_fidelity_unknown(tmp_path, cnn_path):
@@ -187,7 +214,8 @@ def test_default_plan_leaves_the_slow_recipes_out_unless_thorough(tmp_path):
     assert prune["overrides"] == {"finetune_epochs": 0}  # no recovery fine-tune by default
     grid = [spec for spec in fast if spec["recipe"] == "int8-static"]
     caches = {spec["overrides"]["calibration_cache"] for spec in grid}
-    assert len(caches) == 2  # one MinMax calibration for every point, one entropy
+    assert len(caches) == 1  # one MinMax calibration for every point
+    assert not any("entropy" in name for name in names)  # a refinement, not a grid point
     thorough = plan.default_plan(str(tmp_path / "cal.npz"), tmp_path, thorough=True)
     added = {spec["name"] for spec in thorough} - names
     assert added == set(plan.opt_in_available())

@@ -259,6 +259,66 @@ def test_qat_quantizers_are_shared_across_flatten_like_onnxruntime():
 
 
 @needs_torch
+def test_lsq_scales_start_from_the_calibrated_ranges_and_then_train():
+    import torch
+    from torch.ao.quantization import FakeQuantize
+
+    from compression.engine.training import convert, lsq
+    from compression.engine.training.passes import _calibrate, _qat_module
+
+    x = np.load(DIGITS_CAL)["image"][:32]
+    module = convert.to_torch(DIGITS)
+    nodes = convert._node_map(onnx.load(DIGITS))
+    qat = _qat_module(module, [], (torch.from_numpy(x[:2]),), True, False, nodes)
+    _calibrate(qat, [x], 32)
+    calibrated = {
+        n: (m.scale.detach().clone(), m.zero_point.detach().clone())
+        for n, m in qat.named_modules()
+        if isinstance(m, FakeQuantize)
+    }
+    groups = lsq.make_learnable(qat, 1e-2)
+    assert len(groups) == len(calibrated) > 0
+    mods = dict(qat.named_modules())
+    for name, (scale, zero) in calibrated.items():
+        fq = mods[name]
+        assert fq.scale.requires_grad and not fq.zero_point.requires_grad
+        np.testing.assert_allclose(fq.scale.detach().numpy().ravel(), scale.numpy().ravel())
+        np.testing.assert_array_equal(fq.zero_point.detach().numpy().ravel(), zero.numpy().ravel())
+    opt = torch.optim.Adam([{"params": lsq.other_parameters(qat, groups)}, *groups], lr=1e-3)
+    qat.train()
+    qat(torch.from_numpy(x)).square().mean().backward()
+    opt.step()
+    moved = [
+        n
+        for n, (scale, _) in calibrated.items()
+        if not np.allclose(mods[n].scale.detach().numpy().ravel(), scale.numpy().ravel())
+    ]
+    assert moved  # the scales are trained with the weights
+    lsq.freeze(qat)
+    assert not any(g["params"][0].requires_grad for g in groups)
+
+
+@needs_torch
+def test_gradual_structured_pruning_reaches_the_one_shot_widths(tmp_path, cnn_path, data64):
+    widths, results = {}, {}
+    for steps in (1, 2):
+        out = tmp_path / f"p{steps}.onnx"
+        results[steps] = run_recipe(
+            "prune-structured",
+            cnn_path,
+            out,
+            calibration_path=data64,
+            overrides={"ratio": 0.5, "min_channels": 4, "finetune_epochs": 1, "steps": steps},
+        ).steps[0]
+        inits = {t.name: list(t.dims) for t in onnx.load(out).graph.initializer}
+        widths[steps] = (inits["w1"], inits["w2"], inits["fc_w"])
+    assert widths[2] == widths[1] == ([4, 3, 3, 3], [6, 4, 3, 3], [10, 6])
+    assert results[2]["metrics"]["prune_steps"] == 2
+    assert any(n.startswith("step 1 of 2 (25%") for n in results[2]["notes"])
+    assert any("unpruned model" in n for n in results[2]["notes"])
+
+
+@needs_torch
 def test_prune_unstructured_recovery_keeps_the_zeros(tmp_path, cnn_path, data64):
     out = tmp_path / "p.onnx"
     result = run_recipe(

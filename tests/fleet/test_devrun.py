@@ -120,3 +120,22 @@ def test_a_second_start_stops_the_strays_of_a_killed_run(tmp_path):
                     os.killpg(pgid, signal.SIGKILL)
         except (OSError, ValueError):
             pass
+
+
+def test_a_child_that_ignores_sigterm_is_killed_after_the_grace_and_said_so(capsys):
+    from fleet.devrun import stop_groups
+
+    stubborn = subprocess.Popen(
+        [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, "
+         "signal.SIG_IGN); print('ready', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert stubborn.stdout.readline() == b"ready\n"
+        stop_groups([stubborn.pid], 0.5, [stubborn])
+        stubborn.wait(timeout=10)
+        assert stubborn.returncode == -signal.SIGKILL
+        assert "1 process group(s) still running after 0.5 s; killing" in capsys.readouterr().out
+    finally:
+        if stubborn.poll() is None:
+            stubborn.kill()

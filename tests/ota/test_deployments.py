@@ -30,6 +30,11 @@ def start(release, fleet, actor, phases=(10, 50, 100), gates=None, **kwargs):
     )
 
 
+def start_in_two(release, fleet, actor, **gates):
+    """Two phases, 20% then everyone, judged by `gates` only."""
+    return start(release, fleet, actor, phases=(20, 100), gates=gates)
+
+
 def assigned(deployment):
     return list(deployment.updates.exclude(state=UpdateState.QUEUED).select_related("device"))
 
@@ -72,12 +77,8 @@ def test_gate_task_is_idempotent(fleet, release, operator_user):
 
 
 def test_failure_rate_gate_pauses_with_reason(fleet, release, operator_user):
-    deployment = start(
-        release,
-        fleet,
-        operator_user,
-        phases=(20, 100),
-        gates={"max_failure_rate": 0.2, "max_latency_ratio": None},
+    deployment = start_in_two(
+        release, fleet, operator_user, max_failure_rate=0.2, max_latency_ratio=None
     )
     one, two = assigned(deployment)
     finish(one, "failed", error="onnxruntime: bad op", error_code="health_check")
@@ -92,12 +93,8 @@ def test_failure_rate_gate_pauses_with_reason(fleet, release, operator_user):
 
 
 def test_latency_gate_pauses_on_device_regression(fleet, release, operator_user, v2):
-    deployment = start(
-        release,
-        fleet,
-        operator_user,
-        phases=(20, 100),
-        gates={"max_latency_ratio": 1.5, "min_latency_samples": 5},
+    deployment = start_in_two(
+        release, fleet, operator_user, max_latency_ratio=1.5, min_latency_samples=5
     )
     updates = assigned(deployment)
     for update in updates:
@@ -114,12 +111,8 @@ def test_latency_gate_pauses_on_device_regression(fleet, release, operator_user,
 
 
 def test_latency_gate_passes_within_ratio(fleet, release, operator_user):
-    deployment = start(
-        release,
-        fleet,
-        operator_user,
-        phases=(20, 100),
-        gates={"max_latency_ratio": 1.5, "min_latency_samples": 5},
+    deployment = start_in_two(
+        release, fleet, operator_user, max_latency_ratio=1.5, min_latency_samples=5
     )
     for update in assigned(deployment):
         finish(update)
@@ -220,12 +213,8 @@ def test_scheduled_start_waits(fleet, release, operator_user):
 
 
 def test_rollback_returns_touched_devices_to_previous_version(fleet, release, operator_user, v1):
-    deployment = start(
-        release,
-        fleet,
-        operator_user,
-        phases=(20, 100),
-        gates={"max_failure_rate": 0.0, "max_latency_ratio": None},
+    deployment = start_in_two(
+        release, fleet, operator_user, max_failure_rate=0.0, max_latency_ratio=None
     )
     good, bad = assigned(deployment)
     finish(good)
@@ -325,12 +314,8 @@ def test_pending_manifests_are_re_signed_before_they_expire(fleet, release, oper
 
 
 def test_confidence_gate_pauses_when_accuracy_proxy_drops(fleet, release, operator_user):
-    deployment = start(
-        release,
-        fleet,
-        operator_user,
-        phases=(20, 100),
-        gates={"max_latency_ratio": None, "max_confidence_drop": 0.05},
+    deployment = start_in_two(
+        release, fleet, operator_user, max_latency_ratio=None, max_confidence_drop=0.05
     )
     updates = assigned(deployment)
     for update in updates:  # before the update: v1 answers with confidence ≈ 0.9

@@ -9,6 +9,7 @@ import pytest
 
 from devices.agent import manifest as mf
 from tests.conftest import bearer
+from tests.devices.conftest import log_lines, points
 from tests.ota.conftest import enroll, report
 
 pytestmark = pytest.mark.django_db
@@ -260,3 +261,51 @@ def test_checkin_serves_every_slot(fleet, release, v1):
     services.start_deployment(other, {"devices": [fleet[0][0].uid]}, actor=admin, phases=[100])
     body = bearer(fleet[0][1]).get("/api/v1/device/update").json()
     assert sorted(e["manifest"]["slot"] for e in body["manifests"]) == ["classifier", "default"]
+
+
+def test_upload_answers_carry_the_checkin_etag(fleet, release, settings):
+    """The telemetry/logs answer names what `GET /update` would answer now: the same
+    ETag while nothing changes, the new one as soon as an update is assigned, and
+    only this device's."""
+    from ota import services
+
+    (device, token), (_other, other_token) = fleet[0], fleet[1]
+    client = bearer(token)
+    checkin = client.get("/api/v1/device/update")
+    assert checkin.status_code == 204
+    assert checkin["X-Upload-Interval"] == str(settings.DEVICE_UPLOAD_INTERVAL_S)
+    sent = client.post("/api/v1/device/telemetry", {"batch": points(1, 3)}, format="json")
+    assert sent.status_code == 200 and sent["X-Update-ETag"] == checkin["ETag"]
+    services.start_deployment(release, {"devices": [device.uid]}, actor=_admin(), phases=[100])
+    logs = client.post("/api/v1/device/logs", {"batch": log_lines(1, 2)}, format="json")
+    assert logs.status_code == 200 and logs["X-Update-ETag"] != checkin["ETag"]
+    assigned = client.get("/api/v1/device/update")
+    assert assigned.status_code == 200 and assigned["ETag"] == logs["X-Update-ETag"]
+    again = client.post("/api/v1/device/telemetry", {"batch": points(4, 4)}, format="json")
+    assert again["X-Update-ETag"] == assigned["ETag"]
+    untouched = bearer(other_token).post(
+        "/api/v1/device/telemetry", {"batch": points(1, 1)}, format="json"
+    )
+    assert untouched["X-Update-ETag"] == checkin["ETag"]  # nothing assigned to it
+
+
+def test_an_older_agent_sees_the_answers_it_knows(fleet, deployed):
+    """An agent that knows nothing of upload intervals or upload ETags: its request
+    shapes (a bare list, the batch object; If-None-Match) get the answers they got."""
+    _device, token = fleet[0]
+    client = bearer(token)
+    first = client.get("/api/v1/device/update")
+    assert first.status_code == 200 and first.json()["manifest"]
+    assert int(first["X-Poll-Interval"]) > 0 and first[mf.TIMESTAMP_HEADER]
+    again = client.get("/api/v1/device/update", HTTP_IF_NONE_MATCH=first["ETag"])
+    assert again.status_code == 304
+    bare = client.post("/api/v1/device/telemetry", points(1, 2), format="json")
+    boxed = client.post(
+        "/api/v1/device/telemetry",
+        {"boot_id": "boot-1", "batch": points(3, 4), "dropped": 0},
+        format="json",
+    )
+    for answer, seqs in ((bare, [1, 2]), (boxed, [3, 4])):
+        assert answer.status_code == 200
+        assert answer.json()["accepted"] == {"boot-1": seqs}
+        assert answer.json()["count"] == 2 and answer["X-EdgeFleet-New"] == "2"

@@ -77,7 +77,7 @@ def test_release_form_creates_release(client, operator_user, v2):
             "policy": "{not json",
         },
     )
-    assert bad.status_code == 200 and "Not JSON" in bad.content.decode()
+    assert bad.status_code == 400 and "Not JSON" in bad.content.decode()
 
 
 def test_wizard_preview_and_start(client, operator_user, fleet, release):

@@ -1,24 +1,28 @@
 """Two real Celery workers (separate processes and node names, two pool processes
 each) receive the same periodic task several times at once: the gate task moves
 a deployment one phase and assigns its devices once; the partition task creates
-each day once (PostgreSQL)."""
+each day once (PostgreSQL); the offline sweep opens one alert per silent device."""
 
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
+from datetime import timedelta
 
 import pytest
 import redis
 from django.conf import settings
 from django.db import connection
+from django.utils import timezone
 
+from benchmarks._harness import stop
+from devices.choices import AlertKind, DeviceStatus
+from devices.models import Alert, Device
 from ota import services
 from ota.choices import UpdateState
 from ota.models import Deployment, DeviceUpdate
 from tests.compression.jobs_support import database_url, wait_for
-from tests.e2e.test_reverse_proxy import ROOT, stop
+from tests.e2e.servers import start_worker
 from tests.ota.conftest import finish
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -39,30 +43,13 @@ def workers(tmp_path, broker: str, queue: str) -> list[subprocess.Popen]:
     }
     env.pop("MQTT_URL", None)
     return [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "fleet",
-                "worker",
-                "-Q",
-                queue,
-                "-c",
-                "2",
-                "-n",
-                f"{queue}-{n}@%h",
-                "--without-mingle",
-                "--without-gossip",
-                "--loglevel",
-                "WARNING",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
+        start_worker(
+            env,
+            queue,
+            f"{queue}-{n}",
+            "--loglevel",
+            "WARNING",
             stderr=open(tmp_path / f"worker-{n}.log", "wb"),
-            start_new_session=True,
         )
         for n in range(2)
     ]
@@ -90,6 +77,10 @@ def test_periodic_tasks_run_once_per_tick_with_two_workers(
     (first,) = deployment.updates.exclude(state=UpdateState.QUEUED)
     finish(first)  # phase 1's gate now passes
     step = Deployment.objects.get(pk=deployment.pk).step
+    silent = [device.pk for device, _token in fleet[:4]]
+    Device.objects.filter(pk__in=silent).update(
+        status=DeviceStatus.ONLINE, last_seen=timezone.now() - timedelta(days=1)
+    )
     queue = f"two-workers-{os.getpid()}"
     client = redis.Redis.from_url(redis_url)
     procs = workers(tmp_path, redis_url, queue)
@@ -98,6 +89,7 @@ def test_periodic_tasks_run_once_per_tick_with_two_workers(
         for _ in range(COPIES):  # overlapping ticks, redeliveries, two beats by mistake
             sender.send_task("ota.tasks.evaluate_deployments", queue=queue)
             sender.send_task("devices.tasks.create_partitions", queue=queue)
+            sender.send_task("devices.tasks.detect_offline", queue=queue)
         wait_for(lambda: client.llen(queue) == 0, 120, "the workers took every message")
         wait_for(lambda: drained(client, queue), 120, "every message acknowledged")
     finally:
@@ -111,3 +103,8 @@ def test_periodic_tasks_run_once_per_tick_with_two_workers(
     assigned = DeviceUpdate.objects.filter(deployment=deployment).exclude(state=UpdateState.QUEUED)
     assert assigned.count() == 5  # phase 2 = 50 % of 10 devices, each assigned once
     assert assigned.values("device").distinct().count() == 5
+    alerts = Alert.objects.filter(kind=AlertKind.OFFLINE)
+    assert sorted(alerts.values_list("device", flat=True)) == sorted(silent)  # one each
+    assert set(Device.objects.filter(pk__in=silent).values_list("status", flat=True)) == {
+        DeviceStatus.OFFLINE
+    }

@@ -70,7 +70,8 @@ class CompressionJobSerializer(serializers.ModelSerializer):
         required=False,
         default=dict,
         help_text="training recipes: training (auto: add qat), epochs, finetune_epochs, "
-        "distill {ratio, student_version}",
+        "distill {ratio, student_version}; the last step on devices: device_benchmark "
+        "{target {groups, hardware_profiles, devices}, choose, timeout_s}",
     )
     source = serializers.PrimaryKeyRelatedField(queryset=ModelVersion.objects.all())
     calibration = serializers.PrimaryKeyRelatedField(
@@ -86,15 +87,7 @@ class CompressionJobSerializer(serializers.ModelSerializer):
         model = CompressionJob
         fields = [
             "id",
-            "source",
-            "mode",
-            "recipes",
-            "kpis",
-            "options",
-            "hardware_profile",
-            "calibration",
-            "evaluation",
-            "time_budget_s",
+            *WRITABLE_FIELDS,
             "status",
             "progress",
             "current_step",
@@ -108,6 +101,8 @@ class CompressionJobSerializer(serializers.ModelSerializer):
             "created_at",
             "started_at",
             "finished_at",
+            "device_choice",
+            "device_deadline",
             "candidates",
         ]
         read_only_fields = [name for name in fields if name not in WRITABLE_FIELDS]

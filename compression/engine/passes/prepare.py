@@ -107,7 +107,29 @@ class PreparePass(Pass):
         return PassResult(str(output_path), metrics, notes)
 
 
+def _ort_tools_without_torch() -> None:
+    """Register ``onnxruntime.tools`` without running its ``__init__``, which imports torch
+    whenever torch is installed (for an export helper this pass never uses): seconds of
+    import in every child that pre-processes a model where the ``train`` extra is
+    installed. Its submodules (symbolic shape inference) import as usual."""
+    import importlib.util
+    import sys
+    import types
+
+    if "onnxruntime.tools" in sys.modules:
+        return
+    spec = importlib.util.find_spec("onnxruntime.tools")
+    if spec is None or not spec.submodule_search_locations:
+        return
+    module = types.ModuleType("onnxruntime.tools")
+    module.__spec__, module.__package__ = spec, "onnxruntime.tools"
+    module.__path__ = list(spec.submodule_search_locations)
+    module.__file__ = spec.origin
+    sys.modules["onnxruntime.tools"] = module
+
+
 def _preprocess(src: Path, dst, *, optimize: bool) -> str:
+    _ort_tools_without_torch()
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     attempts = [

@@ -48,6 +48,12 @@ class RecoveryFields:
     eval_path: str | None = field(default=None, metadata=doc("Early-stopping .npz."))
 
 
+def _recovery_epochs(config) -> int:
+    from compression.engine.training.passes import wants_recovery
+
+    return wants_recovery(config)
+
+
 def _recover(input_path, output_path, config, metrics: dict, notes: list, *, keep_zeros: bool):
     """Fine-tune the pruned model in ``output_path`` in place when the config asks for it."""
     from compression.engine.training.passes import recover, wants_recovery
@@ -149,6 +155,13 @@ class StructuredConfig(RecoveryFields, PassConfig):
     )
     max_layers: int | None = field(
         default=None, metadata=doc("Prune at most this many layers (largest first).")
+    )
+    steps: int = field(
+        default=1,
+        metadata=doc(
+            "Prune gradually: remove the channels in this many equal steps, each fine-tuned "
+            "by distillation from the unpruned model (with finetune_epochs; else one step)."
+        ),
     )
 
 
@@ -279,6 +292,80 @@ def _apply(g: _Graph, conv: onnx.NodeProto, keep: np.ndarray, edits) -> None:
             g.set_array(node.input[1], w[:, keep] if _attr(node, "transB", 0) else w[keep])
 
 
+def _conv_channels(model: onnx.ModelProto) -> dict[str, int]:
+    """Output channels of each Conv, keyed by its weight (names survive pruning)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    return {
+        n.input[1]: int(inits[n.input[1]].dims[0])
+        for n in model.graph.node
+        if n.op_type == "Conv" and n.input[1] in inits
+    }
+
+
+def _prune_once(
+    model: onnx.ModelProto,
+    config: StructuredConfig,
+    fraction: float,
+    original: dict[str, int],
+    *,
+    first: bool = True,
+) -> tuple[onnx.ModelProto, int, list[str]]:
+    """Cut every prunable Conv to ``1 - fraction`` of its ``original`` channels (lowest
+    L1 first); returns (checked model, layers pruned, skipped reasons). A later step of a
+    gradual prune may find nothing left to cut (layers at ``min_channels``)."""
+    g = _Graph(model)
+    # weights shared between nodes cannot be sliced for one of them
+    uses: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    candidates, skipped = [], []
+    for conv in model.graph.node:
+        if conv.op_type != "Conv":
+            continue
+        w = g.array(conv.input[1])
+        if w is None or _attr(conv, "group", 1) != 1:
+            continue
+        m = w.shape[0]
+        m0 = original.get(conv.input[1], m)
+        n_keep = max(config.min_channels, round(m0 * (1 - fraction)))
+        if n_keep >= m:
+            skipped.append(f"{conv.name or conv.output[0]}: only {m} output channels")
+            continue
+        shared = [n for n in conv.input[1:] if n and uses.get(n, 0) > 1]
+        edits, reason = _plan(g, conv, m) if not shared else (None, "shared weights")
+        if edits is None:
+            skipped.append(f"{conv.name or conv.output[0]}: {reason}")
+            continue
+        for _, node in edits:
+            if any(uses.get(n, 0) > 1 for n in node.input[1:] if n in g.inits):
+                edits, reason = None, "shared weights downstream"
+                break
+        if edits is None:
+            skipped.append(f"{conv.name or conv.output[0]}: {reason}")
+            continue
+        norms = np.abs(w).reshape(m, -1).sum(axis=1)
+        keep = np.sort(np.argsort(-norms, kind="stable")[:n_keep])
+        candidates.append((int(w.size), conv, keep, edits))
+    if not candidates and not first:
+        return model, 0, skipped
+    if not candidates:
+        detail = "; ".join(skipped[:5]) or "the graph has no ungrouped Conv with constant weights"
+        raise PassRefused(f"Structured pruning cannot rewrite this graph safely: {detail}.")
+    candidates.sort(key=lambda c: -c[0])
+    if config.max_layers is not None:
+        candidates = candidates[: config.max_layers]
+    for _, conv, keep, edits in candidates:
+        _apply(g, conv, keep, edits)
+    del model.graph.value_info[:]  # channel counts changed: let shapes be re-inferred
+    try:
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise PassRefused(f"Structured pruning produced an invalid graph: {exc}") from None
+    return model, len(candidates), skipped
+
+
 @register
 class StructuredPrunePass(Pass):
     name = "prune-structured"
@@ -286,72 +373,59 @@ class StructuredPrunePass(Pass):
     Config = StructuredConfig
 
     def run(self, input_path, config: StructuredConfig, output_path) -> PassResult:
+        import tempfile
+
         if not 0.0 < config.ratio < 1.0:
             raise PassRefused("ratio must be in (0, 1).")
+        if config.steps < 1:
+            raise PassRefused("steps must be at least 1.")
         model = _util.load(input_path)
         params_before, flops_before = count_parameters(model), estimate_flops(model)
-        g = _Graph(model)
-        # weights shared between nodes cannot be sliced for one of them
-        uses: dict[str, int] = {}
-        for node in model.graph.node:
-            for name in node.input:
-                uses[name] = uses.get(name, 0) + 1
-        candidates, skipped = [], []
-        for conv in model.graph.node:
-            if conv.op_type != "Conv":
-                continue
-            w = g.array(conv.input[1])
-            if w is None or _attr(conv, "group", 1) != 1:
-                continue
-            m = w.shape[0]
-            n_keep = max(config.min_channels, round(m * (1 - config.ratio)))
-            if n_keep >= m:
-                skipped.append(f"{conv.name or conv.output[0]}: only {m} output channels")
-                continue
-            shared = [n for n in conv.input[1:] if n and uses.get(n, 0) > 1]
-            edits, reason = _plan(g, conv, m) if not shared else (None, "shared weights")
-            if edits is None:
-                skipped.append(f"{conv.name or conv.output[0]}: {reason}")
-                continue
-            for _, node in edits:
-                if any(uses.get(n, 0) > 1 for n in node.input[1:] if n in g.inits):
-                    edits, reason = None, "shared weights downstream"
-                    break
-            if edits is None:
-                skipped.append(f"{conv.name or conv.output[0]}: {reason}")
-                continue
-            norms = np.abs(w).reshape(m, -1).sum(axis=1)
-            keep = np.sort(np.argsort(-norms, kind="stable")[:n_keep])
-            candidates.append((int(w.size), conv, keep, edits))
-        if not candidates:
-            detail = (
-                "; ".join(skipped[:5]) or "the graph has no ungrouped Conv with constant weights"
-            )
-            raise PassRefused(f"Structured pruning cannot rewrite this graph safely: {detail}.")
-        candidates.sort(key=lambda c: -c[0])
-        if config.max_layers is not None:
-            candidates = candidates[: config.max_layers]
-        for _, conv, keep, edits in candidates:
-            _apply(g, conv, keep, edits)
-        del model.graph.value_info[:]  # channel counts changed: let shapes be re-inferred
-        try:
-            model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-            onnx.checker.check_model(model)
-        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-            raise PassRefused(f"Structured pruning produced an invalid graph: {exc}") from None
-        _util.save(model, output_path)
+        original = _conv_channels(model)
+        steps = config.steps if _recovery_epochs(config) else 1
+        metrics: dict = {}
+        notes: list[str] = []
+        layers = 0
+        with tempfile.TemporaryDirectory(prefix="edgefleet-prune-") as tmp:
+            current = str(input_path)
+            for step in range(1, steps + 1):
+                out = str(output_path) if step == steps else str(Path(tmp) / f"step{step}.onnx")
+                model = _util.load(current)
+                model, cut, skipped = _prune_once(
+                    model, config, config.ratio * step / steps, original, first=step == 1
+                )
+                _util.save(model, out)
+                if step == 1:
+                    layers = cut
+                    notes += [f"skipped {s}" for s in skipped]
+                if not cut:
+                    current = out
+                    continue
+                # every step is distilled from the unpruned model; the notes are the last one's
+                step_notes: list[str] = []
+                _recover(input_path, out, config, metrics, step_notes, keep_zeros=False)
+                if step == steps:
+                    notes += step_notes
+                elif metrics:
+                    removed = config.ratio * step / steps
+                    notes.append(
+                        f"step {step} of {steps} ({removed:.0%} of channels removed): "
+                        f"{metrics['metric']} {metrics['best_metric']:.4f} after fine-tune"
+                    )
+                current = out
+        model = _util.load(output_path)
         params_after, flops_after = count_parameters(model), estimate_flops(model)
         metrics = {
             **_util.size_metrics(input_path, output_path),
-            "layers_pruned": len(candidates),
+            "layers_pruned": layers,
             "layers_skipped": len(skipped),
+            "prune_steps": steps,
             "parameters_before": params_before,
             "parameters_after": params_after,
             "parameter_ratio": round(params_after / params_before, 4),
             "flops_before": flops_before,
             "flops_after": flops_after,
             "flop_ratio": round(flops_after / flops_before, 4) if flops_before else None,
+            **metrics,
         }
-        notes = [f"skipped {s}" for s in skipped]
-        _recover(input_path, output_path, config, metrics, notes, keep_zeros=False)
         return PassResult(str(output_path), metrics, notes)

@@ -26,6 +26,7 @@ from pathlib import Path
 from compression.engine.errors import EngineError, PassConfigError
 from compression.engine.search import plan as search_plan
 from compression.engine.search import stages
+from compression.engine.search import texts as T
 from compression.engine.search.candidates import Search
 from compression.engine.search.decide import (
     DEFAULT_QUALITY_FLOOR,
@@ -124,7 +125,7 @@ def auto(
     )
     if generated:
         s.shape_data = generated
-    s.step(0, "fp32: measure")
+    s.step(0, T.STEP_MEASURE_FP32)
     original = out_dir / "fp32.onnx"
     shutil.copyfile(input_path, original)
     s.candidates.append(
@@ -138,44 +139,38 @@ def auto(
         }
     )
     skipped: list[str] = []
-    stage_s: dict[str, float] = {}
-    mark = time.monotonic()
+    clock = _StageClock()
     if recipes is None:
         # the default plan: every candidate built in one child, grid points from one prepare
-        s.step(1 / total, f"building {len(plan)} candidates (one calibration for the grid)")
+        s.step(1 / total, T.STEP_BUILD_BATCH % {"n": len(plan)})
         s.build_batch(plan)
     else:
         for i, spec in enumerate(plan, start=1):
             if time.monotonic() - started > budget_s:
                 skipped.append(spec["name"])
                 continue
-            s.step(i / total, f"{spec['name']}: compress")
+            s.step(i / total, T.STEP_COMPRESS % {"recipe": spec["name"]})
             s.build(spec)
-    stage_s["build"] = time.monotonic() - mark
-    mark = time.monotonic()
-    s.step((len(plan) + 1) / total, "timing every candidate against fp32")
+    clock.lap("build")
+    s.step((len(plan) + 1) / total, T.STEP_TIME)
     s.time(s.candidates)
-    stage_s["time"] = time.monotonic() - mark
-    mark = time.monotonic()
+    clock.lap("time")
     if s.candidates[0].get("metrics") is None:
         raise EngineError("the original model could not be timed")
     if recipes is None and calibration and time.monotonic() - started <= budget_s:
-        s.step((len(plan) + 1.5) / total, "neighbours of the fastest int8 point")
+        s.step((len(plan) + 1.5) / total, T.STEP_NEIGHBOURS)
         stages.explore_neighbours(s)
-        stage_s["neighbours"] = time.monotonic() - mark
-        mark = time.monotonic()
-    s.step((len(plan) + 2) / total, "evaluating what can win")
+        clock.lap("neighbours")
+    s.step((len(plan) + 2) / total, T.STEP_EVALUATE)
     stages.evaluate_what_can_win(s)
-    stage_s["evaluate"] = time.monotonic() - mark
-    mark = time.monotonic()
+    clock.lap("evaluate")
     if recipes is None and calibration and time.monotonic() - started <= budget_s:
         stages.refine(s, (len(plan) + 2.5) / total)
-    stage_s["refine"] = time.monotonic() - mark
-    mark = time.monotonic()
+    clock.lap("refine")
     s.verdicts()
     stages.remeasure_finalists(s, (len(plan) + 3) / total)
     s.verdicts()
-    stage_s["remeasure"] = time.monotonic() - mark
+    clock.lap("remeasure")
     front = pareto(s.candidates)
     chosen, reason = choose(s.candidates)
     if chosen is not None and chosen not in front:
@@ -185,20 +180,23 @@ def auto(
     best = next((c["metrics"]["p50_ratio"] for c in s.candidates if c["recipe"] == chosen), None)
     for c in s.candidates:
         c["verdict"] = verdict(c, chosen, best)
+    reason_parts = [reason]  # sentences, each a texts template (the pages translate them)
     if chosen in (None, "fp32"):
         why = "; ".join(
-            f"{c['recipe']}: {c['verdict']}" for c in s.candidates if c["recipe"] != "fp32"
+            T.RECIPE_VERDICT % {"recipe": c["recipe"], "verdict": c["verdict"]}
+            for c in s.candidates
+            if c["recipe"] != "fp32"
         )
-        reason += f" Why no variant beats fp32: {why}."
+        reason_parts.append(T.WHY_NOT_BEATEN % {"why": why})
     if default_floor is not None:
-        reason += (
-            f" No fidelity or accuracy KPI was set: the default quality floor "
-            f"(fidelity >= {default_floor}) applied."
-        )
+        reason_parts.append(T.DEFAULT_FLOOR % {"floor": default_floor})
     if generated:
-        reason += " Latency-only mode: inputs were generated, fidelity is unknown."
+        reason_parts.append(T.LATENCY_ONLY)
     if skipped:
-        reason += f" Budget of {budget_s:g} s reached; not tried: {', '.join(skipped)}."
+        reason_parts.append(
+            T.BUDGET_REACHED % {"budget": f"{budget_s:g}", "skipped": ", ".join(skipped)}
+        )
+    reason = " ".join(reason_parts)
     shapes = s.timing.get("input_shapes", {})
     report = {
         "kpis": kpis,
@@ -216,14 +214,38 @@ def auto(
         "pareto": front,
         "chosen": chosen,
         "reason": reason,
+        "reason_parts": reason_parts,
         "skipped": skipped,
         "opt_in_not_run": (
             [] if recipes is not None or thorough else search_plan.opt_in_available()
         ),
         "seconds": round(time.monotonic() - started, 2),
-        "stage_seconds": {k: round(v, 2) for k, v in stage_s.items()},
+        "stage_seconds": clock.wall,
+        # CPU seconds of this process and its children per stage: what the search costs
+        # whatever else the machine runs (wall time on a shared machine is mostly waiting)
+        "stage_cpu_seconds": clock.cpu,
     }
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
     if progress is not None:
-        progress(1.0, "done")
+        progress(1.0, T.STEP_DONE)
     return report
+
+
+class _StageClock:
+    def __init__(self):
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self._mark = time.monotonic(), _cpu_seconds()
+
+    def lap(self, stage: str) -> None:
+        now = time.monotonic(), _cpu_seconds()
+        self.wall[stage] = round(now[0] - self._mark[0], 2)
+        self.cpu[stage] = round(now[1] - self._mark[1], 2)
+        self._mark = now
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return sum(u.ru_utime + u.ru_stime for u in usage)

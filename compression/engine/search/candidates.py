@@ -14,6 +14,7 @@ from pathlib import Path
 from compression.engine.errors import Cancelled, EngineError
 from compression.engine.sandbox import run_isolated
 from compression.engine.search import grid as search_grid
+from compression.engine.search import texts as T
 from compression.engine.search.children import build_many, compress_to_json, evaluate_many
 from compression.engine.search.decide import quality, violations
 
@@ -167,7 +168,9 @@ class Search:
                 provider=self.provider,
                 data_path=self.shape_data,
                 runs=runs * 2,
-                min_rounds=5,
+                # the leader is checked from round 3 on: stable after 5 rounds at the
+                # earliest, more only while the fastest still changes
+                min_rounds=3,
                 max_rounds=15,
                 contenders=contenders,
                 timeout_s=self.step_timeout_s,
@@ -268,13 +271,13 @@ class Search:
     def verdicts(self) -> None:
         for c in self.candidates:
             if c.get("error"):
-                c["violations"], c["meets_kpis"] = ["failed: " + c["error"]], False
+                c["violations"], c["meets_kpis"] = [T.FAILED % {"error": c["error"]}], False
                 continue
             if not c.get("metrics"):
-                c["violations"], c["meets_kpis"] = ["not measured"], False
+                c["violations"], c["meets_kpis"] = [T.NOT_MEASURED], False
                 continue
             v = violations(c["metrics"], self.kpis)
             if self.evaluation and not c.get("evaluated") and c["recipe"] != "fp32":
                 v = [x for x in v if "unknown" not in x]
-                v.append(c.get("skip_reason") or "not evaluated")
+                v.append(c.get("skip_reason") or T.NOT_EVALUATED)
             c["violations"], c["meets_kpis"] = v, not v

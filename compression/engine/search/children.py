@@ -7,6 +7,7 @@ a candidate that fails is reported and the others go on.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from compression.engine.errors import EngineError
@@ -39,32 +40,43 @@ def build_many(
 ) -> dict:
     """Build several candidates in one child (one interpreter start instead of one each).
 
-    int8-static points (``spec["grid"]``) quantize one prepared graph: the
-    prepare pass (shape inference, BatchNorm folding) runs once, and every
-    point reuses the shared calibration cache.
+    The prepare pass (shape inference, BatchNorm folding: seconds on a CNN) runs
+    once: the ``prepare`` candidate is that graph, and int8-static points
+    (``spec["grid"]``) and int8-dynamic quantize it, every static point with the
+    shared calibration cache.
     """
-    from compression.engine.passes import get_pass
+    prepared = Path(workdir) / "prepared-for-grid.onnx"
+    prep_steps: list[dict] = []
 
-    prepared = None
-    prep_notes: list[str] = []
+    def ensure_prepared() -> str:
+        if not prepared.exists():
+            prep_steps.extend(compress_to_json("prepare", input_path, str(prepared), None, workdir))
+        return str(prepared)
+
     out = {}
     for spec in specs:
         try:
-            if spec.get("grid"):
-                if prepared is None:
-                    prepared = str(Path(workdir) / "prepared-for-grid.onnx")
-                    if not Path(prepared).exists():
-                        prep = get_pass("prepare")
-                        prep_notes = prep.run(input_path, prep.make_config({}), prepared).notes
+            overrides = spec.get("overrides") or {}
+            if spec["recipe"] == "prepare" and not overrides:
+                ensure_prepared()
+                shutil.copyfile(prepared, spec["output"])
+                steps = [dict(s) for s in prep_steps] or [
+                    {"pass": "prepare", "notes": ["the search's prepared graph"], "metrics": {}}
+                ]
+            elif spec.get("grid") or (
+                spec["recipe"] == "int8-dynamic" and overrides.get("preprocess", True)
+            ):
+                src = ensure_prepared()
                 steps = compress_to_json(
                     spec["recipe"],
-                    prepared,
+                    src,
                     spec["output"],
                     calibration_path,
                     workdir,
-                    {**spec.get("overrides", {}), "preprocess": False},
+                    {**overrides, "preprocess": False},
                 )
-                steps[0]["notes"] = [f"prepare: {n}" for n in prep_notes] + steps[0]["notes"]
+                notes = [f"prepare: {n}" for s in prep_steps for n in s.get("notes", [])]
+                steps[0]["notes"] = notes + steps[0]["notes"]
             else:
                 steps = compress_to_json(
                     spec["recipe"],

@@ -6,6 +6,8 @@ nothing here measures anything.
 
 from __future__ import annotations
 
+from compression.engine.search import texts as T
+
 KPI_KEYS = {
     "max_latency_ms",
     "max_accuracy_drop",
@@ -18,6 +20,8 @@ KPI_KEYS = {
 DEFAULT_QUALITY_FLOOR = 0.98
 # candidates whose p50 ratio is within this factor of the fastest compete on size instead
 LATENCY_TIE = 1.03
+# sizes within this factor count as equal (the Pareto front, what is worth evaluating)
+SIZE_TIE = 1.05
 
 
 def quality(evaluation: dict) -> tuple[float | None, float | None, str | None]:
@@ -33,24 +37,30 @@ def quality(evaluation: dict) -> tuple[float | None, float | None, str | None]:
 def violations(m: dict, kpis: dict) -> list[str]:
     out = []
     if "max_latency_ms" in kpis and m["p50_ms"] > kpis["max_latency_ms"]:
-        out.append(f"p50 {m['p50_ms']:.3f} ms > {kpis['max_latency_ms']} ms")
+        out.append(T.P50_OVER % {"p50": f"{m['p50_ms']:.3f}", "limit": kpis["max_latency_ms"]})
     if "max_size_mb" in kpis and m["size_mb"] > kpis["max_size_mb"]:
-        out.append(f"size {m['size_mb']:.2f} MB > {kpis['max_size_mb']} MB")
+        out.append(T.SIZE_OVER % {"size": f"{m['size_mb']:.2f}", "limit": kpis["max_size_mb"]})
     if "max_accuracy_drop" in kpis:
         drop = m.get("accuracy_drop_pt")
         if drop is None and m.get("accuracy") is not None:
             drop = 0.0  # the original itself
         if drop is None:
-            out.append("accuracy unknown (not evaluated, or the evaluation set has no labels)")
+            out.append(T.ACCURACY_UNKNOWN)
         elif drop > kpis["max_accuracy_drop"]:
-            out.append(f"accuracy drop {drop:.2f} pt > {kpis['max_accuracy_drop']} pt")
+            out.append(
+                T.ACCURACY_DROP_OVER % {"drop": f"{drop:.2f}", "limit": kpis["max_accuracy_drop"]}
+            )
     if "min_fidelity" in kpis:
         if m.get("fidelity") is None:
-            out.append("fidelity unknown")
+            out.append(T.FIDELITY_UNKNOWN)
         elif m["fidelity"] < kpis["min_fidelity"]:
             out.append(
-                f"fidelity {m['fidelity']:.4f} < {kpis['min_fidelity']} "
-                f"({m.get('fidelity_metric') or 'cosine'})"
+                T.FIDELITY_UNDER
+                % {
+                    "fidelity": f"{m['fidelity']:.4f}",
+                    "limit": kpis["min_fidelity"],
+                    "metric": m.get("fidelity_metric") or "cosine",
+                }
             )
     return out
 
@@ -66,8 +76,8 @@ def pareto(cands: list[dict]) -> list[str]:
 
     def dominates(d, c) -> bool:
         (dl, ds, dq), (cl, cs, cq) = objectives(d), objectives(c)
-        no_worse = dl <= cl * LATENCY_TIE and ds <= cs * 1.05 and dq >= cq
-        better = dl * LATENCY_TIE < cl or ds * 1.05 < cs or dq > cq
+        no_worse = dl <= cl * LATENCY_TIE and ds <= cs * SIZE_TIE and dq >= cq
+        better = dl * LATENCY_TIE < cl or ds * SIZE_TIE < cs or dq > cq
         return no_worse and better
 
     ok = [c for c in cands if c.get("metrics") and c.get("evaluated", True)]
@@ -79,13 +89,12 @@ def choose(cands: list[dict]) -> tuple[str | None, str]:
     measured = [c for c in cands if c.get("metrics")]
     if not meeting:
         if not measured:
-            return None, "No candidate could be measured."
+            return None, T.NOTHING_MEASURED
         closest = min(measured, key=lambda c: len(c["violations"]))
-        return None, (
-            "No candidate meets the KPIs; closest is "
-            f"{closest['recipe']} ({'; '.join(closest['violations'])}). "
-            "See the Pareto front for the best trade-offs."
-        )
+        return None, T.NONE_MEETS % {
+            "recipe": closest["recipe"],
+            "violations": "; ".join(closest["violations"]),
+        }
     fastest = min(meeting, key=lambda c: c["metrics"]["p50_ratio"])
     limit = fastest["metrics"]["p50_ratio"] * LATENCY_TIE
     band = [
@@ -97,34 +106,32 @@ def choose(cands: list[dict]) -> tuple[str | None, str]:
     chosen = min(band or [fastest], key=lambda c: c["metrics"]["size_bytes"])
     fp32 = next((c for c in band if c["recipe"] == "fp32"), None)
     if fp32 is not None and chosen["metrics"]["size_bytes"] > 0.95 * fp32["metrics"]["size_bytes"]:
-        return "fp32", (
-            "No variant is faster than fp32 beyond the measurement noise "
-            f"({round((LATENCY_TIE - 1) * 100)} %) or clearly smaller; "
-            "the original stays the best choice."
-        )
+        return "fp32", T.ORIGINAL_STAYS % {"noise": round((LATENCY_TIE - 1) * 100)}
     m = chosen["metrics"]
-    return chosen["recipe"], (
-        f"{chosen['recipe']} meets every KPI and is the fastest "
-        f"(p50 {m['p50_ms']:.3f} ms, {m['p50_ratio']:.2f}x fp32 latency measured interleaved, "
-        f"{m['size_ratio']:.2f}x size; smaller wins among ties within "
-        f"{round((LATENCY_TIE - 1) * 100)} %)."
-    )
+    return chosen["recipe"], T.FASTEST_MEETS % {
+        "recipe": chosen["recipe"],
+        "p50": f"{m['p50_ms']:.3f}",
+        "ratio": f"{m['p50_ratio']:.2f}",
+        "size_ratio": f"{m['size_ratio']:.2f}",
+        "noise": round((LATENCY_TIE - 1) * 100),
+    }
 
 
 def verdict(c: dict, chosen: str | None, best_ratio: float | None) -> str:
     if c["recipe"] == chosen:
-        return "chosen"
+        return T.CHOSEN
     if c.get("error"):
-        return f"failed: {c['error']}"
+        return T.FAILED % {"error": c["error"]}
     m = c["metrics"]
     if c.get("skip_reason") and c.get("violations") == [c["skip_reason"]]:
         return c["skip_reason"]
     if c.get("violations"):
-        return "misses: " + "; ".join(c["violations"])
+        return T.MISSES % {"violations": "; ".join(c["violations"])}
     if c["recipe"] == "fp32":
-        return "the original"
+        return T.THE_ORIGINAL
+    ratio = f"{m['p50_ratio']:.2f}"
     if m["p50_ratio"] >= 1.0:
-        return f"no faster than fp32 ({m['p50_ratio']:.2f}x)"
+        return T.NO_FASTER % {"ratio": ratio}
     if best_ratio is not None and m["p50_ratio"] > best_ratio:
-        return f"slower than the chosen variant ({m['p50_ratio']:.2f}x vs {best_ratio:.2f}x)"
-    return f"ties on latency ({m['p50_ratio']:.2f}x) but is larger"
+        return T.SLOWER_THAN_CHOSEN % {"ratio": ratio, "best": f"{best_ratio:.2f}"}
+    return T.TIES_BUT_LARGER % {"ratio": ratio}

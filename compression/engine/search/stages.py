@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from compression.engine.search import grid as search_grid
 from compression.engine.search import plan as search_plan
+from compression.engine.search import texts as T
 from compression.engine.search.candidates import Search
-from compression.engine.search.decide import violations
+from compression.engine.search.decide import SIZE_TIE, violations
 
 # a first, short timing pass only rules a candidate out when it is this much slower
 SKIP_MARGIN = 1.10
@@ -54,18 +55,18 @@ def evaluate_what_can_win(s: Search) -> None:
     )
     if not s.evaluation:
         return
-    if not fp32.get("evaluated"):
-        s.evaluate([fp32])
-        fp32["evaluated"] = True
     winners = [
         c for c in s.candidates[1:] if c.get("evaluated") and not violations(c["metrics"], s.kpis)
     ]
-    batch: list[dict] = []
+    # fp32 is evaluated in the first child, ahead of the variants its accuracy is compared to
+    batch: list[dict] = [] if fp32.get("evaluated") else [fp32]
 
     def flush():
         s.evaluate(batch)
         for c in batch:
-            if c.get("evaluated") and not violations(c["metrics"], s.kpis):
+            if c is fp32:
+                c["evaluated"] = True
+            elif c.get("evaluated") and not violations(c["metrics"], s.kpis):
                 winners.append(c)
         batch.clear()
 
@@ -73,34 +74,33 @@ def evaluate_what_can_win(s: Search) -> None:
         c.pop("skip_reason", None)
         timing_misses = [v for v in violations(c["metrics"], s.kpis) if "unknown" not in v]
         if timing_misses:
-            c["skip_reason"] = "not evaluated: misses a latency/size KPI already"
+            c["skip_reason"] = T.SKIP_MISSES_ALREADY
             continue
         beaten = next(
             (
                 w
                 for w in winners
                 if w["metrics"]["p50_ratio"] * SKIP_MARGIN < c["metrics"]["p50_ratio"]
-                and w["metrics"]["size_bytes"] <= c["metrics"]["size_bytes"]
+                and w["metrics"]["size_bytes"] <= c["metrics"]["size_bytes"] * SIZE_TIE
             ),
             None,
         )
         if beaten is not None:
-            c["skip_reason"] = (
-                f"not evaluated: cannot win (slower and not smaller than "
-                f"{beaten['recipe']}, which meets every KPI)"
-            )
+            c["skip_reason"] = T.SKIP_CANNOT_WIN % {"recipe": beaten["recipe"]}
             continue
         if c["metrics"]["p50_ratio"] > 1.0 and c["metrics"]["size_ratio"] >= 1.0:
-            c["skip_reason"] = "not evaluated: neither faster nor smaller than fp32"
+            c["skip_reason"] = T.SKIP_NO_GAIN
             continue
         batch.append(c)
-        if len(batch) >= 3:
+        if len([b for b in batch if b is not fp32]) >= 3:
             flush()
     flush()
 
 
 def refine(s: Search, fraction: float) -> None:
-    """Mixed precision on the fastest int8 point, only when it misses the quality floor."""
+    """Only when the fastest int8 point misses the quality floor: first the same point with
+    entropy calibration (the same graph, so the same speed; other ranges), then mixed
+    precision with that point's settings."""
     int8 = [
         c
         for c in s.candidates
@@ -115,8 +115,35 @@ def refine(s: Search, fraction: float) -> None:
     if ok and min(ok, key=lambda c: c["metrics"]["p50_ratio"]) is fastest:
         return  # the fastest int8 point already meets every KPI
     overrides = {k: v for k, v in fastest["overrides"].items() if k not in ("calibration_cache",)}
+    if overrides.get("calibrate_method", "minmax") == "minmax":
+        point = {**overrides, "calibrate_method": "entropy"}
+        label = fastest["recipe"]
+        name = f"{label[:-1]},entropy]" if label.endswith("]") else f"{label}[entropy]"
+        s.step(fraction, T.STEP_ENTROPY % {"recipe": name})
+        new = [
+            c
+            for c in s.build_batch(
+                [
+                    {
+                        "name": name,
+                        "recipe": "int8-static",
+                        "overrides": {
+                            **point,
+                            "calibration_cache": f"{s.out_dir}/calibration-entropy.json",
+                        },
+                        "grid": True,
+                    }
+                ]
+            )
+            if c.get("path")
+        ]
+        if new:
+            s.time([fastest, *new])
+            s.evaluate(new)
+            if all(c.get("evaluated") and not violations(c["metrics"], s.kpis) for c in new):
+                return
     name = "mixed-precision" + (search_grid.suffix(overrides) if overrides else "")
-    s.step(fraction, f"{name}: sensitivity-guided exclusion")
+    s.step(fraction, T.STEP_EXCLUSION % {"recipe": name})
     cand = s.build(
         {
             "name": name,
@@ -138,7 +165,7 @@ def remeasure_finalists(s: Search, fraction: float) -> None:
         (c for c in meeting if c["metrics"]["p50_ratio"] <= best * FINALIST_BAND),
         key=lambda c: c["metrics"]["p50_ratio"],
     )[:MAX_FINALISTS]
-    s.step(fraction, "re-measuring the finalists")
+    s.step(fraction, T.STEP_REMEASURE)
     s.time(finalists, contenders=True)
     for c in finalists:
         c["remeasured"] = True

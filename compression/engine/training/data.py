@@ -11,8 +11,6 @@ from compression.engine.datasets import load_dataset, model_input_specs
 from compression.engine.errors import PassConfigError
 from compression.engine.passes.base import doc
 
-HOLDOUT = 0.15  # share of the training data kept for early stopping when no eval set is given
-
 
 @dataclass
 class TrainFields:
@@ -27,7 +25,11 @@ class TrainFields:
     )
     eval_path: str | None = field(
         default=None,
-        metadata=doc("Early-stopping .npz; default: 15 % held out of the training data."),
+        metadata=doc("Early-stopping .npz; default: `holdout` of the training data."),
+    )
+    holdout: float = field(
+        default=0.2,
+        metadata=doc("Share of the training data held out for early stopping (no eval_path)."),
     )
     epochs: int = field(
         default=10, metadata=doc("Training epochs (early stopping may end sooner).")
@@ -121,7 +123,7 @@ def load_train_data(teacher_path: str | Path, cfg) -> TrainData:
         eval_labels = ev.labels
     else:
         n = len(train[0])
-        k = int(n * HOLDOUT) if n >= 40 else 0
+        k = int(n * min(max(cfg.holdout, 0.0), 0.5)) if n >= 40 else 0
         order = np.random.default_rng(cfg.seed).permutation(n)
         held, kept = (order[:k], order[k:]) if k else (order, order)
         eval_arrays = [a[held] for a in train]

@@ -198,6 +198,17 @@ class QatConfig(TrainFields, PassConfig):
             "entropy or percentile."
         ),
     )
+    learn_scales: bool = field(
+        default=True,
+        metadata=doc(
+            "Train the quantization scales with the weights (LSQ) after the fake-quantizers "
+            "observed the calibration samples; off: the observers keep tracking min/max."
+        ),
+    )
+    scale_lr: float = field(
+        default=1e-2,
+        metadata=doc("Learning rate of each scale, relative to its starting value (LSQ)."),
+    )
     calibration_samples: int = field(
         default=200,
         metadata=doc(
@@ -292,7 +303,7 @@ class QatPass(Pass):
             run_static,
             stem_convs,
         )
-        from compression.engine.training import convert, qdq
+        from compression.engine.training import convert, lsq, qdq
         from compression.engine.training.loop import fit
 
         _threads(config.threads)
@@ -318,6 +329,11 @@ class QatPass(Pass):
                 node_names,
             )
             _calibrate(qat, data.train, config.calibration_samples)
+            params = None
+            if config.learn_scales:
+                groups = lsq.make_learnable(qat, config.scale_lr)
+                params = [{"params": lsq.other_parameters(qat, groups)}, *groups]
+                notes.append(f"{len(groups)} quantization scales learned (LSQ) after calibration")
             result = fit(
                 qat,
                 data.train,
@@ -328,9 +344,11 @@ class QatPass(Pass):
                 data.eval_labels,
                 settings_from(config),
                 label=self.name,
+                params=params,
             )
             # the ranges are final: nothing below may move them
             qat.apply(torch.ao.quantization.disable_observer)
+            lsq.freeze(qat)
             trained = str(Path(tmp) / "trained.onnx")
             convert.write_back(qat, prepared, trained)
             # the learned weights in float, then onnxruntime's static quantizer (QDQ, int8

@@ -91,7 +91,9 @@ def _fake_quantizers(module):
 def _params(fq) -> tuple[np.ndarray, np.ndarray] | None:
     scale, zero = fq.scale, fq.zero_point  # what its forward uses
     scale = scale.detach().double().numpy().reshape(-1)
-    zero = zero.detach().numpy().reshape(-1).astype(np.int64)
+    # a learnable quantizer keeps its zero-point in float; its forward rounds it
+    zero = np.clip(np.rint(zero.detach().double().numpy().reshape(-1)), fq.quant_min, fq.quant_max)
+    zero = zero.astype(np.int64)
     if not scale.size or not np.all(np.isfinite(scale)) or np.any(scale <= 0):
         return None  # never observed anything
     return scale, zero

@@ -1,0 +1,30 @@
+"""`{% load job_text %}`: what a job stored in English, in the reader's language
+(`compression.display`)."""
+
+from __future__ import annotations
+
+from django import template
+
+from compression import display
+
+register = template.Library()
+
+
+@register.filter
+def job_text(value) -> str:
+    """A step, an error or a verdict; a list (KPI violations) joined with '; '."""
+    if isinstance(value, list | tuple):
+        return "; ".join(display.localize(v) for v in value)
+    return display.localize(value)
+
+
+@register.filter
+def job_log_line(value) -> str:
+    return display.log_line(value)
+
+
+@register.filter
+def job_reason(result, candidates=None) -> str:
+    """`{{ job.result|job_reason:candidates }}`: the candidates name the verdicts."""
+    recipes = [c.recipe for c in candidates or [] if c.recipe != "fp32"]
+    return display.reason(result, recipes)

@@ -1,0 +1,159 @@
+"""Fewer, fuller requests: points sampled every telemetry interval, uploaded every
+upload interval (X-Upload-Interval), and an upload answer's X-Update-ETag standing
+for a poll. Against the peer playing a current server and an older one."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from devices.agent import simulate
+from devices.agent.agent import Agent, clamp_interval
+from tests.agent.test_simulate import options
+
+TELEMETRY = "/api/v1/device/telemetry"
+UPDATE = "/api/v1/device/update"
+
+
+def sample(agent, n: int = 1) -> None:
+    for _ in range(n):
+        agent.outbox.add("telemetry", {"ts": time.time(), "inferences": 1})
+
+
+def test_an_older_server_gets_every_sample_as_before(peer, state):
+    """No X-Upload-Interval, no X-Update-ETag: one upload per step, polls on schedule."""
+    agent = Agent(state)
+    try:
+        for _ in range(3):
+            sample(agent)
+            agent.step(window_s=0.01)
+        assert len(peer.seen("POST", TELEMETRY)) == 3
+        assert len(peer.seen("GET", UPDATE)) == 1
+        assert agent.upload_pacer.interval_s == 0
+    finally:
+        agent.close()
+
+
+def test_advised_upload_interval_batches_the_samples(peer, state):
+    peer.upload_interval_s = 60
+    agent = Agent(state)
+    try:
+        for _ in range(4):
+            sample(agent)
+            agent.step(window_s=0.01)
+        # The first step uploads at once; the next three samples wait for the interval.
+        assert len(peer.seen("POST", TELEMETRY)) == 1
+        assert agent.buffer.count("telemetry") == 3
+        assert 60 <= agent.next_upload - time.monotonic() <= 60 * 1.2 + 1
+        agent.next_upload = 0
+        agent.step(window_s=0.01)
+        batches = [b["batch"] for b in peer.telemetry]
+        assert [len(b) for b in batches] == [1, 3]
+        assert [p["seq"] for b in batches for p in b] == [1, 2, 3, 4]
+    finally:
+        agent.close()
+
+
+def test_a_configured_upload_interval_is_a_floor(peer, state):
+    peer.upload_interval_s = 20
+    agent = Agent(state, {"upload_interval_s": 90})
+    try:
+        agent.check_in()
+        assert agent.upload_pacer.interval_s == 90
+        peer.upload_interval_s = 1e12  # absurd advice: bounded, the buffer must drain
+        agent.check_in()
+        assert agent.upload_pacer.interval_s == 3600
+    finally:
+        agent.close()
+    assert clamp_interval("nan") is None and clamp_interval(None) is None
+    assert clamp_interval(-5) is None and clamp_interval("30") == 30
+
+
+def test_upload_answer_etag_defers_or_brings_forward_the_poll(peer, state):
+    peer.empty_etag = peer.upload_etag = '"none"'
+    agent = Agent(state)
+    try:
+        agent.check_in()
+        assert agent.updater.freshness.record["etag"] == '"none"'
+        agent.next_poll = time.monotonic() + 1  # the poll is due in a second
+        sample(agent)
+        agent.deliver()
+        # The same ETag: the upload stands for that poll.
+        assert agent.next_poll - time.monotonic() >= 29
+        peer.upload_etag = '"changed"'  # an update was assigned meanwhile
+        sample(agent)
+        agent.deliver()
+        assert agent.next_poll <= time.monotonic()
+        gets = len(peer.seen("GET", UPDATE))
+        agent.step(window_s=0.01)
+        assert len(peer.seen("GET", UPDATE)) == gets + 1
+    finally:
+        agent.close()
+
+
+@pytest.mark.parametrize("why", ["expiring", "failing"])
+def test_the_unsigned_hint_never_holds_off_a_needed_poll(peer, state, why):
+    """Metadata about to go stale, or check-ins failing: the upload answer is no poll."""
+    peer.empty_etag = peer.upload_etag = '"none"'
+    if why == "expiring":
+        peer.timestamp_ttl_s = 60  # under three poll intervals left
+    agent = Agent(state)
+    try:
+        agent.check_in()
+        if why == "failing":
+            peer.down = True
+            agent.check_in()
+            peer.down = False
+        due = agent.next_poll = time.monotonic() + 1
+        sample(agent)
+        agent.deliver()
+        assert agent.next_poll == due
+    finally:
+        agent.close()
+
+
+def test_simulator_batches_uploads_as_advised(peer, tmp_path):
+    peer.poll_interval_s = 0.5
+    peer.upload_interval_s = 1
+    peer.empty_etag = peer.upload_etag = '"none"'
+    opts = options(peer, tmp_path, "--preinstalled", "factory:1", "--duration-s", "3")
+    summary = simulate.Fleet(opts).run()
+    posts = peer.seen("POST", TELEMETRY)
+    points = [p for b in peer.telemetry for p in b["batch"]]
+    assert summary["telemetry_sent"] == len(points) > len(posts) > 0
+    # 4 devices, 3 s, one upload per second each (+ the first at once, jitter ≤ 20 %).
+    assert len(posts) <= 4 * (3 / 1 + 2)
+    assert max(len(b["batch"]) for b in peer.telemetry) >= 2
+
+
+def test_simulator_upload_etag_stands_for_a_poll(peer, tmp_path):
+    peer.empty_etag = peer.upload_etag = '"none"'
+    opts = options(peer, tmp_path, "--preinstalled", "factory:1")
+    device = simulate.SimDevice(0, opts, simulate.Stats())
+    device.etag = '"none"'
+    now = time.monotonic()
+    device.next_poll = now + 0.1
+    device.noted('"none"')
+    assert device.next_poll >= now + device.pacer.interval_s
+    device.noted('"other"')
+    assert device.next_poll <= time.monotonic()
+
+
+def test_a_restarted_simulated_device_reports_inventory_only_if_it_changed(peer, tmp_path):
+    from tests.agent.peer import DEVICE_TOKEN, DEVICE_UID
+
+    opts = options(peer, tmp_path, "--preinstalled", "factory:1")
+    saved = {"uid": DEVICE_UID, "token": DEVICE_TOKEN, "keys": [peer.public_b64]}
+    fresh = simulate.SimDevice(0, opts, simulate.Stats(), saved)
+    assert fresh.inventory_due
+    fresh.send_inventory()
+    assert fresh.saved()["reported"] == fresh.facts_digest()
+    again = simulate.SimDevice(0, opts, simulate.Stats(), fresh.saved())
+    assert not again.inventory_due
+    other = simulate.parser().parse_args([*sys_args(opts), "--hardware-profile", "rpi5"])
+    assert simulate.SimDevice(0, other, simulate.Stats(), fresh.saved()).inventory_due
+
+
+def sys_args(opts) -> list[str]:
+    return ["--server", opts.server, "--enrollment-token", opts.enrollment_token]
