@@ -68,7 +68,8 @@ def commands(args) -> dict[str, list[str]]:
 ONE_SHOT = {"rollout"}  # children that may end without stopping the run
 
 
-def _alive(pgid: int) -> bool:
+def alive(pgid: int) -> bool:
+    """Whether any process of group `pgid` still exists (a zombie counts)."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
@@ -94,10 +95,10 @@ def stop_groups(pgids: list[int], grace_s: float, children=()) -> None:
     while time.monotonic() < deadline:
         for child in children:
             child.poll()
-        if not any(_alive(p) for p in pgids):
+        if not any(alive(p) for p in pgids):
             return
         time.sleep(0.1)
-    left = [p for p in pgids if _alive(p)]
+    left = [p for p in pgids if alive(p)]
     print(
         f"devrun: {len(left)} process group(s) still running after {grace_s:g} s; killing",
         flush=True,
@@ -113,7 +114,7 @@ def stop_strays(pid_file: Path, grace_s: float) -> list[int]:
         recorded = json.loads(pid_file.read_text())
     except (OSError, ValueError):
         return []
-    strays = [int(p) for p in recorded.get("pgids", []) if _alive(int(p))]
+    strays = [int(p) for p in recorded.get("pgids", []) if alive(int(p))]
     if strays:
         print(f"devrun: stopping {len(strays)} process group(s) left by an earlier run", flush=True)
         stop_groups(strays, grace_s)

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from fleet.devrun import alive
+
 ROOT = Path(__file__).resolve().parents[2]
 # Only what a shell has: no DATABASE_URL, REDIS_URL, broker, S3 or MQTT from the test run.
 PASSED_ENV = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "TMPDIR", "EDGEFLEET_CHROMIUM")
@@ -47,16 +49,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class DemoRun:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.devrun import _alive
+from fleet.devrun import alive
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -86,7 +86,7 @@ def test_a_signal_to_the_process_group_stops_every_child(tmp_path, signum):
         os.killpg(run.pid, signum)  # what `make run`'s group receives
         run.wait(timeout=grace_s + 30)
         elapsed = time.monotonic() - started
-        assert not any(_alive(p) for p in pgids)
+        assert not any(alive(p) for p in pgids)
         # Before the fix the supervisor waited on its own zombies for the whole grace.
         assert elapsed < grace_s / 2, f"took {elapsed:.1f} s: something waited for SIGKILL"
         assert not (tmp_path / "run.pids").exists()
@@ -102,11 +102,11 @@ def test_a_second_start_stops_the_strays_of_a_killed_run(tmp_path):
         strays = _wait(lambda: _running(tmp_path), 120, "the first run")
         os.kill(first.pid, signal.SIGKILL)  # the supervisor dies; its children do not
         first.wait(timeout=10)
-        strays = [p for p in strays if _alive(p)]  # (the one-shot demo rollout may be done)
+        strays = [p for p in strays if alive(p)]  # (the one-shot demo rollout may be done)
         assert len(strays) >= 3  # web, worker and devices outlived their supervisor
         (tmp_path / "worker-heartbeat").unlink()
         second = _start(tmp_path)
-        _wait(lambda: not any(_alive(p) for p in strays), 60, "the strays to be stopped")
+        _wait(lambda: not any(alive(p) for p in strays), 60, "the strays to be stopped")
         _wait(lambda: _running(tmp_path), 120, "the second run")
         os.killpg(second.pid, signal.SIGINT)  # Ctrl-C
         second.wait(timeout=60)
@@ -116,7 +116,7 @@ def test_a_second_start_stops_the_strays_of_a_killed_run(tmp_path):
                 os.killpg(proc.pid, signal.SIGKILL)
         try:
             for pgid in json.loads((tmp_path / "run.pids").read_text())["pgids"]:
-                if _alive(pgid):
+                if alive(pgid):
                     os.killpg(pgid, signal.SIGKILL)
         except (OSError, ValueError):
             pass

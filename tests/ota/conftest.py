@@ -13,6 +13,17 @@ from tests.conftest import (
     tiny_model_bytes,
 )
 
+# The deployment wizard's fields as an operator fills them in (add `release`).
+WIZARD_FORM = {
+    "tags": "cam",
+    "phases": "10, 50, 100",
+    "max_failure_rate": "0.2",
+    "min_successful": "1",
+    "max_latency_ratio": "1.5",
+    "min_latency_samples": "3",
+    "min_soak_s": "0",
+}
+
 
 def make_version(model_name: str = "digits", seed: int = 0, *, p95: float | None = 10.0):
     """A model version whose artifact is in storage, without the validation sandbox."""

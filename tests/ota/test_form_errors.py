@@ -7,19 +7,9 @@ import pytest
 from fleet.refusal import Refusal, gather
 from ota import services
 from ota.models import Deployment, Release
-from tests.ota.conftest import enroll
+from tests.ota.conftest import WIZARD_FORM, enroll
 
 pytestmark = pytest.mark.django_db
-
-WIZARD = {
-    "tags": "cam",
-    "phases": "10, 50, 100",
-    "max_failure_rate": "0.2",
-    "min_successful": "1",
-    "max_latency_ratio": "1.5",
-    "min_latency_samples": "3",
-    "min_soak_s": "0",
-}
 
 
 def test_gather_raises_the_first_refusal_carrying_the_others():
@@ -96,7 +86,7 @@ def test_wizard_shows_every_error_at_once(client, operator_user, small_fleet, re
     response = client.post(
         "/deployments/new/",
         {
-            **WIZARD,
+            **WIZARD_FORM,
             "release": release.pk,
             "phases": "50, 10, 100",
             "window_start": "25:99",
@@ -107,17 +97,19 @@ def test_wizard_shows_every_error_at_once(client, operator_user, small_fleet, re
     assert response.status_code == 400
     assert "phase percentages must increase" in text and "Install window" in text
     empty = client.post(
-        "/deployments/new/", {**WIZARD, "release": release.pk, "phases": "1, 10, 100"}
+        "/deployments/new/", {**WIZARD_FORM, "release": release.pk, "phases": "1, 10, 100"}
     )
     assert empty.status_code == 400 and "would add no device" in empty.content.decode()
-    malformed = client.post("/deployments/new/", {**WIZARD, "release": "x", "phases": "a, b"})
+    malformed = client.post("/deployments/new/", {**WIZARD_FORM, "release": "x", "phases": "a, b"})
     assert malformed.status_code == 400
     assert not Deployment.objects.exists()
 
 
 def test_wizard_wrong_role(client, viewer_user, small_fleet, release):
     client.force_login(viewer_user)
-    assert client.post("/deployments/new/", {**WIZARD, "release": release.pk}).status_code == 403
+    assert (
+        client.post("/deployments/new/", {**WIZARD_FORM, "release": release.pk}).status_code == 403
+    )
 
 
 def test_release_form_shows_every_error_at_once(client, operator_user, v2):

@@ -7,7 +7,7 @@ import pytest
 from ota import services
 from ota.choices import DeploymentStatus
 from ota.models import Deployment, Release
-from tests.ota.conftest import finish, telemetry
+from tests.ota.conftest import WIZARD_FORM, finish, telemetry
 
 pytestmark = pytest.mark.django_db
 
@@ -82,16 +82,7 @@ def test_release_form_creates_release(client, operator_user, v2):
 
 def test_wizard_preview_and_start(client, operator_user, fleet, release):
     client.force_login(operator_user)
-    form = {
-        "release": release.pk,
-        "tags": "cam",
-        "phases": "10, 50, 100",
-        "max_failure_rate": "0.2",
-        "min_successful": "1",
-        "max_latency_ratio": "1.5",
-        "min_latency_samples": "3",
-        "min_soak_s": "0",
-    }
+    form = {**WIZARD_FORM, "release": release.pk}
     preview = client.post("/deployments/preview/", form).content.decode()
     assert "10" in preview and 'id="preview-phases"' in preview
     bad = client.post("/deployments/preview/", {**form, "phases": "50, 10"}).content.decode()
