@@ -4,11 +4,11 @@ reasons in the reader's language (the stored report keeps codes and params)."""
 from __future__ import annotations
 
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy
+from django.utils.translation import gettext_lazy, ngettext
 
 from devices.models import DeviceGroup, HardwareProfile, QueryGroup
 from ota.choices import UpdateState
-from ota.gates import GATE_FAILED, REASONS
+from ota.gates import GATE_FAILED, REASONS, Plural
 from ota.models import Deployment
 
 VERDICTS = {
@@ -55,8 +55,12 @@ def state_counts(counts: dict[str, int]) -> list[tuple[str, str, int]]:
 
 
 def reason_text(code: dict) -> str:
-    template = REASONS.get(code.get("code"))
-    return _(template) % code.get("params", {}) if template else str(code)
+    template, params = REASONS.get(code.get("code")), code.get("params", {})
+    if isinstance(template, Plural):
+        count = params.get(template.count)
+        n = count if isinstance(count, int) else 2
+        return ngettext(template.singular, template.plural, n) % params
+    return _(template) % params if template else str(code)
 
 
 def gate_reasons(report: dict) -> list[str]:

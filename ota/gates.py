@@ -16,6 +16,24 @@ from enum import StrEnum
 from django.utils.translation import gettext_noop
 
 
+@dataclass(frozen=True)
+class Plural:
+    """A reason whose noun follows a count (`count` names the param): English picks
+    the form here, the pages ask `ngettext` (ota/display.py)."""
+
+    singular: str
+    plural: str
+    count: str
+
+    def __mod__(self, params: dict) -> str:
+        return (self.singular if params.get(self.count) == 1 else self.plural) % params
+
+
+def ngettext_noop(singular: str, plural: str, count: str) -> Plural:
+    """Marks a plural reason for `makemessages` (keyword ngettext_noop:1,2)."""
+    return Plural(singular, plural, count)
+
+
 class Verdict(StrEnum):
     PASS = "pass"
     WAIT = "wait"
@@ -145,8 +163,14 @@ REASONS = {
     "shadow_agreement": gettext_noop(
         "shadow agreement %(agreement)s < %(limit)s on device %(device)s (%(n)s devices shadowed)"
     ),
-    "too_few_succeeded": gettext_noop("%(succeeded)s of %(needed)s devices succeeded"),
-    "still_updating": gettext_noop("%(n)s devices still updating"),
+    "too_few_succeeded": ngettext_noop(
+        "%(succeeded)s of %(needed)s device succeeded",
+        "%(succeeded)s of %(needed)s devices succeeded",
+        "needed",
+    ),
+    "still_updating": ngettext_noop(
+        "%(n)s device still updating", "%(n)s devices still updating", "n"
+    ),
     "soaking": gettext_noop("soaking %(elapsed)s/%(needed)s s"),
     "passed": gettext_noop("all gates passed"),
 }

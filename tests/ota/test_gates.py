@@ -71,3 +71,24 @@ def test_config_validation():
 def test_p95():
     assert p95([]) is None
     assert p95(list(range(1, 101))) == 95
+
+
+@pytest.mark.parametrize(
+    ("in_progress", "english", "chinese"),
+    [
+        (1, "1 device still updating", "1 台设备仍在更新"),
+        (3, "3 devices still updating", "3 台设备仍在更新"),
+    ],
+)
+def test_a_count_reason_agrees_with_its_number_in_each_language(in_progress, english, chinese):
+    from django.utils import translation
+
+    from ota.display import reason_text
+
+    stats = PhaseStats(targeted=4, succeeded=1, in_progress=in_progress)
+    decision = evaluate(GateConfig(min_successful=1, max_latency_ratio=None), stats)
+    assert decision.verdict == Verdict.WAIT and decision.reasons == [english]
+    with translation.override("en"):
+        assert reason_text(decision.codes[0]) == english
+    with translation.override("zh-hans"):
+        assert reason_text(decision.codes[0]) == chinese
