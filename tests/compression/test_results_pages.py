@@ -98,3 +98,13 @@ def test_a_kpi_missing_variant_is_released_only_with_the_override(
     assert Release.objects.filter(name__in=["forced", "from page"]).count() == 2
     client.force_login(viewer_user)
     assert client.post("/deployments/releases/new/", form).status_code == 403
+
+
+def test_job_page_names_its_kpis_as_the_form_does(client, viewer_user):
+    source = make_version("cam")
+    job, _version = _variant(source, "int8-static", meets=True, chosen=True)
+    client.force_login(viewer_user)
+    text = client.get(f"/models/jobs/{job.pk}/").content.decode()
+    assert "Max latency p50 (ms): 5" in text and "max_latency_ms = 5" not in text
+    client.cookies["django_language"] = "zh-hans"
+    assert "最大 p50 延迟（毫秒）: 5" in client.get(f"/models/jobs/{job.pk}/").content.decode()
