@@ -171,6 +171,9 @@ def test_inventory_reports_preinstalled_version_profile_and_restored_slots():
     facts = device.facts()
     assert facts["models"]["default"]["model_version"] == "m:1"
     assert facts["hardware_profile"] == "x86-gateway-1c"
+    # the board's facts agree with the profile it names (an x86 box with one core)
+    assert (facts["arch"], facts["cpu_count"], facts["ram_mb"]) == ("x86_64", 1, 2048)
+    assert _device("--hardware-profile", "rpi4").facts()["arch"] == "aarch64"
     installed = {
         "default": {
             "payload": {
