@@ -35,6 +35,7 @@ import os  # noqa: E402
 import socket  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
+import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
@@ -317,20 +318,42 @@ def _mqtt_publisher(devices, n_points, start_at, queue) -> None:
 
 
 def bench_mqtt(env, devices, n_points_total: int) -> dict:
+    # The bridge's log goes to a file, not a pipe nobody reads (a full pipe stalls it).
+    with tempfile.NamedTemporaryFile(prefix="bench-bridge-", suffix=".log") as bridge_log:
+        return _bench_mqtt(env, devices, n_points_total, Path(bridge_log.name))
+
+
+def _bench_mqtt(env, devices, n_points_total: int, bridge_log: Path) -> dict:
     from django.db import connection
 
     from devices.models import TelemetryPoint
 
-    bridge_env = {**env, "MQTT_URL": MQTT_URL, "MQTT_CLIENT_ID": f"bench-bridge-{os.getpid()}"}
-    bridge = subprocess.Popen(
-        [PYTHON, "manage.py", "mqtt_bridge", "--no-acks"],
-        cwd=ROOT,
-        env=bridge_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    time.sleep(3)  # connect and subscribe
+    bridge_env = {
+        **env,
+        "MQTT_URL": MQTT_URL,
+        "MQTT_CLIENT_ID": f"bench-bridge-{os.getpid()}",
+        "LOG_LEVEL": "INFO",  # its "subscribed" line (it logs nothing per message)
+    }
+    with bridge_log.open("wb") as log_file:
+        bridge = subprocess.Popen(
+            [PYTHON, "manage.py", "mqtt_bridge", "--no-acks"],
+            cwd=ROOT,
+            env=bridge_env,
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+            start_new_session=True,
+        )
+    # Messages published before the bridge's subscription are lost (a new session):
+    # wait for it, not for a fixed time (a loaded machine starts Django slowly).
+    deadline = time.time() + 120
+    while b"mqtt bridge subscribed" not in bridge_log.read_bytes():
+        if bridge.poll() is not None or time.time() > deadline:
+            h.stop(bridge)
+            raise SystemExit(
+                f"mqtt bridge did not subscribe (exit {bridge.returncode}):\n"
+                + bridge_log.read_text()
+            )
+        time.sleep(0.1)
     per_device = n_points_total // len(devices)
     expected = per_device * len(devices)
     queue: multiprocessing.Queue = multiprocessing.Queue()
