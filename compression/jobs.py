@@ -274,22 +274,24 @@ def create_job(
             % {"v": source, "s": source.get_status_display()},
             "source",
         )
-    # independent inputs: every mistake is reported at once (fleet.refusal.gather)
-    _mode, recipes, kpis, options, budget = gather(
+    # independent inputs: every mistake is reported at once (fleet.refusal.gather); the
+    # datasets are judged against the KPIs as asked (their names), valid or not
+    asked_kpis = (
+        {k: v for k, v in kpis.items() if v not in (None, "")} if isinstance(kpis, dict) else {}
+    )
+    _mode, recipes, kpis, options, budget, _evaluation, _calibration = gather(
         lambda: _check_mode(mode),
         lambda: _check_recipes(mode, recipes),
         lambda: _check_kpis(kpis),
         lambda: _check_options(options, source),
         lambda: _check_budget(time_budget_s),
+        lambda: _check_evaluation(evaluation, source, asked_kpis),
+        lambda: _check_calibration(calibration, source),
     )
     if mode == JobMode.AUTO and options.get("training"):
         # auto with the training extra: the default search plus the training recipes
         base = [r for r in (recipes or default_search_recipes()) if r != "qat"]
         recipes = [*base, "qat"]
-    gather(
-        lambda: _check_evaluation(evaluation, source, kpis),
-        lambda: _check_calibration(calibration, source),
-    )
     effective = recipes or default_search_recipes()
     if calibration is None and any(needs_calibration(r) for r in effective):
         if mode == JobMode.RECIPES:
