@@ -12,6 +12,8 @@ device API (`tests/agent/peer.py`, which signs manifests like the server):
 - CPU per check-in + telemetry upload cycle (process CPU time / cycles).
 
 Targets: venv <= 150 MB, RSS <= 60 MB idle and <= 120 MB running, cycle <= 5 ms.
+The same packages are also sized for a device's platform (`--device-platform`,
+default aarch64, from the wheels' contents): wheel sizes differ by platform.
 """
 
 from __future__ import annotations
@@ -74,6 +76,28 @@ def wheelhouse(workdir: Path) -> Path:
     pins = [f"{name}=={importlib.metadata.version(name)}" for name in RUNTIME_DEPS]
     _run(sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "-d", house, *pins)
     return house
+
+
+def device_platform_mb(workdir: Path, wheel: Path, names: set[str], platform: str) -> float:
+    """What the same packages (same versions) take installed on `platform` (e.g. a
+    Raspberry Pi's manylinux aarch64): the wheels' uncompressed contents, which is what
+    pip writes with --no-compile. Not installed: this machine cannot run them."""
+    import zipfile
+
+    house = workdir / f"wheels-{platform}"
+    python = "{}.{}".format(*sys.version_info[:2])
+    pins = [
+        f"{name}=={importlib.metadata.version(name)}"
+        for name in sorted(names - {"edgefleet-agent", "pip", "setuptools"})
+    ]
+    _run(
+        sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+        "--implementation", "cp", "--python-version", python,
+        "--platform", f"manylinux_2_28_{platform}", "--platform", f"manylinux2014_{platform}",
+        "-d", house, *pins,
+    )  # fmt: skip
+    wheels = [wheel, *house.glob("*.whl")]
+    return sum(i.file_size for w in wheels for i in zipfile.ZipFile(w).infolist()) / 1e6
 
 
 # How the venv is made (devices/agent/README.md, "Install"):
@@ -275,6 +299,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle-s", type=float, default=10.0)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--install", choices=INSTALLS, default="recommended")
+    parser.add_argument(
+        "--device-platform",
+        default="aarch64",
+        help="also size the same packages for this manylinux platform ('' to skip)",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="agent-bench-") as tmp:
         workdir = Path(tmp)
@@ -288,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
         mem = memory(venv, workdir, args.settle_s)
         cycles = sorted(cycle_cpu(venv, workdir, args.cycles)["cpu_ms"] for _ in range(args.repeat))
         size = max(installed_mb, dir_mb(venv))  # after running: nothing may have grown it
+        device_mb = None
+        if args.device_platform:
+            (wheel,) = (workdir / "dist").glob("edgefleet_agent-*.whl")
+            device_mb = device_platform_mb(workdir, wheel, names, args.device_platform)
     print(f"load average at the end: {os.getloadavg()[0]:.2f} (2 cores shared)")
     print(
         f"install: {args.install}; venv {installed_mb:.1f} MB installed, "
@@ -307,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         ("peak RSS (VmHWM) running, MB", mem["model_hwm_mb"], 120),
         ("CPU per check-in + telemetry, ms (median)", cycles[len(cycles) // 2], 5),
     ]
+    if device_mb is not None:
+        rows.insert(1, (f"packages on {args.device_platform} (same versions), MB", device_mb, 150))
     for name, value, target in rows:
         print(f"| {name} | {value:.1f} | {target} | {'yes' if value <= target else 'NO'} |")
     print(

@@ -5,6 +5,7 @@ for a poll. Against the peer playing a current server and an older one."""
 from __future__ import annotations
 
 import time
+from contextlib import closing
 
 import pytest
 
@@ -21,27 +22,26 @@ def sample(agent, n: int = 1) -> None:
         agent.outbox.add("telemetry", {"ts": time.time(), "inferences": 1})
 
 
+def sample_and_step(agent, steps: int) -> None:
+    """One sample and one short agent step, `steps` times."""
+    for _ in range(steps):
+        sample(agent)
+        agent.step(window_s=0.01)
+
+
 def test_an_older_server_gets_every_sample_as_before(peer, state):
     """No X-Upload-Interval, no X-Update-ETag: one upload per step, polls on schedule."""
-    agent = Agent(state)
-    try:
-        for _ in range(3):
-            sample(agent)
-            agent.step(window_s=0.01)
+    with closing(Agent(state)) as agent:
+        sample_and_step(agent, 3)
         assert len(peer.seen("POST", TELEMETRY)) == 3
         assert len(peer.seen("GET", UPDATE)) == 1
         assert agent.upload_pacer.interval_s == 0
-    finally:
-        agent.close()
 
 
 def test_advised_upload_interval_batches_the_samples(peer, state):
     peer.upload_interval_s = 60
-    agent = Agent(state)
-    try:
-        for _ in range(4):
-            sample(agent)
-            agent.step(window_s=0.01)
+    with closing(Agent(state)) as agent:
+        sample_and_step(agent, 4)
         # The first step uploads at once; the next three samples wait for the interval.
         assert len(peer.seen("POST", TELEMETRY)) == 1
         assert agent.buffer.count("telemetry") == 3
@@ -51,29 +51,23 @@ def test_advised_upload_interval_batches_the_samples(peer, state):
         batches = [b["batch"] for b in peer.telemetry]
         assert [len(b) for b in batches] == [1, 3]
         assert [p["seq"] for b in batches for p in b] == [1, 2, 3, 4]
-    finally:
-        agent.close()
 
 
 def test_a_configured_upload_interval_is_a_floor(peer, state):
     peer.upload_interval_s = 20
-    agent = Agent(state, {"upload_interval_s": 90})
-    try:
+    with closing(Agent(state, {"upload_interval_s": 90})) as agent:
         agent.check_in()
         assert agent.upload_pacer.interval_s == 90
         peer.upload_interval_s = 1e12  # absurd advice: bounded, the buffer must drain
         agent.check_in()
         assert agent.upload_pacer.interval_s == 3600
-    finally:
-        agent.close()
     assert clamp_interval("nan") is None and clamp_interval(None) is None
     assert clamp_interval(-5) is None and clamp_interval("30") == 30
 
 
 def test_upload_answer_etag_defers_or_brings_forward_the_poll(peer, state):
     peer.empty_etag = peer.upload_etag = '"none"'
-    agent = Agent(state)
-    try:
+    with closing(Agent(state)) as agent:
         agent.check_in()
         assert agent.updater.freshness.record["etag"] == '"none"'
         agent.next_poll = time.monotonic() + 1  # the poll is due in a second
@@ -88,8 +82,6 @@ def test_upload_answer_etag_defers_or_brings_forward_the_poll(peer, state):
         gets = len(peer.seen("GET", UPDATE))
         agent.step(window_s=0.01)
         assert len(peer.seen("GET", UPDATE)) == gets + 1
-    finally:
-        agent.close()
 
 
 @pytest.mark.parametrize("why", ["expiring", "failing"])
@@ -98,8 +90,7 @@ def test_the_unsigned_hint_never_holds_off_a_needed_poll(peer, state, why):
     peer.empty_etag = peer.upload_etag = '"none"'
     if why == "expiring":
         peer.timestamp_ttl_s = 60  # under three poll intervals left
-    agent = Agent(state)
-    try:
+    with closing(Agent(state)) as agent:
         agent.check_in()
         if why == "failing":
             peer.down = True
@@ -109,8 +100,6 @@ def test_the_unsigned_hint_never_holds_off_a_needed_poll(peer, state, why):
         sample(agent)
         agent.deliver()
         assert agent.next_poll == due
-    finally:
-        agent.close()
 
 
 def test_simulator_batches_uploads_as_advised(peer, tmp_path):
