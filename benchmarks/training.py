@@ -22,6 +22,7 @@ binomial standard error about 0.5 pt at 97 %). Recipes train on the 897 (20 % of
 them held out for early stopping); calibration uses 200 of them. Usage:
 
     nice -n 10 .venv/bin/python benchmarks/training.py [--scale 200] [--runs 200]
+        [--only qat|distill|prune]
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ from compression.engine.evaluate import evaluate  # noqa: E402
 from compression.engine.inspect import count_parameters  # noqa: E402
 from compression.engine.recipes import run_recipe  # noqa: E402
 
-FIX = _HERE.parent / "compression" / "fixtures"
 TEST_SIZE = 900
 
 
@@ -75,14 +75,16 @@ def make_outlier_model(source: Path, path: Path, scale: float) -> None:
 
 def make_reference(t: Path) -> tuple[Path, Path, Path, Path]:
     """Train the digits CNN on one half; write (model, train, calibration, test)."""
-    sys.path.insert(0, str(FIX))
-    from make_digits import SEED, export, load_images, train
+    import torch
+
+    from compression.fixtures import export_classifier
+    from compression.fixtures.make_digits import INPUT, SEED, load_images, train
 
     x, y = load_images()
     order = np.random.default_rng(SEED).permutation(len(x))
     test, fit = order[:TEST_SIZE], order[TEST_SIZE:]
     paths = t / "digits.onnx", t / "train.npz", t / "calibration.npz", t / "test.npz"
-    export(train(x[fit], y[fit]), paths[0])
+    export_classifier(train(x[fit], y[fit]), torch.zeros(1, 1, 16, 16), paths[0], INPUT)
     np.savez(paths[1], image=x[fit], labels=y[fit])
     np.savez(paths[2], image=x[fit][:200])
     np.savez(paths[3], image=x[test], labels=y[test])
@@ -145,7 +147,15 @@ def main() -> None:
     ap.add_argument("--finetune-epochs", type=int, default=15, help="per pruning step")
     ap.add_argument("--prune-steps", type=int, default=4)
     ap.add_argument("--distill-epochs", type=int, default=30)
+    ap.add_argument(
+        "--only",
+        choices=("all", "qat", "distill", "prune"),
+        default="all",
+        help="run one part of the table (qat: fp32, PTQ and the QAT rows on the outlier model)",
+    )
     args = ap.parse_args()
+    part = {"qat", "distill", "prune"} if args.only == "all" else {args.only}
+    q_l = None
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgefleet-train-bench-") as tmp:
         t = Path(tmp)
@@ -157,84 +167,21 @@ def main() -> None:
         make_outlier_model(digits, ref, args.scale)
         common = {"calibration_path": cal, "train_path": train}
         # --- QAT on the outlier model -------------------------------------------------
-        _, s_ptq = timed("int8-static", ref, t / "ptq.onnx", calibration_path=cal)
-        q_l, s_ql = timed(
-            "qat",
-            ref,
-            t / "qat.onnx",
-            **common,
-            overrides={"epochs": args.qat_epochs, "patience": args.patience},
-        )
-        _, s_qu = timed(
-            "qat",
-            ref,
-            t / "qat-nolabels.onnx",
-            **common,
-            overrides={"epochs": args.qat_epochs, "patience": args.patience, "use_labels": False},
-        )
-        _, s_qr = timed(
-            "qat",
-            ref,
-            t / "qat-recal.onnx",
-            **common,
-            overrides={
-                "epochs": args.qat_epochs,
-                "patience": args.patience,
-                "learned_ranges": False,
-            },
-        )
-        base_acc = acc(ref)
-        for name, path, secs in (
-            (f"fp32 (outlier ×{args.scale:g})", ref, 0.0),
-            ("PTQ int8 (int8-static)", t / "ptq.onnx", s_ptq),
-            ("QAT int8, labels", t / "qat.onnx", s_ql),
-            ("QAT int8, teacher only", t / "qat-nolabels.onnx", s_qu),
-            ("QAT int8, labels, ranges recalibrated", t / "qat-recal.onnx", s_qr),
-        ):
-            a = acc(path)
-            row = [name, f"{a:.4f}", f"{(base_acc - a) * 100:+.2f}"]
-            row += [f"{params(path) / params(ref):.2f}", "", f"{secs:.1f}"]
-            rows.append(later(row, "outlier", path))
+        if "qat" in part:
+            q_l = qat_rows(args, ref, t, common, cal, rows)
         # --- distillation on digits ----------------------------------------------------
         d_acc = acc(digits)
-        row = ["digits fp32 (teacher)", f"{d_acc:.4f}", "+0.00", "1.00", "", "0.0"]
-        rows.append(later(row, "digits", digits))
-        for name, alpha in (
-            ("distill ratio 0.5 (teacher)", 0.7),
-            ("same student, labels only", 0.0),
-        ):
-            out = t / f"distill-{alpha}.onnx"
-            _, secs = timed(
-                "distill",
-                digits,
-                out,
-                **common,
-                overrides={"ratio": 0.5, "alpha": alpha, "epochs": args.distill_epochs},
-            )
-            a = acc(out)
-            row = [name, f"{a:.4f}", f"{(d_acc - a) * 100:+.2f}"]
-            row += [f"{params(out) / params(digits):.2f}", "", f"{secs:.1f}"]
-            rows.append(later(row, "digits", out))
+        if part & {"distill", "prune"}:
+            row = ["digits fp32 (teacher)", f"{d_acc:.4f}", "+0.00", "1.00", "", "0.0"]
+            rows.append(later(row, "digits", digits))
+        if "distill" in part:
+            distill_rows(args, digits, t, common, d_acc, rows)
         # --- pruning with recovery -----------------------------------------------------
-        ft = args.finetune_epochs
-        for name, opts in (
-            ("prune-structured 0.5, no fine-tune", {"finetune_epochs": 0}),
-            ("prune-structured 0.5 + fine-tune", {"finetune_epochs": ft}),
-            (
-                f"prune-structured 0.5 in {args.prune_steps} steps + fine-tune",
-                {"finetune_epochs": ft, "steps": args.prune_steps},
-            ),
-        ):
-            out = t / f"prune-{opts['finetune_epochs']}-{opts.get('steps', 1)}.onnx"
-            _, secs = timed(
-                "prune-structured", digits, out, **common, overrides={"ratio": 0.5, **opts}
-            )
-            a = acc(out)
-            removed = 1 - conv_channels(out) / conv_channels(digits)
-            row = [f"{name} ({removed:.0%} ch. removed)", f"{a:.4f}", f"{(d_acc - a) * 100:+.2f}"]
-            row += [f"{params(out) / params(digits):.2f}", "", f"{secs:.1f}"]
-            rows.append(later(row, "digits", out))
-        base_p50 = time_interleaved({"outlier": ref, "digits": digits}, args.runs, args.rounds)
+        if "prune" in part:
+            prune_rows(args, digits, t, common, d_acc, rows)
+        groups = {"outlier": ref, "digits": digits}
+        groups = {g: p for g, p in groups.items() if any(x[1] == g for x in PENDING)}
+        base_p50 = time_interleaved(groups, args.runs, args.rounds)
     header = ["variant", "accuracy", "drop pt", "params ×", "p50 × (1 thr)", "wall s"]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, ["-" * w for w in widths], *rows]:
@@ -244,11 +191,75 @@ def main() -> None:
         f"{1797 - TEST_SIZE} (20 % of them for early stopping); reference CNN trained "
         f"in {s_ref:.0f} s"
     )
-    print(
-        f"fp32 p50 (1 thread, interleaved): outlier model {base_p50['outlier']:.3f} ms, "
-        f"digits {base_p50['digits']:.3f} ms; "
-        f"QAT labelled best epoch {q_l.steps[0]['metrics']['best_epoch']}"
+    p50 = ", ".join(
+        f"{'outlier model' if g == 'outlier' else g} {ms:.3f} ms" for g, ms in base_p50.items()
     )
+    tail = f"; QAT labelled best epoch {q_l.steps[0]['metrics']['best_epoch']}" if q_l else ""
+    print(f"fp32 p50 (1 thread, interleaved): {p50}{tail}")
+
+
+def qat_rows(args, ref, t, common, cal, rows):
+    """fp32, PTQ and the QAT variants on the outlier model; returns the labelled QAT result."""
+    qat = {"epochs": args.qat_epochs, "patience": args.patience}
+    _, s_ptq = timed("int8-static", ref, t / "ptq.onnx", calibration_path=cal)
+    q_l, s_ql = timed("qat", ref, t / "qat.onnx", **common, overrides=qat)
+    _, s_qu = timed(
+        "qat", ref, t / "qat-nolabels.onnx", **common, overrides={**qat, "use_labels": False}
+    )
+    _, s_qr = timed(
+        "qat", ref, t / "qat-recal.onnx", **common, overrides={**qat, "learned_ranges": False}
+    )
+    base_acc = acc(ref)
+    for name, path, secs in (
+        (f"fp32 (outlier ×{args.scale:g})", ref, 0.0),
+        ("PTQ int8 (int8-static)", t / "ptq.onnx", s_ptq),
+        ("QAT int8, labels", t / "qat.onnx", s_ql),
+        ("QAT int8, teacher only", t / "qat-nolabels.onnx", s_qu),
+        ("QAT int8, labels, ranges recalibrated", t / "qat-recal.onnx", s_qr),
+    ):
+        a = acc(path)
+        row = [name, f"{a:.4f}", f"{(base_acc - a) * 100:+.2f}"]
+        row += [f"{params(path) / params(ref):.2f}", "", f"{secs:.1f}"]
+        rows.append(later(row, "outlier", path))
+    return q_l
+
+
+def distill_rows(args, digits, t, common, d_acc, rows):
+    for name, alpha in (
+        ("distill ratio 0.5 (teacher)", 0.7),
+        ("same student, labels only", 0.0),
+    ):
+        out = t / f"distill-{alpha}.onnx"
+        _, secs = timed(
+            "distill",
+            digits,
+            out,
+            **common,
+            overrides={"ratio": 0.5, "alpha": alpha, "epochs": args.distill_epochs},
+        )
+        a = acc(out)
+        row = [name, f"{a:.4f}", f"{(d_acc - a) * 100:+.2f}"]
+        row += [f"{params(out) / params(digits):.2f}", "", f"{secs:.1f}"]
+        rows.append(later(row, "digits", out))
+
+
+def prune_rows(args, digits, t, common, d_acc, rows):
+    ft = args.finetune_epochs
+    for name, opts in (
+        ("prune-structured 0.5, no fine-tune", {"finetune_epochs": 0}),
+        ("prune-structured 0.5 + fine-tune", {"finetune_epochs": ft}),
+        (
+            f"prune-structured 0.5 in {args.prune_steps} steps + fine-tune",
+            {"finetune_epochs": ft, "steps": args.prune_steps},
+        ),
+    ):
+        out = t / f"prune-{opts['finetune_epochs']}-{opts.get('steps', 1)}.onnx"
+        _, secs = timed("prune-structured", digits, out, **common, overrides={"ratio": 0.5, **opts})
+        a = acc(out)
+        removed = 1 - conv_channels(out) / conv_channels(digits)
+        row = [f"{name} ({removed:.0%} ch. removed)", f"{a:.4f}", f"{(d_acc - a) * 100:+.2f}"]
+        row += [f"{params(out) / params(digits):.2f}", "", f"{secs:.1f}"]
+        rows.append(later(row, "digits", out))
 
 
 if __name__ == "__main__":
