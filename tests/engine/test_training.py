@@ -121,10 +121,65 @@ def test_distill_uploaded_student_without_labels(tmp_path, cnn_path):
     )
     m = result.steps[0]["metrics"]
     assert m["metric"] == "agreement" and not m["used_labels"]
+    assert m["pseudo_labels"] and m["pseudo_label_share"] == 1.0  # the teacher's top class
+    assert "trained on the teacher's outputs only (no labels)" in result.steps[0]["notes"]
+    assert any("top class as pseudo-labels on 100%" in n for n in result.steps[0]["notes"])
     gap1 = float(np.mean((_run(tmp_path / "s.onnx", before) - teacher_out) ** 2))
     assert gap1 < gap0 / 2  # the student moved towards the teacher with no label at all
     assert m["history"][m["best_epoch"]]["eval_loss"] < m["history"][0]["eval_loss"]
     assert any("uploaded" in n for n in result.steps[0]["notes"])
+
+
+@needs_torch
+def test_without_labels_the_teachers_top_class_is_a_pseudo_label():
+    """An unsure teacher (nearly flat softmax): matching its soft outputs alone barely
+    moves the student's decisions; cross-entropy on its argmax does."""
+    import torch
+
+    from compression.engine.training.loop import Settings, fit
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1, (256, 4)).astype(np.float32)
+    t = x @ rng.normal(0, 1, (4, 3)).astype(np.float32) * 0.05
+    runs = {}
+    for pseudo in (False, True):
+        torch.manual_seed(0)
+        student = torch.nn.Linear(4, 3)
+        settings = Settings(epochs=15, lr=1e-2, patience=0, pseudo_labels=pseudo)
+        runs[pseudo] = fit(
+            student, [x[:192]], [t[:192]], None, [x[192:]], [t[192:]], None, settings, label="t"
+        )
+    hard, soft = runs[True], runs[False]
+    assert hard["pseudo_labels"] and hard["pseudo_label_share"] == 1.0
+    assert not hard["used_labels"] and hard["metric"] == "agreement"
+    assert not soft["pseudo_labels"] and soft["pseudo_label_share"] is None
+    assert hard["best_metric"] >= 0.8 and hard["best_metric"] > soft["best_metric"] + 0.15
+
+
+def test_pseudo_labels_only_where_the_teacher_is_confident():
+    from compression.engine.training.loop import pseudo_labels
+
+    logits = np.array([[4.0, 0.0, 0.0], [0.1, 0.0, 0.2], [0.0, 9.0, 0.0]], np.float32)
+    np.testing.assert_array_equal(pseudo_labels(logits, 0.0), [0, 2, 1])
+    np.testing.assert_array_equal(pseudo_labels(logits, 0.9), [0, -1, 1])
+    np.testing.assert_array_equal(pseudo_labels(logits, 1.01), [-1, -1, -1])
+
+
+@needs_torch
+def test_unsure_samples_add_no_cross_entropy():
+    import torch
+
+    from compression.engine.training.loop import Settings, _loss
+
+    s, t = torch.randn(4, 3), torch.randn(4, 3)
+    cfg = Settings(alpha=0.7)
+    kl = _loss([s], [t], ["logits"], None, cfg)
+    none = _loss([s], [t], ["logits"], torch.tensor([-1, -1, -1, -1]), cfg)
+    some = _loss([s], [t], ["logits"], torch.tensor([2, -1, 0, -1]), cfg)
+    ce = torch.nn.functional.cross_entropy(s[[0, 2]], torch.tensor([2, 0]))
+    torch.testing.assert_close(none, 0.7 * kl)
+    torch.testing.assert_close(some, 0.7 * kl + 0.3 * ce)
 
 
 @needs_torch

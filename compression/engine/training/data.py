@@ -40,7 +40,8 @@ class TrainFields:
     alpha: float = field(
         default=0.7,
         metadata=doc(
-            "Weight of the teacher term vs cross-entropy on labels (1 when there are no labels)."
+            "Weight of the teacher term vs cross-entropy on labels (without labels: on the "
+            "teacher's pseudo-labels, or 1 when pseudo_labels is off)."
         ),
     )
     patience: int = field(
@@ -50,6 +51,21 @@ class TrainFields:
     use_labels: bool = field(
         default=True,
         metadata=doc("Use the 'labels' array when present (false: the teacher's outputs only)."),
+    )
+    pseudo_labels: bool = field(
+        default=True,
+        metadata=doc(
+            "Without labels, the teacher's top class stands in for them (hard distillation: "
+            "cross-entropy weighted 1 - alpha beside the teacher term); off: the teacher "
+            "term alone (alpha 1)."
+        ),
+    )
+    pseudo_label_confidence: float = field(
+        default=0.0,
+        metadata=doc(
+            "Pseudo-labels only on samples whose teacher softmax peaks at this or more "
+            "(0: every sample)."
+        ),
     )
     max_samples: int = field(default=20000, metadata=doc("At most this many training samples."))
     time_budget_s: float | None = field(
@@ -153,4 +169,6 @@ def settings_from(cfg):
         patience=cfg.patience,
         seed=cfg.seed,
         time_budget_s=cfg.time_budget_s,
+        pseudo_labels=cfg.pseudo_labels,
+        pseudo_label_confidence=cfg.pseudo_label_confidence,
     )

@@ -4,8 +4,10 @@ Targets are the teacher's outputs, computed once with onnxruntime on the
 training inputs; labels, when the data has them, add a cross-entropy term.
 The loss follows the output kind:
 
-- class logits ``[N, C]``: ``α·T²·KL(softmax(t/T) ‖ softmax(s/T)) + (1−α)·CE(s, y)``
-  (α = 1 without labels);
+- class logits ``[N, C]``: ``α·T²·KL(softmax(t/T) ‖ softmax(s/T)) + (1−α)·CE(s, y)``;
+  without labels ``y`` is the teacher's top class (hard distillation: pseudo-labels,
+  only on samples whose teacher softmax peaks at ``pseudo_label_confidence`` or
+  more), or α = 1 when ``pseudo_labels`` is off;
 - sequences ``[N, T, C]``: the same KL per timestep (labels unused);
 - anything else (embeddings, regression, boxes): mean squared error.
 
@@ -41,6 +43,16 @@ class Settings:
     weight_decay: float = 0.0
     seed: int = 0
     time_budget_s: float | None = None
+    pseudo_labels: bool = True
+    pseudo_label_confidence: float = 0.0
+
+
+def pseudo_labels(teacher_logits: np.ndarray, confidence: float) -> np.ndarray:
+    """The teacher's top class per sample, -1 where its softmax peaks below ``confidence``."""
+    z = teacher_logits.astype(np.float64)
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    return np.where(p.max(1) >= confidence, z.argmax(1), -1).astype(np.int64)
 
 
 def output_kind(arr: np.ndarray) -> str:
@@ -76,7 +88,8 @@ def _loss(outs, targets, kinds, labels, settings: Settings):
                 * t
             )
             if kind == "logits" and labels is not None and not ce_done and settings.alpha < 1:
-                ce = F.cross_entropy(s2, labels)
+                keep = labels >= 0  # pseudo-labels: -1 where the teacher is unsure
+                ce = F.cross_entropy(s2[keep], labels[keep]) if bool(keep.any()) else 0.0
                 total = total + settings.alpha * kl + (1 - settings.alpha) * ce
                 ce_done = True
             else:
@@ -158,9 +171,17 @@ def fit(
     torch.manual_seed(settings.seed)
     kinds = [output_kind(t) for t in train_targets]
     use_labels = train_labels is not None and kinds[0] == "logits"
-    if not use_labels:
+    use_pseudo = not use_labels and kinds[0] == "logits" and settings.pseudo_labels
+    pseudo_share = None
+    if use_labels:
+        labels_t = torch.from_numpy(train_labels.astype(np.int64))
+    elif use_pseudo:
+        pseudo = pseudo_labels(train_targets[0], settings.pseudo_label_confidence)
+        pseudo_share = float(np.mean(pseudo >= 0))
+        labels_t = torch.from_numpy(pseudo)
+    else:
+        labels_t = None
         settings = dataclasses.replace(settings, alpha=1.0)
-    labels_t = torch.from_numpy(train_labels.astype(np.int64)) if use_labels else None
     xs = [torch.from_numpy(np.ascontiguousarray(a)) for a in train_inputs]
     ts = [torch.from_numpy(np.ascontiguousarray(a.astype(np.float32))) for a in train_targets]
     opt = torch.optim.Adam(
@@ -204,7 +225,7 @@ def fit(
                 _forward(module, [x[idx] for x in xs]),
                 [t[idx] for t in ts],
                 kinds,
-                labels_t[idx] if use_labels else None,
+                labels_t[idx] if labels_t is not None else None,
                 settings,
             )
             if not math.isfinite(float(loss.detach())):
@@ -250,5 +271,7 @@ def fit(
         "stopped": stopped,
         "kinds": kinds,
         "used_labels": use_labels,
+        "pseudo_labels": use_pseudo,
+        "pseudo_label_share": None if pseudo_share is None else round(pseudo_share, 4),
         "train_seconds": round(time.monotonic() - started, 2),
     }

@@ -85,6 +85,11 @@ def _summary(result: dict) -> list[str]:
         notes.append(result["stopped"])
     if not result.get("used_labels"):
         notes.append("trained on the teacher's outputs only (no labels)")
+    if result.get("pseudo_labels"):
+        notes.append(
+            f"the teacher's top class as pseudo-labels on "
+            f"{result.get('pseudo_label_share') or 0:.0%} of the training samples"
+        )
     return notes
 
 
@@ -99,6 +104,8 @@ def _train_metrics(result: dict) -> dict:
             "initial_metric",
             "train_seconds",
             "used_labels",
+            "pseudo_labels",
+            "pseudo_label_share",
         )
     }
 
