@@ -150,8 +150,10 @@ class GateDecision:
 
 GATE_FAILED = gettext_noop("Phase %(p)s gate failed: %(r)s")  # stored in English, shown translated
 REASONS = {
-    "failure_rate": gettext_noop(
-        "install failure rate %(rate)s > %(limit)s (%(failed)s of %(finished)s devices)"
+    "failure_rate": ngettext_noop(
+        "install failure rate %(rate)s > %(limit)s (%(failed)s of %(finished)s device)",
+        "install failure rate %(rate)s > %(limit)s (%(failed)s of %(finished)s devices)",
+        "finished",
     ),
     "latency_waiting": gettext_noop("waiting for on-device latency telemetry"),
     "latency_ratio": gettext_noop(
@@ -160,8 +162,10 @@ REASONS = {
     ),
     "confidence_waiting": gettext_noop("waiting for confidence telemetry"),
     "confidence_drop": gettext_noop("mean confidence dropped by %(drop)s (limit %(limit)s)"),
-    "shadow_agreement": gettext_noop(
-        "shadow agreement %(agreement)s < %(limit)s on device %(device)s (%(n)s devices shadowed)"
+    "shadow_agreement": ngettext_noop(
+        "shadow agreement %(agreement)s < %(limit)s on device %(device)s (%(n)s device shadowed)",
+        "shadow agreement %(agreement)s < %(limit)s on device %(device)s (%(n)s devices shadowed)",
+        "n",
     ),
     "too_few_succeeded": ngettext_noop(
         "%(succeeded)s of %(needed)s device succeeded",
