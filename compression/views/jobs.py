@@ -110,9 +110,9 @@ def job_chart(request, pk: int):
     points = []
     for c in candidates:
         m = c.metrics or {}
-        if "p50_ms" not in m:
-            continue
         quality = m.get("accuracy") if m.get("accuracy") is not None else m.get("fidelity")
+        if "p50_ms" not in m or quality is None:
+            continue  # not evaluated: no place on the quality axis (it stays in the table)
         points.append(
             {
                 "recipe": c.recipe,
