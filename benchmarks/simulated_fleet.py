@@ -106,18 +106,27 @@ def main() -> None:
     # measured was mostly their own queueing (10k devices, 120 s: p99 59 ms with
     # 32, 26 ms with 16, 14 ms with 8, the same ~1,150 requests/s from 8 and 16).
     parser.add_argument("--concurrency", type=int, default=8, help="simulator worker threads")
+    # A fleet in steady state has its devices' phases spread over the upload interval;
+    # one that boots all at once makes a storm (10,000 uploads, at once, as a booted
+    # agent reports at once). With first steps over 10 s it took about two minutes to
+    # drain, and its lag (p99 65 s) was measured after a 60 s warm-up as if it were
+    # the steady state; --ramp-s 10 --warmup-s 60 still shows that start.
     parser.add_argument(
-        "--ramp-s", type=float, default=10, help="spread the devices' first steps over this"
+        "--ramp-s",
+        type=float,
+        help="spread the devices' first steps over this (default: the upload interval)",
     )
     parser.add_argument("--timeout-s", type=float, default=15, help="per request, as the agent")
     parser.add_argument(
         "--warmup-s",
         type=float,
-        default=60,
-        help="not measured: the restarted fleet's first steps (an inventory report each)",
+        help="not measured: the restarted fleet's first steps (default: the ramp and "
+        "a poll interval)",
     )
     args = parser.parse_args()
-    ramp_s = args.ramp_s
+    ramp_s = args.upload_interval_s if args.ramp_s is None else args.ramp_s
+    if args.warmup_s is None:
+        args.warmup_s = ramp_s + args.poll_interval_s
 
     scratch = h.Scratch("fleet")  # this run's database and cache keys, removed at exit
     atexit.register(scratch.close)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.conf import settings
+from django.db import connection, transaction
 from django.db.models import Count
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -13,6 +14,7 @@ from devices.choices import AlertState, DeviceStatus
 from devices.models import Alert, Device, FleetSample
 
 TOP = 8  # bars per chart; the rest is summed as "other"
+LOCK_KEY = 0x45465331  # pg_advisory_xact_lock key: "EFS1", the fleet sample
 
 
 def _now_sample(now) -> FleetSample:
@@ -25,11 +27,23 @@ def _now_sample(now) -> FleetSample:
     )
 
 
-def sample_fleet(now=None) -> FleetSample:
-    """Note online devices and open alerts now; drop samples past the rollup retention."""
+def sample_fleet(now=None) -> FleetSample | None:
+    """Note online devices and open alerts now; drop samples past the rollup retention.
+
+    Once per tick however many workers run it (two beats by mistake, a redelivery):
+    under a transaction-level advisory lock on PostgreSQL, a sample taken less than
+    half a period ago stands for this one (None). SQLite serves one worker."""
     now = now or timezone.now()
-    sample = _now_sample(now)
-    sample.save()
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [LOCK_KEY])
+        period_s = settings.CELERY_BEAT_SCHEDULE["devices-sample"]["schedule"]
+        recent = now - timedelta(seconds=period_s / 2)
+        if FleetSample.objects.filter(at__gt=recent, at__lte=now).exists():
+            return None
+        sample = _now_sample(now)
+        sample.save()
     FleetSample.objects.filter(at__lt=now - timedelta(days=settings.ROLLUP_RETENTION_DAYS)).delete()
     return sample
 

@@ -103,6 +103,7 @@ def create_request(*, versions, target, actor, inferences=200, expires_in_s=3600
                 artifacts.append(manifests.artifact_entry(f"v{version.pk}", version, predicted))
             run.envelope = sign(run, device.uid, artifacts, now, private)
             run.save(update_fields=["envelope"])
+        manifests.forget(d.pk for d in devices)  # their next answer says X-Benchmarks: 1
     return request
 
 
@@ -173,6 +174,7 @@ def record(device, run_id: int, data) -> BenchmarkRun:
         run.error_code = str(data.get("error_code") or "")[:40]
         run.error = str(data.get("error") or "")[:2000]
         run.save(update_fields=["state", "error_code", "error", "updated_at"])
+        manifests.forget([device.pk])  # one pending request fewer in X-Benchmarks
         job_id = run.request.job_id
         if job_id is not None:  # a job choosing by device results decides when all are in
             from compression.device_choice import after_report

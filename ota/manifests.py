@@ -11,6 +11,11 @@ per slot, a short expiry and the next key of a rotation. It is signed when the
 answer is cached, and the cache keeps it at most half its lifetime, so a
 served statement always has at least half of `OTA_TIMESTAMP_TTL_S` left and a
 poll still costs no signature and no query.
+
+The answer also counts the device's pending benchmark requests (`X-Benchmarks`
+on check-in and upload answers), so a device fetches the list only when there
+is something in it instead of polling for it; creating a request and a device's
+report drop the cached answer like an update does.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from devices.agent import manifest as mf
 from devices.models import Device
 from ota import keys
 from ota.choices import ACTIVE_STATES
-from ota.models import DeviceUpdate, ServerKey
+from ota.models import BenchmarkRun, DeviceUpdate, ServerKey
 
 CACHE_KEY = "ota:checkin:{}"
 EMPTY_ETAG = '"none"'
@@ -143,6 +148,7 @@ class CheckIn:
     body: bytes | None  # None: nothing assigned (204)
     statement: str | None = None  # X-Signed-Timestamp (None: cached by an older server)
     fresh_until: float = 0.0  # epoch seconds: re-sign after this
+    benchmarks: int = 0  # pending benchmark requests of this device (X-Benchmarks)
 
 
 def cache_seconds() -> int:
@@ -150,12 +156,13 @@ def cache_seconds() -> int:
 
 
 def checkin_for(device_pk: int, *, cached: tuple | None = None) -> CheckIn:
-    """The device's current answer; one cache read, two queries on a miss, no write.
+    """The device's current answer; one cache read, three queries on a miss, no write.
 
-    `cached`: what the caller already read from the cache (the Redis script)."""
+    `cached`: what the caller already read from the cache (the Redis script); a
+    4-tuple cached by an older server counts as a miss."""
     key = CACHE_KEY.format(device_pk)
     hit = cached if cached is not None else cache.get(key)
-    if hit is not None and len(hit) == 4 and hit[3] > time.time():
+    if hit is not None and len(hit) == 5 and hit[3] > time.time():
         return CheckIn(*hit)
     rows = (
         DeviceUpdate.objects.filter(
@@ -170,8 +177,14 @@ def checkin_for(device_pk: int, *, cached: tuple | None = None) -> CheckIn:
     answer = render(list(newest.values()))
     uid = Device.objects.filter(pk=device_pk).values_list("uid", flat=True).first()
     answer = with_statement(answer, str(uid or ""), list(newest.values()))
+    pending = BenchmarkRun.objects.filter(
+        device_id=device_pk, state="pending", request__expires_at__gt=datetime.now(UTC)
+    ).count()
+    answer = CheckIn(answer.etag, answer.body, answer.statement, answer.fresh_until, pending)
     cache.set(
-        key, (answer.etag, answer.body, answer.statement, answer.fresh_until), cache_seconds()
+        key,
+        (answer.etag, answer.body, answer.statement, answer.fresh_until, answer.benchmarks),
+        cache_seconds(),
     )
     return answer
 

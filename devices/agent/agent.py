@@ -157,15 +157,16 @@ class Agent:
     def noted(self, response: Response) -> Response:
         """An upload's answer names the device's current check-in ETag (`X-Update-ETag`):
         another one than this agent's means an update is waiting, so poll at the next
-        step; the same one stands for a poll, so the next can wait an interval. Not
-        signed, so it never replaces a check-in for long: no skip while an install is
-        pending, after failed check-ins, or when the signed metadata would go stale."""
+        step (as when `X-Benchmarks` says benchmark requests wait); the same one
+        stands for a poll, so the next can wait an interval. Not signed, so it never
+        replaces a check-in for long: no skip while an install is pending, after
+        failed check-ins, or when the signed metadata would go stale."""
         etag = response.header("x-update-etag")
         if not etag or not 200 <= response.status < 300 or self.pacer.failures:
             return response
         record = self.updater.freshness.record
         now = time.monotonic()
-        if etag != record.get("etag"):
+        if etag != record.get("etag") or response.count("x-benchmarks"):
             self.next_poll = min(self.next_poll, now)
             return response
         interval = self.pacer.interval_s
@@ -244,8 +245,15 @@ class Agent:
         self.upload_pacer.advise(max(advised or 0.0, self.upload_floor()))
         if result.outcome in {"succeeded", "rolled_back", "failed"}:
             self.send_inventory()
-        if time.monotonic() >= self.next_benchmarks:
+        self.poll_benchmarks(result.benchmarks)
+
+    def poll_benchmarks(self, waiting: int | None) -> None:
+        """Fetch benchmark requests when the check-in answer says some wait
+        (`X-Benchmarks`); an older server does not say, so poll it on a timer."""
+        if waiting is None and time.monotonic() >= self.next_benchmarks:
             self.next_benchmarks = time.monotonic() + float(self.settings["benchmark_poll_s"])
+            waiting = 1
+        if waiting:
             self.benchmarks.poll()
 
     def step(self, *, window_s: float | None = None, max_inferences: int | None = None) -> None:

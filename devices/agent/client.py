@@ -63,6 +63,11 @@ class Response:
     def header(self, name: str, default=None):
         return self.headers.get(name.lower(), default)
 
+    def count(self, name: str) -> int | None:
+        """A header holding a count (`X-Benchmarks`); None when absent or not a number."""
+        value = self.header(name, "")
+        return max(0, int(value)) if value.strip().isdigit() else None
+
     @property
     def retry_after(self) -> float | None:
         return parse_retry_after(self.header("retry-after"))

@@ -272,8 +272,11 @@ class SimDevice:
                 self.handle(envelope, started)
         self.etag = response.header("etag") or self.etag
         self.next_poll = time.monotonic() + self.pacer.success()
-        if time.monotonic() >= self.next_benchmarks:
+        waiting = response.count("x-benchmarks")  # None: an older server, poll on a timer
+        if waiting is None and time.monotonic() >= self.next_benchmarks:
             self.next_benchmarks = time.monotonic() + self.options.benchmark_poll_s
+            waiting = 1
+        if waiting:
             self.benchmarks(started)
         self.flush(upload=False)
 
@@ -524,17 +527,19 @@ class SimDevice:
             elif kind != "status":
                 self.stats.add(f"{kind}_sent", len(batch))
                 self.dropped = 0
-                self.noted(response.header("x-update-etag"))
+                self.noted(response)
             for _ in batch:
                 self.outbox.popleft()
 
-    def noted(self, etag: str | None) -> None:
+    def noted(self, response: Response) -> None:
         """The upload answer's check-in ETag: the same as this device's stands for a
-        poll (the next waits an interval), another one means an update waits."""
+        poll (the next waits an interval), another one means an update waits, and so
+        do benchmark requests (`X-Benchmarks`)."""
+        etag = response.header("x-update-etag")
         if not etag or self.etag is None or self.pacer.failures:
             return  # before its first check-in a device polls as scheduled
         now = time.monotonic()
-        if etag != self.etag:
+        if etag != self.etag or response.count("x-benchmarks"):
             self.next_poll = min(self.next_poll, now)
         else:
             interval = self.pacer.interval_s * (1 + self.pacer.jitter / 2)

@@ -64,6 +64,7 @@ class CheckIn:
     poll_interval_s: float | None = None
     detail: str = ""
     upload_interval_s: float | None = None  # X-Upload-Interval; None from older servers
+    benchmarks: int | None = None  # X-Benchmarks (requests waiting); None from older servers
 
 
 def _now() -> datetime:
@@ -137,6 +138,7 @@ class Updater:
                 outcome or ("no_update" if response.status == 204 else "not_modified"),
                 interval,
                 upload_interval_s=upload,
+                benchmarks=response.count("x-benchmarks"),
             )
         try:
             body = response.json()
@@ -156,7 +158,9 @@ class Updater:
         self._commit(statement)
         interval = interval or _payload_interval(envelopes)
         outcome = outcomes[-1] if outcomes else resumed or "no_update"
-        return CheckIn(outcome, interval, upload_interval_s=upload)
+        return CheckIn(
+            outcome, interval, upload_interval_s=upload, benchmarks=response.count("x-benchmarks")
+        )
 
     def _offline(self, started: datetime) -> None:
         self.resume_pending(started)

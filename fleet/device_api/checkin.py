@@ -6,7 +6,8 @@ credential comes from `devices.authcache` (revocation tombstones it, A1), and
 the same call counts the poll for the per-device rate limit, notes the device
 as seen and reads the cached answer (`cached=` of the toolkit). The answer
 also advises how often to poll (`X-Poll-Interval`) and how often to upload
-buffered telemetry and logs (`X-Upload-Interval`). A credential
+buffered telemetry and logs (`X-Upload-Interval`), and how many benchmark
+requests wait for the device (`X-Benchmarks`). A credential
 not cached yet costs one indexed database lookup, once per
 `DEVICE_AUTH_CACHE_S`. Other cache backends: the database lookup every time,
 then plain cache calls. Never a database write.
@@ -43,6 +44,7 @@ def update(request):
     response[mf.TIMESTAMP_HEADER] = answer.statement  # fresh signed metadata, 304/204 too
     response["X-Poll-Interval"] = poll_interval()
     response["X-Upload-Interval"] = str(settings.DEVICE_UPLOAD_INTERVAL_S)
+    response["X-Benchmarks"] = str(answer.benchmarks)  # fetch the list only when > 0
     response["Cache-Control"] = "no-cache"
     return response
 

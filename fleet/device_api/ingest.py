@@ -9,7 +9,8 @@ listed in `rejected` with its reason and the rest of the batch is stored.
 The answer carries the device's current check-in ETag (`X-Update-ETag`, the
 value `GET /update` would answer, read from the same cache in the same Redis
 call as the credential): a device that sees the ETag it already has can skip
-its next poll, one that sees another polls at once.
+its next poll, one that sees another polls at once. `X-Benchmarks` from the same
+cached answer counts the benchmark requests waiting for the device.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def _ingest(request, service):
         X_EdgeFleet_New=str(result.new),
         X_EdgeFleet_Duplicates=str(result.duplicates),
         X_Update_ETag=checkin.etag,
+        X_Benchmarks=str(checkin.benchmarks),
     )
 
 

@@ -108,6 +108,11 @@ UPDATE_ETAG = {
     "schema": {"type": "string"},
     "description": "The ETag of this device's check-in answer now",
 }
+BENCHMARKS_PENDING = {
+    "schema": {"type": "integer"},
+    "description": "Benchmark requests waiting for this device: fetch "
+    "GET /api/v1/device/benchmarks when > 0 (absent from older servers: poll it on a timer)",
+}
 CHECKIN_HEADERS = {
     "ETag": UPDATE_ETAG,
     "X-Poll-Interval": {
@@ -120,6 +125,7 @@ CHECKIN_HEADERS = {
         "(points are still sampled at the device's telemetry interval; the device jitters it)",
     },
     "X-Signed-Timestamp": {"schema": {"type": "string"}},
+    "X-Benchmarks": BENCHMARKS_PENDING,
 }
 
 CHECKIN_DOC = Doc(
@@ -185,6 +191,7 @@ def batch_doc(item: str, what: str) -> Doc:
                     "X-EdgeFleet-Duplicates": {"schema": {"type": "integer"}},
                     # Equal to the device's ETag: its next poll can wait; else poll now.
                     "X-Update-ETag": UPDATE_ETAG,
+                    "X-Benchmarks": BENCHMARKS_PENDING,
                 },
             )
         },

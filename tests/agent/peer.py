@@ -55,6 +55,7 @@ class Peer:
         self.upload_interval_s: float | None = None
         self.upload_etag: str | None = None
         self.empty_etag: str | None = None
+        self.benchmarks_waiting: int | None = None  # X-Benchmarks on check-in answers
         self.redirects: dict[str, str] = {}  # path -> absolute URL (a presigned storage URL)
         self.lock = threading.Lock()
         self.server = QuietServer(("127.0.0.1", 0), _handler(self))
@@ -231,6 +232,8 @@ def _handler(peer: Peer):
                 headers = {**headers, "X-Poll-Interval": str(peer.poll_interval_s)}
                 if peer.upload_interval_s is not None:
                     headers["X-Upload-Interval"] = str(peer.upload_interval_s)
+                if peer.benchmarks_waiting is not None:
+                    headers["X-Benchmarks"] = str(peer.benchmarks_waiting)
                 data = json.dumps(body).encode() if body is not None else None
                 etag = None
                 if body is not None and peer.update_etag:

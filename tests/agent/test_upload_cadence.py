@@ -11,9 +11,11 @@ import pytest
 
 from devices.agent import simulate
 from devices.agent.agent import Agent, clamp_interval
+from devices.agent.client import Response
 from tests.agent.test_simulate import options
 
 TELEMETRY = "/api/v1/device/telemetry"
+BENCHMARKS = "/api/v1/device/benchmarks"
 UPDATE = "/api/v1/device/update"
 
 
@@ -123,10 +125,48 @@ def test_simulator_upload_etag_stands_for_a_poll(peer, tmp_path):
     device.etag = '"none"'
     now = time.monotonic()
     device.next_poll = now + 0.1
-    device.noted('"none"')
+    device.noted(upload_answer('"none"'))
     assert device.next_poll >= now + device.pacer.interval_s
-    device.noted('"other"')
+    device.noted(upload_answer('"other"'))
     assert device.next_poll <= time.monotonic()
+    device.next_poll = time.monotonic() + 30
+    device.noted(upload_answer('"none"', benchmarks="1"))  # requests wait: poll now
+    assert device.next_poll <= time.monotonic()
+
+
+def upload_answer(etag: str, **headers) -> Response:
+    return Response(200, {"x-update-etag": etag, **{f"x-{k}": v for k, v in headers.items()}})
+
+
+def test_benchmark_requests_are_fetched_when_the_answer_says_they_wait(peer, state):
+    """X-Benchmarks: 0 → no list fetched; 2 → fetched at that check-in; an older
+    server that does not say → fetched on the timer (benchmark_poll_s)."""
+    with closing(Agent(state)) as agent:
+        agent.check_in()  # the peer plays an older server: no header
+        assert len(peer.seen("GET", BENCHMARKS)) == 1
+        agent.check_in()  # within benchmark_poll_s: not again
+        assert len(peer.seen("GET", BENCHMARKS)) == 1
+        peer.benchmarks_waiting = 0
+        agent.next_benchmarks = 0
+        agent.check_in()
+        assert len(peer.seen("GET", BENCHMARKS)) == 1
+        peer.benchmarks_waiting = 2
+        agent.check_in()
+        agent.check_in()
+        assert len(peer.seen("GET", BENCHMARKS)) == 3
+
+
+def test_the_simulator_fetches_benchmark_requests_only_when_told(peer, tmp_path):
+    peer.benchmarks_waiting = 0
+    opts = options(peer, tmp_path, "--preinstalled", "factory:1", "--devices", "1")
+    device = simulate.SimDevice(0, opts, simulate.Stats())
+    device.enroll()
+    for _ in range(3):
+        device.check_in()
+    assert peer.seen("GET", BENCHMARKS) == []
+    peer.benchmarks_waiting = 1
+    device.check_in()
+    assert len(peer.seen("GET", BENCHMARKS)) == 1
 
 
 def test_a_restarted_simulated_device_reports_inventory_only_if_it_changed(peer, tmp_path):

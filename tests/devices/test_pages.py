@@ -209,3 +209,19 @@ def test_list_filters_by_running_version_and_profile(viewer_user, api_a, device_
     assert b'<option value="digits:4">' in response.content  # the running versions offered
     detail = client.get("/devices/d/cam-a/").content.decode()
     assert "/devices/list/?model_version=digits%3A4" in detail
+
+
+def test_one_fleet_sample_per_tick(device_a):
+    """A second run within half a period (a redelivery, two beats) takes no sample."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from devices import overview
+    from devices.models import FleetSample
+
+    now = timezone.now()
+    assert overview.sample_fleet(now) is not None
+    assert overview.sample_fleet(now + timedelta(seconds=60)) is None
+    assert overview.sample_fleet(now + timedelta(seconds=300)) is not None
+    assert FleetSample.objects.count() == 2

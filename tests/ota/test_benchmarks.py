@@ -144,6 +144,34 @@ def test_devices_report_only_their_own_runs(fleet, versions, operator_api):
     )
 
 
+def test_check_in_and_upload_answers_count_the_requests_waiting(fleet, versions, operator_api):
+    """X-Benchmarks: a device fetches the list only when something waits; creating a
+    request and the device's report change the (cached) count at once."""
+    (device, token), (other_device, other) = fleet[0], fleet[1]
+    upload = {"boot_id": "b" * 32, "batch": []}
+
+    def waiting(tok) -> tuple[str, str]:
+        polled = bearer(tok).get("/api/v1/device/update")
+        sent = bearer(tok).post("/api/v1/device/telemetry", upload, format="json")
+        assert polled.status_code == 204 and sent.status_code == 200, sent.content
+        return polled["X-Benchmarks"], sent["X-Benchmarks"]
+
+    assert waiting(token) == ("0", "0")  # and now cached
+    created = operator_api.post(URL, body(versions[:1]), format="json").json()
+    assert waiting(token) == ("1", "1")
+    run = BenchmarkRun.objects.get(request_id=created["id"], device=device)
+    report = {"state": "refused", "error_code": "no_room", "error": "disk full"}
+    path = f"/api/v1/device/benchmarks/{run.pk}/results"
+    assert bearer(token).post(path, report, format="json").status_code == 200
+    assert waiting(token) == ("0", "0")
+    assert waiting(other) == ("1", "1")  # its own run still waits
+    BenchmarkRequest.objects.filter(pk=created["id"]).update(expires_at="2000-01-01T00:00Z")
+    from ota import manifests
+
+    manifests.forget([other_device.pk])  # what the cache TTL does
+    assert waiting(other) == ("0", "0")  # expired: nothing to fetch
+
+
 def test_openapi_describes_benchmarks(viewer_api):
     schema = viewer_api.get("/api/schema/?format=json").json()
     assert "/api/v1/benchmarks/" in schema["paths"]

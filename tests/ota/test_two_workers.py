@@ -1,7 +1,8 @@
 """Two real Celery workers (separate processes and node names, two pool processes
 each) receive the same periodic task several times at once: the gate task moves
 a deployment one phase and assigns its devices once; the partition task creates
-each day once (PostgreSQL); the offline sweep opens one alert per silent device."""
+each day once (PostgreSQL); the offline sweep opens one alert per silent device;
+the overview takes one fleet sample."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from django.utils import timezone
 
 from benchmarks._harness import stop
 from devices.choices import AlertKind, DeviceStatus
-from devices.models import Alert, Device
+from devices.models import Alert, Device, FleetSample
 from ota import services
 from ota.choices import UpdateState
 from ota.models import Deployment, DeviceUpdate
@@ -90,6 +91,7 @@ def test_periodic_tasks_run_once_per_tick_with_two_workers(
             sender.send_task("ota.tasks.evaluate_deployments", queue=queue)
             sender.send_task("devices.tasks.create_partitions", queue=queue)
             sender.send_task("devices.tasks.detect_offline", queue=queue)
+            sender.send_task("devices.tasks.sample_fleet", queue=queue)
         wait_for(lambda: client.llen(queue) == 0, 120, "the workers took every message")
         wait_for(lambda: drained(client, queue), 120, "every message acknowledged")
     finally:
@@ -108,3 +110,4 @@ def test_periodic_tasks_run_once_per_tick_with_two_workers(
     assert set(Device.objects.filter(pk__in=silent).values_list("status", flat=True)) == {
         DeviceStatus.OFFLINE
     }
+    assert FleetSample.objects.count() == 1  # one overview sample for the tick
