@@ -8,7 +8,6 @@ import base64
 import collections
 import contextlib
 import hashlib
-import itertools
 import json
 import logging
 import math
@@ -491,8 +490,10 @@ class SimDevice:
         self.flush(upload=False)
 
     def flush(self, *, upload: bool = True) -> None:
-        """Deliver the outbox in order: statuses one by one, telemetry/logs batched.
-        `upload=False`: only when a status report waits or the upload is due."""
+        """Deliver the outbox in order: statuses one by one, telemetry and logs one
+        batch per kind (like the agent's buffer: a log line between two samples does
+        not split their upload in two). `upload=False`: only when a status report
+        waits or the upload is due."""
         now = time.monotonic()
         if not upload and now < self.next_upload and all(k != "status" for k, _ in self.outbox):
             return
@@ -501,15 +502,12 @@ class SimDevice:
         while self.outbox:
             kind = self.outbox[0][0]
             if kind == "status":
-                batch = [self.outbox[0][1]]
+                taken = [self.outbox[0]]
+                batch = [taken[0][1]]
                 path, body = "/api/v1/device/update/status", batch[0]
             else:
-                batch = [
-                    item
-                    for _, item in itertools.takewhile(
-                        lambda entry, k=kind: entry[0] == k, self.outbox
-                    )
-                ][:500]
+                taken = [entry for entry in self.outbox if entry[0] == kind][:500]
+                batch = [item for _, item in taken]
                 path = f"/api/v1/device/{kind}"
                 body = {"boot_id": self.boot_id, "batch": batch, "dropped": self.dropped}
             began = time.perf_counter()
@@ -528,8 +526,10 @@ class SimDevice:
                 self.stats.add(f"{kind}_sent", len(batch))
                 self.dropped = 0
                 self.noted(response)
-            for _ in batch:
-                self.outbox.popleft()
+            sent = {id(entry) for entry in taken}
+            kept = [entry for entry in self.outbox if id(entry) not in sent]
+            self.outbox.clear()
+            self.outbox.extend(kept)
 
     def noted(self, response: Response) -> None:
         """The upload answer's check-in ETag: the same as this device's stands for a

@@ -186,3 +186,17 @@ def test_a_restarted_simulated_device_reports_inventory_only_if_it_changed(peer,
 
 def sys_args(opts) -> list[str]:
     return ["--server", opts.server, "--enrollment-token", opts.enrollment_token]
+
+
+def test_a_log_line_between_samples_does_not_split_their_upload(peer, tmp_path):
+    opts = options(peer, tmp_path, "--preinstalled", "factory:1", "--devices", "1")
+    device = simulate.SimDevice(0, opts, simulate.Stats())
+    device.enroll()
+    device.next_upload = time.monotonic() + 3600  # samples wait for the upload
+    device.telemetry()
+    device.log("info", "between")
+    device.telemetry()
+    device.flush()
+    assert [len(b["batch"]) for b in peer.telemetry] == [2]
+    assert [len(b["batch"]) for b in peer.logs] == [1]
+    assert not device.outbox

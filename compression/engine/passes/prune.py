@@ -156,8 +156,10 @@ class StructuredConfig(RecoveryFields, PassConfig):
     max_layers: int | None = field(
         default=None, metadata=doc("Prune at most this many layers (largest first).")
     )
+    # benchmarks/training.py, digits, ratio 0.5, 15 epochs a step: 1 step lost 1.56 pt
+    # of accuracy, 4 steps 0.44 pt, for 12 s of fine-tuning instead of 2.
     steps: int = field(
-        default=1,
+        default=4,
         metadata=doc(
             "Prune gradually: remove the channels in this many equal steps, each fine-tuned "
             "by distillation from the unpruned model (with finetune_epochs; else one step)."
