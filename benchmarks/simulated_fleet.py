@@ -104,8 +104,11 @@ def main() -> None:
     h.add_gunicorn_args(parser)
     # Few simulator threads: they share one GIL, and with 16-32 the latency they
     # measured was mostly their own queueing (10k devices, 120 s: p99 59 ms with
-    # 32, 26 ms with 16, 14 ms with 8, the same ~1,150 requests/s from 8 and 16).
-    parser.add_argument("--concurrency", type=int, default=8, help="simulator worker threads")
+    # 32, 26 ms with 16, 14 ms with 8). Too few, and a server stall of a few hundred
+    # ms blocks every thread, so steps queue behind it. 10k devices, 420 s, one run
+    # each: 8 threads gave schedule lag p99 4.5 s and check-in p99 36 ms; 12 gave
+    # 1.9 s and 45 ms; 16 gave 0.14 s and 53 ms.
+    parser.add_argument("--concurrency", type=int, default=12, help="simulator worker threads")
     # A fleet in steady state has its devices' phases spread over the upload interval;
     # one that boots all at once makes a storm (10,000 uploads, at once, as a booted
     # agent reports at once). With first steps over 10 s it took about two minutes to
