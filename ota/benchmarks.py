@@ -125,9 +125,7 @@ def sign(run, uid: str, artifacts: list[dict], now, private_key) -> dict:
 
 
 def pending_envelopes(device) -> list[dict]:
-    runs = BenchmarkRun.objects.filter(
-        device=device, state="pending", request__expires_at__gt=timezone.now()
-    )
+    runs = BenchmarkRun.waiting(device.pk)
     return [run.envelope for run in runs.order_by("pk")[:20] if run.envelope]
 
 

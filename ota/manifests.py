@@ -24,7 +24,7 @@ import base64
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
@@ -177,15 +177,8 @@ def checkin_for(device_pk: int, *, cached: tuple | None = None) -> CheckIn:
     answer = render(list(newest.values()))
     uid = Device.objects.filter(pk=device_pk).values_list("uid", flat=True).first()
     answer = with_statement(answer, str(uid or ""), list(newest.values()))
-    pending = BenchmarkRun.objects.filter(
-        device_id=device_pk, state="pending", request__expires_at__gt=datetime.now(UTC)
-    ).count()
-    answer = CheckIn(answer.etag, answer.body, answer.statement, answer.fresh_until, pending)
-    cache.set(
-        key,
-        (answer.etag, answer.body, answer.statement, answer.fresh_until, answer.benchmarks),
-        cache_seconds(),
-    )
+    answer = replace(answer, benchmarks=BenchmarkRun.waiting(device_pk).count())
+    cache.set(key, astuple(answer), cache_seconds())
     return answer
 
 

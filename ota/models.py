@@ -386,6 +386,13 @@ class BenchmarkRun(models.Model):
     def __str__(self) -> str:
         return f"benchmark {self.request_id} on device {self.device_id}: {self.state}"
 
+    @classmethod
+    def waiting(cls, device_id: int):
+        """This device's runs still to do: pending, their request not expired."""
+        return cls.objects.filter(
+            device_id=device_id, state="pending", request__expires_at__gt=timezone.now()
+        )
+
 
 class BenchmarkResult(models.Model):
     """Measured on a device, per (version, device, hardware profile), with the estimate
