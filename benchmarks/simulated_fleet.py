@@ -1,6 +1,7 @@
 """A simulated fleet against gunicorn + PostgreSQL + Redis on this machine.
 
-`--devices` simulated devices (`devices.agent.simulate`, one process) are
+`--devices` simulated devices (`devices.agent.simulate`, `--shards` processes
+of `--concurrency` threads each, their summaries merged) are
 enrolled first with one enrollment token (through `devices.services.enroll`
 in this process, not timed: the measured window is the steady state), then
 poll `GET /api/v1/device/update` every `--poll-interval-s`, sample a point
@@ -25,7 +26,7 @@ temporary directory, and removes all three at exit. Bounded in time: the
 simulator is killed `--duration-s` + 300 s after it starts.
 
     .venv/bin/python benchmarks/simulated_fleet.py [--devices 10000] [--duration-s 600]
-        [--upload-interval-s 60] [--workers N] [--threads N] [--concurrency 8]
+        [--upload-interval-s 60] [--workers N] [--threads N] [--shards 2] [--concurrency 6]
 """
 
 from __future__ import annotations
@@ -90,6 +91,16 @@ def failures(stats: dict) -> dict[str, int]:
     }
 
 
+def finish(simulator: subprocess.Popen, timeout_s: float) -> tuple[str, str]:
+    """The simulator's output once it has ended; one still running after `timeout_s` gets
+    SIGTERM, on which it stops and still prints its summary."""
+    try:
+        return simulator.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        simulator.terminate()
+        return simulator.communicate(timeout=120)
+
+
 def main() -> None:
     from fleet import gunicorn as production
 
@@ -102,13 +113,13 @@ def main() -> None:
         "--upload-interval-s", type=int, default=60, help="advised to devices (server setting)"
     )
     h.add_gunicorn_args(parser)
-    # Few simulator threads: they share one GIL, and with 16-32 the latency they
-    # measured was mostly their own queueing (10k devices, 120 s: p99 59 ms with
-    # 32, 26 ms with 16, 14 ms with 8). Too few, and a server stall of a few hundred
-    # ms blocks every thread, so steps queue behind it. 10k devices, 420 s, one run
-    # each: 8 threads gave schedule lag p99 4.5 s and check-in p99 36 ms; 12 gave
-    # 1.9 s and 45 ms; 16 gave 0.14 s and 53 ms.
-    parser.add_argument("--concurrency", type=int, default=12, help="simulator worker threads")
+    # The simulator's threads share one GIL per process. With one process, 8 threads
+    # let a server stall of a few hundred ms block every thread (10k devices, 420 s:
+    # schedule lag p99 4.5 s), and 16 measured their own GIL queueing as latency
+    # (check-in p99 53 ms); 12 met both targets once, narrowly. Shards take the GIL
+    # out of the measurement: more requests in flight, fewer threads per GIL.
+    parser.add_argument("--shards", type=int, default=2, help="simulator processes")
+    parser.add_argument("--concurrency", type=int, default=6, help="threads per simulator")
     # A fleet in steady state has its devices' phases spread over the upload interval;
     # one that boots all at once makes a storm (10,000 uploads, at once, as a booted
     # agent reports at once). With first steps over 10 s it took about two minutes to
@@ -173,49 +184,64 @@ def main() -> None:
         "postgres (lower bound)": lambda c: c.startswith("postgres") and f" {scratch.name} " in c,
         "redis": lambda c: "redis-server" in c,  # shared: whoever else uses it counts too
     }
-    command = [
-        h.PYTHON,
-        "-m",
-        "devices.agent.simulate",
-        "--server",
-        f"http://127.0.0.1:{port}",
-        "--enrollment-token",
-        enrollment,
-        "--devices",
-        str(args.devices),
-        "--duration-s",
-        str(args.duration_s),
-        "--poll-interval-s",
-        str(args.poll_interval_s),
-        "--telemetry-interval-s",
-        str(args.telemetry_interval_s),
-        "--concurrency",
-        str(args.concurrency),
-        "--ramp-s",
-        str(ramp_s),
-        "--timeout-s",
-        str(args.timeout_s),
-        "--uid-prefix",
-        UID_PREFIX,
-        "--preinstalled",
-        "factory:1",
-        "--state-file",
-        str(state),
-        "--warmup-s",
-        str(args.warmup_s),
-    ]
+
+    def command(k: int) -> list[str]:
+        return [
+            h.PYTHON,
+            "-m",
+            "devices.agent.simulate",
+            "--server",
+            f"http://127.0.0.1:{port}",
+            "--enrollment-token",
+            enrollment,
+            "--devices",
+            str(args.devices),
+            "--duration-s",
+            str(args.duration_s),
+            "--poll-interval-s",
+            str(args.poll_interval_s),
+            "--telemetry-interval-s",
+            str(args.telemetry_interval_s),
+            "--concurrency",
+            str(args.concurrency),
+            "--ramp-s",
+            str(ramp_s),
+            "--timeout-s",
+            str(args.timeout_s),
+            "--uid-prefix",
+            UID_PREFIX,
+            "--preinstalled",
+            "factory:1",
+            "--state-file",
+            str(state.with_name(f"fleet-{k}.json")),
+            "--shard",
+            f"{k}/{args.shards}",
+            "--warmup-s",
+            str(args.warmup_s),
+        ]
+
     # A fleet in steady state: the server has had their inventory (the factory model)
     # before this restart, so they do not all report it at once in the first seconds.
     from devices.agent import simulate
 
-    reported = simulate.SimDevice(0, simulate.parser().parse_args(command[3:]), simulate.Stats())
+    reported = simulate.SimDevice(0, simulate.parser().parse_args(command(0)[3:]), simulate.Stats())
     for device in saved.values():
         device["reported"] = reported.facts_digest()
-    state.write_text(json.dumps({"devices": saved}))
+    for k in range(args.shards):
+        shard = {i: d for i, d in saved.items() if int(i) % args.shards == k}
+        state.with_name(f"fleet-{k}.json").write_text(json.dumps({"devices": shard}))
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    simulator = subprocess.Popen(
-        command, cwd=h.ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    simulators = [
+        subprocess.Popen(
+            command(k),
+            cwd=h.ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k in range(args.shards)
+    ]
     try:
         # The measured window starts after the warm-up, like the simulator's histograms.
         time.sleep(args.warmup_s)
@@ -223,13 +249,10 @@ def main() -> None:
         cpu_before, busy_before = h.process_cpu_seconds(roles), h.machine_cpu_seconds()
         load = LoadSampler()
         load.start()
-        try:
-            out, err = simulator.communicate(timeout=args.duration_s + 300)
-        except subprocess.TimeoutExpired:  # SIGTERM: it stops and still prints its summary
-            simulator.terminate()
-            out, err = simulator.communicate(timeout=120)
+        outputs = [finish(simulator, args.duration_s + 300) for simulator in simulators]
     except BaseException:
-        simulator.kill()
+        for simulator in simulators:
+            simulator.kill()
         h.stop(server)
         raise
     finally:
@@ -238,9 +261,10 @@ def main() -> None:
         children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
         load.done.set()
         h.stop(server)
-    if simulator.returncode:
-        raise SystemExit(f"simulator failed ({simulator.returncode}): {err[-3000:]}")
-    stats = json.loads(out)
+    for simulator, (_out, err) in zip(simulators, outputs, strict=True):
+        if simulator.returncode:
+            raise SystemExit(f"simulator failed ({simulator.returncode}): {err[-3000:]}")
+    stats = simulate.merge([json.loads(out) for out, _err in outputs])
     measured_points = TelemetryPoint.objects.filter(
         device__uid__startswith=UID_PREFIX + "-", ts__gte=datetime.fromtimestamp(measured_from, UTC)
     ).count()
@@ -273,7 +297,8 @@ def main() -> None:
         f"(advised), {args.duration_s:g} s (measured: the last {wall:.0f} s, after a "
         f"{args.warmup_s:g} s warm-up; first steps spread over {ramp_s:g} s); gunicorn "
         f"{production.worker_class} {args.workers} workers × {args.threads} threads; "
-        f"simulator {args.concurrency} threads, new connection per request, as the agent"
+        f"simulator {args.shards} processes × {args.concurrency} threads, new connection "
+        "per request, as the agent"
     )
     nominal = {
         "checkin": args.devices * args.duration_s / (args.poll_interval_s * 1.1),

@@ -25,7 +25,11 @@ benchmark of the variant on the device's profile), so a healthy variant passes
 the latency gate and a faulty one does not.
 
 A scheduler thread hands due devices to a small worker pool, so 10,000 devices
-cost 10,000 small objects, not 10,000 threads.
+cost 10,000 small objects, not 10,000 threads. One process shares one GIL, so a
+large fleet runs as several processes, each `--shard K/N` of it (the devices
+whose index is K modulo N, the same devices and uids as unsharded); each prints
+its histograms with its summary, and `merge` adds the summaries up into one,
+percentiles recomputed from the summed histograms (not averaged).
 """
 
 from __future__ import annotations
@@ -85,17 +89,66 @@ class Stats:
         with self.lock:
             self.lag[tenths] += 1
 
-    def lag_summary(self) -> dict:
+    def histograms(self) -> dict:
+        """The raw histograms (0.1 ms steps as string keys, JSON-ready), for `merge`."""
         with self.lock:
-            return _percentiles(self.lag)
-
-    def latency_summary(self) -> dict:
-        with self.lock:
-            return {endpoint: _percentiles(hist) for endpoint, hist in sorted(self.latency.items())}
+            return {
+                "latency": {ep: _keyed(hist) for ep, hist in sorted(self.latency.items())},
+                "schedule_lag": _keyed(self.lag),
+            }
 
     def as_dict(self) -> dict:
         with self.lock:
             return dict(sorted(self.counts.items()))
+
+
+def _keyed(hist: collections.Counter) -> dict[str, int]:
+    return {str(tenths): n for tenths, n in sorted(hist.items())}
+
+
+def _counter(keyed: dict[str, int]) -> collections.Counter:
+    return collections.Counter({int(tenths): n for tenths, n in keyed.items()})
+
+
+def summarize(counts: dict, histograms: dict) -> dict:
+    """A run's summary: its counters, and percentiles from its histograms (kept, so
+    that summaries of several shards can be merged)."""
+    latency = {ep: _percentiles(_counter(h)) for ep, h in histograms["latency"].items()}
+    return {
+        **counts,
+        "latency": latency,
+        "schedule_lag": _percentiles(_counter(histograms["schedule_lag"])),
+        "histograms": histograms,
+    }
+
+
+def merge(summaries: list[dict]) -> dict:
+    """One summary of a fleet run as several `--shard` processes: integer counters
+    summed, histograms summed, percentiles computed from the sums."""
+    counts: collections.Counter = collections.Counter()
+    latency: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    lag: collections.Counter = collections.Counter()
+    for summary in summaries:
+        counts.update({k: v for k, v in summary.items() if isinstance(v, int)})
+        for endpoint, hist in summary["histograms"]["latency"].items():
+            latency[endpoint].update(_counter(hist))
+        lag.update(_counter(summary["histograms"]["schedule_lag"]))
+    histograms = {
+        "latency": {ep: _keyed(hist) for ep, hist in sorted(latency.items())},
+        "schedule_lag": _keyed(lag),
+    }
+    return summarize(dict(sorted(counts.items())), histograms)
+
+
+def shard(text: str) -> tuple[int, int]:
+    """`K/N` (0 <= K < N) for argparse."""
+    try:
+        k, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected K/N, e.g. 0/2") from None
+    if not 0 <= k < n:
+        raise argparse.ArgumentTypeError(f"{text!r}: needs 0 <= K < N")
+    return k, n
 
 
 def _percentiles(hist: collections.Counter) -> dict:
@@ -123,8 +176,10 @@ class Fleet:
                 saved = json.loads(Path(options.state_file).read_text()).get("devices", {})
             except ValueError:
                 log.warning("state file %s unreadable; enrolling afresh", options.state_file)
+        k, n = options.shard
         self.devices = [
-            SimDevice(i, options, self.stats, saved.get(str(i))) for i in range(options.devices)
+            SimDevice(i, options, self.stats, saved.get(str(i)))
+            for i in range(k, options.devices, n)
         ]
         self._save_lock = threading.Lock()
         for device in self.devices:
@@ -156,9 +211,9 @@ class Fleet:
         through another, so only the scheduler touches the heap (no lock: popping
         under a lock the workers also took was a fifth of the simulator's time)."""
         deadline = time.monotonic() + self.options.duration_s if self.options.duration_s else None
-        heap = [
-            (time.monotonic() + d.rng.uniform(0, self.options.ramp_s), d.index)
-            for d in self.devices
+        heap = [  # (due, position in self.devices)
+            (time.monotonic() + d.rng.uniform(0, self.options.ramp_s), position)
+            for position, d in enumerate(self.devices)
         ]
         heapq.heapify(heap)
         ready: queue.SimpleQueue = queue.SimpleQueue()
@@ -166,16 +221,16 @@ class Fleet:
 
         def work() -> None:
             while (item := ready.get()) is not None:
-                scheduled, index = item
+                scheduled, position = item
                 self.stats.late(time.monotonic() - scheduled)
-                device = self.devices[index]
+                device = self.devices[position]
                 try:
                     due = device.step()
                 except Exception:  # one broken device must not stop the fleet
                     log.exception("device %s step failed", device.index)
                     self.stats.add("step_errors")
                     due = time.monotonic() + self.options.poll_interval_s
-                returned.put((due, index))
+                returned.put((due, position))
 
         workers = [
             threading.Thread(target=work, name=f"sim-{n}", daemon=True)
@@ -219,14 +274,13 @@ class Fleet:
                 except Exception:
                     log.exception("device %s final upload failed", device.index)
         self.save()
-        return {
+        counts = {
             "devices": len(self.devices),
             "enrolled": sum(1 for d in self.devices if d.token),
             "faulty": sum(1 for d in self.devices if d.faults),
             **self.stats.as_dict(),
-            "latency": self.stats.latency_summary(),
-            "schedule_lag": self.stats.lag_summary(),
         }
+        return summarize(counts, self.stats.histograms())
 
 
 def parser() -> argparse.ArgumentParser:
@@ -236,6 +290,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--server", required=True)
     p.add_argument("--enrollment-token", required=True)
     p.add_argument("--devices", type=int, default=5)
+    p.add_argument(
+        "--shard",
+        type=shard,
+        default=(0, 1),
+        metavar="K/N",
+        help="simulate only the devices whose index is K modulo N (one process of N)",
+    )
     p.add_argument("--duration-s", type=float, default=0, help="0: until interrupted")
     p.add_argument("--poll-interval-s", type=float, default=30)
     p.add_argument("--telemetry-interval-s", type=float, default=10, help="sampling")
@@ -261,7 +322,11 @@ def parser() -> argparse.ArgumentParser:
         help="devices start with this model version installed (factory image), "
         "so they report telemetry before any deployment",
     )
-    p.add_argument("--state-file", help="keep credentials here to reuse devices across runs")
+    p.add_argument(
+        "--state-file",
+        help="keep credentials here to reuse devices across runs (it holds this process's "
+        "devices only: give each --shard a file of its own)",
+    )
     p.add_argument("--buffer-cap", type=int, default=1000)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--timeout-s", type=float, default=10)

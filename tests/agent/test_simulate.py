@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
@@ -193,3 +194,52 @@ def test_inventory_reports_preinstalled_version_profile_and_restored_slots():
     )
     assert restored.facts()["models"]["default"] == {"model_version": "m:5", "sha256": "b" * 64}
     assert restored.trusted == {"default": 3} and restored.inventory_due
+
+
+def test_shards_split_the_fleet_by_index_and_keep_their_own_state(peer, tmp_path):
+    """`--shard K/N` runs the devices whose index is K modulo N, with the same
+    index (so the same uid and random stream) as in one process."""
+    summaries = []
+    for k in range(2):
+        state = tmp_path / f"fleet-{k}.json"
+        fleet = simulate.Fleet(
+            options(
+                peer, tmp_path, "--devices", "5", "--shard", f"{k}/2", "--state-file", str(state)
+            )
+        )
+        assert [d.index for d in fleet.devices] == list(range(k, 5, 2))
+        summaries.append(fleet.run())
+        assert sorted(json.loads(state.read_text())["devices"]) == [str(i) for i in range(k, 5, 2)]
+    merged = simulate.merge(summaries)
+    assert merged["devices"] == merged["enrolled"] == 5
+    for endpoint, row in merged["latency"].items():
+        assert row["count"] == sum(s["latency"][endpoint]["count"] for s in summaries)
+    assert merged["schedule_lag"]["count"] == sum(s["schedule_lag"]["count"] for s in summaries)
+
+
+def test_merged_percentiles_come_from_the_summed_histograms():
+    """Two shards' p99 are not averaged: the merge is exactly one fleet's summary."""
+    whole, parts = simulate.Stats(), [simulate.Stats(), simulate.Stats()]
+    rng = random.Random(7)
+    for n in range(2_000):
+        ms = rng.expovariate(1 / 20) if n % 2 else rng.uniform(1, 5)  # shard 1 is slow
+        for stats in (whole, parts[n % 2]):
+            with stats.lock:
+                stats.latency["checkin"][round(ms * 10)] += 1
+                stats.lag[round(ms * 10) // 3] += 1
+            stats.add("checkin_304")
+    summaries = [simulate.summarize(p.as_dict(), p.histograms()) for p in parts]
+    merged = simulate.merge(summaries)
+    expected = simulate.summarize(whole.as_dict(), whole.histograms())
+    assert merged["latency"] == expected["latency"] and merged["checkin_304"] == 2_000
+    assert merged["schedule_lag"] == expected["schedule_lag"]
+    # What averaging the shards' p99 would have said instead is not the fleet's p99.
+    averaged = sum(s["latency"]["checkin"]["p99_ms"] for s in summaries) / 2
+    assert averaged != merged["latency"]["checkin"]["p99_ms"]
+
+
+@pytest.mark.parametrize("bad", ["2/2", "1", "a/b", "-1/2"])
+def test_a_bad_shard_is_refused_by_the_parser(bad, capsys):
+    with pytest.raises(SystemExit):
+        simulate.parser().parse_args(["--server", "x", "--enrollment-token", "t", "--shard", bad])
+    assert "--shard" in capsys.readouterr().err
