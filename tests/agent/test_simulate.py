@@ -243,3 +243,23 @@ def test_a_bad_shard_is_refused_by_the_parser(bad, capsys):
     with pytest.raises(SystemExit):
         simulate.parser().parse_args(["--server", "x", "--enrollment-token", "t", "--shard", bad])
     assert "--shard" in capsys.readouterr().err
+
+
+def test_full_collections_are_counted_and_the_fleet_is_frozen_while_it_runs(peer, tmp_path):
+    """The devices' objects are frozen for the run (a full collection does not walk
+    them while every thread waits) and unfrozen after; full collections are counted."""
+    import gc
+
+    stats = simulate.Stats()
+    gc.callbacks.append(stats.gc_callback)
+    try:
+        gc.collect()
+    finally:
+        gc.callbacks.remove(stats.gc_callback)
+    assert stats.as_dict()["gc_full_collections"] == 1 and "gc_full_ms" in stats.as_dict()
+    frozen = []
+    fleet = simulate.Fleet(options(peer, tmp_path, "--duration-s", "0.5"))
+    step = fleet.devices[0].step
+    fleet.devices[0].step = lambda: (frozen.append(gc.get_freeze_count()), step())[1]
+    fleet.run()
+    assert frozen and min(frozen) > 0 and gc.get_freeze_count() == 0
