@@ -384,7 +384,8 @@ def main() -> None:
     sampled = stats.get("telemetry_sampled", 0)
     print(
         f"telemetry points sampled {sampled:,} (nominal "
-        f"{args.devices * args.duration_s / args.telemetry_interval_s:,.0f}), sent {sent:,} "
+        f"{args.devices * (args.duration_s - ramp_s / 2) / args.telemetry_interval_s:,.0f}: "
+        f"from each device's boot, spread over the ramp), sent {sent:,} "
         f"(the rest still buffered at the end) · rows stored {stored:,} → "
         f"{'EQUAL' if sent == stored else 'MISMATCH'}"
     )

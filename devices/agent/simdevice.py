@@ -127,6 +127,12 @@ class SimDevice:
             )
         return LeanClient(self.options.server, self.token, timeout=self.options.timeout_s)
 
+    def boot(self, at: float) -> None:
+        """The device starts at monotonic time `at` (its first step, spread over the
+        fleet's ramp): its sampling clock starts then, so ticks before it booted are
+        neither sampled nor counted as missed."""
+        self.next_telemetry = at + self.rng.uniform(0, self.options.telemetry_interval_s)
+
     # --- one scheduling step ----------------------------------------------------------------
     def step(self) -> float:
         """Do what is due; return the monotonic time of the next step."""

@@ -228,6 +228,8 @@ class Fleet:
             (time.monotonic() + d.rng.uniform(0, self.options.ramp_s), position)
             for position, d in enumerate(self.devices)
         ]
+        for first_step, position in heap:
+            self.devices[position].boot(first_step)
         heapq.heapify(heap)
         ready: queue.SimpleQueue = queue.SimpleQueue()
         returned: queue.SimpleQueue = queue.SimpleQueue()

@@ -263,3 +263,11 @@ def test_full_collections_are_counted_and_the_fleet_is_frozen_while_it_runs(peer
     fleet.devices[0].step = lambda: (frozen.append(gc.get_freeze_count()), step())[1]
     fleet.run()
     assert frozen and min(frozen) > 0 and gc.get_freeze_count() == 0
+
+
+def test_a_device_samples_from_its_boot_not_from_when_the_fleet_was_built():
+    """Devices boot spread over the ramp; one booting a minute in has missed no ticks."""
+    device = _device("--telemetry-interval-s", "10")
+    boot = simulate.time.monotonic() + 60
+    device.boot(boot)
+    assert boot <= device.next_telemetry <= boot + 10
