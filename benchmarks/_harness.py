@@ -220,8 +220,16 @@ def cpu_delta(before: dict, after: dict) -> dict[str, float]:
 
 
 def machine_cpu_seconds() -> float:
-    """CPU seconds all processes on the machine spent busy so far (from /proc/stat)."""
+    """CPU seconds all processes on the machine spent busy so far (from /proc/stat),
+    counting the time the hypervisor gave to other guests (steal)."""
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
     values = [int(v) for v in fields]
     idle = values[3] + values[4]  # idle + iowait
     return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def steal_seconds() -> float:
+    """CPU seconds a virtual machine's cores were runnable but the hypervisor ran another
+    guest (/proc/stat "steal"): a noisy neighbour, not this machine's own load."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    return int(fields[7]) / os.sysconf("SC_CLK_TCK")

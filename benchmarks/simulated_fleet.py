@@ -295,6 +295,7 @@ def main() -> None:
         time.sleep(args.warmup_s)
         measured_from = time.time()
         cpu_before, busy_before = h.process_cpu_seconds(roles), h.machine_cpu_seconds()
+        steal_before = h.steal_seconds()
         buckets_before = server_buckets(port, metrics_token)
         load = LoadSampler()
         load.start()
@@ -307,6 +308,7 @@ def main() -> None:
     finally:
         wall = time.time() - measured_from
         cpu_after, busy_after = h.process_cpu_seconds(roles), h.machine_cpu_seconds()
+        steal = h.steal_seconds() - steal_before
         children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
         load.done.set()
         buckets_after = server_buckets(port, metrics_token) if server.poll() is None else {}
@@ -394,7 +396,8 @@ def main() -> None:
         f"\nCPU seconds over {wall:.0f} s wall ({cores} cores = {wall * cores:.0f} "
         f"core-seconds): "
         + ", ".join(f"{k} {v:.0f} ({v / wall * 100:.0f} % of one core)" for k, v in cpu.items())
-        + f"; whole machine busy {busy:.0f} ({busy / (wall * cores) * 100:.0f} %)"
+        + f"; whole machine busy {busy:.0f} ({busy / (wall * cores) * 100:.0f} %, of which "
+        f"{steal:.0f} stolen by the hypervisor for other guests)"
     )
     print(load.summary())
     requests = sum(row["count"] for row in latency.values())
