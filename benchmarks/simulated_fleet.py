@@ -156,11 +156,11 @@ def main() -> None:
         "--upload-interval-s", type=int, default=60, help="advised to devices (server setting)"
     )
     h.add_gunicorn_args(parser)
-    # The simulator's threads share one GIL per process. With one process, 8 threads
-    # let a server stall of a few hundred ms block every thread (10k devices, 420 s:
-    # schedule lag p99 4.5 s), and 16 measured their own GIL queueing as latency
-    # (check-in p99 53 ms); 12 met both targets once, narrowly. Shards take the GIL
-    # out of the measurement: more requests in flight, fewer threads per GIL.
+    # The simulator's threads share one GIL per process: too few threads, and a slow
+    # spell of the server leaves steps queued (schedule lag); too many, and their own
+    # GIL queueing is measured as latency. 10k devices, 420 s, one run each (GC
+    # frozen): 2 x 6 threads gave check-in p99 22-65 ms and lag p99 4 ms-28 s over
+    # two runs, 2 x 10 gave 60 ms / 4.2 s, 2 x 16 gave 129 ms / 4.8 s.
     parser.add_argument("--shards", type=int, default=2, help="simulator processes")
     parser.add_argument("--concurrency", type=int, default=6, help="threads per simulator")
     # A fleet in steady state has its devices' phases spread over the upload interval;
