@@ -108,3 +108,25 @@ def test_job_page_names_its_kpis_as_the_form_does(client, viewer_user):
     assert "Max latency p50 (ms): 5" in text and "max_latency_ms = 5" not in text
     client.cookies["django_language"] = "zh-hans"
     assert "最大 p50 延迟（毫秒）: 5" in client.get(f"/models/jobs/{job.pk}/").content.decode()
+
+
+def test_each_row_that_misses_says_why_in_the_row(client, viewer_user):
+    """A candidate that was not evaluated, or missed a KPI, says why in its own row (in
+    the reader's language), not only in a tooltip or the report."""
+    source = make_version("cam")
+    job, _version = _variant(source, "int8-static", meets=True, chosen=True)
+    skipped = make_version("cam", p95=4.0)
+    job.candidates.create(
+        recipe="int8-static[qdq,s8]",
+        version=skipped,
+        meets_kpis=False,
+        violations=["not evaluated: neither faster nor smaller than fp32"],
+    )
+    client.force_login(viewer_user)
+    text = client.get(f"/models/jobs/{job.pk}/").content.decode()
+    row = text[text.index('data-recipe="int8-static[qdq,s8]"') :].split("</tr>")[0]
+    assert 'class="muted why"' in row and "neither faster nor smaller than fp32" in row
+    client.cookies["django_language"] = "zh-hans"
+    text = client.get(f"/models/jobs/{job.pk}/").content.decode()
+    row = text[text.index('data-recipe="int8-static[qdq,s8]"') :].split("</tr>")[0]
+    assert 'class="muted why"' in row and "neither faster nor smaller" not in row
