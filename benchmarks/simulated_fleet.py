@@ -158,7 +158,7 @@ def main() -> None:
     h.add_gunicorn_args(parser)
     # The simulator's threads share one GIL per process: too few threads, and a slow
     # spell of the server leaves steps queued (schedule lag); too many, and their own
-    # GIL queueing is measured as latency. 10k devices, 420 s, one run each (GC
+    # GIL queueing is measured as latency. 10k devices, 420-600 s, one run each (GC
     # frozen): 2 x 6 threads gave check-in p99 22-65 ms and lag p99 4 ms-28 s over
     # two runs, 2 x 10 gave 60 ms / 4.2 s, 2 x 16 gave 129 ms / 4.8 s.
     parser.add_argument("--shards", type=int, default=2, help="simulator processes")
