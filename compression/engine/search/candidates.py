@@ -224,6 +224,8 @@ class Search:
         paths = {c["recipe"]: c["path"] for c in cands if c.get("path")}
         if not paths:
             return
+        # a variant's evaluation stops once it can no longer reach the quality KPIs
+        bounds = {k: self.kpis[k] for k in ("min_fidelity", "max_accuracy_drop") if k in self.kpis}
         try:
             results = run_isolated(
                 evaluate_many,
@@ -232,6 +234,8 @@ class Search:
                 str(self.input_path),
                 self.threads,
                 self.kinds,
+                bounds or None,
+                str(self.out_dir / "reference-outputs.npz"),
                 timeout_s=self.step_timeout_s,
                 memory_mb=self.memory_mb,
             )
@@ -254,6 +258,8 @@ class Search:
                 continue
             acc, fid, metric = quality(res["ok"])
             c["evaluated"] = True
+            if res["ok"].get("stopped"):  # the figures are the best it could still reach
+                c["metrics"]["evaluation_stopped"] = res["ok"]["stopped"]
             c["metrics"].update(
                 {
                     "accuracy": acc,
@@ -277,6 +283,11 @@ class Search:
                 c["violations"], c["meets_kpis"] = [T.NOT_MEASURED], False
                 continue
             v = violations(c["metrics"], self.kpis)
+            stopped = c["metrics"].get("evaluation_stopped")
+            if stopped and v:
+                v.append(
+                    T.EVALUATION_STOPPED % {"samples": stopped["samples"], "total": stopped["of"]}
+                )
             if self.evaluation and not c.get("evaluated") and c["recipe"] != "fp32":
                 v = [x for x in v if "unknown" not in x]
                 v.append(c.get("skip_reason") or T.NOT_EVALUATED)

@@ -1,0 +1,101 @@
+"""What the search spends its time on: the reference runs once, evaluation stops once a
+variant cannot reach the KPIs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from compression.engine import evaluate as ev_module
+from compression.engine.datasets import load_dataset
+from compression.engine.evaluate import checkpoints, evaluate
+from compression.engine.search import auto, children
+from tests.engine.conftest import make_cnn, make_dataset
+
+
+@pytest.fixture
+def data64(tmp_path, cnn_path) -> str:
+    return make_dataset(tmp_path / "data64.npz", cnn_path, n=64)
+
+
+def _copy_with_new_bytes(src: str, dst) -> str:
+    """The same network in a file that is not byte-identical (a doc string added)."""
+    model = onnx.load(src)
+    model.doc_string = "a copy"
+    onnx.save(model, str(dst))
+    return str(dst)
+
+
+def test_checkpoints_double_and_respect_a_fixed_batch(tmp_path, cnn_path, data64):
+    ds = load_dataset(data64, cnn_path)
+    assert checkpoints(ds) == [8, 16, 32, 64]
+    ds.batch = 5  # a fixed batch of 5: whole feeds only, the ragged tail dropped
+    assert checkpoints(ds) == [10, 20, 40, 60]
+
+
+def test_a_hopeless_variant_stops_early_with_upper_bounds(tmp_path, cnn_path, data64):
+    other = make_cnn(tmp_path / "other.onnx", seed=7)  # another network: agrees by chance
+    full = evaluate(other, data64, reference_path=cnn_path)
+    seq = evaluate(other, data64, reference_path=cnn_path, stop_below={"min_fidelity": 0.98})
+    assert seq["stopped"] == {"samples": 8, "of": 64}
+    f_full, f_seq = full["fidelity"]["logits"], seq["fidelity"]["logits"]
+    # the figures of a stopped evaluation are the best it could still have reached
+    assert f_full["fidelity"] <= f_seq["fidelity"] < 0.98
+    assert full["accuracy"]["top1"] <= seq["accuracy"]["top1"]
+    # an accuracy KPI stops it too (labels are the reference's own answers)
+    acc = evaluate(other, data64, reference_path=cnn_path, stop_below={"max_accuracy_drop": 1})
+    assert acc["stopped"]["samples"] < 64
+
+
+def test_a_faithful_variant_is_evaluated_on_every_sample(tmp_path, cnn_path, data64):
+    same = _copy_with_new_bytes(cnn_path, tmp_path / "same.onnx")
+    plain = evaluate(same, data64, reference_path=cnn_path)
+    seq = evaluate(same, data64, reference_path=cnn_path, stop_below={"min_fidelity": 0.98})
+    assert "stopped" not in seq
+    assert seq["fidelity"] == plain["fidelity"] and seq["accuracy"] == plain["accuracy"]
+
+
+def test_the_reference_runs_once_per_search_and_an_identical_copy_not_at_all(
+    tmp_path, cnn_path, data64, monkeypatch
+):
+    opened = []
+    real = ev_module._session
+    monkeypatch.setattr(
+        ev_module, "_session", lambda path, threads: opened.append(str(path)) or real(path, threads)
+    )
+    cache = str(tmp_path / "reference-outputs.npz")
+    copy = tmp_path / "fp32.onnx"
+    copy.write_bytes(Path(cnn_path).read_bytes())
+    variant = _copy_with_new_bytes(cnn_path, tmp_path / "variant.onnx")
+    first = children.evaluate_many({"fp32": str(copy)}, data64, cnn_path, 1, None, None, cache)
+    second = children.evaluate_many({"v": variant}, data64, cnn_path, 1, None, None, cache)
+    assert opened == [cnn_path, variant]  # the reference once (then from the cache)
+    assert first["fp32"]["ok"]["fidelity"]["logits"]["fidelity"] == 1.0
+    assert second["v"]["ok"]["fidelity"]["logits"]["fidelity"] == 1.0
+    plain = evaluate(variant, data64, reference_path=cnn_path)
+    assert second["v"]["ok"]["fidelity"] == plain["fidelity"]
+
+
+def test_auto_stops_evaluating_what_cannot_reach_the_floor(tmp_path, cnn_path, data64):
+    """No variant can reach fidelity 1.01: each evaluation stops at the first checkpoint,
+    says so, and the choice is never a violator."""
+    r = auto(
+        cnn_path,
+        calibration_path=data64,
+        evaluation_path=data64,
+        kpis={"min_fidelity": 1.01},
+        out_dir=tmp_path / "auto",
+        recipes=("int8-static", "fp16"),
+        runs=10,
+    )
+    evaluated = [c for c in r["candidates"] if c.get("evaluated") and c["recipe"] != "fp32"]
+    assert evaluated
+    for c in evaluated:
+        assert c["metrics"]["evaluation_stopped"] == {"samples": 8, "of": 64}
+        assert any("evaluation stopped after 8 of 64 samples" in v for v in c["violations"])
+    assert r["chosen"] is None
+    assert (tmp_path / "auto" / "reference-outputs.npz").exists()
+    assert np.isfinite(r["seconds"])
