@@ -1,5 +1,5 @@
 """What the search spends its time on: the reference runs once, evaluation stops once a
-variant cannot reach the KPIs."""
+variant cannot reach the KPIs, slow candidates are not timed round after round."""
 
 from __future__ import annotations
 
@@ -99,3 +99,53 @@ def test_auto_stops_evaluating_what_cannot_reach_the_floor(tmp_path, cnn_path, d
     assert r["chosen"] is None
     assert (tmp_path / "auto" / "reference-outputs.npz").exists()
     assert np.isfinite(r["seconds"])
+
+
+def _conv_stack(path, layers: int, ch: int = 64) -> str:
+    """x [N, 3, 16, 16] -> ``layers`` 3x3 convolutions of ``ch`` channels -> 10 logits: the
+    cost grows with ``layers``, the feeds stay those of ``make_cnn``."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits, nodes, last, cin = [], [], "x", 3
+    for i in range(layers):
+        w = rng.normal(0, 0.1, (ch, cin, 3, 3)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes.append(helper.make_node("Conv", [last, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1]))
+        nodes.append(helper.make_node("Relu", [f"c{i}"], [f"r{i}"]))
+        last, cin = f"r{i}", ch
+    inits.append(numpy_helper.from_array(rng.normal(0, 0.1, (10, ch)).astype(np.float32), "fc"))
+    nodes += [
+        helper.make_node("GlobalAveragePool", [last], ["gap"]),
+        helper.make_node("Flatten", ["gap"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "fc"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "stack",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def test_first_timing_stops_timing_what_is_far_slower_than_the_reference(tmp_path, cnn_data):
+    from compression.engine.benchmark import compare
+
+    paths = {
+        "ref": _conv_stack(tmp_path / "ref.onnx", 2),
+        "same": _conv_stack(tmp_path / "same.onnx", 2),
+        "slow": _conv_stack(tmp_path / "slow.onnx", 16),
+    }
+    kw = {"reference": "ref", "data_path": cnn_data, "runs": 5, "min_rounds": 3}
+    r = compare(paths, max_rounds=3, drop_slower_than=1.5, **kw)
+    m = r["models"]
+    assert m["slow"]["rounds"] == 1 and m["slow"]["ratio"] > 1.5  # measured, then left out
+    assert m["same"]["rounds"] == 3 and r["rounds"] == 3
+    # contenders (the re-measuring of finalists) are never dropped
+    r = compare(paths, max_rounds=5, contenders=["same", "slow"], drop_slower_than=1.5, **kw)
+    assert r["models"]["slow"]["rounds"] == r["rounds"] >= 3

@@ -19,6 +19,10 @@ from compression.engine.search.children import build_many, compress_to_json, eva
 from compression.engine.search.decide import quality, violations
 
 _CHUNK = 7  # models per timing process (memory)
+# in a first timing, a candidate this many times slower than fp32 gets no more rounds:
+# it cannot win on latency, and were it the only one meeting the KPIs, it would be
+# re-measured as a finalist
+DROP_SLOWER_THAN = 1.5
 
 
 class Search:
@@ -150,7 +154,8 @@ class Search:
                 c["metrics"] = self._metrics(
                     c, r["models"][c["recipe"]], fp32["metrics"], old=c.get("metrics")
                 )
-                c["timing"] = {"rounds": r["rounds"], "stable": r["stable"]}
+                rounds = r["models"][c["recipe"]].get("rounds", r["rounds"])
+                c["timing"] = {"rounds": rounds, "stable": r["stable"]}
             # which shape the ratios were measured on travels with every variant's metrics
             shape = ", ".join(f"{k} {v}" for k, v in r["input_shapes"].items())
             for c in (fp32, *chunk):
@@ -187,6 +192,7 @@ class Search:
             max_rounds=3,
             timeout_s=self.step_timeout_s,
             memory_mb=self.memory_mb,
+            drop_slower_than=DROP_SLOWER_THAN,
         )
 
     def _metrics(self, cand: dict, t: dict, base: dict, old: dict | None = None) -> dict:
