@@ -149,3 +149,30 @@ def test_first_timing_stops_timing_what_is_far_slower_than_the_reference(tmp_pat
     # contenders (the re-measuring of finalists) are never dropped
     r = compare(paths, max_rounds=5, contenders=["same", "slow"], drop_slower_than=1.5, **kw)
     assert r["models"]["slow"]["rounds"] == r["rounds"] >= 3
+
+
+def test_timing_groups_by_count_and_by_model_bytes(tmp_path):
+    from compression.engine.search.candidates import Search
+
+    def search(memory_mb):
+        return Search(
+            tmp_path, tmp_path, calibration=None, evaluation=None, kpis={}, threads=1,
+            provider="CPUExecutionProvider", runs=10, step_timeout_s=60, memory_mb=memory_mb,
+            kinds=None, progress=None, should_stop=None,
+        )  # fmt: skip
+
+    def files(n, size):
+        out = []
+        for i in range(n):
+            path = tmp_path / f"m{size}_{i}.onnx"
+            path.write_bytes(b"\0" * size)
+            out.append({"recipe": f"m{i}", "path": str(path)})
+        return out
+
+    fp32 = files(1, 100_000)[0]
+    small = files(20, 1000)
+    assert [len(c) for c in search(4096)._chunks(small, fp32)] == [16, 4]  # the count cap
+    big = files(5, 300_000)  # 16 MB limit: 1 MB of model files per process, fp32 included
+    assert [len(c) for c in search(16)._chunks(big, fp32)] == [3, 2]
+    huge = files(2, 3_000_000)  # larger than the share alone: still timed, one per process
+    assert [len(c) for c in search(16)._chunks(huge, fp32)] == [1, 1]

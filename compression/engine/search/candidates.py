@@ -18,7 +18,10 @@ from compression.engine.search import texts as T
 from compression.engine.search.children import build_many, compress_to_json, evaluate_many
 from compression.engine.search.decide import quality, violations
 
-_CHUNK = 7  # models per timing process (memory)
+# models per timing process: at most this many, and model files of at most 1/16 of the
+# child's memory limit together (MobileNetV2's 14 candidates, 96 MB, are one process)
+_CHUNK = 16
+_CHUNK_MEMORY_SHARE = 16
 # in a first timing, a candidate this many times slower than fp32 gets no more rounds:
 # it cannot win on latency, and were it the only one meeting the KPIs, it would be
 # re-measured as a finalist
@@ -128,7 +131,7 @@ class Search:
         """Interleaved timing against fp32; writes p50 ratio and friends into each metrics."""
         fp32 = self.candidates[0]
         todo = [c for c in cands if c.get("path") and c is not fp32]
-        chunks = [todo[i : i + _CHUNK] for i in range(0, len(todo), _CHUNK)] or [[]]
+        chunks = self._chunks(todo, fp32) or [[]]
         for chunk in chunks:
             paths = {"fp32": fp32["path"], **{c["recipe"]: c["path"] for c in chunk}}
             try:
@@ -160,6 +163,22 @@ class Search:
             shape = ", ".join(f"{k} {v}" for k, v in r["input_shapes"].items())
             for c in (fp32, *chunk):
                 c["metrics"]["timed_on"] = f"{shape} ({r['shape_source']})"
+
+    def _chunks(self, todo: list[dict], fp32: dict) -> list[list[dict]]:
+        """Candidates in groups, one timing process each (fp32 joins every group)."""
+        from compression.engine.passes._util import file_size
+
+        budget = (self.memory_mb or 4096) * 2**20 / _CHUNK_MEMORY_SHARE - file_size(fp32["path"])
+        chunks: list[list[dict]] = []
+        used = 0.0
+        for c in todo:
+            size = file_size(c["path"])
+            if not chunks or len(chunks[-1]) >= _CHUNK or (used + size > budget and chunks[-1]):
+                chunks.append([])
+                used = 0.0
+            chunks[-1].append(c)
+            used += size
+        return chunks
 
     def _compare(self, paths: dict, contenders: list[str] | None) -> dict:
         from compression.engine.benchmark import compare
