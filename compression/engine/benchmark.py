@@ -268,6 +268,11 @@ def _median(values: list[float]) -> float:
     return float(np.median(np.asarray(values))) if values else float("nan")
 
 
+def _ratios(rounds: dict[str, list[float]], label: str, reference: str) -> list[float]:
+    """Per round, ``label``'s median over the reference's in the same round."""
+    return [a / b for a, b in zip(rounds[label], rounds[reference], strict=False)]
+
+
 def interleaved(
     paths: dict[str, str],
     reference: str,
@@ -280,6 +285,7 @@ def interleaved(
     max_rounds: int,
     contenders: list[str] | None,
     dim_values: dict,
+    drop_slower_than: float | None = None,
 ) -> dict:
     """The sandbox child of ``compare``: every model in one process, timed in turns."""
     import psutil
@@ -301,10 +307,13 @@ def interleaved(
     every: dict[str, list[float]] = {k: [] for k in labels}
     leaders: list[str] = []
     stable = False
+    dropped: set[str] = set()
     for r in range(max_rounds):
         # rotate the order: no model always runs first (cold caches) or right after another
         order = labels[r % len(labels) :] + labels[: r % len(labels)]
         for label in order:
+            if label in dropped:
+                continue
             sess, times = sessions[label], []
             for _ in range(runs):
                 t0 = time.perf_counter()
@@ -323,9 +332,17 @@ def interleaved(
                 break
         elif not contenders and r + 1 >= min_rounds:
             break
+        if drop_slower_than and not contenders:
+            # far slower than the reference over its rounds so far: known well enough to
+            # rule it out; more rounds of it would only cost time
+            dropped |= {
+                k
+                for k in labels
+                if k != reference and _median(_ratios(rounds, k, reference)) > drop_slower_than
+            }
     out = {}
     for label in labels:
-        ratios = [a / b for a, b in zip(rounds[label], rounds[reference], strict=True)]
+        ratios = _ratios(rounds, label, reference)
         out[label] = {
             "p50_ms": round(_median(rounds[label]), 4),
             "p95_ms": round(_percentile(every[label], 95), 4),
@@ -334,6 +351,7 @@ def interleaved(
             "ratio_high": round(float(np.percentile(ratios, 75)), 4),
             "load_ms": load_ms[label],
             "rss_mb": rss[label],
+            "rounds": len(ratios),
         }
     return {
         "models": out,
@@ -361,6 +379,7 @@ def compare(
     dim_values: dict[str, int] | None = None,
     timeout_s: float = 600,
     memory_mb: int | None = 4096,
+    drop_slower_than: float | None = None,
 ) -> dict:
     """Time ``paths`` interleaved with ``reference`` in one process; decide on ratios.
 
@@ -369,7 +388,10 @@ def compare(
     divided by the reference's in the same round. Load drifts over seconds, so
     the ratio of neighbours is far steadier than absolute milliseconds measured
     apart. With ``contenders``, rounds go on (up to ``max_rounds``) until the
-    fastest contender has stayed the same for three rounds (``stable``).
+    fastest contender has stayed the same for three rounds (``stable``). Without
+    contenders, ``drop_slower_than`` stops timing a model after the first round in
+    which it ran more than that many times slower than the reference (its ``rounds``
+    say how many it got).
     """
     resolved = {k: str(Path(v).resolve()) for k, v in paths.items()}
     data = str(Path(data_path).resolve()) if data_path else None
@@ -386,6 +408,7 @@ def compare(
         max_rounds,
         contenders,
         dict(dim_values or {}),
+        drop_slower_than,
         timeout_s=timeout_s,
         memory_mb=memory_mb,
         cpu_s=int(timeout_s * max(1, threads)) + 5,

@@ -178,16 +178,19 @@ class Dataset:
             return self.batch
         return 1 if self.scalars else max(1, wanted)
 
-    def batches(self, batch_size: int, limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-        """Feeds of ``feed_batch(batch_size)`` samples; a fixed-batch model drops a ragged tail."""
+    def batches(
+        self, batch_size: int, limit: int | None = None, start: int = 0
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Feeds of ``feed_batch(batch_size)`` samples from sample ``start`` up to ``limit``;
+        a fixed-batch model drops a ragged tail."""
         size = self.feed_batch(batch_size)
         n = self.size if limit is None else min(limit, self.size)
-        for start in range(0, n, size):
-            stop = min(start + size, n)
-            if self.batch is not None and stop - start != self.batch:
+        for first in range(start, n, size):
+            stop = min(first + size, n)
+            if self.batch is not None and stop - first != self.batch:
                 break
             feed = {
-                k: np.asarray(v[start]) if k in self.scalars else v[start:stop]
+                k: np.asarray(v[first]) if k in self.scalars else v[first:stop]
                 for k, v in self.inputs.items()
             }
             feed.update(self.fixed)

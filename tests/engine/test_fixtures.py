@@ -98,7 +98,8 @@ def test_auto_picks_dynamic_int8_for_the_transformer(tmp_path):
 
 
 def test_mobilenet_fixture_is_trained_on_its_synthetic_task():
-    """Accuracy well above chance, so int8 agreement is measured against real margins."""
+    """Trained end to end: held-out task images are classified right with real margins,
+    so int8 agreement is measured against a model that knows its task."""
     from compression.fixtures import make_mobilenet
 
     images, labels = make_mobilenet.labelled_images(32, seed=make_mobilenet.SEED + 2)
@@ -107,4 +108,8 @@ def test_mobilenet_fixture_is_trained_on_its_synthetic_task():
         [sess.run(None, {"input": images[i : i + 8]})[0] for i in range(0, 32, 8)]
     )
     assert logits.shape == (32, 1000)
-    assert (logits.argmax(1) == labels).mean() >= 3 / make_mobilenet.CLASSES
+    assert (logits.argmax(1) == labels).mean() >= 0.9
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    spread = logits.max() - logits.min()
+    # the median margin between the two best classes is a real share of the output's range
+    assert np.median(top2[:, 1] - top2[:, 0]) > 0.1 * spread

@@ -2,11 +2,13 @@
 
 1. **Build** the plan (``plan.default_plan``: cheap recipes + the quantizer
    grid, one calibration for every grid point) in one sandboxed child.
-2. **Time** every candidate interleaved with fp32 (ratios, not milliseconds).
+2. **Time** every candidate interleaved with fp32 (ratios, not milliseconds);
+   one far slower than fp32 is not timed round after round.
 3. **Neighbours** of the fastest grid point (one knob each: reduce_range,
    symmetric activations, asymmetric weights, elementwise ops in float):
    built from the same calibration and timed side by side with that point.
-4. **Evaluate** in order of speed, only what can still win.
+4. **Evaluate** in order of speed, only what can still win; the reference runs
+   once, and a variant's evaluation stops once it cannot reach the quality KPIs.
 5. **Refine** with mixed precision when the fastest int8 point misses the floor.
 6. **Re-measure** the finalists until the fastest stays the fastest, **choose**.
 

@@ -18,7 +18,14 @@ from compression.engine.search import texts as T
 from compression.engine.search.children import build_many, compress_to_json, evaluate_many
 from compression.engine.search.decide import quality, violations
 
-_CHUNK = 7  # models per timing process (memory)
+# models per timing process: at most this many, and model files of at most 1/16 of the
+# child's memory limit together (MobileNetV2's 14 candidates, 96 MB, are one process)
+_CHUNK = 16
+_CHUNK_MEMORY_SHARE = 16
+# in a first timing, a candidate this many times slower than fp32 gets no more rounds:
+# it cannot win on latency, and were it the only one meeting the KPIs, it would be
+# re-measured as a finalist
+DROP_SLOWER_THAN = 1.5
 
 
 class Search:
@@ -124,7 +131,7 @@ class Search:
         """Interleaved timing against fp32; writes p50 ratio and friends into each metrics."""
         fp32 = self.candidates[0]
         todo = [c for c in cands if c.get("path") and c is not fp32]
-        chunks = [todo[i : i + _CHUNK] for i in range(0, len(todo), _CHUNK)] or [[]]
+        chunks = self._chunks(todo, fp32) or [[]]
         for chunk in chunks:
             paths = {"fp32": fp32["path"], **{c["recipe"]: c["path"] for c in chunk}}
             try:
@@ -150,11 +157,28 @@ class Search:
                 c["metrics"] = self._metrics(
                     c, r["models"][c["recipe"]], fp32["metrics"], old=c.get("metrics")
                 )
-                c["timing"] = {"rounds": r["rounds"], "stable": r["stable"]}
+                rounds = r["models"][c["recipe"]].get("rounds", r["rounds"])
+                c["timing"] = {"rounds": rounds, "stable": r["stable"]}
             # which shape the ratios were measured on travels with every variant's metrics
             shape = ", ".join(f"{k} {v}" for k, v in r["input_shapes"].items())
             for c in (fp32, *chunk):
                 c["metrics"]["timed_on"] = f"{shape} ({r['shape_source']})"
+
+    def _chunks(self, todo: list[dict], fp32: dict) -> list[list[dict]]:
+        """Candidates in groups, one timing process each (fp32 joins every group)."""
+        from compression.engine.passes._util import file_size
+
+        budget = (self.memory_mb or 4096) * 2**20 / _CHUNK_MEMORY_SHARE - file_size(fp32["path"])
+        chunks: list[list[dict]] = []
+        used = 0.0
+        for c in todo:
+            size = file_size(c["path"])
+            if not chunks or len(chunks[-1]) >= _CHUNK or (used + size > budget and chunks[-1]):
+                chunks.append([])
+                used = 0.0
+            chunks[-1].append(c)
+            used += size
+        return chunks
 
     def _compare(self, paths: dict, contenders: list[str] | None) -> dict:
         from compression.engine.benchmark import compare
@@ -187,6 +211,7 @@ class Search:
             max_rounds=3,
             timeout_s=self.step_timeout_s,
             memory_mb=self.memory_mb,
+            drop_slower_than=DROP_SLOWER_THAN,
         )
 
     def _metrics(self, cand: dict, t: dict, base: dict, old: dict | None = None) -> dict:
@@ -224,6 +249,8 @@ class Search:
         paths = {c["recipe"]: c["path"] for c in cands if c.get("path")}
         if not paths:
             return
+        # a variant's evaluation stops once it can no longer reach the quality KPIs
+        bounds = {k: self.kpis[k] for k in ("min_fidelity", "max_accuracy_drop") if k in self.kpis}
         try:
             results = run_isolated(
                 evaluate_many,
@@ -232,6 +259,8 @@ class Search:
                 str(self.input_path),
                 self.threads,
                 self.kinds,
+                bounds or None,
+                str(self.out_dir / "reference-outputs.npz"),
                 timeout_s=self.step_timeout_s,
                 memory_mb=self.memory_mb,
             )
@@ -254,6 +283,8 @@ class Search:
                 continue
             acc, fid, metric = quality(res["ok"])
             c["evaluated"] = True
+            if res["ok"].get("stopped"):  # the figures are the best it could still reach
+                c["metrics"]["evaluation_stopped"] = res["ok"]["stopped"]
             c["metrics"].update(
                 {
                     "accuracy": acc,
@@ -277,6 +308,11 @@ class Search:
                 c["violations"], c["meets_kpis"] = [T.NOT_MEASURED], False
                 continue
             v = violations(c["metrics"], self.kpis)
+            stopped = c["metrics"].get("evaluation_stopped")
+            if stopped and v:
+                v.append(
+                    T.EVALUATION_STOPPED % {"samples": stopped["samples"], "total": stopped["of"]}
+                )
             if self.evaluation and not c.get("evaluated") and c["recipe"] != "fp32":
                 v = [x for x in v if "unknown" not in x]
                 v.append(c.get("skip_reason") or T.NOT_EVALUATED)

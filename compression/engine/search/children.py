@@ -10,8 +10,11 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
+
+from compression.engine.datasets import load_dataset
 from compression.engine.errors import EngineError
-from compression.engine.evaluate import evaluate
+from compression.engine.evaluate import evaluate, predict
 from compression.engine.recipes import run_recipe
 
 
@@ -95,17 +98,60 @@ def build_many(
 
 
 def evaluate_many(
-    paths: dict[str, str], data: str, reference: str, threads: int, kinds: dict | None
+    paths: dict[str, str],
+    data: str,
+    reference: str,
+    threads: int,
+    kinds: dict | None,
+    stop_below: dict | None = None,
+    reference_cache: str | None = None,
 ) -> dict:
-    """Evaluate several variants in one child (the reference runs once per call)."""
+    """Evaluate several variants in one child. The reference runs once per search: its
+    outputs are kept in ``reference_cache`` (an .npz) for the next child. With
+    ``stop_below``, each variant's evaluation stops once it cannot reach those KPIs
+    (``evaluate``'s sequential mode)."""
+    ref = None
+    try:
+        ref = reference_outputs(reference, data, threads, reference_cache)
+    except Exception:  # the reference is then run per variant, reporting its own errors
+        ref = None
     out = {}
     for label, path in paths.items():
         try:
             out[label] = {
-                "ok": evaluate(path, data, reference_path=reference, threads=threads, kinds=kinds)
+                "ok": evaluate(
+                    path,
+                    data,
+                    reference_path=reference,
+                    threads=threads,
+                    kinds=kinds,
+                    reference_outputs=ref,
+                    stop_below=stop_below,
+                )
             }
         except EngineError as exc:
             out[label] = {"error": f"{type(exc).__name__}: {exc}"}
         except Exception as exc:  # onnxruntime refusing to run a variant
             out[label] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
     return out
+
+
+# reference outputs larger than this are recomputed per child instead of kept on disk
+CACHE_MAX_BYTES = 256 * 2**20
+
+
+def reference_outputs(
+    reference: str, data: str, threads: int, cache: str | None
+) -> dict[str, np.ndarray]:
+    """``predict`` of the reference on ``data``, read from / written to ``cache``."""
+    if cache and Path(cache).exists():
+        with np.load(cache, allow_pickle=False) as npz:
+            names = [str(n) for n in npz["names"]]
+            return {n: npz[f"o{i}"] for i, n in enumerate(names)}
+    outputs = predict(reference, load_dataset(data, reference), threads=threads)
+    if cache and sum(v.nbytes for v in outputs.values()) <= CACHE_MAX_BYTES:
+        arrays = {f"o{i}": v for i, v in enumerate(outputs.values())}
+        tmp = Path(f"{cache}.tmp.npz")
+        np.savez(tmp, names=np.array(list(outputs)), **arrays)
+        tmp.replace(cache)
+    return outputs

@@ -45,6 +45,10 @@ SKIP_CANNOT_WIN = gettext_noop(
     "every KPI)"
 )
 SKIP_NO_GAIN = gettext_noop("not evaluated: neither faster nor smaller than fp32")
+EVALUATION_STOPPED = gettext_noop(
+    "evaluation stopped after %(samples)s of %(total)s samples: it could no longer reach the "
+    "KPIs (its figures are the best it could still have reached)"
+)
 
 # verdicts per candidate
 CHOSEN = gettext_noop("chosen")
