@@ -33,7 +33,9 @@ Measured (`benchmarks/telemetry_storage.py --rounds 5 --day-rows 1000000`,
 0.66 s against 63.5 s); ingest 11,734 against 11,891 points/s (paired rounds
 1.10×; an earlier 3-round run 0.86×), PostgreSQL CPU 14.3 against 13.2 µs per
 point: routing rows to partitions costs about as much as the noise of this
-machine. A day of 10M rows was not loaded here (≈ 50 s per million rows).
+machine. A day of 10,000,000 points (`--layouts partitioned --day-rows
+10000000`, loaded in 127 s, with a test suite running beside it): dropped in
+0.85 s.
 
 Concurrent callers (two workers, a beat tick that overlaps the previous one)
 are serialised by a transaction-level advisory lock: every statement here is
