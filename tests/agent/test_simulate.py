@@ -258,7 +258,7 @@ def test_full_collections_are_counted_and_the_fleet_is_frozen_while_it_runs(peer
         gc.callbacks.remove(stats.gc_callback)
     assert stats.as_dict()["gc_full_collections"] == 1 and "gc_full_ms" in stats.as_dict()
     frozen = []
-    fleet = simulate.Fleet(options(peer, tmp_path, "--duration-s", "0.5"))
+    fleet = simulate.Fleet(options(peer, tmp_path))  # 2.5 s: device 0 steps even when loaded
     step = fleet.devices[0].step
     fleet.devices[0].step = lambda: (frozen.append(gc.get_freeze_count()), step())[1]
     fleet.run()
